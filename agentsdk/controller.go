@@ -1,0 +1,98 @@
+package agentsdk
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+)
+
+// Controller is a client of the controller's API. It travels over the overlay, inside mutual TLS in which the
+// controller must prove the SPIFFE ID named in the agent's identity; the controller knows the caller by its SVID.
+type Controller struct {
+	a      *Agent
+	client *http.Client
+}
+
+// Controller returns a client of the controller's API for this agent.
+func (a *Agent) Controller() *Controller {
+	return &Controller{a: a, client: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				id, _, err := a.current()
+				if err != nil {
+					return nil, err
+				}
+				return a.dial(ctx, api.ServiceName, tlsconfig.AuthorizeID(id.controllerID))
+			},
+			MaxIdleConnsPerHost: 2,
+			IdleConnTimeout:     30 * time.Second,
+		},
+	}}
+}
+
+func (c *Controller) post(ctx context.Context, path string, in, out any) error {
+	return postJSON(ctx, c.client, "http://"+api.ServiceName+path, in, out)
+}
+
+// WhoAmI asks the controller who this agent is.
+func (c *Controller) WhoAmI(ctx context.Context) (api.WhoAmI, error) {
+	var out api.WhoAmI
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api.ServiceName+api.PathWhoAmI, nil)
+	if err != nil {
+		return out, fmt.Errorf("agentsdk: whoami: %w", err)
+	}
+	if err := doJSON(c.client, req, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: whoami: %w", err)
+	}
+	return out, nil
+}
+
+// CreateIdentity registers a workload (admin only) and returns its one-time enrollment token.
+func (c *Controller) CreateIdentity(ctx context.Context, req api.CreateIdentityRequest) (api.CreateIdentityResponse, error) {
+	var out api.CreateIdentityResponse
+	if err := c.post(ctx, api.PathIdentities, req, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: create identity: %w", err)
+	}
+	return out, nil
+}
+
+// Revoke revokes an identity (admin only): the overlay drops it and its live connections, and the controller
+// refuses it from then on.
+func (c *Controller) Revoke(ctx context.Context, id spiffeid.ID, reason string) (api.RevokeResponse, error) {
+	var out api.RevokeResponse
+	if err := c.post(ctx, api.PathRevoke, api.RevokeRequest{SPIFFEID: id.String(), Reason: reason}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: revoke %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// Grant lets identities host (bind) or use (dial) a service (admin only), creating the service if needed.
+func (c *Controller) Grant(ctx context.Context, req api.GrantRequest) error {
+	if err := c.post(ctx, api.PathGrant, req, nil); err != nil {
+		return fmt.Errorf("agentsdk: grant %s: %w", req.Service, err)
+	}
+	return nil
+}
+
+// CreateRouter registers an edge router (admin only) and returns its one-time enrollment token.
+func (c *Controller) CreateRouter(ctx context.Context, name string) (string, error) {
+	var out api.CreateRouterResponse
+	if err := c.post(ctx, api.PathRouters, api.CreateRouterRequest{Name: name}, &out); err != nil {
+		return "", fmt.Errorf("agentsdk: create router: %w", err)
+	}
+	return out.Token, nil
+}
+
+func (a *Agent) renewWithController(ctx context.Context, csr []byte) (Credentials, error) {
+	var out Credentials
+	err := a.Controller().post(ctx, api.PathRenew, api.RenewRequest{CSR: csr}, &out)
+	return out, err
+}

@@ -1,0 +1,43 @@
+package agentsdk
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotAuthorized: the controller or the overlay refused this identity (unknown, revoked, or not allowed).
+	ErrNotAuthorized = errors.New("not authorized")
+	// ErrServiceNotFound: the service does not exist or this identity may not use it; the two are
+	// indistinguishable by design.
+	ErrServiceNotFound = errors.New("service not found")
+	// ErrClosed: the agent has been closed.
+	ErrClosed = errors.New("agent closed")
+)
+
+// APIError is an error answered by the controller: a stable code, a message, and an ID that also appears in
+// the controller's log.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+	ID      string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%s: %s (error id %s)", e.Code, e.Message, e.ID)
+}
+
+// Is makes errors.Is(err, ErrNotAuthorized) true for refusals of the caller's identity.
+func (e *APIError) Is(target error) bool {
+	if target == ErrNotAuthorized {
+		switch e.Code {
+		case api.CodeUnauthenticated, api.CodeForbidden, api.CodeRevoked:
+			return true
+		}
+	}
+	return false
+}

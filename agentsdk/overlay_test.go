@@ -1,0 +1,132 @@
+package agentsdk_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/controller/controllertest"
+)
+
+var env *controllertest.Env
+
+func TestMain(m *testing.M) {
+	var err error
+	env, err = controllertest.Start(controllertest.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start test network:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	env.Close()
+	os.Exit(code)
+}
+
+// serveEcho hosts an echo service that writes the caller's verified SPIFFE ID first.
+func serveEcho(t *testing.T, a *agentsdk.Agent, service string) net.Listener {
+	t.Helper()
+	ln, err := a.Listen(service)
+	if err != nil {
+		t.Fatalf("listen %s: %v", service, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				peer, err := agentsdk.PeerIdentity(c)
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s\n", peer)
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln
+}
+
+func TestDialListenEcho(t *testing.T) {
+	server := env.NewAgent(t, "acme", "agent", "echo-server")
+	client := env.NewAgent(t, "acme", "agent", "echo-client")
+	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
+	serveEcho(t, server, "echo1")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := client.Dial(ctx, "echo1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	peer, err := agentsdk.PeerIdentity(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peer != server.ID() {
+		t.Fatalf("peer = %s, want %s", peer, server.ID())
+	}
+	line := make([]byte, len(client.ID().String())+1)
+	if _, err := io.ReadFull(conn, line); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(line[:len(line)-1]); got != client.ID().String() {
+		t.Fatalf("server saw caller %q, want %s", got, client.ID())
+	}
+	msg := []byte("hello over the overlay")
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, back); err != nil {
+		t.Fatal(err)
+	}
+	if string(back) != string(msg) {
+		t.Fatalf("echo = %q", back)
+	}
+	who, err := client.Controller().WhoAmI(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who.SPIFFEID != client.ID().String() || who.Org != "acme" || who.Admin {
+		t.Fatalf("whoami = %+v", who)
+	}
+}
+
+func TestNoGrantNoService(t *testing.T) {
+	server := env.NewAgent(t, "acme", "agent", "hidden-server")
+	outsider := env.NewAgent(t, "globex", "agent", "outsider")
+	env.Grant(t, "hidden1", []spiffeid.ID{server.ID()}, nil)
+	serveEcho(t, server, "hidden1")
+
+	svcs, err := outsider.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(svcs, "hidden1") {
+		t.Fatalf("outsider sees %v", svcs)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = outsider.Dial(ctx, "hidden1")
+	if !errors.Is(err, agentsdk.ErrServiceNotFound) {
+		t.Fatalf("dial without grant: err = %v, want ErrServiceNotFound", err)
+	}
+	_, err = outsider.Dial(ctx, "no-such-service")
+	if !errors.Is(err, agentsdk.ErrServiceNotFound) {
+		t.Fatalf("dial unknown: err = %v, want ErrServiceNotFound", err)
+	}
+}

@@ -1,0 +1,205 @@
+package agentsdk
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/openziti/sdk-golang/ziti"
+	"github.com/openziti/sdk-golang/ziti/edge"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// source serves the agent's current SVID and trust bundle to go-spiffe's TLS configuration, so every handshake
+// uses the newest SVID after a renewal.
+type source struct{ a *Agent }
+
+var (
+	_ x509svid.Source  = source{}
+	_ x509bundle.Source = source{}
+)
+
+func (s source) GetX509SVID() (*x509svid.SVID, error) {
+	s.a.mu.Lock()
+	id := s.a.id
+	s.a.mu.Unlock()
+	return &x509svid.SVID{ID: id.id, Certificates: id.svid, PrivateKey: id.key}, nil
+}
+
+func (s source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	s.a.mu.Lock()
+	id := s.a.id
+	s.a.mu.Unlock()
+	if td != id.id.TrustDomain() {
+		return nil, fmt.Errorf("no trust bundle for trust domain %q", td)
+	}
+	return x509bundle.FromX509Authorities(td, id.bundle), nil
+}
+
+// PeerIdentity returns the SPIFFE ID that the other end of conn proved with its SVID during mutual TLS. It
+// never trusts a name the overlay reports for the caller: that name is asserted by the dialling client.
+func PeerIdentity(conn net.Conn) (spiffeid.ID, error) {
+	tc, ok := conn.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok {
+		return spiffeid.ID{}, errors.New("agentsdk: peer identity: not a connection from Dial or Listen")
+	}
+	st := tc.ConnectionState()
+	if !st.HandshakeComplete || len(st.PeerCertificates) == 0 {
+		return spiffeid.ID{}, errors.New("agentsdk: peer identity: no verified peer certificate")
+	}
+	id, err := x509svid.IDFromCert(st.PeerCertificates[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("agentsdk: peer identity: %w", err)
+	}
+	return id, nil
+}
+
+// listener accepts overlay connections for one service, completes mutual TLS on each in its own goroutine
+// (a slow or hostile peer cannot stall Accept), and moves to the agent's new overlay context after renewal.
+type listener struct {
+	agent   *Agent
+	service string
+	conns   chan net.Conn
+	done    chan struct{}
+
+	mu     sync.Mutex
+	zl        edge.Listener
+	closed    bool
+	rebinding bool
+	once      sync.Once
+}
+
+func (l *listener) bind(zctx ziti.Context) error {
+	opts := &ziti.ListenOptions{MaxTerminators: 3, ConnectTimeout: 10 * time.Second,
+		WaitForNEstablishedListeners: 1}
+	zl, err := zctx.ListenWithOptions(l.service, opts)
+	if err != nil && isNotFound(err) {
+		if _, rerr := zctx.RefreshService(l.service); rerr == nil {
+			zl, err = zctx.ListenWithOptions(l.service, opts)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, classify(err))
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		zl.Close()
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, net.ErrClosed)
+	}
+	old := l.zl
+	l.zl = zl
+	l.mu.Unlock()
+	go l.acceptLoop(zl)
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// rebind keeps trying to host the service again, e.g. while no router is reachable, until it succeeds or the
+// listener is closed.
+func (l *listener) rebind() {
+	l.mu.Lock()
+	if l.rebinding || l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.rebinding = true
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.rebinding = false
+		l.mu.Unlock()
+	}()
+	delay := 250 * time.Millisecond
+	for {
+		_, zctx, err := l.agent.current()
+		if err != nil {
+			return
+		}
+		if err = l.bind(zctx); err == nil {
+			l.agent.opts.log.Info("hosting service", "service", l.service)
+			return
+		}
+		l.agent.opts.log.Debug("hosting service failed, retrying", "service", l.service, "err", err)
+		select {
+		case <-l.done:
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func (l *listener) acceptLoop(zl edge.Listener) {
+	for {
+		raw, err := zl.Accept()
+		if err != nil {
+			l.mu.Lock()
+			lost := !l.closed && l.zl == zl
+			l.mu.Unlock()
+			if lost {
+				l.agent.opts.log.Warn("lost hosting of service, rebinding", "service", l.service, "err", err)
+				go l.rebind()
+			}
+			return
+		}
+		go l.handshake(raw)
+	}
+}
+
+func (l *listener) handshake(raw net.Conn) {
+	conn := tls.Server(raw, tlsconfig.MTLSServerConfig(source{l.agent}, source{l.agent}, tlsconfig.AuthorizeAny()))
+	_ = conn.SetDeadline(time.Now().Add(l.agent.opts.handshakeTTL))
+	if err := conn.Handshake(); err != nil {
+		l.agent.opts.log.Debug("inbound handshake failed", "service", l.service, "err", err)
+		raw.Close()
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	select {
+	case l.conns <- conn:
+	case <-l.done:
+		conn.Close()
+	}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *listener) Close() error {
+	l.once.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		zl := l.zl
+		l.mu.Unlock()
+		close(l.done)
+		if zl != nil {
+			zl.Close()
+		}
+		l.agent.mu.Lock()
+		delete(l.agent.listeners, l)
+		l.agent.mu.Unlock()
+	})
+	return nil
+}
+
+func (l *listener) Addr() net.Addr { return overlayAddr(l.service) }
+
+type overlayAddr string
+
+func (a overlayAddr) Network() string { return "umbra" }
+func (a overlayAddr) String() string  { return string(a) }

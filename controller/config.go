@@ -1,0 +1,78 @@
+package controller
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Config configures a Server. The zero value of each optional field selects the documented default.
+type Config struct {
+	// DataDir holds all state: overlay database and PKI, SPIFFE CA, JetStream store, admin identity. Required.
+	DataDir string
+	// TrustDomain of the SVIDs this controller issues. Default "umbra.local". Fixed once the data dir exists.
+	TrustDomain string
+	// Host is the interface the controller's ports bind to. Default 127.0.0.1.
+	Host string
+	// AdvertiseHost is how routers and workloads reach this controller. Default Host (127.0.0.1 if Host is a
+	// wildcard).
+	AdvertiseHost string
+	// CtrlPort is the overlay control plane port (routers). Default 6262.
+	CtrlPort int
+	// OverlayAPIPort serves the overlay's edge API (SDK authentication). Default 1280.
+	OverlayAPIPort int
+	// EnrollPort serves enrollment, the one endpoint reachable without an identity. Default 1281.
+	EnrollPort int
+	// SVIDTTL is the lifetime of issued SVIDs; agents renew at half of it. Default 24h.
+	SVIDTTL time.Duration
+	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP. Default: no listener.
+	NATSListen string
+	// NATSLazySync turns off fsync-before-acknowledge in JetStream. Default false: every acknowledged write
+	// has reached the disk.
+	NATSLazySync bool
+	// Logger receives state changes. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.DataDir == "" {
+		return c, errors.New("controller: DataDir is required")
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "umbra.local"
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return c, fmt.Errorf("controller: trust domain %q: %w", c.TrustDomain, err)
+	}
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+	}
+	if c.AdvertiseHost == "" {
+		c.AdvertiseHost = c.Host
+		if c.Host == "0.0.0.0" || c.Host == "::" {
+			c.AdvertiseHost = "127.0.0.1"
+		}
+	}
+	if c.CtrlPort == 0 {
+		c.CtrlPort = 6262
+	}
+	if c.OverlayAPIPort == 0 {
+		c.OverlayAPIPort = 1280
+	}
+	if c.EnrollPort == 0 {
+		c.EnrollPort = 1281
+	}
+	if c.SVIDTTL == 0 {
+		c.SVIDTTL = 24 * time.Hour
+	}
+	if c.SVIDTTL < 10*time.Second {
+		return c, fmt.Errorf("controller: SVIDTTL %s is too short (minimum 10s)", c.SVIDTTL)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}

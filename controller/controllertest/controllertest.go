@@ -1,0 +1,219 @@
+// Package controllertest starts a real Umbra controller and edge router inside a test binary, on loopback ports
+// and in a temporary directory, and makes enrolled agents for tests.
+//
+// OpenZiti keeps process-wide registries, so a test binary starts one Env, in TestMain, and shares it.
+package controllertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
+	"github.com/umbra-mesh/umbra/router"
+)
+
+// Options vary Start.
+type Options struct {
+	// SVIDTTL of issued SVIDs. Default the controller's.
+	SVIDTTL time.Duration
+	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
+	Logger *slog.Logger
+}
+
+// Env is a running controller and router.
+type Env struct {
+	Server    *controller.Server
+	Config    controller.Config
+	Dir       string
+	RouterDir string
+	EdgeAddr  string
+	admin     *agentsdk.Agent
+	cancel    context.CancelFunc
+	done      chan struct{}
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Start starts a controller and one router in this process and connects the platform administrator.
+func Start(opts Options) (*Env, error) {
+	log := opts.Logger
+	level := slog.LevelWarn
+	if os.Getenv("UMBRA_TEST_LOG") == "debug" {
+		level = slog.LevelDebug
+	}
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
+	zitilog.Route(log, level)
+	dir, err := os.MkdirTemp("", "umbra-controllertest-")
+	if err != nil {
+		return nil, err
+	}
+	ports := make([]int, 4)
+	for i := range ports {
+		if ports[i], err = FreePort(); err != nil {
+			return nil, err
+		}
+	}
+	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
+		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, Logger: log}
+	srv, err := controller.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Env{Server: srv, Config: cfg, Dir: dir, RouterDir: filepath.Join(dir, "router"), cancel: cancel, done: make(chan struct{}),
+		EdgeAddr: "127.0.0.1:" + strconv.Itoa(ports[3])}
+	errc := make(chan error, 2)
+	go func() {
+		defer close(e.done)
+		errc <- srv.Run(ctx)
+	}()
+	select {
+	case <-srv.Ready():
+	case err := <-errc:
+		cancel()
+		return nil, fmt.Errorf("controllertest: controller: %w", err)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		return nil, errors.New("controllertest: controller did not become ready")
+	}
+	tok, err := srv.CreateRouterToken("router-a")
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	r, err := router.New(router.Config{DataDir: e.RouterDir, Token: tok, EdgeAddr: e.EdgeAddr, Logger: log})
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	go func() { errc <- r.Run(ctx) }()
+	select {
+	case <-r.Ready():
+	case err := <-errc:
+		e.Close()
+		return nil, fmt.Errorf("controllertest: router: %w", err)
+	}
+	if err := waitOnline(srv, "router-a"); err != nil {
+		e.Close()
+		return nil, err
+	}
+	id, err := agentsdk.LoadIdentity(srv.AdminIdentityPath())
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	if e.admin, err = agentsdk.Connect(ctx, id); err != nil {
+		e.Close()
+		return nil, err
+	}
+	// The controller's API is hosted on the overlay; it is reachable once its terminator reaches the router.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := e.admin.Controller().WhoAmI(wctx)
+		wcancel()
+		if err == nil {
+			return e, nil
+		}
+		if time.Now().After(deadline) {
+			e.Close()
+			return nil, fmt.Errorf("controllertest: controller API unreachable on the overlay: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func waitOnline(srv *controller.Server, name string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if ok, err := srv.RouterOnline(name); err == nil && ok {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("controllertest: router %s did not come online", name)
+}
+
+// Close stops everything and removes the directory.
+func (e *Env) Close() {
+	if e.admin != nil {
+		e.admin.Close()
+	}
+	e.cancel()
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+	}
+	os.RemoveAll(e.Dir)
+}
+
+// Admin is the platform administrator, connected.
+func (e *Env) Admin() *agentsdk.Agent { return e.admin }
+
+// NewIdentity registers and enrolls a workload.
+func (e *Env) NewIdentity(t testing.TB, org, kind, name string) *agentsdk.Identity {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := e.admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: kind, Name: name})
+	if err != nil {
+		t.Fatalf("create identity %s/%s/%s: %v", org, kind, name, err)
+	}
+	id, err := agentsdk.Enroll(ctx, resp.Token)
+	if err != nil {
+		t.Fatalf("enroll %s: %v", resp.SPIFFEID, err)
+	}
+	return id
+}
+
+// NewAgent registers, enrolls and connects a workload, closed when the test ends.
+func (e *Env) NewAgent(t testing.TB, org, kind, name string, opts ...agentsdk.Option) *agentsdk.Agent {
+	t.Helper()
+	id := e.NewIdentity(t, org, kind, name)
+	a, err := agentsdk.Connect(context.Background(), id, opts...)
+	if err != nil {
+		t.Fatalf("connect %s: %v", id.SPIFFEID(), err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// Grant lets bind host service and dial use it.
+func (e *Env) Grant(t testing.TB, service string, bind, dial []spiffeid.ID) {
+	t.Helper()
+	req := api.GrantRequest{Service: service}
+	for _, id := range bind {
+		req.Bind = append(req.Bind, id.String())
+	}
+	for _, id := range dial {
+		req.Dial = append(req.Dial, id.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.admin.Controller().Grant(ctx, req); err != nil {
+		t.Fatalf("grant %s: %v", service, err)
+	}
+}

@@ -1,0 +1,421 @@
+package controller
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/enrolltoken"
+	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/pki"
+	"github.com/umbra-mesh/umbra/internal/zitictrl"
+)
+
+// Server is the Umbra controller. Create it with New, start it with Run.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	td    spiffeid.TrustDomain
+	ready chan struct{}
+
+	ca           *pki.CA
+	tokens       *enrolltoken.Signer
+	controllerID spiffeid.ID
+	adminID      spiffeid.ID
+
+	ns         *natsd.Server
+	nc         *nats.Conn
+	ids        *identityStore
+	zc         *zitictrl.Controller
+	authPolicy string
+	self       *agentsdk.Agent
+	enrollSrv  *http.Server
+	apiSrv     *http.Server
+
+	runOnce sync.Once
+	mu      sync.Mutex // guards self and apiSrv, set once a router is online
+}
+
+// New checks cfg and returns a Server that Run will start.
+func New(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	return &Server{
+		cfg:          cfg,
+		log:          cfg.Logger,
+		td:           td,
+		ready:        make(chan struct{}),
+		controllerID: spiffeid.RequireFromSegments(td, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName),
+		adminID:      spiffeid.RequireFromSegments(td, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName),
+	}, nil
+}
+
+// Ready is closed once the controller serves enrollment and its overlay API.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// TrustDomain is the trust domain of the SVIDs this controller issues.
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// AdminIdentityPath is the identity file of the platform administrator, written on first start.
+func (s *Server) AdminIdentityPath() string { return filepath.Join(s.cfg.DataDir, "admin.json") }
+
+// AdminID is the SPIFFE ID of the platform administrator.
+func (s *Server) AdminID() spiffeid.ID { return s.adminID }
+
+// EnrollURL is where workloads redeem enrollment tokens.
+func (s *Server) EnrollURL() string { return s.enrollURL() }
+
+func (s *Server) enrollURL() string {
+	return "https://" + net.JoinHostPort(s.cfg.AdvertiseHost, strconv.Itoa(s.cfg.EnrollPort))
+}
+
+// Run starts the controller, signals Ready, and serves until ctx is cancelled; then it shuts down.
+func (s *Server) Run(ctx context.Context) error {
+	err := errors.New("controller: Run called twice")
+	s.runOnce.Do(func() {
+		err = s.start(ctx)
+		if err != nil {
+			s.stop()
+			return
+		}
+		close(s.ready)
+		s.log.Info("controller ready", "trust_domain", s.td.Name(), "enroll", s.enrollURL(), "overlay_api", s.zc.APIURL())
+		<-ctx.Done()
+		s.stop()
+		err = nil
+	})
+	return err
+}
+
+func (s *Server) start(ctx context.Context) error {
+	dir := s.cfg.DataDir
+	if err := os.MkdirAll(filepath.Join(dir, "spiffe"), 0o700); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := s.loadAuthority(); err != nil {
+		return err
+	}
+	ns, err := natsd.Start(natsd.Config{StoreDir: filepath.Join(dir, "jetstream"), ListenAddr: s.cfg.NATSListen, SyncAlways: !s.cfg.NATSLazySync})
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.ns = ns
+	if s.nc, err = ns.Connect("umbra-controller"); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if s.ids, err = openIdentityStore(ctx, js); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{
+		Dir: filepath.Join(dir, "overlay"), BindHost: s.cfg.Host, AdvertiseHost: s.cfg.AdvertiseHost,
+		CtrlPort: s.cfg.CtrlPort, APIPort: s.cfg.OverlayAPIPort,
+		TrustDomain: spiffeid.RequireTrustDomainFromString("overlay." + s.td.Name()),
+	}, s.log)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := s.prepareOverlay(); err != nil {
+		return err
+	}
+	if err := s.startEnrollment(); err != nil {
+		return err
+	}
+	if err := s.ensureAdmin(ctx); err != nil {
+		return err
+	}
+	// The API is hosted through routers: bind it once one is online (in `umbra dev` the router starts after
+	// the controller is ready).
+	go s.hostAPIWhenRouted(ctx)
+	return nil
+}
+
+func (s *Server) stop() {
+	shutdown := func(h *http.Server) {
+		if h != nil {
+			c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = h.Shutdown(c)
+		}
+	}
+	shutdown(s.enrollSrv)
+	s.mu.Lock()
+	apiSrv := s.apiSrv
+	s.mu.Unlock()
+	shutdown(apiSrv)
+	s.mu.Lock()
+	self := s.self
+	s.mu.Unlock()
+	if self != nil {
+		self.Close()
+	}
+	if s.zc != nil {
+		s.zc.Stop()
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	if s.ns != nil {
+		s.ns.Shutdown()
+	}
+	s.log.Info("controller stopped")
+}
+
+// loadAuthority loads (or creates on first start) the SPIFFE CA and the token signing key.
+func (s *Server) loadAuthority() error {
+	dir := filepath.Join(s.cfg.DataDir, "spiffe")
+	certPath, keyPath := filepath.Join(dir, "ca.cert"), filepath.Join(dir, "ca.key")
+	var err error
+	if _, statErr := os.Stat(certPath); statErr == nil {
+		s.ca, err = pki.LoadCA(certPath, keyPath)
+	} else {
+		s.ca, err = pki.NewCA("Umbra SPIFFE CA "+s.td.Name(), s.td, 5*365*24*time.Hour, time.Now())
+		if err == nil {
+			err = s.ca.Save(certPath, keyPath)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("controller: SPIFFE CA: %w", err)
+	}
+	if caTD, terr := spiffeid.TrustDomainFromURI(s.ca.Cert.URIs[0]); terr != nil || caTD != s.td {
+		return fmt.Errorf("controller: data dir belongs to trust domain %v, not %s", s.ca.Cert.URIs, s.td)
+	}
+	tokenPath := filepath.Join(dir, "token.key")
+	var seed []byte
+	if b, rerr := os.ReadFile(tokenPath); rerr == nil {
+		blk, _ := pem.Decode(b)
+		if blk == nil || len(blk.Bytes) != ed25519.SeedSize {
+			return fmt.Errorf("controller: %s is not a token signing key", tokenPath)
+		}
+		seed = blk.Bytes
+	} else {
+		seed = make([]byte, ed25519.SeedSize)
+		if _, err := rand.Read(seed); err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+		if err := os.WriteFile(tokenPath, pem.EncodeToMemory(&pem.Block{Type: "UMBRA TOKEN SIGNING SEED", Bytes: seed}), 0o600); err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+	}
+	s.tokens = enrolltoken.NewSigner(ed25519.NewKeyFromSeed(seed))
+	return nil
+}
+
+// prepareOverlay registers the SPIFFE CA with the overlay and creates the policies everything relies on.
+func (s *Server) prepareOverlay() error {
+	m := s.zc.Mgmt()
+	err := m.EnsureCA("umbra-spiffe-"+s.td.Name(), s.ca.CertPEM(), func(token string) (string, error) {
+		key, err := pki.NewKey()
+		if err != nil {
+			return "", err
+		}
+		cert, err := s.ca.IssueWithCN(key.Public(), token, time.Hour, time.Now())
+		if err != nil {
+			return "", err
+		}
+		return string(pki.EncodeCertsPEM(cert)), nil
+	})
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if s.authPolicy, err = m.EnsureAuthPolicy("umbra-spiffe"); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := m.EnsureEdgeRouterPolicies(); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if _, err := m.EnsureService(api.ServiceName, []string{api.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := m.EnsureServicePolicy("umbra-controller-dial", "Dial", []string{"#" + api.AllIdentitiesAttr}, []string{"#" + api.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := m.EnsureServicePolicy("umbra-controller-bind", "Bind", []string{"#" + api.ControllerBindAttr}, []string{"#" + api.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	return nil
+}
+
+// issueDirect registers id if needed and issues it an SVID for a key the controller generated itself; used for
+// the controller's own identity and the platform administrator.
+func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, name string, admin bool) (*agentsdk.Identity, error) {
+	if _, _, err := s.ids.get(ctx, id); errors.Is(err, errNoIdentity) {
+		if _, err := s.registerIdentity(ctx, id, org, kind, name, admin, s.controllerID); err != nil {
+			return nil, err
+		}
+		if _, err := s.ids.update(ctx, id, func(r *identityRecord) error {
+			r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pki.NewCSR(key, id)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := s.ca.IssueSVID(csr, id, s.cfg.SVIDTTL, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	return agentsdk.NewIdentity(key, s.credentials(id, leaf))
+}
+
+// ensureAdmin writes the platform administrator's identity file on first start, and refreshes its SVID when
+// less than half of its lifetime is left.
+func (s *Server) ensureAdmin(ctx context.Context) error {
+	path := s.AdminIdentityPath()
+	if id, err := agentsdk.LoadIdentity(path); err == nil && time.Until(id.ExpiresAt()) > s.cfg.SVIDTTL/2 {
+		return nil
+	}
+	id, err := s.issueDirect(ctx, s.adminID, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName, true)
+	if err != nil {
+		return fmt.Errorf("controller: admin identity: %w", err)
+	}
+	if err := id.Save(path); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) startEnrollment() error {
+	key, err := pki.NewKey()
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	dns, ips := []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
+	for _, h := range []string{s.cfg.AdvertiseHost, s.cfg.Host} {
+		if ip := net.ParseIP(h); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+		} else {
+			dns = append(dns, h)
+		}
+	}
+	leaf, err := s.ca.IssueServer(key.Public(), dns, ips, nil, 30*24*time.Hour, time.Now())
+	if err != nil {
+		return fmt.Errorf("controller: enrollment certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.EnrollPort)))
+	if err != nil {
+		return fmt.Errorf("controller: enrollment listener: %w", err)
+	}
+	tlsCfg := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Raw, s.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}},
+	}
+	s.enrollSrv = &http.Server{Handler: s.enrollHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	go func() {
+		if err := s.enrollSrv.Serve(tls.NewListener(ln, tlsCfg)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("enrollment server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+func (s *Server) hostAPIWhenRouted(ctx context.Context) {
+	for {
+		online, err := s.zc.Mgmt().AnyRouterOnline()
+		if err == nil && online {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := s.startAPI(ctx); err != nil {
+		s.log.Error("hosting the controller API failed", "err", err)
+		return
+	}
+	s.log.Info("controller API hosted on the overlay", "service", api.ServiceName)
+}
+
+// startAPI connects the controller to the overlay under its own SVID and serves the API as a dark service.
+func (s *Server) startAPI(ctx context.Context) error {
+	id, err := s.issueDirect(ctx, s.controllerID, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName, false)
+	if err != nil {
+		return fmt.Errorf("controller: own identity: %w", err)
+	}
+	self, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(s.log), agentsdk.WithRenewer(func(_ context.Context, csr []byte) (agentsdk.Credentials, error) {
+		leaf, err := s.ca.IssueSVID(csr, s.controllerID, s.cfg.SVIDTTL, time.Now())
+		if err != nil {
+			return agentsdk.Credentials{}, err
+		}
+		return s.credentials(s.controllerID, leaf), nil
+	}))
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.mu.Lock()
+	s.self = self
+	s.mu.Unlock()
+	ln, err := self.Listen(api.ServiceName)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	srv := &http.Server{Handler: s.apiHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	s.mu.Lock()
+	s.apiSrv = srv
+	s.mu.Unlock()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("overlay API server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// CreateRouterToken registers an edge router and returns its one-time enrollment token.
+func (s *Server) CreateRouterToken(name string) (string, error) {
+	if !segment.MatchString(name) {
+		return "", failf(http.StatusBadRequest, api.CodeBadRequest, "router name %q is not valid", name)
+	}
+	_, jwt, err := s.zc.Mgmt().CreateEdgeRouter(name)
+	if err != nil {
+		return "", fmt.Errorf("controller: %w", err)
+	}
+	tok, err := api.EncodeRouterToken(api.RouterToken{Name: name, JWT: jwt, CtrlEndpoint: s.zc.CtrlEndpoint()})
+	if err != nil {
+		return "", fmt.Errorf("controller: %w", err)
+	}
+	return tok, nil
+}
+
+// RouterOnline reports whether the named router is connected to the overlay.
+func (s *Server) RouterOnline(name string) (bool, error) { return s.zc.Mgmt().RouterOnline(name) }
+

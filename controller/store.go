@@ -1,0 +1,127 @@
+package controller
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// identityState is where an identity is in its life.
+type identityState string
+
+const (
+	statePending  identityState = "pending"  // created, token issued, not yet enrolled
+	stateEnrolled identityState = "enrolled" // holds an SVID
+	stateRevoked  identityState = "revoked"  // refused forever
+)
+
+// identityRecord is the controller's record of one workload identity, kept in JetStream KV.
+type identityRecord struct {
+	SPIFFEID     string        `json:"spiffe_id"`
+	Org          string        `json:"org"`
+	Kind         string        `json:"kind"`
+	Name         string        `json:"name"`
+	Admin        bool          `json:"admin,omitempty"`
+	State        identityState `json:"state"`
+	OverlayID    string        `json:"overlay_id"`
+	Attributes   []string      `json:"attributes,omitempty"`
+	CreatedAt    time.Time     `json:"created_at"`
+	CreatedBy    string        `json:"created_by"`
+	EnrolledAt   time.Time     `json:"enrolled_at,omitzero"`
+	RevokedAt    time.Time     `json:"revoked_at,omitzero"`
+	RevokedBy    string        `json:"revoked_by,omitempty"`
+	RevokeReason string        `json:"revoke_reason,omitempty"`
+}
+
+var errNoIdentity = errors.New("no such identity")
+
+// identityStore keeps identity records and spent enrollment token IDs.
+type identityStore struct {
+	ids    jetstream.KeyValue
+	tokens jetstream.KeyValue
+}
+
+func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identityStore, error) {
+	ids, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_identities", History: 5, Storage: jetstream.FileStorage})
+	if err != nil {
+		return nil, fmt.Errorf("identities bucket: %w", err)
+	}
+	tokens, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_enroll_tokens", Storage: jetstream.FileStorage, TTL: 8 * 24 * time.Hour})
+	if err != nil {
+		return nil, fmt.Errorf("tokens bucket: %w", err)
+	}
+	return &identityStore{ids: ids, tokens: tokens}, nil
+}
+
+func idKey(id spiffeid.ID) string { return base64.RawURLEncoding.EncodeToString([]byte(id.String())) }
+
+func (s *identityStore) get(ctx context.Context, id spiffeid.ID) (identityRecord, uint64, error) {
+	e, err := s.ids.Get(ctx, idKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return identityRecord{}, 0, errNoIdentity
+	}
+	if err != nil {
+		return identityRecord{}, 0, err
+	}
+	var r identityRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return identityRecord{}, 0, fmt.Errorf("identity record %s: %w", id, err)
+	}
+	return r, e.Revision(), nil
+}
+
+// create stores a new record; it fails with jetstream.ErrKeyExists if the identity exists.
+func (s *identityStore) create(ctx context.Context, r identityRecord) error {
+	id, err := spiffeid.FromString(r.SPIFFEID)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = s.ids.Create(ctx, idKey(id), b)
+	return err
+}
+
+// update applies fn to the record under optimistic concurrency, retrying on conflicting writers.
+func (s *identityStore) update(ctx context.Context, id spiffeid.ID, fn func(*identityRecord) error) (identityRecord, error) {
+	for range 10 {
+		r, rev, err := s.get(ctx, id)
+		if err != nil {
+			return r, err
+		}
+		if err := fn(&r); err != nil {
+			return r, err
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			return r, err
+		}
+		if _, err := s.ids.Update(ctx, idKey(id), b, rev); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+				continue
+			}
+			return r, err
+		}
+		return r, nil
+	}
+	return identityRecord{}, fmt.Errorf("identity %s: too many concurrent updates", id)
+}
+
+func isWrongSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// spendToken records a token ID as used; it fails with jetstream.ErrKeyExists if it already was.
+func (s *identityStore) spendToken(ctx context.Context, jti string, id spiffeid.ID) error {
+	_, err := s.tokens.Create(ctx, jti, []byte(id.String()))
+	return err
+}

@@ -1,0 +1,427 @@
+package zitictrl
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/openziti/edge-api/rest_management_api_client"
+	"github.com/openziti/edge-api/rest_management_api_client/auth_policy"
+	"github.com/openziti/edge-api/rest_management_api_client/certificate_authority"
+	"github.com/openziti/edge-api/rest_management_api_client/edge_router"
+	"github.com/openziti/edge-api/rest_management_api_client/edge_router_policy"
+	"github.com/openziti/edge-api/rest_management_api_client/identity"
+	"github.com/openziti/edge-api/rest_management_api_client/service"
+	"github.com/openziti/edge-api/rest_management_api_client/service_edge_router_policy"
+	"github.com/openziti/edge-api/rest_management_api_client/service_policy"
+	"github.com/openziti/edge-api/rest_model"
+	"github.com/openziti/edge-api/rest_util"
+)
+
+// Mgmt is a client of the OpenZiti management API that logs in again when its API session has gone idle.
+type Mgmt struct {
+	url, user, password string
+	pool                *x509.CertPool
+
+	mu       sync.Mutex
+	client   *rest_management_api_client.ZitiEdgeManagement
+	lastUsed time.Time
+}
+
+// The API session times out after 30 minutes idle; log in again well before that.
+const reloginAfter = 10 * time.Minute
+
+func newMgmt(url, user, password string, pool *x509.CertPool) *Mgmt {
+	return &Mgmt{url: url, user: user, password: password, pool: pool}
+}
+
+func (m *Mgmt) login() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.loginLocked()
+}
+
+func (m *Mgmt) loginLocked() error {
+	c, err := rest_util.NewEdgeManagementClientWithUpdb(m.user, m.password, m.url, m.pool)
+	if err != nil {
+		return fmt.Errorf("zitictrl: management login: %w", rest_util.WrapErr(err))
+	}
+	m.client, m.lastUsed = c, time.Now()
+	return nil
+}
+
+// do runs fn with a logged-in client, logging in again once if the session was rejected.
+func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
+	m.mu.Lock()
+	if m.client == nil || time.Since(m.lastUsed) > reloginAfter {
+		if err := m.loginLocked(); err != nil {
+			m.mu.Unlock()
+			return err
+		}
+	}
+	c := m.client
+	m.lastUsed = time.Now()
+	m.mu.Unlock()
+
+	err := fn(c)
+	if err != nil && strings.Contains(err.Error(), "Unauthorized") {
+		m.mu.Lock()
+		lerr := m.loginLocked()
+		c = m.client
+		m.mu.Unlock()
+		if lerr != nil {
+			return lerr
+		}
+		err = fn(c)
+	}
+	if err != nil {
+		return fmt.Errorf("zitictrl: %s: %w", what, rest_util.WrapErr(err))
+	}
+	return nil
+}
+
+func nameFilter(name string) *string {
+	return ptr(fmt.Sprintf("name = %s", strconv.Quote(name)))
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// EnsureCA registers certPEM as a third-party CA whose certificates authenticate identities matched by their
+// SPIFFE ID (the first spiffe:// URI SAN becomes the externalId). prove signs a certificate with CN = the
+// verification token to prove possession of the CA key.
+func (m *Mgmt) EnsureCA(name string, certPEM []byte, prove func(token string) (string, error)) error {
+	var id string
+	var verified bool
+	err := m.do("list CAs", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.CertificateAuthority.ListCas(&certificate_authority.ListCasParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		for _, ca := range resp.Payload.Data {
+			id, verified = *ca.ID, ca.IsVerified != nil && *ca.IsVerified
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if id == "" {
+		err = m.do("create CA", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			resp, err := c.CertificateAuthority.CreateCa(&certificate_authority.CreateCaParams{Ca: &rest_model.CaCreate{
+				Name:                      ptr(name),
+				CertPem:                   ptr(string(certPEM)),
+				IsAuthEnabled:             ptr(true),
+				IsAutoCaEnrollmentEnabled: ptr(false),
+				IsOttCaEnrollmentEnabled:  ptr(false),
+				IdentityRoles:             rest_model.Roles{},
+				ExternalIDClaim: &rest_model.ExternalIDClaim{
+					Location:        ptr(rest_model.ExternalIDClaimLocationSANURI),
+					Matcher:         ptr(rest_model.ExternalIDClaimMatcherSCHEME),
+					MatcherCriteria: ptr("spiffe"),
+					Parser:          ptr(rest_model.ExternalIDClaimParserNONE),
+					ParserCriteria:  ptr(""),
+					Index:           ptr(int64(0)),
+				},
+			}}, nil)
+			if err != nil {
+				return err
+			}
+			id = resp.Payload.Data.ID
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if verified {
+		return nil
+	}
+	var token string
+	err = m.do("read CA", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.CertificateAuthority.DetailCa(&certificate_authority.DetailCaParams{ID: id}, nil)
+		if err != nil {
+			return err
+		}
+		token = resp.Payload.Data.VerificationToken.String()
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	proof, err := prove(token)
+	if err != nil {
+		return fmt.Errorf("zitictrl: prove CA: %w", err)
+	}
+	return m.do("verify CA", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.CertificateAuthority.VerifyCa(&certificate_authority.VerifyCaParams{ID: id, Certificate: proof}, nil)
+		return err
+	})
+}
+
+// EnsureAuthPolicy creates (or finds) an authentication policy that accepts only unexpired certificates.
+func (m *Mgmt) EnsureAuthPolicy(name string) (string, error) {
+	var id string
+	err := m.do("list auth policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.AuthPolicy.ListAuthPolicies(&auth_policy.ListAuthPoliciesParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.Payload.Data {
+			id = *p.ID
+		}
+		return nil
+	})
+	if err != nil || id != "" {
+		return id, err
+	}
+	err = m.do("create auth policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.AuthPolicy.CreateAuthPolicy(&auth_policy.CreateAuthPolicyParams{AuthPolicy: &rest_model.AuthPolicyCreate{
+			Name: ptr(name),
+			Primary: &rest_model.AuthPolicyPrimary{
+				Cert:   &rest_model.AuthPolicyPrimaryCert{Allowed: ptr(true), AllowExpiredCerts: ptr(false)},
+				ExtJWT: &rest_model.AuthPolicyPrimaryExtJWT{Allowed: ptr(false), AllowedSigners: []string{}},
+				Updb: &rest_model.AuthPolicyPrimaryUpdb{Allowed: ptr(false), LockoutDurationMinutes: ptr(int64(0)),
+					MaxAttempts: ptr(int64(0)), MinPasswordLength: ptr(int64(5)), RequireMixedCase: ptr(false),
+					RequireNumberChar: ptr(false), RequireSpecialChar: ptr(false)},
+			},
+			Secondary: &rest_model.AuthPolicySecondary{RequireTotp: ptr(false)},
+		}}, nil)
+		if err != nil {
+			return err
+		}
+		id = resp.Payload.Data.ID
+		return nil
+	})
+	return id, err
+}
+
+// EnsureEdgeRouterPolicies lets every identity use every router, and every service run over every router.
+func (m *Mgmt) EnsureEdgeRouterPolicies() error {
+	var have, haveSvc bool
+	err := m.do("list edge router policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.EdgeRouterPolicy.ListEdgeRouterPolicies(&edge_router_policy.ListEdgeRouterPoliciesParams{Filter: nameFilter("umbra-all-routers")}, nil)
+		if err != nil {
+			return err
+		}
+		have = len(resp.Payload.Data) > 0
+		sresp, err := c.ServiceEdgeRouterPolicy.ListServiceEdgeRouterPolicies(&service_edge_router_policy.ListServiceEdgeRouterPoliciesParams{Filter: nameFilter("umbra-all-routers")}, nil)
+		if err != nil {
+			return err
+		}
+		haveSvc = len(sresp.Payload.Data) > 0
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !have {
+		err = m.do("create edge router policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			_, err := c.EdgeRouterPolicy.CreateEdgeRouterPolicy(&edge_router_policy.CreateEdgeRouterPolicyParams{Policy: &rest_model.EdgeRouterPolicyCreate{
+				Name: ptr("umbra-all-routers"), Semantic: ptr(rest_model.SemanticAnyOf),
+				IdentityRoles: rest_model.Roles{"#all"}, EdgeRouterRoles: rest_model.Roles{"#all"},
+			}}, nil)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if !haveSvc {
+		return m.do("create service edge router policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			_, err := c.ServiceEdgeRouterPolicy.CreateServiceEdgeRouterPolicy(&service_edge_router_policy.CreateServiceEdgeRouterPolicyParams{Policy: &rest_model.ServiceEdgeRouterPolicyCreate{
+				Name: ptr("umbra-all-routers"), Semantic: ptr(rest_model.SemanticAnyOf),
+				ServiceRoles: rest_model.Roles{"#all"}, EdgeRouterRoles: rest_model.Roles{"#all"},
+			}}, nil)
+			return err
+		})
+	}
+	return nil
+}
+
+// Identity is what the overlay knows of one workload.
+type Identity struct {
+	ID         string
+	Name       string
+	ExternalID string
+	Attributes []string
+	Disabled   bool
+}
+
+// FindIdentity looks an identity up by its externalId (the SPIFFE ID). ok is false if there is none.
+func (m *Mgmt) FindIdentity(externalID string) (Identity, bool, error) {
+	var out Identity
+	var ok bool
+	err := m.do("find identity", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.Identity.ListIdentities(&identity.ListIdentitiesParams{Filter: ptr("externalId = " + strconv.Quote(externalID))}, nil)
+		if err != nil {
+			return err
+		}
+		for _, d := range resp.Payload.Data {
+			out, ok = Identity{ID: *d.ID, Name: *d.Name, Disabled: d.Disabled != nil && *d.Disabled}, true
+			if d.ExternalID != nil {
+				out.ExternalID = *d.ExternalID
+			}
+			if d.RoleAttributes != nil {
+				out.Attributes = *d.RoleAttributes
+			}
+		}
+		return nil
+	})
+	return out, ok, err
+}
+
+// CreateIdentity creates an identity authenticated by certificates whose SPIFFE ID equals externalID.
+func (m *Mgmt) CreateIdentity(externalID, authPolicyID string, attributes []string) (string, error) {
+	var id string
+	attrs := rest_model.Attributes(slices.Clone(attributes))
+	err := m.do("create identity", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.Identity.CreateIdentity(&identity.CreateIdentityParams{Identity: &rest_model.IdentityCreate{
+			Name: ptr(externalID), ExternalID: ptr(externalID), AuthPolicyID: ptr(authPolicyID),
+			IsAdmin: ptr(false), Type: ptr(rest_model.IdentityTypeDefault), RoleAttributes: &attrs,
+		}}, nil)
+		if err != nil {
+			return err
+		}
+		id = resp.Payload.Data.ID
+		return nil
+	})
+	return id, err
+}
+
+// SetAttributes replaces an identity's role attributes.
+func (m *Mgmt) SetAttributes(id string, attributes []string) error {
+	attrs := rest_model.Attributes(slices.Clone(attributes))
+	return m.do("patch identity", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.Identity.PatchIdentity(&identity.PatchIdentityParams{ID: id, Identity: &rest_model.IdentityPatch{RoleAttributes: &attrs}}, nil)
+		return err
+	})
+}
+
+// DisableIdentity disables an identity indefinitely; with legacy API sessions this also drops its sessions.
+func (m *Mgmt) DisableIdentity(id string) error {
+	return m.do("disable identity", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.Identity.DisableIdentity(&identity.DisableIdentityParams{ID: id, Disable: &rest_model.DisableParams{DurationMinutes: ptr(int64(0))}}, nil)
+		return err
+	})
+}
+
+// EnsureService creates a service (encrypted end to end) carrying the given role attributes, if absent.
+func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
+	var id string
+	err := m.do("list services", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.Service.ListServices(&service.ListServicesParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		for _, s := range resp.Payload.Data {
+			id = *s.ID
+		}
+		return nil
+	})
+	if err != nil || id != "" {
+		return id, err
+	}
+	err = m.do("create service", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.Service.CreateService(&service.CreateServiceParams{Service: &rest_model.ServiceCreate{
+			Name: ptr(name), EncryptionRequired: ptr(true), RoleAttributes: slices.Clone(attributes), Configs: []string{},
+		}}, nil)
+		if err != nil {
+			return err
+		}
+		id = resp.Payload.Data.ID
+		return nil
+	})
+	return id, err
+}
+
+// EnsureServicePolicy creates a Dial or Bind policy (kind "Dial" or "Bind"), if no policy of that name exists.
+func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
+	var have bool
+	err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		have = len(resp.Payload.Data) > 0
+		return nil
+	})
+	if err != nil || have {
+		return err
+	}
+	var typ rest_model.DialBind
+	switch kind {
+	case "Dial":
+		typ = rest_model.DialBindDial
+	case "Bind":
+		typ = rest_model.DialBindBind
+	default:
+		return errors.New("zitictrl: policy kind must be Dial or Bind")
+	}
+	return m.do("create service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.ServicePolicy.CreateServicePolicy(&service_policy.CreateServicePolicyParams{Policy: &rest_model.ServicePolicyCreate{
+			Name: ptr(name), Type: &typ, Semantic: ptr(rest_model.SemanticAnyOf),
+			IdentityRoles: identityRoles, ServiceRoles: serviceRoles, PostureCheckRoles: rest_model.Roles{},
+		}}, nil)
+		return err
+	})
+}
+
+// CreateEdgeRouter creates an edge router and returns its id and one-time enrollment JWT.
+func (m *Mgmt) CreateEdgeRouter(name string) (id, jwt string, err error) {
+	err = m.do("create edge router", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.EdgeRouter.CreateEdgeRouter(&edge_router.CreateEdgeRouterParams{EdgeRouter: &rest_model.EdgeRouterCreate{
+			Name: ptr(name), RoleAttributes: &rest_model.Attributes{"umbra.router"},
+		}}, nil)
+		if err != nil {
+			return err
+		}
+		id = resp.Payload.Data.ID
+		d, err := c.EdgeRouter.DetailEdgeRouter(&edge_router.DetailEdgeRouterParams{ID: id}, nil)
+		if err != nil {
+			return err
+		}
+		if d.Payload.Data.EnrollmentJWT == nil {
+			return errors.New("router has no enrollment token")
+		}
+		jwt = *d.Payload.Data.EnrollmentJWT
+		return nil
+	})
+	return id, jwt, err
+}
+
+// RouterOnline reports whether the named edge router is connected.
+func (m *Mgmt) RouterOnline(name string) (bool, error) {
+	var online bool
+	err := m.do("list edge routers", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.EdgeRouter.ListEdgeRouters(&edge_router.ListEdgeRoutersParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.Payload.Data {
+			online = r.IsOnline != nil && *r.IsOnline
+		}
+		return nil
+	})
+	return online, err
+}
+
+// AnyRouterOnline reports whether at least one edge router is connected.
+func (m *Mgmt) AnyRouterOnline() (bool, error) {
+	var online bool
+	err := m.do("list edge routers", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.EdgeRouter.ListEdgeRouters(&edge_router.ListEdgeRoutersParams{}, nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.Payload.Data {
+			online = online || r.IsOnline != nil && *r.IsOnline
+		}
+		return nil
+	})
+	return online, err
+}

@@ -1,0 +1,334 @@
+// Package zitictrl runs the OpenZiti controller inside the process: its PKI, its configuration, first-run
+// initialisation, and a management client through which the rest of Umbra maps SPIFFE identities, services and
+// policies onto the overlay.
+package zitictrl
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/openziti/storage/boltz"
+	"github.com/openziti/ziti/common/version"
+	zcontroller "github.com/openziti/ziti/controller"
+	"github.com/openziti/ziti/controller/config"
+	"github.com/openziti/ziti/controller/server"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/internal/pki"
+)
+
+// Config says where the embedded controller keeps its state and which addresses it uses.
+type Config struct {
+	// Dir holds the PKI, configuration and bbolt database. Required.
+	Dir string
+	// BindHost is the interface to listen on. Default 127.0.0.1.
+	BindHost string
+	// AdvertiseHost is the host name or address routers and SDKs use to reach this controller. Default BindHost.
+	AdvertiseHost string
+	// CtrlPort is the control-plane port routers connect to. Required.
+	CtrlPort int
+	// APIPort serves the OpenZiti edge client and management APIs. Required.
+	APIPort int
+	// TrustDomain names the overlay's own trust domain (distinct from the workloads' SPIFFE trust domain).
+	TrustDomain spiffeid.TrustDomain
+}
+
+// Controller is a running embedded OpenZiti controller.
+type Controller struct {
+	cfg    Config
+	log    *slog.Logger
+	edge   *server.Controller
+	fabric *zcontroller.Controller
+	ca     *pki.CA
+	pool   *x509.CertPool
+	mgmt   *Mgmt
+}
+
+const adminUser = "umbra-admin"
+
+// Start writes PKI and configuration on first run, starts the controller and waits until its API answers.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, error) {
+	if cfg.Dir == "" || cfg.CtrlPort == 0 || cfg.APIPort == 0 {
+		return nil, errors.New("zitictrl: Dir, CtrlPort and APIPort are required")
+	}
+	if cfg.BindHost == "" {
+		cfg.BindHost = "127.0.0.1"
+	}
+	if cfg.AdvertiseHost == "" {
+		cfg.AdvertiseHost = cfg.BindHost
+		if cfg.BindHost == "0.0.0.0" || cfg.BindHost == "::" {
+			cfg.AdvertiseHost = "127.0.0.1"
+		}
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	ca, err := ensurePKI(cfg)
+	if err != nil {
+		return nil, err
+	}
+	password, err := ensureSecret(filepath.Join(cfg.Dir, "admin.secret"))
+	if err != nil {
+		return nil, err
+	}
+	path, err := writeConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	zcfg, err := config.LoadConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: load config: %w", err)
+	}
+	fabric, err := zcontroller.NewController(zcfg, version.GetCmdBuildInfo())
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: new controller: %w", err)
+	}
+	edge, err := server.NewController(fabric)
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: new edge controller: %w", err)
+	}
+	edge.Initialize()
+	admin, err := edge.AppEnv.Managers.Identity.ReadDefaultAdmin()
+	if err != nil && !boltz.IsErrNotFoundErr(err) {
+		edge.Shutdown()
+		return nil, fmt.Errorf("zitictrl: read default admin: %w", err)
+	}
+	if admin == nil {
+		if err := edge.AppEnv.Managers.Identity.InitializeDefaultAdmin(adminUser, password, "Umbra controller"); err != nil {
+			edge.Shutdown()
+			return nil, fmt.Errorf("zitictrl: initialise admin: %w", err)
+		}
+	}
+	edge.Run()
+	go func() {
+		if err := fabric.Run(); err != nil {
+			log.Error("overlay controller stopped", "err", err)
+		}
+	}()
+	c := &Controller{cfg: cfg, log: log, edge: edge, fabric: fabric, ca: ca, pool: x509.NewCertPool()}
+	c.pool.AddCert(ca.Cert)
+	if err := c.waitReady(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	c.mgmt = newMgmt(c.APIURL(), adminUser, password, c.pool)
+	if err := c.mgmt.login(); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Stop shuts the controller down.
+func (c *Controller) Stop() {
+	c.edge.Shutdown()
+}
+
+// Mgmt returns the management client, logged in as the controller's own administrator.
+func (c *Controller) Mgmt() *Mgmt { return c.mgmt }
+
+// Fabric returns the in-process fabric controller (circuits, routers).
+func (c *Controller) Fabric() *zcontroller.Controller { return c.fabric }
+
+// APIURL is the base URL of the edge APIs, e.g. https://127.0.0.1:1280.
+func (c *Controller) APIURL() string {
+	return "https://" + net.JoinHostPort(c.cfg.AdvertiseHost, fmt.Sprint(c.cfg.APIPort))
+}
+
+// ClientAPIURL is the edge client API that SDKs authenticate against.
+func (c *Controller) ClientAPIURL() string { return c.APIURL() + "/edge/client/v1" }
+
+// CtrlEndpoint is the control-plane address routers are configured with.
+func (c *Controller) CtrlEndpoint() string {
+	return "tls:" + net.JoinHostPort(c.cfg.AdvertiseHost, fmt.Sprint(c.cfg.CtrlPort))
+}
+
+// CACertPEM is the overlay's root certificate: SDKs and routers trust the controller and routers through it.
+func (c *Controller) CACertPEM() []byte { return c.ca.CertPEM() }
+
+func (c *Controller) waitReady(ctx context.Context) error {
+	client := &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool, MinVersion: tls.VersionTLS12}},
+	}
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.APIURL()+"/edge/client/v1/version", nil)
+		if err != nil {
+			return fmt.Errorf("zitictrl: %w", err)
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("zitictrl: controller API at %s did not come up: %v", c.APIURL(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("zitictrl: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func ensurePKI(cfg Config) (*pki.CA, error) {
+	dir := filepath.Join(cfg.Dir, "pki")
+	caCert, caKey := filepath.Join(dir, "ca.cert"), filepath.Join(dir, "ca.key")
+	if _, err := os.Stat(caCert); err == nil {
+		ca, err := pki.LoadCA(caCert, caKey)
+		if err != nil {
+			return nil, fmt.Errorf("zitictrl: %w", err)
+		}
+		return ca, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	now := time.Now()
+	ca, err := pki.NewCA("Umbra overlay root", spiffeid.TrustDomain{}, 10*365*24*time.Hour, now)
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	key, err := pki.NewKey()
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	dns := []string{"localhost"}
+	ips := []net.IP{net.ParseIP("127.0.0.1")}
+	for _, h := range []string{cfg.AdvertiseHost, cfg.BindHost} {
+		if ip := net.ParseIP(h); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+		} else if h != "" && h != "localhost" {
+			dns = append(dns, h)
+		}
+	}
+	td := cfg.TrustDomain
+	if td.IsZero() {
+		td = spiffeid.RequireTrustDomainFromString("overlay.umbra")
+	}
+	uri, err := url.Parse(fmt.Sprintf("spiffe://%s/controller/%s", td.Name(), randomHex(6)))
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	leaf, err := ca.IssueServer(key.Public(), dns, ips, []*url.URL{uri}, 10*365*24*time.Hour, now)
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	keyPEM, err := pki.EncodeECKeyPEM(key)
+	if err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ctrl.key"), keyPEM, 0o600); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ctrl.chain.pem"), pki.EncodeCertsPEM(leaf, ca.Cert), 0o644); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	// The CA files go last: their presence marks the PKI as complete.
+	if err := ca.Save(caCert, caKey); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	return ca, nil
+}
+
+func ensureSecret(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	s := randomHex(24)
+	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("zitictrl: %w", err)
+	}
+	return s, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return hex.EncodeToString(b)
+}
+
+var configTemplate = template.Must(template.New("ctrl").Parse(`v: 3
+db: "{{.Dir}}/ctrl.db"
+identity:
+  cert: "{{.Dir}}/pki/ctrl.chain.pem"
+  server_cert: "{{.Dir}}/pki/ctrl.chain.pem"
+  key: "{{.Dir}}/pki/ctrl.key"
+  ca: "{{.Dir}}/pki/ca.cert"
+ctrl:
+  listener: tls:{{.Bind}}:{{.CtrlPort}}
+healthChecks:
+  boltCheck:
+    interval: 30s
+    timeout: 20s
+    initialDelay: 30s
+edge:
+  api:
+    sessionTimeout: 30m
+    address: {{.Advertise}}:{{.APIPort}}
+  enrollment:
+    signingCert:
+      cert: "{{.Dir}}/pki/ca.cert"
+      key: "{{.Dir}}/pki/ca.key"
+    edgeIdentity:
+      duration: 180m
+    edgeRouter:
+      duration: 180m
+web:
+  - name: overlay-api
+    bindPoints:
+      - interface: {{.Bind}}:{{.APIPort}}
+        address: {{.Advertise}}:{{.APIPort}}
+    options:
+      minTLSVersion: TLS1.2
+    apis:
+      - binding: edge-management
+      - binding: edge-client
+      - binding: fabric
+`))
+
+func writeConfig(cfg Config) (string, error) {
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return "", fmt.Errorf("zitictrl: %w", err)
+	}
+	path := filepath.Join(dir, "ctrl.yaml")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("zitictrl: %w", err)
+	}
+	err = configTemplate.Execute(f, map[string]any{
+		"Dir": dir, "Bind": cfg.BindHost, "Advertise": cfg.AdvertiseHost,
+		"CtrlPort": cfg.CtrlPort, "APIPort": cfg.APIPort,
+	})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("zitictrl: write config: %w", err)
+	}
+	return path, nil
+}
