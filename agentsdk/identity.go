@@ -34,6 +34,9 @@ func (id *Identity) SPIFFEID() spiffeid.ID { return id.id }
 // ExpiresAt returns when the current SVID expires.
 func (id *Identity) ExpiresAt() time.Time { return id.svid[0].NotAfter }
 
+// RenewAt returns when the current SVID is due for renewal: half way through its lifetime.
+func (id *Identity) RenewAt() time.Time { return renewAt(id.svid[0].NotBefore, id.svid[0].NotAfter) }
+
 // identityFile is the on-disk form: PEM inside JSON, written with mode 0600.
 type identityFile struct {
 	SPIFFEID     string `json:"spiffe_id"`

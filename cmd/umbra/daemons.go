@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
+	"github.com/umbra-mesh/umbra/router"
+)
+
+func controllerFlags(f *flags) *controller.Config {
+	cfg := &controller.Config{}
+	f.StringVar(&cfg.DataDir, "data", "umbra-data", "data directory")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "SPIFFE trust domain (default umbra.local)")
+	f.StringVar(&cfg.Host, "host", "", "interface to bind (default 127.0.0.1)")
+	f.StringVar(&cfg.AdvertiseHost, "advertise", "", "host name routers and workloads use to reach the controller")
+	f.IntVar(&cfg.CtrlPort, "ctrl-port", 0, "overlay control plane port (default 6262)")
+	f.IntVar(&cfg.OverlayAPIPort, "api-port", 0, "overlay edge API port (default 1280)")
+	f.IntVar(&cfg.EnrollPort, "enroll-port", 0, "enrollment port (default 1281)")
+	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued SVIDs (default 24h)")
+	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT (default: no listener)")
+	return cfg
+}
+
+func startController(ctx context.Context, cfg controller.Config) (*controller.Server, <-chan error, error) {
+	srv, err := controller.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Run(ctx) }()
+	select {
+	case <-srv.Ready():
+		return srv, errc, nil
+	case err := <-errc:
+		return nil, nil, err
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+}
+
+func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("controller", stderr)
+	cfg := controllerFlags(f)
+	var routerToken string
+	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	zitilog.Route(log, level)
+	cfg.Logger = log
+	srv, errc, err := startController(ctx, *cfg)
+	if err != nil {
+		return err
+	}
+	if routerToken != "" {
+		name, path, ok := strings.Cut(routerToken, ":")
+		if !ok {
+			return fmt.Errorf("--router-token %q: want NAME:FILE", routerToken)
+		}
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			tok, err := srv.CreateRouterToken(name)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "umbra controller ready: trust domain %s, enrollment %s, admin identity %s\n",
+		srv.TrustDomain().Name(), srv.EnrollURL(), srv.AdminIdentityPath())
+	return <-errc
+}
+
+func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "create" {
+		return cmdRouterCreate(ctx, args[1:], stdin, stdout, stderr)
+	}
+	f := newFlags("router", stderr)
+	var cfg router.Config
+	var tokenFile string
+	f.StringVar(&cfg.DataDir, "data", "", "router data directory (required)")
+	f.StringVar(&tokenFile, "token", "", "enrollment token file (first start only)")
+	f.StringVar(&cfg.EdgeAddr, "edge", "", "HOST:PORT workloads connect to (default 127.0.0.1:3022)")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "HOST:PORT workloads use to reach --edge")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	if cfg.DataDir == "" {
+		return errors.New("router: --data is required")
+	}
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	zitilog.Route(log, level)
+	cfg.Logger = log
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return err
+		}
+		cfg.Token = strings.TrimSpace(string(b))
+	}
+	r, err := router.New(cfg)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- r.Run(ctx) }()
+	select {
+	case <-r.Ready():
+		fmt.Fprintln(stdout, "umbra router ready")
+	case err := <-errc:
+		return err
+	}
+	return <-errc
+}
+
+func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("dev", stderr)
+	cfg := controllerFlags(f)
+	var edge string
+	f.StringVar(&edge, "edge", "127.0.0.1:3022", "HOST:PORT of the embedded router's edge listener")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	zitilog.Route(log, level)
+	cfg.Logger = log
+	start := time.Now()
+	srv, errc, err := startController(ctx, *cfg)
+	if err != nil {
+		return err
+	}
+	routerDir := filepath.Join(cfg.DataDir, "router")
+	var token string
+	if _, err := os.Stat(filepath.Join(routerDir, "cert.pem")); err != nil {
+		if token, err = srv.CreateRouterToken("dev-router"); err != nil {
+			return err
+		}
+	}
+	r, err := router.New(router.Config{DataDir: routerDir, Token: token, EdgeAddr: edge, Logger: log})
+	if err != nil {
+		return err
+	}
+	rerr := make(chan error, 1)
+	go func() { rerr <- r.Run(ctx) }()
+	select {
+	case <-r.Ready():
+	case err := <-rerr:
+		return err
+	}
+	fmt.Fprintf(stdout, `umbra dev ready in %s
+  trust domain   %s
+  enrollment     %s
+  router edge    %s
+  admin identity %s  (spiffe id %s)
+Try: umbra whoami --as %s
+`, time.Since(start).Round(time.Millisecond), srv.TrustDomain().Name(), srv.EnrollURL(), edge,
+		srv.AdminIdentityPath(), srv.AdminID(), srv.AdminIdentityPath())
+	err = <-errc
+	<-rerr
+	return err
+}

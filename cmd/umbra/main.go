@@ -1,0 +1,127 @@
+// Command umbra runs and operates an Umbra network: the controller, routers, a one-process development network,
+// enrollment, identities and services.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+const usage = `umbra: the zero-trust overlay for AI agents
+
+Usage:
+  umbra dev        --data DIR                       controller + router + NATS in one process
+  umbra controller --data DIR [--router-token NAME:FILE]
+  umbra router     --data DIR [--token FILE] [--edge HOST:PORT]
+  umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
+  umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]
+  umbra identity revoke --as ADMIN.json SPIFFE-ID [--reason R]
+  umbra enroll     --token FILE --out FILE
+  umbra whoami     --as ID.json
+  umbra service grant --as ADMIN.json --service S [--bind ID]... [--dial ID]...
+  umbra service serve --as ID.json --service S --echo
+  umbra service dial  --as ID.json --service S
+  umbra service list  --as ID.json
+
+Every command takes --log-level (debug, info, warn, error; default warn).
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "umbra:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+type command func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	cmds := map[string]command{
+		"dev":        cmdDev,
+		"controller": cmdController,
+		"router":     cmdRouter,
+		"enroll":     cmdEnroll,
+		"whoami":     cmdWhoAmI,
+		"identity":   subcommands(map[string]command{"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke}),
+		"service": subcommands(map[string]command{"grant": cmdServiceGrant, "serve": cmdServiceServe,
+			"dial": cmdServiceDial, "list": cmdServiceList}),
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		return fmt.Errorf("unknown command %q (run umbra help)", args[0])
+	}
+	return cmd(ctx, args[1:], stdin, stdout, stderr)
+}
+
+func subcommands(m map[string]command) command {
+	return func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+		if len(args) == 0 {
+			return fmt.Errorf("missing subcommand (run umbra help)")
+		}
+		cmd, ok := m[args[0]]
+		if !ok {
+			return fmt.Errorf("unknown subcommand %q (run umbra help)", args[0])
+		}
+		return cmd(ctx, args[1:], stdin, stdout, stderr)
+	}
+}
+
+// flags is a flag set with the options every command shares.
+type flags struct {
+	*flag.FlagSet
+	level string
+}
+
+func newFlags(name string, stderr io.Writer) *flags {
+	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError)}
+	f.SetOutput(stderr)
+	f.StringVar(&f.level, "log-level", "warn", "log level: debug, info, warn or error")
+	return f
+}
+
+// parse accepts flags before and after positional arguments.
+func (f *flags) parse(args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.Parse(args); err != nil {
+			return nil, err
+		}
+		args = f.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func (f *flags) logger(stderr io.Writer) (*slog.Logger, slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToLower(f.level))); err != nil {
+		return nil, 0, fmt.Errorf("--log-level %q: %w", f.level, err)
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})), level, nil
+}
+
+// multi is a repeatable string flag.
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
