@@ -281,4 +281,3 @@ func (a *Agent) Close() error {
 	a.mu.Unlock()
 	return nil
 }
-

@@ -21,7 +21,7 @@ import (
 type source struct{ a *Agent }
 
 var (
-	_ x509svid.Source  = source{}
+	_ x509svid.Source   = source{}
 	_ x509bundle.Source = source{}
 )
 
@@ -68,7 +68,7 @@ type listener struct {
 	conns   chan net.Conn
 	done    chan struct{}
 
-	mu     sync.Mutex
+	mu        sync.Mutex
 	zl        edge.Listener
 	closed    bool
 	rebinding bool

@@ -418,4 +418,3 @@ func (s *Server) CreateRouterToken(name string) (string, error) {
 
 // RouterOnline reports whether the named router is connected to the overlay.
 func (s *Server) RouterOnline(name string) (bool, error) { return s.zc.Mgmt().RouterOnline(name) }
-
