@@ -166,6 +166,15 @@ func (a *Agent) dial(ctx context.Context, service string, authorize tlsconfig.Au
 			raw, err = zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: timeout})
 		}
 	}
+	// A router that just went away fails the dial; the next attempt goes through another one.
+	for attempt := 0; err != nil && attempt < 3 && !isNotFound(err) && !isAuth(err); attempt++ {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agentsdk: dial %s: %w (last error: %v)", service, ctx.Err(), err)
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+		raw, err = zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: timeout})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: dial %s: %w", service, classify(err))
 	}
@@ -181,11 +190,15 @@ func isNotFound(err error) bool {
 	return strings.Contains(err.Error(), "not found") || strings.Contains(err.Error(), "no service")
 }
 
+func isAuth(err error) bool {
+	return strings.Contains(err.Error(), "INVALID_AUTH") || strings.Contains(err.Error(), "401")
+}
+
 func classify(err error) error {
 	switch {
 	case isNotFound(err):
 		return fmt.Errorf("%w (or this identity may not use it): %v", ErrServiceNotFound, err)
-	case strings.Contains(err.Error(), "INVALID_AUTH"), strings.Contains(err.Error(), "401"):
+	case isAuth(err):
 		return fmt.Errorf("%w: %v", ErrNotAuthorized, err)
 	}
 	return err

@@ -35,6 +35,12 @@ type Config struct {
 	EdgeAddr string
 	// AdvertiseAddr is how workloads reach EdgeAddr. Default EdgeAddr (127.0.0.1 for a wildcard host).
 	AdvertiseAddr string
+	// LinkAddr, if set (host:port), accepts links from other routers, so traffic entering at one router can
+	// reach services hosted through another. Every router dials links to the routers that listen; at least one
+	// router of a multi-router network must listen. Default: none.
+	LinkAddr string
+	// LinkAdvertise is how other routers reach LinkAddr. Default LinkAddr (127.0.0.1 for a wildcard host).
+	LinkAdvertise string
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }
@@ -64,6 +70,16 @@ func New(cfg Config) (*Router, error) {
 			host = "127.0.0.1"
 		}
 		cfg.AdvertiseAddr = net.JoinHostPort(host, port)
+	}
+	if cfg.LinkAddr != "" && cfg.LinkAdvertise == "" {
+		lh, lp, err := net.SplitHostPort(cfg.LinkAddr)
+		if err != nil {
+			return nil, fmt.Errorf("router: link address %q: %w", cfg.LinkAddr, err)
+		}
+		if lh == "0.0.0.0" || lh == "::" || lh == "" {
+			lh = "127.0.0.1"
+		}
+		cfg.LinkAdvertise = net.JoinHostPort(lh, lp)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -150,6 +166,12 @@ ctrl:
 link:
   dialers:
     - binding: transport
+{{- if .Link}}
+  listeners:
+    - binding: transport
+      bind: tls:{{.Link}}
+      advertise: tls:{{.LinkAdvertise}}
+{{- end}}
 listeners:
   - binding: edge
     address: tls:{{.Edge}}
@@ -193,7 +215,7 @@ func (r *Router) writeConfig(dir, path, ctrl string) error {
 		return fmt.Errorf("router: %w", err)
 	}
 	err = configTemplate.Execute(f, map[string]any{"Dir": dir, "Ctrl": ctrl, "Edge": r.cfg.EdgeAddr,
-		"Advertise": r.cfg.AdvertiseAddr, "DNS": dns, "IPs": ips})
+		"Advertise": r.cfg.AdvertiseAddr, "DNS": dns, "IPs": ips, "Link": r.cfg.LinkAddr, "LinkAdvertise": r.cfg.LinkAdvertise})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -95,6 +95,8 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	f.StringVar(&tokenFile, "token", "", "enrollment token file (first start only)")
 	f.StringVar(&cfg.EdgeAddr, "edge", "", "HOST:PORT workloads connect to (default 127.0.0.1:3022)")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "HOST:PORT workloads use to reach --edge")
+	f.StringVar(&cfg.LinkAddr, "link", "", "HOST:PORT to accept links from other routers (default: none)")
+	f.StringVar(&cfg.LinkAdvertise, "link-advertise", "", "HOST:PORT other routers use to reach --link")
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -132,8 +134,9 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("dev", stderr)
 	cfg := controllerFlags(f)
-	var edge string
+	var edge, link string
 	f.StringVar(&edge, "edge", "127.0.0.1:3022", "HOST:PORT of the embedded router's edge listener")
+	f.StringVar(&link, "link", "", "HOST:PORT where the embedded router accepts links from other routers (default: none)")
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -155,7 +158,7 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 			return err
 		}
 	}
-	r, err := router.New(router.Config{DataDir: routerDir, Token: token, EdgeAddr: edge, Logger: log})
+	r, err := router.New(router.Config{DataDir: routerDir, Token: token, EdgeAddr: edge, LinkAddr: link, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,7 @@ const usage = `umbra: the zero-trust overlay for AI agents
 Usage:
   umbra dev        --data DIR                       controller + router + NATS in one process
   umbra controller --data DIR [--router-token NAME:FILE]
-  umbra router     --data DIR [--token FILE] [--edge HOST:PORT]
+  umbra router     --data DIR [--token FILE] [--edge HOST:PORT] [--link HOST:PORT]
   umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
   umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]
   umbra identity revoke --as ADMIN.json SPIFFE-ID [--reason R]

@@ -1,0 +1,359 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests build the real binary and drive it as a user would, each daemon in its own process.
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+func umbraBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the umbra binary")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "umbra-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "umbra")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type cli struct {
+	t   *testing.T
+	bin string
+	dir string
+}
+
+// run runs one umbra command to completion and returns stdout, stderr and whether it succeeded.
+func (c *cli) run(stdin string, args ...string) (string, string, error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.bin, args...)
+	cmd.Dir = c.dir
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+func (c *cli) must(stdin string, args ...string) string {
+	c.t.Helper()
+	out, errs, err := c.run(stdin, args...)
+	if err != nil {
+		c.t.Fatalf("umbra %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errs)
+	}
+	return out
+}
+
+type daemon struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	errb *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs a long-lived umbra command and waits until its stdout prints a line containing ready.
+func (c *cli) start(ready string, args ...string) *daemon {
+	c.t.Helper()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Dir = c.dir
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, done: make(chan struct{}), errb: &syncBuffer{}}
+	cmd.Stderr = d.errb
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { d.stop(c.t) })
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		cmd.Wait()
+		close(d.done)
+	}()
+	timeout := time.After(90 * time.Second)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				c.t.Fatalf("umbra %s exited before ready:\n%s", strings.Join(args, " "), d.errb.String())
+			}
+			if strings.Contains(l, ready) {
+				go func() {
+					for range lines {
+					}
+				}()
+				return d
+			}
+		case <-timeout:
+			c.t.Fatalf("umbra %s not ready after 90s:\n%s", strings.Join(args, " "), d.errb.String())
+		}
+	}
+}
+
+// stop interrupts the daemon and waits for it; kill sends SIGKILL instead.
+func (d *daemon) stop(t *testing.T) {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func (d *daemon) kill() {
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
+
+// listeningSockets counts the TCP listening sockets owned by process pid, read from /proc.
+func listeningSockets(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := map[string]bool{}
+	for _, fd := range fds {
+		link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(link, "socket:[") {
+			owned[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	n := 0
+	for _, file := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, file))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 {
+				continue
+			}
+			// TCP state 0A is LISTEN; any bound UDP socket would also accept traffic.
+			if (strings.HasPrefix(file, "tcp") && f[3] == "0A" || strings.HasPrefix(file, "udp")) && owned[f[9]] {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func devArgs(t *testing.T, data string) ([]string, int) {
+	edge := freePort(t)
+	return []string{"dev", "--data", data, "--ctrl-port", strconv.Itoa(freePort(t)), "--api-port", strconv.Itoa(freePort(t)),
+		"--enroll-port", strconv.Itoa(freePort(t)), "--edge", "127.0.0.1:" + strconv.Itoa(edge)}, edge
+}
+
+// TestCLISequence runs the README's command sequence end to end against `umbra dev`, checks that a served
+// process is dark, that revocation cuts the identity, and that a restart keeps enrolled identities working.
+func TestCLISequence(t *testing.T) {
+	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	args, _ := devArgs(t, "umbra-data")
+	dev := c.start("umbra dev ready", args...)
+	admin := "umbra-data/admin.json"
+
+	for _, name := range []string{"analyst", "server"} {
+		tok := c.must("", "identity", "create", "--as", admin, "--org", "acme", "--kind", "agent", "--name", name)
+		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
+	}
+	// The token was spent: enrolling again fails with a clear error and changes nothing.
+	if _, errs, err := c.run("", "enroll", "--token", "analyst.token", "--out", "again.json"); err == nil || !strings.Contains(errs, "token_used") {
+		t.Fatalf("reusing a token: err=%v stderr=%s", err, errs)
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, "again.json")); err == nil {
+		t.Fatal("a refused enrollment wrote an identity file")
+	}
+
+	analyst, server := "spiffe://umbra.local/acme/agent/analyst", "spiffe://umbra.local/acme/agent/server"
+	if got := strings.TrimSpace(c.must("", "whoami", "--as", "analyst.json")); got != analyst {
+		t.Fatalf("whoami = %q, want %s", got, analyst)
+	}
+	// Only an administrator may grant.
+	if _, errs, err := c.run("", "service", "grant", "--as", "analyst.json", "--service", "echo", "--dial", analyst); err == nil || !strings.Contains(errs, "forbidden") {
+		t.Fatalf("grant by a non-admin: err=%v stderr=%s", err, errs)
+	}
+	c.must("", "service", "grant", "--as", admin, "--service", "echo", "--bind", server, "--dial", analyst)
+
+	serve := c.start("serving echo", "service", "serve", "--as", "server.json", "--service", "echo", "--echo")
+	if n := listeningSockets(t, serve.cmd.Process.Pid); n != 0 {
+		t.Fatalf("the serving process owns %d listening sockets, want 0", n)
+	}
+	out, errs, err := c.run("hello dark world\n", "service", "dial", "--as", "analyst.json", "--service", "echo")
+	if err != nil || out != "hello dark world\n" {
+		t.Fatalf("dial: err=%v out=%q stderr=%s", err, out, errs)
+	}
+	if !strings.Contains(errs, "served by "+server) {
+		t.Fatalf("dial did not report the verified peer: %s", errs)
+	}
+	if !strings.Contains(serve.errb.String(), "connection from "+analyst) {
+		t.Fatalf("server did not see the verified caller: %s", serve.errb.String())
+	}
+	if list := c.must("", "service", "list", "--as", "analyst.json"); !strings.Contains(list, "echo") {
+		t.Fatalf("service list = %q", list)
+	}
+	// Unknown service: a clear error.
+	if _, errs, err := c.run("", "service", "dial", "--as", "analyst.json", "--service", "nope"); err == nil || !strings.Contains(errs, "service not found") {
+		t.Fatalf("dial unknown service: err=%v stderr=%s", err, errs)
+	}
+
+	// Restart on the same data directory: enrolled identities keep working without re-enrollment.
+	serve.stop(t)
+	dev.stop(t)
+	c.start("umbra dev ready", args...)
+	if got := strings.TrimSpace(c.must("", "whoami", "--as", "server.json")); got != server {
+		t.Fatalf("after restart whoami = %q", got)
+	}
+	serve = c.start("serving echo", "service", "serve", "--as", "server.json", "--service", "echo", "--echo")
+	if out := c.must("again\n", "service", "dial", "--as", "analyst.json", "--service", "echo"); out != "again\n" {
+		t.Fatalf("after restart dial = %q", out)
+	}
+
+	// Revocation cuts both layers.
+	if out := c.must("", "identity", "revoke", "--as", admin, analyst); !strings.Contains(out, "revoked "+analyst) {
+		t.Fatalf("revoke: %q", out)
+	}
+	if _, errs, err := c.run("x\n", "service", "dial", "--as", "analyst.json", "--service", "echo"); err == nil || !strings.Contains(errs, "not authorized") {
+		t.Fatalf("dial after revoke: err=%v stderr=%s", err, errs)
+	}
+	if _, _, err := c.run("", "whoami", "--as", "analyst.json"); err == nil {
+		t.Fatal("whoami after revoke succeeded")
+	}
+	if _, errs, err := c.run("", "identity", "create", "--as", admin, "--org", "acme", "--kind", "agent", "--name", "analyst"); err == nil || !strings.Contains(errs, "revoked") {
+		t.Fatalf("re-creating a revoked identity: err=%v stderr=%s", err, errs)
+	}
+}
+
+// TestRouterFailover runs a controller and two routers as separate processes; a hosted service stays
+// reachable after one router is killed.
+func TestRouterFailover(t *testing.T) {
+	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	ctrl := []string{"controller", "--data", "ctrl", "--ctrl-port", strconv.Itoa(freePort(t)), "--api-port", strconv.Itoa(freePort(t)),
+		"--enroll-port", strconv.Itoa(freePort(t)), "--router-token", "r1:r1.token"}
+	c.start("umbra controller ready", ctrl...)
+	r1 := c.start("umbra router ready", "router", "--data", "r1", "--token", "r1.token", "--edge", "127.0.0.1:"+strconv.Itoa(freePort(t)),
+		"--link", "127.0.0.1:"+strconv.Itoa(freePort(t)))
+	admin := "ctrl/admin.json"
+	// The controller API comes up on the overlay once the first router is online.
+	var tok string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, errs, err := c.run("", "router", "create", "--as", admin, "--name", "r2")
+		if err == nil {
+			tok = out
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("router create: %v %s", err, errs)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if err := os.WriteFile(filepath.Join(c.dir, "r2.token"), []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.start("umbra router ready", "router", "--data", "r2", "--token", "r2.token", "--edge", "127.0.0.1:"+strconv.Itoa(freePort(t)),
+		"--link", "127.0.0.1:"+strconv.Itoa(freePort(t)))
+
+	for _, name := range []string{"client", "host"} {
+		tok := c.must("", "identity", "create", "--as", admin, "--org", "acme", "--kind", "agent", "--name", name)
+		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
+	}
+	c.must("", "service", "grant", "--as", admin, "--service", "ha-echo",
+		"--bind", "spiffe://umbra.local/acme/agent/host", "--dial", "spiffe://umbra.local/acme/agent/client")
+	// Give the SDK a moment to learn both routers before hosting, so it binds through each.
+	time.Sleep(2 * time.Second)
+	c.start("serving ha-echo", "service", "serve", "--as", "host.json", "--service", "ha-echo", "--echo")
+	if out := c.must("one\n", "service", "dial", "--as", "client.json", "--service", "ha-echo"); out != "one\n" {
+		t.Fatalf("dial = %q", out)
+	}
+	r1.kill()
+	// After losing a router, the service answers through the other one.
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		out, errs, err := c.run("two\n", "service", "dial", "--as", "client.json", "--service", "ha-echo")
+		if err == nil && out == "two\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service unreachable after losing one router: err=%v out=%q stderr=%s", err, out, errs)
+		}
+		time.Sleep(time.Second)
+	}
+}
