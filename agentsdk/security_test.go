@@ -229,7 +229,9 @@ func TestRevocation(t *testing.T) {
 			t.Fatalf("whoami before revocation: %v", err)
 		}
 
+		t.Logf("T revoke %v", time.Now())
 		resp, err := admin.Revoke(ctx, victim.ID(), "test")
+		t.Logf("T revoked %v %+v", time.Now(), resp)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -246,15 +248,17 @@ func TestRevocation(t *testing.T) {
 		} else {
 			t.Logf("dial after revocation: %v", err)
 		}
+		t.Logf("T dial %v", time.Now())
 		if who, err := vc.WhoAmI(ctx); err == nil {
 			t.Fatalf("revoked identity got whoami %+v", who)
-		}
+		} else { t.Logf("T whoami %v %v", time.Now(), err) }
 		if _, err := victim.Controller().WhoAmI(ctx); err == nil {
 			t.Fatal("revoked identity got whoami on a new controller client")
 		}
+		t.Logf("T whoami2 %v", time.Now())
 		if err := victim.Renew(ctx); err == nil {
 			t.Fatal("revoked identity renewed its SVID")
-		}
+		} else { t.Logf("T renew %v %v", time.Now(), err) }
 		if a, err := agentsdk.Connect(ctx, victim.Identity()); err == nil {
 			a.Close()
 			t.Fatal("revoked identity connected to the overlay again")
@@ -270,6 +274,7 @@ func TestRevocation(t *testing.T) {
 			t.Errorf("granting to a revoked identity: err = %v, want code %s", err, api.CodeRevoked)
 		}
 
+		t.Logf("T conflict %v", time.Now())
 		// Only the victim was cut: the host still serves others.
 		dialEcho(t, ctx, bystander, svc)
 	})

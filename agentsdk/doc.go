@@ -1,0 +1,28 @@
+// Package agentsdk connects an agent, tool server or model endpoint to an Umbra network.
+//
+// It looks like package net. A workload enrolls once with a one-time token from its administrator: the key is
+// generated locally and only a CSR leaves the process; the controller answers with a short-lived SPIFFE
+// X.509-SVID. Then the workload connects to the dark overlay and dials or hosts services by name:
+//
+//	id, err := agentsdk.Enroll(ctx, token)        // or agentsdk.LoadIdentity("analyst.json")
+//	id.Save("analyst.json")
+//	agent, err := agentsdk.Connect(ctx, id)
+//	defer agent.Close()
+//
+//	conn, err := agent.Dial(ctx, "pricing")       // a net.Conn; mutual TLS with SVIDs inside the overlay
+//	peer, err := agentsdk.PeerIdentity(conn)      // the SPIFFE ID the other end proved
+//
+//	ln, err := agent.Listen("pricing")            // a net.Listener; opens no listening socket
+//	resp, err := agent.HTTPClient().Get("http://pricing/quote")
+//
+// Nothing listens on the workload's host: the SDK dials out to the overlay's routers, and callers reach a hosted
+// service only if a policy lets them (otherwise the service does not exist for them). Inside every overlay
+// connection the two ends run mutual TLS with their SVIDs, so PeerIdentity never depends on a name the overlay
+// reports for the caller, which the calling client asserts and could forge.
+//
+// The agent renews its SVID at half its lifetime over the overlay (WithIdentityFile writes renewals back), and
+// an administrator's revocation cuts it from the overlay and the controller at once.
+//
+// Administrators use the same SDK: Agent.Controller() returns a client of the controller's API, which the
+// controller serves only on the overlay and authorises by the caller's SVID.
+package agentsdk
