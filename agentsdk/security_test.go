@@ -229,36 +229,46 @@ func TestRevocation(t *testing.T) {
 			t.Fatalf("whoami before revocation: %v", err)
 		}
 
-		t.Logf("T revoke %v", time.Now())
 		resp, err := admin.Revoke(ctx, victim.ID(), "test")
-		t.Logf("T revoked %v %+v", time.Now(), resp)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.SPIFFEID != victim.ID().String() || resp.CircuitsClosed < 1 {
-			t.Errorf("revoke answered %+v, want the victim and at least its echo circuit", resp)
+		// CircuitsClosed is not checked: disabling the overlay identity often drops the circuits before the
+		// controller enumerates them, so it may be 0.
+		if resp.SPIFFEID != victim.ID().String() {
+			t.Errorf("revoke answered %+v, want %s", resp, victim.ID())
 		}
 
 		waitBroken(t, "victim's established connection", conn)
 		dctx, dcancel := context.WithTimeout(ctx, breakWithin)
 		defer dcancel()
-		if c, err := victim.Dial(dctx, svc); err == nil {
+		start := time.Now()
+		c, err := victim.Dial(dctx, svc)
+		if err == nil {
 			c.Close()
 			t.Fatal("revoked identity dialled a new connection")
-		} else {
-			t.Logf("dial after revocation: %v", err)
 		}
-		t.Logf("T dial %v", time.Now())
-		if who, err := vc.WhoAmI(ctx); err == nil {
+		t.Logf("dial after revocation failed in %v: %v", time.Since(start).Round(time.Millisecond), err)
+		if !errors.Is(err, agentsdk.ErrNotAuthorized) {
+			t.Errorf("dial after revocation: err = %v, want ErrNotAuthorized", err)
+		}
+		who, err := vc.WhoAmI(ctx)
+		if err == nil {
 			t.Fatalf("revoked identity got whoami %+v", who)
-		} else { t.Logf("T whoami %v %v", time.Now(), err) }
+		}
+		if !errors.Is(err, agentsdk.ErrNotAuthorized) {
+			t.Errorf("whoami after revocation: err = %v, want ErrNotAuthorized", err)
+		}
 		if _, err := victim.Controller().WhoAmI(ctx); err == nil {
 			t.Fatal("revoked identity got whoami on a new controller client")
 		}
-		t.Logf("T whoami2 %v", time.Now())
-		if err := victim.Renew(ctx); err == nil {
+		err = victim.Renew(ctx)
+		if err == nil {
 			t.Fatal("revoked identity renewed its SVID")
-		} else { t.Logf("T renew %v %v", time.Now(), err) }
+		}
+		if !errors.Is(err, agentsdk.ErrNotAuthorized) {
+			t.Errorf("renew after revocation: err = %v, want ErrNotAuthorized", err)
+		}
 		if a, err := agentsdk.Connect(ctx, victim.Identity()); err == nil {
 			a.Close()
 			t.Fatal("revoked identity connected to the overlay again")
@@ -274,7 +284,6 @@ func TestRevocation(t *testing.T) {
 			t.Errorf("granting to a revoked identity: err = %v, want code %s", err, api.CodeRevoked)
 		}
 
-		t.Logf("T conflict %v", time.Now())
 		// Only the victim was cut: the host still serves others.
 		dialEcho(t, ctx, bystander, svc)
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/umbra-mesh/umbra/internal/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // fault is an error with what the remote caller may see: HTTP status, stable code and message. The cause
@@ -50,9 +51,9 @@ var serviceName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
 // workloadID builds spiffe://<td>/<org>/<kind>/<name>, checking each segment.
 func workloadID(td spiffeid.TrustDomain, org, kind, name string) (spiffeid.ID, error) {
 	for _, s := range []struct{ what, v string }{{"org", org}, {"kind", kind}, {"name", name}} {
-		if !segment.MatchString(s.v) {
+		if workgroups.ValidateName(s.v) != nil {
 			return spiffeid.ID{}, failf(http.StatusBadRequest, api.CodeBadRequest,
-				"%s %q is not valid: use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit", s.what, s.v)
+				"%s %q is not valid: use 1-63 lowercase letters, digits, '_' or '-', starting with a letter", s.what, s.v)
 		}
 	}
 	id, err := spiffeid.FromSegments(td, org, kind, name)
@@ -225,6 +226,7 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 		return api.RevokeResponse{}, internal(err)
 	}
 	closed := s.closeCircuits(rec.OverlayID)
+	s.revokeSessions(ctx, id)
 	s.log.Info("identity revoked", "spiffe_id", id.String(), "by", actor.String(), "reason", reason, "circuits_closed", closed)
 	return api.RevokeResponse{SPIFFEID: id.String(), CircuitsClosed: closed}, nil
 }

@@ -71,6 +71,9 @@ func (s *Server) apiHandler() http.Handler {
 		if err := strict(body, &req); err != nil {
 			return nil, err
 		}
+		if !isPlatformAdmin(c) && req.Org != c.rec.Org {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "an organisation administrator creates identities of its own organisation only")
+		}
 		return s.createIdentity(ctx, c.id, req)
 	}))
 	mux.HandleFunc("POST "+api.PathRevoke, s.admin(func(ctx context.Context, c caller, body []byte) (any, error) {
@@ -82,9 +85,15 @@ func (s *Server) apiHandler() http.Handler {
 		if err != nil {
 			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "%q is not a SPIFFE ID: %v", req.SPIFFEID, err)
 		}
+		if !isPlatformAdmin(c) && orgOf(id) != c.rec.Org {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "an organisation administrator revokes identities of its own organisation only")
+		}
 		return s.revoke(ctx, c.id, id, req.Reason)
 	}))
 	mux.HandleFunc("POST "+api.PathGrant, s.admin(func(ctx context.Context, c caller, body []byte) (any, error) {
+		if !isPlatformAdmin(c) {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator grants services")
+		}
 		var req api.GrantRequest
 		if err := strict(body, &req); err != nil {
 			return nil, err
@@ -92,6 +101,9 @@ func (s *Server) apiHandler() http.Handler {
 		return struct{}{}, s.grant(ctx, c.id, req)
 	}))
 	mux.HandleFunc("POST "+api.PathRouters, s.admin(func(ctx context.Context, c caller, body []byte) (any, error) {
+		if !isPlatformAdmin(c) {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator registers routers")
+		}
 		var req api.CreateRouterRequest
 		if err := strict(body, &req); err != nil {
 			return nil, err
@@ -103,6 +115,7 @@ func (s *Server) apiHandler() http.Handler {
 		s.log.Info("router created", "name", req.Name, "by", c.id.String())
 		return api.CreateRouterResponse{Name: req.Name, Token: tok}, nil
 	}))
+	s.governanceRoutes(mux)
 	return s.authenticate(mux)
 }
 
@@ -135,9 +148,18 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 
 // admin wraps an operation that only administrators may call.
 func (s *Server) admin(op func(ctx context.Context, c caller, body []byte) (any, error)) http.HandlerFunc {
+	return s.handle(true, op)
+}
+
+// anyone wraps an operation any registered identity may call; the operation authorises further.
+func (s *Server) anyone(op func(ctx context.Context, c caller, body []byte) (any, error)) http.HandlerFunc {
+	return s.handle(false, op)
+}
+
+func (s *Server) handle(adminOnly bool, op func(ctx context.Context, c caller, body []byte) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c := r.Context().Value(callerKey{}).(caller)
-		if !c.rec.Admin {
+		if adminOnly && !c.rec.Admin {
 			s.fail(w, r, failf(http.StatusForbidden, api.CodeForbidden, "%s is not an administrator", c.id))
 			return
 		}

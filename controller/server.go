@@ -44,6 +44,7 @@ type Server struct {
 	ns         *natsd.Server
 	nc         *nats.Conn
 	ids        *identityStore
+	gov        *governance
 	zc         *zitictrl.Controller
 	authPolicy string
 	self       *agentsdk.Agent
@@ -131,6 +132,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.ids, err = openIdentityStore(ctx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	if s.gov, err = openGovernance(ctx, js); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
 	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{
 		Dir: filepath.Join(dir, "overlay"), BindHost: s.cfg.Host, AdvertiseHost: s.cfg.AdvertiseHost,
 		CtrlPort: s.cfg.CtrlPort, APIPort: s.cfg.OverlayAPIPort,
@@ -151,6 +155,7 @@ func (s *Server) start(ctx context.Context) error {
 	// The API is hosted through routers: bind it once one is online (in `umbra dev` the router starts after
 	// the controller is ready).
 	go s.hostAPIWhenRouted(ctx)
+	go s.expireSessions(ctx)
 	return nil
 }
 
@@ -255,6 +260,10 @@ func (s *Server) prepareOverlay() error {
 		return fmt.Errorf("controller: %w", err)
 	}
 	if err := m.EnsureServicePolicy("umbra-controller-bind", "Bind", []string{"#" + api.ControllerBindAttr}, []string{"#" + api.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	// The relay: every identity may dial it, only the controller hosts it.
+	if _, err := m.EnsureService(api.RelayService, []string{api.ServiceName}); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	return nil
@@ -397,6 +406,11 @@ func (s *Server) startAPI(ctx context.Context) error {
 			s.log.Error("overlay API server stopped", "err", err)
 		}
 	}()
+	relay, err := self.Listen(api.RelayService)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	go s.serveRelay(ctx, relay)
 	return nil
 }
 

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -43,14 +42,14 @@ var errNoIdentity = errors.New("no such identity")
 
 // identityStore keeps identity records and spent enrollment token IDs.
 type identityStore struct {
-	ids    jetstream.KeyValue
+	ids    table[identityRecord]
 	tokens jetstream.KeyValue
 }
 
 func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identityStore, error) {
-	ids, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_identities", History: 5, Storage: jetstream.FileStorage})
+	ids, err := openTable[identityRecord](ctx, js, "umbra_identities")
 	if err != nil {
-		return nil, fmt.Errorf("identities bucket: %w", err)
+		return nil, err
 	}
 	tokens, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_enroll_tokens", Storage: jetstream.FileStorage, TTL: 8 * 24 * time.Hour})
 	if err != nil {
@@ -62,18 +61,11 @@ func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identitySt
 func idKey(id spiffeid.ID) string { return base64.RawURLEncoding.EncodeToString([]byte(id.String())) }
 
 func (s *identityStore) get(ctx context.Context, id spiffeid.ID) (identityRecord, uint64, error) {
-	e, err := s.ids.Get(ctx, idKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return identityRecord{}, 0, errNoIdentity
+	r, rev, err := s.ids.get(ctx, idKey(id))
+	if errors.Is(err, errNotFound) {
+		return r, 0, errNoIdentity
 	}
-	if err != nil {
-		return identityRecord{}, 0, err
-	}
-	var r identityRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return identityRecord{}, 0, fmt.Errorf("identity record %s: %w", id, err)
-	}
-	return r, e.Revision(), nil
+	return r, rev, err
 }
 
 // create stores a new record; it fails with jetstream.ErrKeyExists if the identity exists.
@@ -82,37 +74,16 @@ func (s *identityStore) create(ctx context.Context, r identityRecord) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	_, err = s.ids.Create(ctx, idKey(id), b)
-	return err
+	return s.ids.create(ctx, idKey(id), r)
 }
 
-// update applies fn to the record under optimistic concurrency, retrying on conflicting writers.
+// update applies fn to the record under optimistic concurrency.
 func (s *identityStore) update(ctx context.Context, id spiffeid.ID, fn func(*identityRecord) error) (identityRecord, error) {
-	for range 10 {
-		r, rev, err := s.get(ctx, id)
-		if err != nil {
-			return r, err
-		}
-		if err := fn(&r); err != nil {
-			return r, err
-		}
-		b, err := json.Marshal(r)
-		if err != nil {
-			return r, err
-		}
-		if _, err := s.ids.Update(ctx, idKey(id), b, rev); err != nil {
-			if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
-				continue
-			}
-			return r, err
-		}
-		return r, nil
+	r, err := s.ids.update(ctx, idKey(id), fn)
+	if errors.Is(err, errNotFound) {
+		return r, errNoIdentity
 	}
-	return identityRecord{}, fmt.Errorf("identity %s: too many concurrent updates", id)
+	return r, err
 }
 
 func isWrongSequence(err error) bool {

@@ -1,0 +1,237 @@
+package agentsdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// ErrContractViolation: the relay refused an envelope under the session's contract (see *RelayError).
+var ErrContractViolation = errors.New("contract violation")
+
+// ErrRejected: a proposal was rejected (by the terms or by the provider).
+var ErrRejected = errors.New("proposal rejected")
+
+func (c *Controller) get(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api.ServiceName+path, nil)
+	if err != nil {
+		return err
+	}
+	return doJSON(c.client, req, out)
+}
+
+// CreateOrg creates an organisation (platform administrator only) and returns the enrollment token of its
+// administrator, spiffe://<td>/<org>/admin/admin.
+func (c *Controller) CreateOrg(ctx context.Context, name string) (api.CreateOrgResponse, error) {
+	var out api.CreateOrgResponse
+	if err := c.post(ctx, api.PathOrgs, api.CreateOrgRequest{Name: name}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: create org %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// CreateWorkgroup creates a workgroup owned by the caller's organisation; invited organisations make it
+// inter-org, active once every one of them accepts.
+func (c *Controller) CreateWorkgroup(ctx context.Context, name string, invite ...string) (api.WorkgroupView, error) {
+	var out api.WorkgroupView
+	if err := c.post(ctx, api.PathWorkgroups, api.CreateWorkgroupRequest{Name: name, Invite: invite}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: create workgroup %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// AnswerInvitation accepts (or, with decline, declines for good) the invitation of the caller's organisation.
+func (c *Controller) AnswerInvitation(ctx context.Context, workgroup string, decline bool) (api.WorkgroupView, error) {
+	var out api.WorkgroupView
+	if err := c.post(ctx, api.PathWorkgroupAnswer, api.AnswerWorkgroupRequest{Workgroup: workgroup, Decline: decline}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: answer invitation to %s: %w", workgroup, err)
+	}
+	return out, nil
+}
+
+// AddMember adds an identity of the caller's organisation to a workgroup.
+func (c *Controller) AddMember(ctx context.Context, workgroup, identity string, role workgroups.Role) (api.WorkgroupView, error) {
+	var out api.WorkgroupView
+	if err := c.post(ctx, api.PathWorkgroupMembers, api.MemberRequest{Workgroup: workgroup, Identity: identity, Role: role}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: add %s to %s: %w", identity, workgroup, err)
+	}
+	return out, nil
+}
+
+// RemoveMember removes a member; its sessions that needed the workgroup close (membership_removed).
+func (c *Controller) RemoveMember(ctx context.Context, workgroup, identity string) (api.WorkgroupView, error) {
+	var out api.WorkgroupView
+	if err := c.post(ctx, api.PathWorkgroupMembers, api.MemberRequest{Workgroup: workgroup, Identity: identity, Remove: true}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: remove %s from %s: %w", identity, workgroup, err)
+	}
+	return out, nil
+}
+
+// DeleteWorkgroup deletes a workgroup; its sessions close (workgroup_deleted).
+func (c *Controller) DeleteWorkgroup(ctx context.Context, workgroup string) error {
+	if err := c.post(ctx, api.PathWorkgroupDelete, api.DeleteWorkgroupRequest{Workgroup: workgroup}, nil); err != nil {
+		return fmt.Errorf("agentsdk: delete workgroup %s: %w", workgroup, err)
+	}
+	return nil
+}
+
+// Workgroups lists the workgroups the caller belongs to (and, for administrators, its organisation's and its
+// invitations).
+func (c *Controller) Workgroups(ctx context.Context) ([]api.WorkgroupView, error) {
+	var out []api.WorkgroupView
+	if err := c.get(ctx, api.PathWorkgroups, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: workgroups: %w", err)
+	}
+	return out, nil
+}
+
+// AuditVerify checks the hash chain of the whole audit stream (platform administrator only).
+func (c *Controller) AuditVerify(ctx context.Context) (api.AuditReport, error) {
+	var out api.AuditReport
+	if err := c.get(ctx, api.PathAuditVerify, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: audit verify: %w", err)
+	}
+	return out, nil
+}
+
+// AuditSession reconstructs a session: parties, contract, transitions, every envelope header, every refusal.
+func (c *Controller) AuditSession(ctx context.Context, id string) (api.SessionAudit, error) {
+	var out api.SessionAudit
+	if err := c.get(ctx, api.PathAuditSession+url.PathEscape(id), &out); err != nil {
+		return out, fmt.Errorf("agentsdk: audit session %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// AuditExport streams the whole audit trail as JSON lines (platform administrator only).
+func (c *Controller) AuditExport(ctx context.Context) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api.ServiceName+api.PathAuditExport, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: audit export: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("agentsdk: audit export: controller answered %s", resp.Status)
+	}
+	return resp, nil
+}
+
+// Advertise publishes this agent's card and the contract terms it offers, in workgroups it is a member of.
+func (a *Agent) Advertise(ctx context.Context, card workgroups.AgentCard, terms workgroups.Terms, workgroupIDs ...string) (workgroups.Advertisement, error) {
+	var out workgroups.Advertisement
+	if err := a.Controller().post(ctx, api.PathAdvertisements, api.AdvertiseRequest{Workgroups: workgroupIDs, Card: card, Terms: terms}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: advertise: %w", err)
+	}
+	return out, nil
+}
+
+// Discover lists the advertisements this agent may see: only those in workgroups it shares.
+func (a *Agent) Discover(ctx context.Context, req api.DiscoverRequest) ([]workgroups.Advertisement, error) {
+	var out []workgroups.Advertisement
+	if err := a.Controller().post(ctx, api.PathDiscover, req, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: discover: %w", err)
+	}
+	return out, nil
+}
+
+// Propose asks for a session on an advertisement. A proposal within the advertised terms is accepted by the
+// controller at once; one outside them is rejected (ErrRejected, with the reason) or held for the provider.
+func (a *Agent) Propose(ctx context.Context, advertisement string, p workgroups.Proposal) (*Session, error) {
+	var out api.ProposeResponse
+	if err := a.Controller().post(ctx, api.PathSessions, api.ProposeRequest{Advertisement: advertisement, Proposal: p}, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: propose: %w", err)
+	}
+	if out.Session.State == workgroups.StateRejected {
+		return nil, fmt.Errorf("agentsdk: propose: %w: %s", ErrRejected, out.Reason)
+	}
+	return a.newSession(out.Session), nil
+}
+
+// Sessions lists this agent's sessions, optionally only those in one state.
+func (a *Agent) Sessions(ctx context.Context, state workgroups.State) ([]api.SessionView, error) {
+	var out []api.SessionView
+	path := api.PathSessions
+	if state != "" {
+		path += "?state=" + url.QueryEscape(string(state))
+	}
+	if err := a.Controller().get(ctx, path, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: sessions: %w", err)
+	}
+	return out, nil
+}
+
+// Session returns a handle on an existing session this agent is a party of.
+func (a *Agent) Session(ctx context.Context, id string) (*Session, error) {
+	var out api.SessionView
+	if err := a.Controller().get(ctx, api.PathSessions+"/"+url.PathEscape(id), &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: session %s: %w", id, err)
+	}
+	return a.newSession(out.Session), nil
+}
+
+func (a *Agent) sessionAction(ctx context.Context, id, action, reason string) (api.SessionView, error) {
+	var out api.SessionView
+	err := a.Controller().post(ctx, api.PathSessions+"/"+url.PathEscape(id)+"/"+action, api.SessionActionRequest{Reason: reason}, &out)
+	return out, err
+}
+
+// Accept accepts a proposal held for this agent as provider.
+func (a *Agent) Accept(ctx context.Context, id, reason string) (*Session, error) {
+	v, err := a.sessionAction(ctx, id, "accept", reason)
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: accept %s: %w", id, err)
+	}
+	return a.newSession(v.Session), nil
+}
+
+// Reject rejects a proposal held for this agent as provider.
+func (a *Agent) Reject(ctx context.Context, id, reason string) error {
+	if _, err := a.sessionAction(ctx, id, "reject", reason); err != nil {
+		return fmt.Errorf("agentsdk: reject %s: %w", id, err)
+	}
+	return nil
+}
+
+// OnProposal calls decide for every proposal held for this agent as provider, accepting it when decide returns
+// true and rejecting it otherwise, until ctx ends. It polls every interval (default 1s).
+func (a *Agent) OnProposal(ctx context.Context, interval time.Duration, decide func(workgroups.Session) (bool, string)) error {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		held, err := a.Sessions(ctx, workgroups.StateHeld)
+		if err == nil {
+			for _, v := range held {
+				if v.Provider != a.ID() {
+					continue
+				}
+				ok, reason := decide(v.Session)
+				if ok {
+					_, err = a.Accept(ctx, v.ID.String(), reason)
+				} else {
+					err = a.Reject(ctx, v.ID.String(), reason)
+				}
+				if err != nil {
+					a.opts.log.Warn("answering a proposal failed", "session", v.ID.String(), "err", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

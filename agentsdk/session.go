@@ -1,0 +1,330 @@
+package agentsdk
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// RelayError is an envelope the relay refused: a stable code (a contract violation such as max_messages,
+// type_not_allowed, expired, envelope_too_large, sender_forged, session_closed; or policy_denied,
+// malformed_frame) and a message.
+type RelayError struct {
+	Code    string
+	Message string
+}
+
+func (e *RelayError) Error() string { return e.Code + ": " + e.Message }
+
+// Is makes errors.Is(err, ErrContractViolation) true for every refusal under the contract or policy.
+func (e *RelayError) Is(target error) bool { return target == ErrContractViolation }
+
+// Envelope is one message received in a session.
+type Envelope struct {
+	Header  workgroups.Header
+	Payload []byte
+}
+
+// Session is this agent's handle on one A2A session. Send and Receive are safe for concurrent use.
+type Session struct {
+	a    *Agent
+	info workgroups.Session
+
+	sendMu sync.Mutex
+	send   *relayConn
+
+	recvMu sync.Mutex
+	recv   *relayConn
+	seen   map[workgroups.EnvelopeID]bool
+}
+
+func (a *Agent) newSession(s workgroups.Session) *Session {
+	return &Session{a: a, info: s, seen: map[workgroups.EnvelopeID]bool{}}
+}
+
+// ID returns the session ID.
+func (s *Session) ID() workgroups.SessionID { return s.info.ID }
+
+// Info returns the session as last seen (state, contract, parties).
+func (s *Session) Info() workgroups.Session { return s.info }
+
+// Peer returns the other party.
+func (s *Session) Peer() spiffeid.ID {
+	p, _ := s.info.Peer(s.a.ID())
+	return p
+}
+
+// Refresh reloads the session from the controller.
+func (s *Session) Refresh(ctx context.Context) (api.SessionView, error) {
+	var out api.SessionView
+	if err := s.a.Controller().get(ctx, api.PathSessions+"/"+s.info.ID.String(), &out); err != nil {
+		return out, fmt.Errorf("agentsdk: session %s: %w", s.info.ID, err)
+	}
+	s.info = out.Session
+	return out, nil
+}
+
+// Close closes the session, recording reason; the controller records who closed it.
+func (s *Session) Close(ctx context.Context, reason string) error {
+	v, err := s.a.sessionAction(ctx, s.info.ID.String(), "close", reason)
+	if err != nil {
+		return fmt.Errorf("agentsdk: close session %s: %w", s.info.ID, err)
+	}
+	s.info = v.Session
+	s.sendMu.Lock()
+	if s.send != nil {
+		s.send.Close()
+		s.send = nil
+	}
+	s.sendMu.Unlock()
+	return nil
+}
+
+// SendOption varies Send.
+type SendOption func(*workgroups.Header)
+
+// WithContentType sets the payload's content type (default application/json).
+func WithContentType(ct string) SendOption { return func(h *workgroups.Header) { h.ContentType = ct } }
+
+// WithCorrelationID ties this envelope to an earlier one (a reply to a request).
+func WithCorrelationID(id string) SendOption { return func(h *workgroups.Header) { h.CorrelationID = id } }
+
+// Send sends one envelope to the other party through the relay and returns its sequence number in the session
+// once the relay has recorded it durably. A refusal is a *RelayError (errors.Is ErrContractViolation). If the
+// connection breaks before the answer, Send retries with the same envelope ID, which the relay never records twice.
+func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts ...SendOption) (uint64, error) {
+	id, err := workgroups.NewEnvelopeID(rand.Reader)
+	if err != nil {
+		return 0, err
+	}
+	peer, ok := s.info.Peer(s.a.ID())
+	if !ok {
+		return 0, fmt.Errorf("agentsdk: send: %s is not a party of session %s", s.a.ID(), s.info.ID)
+	}
+	h := workgroups.Header{ID: id, Session: s.info.ID, From: s.a.ID(), To: peer, Type: msgType, Time: time.Now().UTC(),
+		ContentType: "application/json"}
+	for _, o := range opts {
+		o(&h)
+	}
+	return s.SendEnvelope(ctx, h.WithPayload(payload), payload)
+}
+
+// SendEnvelope sends a prepared envelope (its ID is kept: resending one is how a retry looks to the relay).
+func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload []byte) (uint64, error) {
+	frame, err := workgroups.AppendFrame(nil, h, payload)
+	if err != nil {
+		return 0, fmt.Errorf("agentsdk: send: %w", err)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		if s.send == nil {
+			if s.send, lastErr = s.a.openRelay(ctx, api.RelayHello{Mode: "send"}); lastErr != nil {
+				continue
+			}
+		}
+		var ack api.RelayAck
+		if lastErr = s.send.roundTrip(ctx, frame, &ack); lastErr != nil {
+			s.send.Close()
+			s.send = nil
+			continue
+		}
+		if !ack.OK {
+			return 0, fmt.Errorf("agentsdk: send %s: %w", h.Type, &RelayError{Code: ack.Code, Message: ack.Error})
+		}
+		return ack.Seq, nil
+	}
+	return 0, fmt.Errorf("agentsdk: send %s: %w", h.Type, lastErr)
+}
+
+// Receive returns the next envelope addressed to this agent in the session, in order. Delivery is at least
+// once; Receive drops an envelope it has already returned, so the application sees each envelope once per
+// Session handle. It blocks until an envelope arrives or ctx ends.
+func (s *Session) Receive(ctx context.Context) (Envelope, error) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	for {
+		if s.recv == nil {
+			c, err := s.a.openRelay(ctx, api.RelayHello{Mode: "recv", Session: s.info.ID.String()})
+			if err != nil {
+				return Envelope{}, err
+			}
+			var ok api.RelayAck
+			if err := c.readLine(ctx, &ok); err != nil || !ok.OK {
+				c.Close()
+				if err == nil {
+					err = &RelayError{Code: ok.Code, Message: ok.Error}
+				}
+				return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
+			}
+			s.recv = c
+		}
+		env, err := s.recv.readFrame(ctx)
+		if err != nil {
+			s.recv.Close()
+			s.recv = nil
+			if ctx.Err() != nil {
+				return Envelope{}, ctx.Err()
+			}
+			return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
+		}
+		if err := s.recv.writeLine(api.RelayReceipt{Seq: env.Header.Seq}); err != nil {
+			s.recv.Close()
+			s.recv = nil
+			return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
+		}
+		if s.seen[env.Header.ID] {
+			continue
+		}
+		s.seen[env.Header.ID] = true
+		return env, nil
+	}
+}
+
+// Handler answers one envelope; a non-nil reply is sent back with the request's ID as correlation ID.
+type Handler func(ctx context.Context, s *Session, in Envelope) (replyType string, reply []byte, err error)
+
+// Serve receives, as provider, on every accepted or active session of this agent and calls h for each envelope,
+// until ctx ends. New sessions are picked up every poll interval (default 1s).
+func (a *Agent) Serve(ctx context.Context, interval time.Duration, h Handler) error {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	serving := map[workgroups.SessionID]bool{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for _, state := range []workgroups.State{workgroups.StateAccepted, workgroups.StateActive} {
+			views, err := a.Sessions(ctx, state)
+			if err != nil {
+				break
+			}
+			for _, v := range views {
+				if v.Provider != a.ID() || serving[v.ID] {
+					continue
+				}
+				serving[v.ID] = true
+				s := a.newSession(v.Session)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						in, err := s.Receive(ctx)
+						if err != nil {
+							return
+						}
+						typ, reply, err := h(ctx, s, in)
+						if err != nil {
+							a.opts.log.Warn("handler failed", "session", s.ID().String(), "err", err)
+							continue
+						}
+						if reply != nil {
+							if _, err := s.Send(ctx, typ, reply, WithCorrelationID(in.Header.ID.String())); err != nil {
+								a.opts.log.Warn("reply refused", "session", s.ID().String(), "err", err)
+							}
+						}
+					}
+				}()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// relayConn is one connection to the controller's relay.
+type relayConn struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func (a *Agent) openRelay(ctx context.Context, hello api.RelayHello) (*relayConn, error) {
+	id, _, err := a.current()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := a.dial(ctx, api.RelayService, tlsconfig.AuthorizeID(id.controllerID))
+	if err != nil {
+		return nil, err
+	}
+	c := &relayConn{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
+	if err := c.writeLine(hello); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *relayConn) Close() error { return c.conn.Close() }
+
+func (c *relayConn) writeLine(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = c.conn.Write(append(b, '\n'))
+	return err
+}
+
+// deadline applies ctx's deadline (or none) to the connection, and closes it if ctx is cancelled meanwhile.
+func (c *relayConn) deadline(ctx context.Context) func() {
+	dl, _ := ctx.Deadline()
+	_ = c.conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	return func() { stop() }
+}
+
+func (c *relayConn) roundTrip(ctx context.Context, frame []byte, ack *api.RelayAck) error {
+	defer c.deadline(ctx)()
+	if _, err := c.conn.Write(frame); err != nil {
+		return err
+	}
+	return c.readLineNoDeadline(ack)
+}
+
+func (c *relayConn) readLine(ctx context.Context, v any) error {
+	defer c.deadline(ctx)()
+	return c.readLineNoDeadline(v)
+}
+
+func (c *relayConn) readLineNoDeadline(v any) error {
+	line, err := c.r.ReadSlice('\n')
+	if err != nil {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return errors.New("relay answer too long")
+		}
+		return err
+	}
+	return json.Unmarshal(line, v)
+}
+
+func (c *relayConn) readFrame(ctx context.Context) (Envelope, error) {
+	defer c.deadline(ctx)()
+	h, payload, err := workgroups.DecodeFrame(c.r, workgroups.FrameLimits{MaxHeaderBytes: 16 << 10, MaxPayloadBytes: 4 << 20})
+	if errors.Is(err, io.EOF) {
+		return Envelope{}, io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return Envelope{}, err
+	}
+	return Envelope{Header: h, Payload: payload}, nil
+}

@@ -1,0 +1,444 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// orgRecord is an organisation known to the controller.
+type orgRecord struct {
+	Name      string    `json:"name"`
+	AdminID   string    `json:"admin_id"`
+	CreatedAt time.Time `json:"created_at"`
+	CreatedBy string    `json:"created_by"`
+}
+
+// governance holds the A2A state: organisations, workgroups, advertisements and sessions in JetStream KV,
+// envelopes and the audit chain in JetStream streams.
+type governance struct {
+	orgs     table[orgRecord]
+	wgs      table[workgroups.Workgroup]
+	ads      table[workgroups.Advertisement]
+	sessions table[workgroups.Session]
+	audit    *audit.Log
+	env      *envstore.Store
+	authz    *workgroups.Authorizer
+
+	mu        sync.Mutex
+	deadlines map[string]time.Time // open sessions by id, for expiry
+	locks     map[string]*sessionLock
+}
+
+type sessionLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func openGovernance(ctx context.Context, js jetstream.JetStream) (*governance, error) {
+	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{}}
+	var err error
+	if g.orgs, err = openTable[orgRecord](ctx, js, "umbra_orgs"); err != nil {
+		return nil, err
+	}
+	if g.wgs, err = openTable[workgroups.Workgroup](ctx, js, "umbra_workgroups"); err != nil {
+		return nil, err
+	}
+	if g.ads, err = openTable[workgroups.Advertisement](ctx, js, "umbra_advertisements"); err != nil {
+		return nil, err
+	}
+	if g.sessions, err = openTable[workgroups.Session](ctx, js, "umbra_sessions"); err != nil {
+		return nil, err
+	}
+	if g.audit, err = audit.Open(ctx, js, audit.Options{}); err != nil {
+		return nil, err
+	}
+	if g.env, err = envstore.Open(ctx, js, envstore.Options{}); err != nil {
+		return nil, err
+	}
+	if g.authz, err = workgroups.NewAuthorizer(); err != nil {
+		return nil, err
+	}
+	sessions, err := g.sessions.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range sessions {
+		if s.State == workgroups.StateAccepted || s.State == workgroups.StateActive {
+			g.deadlines[s.ID.String()] = s.Deadline()
+		}
+	}
+	return g, nil
+}
+
+// lockSession serialises the relay's work on one session; unlock releases it.
+func (g *governance) lockSession(id string) (unlock func()) {
+	g.mu.Lock()
+	l := g.locks[id]
+	if l == nil {
+		l = &sessionLock{}
+		g.locks[id] = l
+	}
+	l.refs++
+	g.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		g.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(g.locks, id)
+		}
+		g.mu.Unlock()
+	}
+}
+
+func wgKey(id workgroups.WorkgroupID) string { return id.Org + "." + id.Name }
+
+// record appends an audit record; a failure to audit is logged loudly, since the action already happened.
+func (s *Server) record(ctx context.Context, r audit.Record) {
+	if _, err := s.gov.audit.Append(ctx, r); err != nil {
+		s.log.Error("audit append failed", "kind", r.Kind, "session", r.Session, "err", err)
+	}
+}
+
+func jsonRaw(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+func decisionRecord(d workgroups.Decision) (string, json.RawMessage) {
+	if d.Allow {
+		return "allow", jsonRaw(d.Diagnostic)
+	}
+	return "deny", jsonRaw(d.Diagnostic)
+}
+
+// wgFault maps the domain's sentinel errors to what a caller sees.
+func wgFault(err error) error {
+	var f *fault
+	switch {
+	case errors.As(err, &f):
+		return f
+	case errors.Is(err, workgroups.ErrNotAuthorized):
+		return &fault{status: http.StatusForbidden, code: api.CodeForbidden, message: err.Error()}
+	case errors.Is(err, workgroups.ErrNotFound), errors.Is(err, errNotFound):
+		return &fault{status: http.StatusNotFound, code: api.CodeNotFound, message: err.Error()}
+	case errors.Is(err, workgroups.ErrConflict), errors.Is(err, workgroups.ErrLastAdmin), errors.Is(err, workgroups.ErrIllegalTransition),
+		errors.Is(err, workgroups.ErrSessionClosed), errors.Is(err, jetstream.ErrKeyExists):
+		return &fault{status: http.StatusConflict, code: api.CodeConflict, message: err.Error()}
+	case errors.Is(err, workgroups.ErrInvalid), errors.Is(err, workgroups.ErrMalformed), errors.Is(err, workgroups.ErrTooLarge):
+		return &fault{status: http.StatusBadRequest, code: api.CodeBadRequest, message: err.Error()}
+	}
+	return internal(err)
+}
+
+func isPlatformAdmin(c caller) bool { return c.rec.Admin && c.rec.Org == api.PlatformAdminOrg }
+
+// createOrg registers an organisation and its first administrator, returning that administrator's token.
+func (s *Server) createOrg(ctx context.Context, c caller, req api.CreateOrgRequest) (api.CreateOrgResponse, error) {
+	if !isPlatformAdmin(c) {
+		return api.CreateOrgResponse{}, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator creates organisations")
+	}
+	if err := workgroups.ValidateName(req.Name); err != nil || req.Name == api.PlatformAdminOrg {
+		return api.CreateOrgResponse{}, failf(http.StatusBadRequest, api.CodeBadRequest, "organisation name %q is not valid: use 1-63 of [a-z0-9_-], starting with a letter", req.Name)
+	}
+	adminID := spiffeid.RequireFromSegments(s.td, req.Name, "admin", "admin")
+	rec := orgRecord{Name: req.Name, AdminID: adminID.String(), CreatedAt: time.Now().UTC(), CreatedBy: c.id.String()}
+	if err := s.gov.orgs.create(ctx, req.Name, rec); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return api.CreateOrgResponse{}, failf(http.StatusConflict, api.CodeConflict, "organisation %s already exists", req.Name)
+		}
+		return api.CreateOrgResponse{}, internal(err)
+	}
+	resp, err := s.createIdentity(ctx, c.id, api.CreateIdentityRequest{Org: req.Name, Kind: "admin", Name: "admin", Admin: true, TokenTTL: req.TokenTTL})
+	if err != nil {
+		return api.CreateOrgResponse{}, err
+	}
+	s.record(ctx, audit.Record{Kind: "org.created", Actor: c.id.String(), Decision: "allow", Data: jsonRaw(rec)})
+	return api.CreateOrgResponse{Org: req.Name, AdminID: resp.SPIFFEID, AdminToken: resp.Token}, nil
+}
+
+// memberships returns id's memberships over every workgroup.
+func (s *Server) memberships(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, []workgroups.Workgroup, error) {
+	all, err := s.gov.wgs.all(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return workgroups.MembershipsOf(id, all), all, nil
+}
+
+func (s *Server) createWorkgroup(ctx context.Context, c caller, req api.CreateWorkgroupRequest) (api.WorkgroupView, error) {
+	if !c.rec.Admin {
+		return api.WorkgroupView{}, failf(http.StatusForbidden, api.CodeForbidden, "only an organisation administrator creates workgroups")
+	}
+	scope := workgroups.ScopeIntraOrg
+	if len(req.Invite) > 0 {
+		scope = workgroups.ScopeInterOrg
+	}
+	for _, org := range req.Invite {
+		if _, _, err := s.gov.orgs.get(ctx, org); err != nil {
+			return api.WorkgroupView{}, failf(http.StatusNotFound, api.CodeNotFound, "no organisation %q to invite", org)
+		}
+	}
+	id := workgroups.WorkgroupID{Org: c.rec.Org, Name: req.Name}
+	w, err := workgroups.NewWorkgroup(id, scope, c.id, req.Invite, time.Now().UTC())
+	if err != nil {
+		return api.WorkgroupView{}, wgFault(err)
+	}
+	if err := s.gov.wgs.create(ctx, wgKey(id), w); err != nil {
+		return api.WorkgroupView{}, wgFault(err)
+	}
+	s.record(ctx, audit.Record{Kind: "workgroup.created", Actor: c.id.String(), Workgroup: id.String(), Decision: "allow", Data: jsonRaw(w)})
+	if err := s.syncOverlay(ctx, c.id); err != nil {
+		return api.WorkgroupView{}, internal(err)
+	}
+	return api.WorkgroupView{Workgroup: w, Status: w.Status()}, nil
+}
+
+// changeWorkgroup applies op to a workgroup the caller can see, records it, and resynchronises the overlay for
+// the identities listed by op's result.
+func (s *Server) changeWorkgroup(ctx context.Context, c caller, raw string, kind string, op func(w *workgroups.Workgroup) ([]spiffeid.ID, error)) (api.WorkgroupView, error) {
+	id, err := workgroups.ParseWorkgroupID(raw)
+	if err != nil {
+		return api.WorkgroupView{}, wgFault(err)
+	}
+	var touched []spiffeid.ID
+	w, err := s.gov.wgs.update(ctx, wgKey(id), func(w *workgroups.Workgroup) error {
+		var err error
+		touched, err = op(w)
+		return err
+	})
+	if errors.Is(err, errNotFound) {
+		return api.WorkgroupView{}, failf(http.StatusNotFound, api.CodeNotFound, "no workgroup %s", id)
+	}
+	if err != nil {
+		s.record(ctx, audit.Record{Kind: kind, Actor: c.id.String(), Workgroup: id.String(), Decision: "deny", Reason: err.Error()})
+		return api.WorkgroupView{}, wgFault(err)
+	}
+	s.record(ctx, audit.Record{Kind: kind, Actor: c.id.String(), Workgroup: id.String(), Decision: "allow", Data: jsonRaw(w)})
+	if err := s.syncOverlay(ctx, touched...); err != nil {
+		return api.WorkgroupView{}, internal(err)
+	}
+	return api.WorkgroupView{Workgroup: w, Status: w.Status()}, nil
+}
+
+func memberIDs(w workgroups.Workgroup) []spiffeid.ID {
+	out := make([]spiffeid.ID, 0, len(w.Members))
+	for _, m := range w.Members {
+		out = append(out, m.Identity)
+	}
+	return out
+}
+
+func (s *Server) answerWorkgroup(ctx context.Context, c caller, req api.AnswerWorkgroupRequest) (api.WorkgroupView, error) {
+	if !c.rec.Admin {
+		return api.WorkgroupView{}, failf(http.StatusForbidden, api.CodeForbidden, "only an organisation administrator answers invitations")
+	}
+	kind := "workgroup.accepted"
+	if req.Decline {
+		kind = "workgroup.declined"
+	}
+	return s.changeWorkgroup(ctx, c, req.Workgroup, kind, func(w *workgroups.Workgroup) ([]spiffeid.ID, error) {
+		now := time.Now().UTC()
+		if req.Decline {
+			return nil, w.DeclineInvitation(c.id, now)
+		}
+		if err := w.AcceptInvitation(c.id, now); err != nil {
+			return nil, err
+		}
+		return memberIDs(*w), nil
+	})
+}
+
+func (s *Server) changeMember(ctx context.Context, c caller, req api.MemberRequest) (api.WorkgroupView, error) {
+	member, err := spiffeid.FromString(req.Identity)
+	if err != nil {
+		return api.WorkgroupView{}, failf(http.StatusBadRequest, api.CodeBadRequest, "%q is not a SPIFFE ID", req.Identity)
+	}
+	if !req.Remove {
+		rec, _, err := s.ids.get(ctx, member)
+		if err != nil || rec.State == stateRevoked {
+			return api.WorkgroupView{}, failf(http.StatusNotFound, api.CodeNotFound, "no usable identity %s", member)
+		}
+	}
+	kind := "workgroup.member_added"
+	if req.Remove {
+		kind = "workgroup.member_removed"
+	}
+	role := req.Role
+	if role == "" {
+		role = workgroups.RoleMember
+	}
+	view, err := s.changeWorkgroup(ctx, c, req.Workgroup, kind, func(w *workgroups.Workgroup) ([]spiffeid.ID, error) {
+		if req.Remove {
+			return []spiffeid.ID{member}, w.RemoveMember(c.id, member)
+		}
+		return []spiffeid.ID{member}, w.AddMember(c.id, member, role, time.Now().UTC())
+	})
+	if err != nil {
+		return view, err
+	}
+	if req.Remove {
+		s.closeSessionsWhere(ctx, workgroups.CloseMembershipRemoved, "removed from "+view.ID.String(), func(ss workgroups.Session) bool {
+			return (ss.Consumer == member || ss.Provider == member) && (ss.Workgroup == view.ID || ss.Contract.Requires(view.ID))
+		})
+		s.retractAds(ctx, func(ad workgroups.Advertisement) bool { return ad.Provider == member }, view.ID)
+	}
+	return view, nil
+}
+
+func (s *Server) deleteWorkgroup(ctx context.Context, c caller, req api.DeleteWorkgroupRequest) error {
+	id, err := workgroups.ParseWorkgroupID(req.Workgroup)
+	if err != nil {
+		return wgFault(err)
+	}
+	w, _, err := s.gov.wgs.get(ctx, wgKey(id))
+	if err != nil {
+		return wgFault(err)
+	}
+	if !c.rec.Admin || c.rec.Org != id.Org {
+		if _, ok := w.Member(c.id); !ok {
+			return failf(http.StatusNotFound, api.CodeNotFound, "no workgroup %s", id)
+		}
+		return failf(http.StatusForbidden, api.CodeForbidden, "only an administrator of %s deletes %s", id.Org, id)
+	}
+	if err := s.gov.wgs.kv.Delete(ctx, wgKey(id)); err != nil {
+		return internal(err)
+	}
+	s.record(ctx, audit.Record{Kind: "workgroup.deleted", Actor: c.id.String(), Workgroup: id.String(), Decision: "allow"})
+	s.closeSessionsWhere(ctx, workgroups.CloseWorkgroupDeleted, "workgroup "+id.String()+" deleted", func(ss workgroups.Session) bool {
+		return ss.Workgroup == id || ss.Contract.Requires(id)
+	})
+	s.retractAds(ctx, func(workgroups.Advertisement) bool { return true }, id)
+	return s.syncOverlay(ctx, memberIDs(w)...)
+}
+
+// listWorkgroups returns the workgroups the caller is a member of, or whose invitation its organisation holds.
+func (s *Server) listWorkgroups(ctx context.Context, c caller) ([]api.WorkgroupView, error) {
+	all, err := s.gov.wgs.all(ctx)
+	if err != nil {
+		return nil, internal(err)
+	}
+	out := []api.WorkgroupView{}
+	for _, w := range all {
+		_, member := w.Member(c.id)
+		invited := c.rec.Admin && slices.ContainsFunc(w.Invitations, func(i workgroups.Invitation) bool { return i.Org == c.rec.Org })
+		if member || invited || c.rec.Admin && c.rec.Org == w.ID.Org || isPlatformAdmin(c) {
+			out = append(out, api.WorkgroupView{Workgroup: w, Status: w.Status()})
+		}
+	}
+	return out, nil
+}
+
+// retractAds removes workgroup wg from the scope of matching advertisements, deleting those left with none.
+func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertisement) bool, wg workgroups.WorkgroupID) {
+	ads, err := s.gov.ads.all(ctx)
+	if err != nil {
+		s.log.Error("listing advertisements failed", "err", err)
+		return
+	}
+	for _, ad := range ads {
+		if !match(ad) || !ad.InScope(wg) {
+			continue
+		}
+		rest := slices.DeleteFunc(slices.Clone(ad.Workgroups), func(w workgroups.WorkgroupID) bool { return w == wg })
+		if len(rest) == 0 {
+			err = s.gov.ads.kv.Delete(ctx, ad.ID.String())
+		} else {
+			_, err = s.gov.ads.update(ctx, ad.ID.String(), func(a *workgroups.Advertisement) error {
+				a.Workgroups = rest
+				return nil
+			})
+		}
+		if err != nil {
+			s.log.Error("retracting advertisement failed", "advertisement", ad.ID.String(), "err", err)
+			continue
+		}
+		s.record(ctx, audit.Record{Kind: "advertisement.retracted", Actor: s.controllerID.String(), Workgroup: wg.String(),
+			Decision: "allow", Reason: "no longer in scope", Data: jsonRaw(map[string]string{"advertisement": ad.ID.String()})})
+	}
+}
+
+// syncOverlay recomputes the overlay role attributes of ids from their workgroups and advertisements: an
+// identity carries wg.<org>.<name> for each active workgroup it is in, ad.<id>.bind for its own advertisements
+// and ad.<id>.dial for advertisements scoped to one of its active workgroups. Services and policies for
+// advertisements are created on the way.
+func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	all, err := s.gov.wgs.all(ctx)
+	if err != nil {
+		return err
+	}
+	ads, err := s.gov.ads.all(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		active := workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, all))
+		var derived []string
+		for _, wg := range active {
+			derived = append(derived, "wg."+wg.Org+"."+wg.Name)
+		}
+		for _, ad := range ads {
+			if ad.Provider == id {
+				derived = append(derived, adAttr(ad.ID)+".bind")
+			}
+			if ad.Provider != id && slices.ContainsFunc(ad.Workgroups, func(w workgroups.WorkgroupID) bool { return slices.Contains(active, w) }) {
+				derived = append(derived, adAttr(ad.ID)+".dial")
+			}
+		}
+		rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
+			r.Attributes = slices.DeleteFunc(r.Attributes, func(a string) bool {
+				return strings.HasPrefix(a, "wg.") || strings.HasPrefix(a, "ad.")
+			})
+			r.Attributes = append(r.Attributes, derived...)
+			return nil
+		})
+		if errors.Is(err, errNoIdentity) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.zc.Mgmt().SetAttributes(rec.OverlayID, rec.Attributes); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func adAttr(id workgroups.AdvertisementID) string { return "ad." + id.String() }
+
+// AdvertisementService is the overlay service through which an advertised agent can be dialled directly; only
+// identities sharing one of the advertisement's active workgroups see it.
+func AdvertisementService(id workgroups.AdvertisementID) string { return "a2a." + id.String() }
+
+func (s *Server) ensureAdService(id workgroups.AdvertisementID) error {
+	m := s.zc.Mgmt()
+	name, attr := AdvertisementService(id), adAttr(id)
+	if _, err := m.EnsureService(name, []string{attr}); err != nil {
+		return err
+	}
+	if err := m.EnsureServicePolicy("umbra-"+name+"-bind", "Bind", []string{"#" + attr + ".bind"}, []string{"#" + attr}); err != nil {
+		return err
+	}
+	return m.EnsureServicePolicy("umbra-"+name+"-dial", "Dial", []string{"#" + attr + ".dial"}, []string{"#" + attr})
+}

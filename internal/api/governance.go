@@ -1,0 +1,148 @@
+package api
+
+import (
+	"encoding/json"
+
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// Governance paths, all served on the overlay.
+const (
+	PathOrgs             = "/v1/orgs"
+	PathWorkgroups       = "/v1/workgroups"
+	PathWorkgroupAnswer  = "/v1/workgroups/answer"
+	PathWorkgroupMembers = "/v1/workgroups/members"
+	PathWorkgroupDelete  = "/v1/workgroups/delete"
+	PathAdvertisements   = "/v1/advertisements"
+	PathDiscover         = "/v1/discover"
+	PathSessions         = "/v1/sessions"
+	PathAuditVerify      = "/v1/audit/verify"
+	PathAuditExport      = "/v1/audit/export"
+	PathAuditSession     = "/v1/audit/sessions/"
+	// RelayService is the dark service through which every envelope travels.
+	RelayService = "umbra.relay"
+)
+
+// CreateOrgRequest creates an organisation and its first administrator identity (platform admin only).
+type CreateOrgRequest struct {
+	Name     string `json:"name"`
+	TokenTTL string `json:"token_ttl,omitempty"`
+}
+
+// CreateOrgResponse carries the enrollment token of the organisation's administrator.
+type CreateOrgResponse struct {
+	Org        string `json:"org"`
+	AdminID    string `json:"admin_id"`
+	AdminToken string `json:"admin_token"`
+}
+
+// CreateWorkgroupRequest creates a workgroup owned by the caller's organisation; with Invite it is inter-org.
+type CreateWorkgroupRequest struct {
+	Name   string   `json:"name"`
+	Invite []string `json:"invite,omitempty"`
+}
+
+// AnswerWorkgroupRequest accepts (or declines) an invitation for the caller's organisation.
+type AnswerWorkgroupRequest struct {
+	Workgroup string `json:"workgroup"` // <org>/<name>
+	Decline   bool   `json:"decline,omitempty"`
+}
+
+// MemberRequest adds or removes a member.
+type MemberRequest struct {
+	Workgroup string          `json:"workgroup"`
+	Identity  string          `json:"identity"`
+	Role      workgroups.Role `json:"role,omitempty"` // default member
+	Remove    bool            `json:"remove,omitempty"`
+}
+
+// DeleteWorkgroupRequest deletes a workgroup (an admin of its owner organisation).
+type DeleteWorkgroupRequest struct {
+	Workgroup string `json:"workgroup"`
+}
+
+// WorkgroupView is a workgroup with its derived status.
+type WorkgroupView struct {
+	workgroups.Workgroup
+	Status workgroups.WorkgroupStatus `json:"status"`
+}
+
+// AdvertiseRequest publishes the caller's agent card and terms in workgroups it belongs to.
+type AdvertiseRequest struct {
+	Workgroups []string             `json:"workgroups"`
+	Card       workgroups.AgentCard `json:"card"`
+	Terms      workgroups.Terms     `json:"terms"`
+}
+
+// DiscoverRequest filters discovery; empty fields match everything.
+type DiscoverRequest struct {
+	Skill string `json:"skill,omitempty"`
+	Text  string `json:"text,omitempty"`
+}
+
+// ProposeRequest proposes a session on an advertisement.
+type ProposeRequest struct {
+	Advertisement string              `json:"advertisement"`
+	Workgroup     string              `json:"workgroup,omitempty"` // default: the first shared workgroup
+	Proposal      workgroups.Proposal `json:"proposal"`
+}
+
+// ProposeResponse is the session as recorded, with the admission's reason.
+type ProposeResponse struct {
+	Session workgroups.Session `json:"session"`
+	Reason  string             `json:"reason"`
+}
+
+// SessionActionRequest accepts, rejects or closes a session.
+type SessionActionRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// SessionView is a session with its envelope count.
+type SessionView struct {
+	workgroups.Session
+	Envelopes uint64 `json:"envelopes"`
+}
+
+// AuditReport is the result of verifying the audit chain.
+type AuditReport struct {
+	Records  int    `json:"records"`
+	LastSeq  uint64 `json:"last_seq"`
+	LastHash string `json:"last_hash"`
+	OK       bool   `json:"ok"`
+	Error    string `json:"error,omitempty"`
+}
+
+// SessionAudit reconstructs a session: its record, every audit record about it, every stored envelope header.
+type SessionAudit struct {
+	Session   workgroups.Session  `json:"session"`
+	Records   []json.RawMessage   `json:"records"`
+	Envelopes []workgroups.Header `json:"envelopes"`
+}
+
+// RelayHello opens a relay connection: Mode "send" or "recv" (Session required for recv).
+type RelayHello struct {
+	Mode    string `json:"mode"`
+	Session string `json:"session,omitempty"`
+}
+
+// RelayAck answers one sent envelope.
+type RelayAck struct {
+	ID        string `json:"id"`
+	OK        bool   `json:"ok"`
+	Seq       uint64 `json:"seq,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+	Code      string `json:"code,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// RelayReceipt acknowledges one delivered envelope.
+type RelayReceipt struct {
+	Seq uint64 `json:"seq"`
+}
+
+// Relay error codes beyond the contract violation codes of package workgroups.
+const (
+	CodeMalformedFrame = "malformed_frame"
+	CodeDuplicate      = "duplicate"
+)

@@ -1,0 +1,246 @@
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultStream is the stream name used when Options.Stream is empty.
+const DefaultStream = "UMBRA_AUDIT"
+
+// maxAppendAttempts bounds how often Append retries after another writer got in first. Each retry
+// means another writer made progress, so running out takes a sustained, lopsided race.
+const maxAppendAttempts = 64
+
+// Options configures Open. The zero value is ready to use.
+type Options struct {
+	// Stream is the JetStream stream name, [A-Za-z0-9_-]+. Default DefaultStream. Records are published
+	// on subjects under the lower-cased name: "<stream>.s.<session>" and "<stream>.g" (no session).
+	Stream string
+	// Replicas is the stream's replica count. Default 1.
+	Replicas int
+
+	// allowDelete leaves DenyDelete and DenyPurge off, so that tests can cut holes in a chain.
+	allowDelete bool
+}
+
+// Log appends to and reads the audit stream. It is safe for concurrent use; several Logs, in one
+// process or many, may append to the same stream and still form one chain.
+type Log struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	name   string
+	prefix string // subject prefix: the lower-cased stream name
+
+	mu        sync.Mutex // serialises appends and guards the tail below
+	tailKnown bool
+	lastSeq   uint64
+	lastHash  string
+	conflicts uint64 // appends that found another writer had got in first
+}
+
+// Open creates the audit stream, or updates it to the required configuration, and loads its last
+// record so that Append continues the chain. It fails if that last record is missing or damaged.
+func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, error) {
+	if js == nil {
+		return nil, errors.New("audit: nil JetStream")
+	}
+	name := opts.Stream
+	if name == "" {
+		name = DefaultStream
+	}
+	if len(name) > 128 || !isToken(strings.ToLower(name), "_-", false) {
+		return nil, fmt.Errorf("audit: stream name %q: want [A-Za-z0-9_-]+", clip(name))
+	}
+	replicas := opts.Replicas
+	if replicas == 0 {
+		replicas = 1
+	}
+	if replicas < 0 {
+		return nil, fmt.Errorf("audit: replicas %d", replicas)
+	}
+	prefix := strings.ToLower(name)
+	cfg := jetstream.StreamConfig{
+		Name:        name,
+		Description: "Umbra audit trail: append-only, hash-chained",
+		Subjects:    []string{prefix + ".>"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+		Retention:   jetstream.LimitsPolicy,
+		// No limits, so nothing old is ever dropped; should someone add one, refuse new records
+		// rather than silently losing the beginning of the chain.
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxMsgsPerSubject: -1,
+		Discard:           jetstream.DiscardNew,
+		MaxMsgSize:        maxLine,
+		DenyDelete:        !opts.allowDelete,
+		DenyPurge:         !opts.allowDelete,
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("audit: stream %s: %w", name, err)
+	}
+	l := &Log{js: js, stream: stream, name: name, prefix: prefix}
+	if err := l.loadTail(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Append validates r, links it to the last record of the stream and publishes it. Seq, Prev and Hash
+// are set here (values passed in are ignored), Time too when zero; the stored record is returned.
+//
+// The publish is conditional on the stream's last sequence being the one this record links to; when
+// another writer got in first, Append reloads the tail and tries again. If Append returns an error
+// after publishing, the record may or may not be stored; the chain is intact either way.
+func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
+	r.Seq, r.Prev, r.Hash = 0, "", ""
+	if err := normalize(&r, time.Now()); err != nil {
+		return Record{}, err
+	}
+	if err := validate(r); err != nil {
+		return Record{}, fmt.Errorf("audit: invalid record: %w", err)
+	}
+	subject := l.subjectFor(r)
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.tailKnown {
+		if err := l.loadTail(ctx); err != nil {
+			return Record{}, err
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		r.Prev = l.lastHash
+		b, err := canonical(r)
+		if err != nil {
+			return Record{}, err
+		}
+		if len(b) > MaxRecordSize {
+			return Record{}, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
+		}
+		sum := sha256.Sum256(b)
+		r.Hash = hex.EncodeToString(sum[:])
+		payload, err := stored(r)
+		if err != nil {
+			return Record{}, err
+		}
+		ack, err := l.js.Publish(ctx, subject, payload,
+			jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
+		if err == nil {
+			r.Seq = ack.Sequence
+			l.lastSeq, l.lastHash = ack.Sequence, r.Hash
+			return r, nil
+		}
+		if !isWrongLastSeq(err) {
+			// A timeout may hide a stored record: find out from the stream next time.
+			l.tailKnown = false
+			return Record{}, fmt.Errorf("audit: publish: %w", err)
+		}
+		l.conflicts++
+		if attempt == maxAppendAttempts {
+			l.tailKnown = false
+			return Record{}, fmt.Errorf("audit: append lost %d races with other writers: %w", attempt, err)
+		}
+		if err := sleep(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(100*time.Microsecond)))); err != nil {
+			l.tailKnown = false
+			return Record{}, fmt.Errorf("audit: append: %w", err)
+		}
+		if err := l.loadTail(ctx); err != nil {
+			return Record{}, err
+		}
+	}
+}
+
+// stored is the message payload: the canonical encoding with Hash filled in.
+func stored(r Record) ([]byte, error) {
+	r.Seq = 0
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("audit: encode record: %w", err)
+	}
+	return b, nil
+}
+
+func (l *Log) subjectFor(r Record) string {
+	if r.Session != "" {
+		return l.sessionSubject(r.Session)
+	}
+	return l.prefix + ".g"
+}
+
+func (l *Log) sessionSubject(id string) string { return l.prefix + ".s." + id }
+
+// loadTail reads the last record of the stream, checks it and makes it the one Append links to.
+// The caller holds l.mu, or owns l exclusively.
+func (l *Log) loadTail(ctx context.Context) error {
+	l.tailKnown = false
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: stream info: %w", err)
+	}
+	last := info.State.LastSeq
+	if last == 0 {
+		l.lastSeq, l.lastHash, l.tailKnown = 0, "", true
+		return nil
+	}
+	msg, err := l.stream.GetMsg(ctx, last)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("audit: load last record: %w", broken(last, ProblemGap, "last record missing"))
+	}
+	if err != nil {
+		return fmt.Errorf("audit: load last record %d: %w", last, err)
+	}
+	r, err := l.check(msg.Sequence, msg.Subject, msg.Data)
+	if err != nil {
+		return fmt.Errorf("audit: load last record: %w", err)
+	}
+	l.lastSeq, l.lastHash, l.tailKnown = r.Seq, r.Hash, true
+	return nil
+}
+
+// check decodes a stored message and checks what can be checked of it alone: encoding, validity,
+// subject and its own hash. Linking to the record before is the chain's job.
+func (l *Log) check(seq uint64, subject string, data []byte) (Record, error) {
+	r, err := decode(data)
+	if err != nil {
+		return Record{}, broken(seq, ProblemMalformed, "%v", err)
+	}
+	r.Seq = seq
+	if err := intact(r); err != nil {
+		return Record{}, err
+	}
+	if want := l.subjectFor(r); subject != want {
+		return Record{}, broken(seq, ProblemMalformed, "stored on subject %q, want %q", clip(subject), want)
+	}
+	return r, nil
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

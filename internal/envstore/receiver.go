@@ -1,0 +1,230 @@
+package envstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrNotPending means Ack was given an envelope that is not the Receiver's unacknowledged one.
+var ErrNotPending = errors.New("envstore: envelope is not the one awaiting acknowledgement")
+
+// ackTimeout bounds how long Ack waits for JetStream to confirm.
+const ackTimeout = 10 * time.Second
+
+// Msg is a stored envelope as read back.
+type Msg struct {
+	Envelope
+	StreamSeq uint64 // stream sequence
+	Delivered uint64 // delivery attempt to this cursor, 1 on first delivery
+}
+
+// Receiver is a durable cursor over one session's envelopes addressed to one recipient, in stream order. It
+// resumes after the last acknowledged envelope, across Store re-opens and server restarts. Use one Receiver per
+// (session, recipient) at a time, from one goroutine.
+type Receiver struct {
+	session, to string
+	name        string
+	stream      jetstream.Stream
+	it          jetstream.MessagesContext
+
+	mu      sync.Mutex
+	pending jetstream.Msg // yielded by Next, not yet acknowledged
+	pendSeq uint64
+	acked   uint64 // stream sequence of the last envelope acknowledged through this Receiver
+	closed  bool
+}
+
+// receiverName is the durable consumer name for (session, to): a hash, as recipient keys are not valid names.
+func receiverName(session, to string) string {
+	h := sha256.Sum256([]byte(session + "\x00" + to))
+	return "umbra_rx_" + hex.EncodeToString(h[:20])
+}
+
+// Receiver opens the durable cursor of recipient to in session, creating it on first use at the session's
+// first envelope.
+func (s *Store) Receiver(ctx context.Context, session, to string) (*Receiver, error) {
+	if !validName(session, maxSessionLen) {
+		return nil, badSession(session)
+	}
+	if !validToken(to, maxToLen) {
+		return nil, fmt.Errorf("%w: recipient: want 1-%d printable ASCII characters without spaces", ErrInvalid, maxToLen)
+	}
+	name := receiverName(session, to)
+	cons, err := s.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "Umbra envelope cursor",
+		FilterSubject: s.prefix + session,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.opts.AckWait,
+		// One envelope in flight: JetStream cannot deliver N+1 before N is acknowledged, and a redelivered N
+		// cannot be overtaken. Redelivery never gives up.
+		MaxAckPending: 1,
+		MaxDeliver:    -1,
+		Replicas:      s.opts.Replicas,
+		Metadata:      map[string]string{"umbra_session": session, "umbra_to": to},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
+	}
+	return &Receiver{session: session, to: to, name: name, stream: s.stream, it: it}, nil
+}
+
+// DeleteReceiver removes the durable cursor of recipient to in session, e.g. once the session is closed.
+func (s *Store) DeleteReceiver(ctx context.Context, session, to string) error {
+	err := s.stream.DeleteConsumer(ctx, receiverName(session, to))
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("envstore: delete receiver: %w", err)
+	}
+	return nil
+}
+
+// Next blocks until the next envelope for the recipient is available or ctx ends. Envelopes in the session for
+// other recipients are acknowledged for this cursor and skipped. If the previous envelope was not acknowledged,
+// it is handed back to JetStream first and so comes again.
+func (r *Receiver) Next(ctx context.Context) (Msg, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return Msg{}, errors.New("envstore: receiver closed")
+	}
+	if r.pending != nil {
+		if err := r.pending.Nak(); err != nil {
+			return Msg{}, fmt.Errorf("envstore: redeliver: %w", err)
+		}
+		r.pending = nil
+	}
+	for {
+		jm, err := r.it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return Msg{}, fmt.Errorf("envstore: receive: %w", err)
+		}
+		md, err := jm.Metadata()
+		if err != nil {
+			return Msg{}, fmt.Errorf("envstore: receive: %w", err)
+		}
+		h := jm.Headers()
+		if h.Get(hdrTo) != r.to {
+			if err := jm.Ack(); err != nil {
+				return Msg{}, fmt.Errorf("envstore: skip: %w", err)
+			}
+			continue
+		}
+		r.pending, r.pendSeq = jm, md.Sequence.Stream
+		return Msg{
+			Envelope:  Envelope{ID: h.Get(hdrID), Session: r.session, To: r.to, Data: jm.Data()},
+			StreamSeq: md.Sequence.Stream,
+			Delivered: md.NumDelivered,
+		}, nil
+	}
+}
+
+// Ack acknowledges m, the envelope last returned by Next, and returns once JetStream has recorded it: the cursor
+// then resumes after m, whatever happens next. Acknowledging an envelope that was already acknowledged is a no-op.
+func (r *Receiver) Ack(m Msg) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending == nil || m.StreamSeq != r.pendSeq {
+		if m.StreamSeq != 0 && m.StreamSeq <= r.acked {
+			return nil
+		}
+		return ErrNotPending
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ackTimeout)
+	defer cancel()
+	if err := r.pending.DoubleAck(ctx); err != nil {
+		// Unknown whether it was recorded: keep it pending, so it is redelivered rather than lost.
+		return fmt.Errorf("envstore: ack: %w", err)
+	}
+	r.pending, r.acked = nil, r.pendSeq
+	return nil
+}
+
+// Close stops the Receiver. An envelope it yielded but that was not acknowledged, or that JetStream had
+// already sent it, is handed back for immediate redelivery to the next Receiver on the cursor. The durable
+// cursor itself stays (see Store.DeleteReceiver).
+func (r *Receiver) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var errs []error
+	if r.pending != nil {
+		errs = append(errs, r.pending.Nak())
+		r.pending = nil
+	}
+	// Drain keeps what already arrived readable; hand it back too instead of letting it wait out AckWait.
+	r.it.Drain()
+	for {
+		jm, err := r.it.Next(jetstream.NextMaxWait(time.Second))
+		if err != nil {
+			break
+		}
+		errs = append(errs, jm.Nak())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("envstore: close receiver: %w", err)
+	}
+	return nil
+}
+
+// All returns every envelope of the session, in stream order, as stored when the call began.
+func (s *Store) All(ctx context.Context, session string) ([]Msg, error) {
+	if !validName(session, maxSessionLen) {
+		return nil, badSession(session)
+	}
+	subj := s.prefix + session
+	last, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+	}
+	cons, err := s.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+	}
+	defer it.Stop()
+
+	var out []Msg
+	for {
+		jm, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+		}
+		md, err := jm.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+		}
+		h := jm.Headers()
+		out = append(out, Msg{
+			Envelope:  Envelope{ID: h.Get(hdrID), Session: session, To: h.Get(hdrTo), Data: jm.Data()},
+			StreamSeq: md.Sequence.Stream,
+			Delivered: md.NumDelivered,
+		})
+		if md.Sequence.Stream >= last.Sequence || md.NumPending == 0 {
+			return out, nil
+		}
+	}
+}
