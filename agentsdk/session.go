@@ -180,6 +180,9 @@ func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 			if ctx.Err() != nil {
 				return Envelope{}, ctx.Err()
 			}
+			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+				return Envelope{}, context.DeadlineExceeded
+			}
 			return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
 		}
 		if err := s.recv.writeLine(api.RelayReceipt{Seq: env.Header.Seq}); err != nil {

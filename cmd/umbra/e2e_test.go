@@ -357,3 +357,97 @@ func TestRouterFailover(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// TestCLIGovernance runs the A2A governance sequence: organisations, an inter-org workgroup, an advertisement,
+// scoped discovery, a session under a contract, envelopes both ways, refusals, close, audit.
+func TestCLIGovernance(t *testing.T) {
+	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	args, _ := devArgs(t, "data")
+	c.start("umbra dev ready", args...)
+	admin := "data/admin.json"
+	write := func(name, content string) {
+		if err := os.WriteFile(filepath.Join(c.dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enrollOrg := func(org string) string {
+		write(org+"-admin.token", c.must("", "org", "create", "--as", admin, "--name", org))
+		c.must("", "enroll", "--token", org+"-admin.token", "--out", org+"-admin.json")
+		return org + "-admin.json"
+	}
+	enrollAgent := func(orgAdmin, org, name string) string {
+		write(name+".token", c.must("", "identity", "create", "--as", orgAdmin, "--org", org, "--name", name))
+		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
+		return name + ".json"
+	}
+	acme, globex, initech := enrollOrg("acme"), enrollOrg("globex"), enrollOrg("initech")
+	quoter := enrollAgent(acme, "acme", "quoter")
+	buyer := enrollAgent(globex, "globex", "buyer")
+	outsider := enrollAgent(initech, "initech", "outsider")
+	// An organisation administrator cannot create identities for another organisation.
+	if _, errs, err := c.run("", "identity", "create", "--as", acme, "--org", "globex", "--name", "spy"); err == nil || !strings.Contains(errs, "forbidden") {
+		t.Fatalf("cross-org identity: err=%v %s", err, errs)
+	}
+
+	c.must("", "workgroup", "create", "--as", acme, "--name", "pricing", "--invite", "globex")
+	if out := c.must("", "workgroup", "accept", "--as", globex, "pricing"); !strings.Contains(out, "active") {
+		t.Fatalf("accept: %s", out)
+	}
+	c.must("", "workgroup", "member", "add", "--as", acme, "pricing", "spiffe://umbra.local/acme/agent/quoter")
+	c.must("", "workgroup", "member", "add", "--as", globex, "acme/pricing", "spiffe://umbra.local/globex/agent/buyer")
+	// acme's administrator may not add globex's members.
+	if _, errs, err := c.run("", "workgroup", "member", "add", "--as", acme, "pricing", "spiffe://umbra.local/globex/agent/buyer"); err == nil {
+		t.Fatalf("acme added a globex member: %s", errs)
+	}
+
+	write("card.json", `{"name":"Quoter","description":"prices widgets","version":"1.0","skills":[{"id":"quote","name":"Quote"}],"message_types":["quote.*"]}`)
+	write("terms.json", `{"max_duration":"1h","max_messages":10,"allowed_message_types":["quote.request","quote.response"],"max_envelope_bytes":4096}`)
+	ad := strings.TrimSpace(c.must("", "advertise", "--as", quoter, "--card", "card.json", "--terms", "terms.json", "--workgroup", "pricing"))
+	if out := c.must("", "discover", "--as", buyer, "--skill", "quote"); !strings.Contains(out, ad) {
+		t.Fatalf("buyer discover: %q", out)
+	}
+	if out := c.must("", "discover", "--as", outsider); strings.Contains(out, ad) {
+		t.Fatalf("outsider discovered %s", ad)
+	}
+	if _, errs, err := c.run("", "session", "propose", "--as", outsider, "--ad", ad); err == nil || !strings.Contains(errs, "not_found") {
+		t.Fatalf("outsider propose: err=%v %s", err, errs)
+	}
+	sid := strings.TrimSpace(c.must("", "session", "propose", "--as", buyer, "--ad", ad, "--max-messages", "3",
+		"--types", "quote.request,quote.response", "--duration", "5m"))
+
+	c.must(`{"sku":"w-1"}`, "session", "send", "--as", buyer, "--session", sid, "--type", "quote.request")
+	if _, errs, err := c.run(`{}`, "session", "send", "--as", buyer, "--session", sid, "--type", "order.place"); err == nil || !strings.Contains(errs, "type_not_allowed") {
+		t.Fatalf("disallowed type: err=%v %s", err, errs)
+	}
+	got := c.must("", "session", "recv", "--as", quoter, "--session", sid)
+	if !strings.Contains(got, `"payload":"{\"sku\":\"w-1\"}"`) || !strings.Contains(got, `"from":"spiffe://umbra.local/globex/agent/buyer"`) {
+		t.Fatalf("recv: %s", got)
+	}
+	c.must(`{"price":42}`, "session", "send", "--as", quoter, "--session", sid, "--type", "quote.response")
+	if got := c.must("", "session", "recv", "--as", buyer); !strings.Contains(got, `{\"price\":42}`) {
+		t.Fatalf("buyer recv: %s", got)
+	}
+	c.must("", "session", "close", "--as", buyer, sid, "--reason", "done")
+	if _, errs, err := c.run(`{}`, "session", "send", "--as", buyer, "--session", sid, "--type", "quote.request"); err == nil || !strings.Contains(errs, "session_closed") {
+		t.Fatalf("send after close: err=%v %s", err, errs)
+	}
+	show := c.must("", "session", "show", "--as", acme, sid)
+	if !strings.Contains(show, `"close_reason": "by_consumer"`) || !strings.Contains(show, `"envelopes": 2`) {
+		t.Fatalf("show: %s", show)
+	}
+	if _, _, err := c.run("", "session", "show", "--as", initech, sid); err == nil {
+		t.Fatal("an unrelated organisation's administrator saw the session")
+	}
+	trail := c.must("", "audit", "session", "--as", acme, sid)
+	for _, want := range []string{"envelope.accepted", "envelope.rejected", "type_not_allowed", "session.transition", `"type": "quote.response"`} {
+		if !strings.Contains(trail, want) {
+			t.Fatalf("audit session lacks %q:\n%s", want, trail)
+		}
+	}
+	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "audit chain verified") {
+		t.Fatalf("verify: %s", out)
+	}
+	if export := c.must("", "audit", "export", "--as", admin); strings.Count(export, "\n") < 10 || !strings.Contains(export, sid) {
+		t.Fatalf("export: %d lines", strings.Count(export, "\n"))
+	}
+}

@@ -31,6 +31,20 @@ Usage:
   umbra service dial  --as ID.json --service S
   umbra service list  --as ID.json
 
+  umbra org create --as ADMIN.json --name ORG        prints the org administrator's enrollment token
+  umbra workgroup create --as ORG-ADMIN.json --name WG [--invite ORG]...
+  umbra workgroup accept|decline --as ORG-ADMIN.json WG
+  umbra workgroup member add|remove --as ORG-ADMIN.json WG SPIFFE-ID [--role admin]
+  umbra workgroup list|delete --as ID.json [WG]
+  umbra advertise --as ID.json --card CARD.json --terms TERMS.json --workgroup WG
+  umbra discover  --as ID.json [--skill S] [--text T] [--json]
+  umbra session propose --as ID.json --ad AD [--max-messages N] [--types a,b] [--duration D] [--max-bytes N]
+  umbra session send    --as ID.json --session S --type T < payload
+  umbra session recv    --as ID.json [--session S] [--follow]
+  umbra session accept|reject|close|show --as ID.json S [--reason R]
+  umbra session list    --as ID.json [--state STATE]
+  umbra audit session|verify|export --as ID.json [S]
+
 Every command takes --log-level (debug, info, warn, error; default warn).
 `
 
@@ -62,6 +76,15 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"identity":   subcommands(map[string]command{"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke}),
 		"service": subcommands(map[string]command{"grant": cmdServiceGrant, "serve": cmdServiceServe,
 			"dial": cmdServiceDial, "list": cmdServiceList}),
+		"org": subcommands(map[string]command{"create": cmdOrgCreate}),
+		"workgroup": subcommands(map[string]command{"create": cmdWorkgroupCreate, "accept": cmdWorkgroupAnswer(false),
+			"decline": cmdWorkgroupAnswer(true), "member": cmdWorkgroupMember, "list": cmdWorkgroupList, "delete": cmdWorkgroupDelete}),
+		"advertise": cmdAdvertise,
+		"discover":  cmdDiscover,
+		"session": subcommands(map[string]command{"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
+			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
+			"show": cmdSessionShow, "list": cmdSessionList}),
+		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

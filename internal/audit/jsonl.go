@@ -41,6 +41,8 @@ func writeJSONLine(w io.Writer, r Record) error {
 	if err != nil {
 		return fmt.Errorf("audit: encode record %d: %w", r.Seq, err)
 	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	if _, err := w.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("audit: write record %d: %w", r.Seq, err)
+	}
+	return nil
 }

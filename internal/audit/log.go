@@ -197,14 +197,14 @@ func (l *Log) loadTail(ctx context.Context) error {
 	}
 	msg, err := l.stream.GetMsg(ctx, last)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("audit: load last record: %w", broken(last, ProblemGap, "last record missing"))
+		return broken(last, ProblemGap, "last record missing")
 	}
 	if err != nil {
 		return fmt.Errorf("audit: load last record %d: %w", last, err)
 	}
 	r, err := l.check(msg.Sequence, msg.Subject, msg.Data)
 	if err != nil {
-		return fmt.Errorf("audit: load last record: %w", err)
+		return err
 	}
 	l.lastSeq, l.lastHash, l.tailKnown = r.Seq, r.Hash, true
 	return nil

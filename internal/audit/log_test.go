@@ -227,13 +227,20 @@ func TestAppendRejectsInvalidRecords(t *testing.T) {
 	if r, err := l.Append(ctx, record(1, "")); err != nil || r.Seq != 1 || r.Prev != "" {
 		t.Fatalf("first valid append: %+v, %v", r, err)
 	}
+	// A stray byte in free text (often quoted from a peer) is replaced, not a reason to lose the record.
+	odd := record(3, "")
+	odd.Reason = "bad frame: \xff\xfe"
+	r, err := l.Append(ctx, odd)
+	if err != nil || r.Reason != "bad frame: \uFFFD" {
+		t.Fatalf("append with invalid UTF-8: %q, %v", r.Reason, err)
+	}
 	// Just under the limit is fine.
 	big := record(2, "")
 	big.Data = json.RawMessage(`"` + strings.Repeat("x", MaxRecordSize-1024) + `"`)
 	if _, err := l.Append(ctx, big); err != nil {
 		t.Fatal(err)
 	}
-	mustVerify(t, ctx, l, 2)
+	mustVerify(t, ctx, l, 3)
 }
 
 func TestStreamRefusesDeleteAndPurge(t *testing.T) {

@@ -31,19 +31,19 @@ const (
 
 // Record is one entry of the audit trail.
 type Record struct {
-	Seq           uint64          `json:"seq"`                      // JetStream stream sequence; set when read, not hashed
-	Time          time.Time       `json:"time"`                     // UTC, microsecond precision; set by Append if zero
-	Kind          string          `json:"kind"`                     // e.g. "session.transition", "envelope.accepted", "policy.changed"
-	Actor         string          `json:"actor"`                    // SPIFFE ID of who acted
-	Session       string          `json:"session,omitempty"`        // session ID, [A-Za-z0-9_-]+
-	Workgroup     string          `json:"workgroup,omitempty"`      //
-	Decision      string          `json:"decision,omitempty"`       // DecisionAllow, DecisionDeny or ""
-	Reason        string          `json:"reason,omitempty"`         //
-	PolicyVersion string          `json:"policy_version,omitempty"` //
-	Diagnostic    json.RawMessage `json:"diagnostic,omitempty"`     // the policy engine's explanation
-	Data          json.RawMessage `json:"data,omitempty"`           // kind-specific detail (an envelope header, a transition, ...)
-	Prev          string          `json:"prev"`                     // hex SHA-256 of the previous record; "" for the first
-	Hash          string          `json:"hash"`                     // hex SHA-256 of the canonical encoding of this record
+	Seq           uint64          `json:"seq"`               // JetStream stream sequence; set when read, not hashed
+	Time          time.Time       `json:"time"`              // UTC, microsecond precision; set by Append if zero
+	Kind          string          `json:"kind"`              // e.g. "session.transition", "envelope.accepted", "policy.changed"
+	Actor         string          `json:"actor"`             // SPIFFE ID of who acted
+	Session       string          `json:"session,omitempty"` // session ID, [A-Za-z0-9_-]+
+	Workgroup     string          `json:"workgroup,omitempty"`
+	Decision      string          `json:"decision,omitempty"` // DecisionAllow, DecisionDeny or ""
+	Reason        string          `json:"reason,omitempty"`
+	PolicyVersion string          `json:"policy_version,omitempty"`
+	Diagnostic    json.RawMessage `json:"diagnostic,omitempty"` // the policy engine's explanation
+	Data          json.RawMessage `json:"data,omitempty"`       // kind-specific detail (an envelope header, a transition, ...)
+	Prev          string          `json:"prev"`                 // hex SHA-256 of the previous record; "" for the first
+	Hash          string          `json:"hash"`                 // hex SHA-256 of the canonical encoding of this record
 }
 
 // ErrBroken reports that the chain does not verify. The error that wraps it is a *BreakError.
@@ -74,6 +74,14 @@ func (e *BreakError) Error() string {
 // Unwrap makes errors.Is(err, ErrBroken) hold.
 func (e *BreakError) Unwrap() error { return ErrBroken }
 
+// missing reports that records from to through are absent.
+func missing(from, through uint64) error {
+	if from == through {
+		return broken(from, ProblemGap, "record %d missing", from)
+	}
+	return broken(from, ProblemGap, "records %d to %d missing", from, through)
+}
+
 func broken(seq uint64, p Problem, format string, args ...any) error {
 	return &BreakError{Seq: seq, Problem: p, Detail: fmt.Sprintf(format, args...)}
 }
@@ -100,12 +108,17 @@ func hashOf(r Record) (string, error) {
 }
 
 // normalize prepares a record for Append: time in UTC at microsecond precision, raw JSON compacted,
-// a JSON null dropped, so that the record re-encodes to the same bytes after a round trip.
+// a JSON null dropped, invalid UTF-8 in free text replaced (as encoding would, but visibly in the
+// returned record), so that the record re-encodes to the same bytes after a round trip. Free text
+// often quotes what a peer sent; a stray byte there must not cost the record.
 func normalize(r *Record, now time.Time) error {
 	if r.Time.IsZero() {
 		r.Time = now
 	}
 	r.Time = r.Time.UTC().Truncate(time.Microsecond)
+	for _, s := range []*string{&r.Workgroup, &r.Reason, &r.PolicyVersion} {
+		*s = strings.ToValidUTF8(*s, "\uFFFD")
+	}
 	var err error
 	if r.Data, err = compactJSON(r.Data); err != nil {
 		return fmt.Errorf("audit: data: %w", err)
@@ -259,7 +272,7 @@ func (c *chain) expect(seq uint64) error {
 	want := c.seq + 1
 	switch {
 	case seq > want:
-		return broken(want, ProblemGap, "records %d to %d missing", want, seq-1)
+		return missing(want, seq-1)
 	case seq < want:
 		return broken(want, ProblemGap, "got seq %d where %d was expected (out of order)", seq, want)
 	}

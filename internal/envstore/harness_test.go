@@ -18,7 +18,13 @@ const (
 // down (see testServer for one that is shut down at the end of the test).
 func startServer(tb testing.TB, dir string) *natsd.Server {
 	tb.Helper()
-	srv, err := natsd.Start(natsd.Config{StoreDir: dir, SyncAlways: true})
+	return startServerSync(tb, dir, true)
+}
+
+// startServerSync is startServer with a choice of fsync policy, for benchmarks.
+func startServerSync(tb testing.TB, dir string, syncAlways bool) *natsd.Server {
+	tb.Helper()
+	srv, err := natsd.Start(natsd.Config{StoreDir: dir, SyncAlways: syncAlways})
 	if err != nil {
 		tb.Fatal(err)
 	}

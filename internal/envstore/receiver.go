@@ -15,8 +15,12 @@ import (
 // ErrNotPending means Ack was given an envelope that is not the Receiver's unacknowledged one.
 var ErrNotPending = errors.New("envstore: envelope is not the one awaiting acknowledgement")
 
-// ackTimeout bounds how long Ack waits for JetStream to confirm.
-const ackTimeout = 10 * time.Second
+const (
+	// ackTimeout bounds how long Ack waits for JetStream to confirm.
+	ackTimeout = 10 * time.Second
+	// pullBatch is how many envelopes a Receiver asks for at once.
+	pullBatch = 8
+)
 
 // Msg is a stored envelope as read back.
 type Msg struct {
@@ -74,7 +78,11 @@ func (s *Store) Receiver(ctx context.Context, session, to string) (*Receiver, er
 	if err != nil {
 		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1))
+	// With MaxAckPending 1 the server never has more than one envelope out, however many are asked for; asking
+	// for a few keeps a pull request open at the server between envelopes. With a batch of 1 the client can miss
+	// re-pulling when an envelope arrives while its own request is still being sent, and would then sit idle
+	// until its missed-heartbeat check fires (one pull expiry, 30 s by default).
+	it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch))
 	if err != nil {
 		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
 	}
@@ -92,7 +100,9 @@ func (s *Store) DeleteReceiver(ctx context.Context, session, to string) error {
 
 // Next blocks until the next envelope for the recipient is available or ctx ends. Envelopes in the session for
 // other recipients are acknowledged for this cursor and skipped. If the previous envelope was not acknowledged,
-// it is handed back to JetStream first and so comes again.
+// it is handed back to JetStream first and so comes again. When ctx ends, nothing is lost and Next may be called
+// again; any other error (connection closed, cursor deleted) leaves the Receiver unusable: close it and open
+// another.
 func (r *Receiver) Next(ctx context.Context) (Msg, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -17,10 +17,11 @@ func next(t *testing.T, r *Receiver, want string) Msg {
 	defer cancel()
 	m, err := r.Next(ctx)
 	if err != nil {
-		ci, _ := r.stream.Consumer(context.Background(), r.name)
-		if ci != nil {
-			info, _ := ci.Info(context.Background())
-			t.Logf("consumer: %+v delivered %+v ackfloor %+v", info, info.Delivered, info.AckFloor)
+		if c, cerr := r.stream.Consumer(context.Background(), r.name); cerr == nil {
+			if info, ierr := c.Info(context.Background()); ierr == nil {
+				t.Logf("cursor: delivered %d, ack floor %d, ack pending %d, waiting pulls %d, pending %d",
+					info.Delivered.Stream, info.AckFloor.Stream, info.NumAckPending, info.NumWaiting, info.NumPending)
+			}
 		}
 		t.Fatalf("Next (want %s): %v", want, err)
 	}

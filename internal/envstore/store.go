@@ -230,7 +230,8 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 	}
 }
 
-// Count returns how many envelopes the session holds, as JetStream knows it now.
+// Count returns how many envelopes the session holds, as JetStream knows it now: the count recorded by its last
+// envelope.
 func (s *Store) Count(ctx context.Context, session string) (uint64, error) {
 	if !validName(session, maxSessionLen) {
 		return 0, badSession(session)
