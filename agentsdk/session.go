@@ -100,7 +100,9 @@ type SendOption func(*workgroups.Header)
 func WithContentType(ct string) SendOption { return func(h *workgroups.Header) { h.ContentType = ct } }
 
 // WithCorrelationID ties this envelope to an earlier one (a reply to a request).
-func WithCorrelationID(id string) SendOption { return func(h *workgroups.Header) { h.CorrelationID = id } }
+func WithCorrelationID(id string) SendOption {
+	return func(h *workgroups.Header) { h.CorrelationID = id }
+}
 
 // Send sends one envelope to the other party through the relay and returns its sequence number in the session
 // once the relay has recorded it durably. A refusal is a *RelayError (errors.Is ErrContractViolation). If the

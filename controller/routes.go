@@ -12,7 +12,9 @@ import (
 
 // governanceRoutes serves organisations, workgroups, advertisements, sessions and audit on the overlay API.
 func (s *Server) governanceRoutes(mux *http.ServeMux) {
-	body := func(op func(ctx context.Context, c caller, body []byte) (any, error)) http.HandlerFunc { return s.anyone(op) }
+	body := func(op func(ctx context.Context, c caller, body []byte) (any, error)) http.HandlerFunc {
+		return s.anyone(op)
+	}
 	decodeInto := func(b []byte, v any) error { return strict(b, v) }
 
 	mux.HandleFunc("POST "+api.PathOrgs, body(func(ctx context.Context, c caller, b []byte) (any, error) {
@@ -181,4 +183,3 @@ func (s *Server) sessionAudit(ctx context.Context, sess workgroups.Session) (api
 	}
 	return out, nil
 }
-
