@@ -19,6 +19,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/internal/api"
 	"github.com/umbra-mesh/umbra/internal/pki"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
 
 // Credentials is what the controller returns on enrollment and renewal.
@@ -39,7 +40,8 @@ type options struct {
 // Option varies Connect.
 type Option func(*options)
 
-// WithLogger sets the logger for state changes (renewals, failures). Default: discard.
+// WithLogger sets the logger for state changes (renewals, failures), which also receives the overlay SDK's
+// warnings (that logger is process-wide: the last Connect sets it). Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithIdentityFile makes the agent write every renewed SVID back to path, so a restart picks it up.
@@ -81,6 +83,8 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
+	// The overlay SDK logs through a process-wide logger; send it to ours, warnings and above.
+	zitilog.Route(o.log, slog.LevelWarn)
 	zctx, err := newZitiContext(id, o.refresh)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)
