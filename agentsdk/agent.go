@@ -66,7 +66,10 @@ type Agent struct {
 	zctx      ziti.Context
 	retiring  []retiring
 	listeners map[*listener]struct{}
-	closed    bool
+	// unbound names services this context stopped hosting: the overlay SDK cannot host them again in the same
+	// context (it reuses the bind session the controller already ended), so hosting one again reconnects first.
+	unbound map[string]bool
+	closed  bool
 }
 
 type retiring struct {
@@ -90,7 +93,8 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	a := &Agent{opts: o, cancel: cancel, done: make(chan struct{}), id: id, zctx: zctx, listeners: map[*listener]struct{}{}}
+	a := &Agent{opts: o, cancel: cancel, done: make(chan struct{}), id: id, zctx: zctx, listeners: map[*listener]struct{}{},
+		unbound: map[string]bool{}}
 	if a.opts.renewer == nil {
 		a.opts.renewer = a.renewWithController
 	}
@@ -217,8 +221,17 @@ func (a *Agent) Listen(service string) (net.Listener, error) {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("agentsdk: listen %s: %w", service, ErrClosed)
 	}
-	zctx := a.zctx
+	again, id := a.unbound[service], a.id
 	a.mu.Unlock()
+	if again {
+		if err := a.switchContext(id); err != nil {
+			return nil, fmt.Errorf("agentsdk: listen %s: %w", service, err)
+		}
+	}
+	_, zctx, err := a.current()
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: listen %s: %w", service, err)
+	}
 	if err := l.bind(zctx); err != nil {
 		if errors.Is(err, ErrServiceNotFound) || errors.Is(err, ErrNotAuthorized) {
 			return nil, err

@@ -15,7 +15,7 @@ import (
 )
 
 // orgAdmin creates an organisation and connects its administrator.
-func orgAdmin(t *testing.T, org string) *agentsdk.Agent {
+func orgAdmin(t testing.TB, org string) *agentsdk.Agent {
 	t.Helper()
 	ctx := context.Background()
 	resp, err := env.Admin().Controller().CreateOrg(ctx, org)
@@ -35,7 +35,7 @@ func orgAdmin(t *testing.T, org string) *agentsdk.Agent {
 }
 
 // orgAgent creates and connects an agent of org through its administrator.
-func orgAgent(t *testing.T, admin *agentsdk.Agent, org, name string) *agentsdk.Agent {
+func orgAgent(t testing.TB, admin *agentsdk.Agent, org, name string) *agentsdk.Agent {
 	t.Helper()
 	ctx := context.Background()
 	resp, err := admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: "agent", Name: name})
@@ -65,7 +65,7 @@ var worldSeq atomic.Int32
 
 // newPricingWorld builds: acme owns inter-org workgroup "pricing" with globex; acme's quoter advertises in it;
 // globex's buyer is a member; initech's outsider is in no shared workgroup.
-func newPricingWorld(t *testing.T, terms workgroups.Terms) pricingWorld {
+func newPricingWorld(t testing.TB, terms workgroups.Terms) pricingWorld {
 	t.Helper()
 	ctx := context.Background()
 	n := worldSeq.Add(1)

@@ -64,27 +64,8 @@ func (a *Agent) Renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agentsdk: renew: %w", err)
 	}
-	zctx, err := newZitiContext(next, a.opts.refresh)
-	if err != nil {
-		return fmt.Errorf("agentsdk: renew: reconnect: %w", err)
-	}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		zctx.Close()
-		return ErrClosed
-	}
-	a.retiring = append(a.retiring, retiring{zctx: a.zctx, at: old.svid[0].NotAfter})
-	a.id, a.zctx = next, zctx
-	ls := make([]*listener, 0, len(a.listeners))
-	for l := range a.listeners {
-		ls = append(ls, l)
-	}
-	a.mu.Unlock()
-	for _, l := range ls {
-		if err := l.bind(zctx); err != nil {
-			a.opts.log.Warn("moving listener to renewed identity failed", "service", l.service, "err", err)
-		}
+	if err := a.switchContext(next); err != nil {
+		return fmt.Errorf("agentsdk: renew: %w", err)
 	}
 	if a.opts.savePath != "" {
 		if err := next.Save(a.opts.savePath); err != nil {
@@ -92,6 +73,36 @@ func (a *Agent) Renew(ctx context.Context) error {
 		}
 	}
 	a.opts.log.Info("svid renewed", "spiffe_id", next.id.String(), "expires_at", next.ExpiresAt())
+	return nil
+}
+
+// switchContext connects next to the overlay in a new context, makes it current, and moves the listeners there.
+// The old context keeps its open connections until its SVID expires.
+func (a *Agent) switchContext(next *Identity) error {
+	zctx, err := newZitiContext(next, a.opts.refresh)
+	if err != nil {
+		return fmt.Errorf("reconnect: %w", err)
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		zctx.Close()
+		return ErrClosed
+	}
+	a.retiring = append(a.retiring, retiring{zctx: a.zctx, at: a.id.svid[0].NotAfter})
+	a.id, a.zctx = next, zctx
+	a.unbound = map[string]bool{}
+	ls := make([]*listener, 0, len(a.listeners))
+	for l := range a.listeners {
+		ls = append(ls, l)
+	}
+	a.mu.Unlock()
+	for _, l := range ls {
+		if err := l.bind(zctx); err != nil {
+			a.opts.log.Warn("moving listener to the new overlay context failed", "service", l.service, "err", err)
+			go l.rebind()
+		}
+	}
 	return nil
 }
 

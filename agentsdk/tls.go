@@ -79,7 +79,8 @@ func (l *listener) bind(zctx ziti.Context) error {
 	opts := &ziti.ListenOptions{MaxTerminators: 3, ConnectTimeout: 10 * time.Second,
 		WaitForNEstablishedListeners: 1}
 	zl, err := zctx.ListenWithOptions(l.service, opts)
-	if err != nil && isNotFound(err) {
+	if err != nil {
+		// A grant made since the last refresh (new service, or Bind added to a known one) is not known yet.
 		if _, rerr := zctx.RefreshService(l.service); rerr == nil {
 			zl, err = zctx.ListenWithOptions(l.service, opts)
 		}
@@ -192,6 +193,7 @@ func (l *listener) Close() error {
 		}
 		l.agent.mu.Lock()
 		delete(l.agent.listeners, l)
+		l.agent.unbound[l.service] = true
 		l.agent.mu.Unlock()
 	})
 	return nil
