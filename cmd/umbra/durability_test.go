@@ -84,7 +84,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 	}
 	acme, globex := connectFile(t, path("acme-admin.json")), connectFile(t, path("globex-admin.json"))
 	for _, x := range []struct {
-		admin      *agentsdk.Agent
+		admin     *agentsdk.Agent
 		org, file string
 	}{{acme, "acme", quoterFile}, {globex, "globex", buyerFile}} {
 		resp, err := x.admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: x.org, Kind: "agent", Name: filepath.Base(x.file[:len(x.file)-5])})
