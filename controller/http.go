@@ -116,6 +116,7 @@ func (s *Server) apiHandler() http.Handler {
 		return api.CreateRouterResponse{Name: req.Name, Token: tok}, nil
 	}))
 	s.governanceRoutes(mux)
+	s.gatewayRoutes(mux)
 	return s.authenticate(mux)
 }
 

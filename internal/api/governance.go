@@ -146,3 +146,27 @@ const (
 	CodeMalformedFrame = "malformed_frame"
 	CodeDuplicate      = "duplicate"
 )
+
+// Paths for gateways: they record into the shared audit stream and look callers up.
+const (
+	PathAuditRecords   = "/v1/audit/records"
+	PathIdentityLookup = "/v1/identities/lookup"
+	// GatewayKind is the identity kind whose holders may append audit records and look identities up.
+	GatewayKind = "gateway"
+)
+
+// LookupRequest asks what the controller knows of an identity.
+type LookupRequest struct {
+	SPIFFEID string `json:"spiffe_id"`
+}
+
+// IdentityInfo is what a gateway learns of a caller: its organisation, kind, rights and active workgroups.
+type IdentityInfo struct {
+	SPIFFEID   string   `json:"spiffe_id"`
+	Org        string   `json:"org"`
+	Kind       string   `json:"kind"`
+	Name       string   `json:"name"`
+	Admin      bool     `json:"admin"`
+	Revoked    bool     `json:"revoked"`
+	Workgroups []string `json:"workgroups"`
+}
