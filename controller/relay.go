@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -179,7 +180,14 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 	case app.Duplicate:
 		s.record(ctx, audit.Record{Kind: "envelope.duplicate", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
 			Decision: "deny", Reason: api.CodeDuplicate + ": envelope id already recorded", Data: jsonRaw(h)})
-		return api.RelayAck{ID: h.ID.String(), OK: true, Duplicate: true, Code: api.CodeDuplicate, Error: "envelope id already recorded; not stored again"}
+		// A retry learns where the original stands; a replay changes nothing.
+		var seq uint64
+		if m, err := s.gov.env.Get(ctx, app.StreamSeq); err == nil {
+			if orig, _, err := workgroups.DecodeFrame(bytes.NewReader(m.Data), relayLimits); err == nil {
+				seq = orig.Seq
+			}
+		}
+		return api.RelayAck{ID: h.ID.String(), OK: true, Seq: seq, Duplicate: true, Code: api.CodeDuplicate, Error: "envelope id already recorded; not stored again"}
 	}
 	h.Seq = app.Count
 	decision, diag := decisionRecord(d)
@@ -192,9 +200,11 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 			if ss.State != workgroups.StateAccepted {
 				return nil
 			}
-			return ss.Activate(s.controllerID, now)
+			return ss.Activate(sender, now)
 		})
-		if err == nil {
+		if err != nil {
+			s.log.Warn("activating session failed", "session", sid, "err", err)
+		} else {
 			s.recordTransitions(ctx, updated, n, "", nil)
 		}
 	}

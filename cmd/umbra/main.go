@@ -45,6 +45,9 @@ Usage:
   umbra session list    --as ID.json [--state STATE]
   umbra audit session|verify|export --as ID.json [S]
 
+  umbra mcp serve   --as ID.json --service S -- COMMAND [ARGS]   makes a stdio MCP server dark
+  umbra mcp connect --as ID.json [--service mcpgw]               stdio bridge to the MCP gateway
+
 Every command takes --log-level (debug, info, warn, error; default warn).
 `
 
@@ -84,6 +87,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"session": subcommands(map[string]command{"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
 			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
 			"show": cmdSessionShow, "list": cmdSessionList}),
+		"mcp":   subcommands(map[string]command{"serve": cmdMCPServe, "connect": cmdMCPConnect}),
 		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
 	}
 	cmd, ok := cmds[args[0]]

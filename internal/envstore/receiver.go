@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -237,4 +238,19 @@ func (s *Store) All(ctx context.Context, session string) ([]Msg, error) {
 			return out, nil
 		}
 	}
+}
+
+// Get returns the envelope stored at a stream sequence (as reported by Append), e.g. to answer a retry with
+// the original envelope's position.
+func (s *Store) Get(ctx context.Context, streamSeq uint64) (Msg, error) {
+	raw, err := s.stream.GetMsg(ctx, streamSeq)
+	if err != nil {
+		return Msg{}, fmt.Errorf("envstore: get %d: %w", streamSeq, err)
+	}
+	if !strings.HasPrefix(raw.Subject, s.prefix) {
+		return Msg{}, fmt.Errorf("envstore: get %d: not an envelope", streamSeq)
+	}
+	h := raw.Header
+	return Msg{Envelope: Envelope{ID: h.Get(hdrID), Session: strings.TrimPrefix(raw.Subject, s.prefix), To: h.Get(hdrTo), Data: raw.Data},
+		StreamSeq: raw.Sequence}, nil
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/mcpbridge"
+)
+
+// cmdMCPServe makes a local stdio MCP server dark: it hosts a service on the overlay and runs the command once
+// per incoming connection, its stdin and stdout joined to the connection (newline-delimited JSON-RPC, the MCP
+// stdio transport). The caller's verified SPIFFE ID is passed to the command in UMBRA_PEER_ID.
+func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var command []string
+	for i, a := range args {
+		if a == "--" {
+			args, command = args[:i], args[i+1:]
+			break
+		}
+	}
+	if len(command) == 0 {
+		return errors.New("mcp serve: give the MCP server command after --")
+	}
+	var service string
+	return withAgent(ctx, "mcp serve", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "", "overlay service to host")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		ln, err := a.Listen(service)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "serving MCP server %q as %s on %s (no listening socket)\n", command[0], a.ID(), service)
+		go func() {
+			<-ctx.Done()
+			ln.Close()
+		}()
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return nil
+				}
+				return err
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conn.Close()
+				peer, err := agentsdk.PeerIdentity(conn)
+				if err != nil {
+					return
+				}
+				cmd := exec.CommandContext(ctx, command[0], command[1:]...)
+				cmd.Stdin, cmd.Stdout, cmd.Stderr = conn, conn, stderr
+				cmd.Env = append(os.Environ(), "UMBRA_PEER_ID="+peer.String())
+				if err := cmd.Run(); err != nil && ctx.Err() == nil {
+					fmt.Fprintf(stderr, "mcp server for %s ended: %v\n", peer, err)
+				}
+			}()
+		}
+	})
+}
+
+// cmdMCPConnect is a stdio MCP server for desktop clients that forwards everything to the MCP gateway on the
+// overlay: the client needs no network access and no key but the identity file.
+func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var service, path string
+	return withAgent(ctx, "mcp connect", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
+		f.StringVar(&path, "path", "/mcp", "the gateway's MCP endpoint path")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		server := &mcp.StreamableClientTransport{Endpoint: "http://" + service + path, HTTPClient: a.HTTPClient()}
+		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
+		return mcpbridge.Join(ctx, client, server)
+	})
+}
+
+type nopWriteCloser struct{ io.Writer }
+
+func (nopWriteCloser) Close() error { return nil }
