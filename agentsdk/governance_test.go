@@ -314,3 +314,84 @@ func TestGovernanceMembershipRemovalClosesSessions(t *testing.T) {
 		t.Fatalf("removed member still discovers %d advertisements", len(ads))
 	}
 }
+
+func TestGovernanceHeldForProvider(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	terms := defaultTerms()
+	terms.HoldForProvider = true
+	w := newPricingWorld(t, terms)
+	// Within the terms: accepted without the provider.
+	if s, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 2}); err != nil || s.Info().State != workgroups.StateAccepted {
+		t.Fatalf("within terms: %v", err)
+	}
+	// Outside: held for the provider, who decides.
+	held, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 50})
+	if err != nil || held.Info().State != workgroups.StateHeld {
+		t.Fatalf("outside terms with hold: %v", err)
+	}
+	if _, err := held.Send(ctx, "quote.request", []byte(`{}`)); !errors.Is(err, agentsdk.ErrContractViolation) {
+		t.Fatalf("send on a held session: %v", err)
+	}
+	// Only the provider may answer.
+	if _, err := w.buyer.Accept(ctx, held.ID().String(), "me"); err == nil {
+		t.Fatal("the consumer accepted its own proposal")
+	}
+	ctxOn, stop := context.WithCancel(ctx)
+	go w.quoter.OnProposal(ctxOn, 100*time.Millisecond, func(s workgroups.Session) (bool, string) {
+		return s.Contract.MaxMessages <= 50, "volume approved"
+	})
+	defer stop()
+	for {
+		v, err := held.Refresh(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.State == workgroups.StateAccepted {
+			if v.Contract.MaxMessages != 50 {
+				t.Fatalf("frozen contract max_messages %d", v.Contract.MaxMessages)
+			}
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := held.Send(ctx, "quote.request", []byte(`{}`)); err != nil {
+		t.Fatalf("send after the provider accepted: %v", err)
+	}
+}
+
+func TestGovernanceWorkgroupDeletionClosesSessions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newPricingWorld(t, defaultTerms())
+	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the owner organisation's administrator deletes it.
+	if err := w.globex.Controller().DeleteWorkgroup(ctx, w.wg); err == nil {
+		t.Fatal("an invited organisation deleted the workgroup")
+	}
+	if err := w.acme.Controller().DeleteWorkgroup(ctx, w.wg); err != nil {
+		t.Fatal(err)
+	}
+	v, err := sess.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.State != workgroups.StateClosed || v.CloseReason != workgroups.CloseWorkgroupDeleted {
+		t.Fatalf("after deletion: %s %s", v.State, v.CloseReason)
+	}
+	if ads, _ := w.buyer.Discover(ctx, api.DiscoverRequest{}); len(ads) != 0 {
+		t.Fatalf("advertisement still discoverable after its only workgroup was deleted: %d", len(ads))
+	}
+	svcs, err := w.buyer.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range svcs {
+		if s == "a2a."+w.ad.ID.String() {
+			t.Fatal("the advertisement's overlay service is still visible")
+		}
+	}
+}
