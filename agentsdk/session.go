@@ -290,11 +290,13 @@ func (c *relayConn) writeLine(v any) error {
 	return err
 }
 
-// deadline applies ctx's deadline (or none) to the connection, and closes it if ctx is cancelled meanwhile.
+// deadline applies ctx's deadline (or none) to the connection, and closes the connection if ctx is cancelled
+// meanwhile (closing, not moving the deadline: the overlay's connections do not allow deadlines to be set from
+// two goroutines at once).
 func (c *relayConn) deadline(ctx context.Context) func() {
 	dl, _ := ctx.Deadline()
 	_ = c.conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.Close() })
 	return func() { stop() }
 }
 
