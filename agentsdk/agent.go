@@ -61,6 +61,9 @@ type Agent struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	ctrlOnce sync.Once
+	ctrl     *Controller
+
 	mu        sync.Mutex
 	id        *Identity
 	zctx      ziti.Context

@@ -22,6 +22,11 @@ type Controller struct {
 
 // Controller returns a client of the controller's API for this agent.
 func (a *Agent) Controller() *Controller {
+	a.ctrlOnce.Do(func() { a.ctrl = a.newController() })
+	return a.ctrl
+}
+
+func (a *Agent) newController() *Controller {
 	return &Controller{a: a, client: &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{

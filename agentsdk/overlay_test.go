@@ -60,8 +60,8 @@ func serveEcho(t *testing.T, a *agentsdk.Agent, service string) net.Listener {
 }
 
 func TestDialListenEcho(t *testing.T) {
-	server := env.NewAgent(t, "acme", "agent", "echo-server")
-	client := env.NewAgent(t, "acme", "agent", "echo-client")
+	server := env.NewAgent(t, "acme", "agent", uniq("echo-server"))
+	client := env.NewAgent(t, "acme", "agent", uniq("echo-client"))
 	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
 	serveEcho(t, server, "echo1")
 
@@ -107,8 +107,8 @@ func TestDialListenEcho(t *testing.T) {
 }
 
 func TestNoGrantNoService(t *testing.T) {
-	server := env.NewAgent(t, "acme", "agent", "hidden-server")
-	outsider := env.NewAgent(t, "globex", "agent", "outsider")
+	server := env.NewAgent(t, "acme", "agent", uniq("hidden-server"))
+	outsider := env.NewAgent(t, "globex", "agent", uniq("outsider"))
 	env.Grant(t, "hidden1", []spiffeid.ID{server.ID()}, nil)
 	serveEcho(t, server, "hidden1")
 

@@ -222,13 +222,27 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 	if err != nil {
 		return api.RevokeResponse{}, asFault(err)
 	}
+	// Count the live circuits before disabling: disabling already drops most of them.
+	live := s.circuitsOf(rec.OverlayID)
 	if err := s.zc.Mgmt().DisableIdentity(rec.OverlayID); err != nil {
 		return api.RevokeResponse{}, internal(err)
 	}
-	closed := s.closeCircuits(rec.OverlayID)
+	s.closeCircuits(rec.OverlayID)
+	closed := len(live)
 	s.revokeSessions(ctx, id)
 	s.log.Info("identity revoked", "spiffe_id", id.String(), "by", actor.String(), "reason", reason, "circuits_closed", closed)
 	return api.RevokeResponse{SPIFFEID: id.String(), CircuitsClosed: closed}, nil
+}
+
+// circuitsOf lists the live circuits the overlay identity dialled or hosts.
+func (s *Server) circuitsOf(overlayID string) []string {
+	var ids []string
+	for _, c := range s.zc.Fabric().GetNetwork().GetAllCircuits() {
+		if c.Tags["clientId"] == overlayID || c.Tags["hostId"] == overlayID {
+			ids = append(ids, c.Id)
+		}
+	}
+	return ids
 }
 
 // closeCircuits removes every live circuit the overlay identity dialled or hosts.
