@@ -306,8 +306,8 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 				t.Fatal(err)
 			}
 			ack := c.ack()
-			if !ack.OK || !ack.Duplicate || ack.Code != api.CodeDuplicate || ack.ID != h.ID.String() || ack.Seq != 0 {
-				t.Fatalf("%s: %+v, want ok, duplicate", name, ack)
+			if !ack.OK || !ack.Duplicate || ack.Code != api.CodeDuplicate || ack.ID != h.ID.String() || ack.Seq != 2 {
+				t.Fatalf("%s: %+v, want ok, duplicate (of seq 2)", name, ack)
 			}
 			unchanged(t, ctx, sess, before)
 		}
@@ -425,7 +425,11 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 			if err := c.write(full[:len(full)-3]); err != nil {
 				t.Fatal(err)
 			}
-			if err := c.conn.(*tls.Conn).CloseWrite(); err != nil {
+			tc, ok := c.conn.(*tls.Conn)
+			if !ok {
+				t.Fatalf("Dial returned a %T, want a *tls.Conn", c.conn)
+			}
+			if err := tc.CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
 			if ack := c.ack(); ack.OK || ack.Code != api.CodeMalformedFrame {
@@ -635,6 +639,7 @@ func TestA2ARawPeerExpiredSession(t *testing.T) {
 	if ack.OK || ack.Code != string(workgroups.ViolationExpired) && ack.Code != string(workgroups.ViolationSessionClosed) {
 		t.Fatalf("send after the deadline: %+v", ack)
 	}
+	t.Logf("send after the deadline refused: %s", ack.Code)
 	refusedInAudit(t, ctx, w.acme, sid, ack.Code, w.buyer.ID(), h.ID)
 	v, err := sess.Refresh(ctx)
 	if err != nil {

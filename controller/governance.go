@@ -299,6 +299,11 @@ func (s *Server) changeMember(ctx context.Context, c caller, req api.MemberReque
 			return (ss.Consumer == member || ss.Provider == member) && (ss.Workgroup == view.ID || ss.Contract.Requires(view.ID))
 		})
 		s.retractAds(ctx, func(ad workgroups.Advertisement) bool { return ad.Provider == member }, view.ID)
+		// The retraction narrows who may reach the member's advertisements: the workgroup's remaining members
+		// lose dial, and the member loses bind of those withdrawn.
+		if err := s.syncOverlay(ctx, append(memberIDs(view.Workgroup), member)...); err != nil {
+			return view, internal(err)
+		}
 	}
 	return view, nil
 }
