@@ -94,8 +94,8 @@ func (h *Host) Serve(ctx context.Context, service string, handler http.Handler) 
 	return nil
 }
 
-// AppendAudit writes r into the controller's audit stream.
-func (h *Host) AppendAudit(ctx context.Context, r audit.Record) error {
+// Append writes r into the controller's audit stream.
+func (h *Host) Append(ctx context.Context, r audit.Record) error {
 	return h.Agent.Controller().AppendAudit(ctx, r)
 }
 
