@@ -1,6 +1,128 @@
-// Package mcpgw is the MCP gateway: it aggregates MCP servers (stdio, streamable HTTP, and dark MCP servers on
-// the overlay) behind one dark MCP endpoint, with per-caller tool visibility decided by policy on the caller's
-// verified SPIFFE ID, pinned tool definitions, approvals and audit.
+// Package mcpgw is the MCP gateway: it aggregates MCP servers (stdio child processes, streamable HTTP servers,
+// and dark MCP servers on the overlay) behind one MCP endpoint, and shows each caller only what policy lets
+// that caller use, decided on the caller's verified SPIFFE ID. Tool definitions are pinned against rug pulls
+// and poisoning, sensitive calls wait for a human, every caller is rate limited, and every decision is audited.
 //
-// Not built yet; the overlay it runs on is in agentsdk.
+// # Embedding
+//
+// The gateway is a value: New checks the configuration, Run connects the backends and keeps them connected
+// until its context ends, Ready says when it serves, Handler is the http.Handler to serve, on a listener whose
+// TLS configuration verifies client SVIDs (the overlay hosting does that; tests may supply Identify).
+//
+//	g, err := mcpgw.New(mcpgw.Config{
+//		Backends: []mcpgw.Backend{{
+//			Name:    "files",
+//			Trusted: true,
+//			Connect: func(ctx context.Context) (mcp.Transport, error) {
+//				return &mcp.CommandTransport{Command: exec.Command("mcp-server-filesystem", "/srv")}, nil
+//			},
+//		}, {
+//			Name: "crm", // a dark MCP server: its http.Client dials the overlay
+//			Connect: func(ctx context.Context) (mcp.Transport, error) {
+//				return &mcp.StreamableClientTransport{Endpoint: "http://mcp.crm/", HTTPClient: overlayClient}, nil
+//			},
+//		}},
+//		Policies:  policyText,
+//		Directory: directory, // organisation, workgroups and administrator flag of callers
+//		Auditor:   auditor,   // the shared audit stream
+//		State:     js,        // pins and approvals in JetStream KV
+//	})
+//	go g.Run(ctx)
+//	<-g.Ready()
+//	http.Serve(listener, g.Handler())
+//
+// # Names
+//
+// Tools and prompts appear as "<backend>__<name>" (Config.Separator). Backend names are [a-z][a-z0-9-]* and
+// may not contain the separator, so two backends can never expose the same name: a clash is a configuration
+// error, caught by New. Resources keep their URIs with the backend name prepended to the scheme:
+// "file:///etc/motd" of backend "files" is "files+file:///etc/motd", and likewise for URI templates; the
+// mapping needs no table, and a backend cannot serve URIs under another's prefix. Tools keep their title,
+// description, annotations, and input and output schemas.
+//
+// # Identity and structural filtering
+//
+// The caller is who Config.Identify says, by default the SPIFFE ID of the TLS client certificate, never
+// anything the client sends. Each identity gets its own MCP server inside the gateway, holding exactly the
+// tools, prompts and resources that identity may see: what it may not see is not there, so tools/list omits
+// it and tools/call answers "unknown tool" word for word as for a name that never existed. When what an
+// identity may see changes (a backend's list changed, a backend failed or came back, a tool was quarantined or
+// approved, the policies were replaced), its sessions get notifications/tools/list_changed (and the prompt
+// and resource equivalents), filtered for that identity. A session belongs to the identity that opened it.
+// A caller whom no policy grants anything gets an explicit JSON-RPC error (CodeNotAuthorized) for every
+// listing and call, never a silent empty list. Every call is decided again on its own.
+//
+// # Policies
+//
+// Config.Policies is Cedar; package policy documents the model. In short: principal Umbra::Identity (with
+// its org, admin flag and workgroups, and as parents Umbra::Org and Umbra::Workgroup), resources
+// Umbra::Tool, Umbra::Prompt and Umbra::Resource under Umbra::Backend, actions list_tool/call_tool,
+// list_prompt/get_prompt and list_resource/read_resource, and context.arguments for calls. For example:
+//
+//	@id("analysts-read")
+//	permit (principal in Umbra::Workgroup::"acme/analysts", action, resource in Umbra::Backend::"files")
+//	when { resource.read_only };
+//
+//	@id("no-etc")
+//	forbid (principal, action == Umbra::Action::"call_tool", resource in Umbra::Backend::"files")
+//	when { context.arguments has path && context.arguments.path like "/etc/*" };
+//
+//	@id("payments") @sensitive
+//	permit (principal in Umbra::Workgroup::"acme/finance", action, resource == Umbra::Tool::"bank__pay");
+//
+// Any evaluation error denies. Each decision's diagnostic (policies, reasons, errors, policy version) goes
+// into the audit record. SetPolicies replaces the policies at run time.
+//
+// # Pinning
+//
+// The first sight of a tool definition pins its SHA-256 over the canonical JSON of the whole definition
+// (package pin). It is approved at once only if the backend is Trusted and the scanner (package scan) finds
+// nothing: no hidden instructions, requests for secrets, exfiltration prompts, attempts to steer other tools,
+// invisible or bidirectional characters, look-alike letters or encoded blobs. Otherwise it waits for an
+// administrator. A definition that changes after approval is quarantined, hidden and refused, until an
+// administrator approves the new version; going back to the approved definition restores the tool. Backends
+// are listed again on list_changed notifications and every Config.RefreshInterval, which also catches changes
+// a backend does not announce. A backend spawned per client is checked on every spawn.
+//
+// # Approvals
+//
+// A call is sensitive when a @sensitive permit allowed it or its tool matches Config.Sensitive. It opens an
+// approval request bound to {caller, tool, canonical arguments digest, policy version} and waits up to
+// Approvals.Timeout; no decision is a denial. An approval is usable once, until Approvals.TTL after the
+// decision. A client that gave up waiting retries with the same arguments (the approval is found), or names
+// the request in _meta[MetaApproval]; changed arguments, another caller, replaced policies, a used or an
+// expired approval are refused (CodeApproval). Administrators are Config.Admins and callers the Directory
+// marks as administrators; a caller cannot approve for itself unless it is one.
+//
+// # Limits and errors
+//
+// Per identity: calls per minute, calls in flight (a call waiting for approval counts), per-call timeout,
+// request and result size (Limits). What the gateway refuses is a JSON-RPC error with one of the Code*
+// constants and ErrorData {code, ref, approval}; ref also appears in the audit record and the logs. What
+// fails during the call (the tool's own errors, the backend failing or timing out, a result too large) is a
+// tool result with isError set, as the MCP specification asks, so that the model can react.
+//
+// # Audit, logs and metrics
+//
+// Every request that reaches a backend is one record (KindCall, KindPrompt, KindRead) with caller, tool,
+// backend, decision and diagnostic, arguments digest (the arguments themselves, secrets redacted, only with
+// Config.AuditArguments), status and latency; every refusal is a KindDenied record; approvals, pins,
+// quarantines and policy changes have their own kinds. Nothing logged or recorded carries secrets found in
+// arguments or errors (package redact). Logs carry state changes only. Metrics (calls, errors, latency per
+// tool and caller, refusals, backend state, tools by pin state) go to Config.Registry, or to a private
+// registry served at /metrics to administrators and by MetricsHandler.
+//
+// # Forwarded, and not
+//
+// Forwarded: initialize, tools, prompts, resources and resource templates, progress notifications (with the
+// caller's own token; no other _meta of a request is passed on), cancellation, and the backends' log messages (to the sessions with a call in flight on
+// that backend, or to the one client of a per-client backend). Not forwarded: resource subscriptions,
+// completions, and requests from backends to clients (sampling, elicitation, roots), which a gateway shared by
+// many callers cannot route to the right one.
+//
+// # Administration
+//
+// Handler also serves a small JSON API under /admin/ (see admin.go): the tools a caller may see, backend
+// states, tool versions awaiting a decision and call approvals, and the decisions on both. The same operations
+// are methods: Tools, Backends, PendingTools, DecideTool, PendingCalls, DecideCall.
 package mcpgw

@@ -47,6 +47,9 @@ Usage:
 
   umbra mcp serve   --as ID.json --service S -- COMMAND [ARGS]   makes a stdio MCP server dark
   umbra mcp connect --as ID.json [--service mcpgw]               stdio bridge to the MCP gateway
+  umbra mcpgw --as GATEWAY.json --config mcpgw.yaml              hosts the MCP gateway as a dark service
+  umbra mcp tools --as ID.json                                   what this identity may see and call
+  umbra mcp approvals list|approve|deny --as ADMIN.json [--tools] [ID] [--digest D]
 
 Every command takes --log-level (debug, info, warn, error; default warn).
 `
@@ -87,7 +90,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"session": subcommands(map[string]command{"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
 			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
 			"show": cmdSessionShow, "list": cmdSessionList}),
-		"mcp":   subcommands(map[string]command{"serve": cmdMCPServe, "connect": cmdMCPConnect}),
+		"mcp": subcommands(map[string]command{"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools,
+			"approvals": cmdMCPApprovals, "sample-server": cmdMCPSampleServer}),
+		"mcpgw": cmdMCPGateway,
 		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
 	}
 	cmd, ok := cmds[args[0]]

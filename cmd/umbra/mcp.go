@@ -14,6 +14,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/mcpbridge"
+	"github.com/umbra-mesh/umbra/internal/sampletools"
 )
 
 // cmdMCPServe makes a local stdio MCP server dark: it hosts a service on the overlay and runs the command once
@@ -84,6 +85,17 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
 		return mcpbridge.Join(ctx, client, server)
 	})
+}
+
+// cmdMCPSampleServer serves a small deterministic MCP server on stdio (for the demo and for trying things out).
+func cmdMCPSampleServer(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
+	f := newFlags("mcp sample-server", stderr)
+	var name string
+	f.StringVar(&name, "name", "umbra-sample", "server name")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	return sampletools.ServeStdio(ctx, name)
 }
 
 type nopWriteCloser struct{ io.Writer }

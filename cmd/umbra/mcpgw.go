@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/gatewayhost"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
+	"github.com/umbra-mesh/umbra/mcpgw"
+)
+
+// mcpgwFile is the MCP gateway's configuration file.
+type mcpgwFile struct {
+	Service        string   `yaml:"service"` // overlay service to host; default mcpgw
+	Data           string   `yaml:"data"`    // state directory; default mcpgw-data
+	Separator      string   `yaml:"separator"`
+	Policies       string   `yaml:"policies"`    // Cedar text
+	PolicyFile     string   `yaml:"policy_file"` // or a file of Cedar text
+	Sensitive      []string `yaml:"sensitive"`
+	Admins         []string `yaml:"admins"`
+	AuditArguments bool     `yaml:"audit_arguments"`
+	Approvals      struct {
+		Timeout time.Duration `yaml:"timeout"`
+		TTL     time.Duration `yaml:"ttl"`
+	} `yaml:"approvals"`
+	Limits struct {
+		CallsPerMinute int           `yaml:"calls_per_minute"`
+		Burst          int           `yaml:"burst"`
+		Concurrent     int           `yaml:"concurrent"`
+		CallTimeout    time.Duration `yaml:"call_timeout"`
+		MaxRequest     int64         `yaml:"max_request"`
+		MaxResponse    int64         `yaml:"max_response"`
+	} `yaml:"limits"`
+	Backends []struct {
+		Name    string `yaml:"name"`
+		Trusted bool   `yaml:"trusted"`
+		Spawn   string `yaml:"spawn"`
+		Stdio   *struct {
+			Command []string          `yaml:"command"`
+			Env     map[string]string `yaml:"env"`
+		} `yaml:"stdio"`
+		HTTP *struct {
+			URL string `yaml:"url"`
+		} `yaml:"http"`
+		Overlay *struct {
+			Service string `yaml:"service"`
+		} `yaml:"overlay"`
+	} `yaml:"backends"`
+}
+
+func loadYAML(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// mcpBackend turns one configured backend into the gateway's transport factory.
+func mcpBackend(i int, f *mcpgwFile, host *gatewayhost.Host) (mcpgw.Backend, error) {
+	b := f.Backends[i]
+	out := mcpgw.Backend{Name: b.Name, Trusted: b.Trusted, Spawn: b.Spawn}
+	kinds := 0
+	switch {
+	case b.Stdio != nil:
+		kinds++
+		if len(b.Stdio.Command) == 0 {
+			return out, fmt.Errorf("backend %s: stdio.command is empty", b.Name)
+		}
+		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
+			cmd := exec.Command(b.Stdio.Command[0], b.Stdio.Command[1:]...)
+			cmd.Env = os.Environ()
+			for k, v := range b.Stdio.Env {
+				cmd.Env = append(cmd.Env, k+"="+v)
+			}
+			return &mcp.CommandTransport{Command: cmd}, nil
+		}
+	case b.HTTP != nil:
+		kinds++
+		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
+			return &mcp.StreamableClientTransport{Endpoint: b.HTTP.URL}, nil
+		}
+	case b.Overlay != nil:
+		kinds++
+		// A dark MCP server hosted with `umbra mcp serve`: the MCP stdio transport inside an overlay connection.
+		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
+			conn, err := host.Agent.Dial(ctx, b.Overlay.Service)
+			if err != nil {
+				return nil, err
+			}
+			return &mcp.IOTransport{Reader: conn, Writer: conn}, nil
+		}
+	}
+	if kinds != 1 {
+		return out, fmt.Errorf("backend %s: give exactly one of stdio, http, overlay", b.Name)
+	}
+	return out, nil
+}
+
+// mcpDirectory answers the gateway's caller look-ups from the controller.
+type mcpDirectory struct{ host *gatewayhost.Host }
+
+func (d mcpDirectory) Lookup(ctx context.Context, id spiffeid.ID) (mcpgw.Principal, error) {
+	info, err := d.host.Lookup(ctx, id)
+	if err != nil {
+		return mcpgw.Principal{}, err
+	}
+	return mcpgw.Principal{ID: id, Org: info.Org, Admin: info.Admin, Revoked: info.Revoked, Workgroups: info.Workgroups}, nil
+}
+
+func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("mcpgw", stderr)
+	var as, config string
+	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
+	f.StringVar(&config, "config", "mcpgw.yaml", "gateway configuration")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	zitilog.Route(log, level)
+	var fc mcpgwFile
+	if err := loadYAML(config, &fc); err != nil {
+		return err
+	}
+	if fc.Service == "" {
+		fc.Service = "mcpgw"
+	}
+	if fc.Data == "" {
+		fc.Data = "mcpgw-data"
+	}
+	if fc.PolicyFile != "" {
+		b, err := os.ReadFile(fc.PolicyFile)
+		if err != nil {
+			return err
+		}
+		fc.Policies += "\n" + string(b)
+	}
+	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	cfg := mcpgw.Config{Separator: fc.Separator, Policies: fc.Policies, Sensitive: fc.Sensitive, AuditArguments: fc.AuditArguments,
+		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log}
+	cfg.Approvals.Timeout, cfg.Approvals.TTL = fc.Approvals.Timeout, fc.Approvals.TTL
+	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
+		CallTimeout: fc.Limits.CallTimeout, MaxRequest: fc.Limits.MaxRequest, MaxResponse: fc.Limits.MaxResponse}
+	for _, raw := range fc.Admins {
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			return fmt.Errorf("admins: %q: %w", raw, err)
+		}
+		cfg.Admins = append(cfg.Admins, id)
+	}
+	for i := range fc.Backends {
+		b, err := mcpBackend(i, &fc, host)
+		if err != nil {
+			return err
+		}
+		cfg.Backends = append(cfg.Backends, b)
+	}
+	g, err := mcpgw.New(cfg)
+	if err != nil {
+		return fmt.Errorf("mcpgw: %w", err)
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- g.Run(ctx) }()
+	select {
+	case <-g.Ready():
+	case err := <-errc:
+		return err
+	}
+	go func() { errc <- host.Serve(ctx, fc.Service, g.Handler()) }()
+	fmt.Fprintf(stdout, "umbra mcpgw ready: serving %d backends as %s on overlay service %s (no listening socket)\n",
+		len(cfg.Backends), host.Agent.ID(), fc.Service)
+	return <-errc
+}
+
+// gatewayGet and gatewayPost call a gateway's admin endpoints over the overlay.
+func gatewayCall(ctx context.Context, a *agentsdk.Agent, method, url string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.HTTPClient().Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("gateway answered %s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	return json.Unmarshal(b, out)
+}
+
+func cmdMCPTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var service string
+	return withAgent(ctx, "mcp tools", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		var out struct {
+			Tools []*mcp.Tool `json:"tools"`
+		}
+		if err := gatewayCall(ctx, a, http.MethodGet, "http://"+service+"/admin/tools", nil, &out); err != nil {
+			return err
+		}
+		for _, t := range out.Tools {
+			fmt.Fprintf(stdout, "%s\t%s\n", t.Name, t.Description)
+		}
+		return nil
+	})
+}
+
+func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("mcp approvals: use list, approve or deny")
+	}
+	verb := args[0]
+	var service, digest, backend, tool string
+	var versions bool
+	return withAgent(ctx, "mcp approvals "+verb, args[1:], stderr, func(f *flags) {
+		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
+		f.BoolVar(&versions, "tools", false, "tool versions awaiting approval instead of calls")
+		f.StringVar(&digest, "digest", "", "the digest being decided (from list)")
+		f.StringVar(&backend, "backend", "", "with --tools: the backend")
+		f.StringVar(&tool, "tool", "", "with --tools: the tool")
+	}, func(a *agentsdk.Agent, pos []string) error {
+		base := "http://" + service + "/admin/"
+		var out any
+		switch {
+		case verb == "list" && versions:
+			if err := gatewayCall(ctx, a, http.MethodGet, base+"tool-versions", nil, &out); err != nil {
+				return err
+			}
+		case verb == "list":
+			if err := gatewayCall(ctx, a, http.MethodGet, base+"approvals", nil, &out); err != nil {
+				return err
+			}
+		case (verb == "approve" || verb == "deny") && versions:
+			if err := gatewayCall(ctx, a, http.MethodPost, base+"tool-versions/"+verb,
+				map[string]string{"Backend": backend, "Tool": tool, "Digest": digest}, &out); err != nil {
+				return err
+			}
+		case verb == "approve" || verb == "deny":
+			id, err := one(pos, "approval id")
+			if err != nil {
+				return err
+			}
+			if err := gatewayCall(ctx, a, http.MethodPost, base+"approvals/"+id+"/"+verb, map[string]string{"Digest": digest}, &out); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("mcp approvals: unknown verb %q", verb)
+		}
+		return printJSON(stdout, out)
+	})
+}

@@ -1,0 +1,346 @@
+package mcpgw
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/mcpgw/approval"
+	"github.com/umbra-mesh/umbra/mcpgw/internal/kv"
+	"github.com/umbra-mesh/umbra/mcpgw/pin"
+	"github.com/umbra-mesh/umbra/mcpgw/policy"
+	"github.com/umbra-mesh/umbra/mcpgw/scan"
+)
+
+const (
+	version = "0.1.0"
+	// selfID is the actor of records the gateway makes on its own account (tool pins) when Config.Self is unset.
+	selfID      = "spiffe://umbra.invalid/mcpgw"
+	callerIdle  = 10 * time.Minute
+	sessionIdle = 30 * time.Minute
+)
+
+// Gateway is an MCP gateway: create it with New, start it with Run, serve Handler.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	sdkLog  *slog.Logger // for the SDK's own messages
+	self    string
+	scanner *scan.Scanner
+	policy  atomic.Pointer[policy.Engine]
+	catalog *catalog
+	backs   []*backendConn
+	limits  *limiter
+	metrics *metrics
+	promReg *prometheus.Registry // private registry, or nil
+	admins  map[string]bool
+	mcp     *mcp.StreamableHTTPHandler
+	handler http.Handler
+
+	// set up by New (in memory) or Run (JetStream)
+	pins      *pin.Store
+	approvals *approval.Manager
+
+	progress progressTable
+
+	dirMu sync.Mutex
+	dir   map[string]dirEntry
+
+	callersMu sync.Mutex
+	callers   map[string]*caller
+
+	auditMu sync.RWMutex
+	auditOn bool
+	audits  chan audit.Record
+
+	ready   chan struct{}
+	running atomic.Bool
+}
+
+// quiet passes on records at or above min: the SDK logs every session, which is request detail, not state.
+type quiet struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h quiet) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{h.Handler.WithAttrs(as), h.min} }
+func (h quiet) WithGroup(name string) slog.Handler    { return quiet{h.Handler.WithGroup(name), h.min} }
+
+type dirEntry struct {
+	p  Principal
+	at time.Time
+}
+
+// New checks cfg and builds a gateway. Nothing runs until Run.
+func New(cfg Config) (*Gateway, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("mcpgw: config: %w", err)
+	}
+	eng, err := policy.Parse(cfg.Policies)
+	if err != nil {
+		return nil, fmt.Errorf("mcpgw: %w", err)
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, sdkLog: slog.New(quiet{cfg.Logger.Handler(), slog.LevelWarn}), self: selfID, scanner: scan.New(), catalog: newCatalog(),
+		limits: newLimiter(cfg.Limits), admins: map[string]bool{}, dir: map[string]dirEntry{},
+		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), ready: make(chan struct{})}
+	if !cfg.Self.IsZero() {
+		g.self = cfg.Self.String()
+	}
+	g.policy.Store(eng)
+	for _, a := range cfg.Admins {
+		g.admins[a.String()] = true
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		g.promReg = prometheus.NewRegistry()
+		reg = g.promReg
+	}
+	if g.metrics, err = newMetrics(reg); err != nil {
+		return nil, fmt.Errorf("mcpgw: %w", err)
+	}
+	if cfg.State == nil {
+		g.pins = pin.NewStore(kv.Memory())
+		g.approvals = approval.New(kv.Memory(), approval.Config{Timeout: cfg.Approvals.Timeout, TTL: cfg.Approvals.TTL})
+	}
+	for _, b := range cfg.Backends {
+		g.backs = append(g.backs, newBackend(g, b))
+	}
+	g.mcp = mcp.NewStreamableHTTPHandler(g.serverFor, &mcp.StreamableHTTPOptions{
+		Logger:              g.sdkLog,
+		SessionTimeout:      sessionIdle,
+		MaxRequestBodyBytes: -1, // serveMCP bounds the body and answers with a JSON-RPC error
+	})
+	g.handler = g.routes()
+	return g, nil
+}
+
+// Run opens the state buckets, connects the backends (reconnecting on failure) and serves until ctx ends.
+// Ready is closed once every backend has been tried once. Run returns nil when ctx ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	if !g.running.CompareAndSwap(false, true) {
+		return errors.New("mcpgw: Run called twice")
+	}
+	if g.cfg.State != nil {
+		pins, err := kv.JetStream(ctx, g.cfg.State, g.cfg.BucketPrefix+"pins")
+		if err != nil {
+			return fmt.Errorf("mcpgw: %w", err)
+		}
+		apr, err := kv.JetStream(ctx, g.cfg.State, g.cfg.BucketPrefix+"approvals")
+		if err != nil {
+			return fmt.Errorf("mcpgw: %w", err)
+		}
+		g.pins = pin.NewStore(pins)
+		g.approvals = approval.New(apr, approval.Config{Timeout: g.cfg.Approvals.Timeout, TTL: g.cfg.Approvals.TTL,
+			Poll: 500 * time.Millisecond})
+	}
+
+	actx, stopAudit := context.WithCancel(context.Background())
+	auditDone := make(chan struct{})
+	g.auditMu.Lock()
+	g.auditOn = g.cfg.Auditor != nil
+	g.auditMu.Unlock()
+	if g.cfg.Auditor != nil {
+		go g.auditWorker(actx, auditDone)
+	} else {
+		close(auditDone)
+	}
+	defer func() { stopAudit(); <-auditDone }()
+
+	var wg sync.WaitGroup
+	var tried sync.WaitGroup
+	tried.Add(len(g.backs))
+	for _, b := range g.backs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.run(ctx, tried.Done)
+		}()
+	}
+	go func() {
+		tried.Wait()
+		close(g.ready)
+		g.log.Info("mcpgw: ready", "backends", len(g.backs))
+	}()
+
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			for _, b := range g.backs {
+				b.closeSpawned()
+			}
+			return nil
+		case <-tick.C:
+			g.evictIdle(callerIdle)
+			g.limits.prune()
+			g.pruneDirectory()
+		}
+	}
+}
+
+// Ready is closed when the gateway serves: every backend has been tried once.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// Handler serves the MCP endpoint (streamable HTTP) at "/", the administration API under "/admin/" (see
+// admin.go) and, with the private metrics registry, "/metrics" to administrators. Until Ready it answers 503.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// MetricsHandler serves the private metrics registry without authentication, for an operator to expose where
+// only the operator can reach it. It is nil when Config.Registry was given.
+func (g *Gateway) MetricsHandler() http.Handler {
+	if g.promReg == nil {
+		return nil
+	}
+	return promhttp.HandlerFor(g.promReg, promhttp.HandlerOpts{})
+}
+
+// SetPolicies replaces the Cedar policies. The new text's version binds approvals given from then on:
+// approvals given under the old policies no longer apply. by names who changed them, for the audit record.
+func (g *Gateway) SetPolicies(ctx context.Context, text string, by spiffeid.ID) error {
+	eng, err := policy.Parse(text)
+	if err != nil {
+		return fmt.Errorf("mcpgw: %w", err)
+	}
+	old := g.policy.Swap(eng)
+	actor := g.self
+	if !by.IsZero() {
+		actor = by.String()
+	}
+	data, _ := json.Marshal(map[string]string{"previous": old.Version()})
+	g.record(ctx, audit.Record{Kind: KindPolicyChanged, Actor: actor, PolicyVersion: eng.Version(),
+		Reason: "MCP gateway policies replaced", Data: data})
+	g.log.Info("mcpgw: policies replaced", "version", eng.Version())
+	g.changed()
+	return nil
+}
+
+func (g *Gateway) engine() *policy.Engine { return g.policy.Load() }
+
+// principal looks a caller up, through a short-lived cache.
+func (g *Gateway) principal(ctx context.Context, id spiffeid.ID) (Principal, error) {
+	key := id.String()
+	g.dirMu.Lock()
+	e, ok := g.dir[key]
+	g.dirMu.Unlock()
+	if ok && time.Since(e.at) < g.cfg.DirectoryTTL {
+		return e.p, nil
+	}
+	var p Principal
+	if g.cfg.Directory == nil {
+		p = Principal{ID: id}
+		if segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/"); segs[0] != "" {
+			p.Org = segs[0]
+		}
+	} else {
+		var err error
+		if p, err = g.cfg.Directory.Lookup(ctx, id); err != nil {
+			return Principal{}, fmt.Errorf("mcpgw: look up %s: %w", id, err)
+		}
+		if p.ID != id { // a directory answering for someone else is not trusted
+			return Principal{}, fmt.Errorf("mcpgw: directory answered for %s when asked for %s", p.ID, id)
+		}
+	}
+	g.dirMu.Lock()
+	g.dir[key] = dirEntry{p: p, at: time.Now()}
+	g.dirMu.Unlock()
+	return p, nil
+}
+
+func (g *Gateway) pruneDirectory() {
+	g.dirMu.Lock()
+	defer g.dirMu.Unlock()
+	for k, e := range g.dir {
+		if time.Since(e.at) > g.cfg.DirectoryTTL {
+			delete(g.dir, k)
+		}
+	}
+}
+
+// isAdmin reports whether id may decide on tool versions and calls.
+func (g *Gateway) isAdmin(ctx context.Context, id spiffeid.ID) bool {
+	if g.admins[id.String()] {
+		return true
+	}
+	p, err := g.principal(ctx, id)
+	return err == nil && p.Admin && !p.Revoked
+}
+
+// Backends reports the state of every backend.
+func (g *Gateway) Backends() []BackendStatus {
+	out := make([]BackendStatus, 0, len(g.backs))
+	for _, b := range g.backs {
+		out = append(out, b.status())
+	}
+	return out
+}
+
+// Tools returns the tools caller may see now, as tools/list would show them, or an error wrapping
+// ErrNotAuthorized for a caller with no grant at all.
+func (g *Gateway) Tools(ctx context.Context, id spiffeid.ID) ([]*mcp.Tool, error) {
+	c := g.callerFor(ctx, id)
+	c.sync(ctx)
+	if c.unavailable.Load() {
+		return nil, errors.New("mcpgw: cannot look the caller up now")
+	}
+	if !c.granted.Load() {
+		return nil, fmt.Errorf("%w: no MCP grant for %s", ErrNotAuthorized, id)
+	}
+	return c.visibleTools(), nil
+}
+
+// progressTable maps the progress tokens the gateway gives backends to the client sessions and tokens they
+// stand for.
+type progressTable struct {
+	mu sync.Mutex
+	n  uint64
+	m  map[string]progressEntry
+}
+
+type progressEntry struct {
+	ss    *mcp.ServerSession
+	token any
+	ctx   context.Context
+}
+
+func (t *progressTable) add(ctx context.Context, ss *mcp.ServerSession, token any) (string, func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]progressEntry{}
+	}
+	t.n++
+	key := fmt.Sprintf("umbra-%d", t.n)
+	t.m[key] = progressEntry{ss: ss, token: token, ctx: ctx}
+	return key, func() {
+		t.mu.Lock()
+		delete(t.m, key)
+		t.mu.Unlock()
+	}
+}
+
+func (t *progressTable) get(key string) (progressEntry, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.m[key]
+	return e, ok
+}
