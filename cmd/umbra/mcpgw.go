@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -61,17 +62,56 @@ type mcpgwFile struct {
 	} `yaml:"backends"`
 }
 
-func loadYAML(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
+// decodeYAML decodes one YAML document strictly: unknown keys are errors.
+func decodeYAML(b []byte, v any) error {
+	if len(b) > 1<<20 {
+		return errors.New("configuration larger than 1 MiB")
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	return dec.Decode(v)
+}
+
+// parseMCPGatewayConfig decodes and checks a gateway configuration file.
+func parseMCPGatewayConfig(b []byte) (mcpgwFile, error) {
+	var fc mcpgwFile
+	if err := decodeYAML(b, &fc); err != nil {
+		return fc, err
 	}
-	return nil
+	if fc.Service == "" {
+		fc.Service = "mcpgw"
+	}
+	if fc.Data == "" {
+		fc.Data = "mcpgw-data"
+	}
+	if len(fc.Backends) == 0 {
+		return fc, errors.New("no backends")
+	}
+	for _, raw := range fc.Admins {
+		if _, err := spiffeid.FromString(raw); err != nil {
+			return fc, fmt.Errorf("admins: %q: %w", raw, err)
+		}
+	}
+	for _, b := range fc.Backends {
+		n := 0
+		for _, set := range []bool{b.Stdio != nil, b.HTTP != nil, b.Overlay != nil} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return fc, fmt.Errorf("backend %q: give exactly one of stdio, http, overlay", b.Name)
+		}
+		switch {
+		case b.Stdio != nil && len(b.Stdio.Command) == 0:
+			return fc, fmt.Errorf("backend %q: stdio.command is empty", b.Name)
+		case b.HTTP != nil && !strings.HasPrefix(b.HTTP.URL, "http://") && !strings.HasPrefix(b.HTTP.URL, "https://"):
+			return fc, fmt.Errorf("backend %q: http.url must be an http(s) URL", b.Name)
+		case b.Overlay != nil && b.Overlay.Service == "":
+			return fc, fmt.Errorf("backend %q: overlay.service is empty", b.Name)
+		}
+	}
+	return fc, nil
 }
 
 // mcpBackend turns one configured backend into the gateway's transport factory.
@@ -139,15 +179,13 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	zitilog.Route(log, level)
-	var fc mcpgwFile
-	if err := loadYAML(config, &fc); err != nil {
+	raw, err := os.ReadFile(config)
+	if err != nil {
 		return err
 	}
-	if fc.Service == "" {
-		fc.Service = "mcpgw"
-	}
-	if fc.Data == "" {
-		fc.Data = "mcpgw-data"
+	fc, err := parseMCPGatewayConfig(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", config, err)
 	}
 	if fc.PolicyFile != "" {
 		b, err := os.ReadFile(fc.PolicyFile)
