@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +34,7 @@ type mcpgwFile struct {
 	Sensitive      []string `yaml:"sensitive"`
 	Admins         []string `yaml:"admins"`
 	AuditArguments bool     `yaml:"audit_arguments"`
+	MetricsListen  string   `yaml:"metrics_listen"` // optional loopback host:port for Prometheus; default: on the overlay only
 	Approvals      struct {
 		Timeout time.Duration `yaml:"timeout"`
 		TTL     time.Duration `yaml:"ttl"`
@@ -230,12 +232,42 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	go func() { errc <- host.Serve(ctx, fc.Service, g.Handler()) }()
+	if fc.MetricsListen != "" {
+		if err := serveLoopbackMetrics(ctx, fc.MetricsListen, g.MetricsHandler()); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stdout, "umbra mcpgw ready: serving %d backends as %s on overlay service %s (no listening socket)\n",
 		len(cfg.Backends), host.Agent.ID(), fc.Service)
 	return <-errc
 }
 
-// gatewayGet and gatewayPost call a gateway's admin endpoints over the overlay.
+// serveLoopbackMetrics serves Prometheus metrics on a loopback address the operator asked for.
+func serveLoopbackMetrics(ctx context.Context, addr string, h http.Handler) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("metrics_listen %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("metrics_listen %q: only a loopback address is allowed", addr)
+	}
+	if h == nil {
+		return errors.New("metrics_listen: no metrics handler")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go srv.Serve(ln)
+	return nil
+}
+
+// gatewayCall calls a gateway's admin endpoints over the overlay.
 func gatewayCall(ctx context.Context, a *agentsdk.Agent, method, url string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
