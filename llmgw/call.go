@@ -1,0 +1,204 @@
+package llmgw
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/llmgw/budget"
+	"github.com/umbra-mesh/umbra/llmgw/chat"
+	"github.com/umbra-mesh/umbra/llmgw/guard"
+	"github.com/umbra-mesh/umbra/llmgw/route"
+)
+
+// Audit record kinds.
+const (
+	KindCall           = "llm.call"            // a call that reached a model (whatever its outcome)
+	KindDenied         = "llm.denied"          // refused by policy or an unknown identity
+	KindBudgetExceeded = "llm.budget_exceeded" // refused by a daily or monthly budget
+	KindRateLimited    = "llm.rate_limited"    // refused by a rate or concurrency limit
+	KindGuardrail      = "llm.guardrail"       // refused by a guardrail
+	KindInvalid        = "llm.invalid"         // a malformed request, an unknown model, no route
+	KindUsageRead      = "llm.usage_read"      // an administrator read someone else's usage
+)
+
+// maxLoggedPrompt bounds the prompt and completion text put in an audit record.
+const maxLoggedPrompt = 64 << 10
+
+// call follows one request for its audit record and metrics.
+type call struct {
+	id        string
+	operation string // "chat" or "embeddings"
+	ingress   string // "openai" or "anthropic"
+	start     time.Time
+	principal Principal
+	known     bool // principal identified
+
+	kind       string
+	status     int
+	errCode    string
+	message    string
+	requested  string
+	model      string
+	provider   string
+	upstream   string
+	endpoint   string
+	stream     bool
+	attempts   int
+	route      *route.Decision
+	findings   []finding
+	decision   *decision
+	limit      *budget.Exceeded
+	usage      chat.Usage
+	costNanos  int64
+	ttft       time.Duration
+	prompt     json.RawMessage
+	completion string
+
+	upstreamStatus int
+}
+
+// finding counts guardrail findings of one kind in one direction; a record never holds the text found.
+type finding struct {
+	Direction string         `json:"direction"` // request or response
+	Category  guard.Category `json:"category"`
+	Detector  string         `json:"detector"`
+	Mode      guard.Mode     `json:"mode"`
+	Count     int            `json:"count"`
+}
+
+func newCall(operation, ingress string) *call {
+	return &call{id: newRequestID(), operation: operation, ingress: ingress, start: time.Now(), kind: KindCall}
+}
+
+// fail records a refusal or failure on the call.
+func (c *call) fail(kind string, e *apiError) {
+	c.kind, c.status, c.errCode, c.message = kind, e.Status, e.Code, e.Message
+}
+
+func (c *call) addFindings(direction string, fs []guard.Finding) {
+next:
+	for _, f := range fs {
+		for i := range c.findings {
+			if g := &c.findings[i]; g.Direction == direction && g.Detector == f.Detector && g.Mode == f.Mode {
+				g.Count++
+				continue next
+			}
+		}
+		c.findings = append(c.findings, finding{Direction: direction, Category: f.Category, Detector: f.Detector,
+			Mode: f.Mode, Count: 1})
+	}
+}
+
+// callData is the Data of an audit record.
+type callData struct {
+	RequestID      string          `json:"request_id"`
+	Operation      string          `json:"operation"`
+	Ingress        string          `json:"ingress"`
+	Status         int             `json:"status"`
+	Error          string          `json:"error,omitempty"`
+	ModelRequested string          `json:"model_requested,omitempty"`
+	Model          string          `json:"model,omitempty"`
+	Provider       string          `json:"provider,omitempty"`
+	UpstreamModel  string          `json:"upstream_model,omitempty"`
+	Endpoint       string          `json:"endpoint,omitempty"`
+	Stream         bool            `json:"stream,omitempty"`
+	Attempts       int             `json:"attempts,omitempty"`
+	InputTokens    int64           `json:"input_tokens"`
+	OutputTokens   int64           `json:"output_tokens"`
+	CostUSD        float64         `json:"cost_usd"`
+	LatencyMS      float64         `json:"latency_ms"`
+	TTFTMS         float64         `json:"ttft_ms,omitempty"`
+	Route          *route.Decision `json:"route,omitempty"`
+	Guardrails     []finding       `json:"guardrails,omitempty"`
+	Limit          *limitData      `json:"limit,omitempty"`
+	Prompt         json.RawMessage `json:"prompt,omitempty"`
+	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
+	Completion     string          `json:"completion,omitempty"`
+	UpstreamStatus int             `json:"upstream_status,omitempty"` // of the last failed attempt
+}
+
+type limitData struct {
+	Subject string `json:"subject"`
+	Limit   string `json:"limit"`
+}
+
+// finish writes the call's metrics and audit record.
+func (g *Gateway) finish(ctx context.Context, c *call) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	elapsed := time.Since(c.start)
+	caller := "unauthenticated"
+	if c.known {
+		caller = c.principal.ID.String()
+	}
+	reqModel := c.requested
+	outcome := "ok"
+	if c.errCode != "" {
+		outcome = c.errCode
+		g.metrics.errors.WithLabelValues(caller, reqModel, c.errCode).Inc()
+	}
+	g.metrics.requests.WithLabelValues(caller, reqModel, outcome).Inc()
+	g.metrics.duration.WithLabelValues(c.operation, c.provider, reqModel, caller, c.errCode).Observe(elapsed.Seconds())
+	if c.model != "" && c.usage != (chat.Usage{}) {
+		g.metrics.tokens.WithLabelValues(c.operation, c.provider, reqModel, c.model, "input", caller).Observe(float64(c.usage.Input))
+		if c.operation == "chat" {
+			g.metrics.tokens.WithLabelValues(c.operation, c.provider, reqModel, c.model, "output", caller).Observe(float64(c.usage.Output))
+		}
+		g.metrics.cost.WithLabelValues(caller, c.model).Add(float64(c.costNanos) / 1e9)
+	}
+	if c.stream && c.ttft > 0 {
+		g.metrics.ttft.WithLabelValues(c.operation, c.provider, reqModel, caller).Observe(c.ttft.Seconds())
+	}
+	for _, f := range c.findings {
+		g.metrics.findings.WithLabelValues(f.Direction, string(f.Category), f.Detector, string(f.Mode)).Add(float64(f.Count))
+	}
+	if !c.known || g.cfg.Auditor == nil {
+		return
+	}
+	data := callData{
+		RequestID: c.id, Operation: c.operation, Ingress: c.ingress, Status: c.status, Error: c.errCode,
+		ModelRequested: c.requested, Model: c.model, Provider: c.provider, UpstreamModel: c.upstream,
+		Endpoint: c.endpoint, Stream: c.stream, Attempts: c.attempts,
+		InputTokens: c.usage.Input, OutputTokens: c.usage.Output, CostUSD: float64(c.costNanos) / 1e9,
+		LatencyMS: float64(elapsed.Microseconds()) / 1000, TTFTMS: float64(c.ttft.Microseconds()) / 1000,
+		Route: c.route, Guardrails: c.findings, UpstreamStatus: c.upstreamStatus,
+	}
+	if c.limit != nil {
+		data.Limit = &limitData{Subject: c.limit.Subject, Limit: c.limit.Limit}
+	}
+	if g.cfg.LogPrompts {
+		if len(c.prompt) <= maxLoggedPrompt {
+			data.Prompt = c.prompt
+		} else {
+			data.PromptOmitted = true
+		}
+		data.Completion = c.completion
+		if len(data.Completion) > maxLoggedPrompt {
+			data.Completion = data.Completion[:maxLoggedPrompt]
+		}
+	}
+	rec := audit.Record{
+		Kind:          c.kind,
+		Actor:         c.principal.ID.String(),
+		Decision:      audit.DecisionAllow,
+		Reason:        c.message,
+		PolicyVersion: g.authz.version,
+	}
+	if c.kind != KindCall {
+		rec.Decision = audit.DecisionDeny // a call that was allowed and then failed upstream stays "allow"
+	}
+	if c.decision != nil {
+		rec.Diagnostic, _ = json.Marshal(c.decision)
+	}
+	rec.Data, _ = json.Marshal(data)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := g.cfg.Auditor.Append(actx, rec); err != nil {
+		g.metrics.auditFailures.Inc()
+		g.log.Error("llmgw: audit record not appended", "request_id", c.id, "kind", c.kind, "err", err)
+	}
+}
