@@ -51,6 +51,11 @@ Usage:
   umbra mcp tools --as ID.json                                   what this identity may see and call
   umbra mcp approvals list|approve|deny --as ADMIN.json [--tools] [ID] [--digest D]
 
+  umbra llmgw --as GATEWAY.json --config llmgw.yaml              hosts the LLM gateway as a dark service
+  umbra llm serve  --as ID.json --service S (--upstream URL | --sample NAME)   makes a model server dark
+  umbra llm bridge --as ID.json [--listen 127.0.0.1:8089]        loopback bridge for non-Go clients
+  umbra llm usage  --as ID.json [--identity ID] [--since 24h]
+
 Every command takes --log-level (debug, info, warn, error; default warn).
 `
 
@@ -93,6 +98,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"mcp": subcommands(map[string]command{"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools,
 			"approvals": cmdMCPApprovals, "sample-server": cmdMCPSampleServer}),
 		"mcpgw": cmdMCPGateway,
+		"llmgw": cmdLLMGateway,
+		"llm":   subcommands(map[string]command{"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage}),
 		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
 	}
 	cmd, ok := cmds[args[0]]

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/gatewayhost"
+	"github.com/umbra-mesh/umbra/internal/samplemodel"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
+	"github.com/umbra-mesh/umbra/llmgw"
+	"github.com/umbra-mesh/umbra/llmgw/guard"
+	"github.com/umbra-mesh/umbra/llmgw/route"
+)
+
+// llmgwFile is the LLM gateway's configuration file.
+type llmgwFile struct {
+	Service       string `yaml:"service"` // default llmgw
+	Data          string `yaml:"data"`    // default llmgw-data
+	Policies      string `yaml:"policies"`
+	PolicyFile    string `yaml:"policy_file"`
+	LogPrompts    bool   `yaml:"log_prompts"`
+	MetricsListen string `yaml:"metrics_listen"`
+	Models        []struct {
+		Name           string        `yaml:"name"`
+		Retries        int           `yaml:"retries"`
+		Backoff        time.Duration `yaml:"backoff"`
+		HealthInterval time.Duration `yaml:"health_interval"`
+		Endpoints      []struct {
+			Provider    string  `yaml:"provider"` // openai, anthropic, openai-compatible
+			BaseURL     string  `yaml:"base_url"`
+			Overlay     string  `yaml:"overlay"`     // a dark model server: its overlay service (instead of base_url)
+			APIKeyEnv   string  `yaml:"api_key_env"` // the provider key is read from this environment variable
+			Model       string  `yaml:"model"`
+			Weight      int     `yaml:"weight"`
+			InputPrice  float64 `yaml:"input_price"`  // per million tokens
+			OutputPrice float64 `yaml:"output_price"` // per million tokens
+		} `yaml:"endpoints"`
+	} `yaml:"models"`
+	Budgets []struct {
+		Identity          string  `yaml:"identity"`
+		Org               string  `yaml:"org"`
+		RequestsPerMinute int64   `yaml:"requests_per_minute"`
+		TokensPerMinute   int64   `yaml:"tokens_per_minute"`
+		TokensPerDay      int64   `yaml:"tokens_per_day"`
+		TokensPerMonth    int64   `yaml:"tokens_per_month"`
+		CostPerDay        float64 `yaml:"cost_per_day"`
+		CostPerMonth      float64 `yaml:"cost_per_month"`
+		MaxConcurrent     int64   `yaml:"max_concurrent"`
+	} `yaml:"budgets"`
+	Guardrails struct {
+		PII       string `yaml:"pii"`
+		Secrets   string `yaml:"secrets"`
+		Injection string `yaml:"injection"`
+		Responses bool   `yaml:"responses"`
+	} `yaml:"guardrails"`
+	Router *struct {
+		Name            string       `yaml:"name"`
+		Rules           []route.Rule `yaml:"rules"`
+		Default         string       `yaml:"default"`
+		EmbeddingModel  string       `yaml:"embedding_model"`
+		ClassifierModel string       `yaml:"classifier_model"`
+	} `yaml:"router"`
+}
+
+// parseLLMGatewayConfig decodes and checks a gateway configuration file.
+func parseLLMGatewayConfig(b []byte) (llmgwFile, error) {
+	var fc llmgwFile
+	if err := decodeYAML(b, &fc); err != nil {
+		return fc, err
+	}
+	if fc.Service == "" {
+		fc.Service = "llmgw"
+	}
+	if fc.Data == "" {
+		fc.Data = "llmgw-data"
+	}
+	if len(fc.Models) == 0 {
+		return fc, errors.New("no models")
+	}
+	for _, m := range fc.Models {
+		if len(m.Endpoints) == 0 {
+			return fc, fmt.Errorf("model %q: no endpoints", m.Name)
+		}
+		for _, e := range m.Endpoints {
+			if (e.BaseURL == "") == (e.Overlay == "") {
+				return fc, fmt.Errorf("model %q: each endpoint needs exactly one of base_url and overlay", m.Name)
+			}
+		}
+	}
+	for _, mode := range []string{fc.Guardrails.PII, fc.Guardrails.Secrets, fc.Guardrails.Injection} {
+		if _, err := guard.ParseMode(mode); err != nil {
+			return fc, err
+		}
+	}
+	return fc, nil
+}
+
+type llmDirectory struct{ host *gatewayhost.Host }
+
+func (d llmDirectory) Lookup(ctx context.Context, id spiffeid.ID) (llmgw.Principal, error) {
+	info, err := d.host.Lookup(ctx, id)
+	if err != nil {
+		return llmgw.Principal{}, err
+	}
+	return llmgw.Principal{ID: id, Org: info.Org, Admin: info.Admin, Workgroups: info.Workgroups}, nil
+}
+
+func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("llmgw", stderr)
+	var as, config string
+	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
+	f.StringVar(&config, "config", "llmgw.yaml", "gateway configuration")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return err
+	}
+	zitilog.Route(log, level)
+	raw, err := os.ReadFile(config)
+	if err != nil {
+		return err
+	}
+	fc, err := parseLLMGatewayConfig(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", config, err)
+	}
+	if fc.PolicyFile != "" {
+		b, err := os.ReadFile(fc.PolicyFile)
+		if err != nil {
+			return err
+		}
+		fc.Policies += "\n" + string(b)
+	}
+	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
+		LogPrompts: fc.LogPrompts, Logger: log}
+	for _, m := range fc.Models {
+		model := llmgw.Model{Name: m.Name, Retries: m.Retries, Backoff: m.Backoff, HealthInterval: m.HealthInterval}
+		for _, e := range m.Endpoints {
+			ep := llmgw.Endpoint{Provider: e.Provider, BaseURL: e.BaseURL, Model: e.Model, Weight: e.Weight,
+				InputPrice: e.InputPrice, OutputPrice: e.OutputPrice}
+			if e.APIKeyEnv != "" {
+				ep.APIKey = os.Getenv(e.APIKeyEnv)
+			}
+			if e.Overlay != "" {
+				ep.BaseURL, ep.HTTPClient = "http://"+e.Overlay+"/v1", host.Agent.HTTPClient()
+			}
+			model.Endpoints = append(model.Endpoints, ep)
+		}
+		cfg.Models = append(cfg.Models, model)
+	}
+	for _, b := range fc.Budgets {
+		cfg.Budgets = append(cfg.Budgets, llmgw.Budget{Identity: b.Identity, Org: b.Org, RequestsPerMinute: b.RequestsPerMinute,
+			TokensPerMinute: b.TokensPerMinute, TokensPerDay: b.TokensPerDay, TokensPerMonth: b.TokensPerMonth,
+			CostPerDay: b.CostPerDay, CostPerMonth: b.CostPerMonth, MaxConcurrent: b.MaxConcurrent})
+	}
+	cfg.Guardrails.PII, _ = guard.ParseMode(fc.Guardrails.PII)
+	cfg.Guardrails.Secrets, _ = guard.ParseMode(fc.Guardrails.Secrets)
+	cfg.Guardrails.Injection, _ = guard.ParseMode(fc.Guardrails.Injection)
+	cfg.Guardrails.Responses = fc.Guardrails.Responses
+	if fc.Router != nil {
+		cfg.Router = llmgw.Router{Name: fc.Router.Name, Rules: fc.Router.Rules, Default: fc.Router.Default,
+			EmbeddingModel: fc.Router.EmbeddingModel, ClassifierModel: fc.Router.ClassifierModel}
+	}
+	g, err := llmgw.New(cfg)
+	if err != nil {
+		return fmt.Errorf("llmgw: %w", err)
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- g.Run(ctx) }()
+	go func() { errc <- host.Serve(ctx, fc.Service, g.Handler()) }()
+	fmt.Fprintf(stdout, "umbra llmgw ready: %d models as %s on overlay service %s (no listening socket)\n",
+		len(cfg.Models), host.Agent.ID(), fc.Service)
+	return <-errc
+}
+
+// cmdLLMServe makes a private model server dark: it hosts an overlay service and forwards each request to the
+// upstream (normally on loopback), or, with --sample, answers with the built-in deterministic model.
+func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var service, upstream, sample string
+	return withAgent(ctx, "llm serve", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "", "overlay service to host")
+		f.StringVar(&upstream, "upstream", "", "URL of the model server to make dark, e.g. http://127.0.0.1:11434")
+		f.StringVar(&sample, "sample", "", "serve the built-in deterministic model under this name instead of an upstream")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		var h http.Handler
+		switch {
+		case sample != "" && upstream == "":
+			h = samplemodel.Handler(sample)
+		case upstream != "" && sample == "":
+			u, err := url.Parse(upstream)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("llm serve: --upstream %q is not a URL", upstream)
+			}
+			h = httputil.NewSingleHostReverseProxy(u)
+		default:
+			return errors.New("llm serve: give exactly one of --upstream and --sample")
+		}
+		ln, err := a.Listen(service)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "serving model on %s as %s (no listening socket)\n", service, a.ID())
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+}
+
+// cmdLLMBridge serves the gateway's API on a loopback port for programs that cannot embed agentsdk. It is opt-in
+// and refuses any address that is not loopback.
+func cmdLLMBridge(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var listen, service string
+	return withAgent(ctx, "llm bridge", args, stderr, func(f *flags) {
+		f.StringVar(&listen, "listen", "127.0.0.1:8089", "loopback HOST:PORT to serve on")
+		f.StringVar(&service, "service", "llmgw", "the gateway's overlay service")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		host, _, err := net.SplitHostPort(listen)
+		if err != nil {
+			return fmt.Errorf("llm bridge: --listen %q: %w", listen, err)
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("llm bridge: --listen %q: only loopback addresses are allowed", listen)
+		}
+		target := &url.URL{Scheme: "http", Host: service}
+		proxy := httputil.NewSingleHostReverseProxy(target)
+		proxy.Transport = a.HTTPClient().Transport
+		proxy.FlushInterval = -1 // stream server-sent events as they come
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "llm bridge on http://%s/v1 -> %s as %s\n", ln.Addr(), service, a.ID())
+		srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+}
+
+func cmdLLMUsage(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var service, identity, since string
+	return withAgent(ctx, "llm usage", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "llmgw", "the gateway's overlay service")
+		f.StringVar(&identity, "identity", "", "only this SPIFFE ID")
+		f.StringVar(&since, "since", "24h", "a duration such as 24h or a date such as 2006-01-02")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		q := url.Values{"since": {since}}
+		if identity != "" {
+			q.Set("identity", identity)
+		}
+		var out any
+		if err := gatewayCall(ctx, a, http.MethodGet, "http://"+service+"/v1/usage?"+q.Encode(), nil, &out); err != nil {
+			return err
+		}
+		return printJSON(stdout, out)
+	})
+}
