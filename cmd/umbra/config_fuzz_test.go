@@ -1,8 +1,11 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/umbra-mesh/umbra/mcpgw/policy"
 )
 
 func TestParseMCPGatewayConfig(t *testing.T) {
@@ -59,4 +62,36 @@ func FuzzParseMCPGatewayConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestREADMEGatewayConfigs keeps the README's gateway configuration examples valid.
+func TestREADMEGatewayConfigs(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(b), "```yaml\n")
+	found := 0
+	for _, blk := range blocks[1:] {
+		blk = blk[:strings.Index(blk, "```")]
+		switch {
+		case strings.HasPrefix(blk, "# mcpgw.yaml"):
+			fc, err := parseMCPGatewayConfig([]byte(blk))
+			if err != nil {
+				t.Fatalf("README mcpgw.yaml: %v", err)
+			}
+			if _, err := policy.Parse(fc.Policies); err != nil {
+				t.Fatalf("README mcpgw.yaml policies: %v", err)
+			}
+			found++
+		case strings.HasPrefix(blk, "# llmgw.yaml"):
+			if _, err := parseLLMGatewayConfig([]byte(blk)); err != nil {
+				t.Fatalf("README llmgw.yaml: %v", err)
+			}
+			found++
+		}
+	}
+	if found != 2 {
+		t.Fatalf("found %d gateway configurations in the README, want 2", found)
+	}
 }
