@@ -15,7 +15,6 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/api"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
 
 // connect loads an identity file, connects it, and renews its SVID first if half its lifetime has passed,
@@ -24,11 +23,10 @@ func connect(ctx context.Context, f *flags, path string, stderr io.Writer) (*age
 	if path == "" {
 		return nil, errors.New("--as is required")
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return nil, err
 	}
-	zitilog.Route(log, level)
 	id, err := agentsdk.LoadIdentity(path)
 	if err != nil {
 		return nil, err
@@ -81,172 +79,126 @@ func cmdEnroll(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 }
 
 func cmdWhoAmI(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("whoami", stderr)
-	var as string
-	f.StringVar(&as, "as", "", "identity file")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	who, err := a.Controller().WhoAmI(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, who.SPIFFEID)
-	return nil
+	return withAgent(ctx, "whoami", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+		who, err := a.Controller().WhoAmI(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, who.SPIFFEID)
+		return nil
+	})
 }
 
 func cmdIdentityCreate(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("identity create", stderr)
-	var as string
 	var req api.CreateIdentityRequest
-	f.StringVar(&as, "as", "", "administrator identity file")
-	f.StringVar(&req.Org, "org", "", "organisation")
-	f.StringVar(&req.Kind, "kind", "agent", "kind of workload (agent, mcp, llm, ...)")
-	f.StringVar(&req.Name, "name", "", "name")
-	f.BoolVar(&req.Admin, "admin", false, "make the identity an administrator")
-	f.StringVar(&req.TokenTTL, "token-ttl", "", "enrollment token lifetime (default 1h)")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	resp, err := a.Controller().CreateIdentity(ctx, req)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stderr, "created %s; enrollment token valid until %s\n", resp.SPIFFEID, resp.ExpiresAt.Format(time.RFC3339))
-	fmt.Fprintln(stdout, resp.Token)
-	return nil
+	return withAgent(ctx, "identity create", args, stderr, func(f *flags) {
+		f.StringVar(&req.Org, "org", "", "organisation")
+		f.StringVar(&req.Kind, "kind", "agent", "kind of workload (agent, mcp, llm, gateway, ...)")
+		f.StringVar(&req.Name, "name", "", "name")
+		f.BoolVar(&req.Admin, "admin", false, "make the identity an administrator")
+		f.StringVar(&req.TokenTTL, "token-ttl", "", "enrollment token lifetime (default 1h)")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		resp, err := a.Controller().CreateIdentity(ctx, req)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "created %s; enrollment token valid until %s\n", resp.SPIFFEID, resp.ExpiresAt.Format(time.RFC3339))
+		fmt.Fprintln(stdout, resp.Token)
+		return nil
+	})
 }
 
 func cmdIdentityRevoke(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("identity revoke", stderr)
-	var as, reason string
-	f.StringVar(&as, "as", "", "administrator identity file")
-	f.StringVar(&reason, "reason", "revoked by administrator", "reason to record")
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return errors.New("identity revoke: give exactly one SPIFFE ID")
-	}
-	id, err := spiffeid.FromString(pos[0])
-	if err != nil {
-		return fmt.Errorf("identity revoke: %q: %w", pos[0], err)
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	resp, err := a.Controller().Revoke(ctx, id, reason)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "revoked %s (%d live connections cut)\n", resp.SPIFFEID, resp.CircuitsClosed)
-	return nil
+	var reason string
+	return withAgent(ctx, "identity revoke", args, stderr, func(f *flags) {
+		f.StringVar(&reason, "reason", "revoked by administrator", "reason to record")
+	}, func(a *agentsdk.Agent, pos []string) error {
+		raw, err := one(pos, "SPIFFE ID")
+		if err != nil {
+			return err
+		}
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			return fmt.Errorf("identity revoke: %q: %w", raw, err)
+		}
+		resp, err := a.Controller().Revoke(ctx, id, reason)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked %s (%d live connections cut)\n", resp.SPIFFEID, resp.CircuitsClosed)
+		return nil
+	})
 }
 
 func cmdRouterCreate(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("router create", stderr)
-	var as, name string
-	f.StringVar(&as, "as", "", "administrator identity file")
-	f.StringVar(&name, "name", "", "router name")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	tok, err := a.Controller().CreateRouter(ctx, name)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, tok)
-	return nil
+	var name string
+	return withAgent(ctx, "router create", args, stderr, func(f *flags) {
+		f.StringVar(&name, "name", "", "router name")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		tok, err := a.Controller().CreateRouter(ctx, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+		return nil
+	})
 }
 
 func cmdServiceGrant(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("service grant", stderr)
-	var as string
 	var req api.GrantRequest
 	var bind, dial multi
-	f.StringVar(&as, "as", "", "administrator identity file")
-	f.StringVar(&req.Service, "service", "", "service name")
-	f.Var(&bind, "bind", "SPIFFE ID that may host the service (repeatable)")
-	f.Var(&dial, "dial", "SPIFFE ID that may use the service (repeatable)")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	req.Bind, req.Dial = bind, dial
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	if err := a.Controller().Grant(ctx, req); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "granted %s: bind %v, dial %v\n", req.Service, req.Bind, req.Dial)
-	return nil
+	return withAgent(ctx, "service grant", args, stderr, func(f *flags) {
+		f.StringVar(&req.Service, "service", "", "service name")
+		f.Var(&bind, "bind", "SPIFFE ID that may host the service (repeatable)")
+		f.Var(&dial, "dial", "SPIFFE ID that may use the service (repeatable)")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		req.Bind, req.Dial = bind, dial
+		if err := a.Controller().Grant(ctx, req); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "granted %s: bind %v, dial %v\n", req.Service, req.Bind, req.Dial)
+		return nil
+	})
 }
 
 func cmdServiceList(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("service list", stderr)
-	var as string
-	f.StringVar(&as, "as", "", "identity file")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	svcs, err := a.Services()
-	if err != nil {
-		return err
-	}
-	for _, s := range svcs {
-		fmt.Fprintln(stdout, s)
-	}
-	return nil
+	return withAgent(ctx, "service list", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+		svcs, err := a.Services()
+		if err != nil {
+			return err
+		}
+		for _, s := range svcs {
+			fmt.Fprintln(stdout, s)
+		}
+		return nil
+	})
 }
 
 func cmdServiceServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("service serve", stderr)
-	var as, service string
+	var service string
 	var echo bool
-	f.StringVar(&as, "as", "", "identity file")
-	f.StringVar(&service, "service", "", "service to host")
-	f.BoolVar(&echo, "echo", false, "answer every connection by echoing it back")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	if !echo {
-		return errors.New("service serve: only --echo is built in; host your own services with agentsdk.Listen")
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	ln, err := a.Listen(service)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "serving %s as %s (no listening socket)\n", service, a.ID())
+	return withAgent(ctx, "service serve", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "", "service to host")
+		f.BoolVar(&echo, "echo", false, "answer every connection by echoing it back")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		if !echo {
+			return errors.New("service serve: only --echo is built in; host your own services with agentsdk.Listen")
+		}
+		ln, err := a.Listen(service)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "serving %s as %s (no listening socket)\n", service, a.ID())
+		return serveConns(ctx, ln, func(c net.Conn, peer spiffeid.ID) {
+			fmt.Fprintf(stderr, "connection from %s\n", peer)
+			_, _ = io.Copy(c, c)
+		})
+	})
+}
+
+// serveConns accepts overlay connections until ctx ends and handles each, with its verified peer, in its own
+// goroutine; it waits for the handlers before returning.
+func serveConns(ctx context.Context, ln net.Listener, handle func(c net.Conn, peer spiffeid.ID)) error {
 	go func() {
 		<-ctx.Done()
 		ln.Close()
@@ -269,54 +221,46 @@ func cmdServiceServe(ctx context.Context, args []string, _ io.Reader, stdout, st
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(stderr, "connection from %s\n", peer)
-			_, _ = io.Copy(c, c)
+			handle(c, peer)
 		}()
 	}
 }
 
 func cmdServiceDial(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("service dial", stderr)
-	var as, service string
-	f.StringVar(&as, "as", "", "identity file")
-	f.StringVar(&service, "service", "", "service to dial")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	a, err := connect(ctx, f, as, stderr)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	c, err := a.Dial(ctx, service)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	peer, err := agentsdk.PeerIdentity(c)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stderr, "connected to %s, served by %s\n", service, peer)
-	done := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(stdout, c)
-		done <- err
-	}()
-	if _, err := io.Copy(c, stdin); err != nil {
-		return err
-	}
-	// Half-close so the far side sees end of input, then drain what it still sends.
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	select {
-	case err := <-done:
-		if err != nil && !errors.Is(err, net.ErrClosed) {
+	var service string
+	return withAgent(ctx, "service dial", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "", "service to dial")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		c, err := a.Dial(ctx, service)
+		if err != nil {
 			return err
 		}
-	case <-time.After(10 * time.Second):
-	case <-ctx.Done():
-	}
-	return nil
+		defer c.Close()
+		peer, err := agentsdk.PeerIdentity(c)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "connected to %s, served by %s\n", service, peer)
+		done := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(stdout, c)
+			done <- err
+		}()
+		if _, err := io.Copy(c, stdin); err != nil {
+			return err
+		}
+		// Half-close so the far side sees the end of input, then drain what it still sends.
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, net.ErrClosed) {
+				return err
+			}
+		case <-time.After(10 * time.Second):
+		case <-ctx.Done():
+		}
+		return nil
+	})
 }

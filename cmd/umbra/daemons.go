@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/controller"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/router"
 )
 
@@ -54,11 +53,10 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return err
 	}
-	zitilog.Route(log, level)
 	cfg.Logger = log
 	srv, errc, err := startController(ctx, *cfg)
 	if err != nil {
@@ -103,11 +101,10 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if cfg.DataDir == "" {
 		return errors.New("router: --data is required")
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return err
 	}
-	zitilog.Route(log, level)
 	cfg.Logger = log
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
@@ -140,11 +137,10 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return err
 	}
-	zitilog.Route(log, level)
 	cfg.Logger = log
 	start := time.Now()
 	srv, errc, err := startController(ctx, *cfg)

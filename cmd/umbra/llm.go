@@ -17,7 +17,6 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/gatewayhost"
 	"github.com/umbra-mesh/umbra/internal/samplemodel"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/llmgw"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/route"
@@ -124,11 +123,10 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return err
 	}
-	zitilog.Route(log, level)
 	raw, err := os.ReadFile(config)
 	if err != nil {
 		return err
@@ -137,12 +135,8 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if err != nil {
 		return fmt.Errorf("%s: %w", config, err)
 	}
-	if fc.PolicyFile != "" {
-		b, err := os.ReadFile(fc.PolicyFile)
-		if err != nil {
-			return err
-		}
-		fc.Policies += "\n" + string(b)
+	if fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile); err != nil {
+		return err
 	}
 	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
 
 const usage = `umbra: the zero-trust overlay for AI agents
@@ -157,6 +159,16 @@ func (f *flags) logger(stderr io.Writer) (*slog.Logger, slog.Level, error) {
 		return nil, 0, fmt.Errorf("--log-level %q: %w", f.level, err)
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})), level, nil
+}
+
+// logging builds the logger and routes OpenZiti's own logs into it at the same level.
+func (f *flags) logging(stderr io.Writer) (*slog.Logger, error) {
+	log, level, err := f.logger(stderr)
+	if err != nil {
+		return nil, err
+	}
+	zitilog.Route(log, level)
+	return log, nil
 }
 
 // multi is a repeatable string flag.

@@ -8,9 +8,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/mcpbridge"
@@ -40,36 +40,14 @@ func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 			return err
 		}
 		fmt.Fprintf(stdout, "serving MCP server %q as %s on %s (no listening socket)\n", command[0], a.ID(), service)
-		go func() {
-			<-ctx.Done()
-			ln.Close()
-		}()
-		var wg sync.WaitGroup
-		defer wg.Wait()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return nil
-				}
-				return err
+		return serveConns(ctx, ln, func(conn net.Conn, peer spiffeid.ID) {
+			cmd := exec.CommandContext(ctx, command[0], command[1:]...)
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = conn, conn, stderr
+			cmd.Env = append(os.Environ(), "UMBRA_PEER_ID="+peer.String())
+			if err := cmd.Run(); err != nil && ctx.Err() == nil {
+				fmt.Fprintf(stderr, "mcp server for %s ended: %v\n", peer, err)
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer conn.Close()
-				peer, err := agentsdk.PeerIdentity(conn)
-				if err != nil {
-					return
-				}
-				cmd := exec.CommandContext(ctx, command[0], command[1:]...)
-				cmd.Stdin, cmd.Stdout, cmd.Stderr = conn, conn, stderr
-				cmd.Env = append(os.Environ(), "UMBRA_PEER_ID="+peer.String())
-				if err := cmd.Run(); err != nil && ctx.Err() == nil {
-					fmt.Fprintf(stderr, "mcp server for %s ended: %v\n", peer, err)
-				}
-			}()
-		}
+		})
 	})
 }
 

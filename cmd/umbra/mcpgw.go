@@ -20,7 +20,6 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/gatewayhost"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/mcpgw"
 )
 
@@ -72,6 +71,18 @@ func decodeYAML(b []byte, v any) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	return dec.Decode(v)
+}
+
+// withPolicyFile appends the Cedar text of file (if any) to inline.
+func withPolicyFile(inline, file string) (string, error) {
+	if file == "" {
+		return inline, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	return inline + "\n" + string(b), nil
 }
 
 // parseMCPGatewayConfig decodes and checks a gateway configuration file.
@@ -176,11 +187,10 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	log, level, err := f.logger(stderr)
+	log, err := f.logging(stderr)
 	if err != nil {
 		return err
 	}
-	zitilog.Route(log, level)
 	raw, err := os.ReadFile(config)
 	if err != nil {
 		return err
@@ -189,12 +199,8 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if err != nil {
 		return fmt.Errorf("%s: %w", config, err)
 	}
-	if fc.PolicyFile != "" {
-		b, err := os.ReadFile(fc.PolicyFile)
-		if err != nil {
-			return err
-		}
-		fc.Policies += "\n" + string(b)
+	if fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile); err != nil {
+		return err
 	}
 	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
 	if err != nil {
