@@ -143,7 +143,11 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	}
 	cfg.Logger = log
 	start := time.Now()
-	srv, errc, err := startController(ctx, *cfg)
+	// The router stops first, then the controller: the other way round the router logs every terminator it
+	// can no longer deregister.
+	ctrlCtx, stopCtrl := context.WithCancel(context.Background())
+	defer stopCtrl()
+	srv, errc, err := startController(ctrlCtx, *cfg)
 	if err != nil {
 		return err
 	}
@@ -158,8 +162,10 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
+	routerCtx, stopRouter := context.WithCancel(ctx)
+	defer stopRouter()
 	rerr := make(chan error, 1)
-	go func() { rerr <- r.Run(ctx) }()
+	go func() { rerr <- r.Run(routerCtx) }()
 	select {
 	case <-r.Ready():
 	case err := <-rerr:
@@ -173,7 +179,16 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 Try: umbra whoami --as %s
 `, time.Since(start).Round(time.Millisecond), srv.TrustDomain().Name(), srv.EnrollURL(), edge,
 		srv.AdminIdentityPath(), srv.AdminID(), srv.AdminIdentityPath())
-	err = <-errc
-	<-rerr
+	// On interrupt the router stops (ctx), then the controller; if either fails, both stop.
+	select {
+	case err = <-rerr:
+		stopCtrl()
+		if cerr := <-errc; err == nil {
+			err = cerr
+		}
+	case err = <-errc:
+		stopRouter()
+		<-rerr
+	}
 	return err
 }
