@@ -31,8 +31,12 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 		if !strings.HasPrefix(r.Kind, "mcp.") && !strings.HasPrefix(r.Kind, "llm.") {
 			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "gateway records are of kind mcp.* or llm.*")
 		}
-		if _, err := spiffeid.FromString(r.Actor); err != nil {
+		actor, err := spiffeid.FromString(r.Actor)
+		if err != nil {
 			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor must be the caller's SPIFFE ID")
+		}
+		if _, _, err := s.ids.get(ctx, actor); err != nil {
+			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a registered identity", actor)
 		}
 		r.Seq, r.Prev, r.Hash = 0, "", ""
 		r.Data = jsonRaw(map[string]json.RawMessage{"via": jsonRaw(c.id.String()), "detail": orNull(r.Data)})
@@ -55,7 +59,8 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "%q is not a SPIFFE ID", req.SPIFFEID)
 		}
 		rec, _, err := s.ids.get(ctx, id)
-		if errors.Is(err, errNoIdentity) {
+		// An organisation administrator looks up its own organisation only; anything else is "not found".
+		if errors.Is(err, errNoIdentity) || !isGateway(c) && !isPlatformAdmin(c) && rec.Org != c.rec.Org {
 			return nil, failf(http.StatusNotFound, api.CodeNotFound, "no identity %s", id)
 		} else if err != nil {
 			return nil, internal(err)

@@ -74,6 +74,9 @@ func (s *Server) apiHandler() http.Handler {
 		if !isPlatformAdmin(c) && req.Org != c.rec.Org {
 			return nil, failf(http.StatusForbidden, api.CodeForbidden, "an organisation administrator creates identities of its own organisation only")
 		}
+		if !isPlatformAdmin(c) && (req.Kind == api.GatewayKind || req.Admin) {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator creates gateway or administrator identities")
+		}
 		return s.createIdentity(ctx, c.id, req)
 	}))
 	mux.HandleFunc("POST "+api.PathRevoke, s.admin(func(ctx context.Context, c caller, body []byte) (any, error) {

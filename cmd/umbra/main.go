@@ -21,6 +21,7 @@ const usage = `umbra: the zero-trust overlay for AI agents
 
 Usage:
   umbra dev        --data DIR                       controller + router + NATS in one process
+  umbra demo       [--data DIR] [--loop]            the multi-organisation demo, all on this machine
   umbra controller --data DIR [--router-token NAME:FILE]
   umbra router     --data DIR [--token FILE] [--edge HOST:PORT] [--link HOST:PORT]
   umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
@@ -103,6 +104,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"llmgw": cmdLLMGateway,
 		"llm":   subcommands(map[string]command{"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage}),
 		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
+		"demo":  cmdDemo,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

@@ -1,0 +1,472 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/demo"
+)
+
+// cmdDemo runs the multi-organisation demo on this machine. Its subcommands are the entry points of the
+// containerised demo (docker-compose.yml), one workload per container.
+func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		sub := map[string]command{"setup": cmdDemoSetup, "agent": cmdDemoAgent, "exec": cmdDemoExec, "serve-mcp": cmdDemoServeMCP,
+			"sockets": cmdDemoSockets, "probe": cmdDemoProbe}
+		if cmd, ok := sub[args[0]]; ok {
+			return cmd(ctx, args[1:], stdin, stdout, stderr)
+		}
+	}
+	f := newFlags("demo", stderr)
+	var data, openaiModel string
+	var loop bool
+	var pace time.Duration
+	f.StringVar(&data, "data", "", "directory for everything the demo creates; must be empty or absent (default: a new temporary directory)")
+	f.BoolVar(&loop, "loop", false, "keep running rounds on the same network until interrupted")
+	f.StringVar(&openaiModel, "openai-model", "", "use this OpenAI model (key in OPENAI_API_KEY) instead of the built-in sample model")
+	f.DurationVar(&pace, "pace", 0, "pause between the planner's steps, to follow the feed more easily")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	// The feed on stdout is the demo; the components' own warnings (every refusal is one) only with --log-level.
+	levelSet := false
+	f.Visit(func(fl *flag.Flag) { levelSet = levelSet || fl.Name == "log-level" })
+	if !levelSet {
+		f.level = "error"
+	}
+	log, err := f.logging(stderr)
+	if err != nil {
+		return err
+	}
+	if data == "" {
+		if data, err = os.MkdirTemp("", "umbra-demo-"); err != nil {
+			return err
+		}
+	}
+	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, SecondRouter: demoChildRouter(), Pace: pace}
+	if loop {
+		cfg.Rounds = -1
+	}
+	if openaiModel != "" {
+		key := os.Getenv("OPENAI_API_KEY")
+		if key == "" {
+			return errors.New("demo: --openai-model needs OPENAI_API_KEY")
+		}
+		cfg.Upstream = &demo.Upstream{Provider: "openai", APIKey: key, Model: openaiModel}
+	}
+	sum, err := demo.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nRead the brief:        %s\nThe audit trail:       %s (%d records this round, chain verified: %v)\n"+
+		"Everything else is in: %s\n", sum.Brief, sum.AuditExport, sum.AuditRecords, sum.AuditVerified, data)
+	if !sum.AuditVerified {
+		return errors.New("demo: the audit chain did not verify")
+	}
+	return nil
+}
+
+// demoChildRouter starts the second router as a child process of this binary (one router per process). The
+// child also exits when this process goes away: it watches its stdin.
+func demoChildRouter() func(ctx context.Context, r demo.RouterSpec) (func(), error) {
+	return func(ctx context.Context, r demo.RouterSpec) (func(), error) {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(r.DataDir, 0o700); err != nil {
+			return nil, err
+		}
+		tokenFile := filepath.Join(r.DataDir, "enroll.token")
+		if err := os.WriteFile(tokenFile, []byte(r.Token+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		logFile, err := os.Create(filepath.Join(r.DataDir, "router.log"))
+		if err != nil {
+			return nil, err
+		}
+		args := []string{"demo", "exec", "--watch-stdin", "--", "router", "--data", r.DataDir, "--token", tokenFile, "--edge", r.EdgeAddr}
+		if r.LinkAddr != "" {
+			args = append(args, "--link", r.LinkAddr)
+		}
+		cmd := exec.Command(exe, args...)
+		cmd.Stderr = logFile
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		done, ready := make(chan struct{}), make(chan struct{})
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), "umbra router ready") {
+					close(ready)
+					break
+				}
+			}
+			_, _ = io.Copy(io.Discard, out)
+			_ = cmd.Wait()
+			logFile.Close()
+			close(done)
+		}()
+		stop := func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+			stdin.Close()
+		}
+		select {
+		case <-ready:
+			return stop, nil
+		case <-done:
+			return nil, fmt.Errorf("router process exited; see %s", filepath.Join(r.DataDir, "router.log"))
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Minute):
+			stop()
+			return nil, errors.New("router process not ready after 2 minutes")
+		}
+	}
+}
+
+// demoWaitFile waits until path exists.
+func demoWaitFile(ctx context.Context, path string) error {
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", path, ctx.Err())
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// demoEnroll redeems the token in tokenFile into identity unless identity exists already.
+func demoEnroll(ctx context.Context, tokenFile, identity string) error {
+	if _, err := os.Stat(identity); err == nil {
+		return nil
+	}
+	if err := demoWaitFile(ctx, tokenFile); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return err
+	}
+	id, err := agentsdk.Enroll(ctx, strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(identity), 0o700); err != nil {
+		return err
+	}
+	return id.Save(identity)
+}
+
+// cmdDemoExec waits for files, enrolls an identity if asked, then runs an umbra command in this process.
+func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var command []string
+	for i, a := range args {
+		if a == "--" {
+			args, command = args[:i], args[i+1:]
+			break
+		}
+	}
+	if len(command) == 0 {
+		return errors.New("demo exec: give the umbra command after --")
+	}
+	f := newFlags("demo exec", stderr)
+	var waits multi
+	var token, identity string
+	var watch bool
+	f.Var(&waits, "wait", "wait until this file exists (repeatable)")
+	f.StringVar(&token, "token", "", "enrollment token file to redeem into --identity if that does not exist yet")
+	f.StringVar(&identity, "identity", "", "identity file")
+	f.BoolVar(&watch, "watch-stdin", false, "stop when stdin closes (the parent process went away)")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	if watch {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			_, _ = io.Copy(io.Discard, stdin)
+			cancel()
+		}()
+		stdin = strings.NewReader("")
+	}
+	for _, w := range waits {
+		if err := demoWaitFile(ctx, w); err != nil {
+			return err
+		}
+	}
+	if token != "" {
+		if identity == "" {
+			return errors.New("demo exec: --token needs --identity")
+		}
+		if err := demoEnroll(ctx, token, identity); err != nil {
+			return err
+		}
+	}
+	return run(ctx, command, stdin, stdout, stderr)
+}
+
+// cmdDemoSetup creates the scenario's organisations, identities, workgroups and grants, and writes every
+// workload's enrollment token and the gateways' configurations into --out.
+func cmdDemoSetup(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("demo setup", stderr)
+	var adminFile, out, state string
+	var routers multi
+	f.StringVar(&adminFile, "admin", "", "the platform administrator's identity file (waited for)")
+	f.StringVar(&out, "out", "", "directory for the tokens and gateway configurations")
+	f.StringVar(&state, "state", "/data/state", "the gateways' state directory, written into their configurations")
+	f.Var(&routers, "router-token", "NAME:FILE: register router NAME and write its enrollment token to FILE (repeatable)")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	if adminFile == "" || out == "" {
+		return errors.New("demo setup: --admin and --out are required")
+	}
+	log, err := f.logging(stderr)
+	if err != nil {
+		return err
+	}
+	ready := filepath.Join(out, "ready")
+	if _, err := os.Stat(ready); err == nil {
+		fmt.Fprintln(stdout, "demo setup: already done")
+		return nil
+	}
+	if err := demoWaitFile(ctx, adminFile); err != nil {
+		return err
+	}
+	id, err := agentsdk.LoadIdentity(adminFile)
+	if err != nil {
+		return err
+	}
+	admin, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	for deadline := time.Now().Add(3 * time.Minute); ; {
+		_, err := admin.Controller().WhoAmI(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo setup: the controller's API did not come up: %w", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, r := range routers {
+		name, path, ok := strings.Cut(r, ":")
+		if !ok {
+			return fmt.Errorf("--router-token %q: want NAME:FILE", r)
+		}
+		if _, err := os.Stat(path); err == nil {
+			continue
+		}
+		tok, err := admin.Controller().CreateRouter(ctx, name)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	feed := demo.NewFeed(stdout)
+	tokens, err := demo.Setup(ctx, admin, filepath.Join(out, "admins"), feed)
+	if err != nil {
+		return err
+	}
+	for key, tok := range tokens {
+		if err := os.WriteFile(filepath.Join(out, key+".token"), []byte(tok+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	td := admin.ID().TrustDomain()
+	for name, text := range map[string]string{"mcpgw.yaml": demo.MCPGatewayYAML(state), "llmgw.yaml": demo.LLMGatewayYAML(state, td)} {
+		if err := os.WriteFile(filepath.Join(out, name), []byte(text), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(ready, []byte("ready\n"), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "demo setup: done")
+	return nil
+}
+
+// cmdDemoAgent runs one agent of the scenario, then stays connected until stopped.
+func cmdDemoAgent(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("demo agent", stderr)
+	var key, token, identity, out string
+	var rounds int
+	var exit bool
+	var pace time.Duration
+	f.StringVar(&key, "role", "", "the agent, e.g. northwind-planner")
+	f.StringVar(&token, "token", "", "enrollment token file (waited for) if --identity does not exist yet")
+	f.StringVar(&identity, "identity", "identity.json", "identity file")
+	f.StringVar(&out, "out", ".", "where the planner writes the brief")
+	f.IntVar(&rounds, "rounds", 1, "rounds to play")
+	f.BoolVar(&exit, "exit", false, "exit after the rounds instead of staying connected")
+	f.DurationVar(&pace, "pace", 0, "pause between the planner's steps")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
+	w, ok := demo.WorkloadByKey(key)
+	if !ok {
+		return fmt.Errorf("demo agent: unknown role %q", key)
+	}
+	log, err := f.logging(stderr)
+	if err != nil {
+		return err
+	}
+	if token != "" {
+		if err := demoEnroll(ctx, token, identity); err != nil {
+			return err
+		}
+	}
+	id, err := agentsdk.LoadIdentity(identity)
+	if err != nil {
+		return err
+	}
+	a, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(log), agentsdk.WithIdentityFile(identity))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	feed := demo.NewFeed(stdout)
+	if err := demo.RunAgent(ctx, a, w, rounds, out, pace, feed); err != nil {
+		return err
+	}
+	if w == demo.Planner {
+		if b, err := os.ReadFile(filepath.Join(out, demo.BriefFile)); err == nil {
+			feed.Text("%s", b)
+		}
+	}
+	if exit {
+		return nil
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// cmdDemoServeMCP hosts one of the demo's MCP servers as a dark service.
+func cmdDemoServeMCP(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var server, service string
+	return withAgent(ctx, "demo serve-mcp", args, stderr, func(f *flags) {
+		f.StringVar(&server, "server", "", "scada or marine")
+		f.StringVar(&service, "service", "", "overlay service to host")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		feed := demo.NewFeed(stdout)
+		switch server {
+		case "scada":
+			feed.Event(server, "hosting turbine telemetry as dark service %s (no listening socket)", service)
+			return demo.ServeMCP(ctx, a, service, demo.NewSCADAServer())
+		case "marine":
+			m := demo.NewMarineServer()
+			m.Changed = func() {
+				feed.Event(server, "published an update of sea_state: the description now asks for the whole conversation")
+			}
+			feed.Event(server, "hosting tides and sea state as dark service %s (no listening socket)", service)
+			return demo.ServeMCP(ctx, a, service, m.Server)
+		}
+		return fmt.Errorf("demo serve-mcp: --server %q: want scada or marine", server)
+	})
+}
+
+// cmdDemoSockets counts the listening sockets (TCP in LISTEN, unconnected UDP) of the processes of this PID
+// namespace, the container's workload: the sockets of this network namespace whose inode one of them holds.
+// Sockets no process here holds belong to someone else, such as the DNS resolver Docker runs at 127.0.0.11
+// for every container on a user-defined network; they are listed apart.
+func cmdDemoSockets(_ context.Context, _ []string, _ io.Reader, stdout, _ io.Writer) error {
+	owned := map[string]bool{}
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if link, err := os.Readlink(fd); err == nil && strings.HasPrefix(link, "socket:[") {
+			owned[strings.TrimSuffix(strings.TrimPrefix(link, "socket:["), "]")] = true
+		}
+	}
+	n := 0
+	for _, file := range []string{"tcp", "tcp6", "udp", "udp6"} {
+		b, err := os.ReadFile("/proc/net/" + file)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 10 {
+				continue
+			}
+			// TCP: state LISTEN. UDP: not connected to one peer (a connected socket, such as a DNS query in
+			// flight, takes datagrams only from that peer), so it would take them from anyone.
+			_, remotePort, _ := strings.Cut(fields[2], ":")
+			if strings.HasPrefix(file, "tcp") && fields[3] != "0A" || strings.HasPrefix(file, "udp") && remotePort != "0000" {
+				continue
+			}
+			if owned[fields[9]] {
+				n++
+				fmt.Fprintf(stdout, "listening: %s %s (inode %s)\n", file, fields[1], fields[9])
+			} else {
+				fmt.Fprintf(stdout, "not ours: %s %s (held by no process of this container)\n", file, fields[1])
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "%d listening sockets\n", n)
+	return nil
+}
+
+// cmdDemoProbe tries to open a TCP connection, to show what a workload can reach directly.
+func cmdDemoProbe(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("demo probe", stderr)
+	var timeout time.Duration
+	f.DurationVar(&timeout, "timeout", 3*time.Second, "connection timeout")
+	addrs, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, addr := range addrs {
+		d := net.Dialer{Timeout: timeout}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			failed++
+			fmt.Fprintf(stdout, "%s unreachable: %v\n", addr, err)
+			continue
+		}
+		conn.Close()
+		fmt.Fprintf(stdout, "%s reachable\n", addr)
+	}
+	if failed > 0 {
+		return fmt.Errorf("demo probe: %d of %d unreachable", failed, len(addrs))
+	}
+	return nil
+}

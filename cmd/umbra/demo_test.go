@@ -1,0 +1,463 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/demo"
+	"github.com/umbra-mesh/umbra/internal/audit"
+)
+
+// TestDemoGatewayConfigs: the gateway configurations the containerised demo writes are what `umbra mcpgw` and
+// `umbra llmgw` accept, with the scenario's policies.
+func TestDemoGatewayConfigs(t *testing.T) {
+	m, err := parseMCPGatewayConfig([]byte(demo.MCPGatewayYAML("/data/state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Policies != demo.MCPPolicies || len(m.Backends) != 3 || m.Backends[1].Overlay == nil || m.Backends[1].Overlay.Service != demo.ServiceMarine {
+		t.Fatalf("MCP gateway config: %+v", m)
+	}
+	td := spiffeid.RequireTrustDomainFromString("umbra.local")
+	l, err := parseLLMGatewayConfig([]byte(demo.LLMGatewayYAML("/data/state", td)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Policies != demo.LLMPolicies || len(l.Models) != 1 || l.Models[0].Endpoints[0].Overlay != demo.ServiceModel ||
+		l.Budgets[0].Identity != demo.Forecaster.ID(td).String() || l.Budgets[0].TokensPerDay != demo.ForecasterTokensPerDay {
+		t.Fatalf("LLM gateway config: %+v", l)
+	}
+}
+
+// sessionKey names a session by its parties, org/name each.
+type sessionKey struct{ consumer, provider string }
+
+type sessionFacts struct {
+	envelopes, refused int
+	closeReason        string
+}
+
+// The round every run of the demo must produce, as the audit trail records it.
+var (
+	wantSessions = map[sessionKey]sessionFacts{
+		{"northwind/planner", "helix/diagnostics"}:     {2, 0, "by_consumer"},
+		{"northwind/planner", "meridian/forecaster"}:   {2, 0, "by_consumer"},
+		{"northwind/planner", "northwind/procurement"}: {2, 0, "by_consumer"},
+		{"northwind/procurement", "helix/parts"}:       {4, 1, "max_messages"},
+		{"helix/parts", "tidewater/dispatch"}:          {2, 0, "by_consumer"},
+		{"northwind/planner", "keelson/dispatch"}:      {2, 1, "expired"},
+		{"northwind/planner", "tidewater/dispatch"}:    {4, 1, "by_consumer"},
+		{"northwind/planner", "northwind/safety"}:      {2, 0, "by_consumer"},
+		{"northwind/safety", "meridian/forecaster"}:    {2, 0, "by_consumer"},
+	}
+	wantRefusals = map[string]int{
+		"envelope.rejected type_not_allowed":              1, // a payment in a charter contract
+		"envelope.rejected session_closed (max_messages)": 1, // a third reservation under a four-message contract
+		"envelope.rejected session_closed (expired)":      1, // a revised bid after the bidding window
+		"session.propose not visible to the caller":       1, // Tidewater proposing on Keelson's advertisement
+		"mcp.denied call not permitted":                   1, // a remote restart by Helix
+		"mcp.denied tool quarantined":                     1, // the changed sea_state tool
+		"mcp.tool_quarantined":                            1, // the change itself
+		"llm.budget_exceeded":                             1, // Meridian's second model call of the day
+	}
+)
+
+var closedReason = regexp.MustCompile(`is closed \(([a-z_]+)\)`)
+
+// checkDemoAudit reads an audit export, verifies its chain and checks the round against wantSessions and
+// wantRefusals, counting from the raw records.
+func checkDemoAudit(t *testing.T, export []byte) {
+	t.Helper()
+	records, err := audit.ReadJSONLines(bytes.NewReader(export))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := audit.VerifyRecords(records); err != nil {
+		t.Fatalf("the exported audit chain does not verify: %v", err)
+	}
+	label := func(raw string) string {
+		id := spiffeid.RequireFromString(raw)
+		segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+		return segs[0] + "/" + segs[2]
+	}
+	parties := map[string]sessionKey{}
+	got := map[sessionKey]sessionFacts{}
+	refusals := map[string]int{}
+	mcpCalls, llmCalls := 0, 0
+	for _, r := range records {
+		switch r.Kind {
+		case "session.transition":
+			var d struct {
+				To, Consumer, Provider string
+				CloseReason            string `json:"close_reason"`
+			}
+			if err := json.Unmarshal(r.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			k := sessionKey{label(d.Consumer), label(d.Provider)}
+			parties[r.Session] = k
+			f := got[k]
+			if d.To == "closed" {
+				f.closeReason = d.CloseReason
+			}
+			got[k] = f
+		case "envelope.accepted":
+			k := parties[r.Session]
+			f := got[k]
+			f.envelopes++
+			got[k] = f
+		case "envelope.rejected":
+			k := parties[r.Session]
+			f := got[k]
+			f.refused++
+			got[k] = f
+			code, _, _ := strings.Cut(r.Reason, ":")
+			if m := closedReason.FindStringSubmatch(r.Reason); code == "session_closed" && m != nil {
+				code += " (" + m[1] + ")"
+			}
+			refusals["envelope.rejected "+code]++
+		case "session.propose":
+			if r.Decision == audit.DecisionDeny {
+				refusals["session.propose "+r.Reason]++
+			}
+		case "mcp.denied":
+			refusals["mcp.denied "+r.Reason]++
+		case "mcp.tool_quarantined", "llm.budget_exceeded", "llm.denied", "llm.guardrail", "llm.rate_limited":
+			refusals[r.Kind]++
+		case "mcp.call":
+			mcpCalls++
+		case "llm.call":
+			llmCalls++
+		}
+	}
+	if !maps.Equal(got, wantSessions) {
+		t.Errorf("sessions in the audit trail:\n got %v\nwant %v", got, wantSessions)
+	}
+	if !maps.Equal(refusals, wantRefusals) {
+		t.Errorf("refusals in the audit trail:\n got %v\nwant %v", refusals, wantRefusals)
+	}
+	// Tools: 3 SCADA reads, 2 tide tables, 1 sea state, 1 word count. Models: diagnosis, first forecast, brief.
+	if mcpCalls != 7 || llmCalls != 3 {
+		t.Errorf("%d MCP calls and %d LLM calls reached a backend, want 7 and 3", mcpCalls, llmCalls)
+	}
+	if t.Failed() {
+		t.Logf("export:\n%s", export)
+	}
+}
+
+// overlayFaultNote describes a crash of the OpenZiti controller (v1.7.2) that the demo can run into: it keeps
+// terminator peer data read from its bbolt database without copying it, and when the database grows and bbolt
+// maps it anew, encoding a circuit's peer data reads unmapped memory ("fatal error: fault" in
+// EncodeU32ToBytesMap). It is not Umbra's code and not what these tests check, so a run it kills is repeated once.
+const overlayFaultNote = "upstream: terminator peer data read from bbolt without a copy, read after a remap"
+
+func overlayFault(logs string) bool {
+	return strings.Contains(logs, "fatal error: fault") && strings.Contains(logs, "openziti")
+}
+
+// TestDemoEmbedded runs `umbra demo` as a newcomer would and checks, from the audit export it wrote, every
+// session, envelope count and refusal reason of the round, and the brief.
+func TestDemoEmbedded(t *testing.T) {
+	bin := umbraBinary(t)
+	var dir string
+	var out, errb bytes.Buffer
+	for attempt := 1; ; attempt++ {
+		dir = filepath.Join(t.TempDir(), "demo")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		cmd := exec.CommandContext(ctx, bin, "demo", "--data", dir)
+		out.Reset()
+		errb.Reset()
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		cancel()
+		if err == nil {
+			break
+		}
+		if attempt == 1 && overlayFault(errb.String()) {
+			t.Logf("the embedded OpenZiti controller crashed (%s); running the demo again", overlayFaultNote)
+			continue
+		}
+		t.Fatalf("umbra demo: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	feed := out.String()
+	for _, want := range []string{
+		"== Round 1", "REFUSED  payment.instruction", "REFUSED  parts.reserve", "REFUSED  charter.quote.revised",
+		"mcp  scada__set_mode        REFUSED", "mcp  marine__sea_state      REFUSED", "402 budget_exceeded",
+		"proposing a session on advertisement", "404 not_found (the same answer)", "service not found",
+		"9 sessions, 22 envelopes accepted", "audit chain: VERIFIED", "audit export: " + filepath.Join(dir, "audit.jsonl"),
+	} {
+		if !strings.Contains(feed, want) {
+			t.Errorf("the feed lacks %q", want)
+		}
+	}
+	if errb.Len() > 0 {
+		t.Logf("the demo logged on stderr:\n%s", errb.String())
+	}
+	export, err := os.ReadFile(filepath.Join(dir, "audit.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDemoAudit(t, export)
+	brief, err := os.ReadFile(filepath.Join(dir, demo.BriefFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"# Repair brief: turbine A07", "Tidewater Swift", "NOT reserved", "approved with conditions",
+		"refused by Northwind's tool policy", "counted by the sample MCP server"} {
+		if !strings.Contains(string(brief), want) {
+			t.Errorf("the brief lacks %q:\n%s", want, brief)
+		}
+	}
+	// Every session the brief cites is in the audit trail.
+	cited := regexp.MustCompile("`(ses_[a-z0-9]+)`").FindAllStringSubmatch(string(brief), -1)
+	if len(cited) != 6 {
+		t.Errorf("the brief cites %d sessions, want the planner's 6", len(cited))
+	}
+	for _, m := range cited {
+		if !bytes.Contains(export, []byte(`"session":"`+m[1]+`"`)) {
+			t.Errorf("the brief cites session %s, which the audit trail does not know", m[1])
+		}
+	}
+	if t.Failed() {
+		t.Logf("feed:\n%s", feed)
+	}
+}
+
+// compose runs docker compose (or docker-compose v1) for one project.
+type compose struct {
+	t       *testing.T
+	cmd     []string
+	project string
+	file    string
+	env     []string
+}
+
+func (c *compose) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	all := append(append(append([]string{}, c.cmd[1:]...), "-p", c.project, "-f", c.file), args...)
+	cmd := exec.CommandContext(ctx, c.cmd[0], all...)
+	cmd.Env = append(os.Environ(), c.env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *compose) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.run(args...)
+	if err != nil {
+		c.t.Fatalf("compose %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// container is the ID of a service's container.
+func (c *compose) container(service string) string {
+	c.t.Helper()
+	id := strings.TrimSpace(c.must("ps", "-q", service))
+	if id == "" {
+		c.t.Fatalf("no container for %s", service)
+	}
+	return id
+}
+
+func (c *compose) logs() string {
+	out, _ := c.run("logs", "--no-color")
+	return out
+}
+
+func docker(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
+	return string(out), err
+}
+
+// composeCommand finds `docker compose` or `docker-compose`, or says why neither works.
+func composeCommand() ([]string, string) {
+	if out, err := docker("info", "--format", "{{.ServerVersion}}"); err != nil {
+		return nil, "Docker is not available: " + strings.TrimSpace(out)
+	}
+	if _, err := docker("compose", "version"); err == nil {
+		return []string{"docker", "compose"}, ""
+	}
+	if out, err := exec.Command("docker-compose", "version").CombinedOutput(); err == nil {
+		return []string{"docker-compose"}, ""
+	} else {
+		return nil, "neither `docker compose` nor `docker-compose` works: " + strings.TrimSpace(string(out))
+	}
+}
+
+// TestDemoCompose builds the FROM-scratch image, brings the containerised demo up, kills a router in the middle
+// of the round, and checks that the round completes with every expected session, envelope and refusal, that no
+// envelope a sender saw acknowledged is missing, that no agent, MCP, model or gateway container listens on any
+// socket, that an agent cannot reach another organisation's agent by IP, and that the audit chain verifies. It
+// removes its containers, networks, volumes and image.
+func TestDemoCompose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up the containerised demo")
+	}
+	cmdline, why := composeCommand()
+	if cmdline == nil {
+		t.Skip(why)
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The static binary and the image: nothing is pulled.
+	ctxDir := t.TempDir()
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(ctxDir, "umbra"), "./cmd/umbra")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	suffix := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	image := "umbra-demo-test:" + suffix
+	if out, err := docker("build", "-q", "-f", filepath.Join(root, "Dockerfile"), "-t", image, ctxDir); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	c := &compose{t: t, cmd: cmdline, project: "umbra" + strings.NewReplacer("-", "", "_", "").Replace(suffix),
+		file: filepath.Join(root, "docker-compose.yml"), env: []string{"UMBRA_IMAGE=" + image, "UMBRA_DEMO_PACE=2s"}}
+	for _, v := range []string{"UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT", "UMBRA_EDGE1_PORT", "UMBRA_EDGE2_PORT"} {
+		c.env = append(c.env, v+"="+strconv.Itoa(freePort(t)))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("compose logs:\n%s", c.logs())
+		}
+		if out, err := c.run("down", "-v", "--remove-orphans"); err != nil {
+			t.Errorf("compose down: %v\n%s", err, out)
+		}
+		if out, err := docker("rmi", image); err != nil {
+			t.Errorf("docker rmi: %v\n%s", err, out)
+		}
+		label := "label=com.docker.compose.project=" + c.project
+		for _, kind := range [][]string{{"ps", "-a"}, {"volume", "ls"}, {"network", "ls"}} {
+			if out, _ := docker(append(kind, "-q", "--filter", label)...); strings.TrimSpace(out) != "" {
+				t.Errorf("docker %s: left behind %s", strings.Join(kind, " "), out)
+			}
+		}
+	})
+	// Kill the first router as soon as the round has started: the rest of it runs through the other one.
+	waitLogs := func(what string, n int, limit time.Duration) (string, error) {
+		deadline := time.Now().Add(limit)
+		for {
+			logs := c.logs()
+			if strings.Count(logs, what) >= n {
+				return logs, nil
+			}
+			if time.Now().After(deadline) {
+				return logs, fmt.Errorf("%d times %q not in the logs after %s", n, what, limit)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	round := func() (string, error) {
+		c.must("up", "-d")
+		logs, err := waitLogs("northwind/planner      session ", 1, 6*time.Minute)
+		if err != nil {
+			return logs, err
+		}
+		if strings.Contains(logs, "northwind/planner      round 1 complete") {
+			t.Fatal("the round was over before the router was killed")
+		}
+		if out, err := docker("kill", c.container("router1")); err != nil {
+			t.Fatalf("docker kill: %v\n%s", err, out)
+		}
+		return waitLogs("round 1 complete", len(demo.Agents), 6*time.Minute)
+	}
+	logs, err := round()
+	if err != nil && overlayFault(logs) {
+		t.Logf("the OpenZiti controller crashed (%s); starting the demo again", overlayFaultNote)
+		c.must("down", "-v", "--remove-orphans")
+		logs, err = round()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs, "could not answer") {
+		t.Errorf("an agent failed to answer")
+	}
+
+	// Dark: no container of a workload holds a listening socket; the controller's show that the check sees them.
+	for _, svc := range []string{"northwind-planner", "northwind-safety", "northwind-procurement", "helix-diagnostics", "helix-parts",
+		"meridian-forecaster", "tidewater-dispatch", "keelson-dispatch", "mcpgw", "llmgw", "model", "scada", "textkit", "marine"} {
+		out, err := docker("exec", c.container(svc), "/umbra", "demo", "sockets")
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(out), "\n0 listening sockets") && strings.TrimSpace(out) != "0 listening sockets" {
+			t.Errorf("%s: %v\n%s", svc, err, out)
+		}
+	}
+	if out, _ := docker("exec", c.container("controller"), "/umbra", "demo", "sockets"); !strings.Contains(out, "\n3 listening sockets") {
+		t.Errorf("the controller should show its 3 listening sockets:\n%s", out)
+	}
+
+	// Separate networks: Northwind's planner cannot reach Keelson's agent by IP, nor Helix's Meridian's; it can
+	// reach the surviving router, so the probe itself works.
+	ipOf := func(svc string) string {
+		out, err := docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", c.container(svc))
+		if err != nil || len(strings.Fields(out)) != 1 {
+			t.Fatalf("address of %s: %v %q", svc, err, out)
+		}
+		return strings.Fields(out)[0]
+	}
+	for _, pair := range [][2]string{{"northwind-planner", "keelson-dispatch"}, {"tidewater-dispatch", "keelson-dispatch"},
+		{"helix-diagnostics", "meridian-forecaster"}} {
+		ip := ipOf(pair[1])
+		out, err := docker("exec", c.container(pair[0]), "/umbra", "demo", "probe", "--timeout", "2s", ip+":3022", ip+":80", ip+":443")
+		if err == nil || strings.Count(out, " unreachable: ") != 3 {
+			t.Errorf("%s reached %s (%s) on some port (%v):\n%s", pair[0], pair[1], ip, err, out)
+		}
+	}
+	if out, err := docker("exec", c.container("northwind-planner"), "/umbra", "demo", "probe", "router2:3022"); err != nil {
+		t.Errorf("the planner cannot reach the surviving router, so the probe proves nothing: %v\n%s", err, out)
+	}
+
+	// The audit trail: the chain verifies, the round is complete, and every envelope a sender saw acknowledged
+	// (the feed prints it only then) is stored.
+	ctrl := c.container("controller")
+	if out, err := docker("exec", ctrl, "/umbra", "audit", "verify", "--as", "/data/admin.json"); err != nil || !strings.Contains(out, "audit chain verified") {
+		t.Fatalf("audit verify: %v\n%s", err, out)
+	}
+	export, err := exec.Command("docker", "exec", ctrl, "/umbra", "audit", "export", "--as", "/data/admin.json").Output()
+	if err != nil {
+		t.Fatalf("audit export: %v", err)
+	}
+	checkDemoAudit(t, export)
+	stored := map[string]bool{}
+	records, err := audit.ReadJSONLines(bytes.NewReader(export))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range records {
+		if r.Kind == "envelope.accepted" {
+			var h struct{ Seq int }
+			if err := json.Unmarshal(r.Data, &h); err != nil {
+				t.Fatal(err)
+			}
+			stored[r.Session[:12]+"#"+strconv.Itoa(h.Seq)] = true
+		}
+	}
+	acked := regexp.MustCompile(`envelope #(\d+) of session (ses_[a-z0-9]+)`).FindAllStringSubmatch(logs, -1)
+	if len(acked) != 22 {
+		t.Errorf("the agents saw %d envelopes acknowledged, want 22", len(acked))
+	}
+	for _, m := range acked {
+		if !stored[m[2]+"#"+m[1]] {
+			t.Errorf("envelope #%s of session %s was acknowledged but is not in the audit trail", m[1], m[2])
+		}
+	}
+}
