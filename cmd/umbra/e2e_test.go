@@ -201,8 +201,10 @@ func listeningSockets(t *testing.T, pid int) int {
 			if len(f) < 10 {
 				continue
 			}
-			// TCP state 0A is LISTEN; any bound UDP socket would also accept traffic.
-			if (strings.HasPrefix(file, "tcp") && f[3] == "0A" || strings.HasPrefix(file, "udp")) && owned[f[9]] {
+			// TCP state 0A is LISTEN; an unconnected UDP socket (no remote address) would also accept traffic,
+			// a connected one (an in-flight DNS query) does not.
+			unconnectedUDP := strings.HasPrefix(file, "udp") && strings.Trim(strings.Split(f[2], ":")[0], "0") == ""
+			if (strings.HasPrefix(file, "tcp") && f[3] == "0A" || unconnectedUDP) && owned[f[9]] {
 				n++
 			}
 		}

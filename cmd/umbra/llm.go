@@ -116,29 +116,15 @@ func (d llmDirectory) Lookup(ctx context.Context, id spiffeid.ID) (llmgw.Princip
 }
 
 func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("llmgw", stderr)
-	var as, config string
-	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
-	f.StringVar(&config, "config", "llmgw.yaml", "gateway configuration")
-	if _, err := f.parse(args); err != nil {
-		return err
-	}
-	log, err := f.logging(stderr)
-	if err != nil {
-		return err
-	}
-	raw, err := os.ReadFile(config)
-	if err != nil {
-		return err
-	}
-	fc, err := parseLLMGatewayConfig(raw)
-	if err != nil {
-		return fmt.Errorf("%s: %w", config, err)
-	}
-	if fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile); err != nil {
-		return err
-	}
-	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
+	var fc llmgwFile
+	host, log, err := gatewaySetup(ctx, "llmgw", args, stderr, func(raw []byte) (string, error) {
+		var err error
+		if fc, err = parseLLMGatewayConfig(raw); err != nil {
+			return "", err
+		}
+		fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile)
+		return fc.Data, err
+	})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -179,30 +180,45 @@ func (d mcpDirectory) Lookup(ctx context.Context, id spiffeid.ID) (mcpgw.Princip
 	return mcpgw.Principal{ID: id, Org: info.Org, Admin: info.Admin, Revoked: info.Revoked, Workgroups: info.Workgroups}, nil
 }
 
-func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	f := newFlags("mcpgw", stderr)
+// gatewaySetup parses a gateway command's flags, reads its configuration file with parse (which returns the
+// gateway's data directory), and connects the gateway's identity.
+func gatewaySetup(ctx context.Context, name string, args []string, stderr io.Writer, parse func(raw []byte) (string, error)) (*gatewayhost.Host, *slog.Logger, error) {
+	f := newFlags(name, stderr)
 	var as, config string
 	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
-	f.StringVar(&config, "config", "mcpgw.yaml", "gateway configuration")
+	f.StringVar(&config, "config", name+".yaml", "gateway configuration")
 	if _, err := f.parse(args); err != nil {
-		return err
+		return nil, nil, err
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	raw, err := os.ReadFile(config)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	fc, err := parseMCPGatewayConfig(raw)
+	data, err := parse(raw)
 	if err != nil {
-		return fmt.Errorf("%s: %w", config, err)
+		return nil, nil, fmt.Errorf("%s: %w", config, err)
 	}
-	if fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile); err != nil {
-		return err
+	host, err := gatewayhost.Start(ctx, as, data, log)
+	if err != nil {
+		return nil, nil, err
 	}
-	host, err := gatewayhost.Start(ctx, as, fc.Data, log)
+	return host, log, nil
+}
+
+func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var fc mcpgwFile
+	host, log, err := gatewaySetup(ctx, "mcpgw", args, stderr, func(raw []byte) (string, error) {
+		var err error
+		if fc, err = parseMCPGatewayConfig(raw); err != nil {
+			return "", err
+		}
+		fc.Policies, err = withPolicyFile(fc.Policies, fc.PolicyFile)
+		return fc.Data, err
+	})
 	if err != nil {
 		return err
 	}

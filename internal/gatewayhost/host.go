@@ -82,7 +82,9 @@ func (h *Host) Serve(ctx context.Context, service string, handler http.Handler) 
 		return err
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		<-ctx.Done()
 		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -91,6 +93,8 @@ func (h *Host) Serve(ctx context.Context, service string, handler http.Handler) 
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// Serve returns as soon as Shutdown begins; wait until it has finished before the host is closed.
+	<-stopped
 	return nil
 }
 
