@@ -97,6 +97,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: new controller: %w", err)
 	}
+	if err := detachFromBbolt(fabric.GetNetwork().GetStores()); err != nil {
+		fabric.Shutdown()
+		return nil, err
+	}
 	edge, err := server.NewController(fabric)
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: new edge controller: %w", err)
