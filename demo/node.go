@@ -36,6 +36,7 @@ type node struct {
 	out  string // where the planner writes the brief
 	ad   workgroups.Advertisement
 	pace time.Duration
+	seen *ledger // nil outside the embedded demo
 
 	httpOnce sync.Once
 	http     *http.Client
@@ -44,8 +45,8 @@ type node struct {
 	mcp   *mcp.ClientSession
 }
 
-func newNode(w Workload, a *agentsdk.Agent, feed *Feed, out string) *node {
-	return &node{w: w, a: a, feed: feed, td: tdOf(a), out: out}
+func newNode(w Workload, a *agentsdk.Agent, feed *Feed, out string, seen *ledger) *node {
+	return &node{w: w, a: a, feed: feed, td: tdOf(a), out: out, seen: seen}
 }
 
 func (n *node) say(format string, args ...any) { n.feed.Event(n.w.Label(), format, args...) }
@@ -195,6 +196,7 @@ func (n *node) sendCorrelated(ctx context.Context, s *agentsdk.Session, typ stri
 	if err != nil {
 		return fmt.Errorf("%s: send %s: %w", n.w.Label(), typ, err)
 	}
+	n.seen.ack(h.ID)
 	n.say("-> %-17s %-22s envelope #%d of session %s (%d bytes)", label(s.Peer()), typ, seq, short(s.ID().String()), len(b))
 	return nil
 }
@@ -209,6 +211,9 @@ func (n *node) reply(ctx context.Context, s *agentsdk.Session, in agentsdk.Envel
 func (n *node) next(ctx context.Context, s *agentsdk.Session) (agentsdk.Envelope, error) {
 	for {
 		env, err := s.Receive(ctx)
+		if err == nil {
+			n.seen.deliver(env.Header.ID)
+		}
 		if !transient(ctx, err) {
 			return env, err
 		}

@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	muted := new(atomic.Bool)
 	cfg.Logger = slog.New(mutable{cfg.Logger.Handler(), muted})
 	feed := NewFeed(cfg.Out)
-	d := &deployment{cfg: cfg, feed: feed, dir: cfg.DataDir, log: cfg.Logger}
+	d := &deployment{cfg: cfg, feed: feed, dir: cfg.DataDir, log: cfg.Logger, seen: newLedger()}
 	defer func() {
 		muted.Store(true)
 		d.shutdown()
@@ -131,6 +131,7 @@ type deployment struct {
 	stopR2 func()
 	admin  *agentsdk.Agent
 	nodes  map[Workload]*node
+	seen   *ledger
 	marine *MarineServer
 }
 
@@ -342,7 +343,7 @@ func (d *deployment) start(ctx context.Context) error {
 	feed.Section("Agents advertise")
 	d.nodes = map[Workload]*node{}
 	for _, w := range Agents {
-		n := newNode(w, agents[w], feed, d.dir)
+		n := newNode(w, agents[w], feed, d.dir, d.seen)
 		n.pace = d.cfg.Pace
 		d.stops = append(d.stops, n.close)
 		d.nodes[w] = n
@@ -394,7 +395,19 @@ func (d *deployment) round(ctx context.Context, round int) (Summary, error) {
 	if err := g.wait(); err != nil {
 		return Summary{}, fmt.Errorf("demo: round %d: %w", round, err)
 	}
-	return d.summarise(ctx, round, before.LastSeq)
+	sum, err := d.summarise(ctx, round, before.LastSeq)
+	if err != nil {
+		return sum, err
+	}
+	acked, delivered := d.seen.reset()
+	if err := reconcile(acked, delivered, sum.EnvelopeIDs); err != nil {
+		return sum, fmt.Errorf("demo: round %d: %w", round, err)
+	}
+	d.feed.Text("  envelopes: %d acknowledged = %d recorded = %d delivered", len(acked), sum.Envelopes, len(delivered))
+	if !sum.AuditVerified {
+		return sum, fmt.Errorf("demo: round %d: the audit chain did not verify", round)
+	}
+	return sum, nil
 }
 
 // summarise exports the audit trail once the gateways' last records are in, verifies it and tallies the round.

@@ -31,7 +31,7 @@ func RunAgent(ctx context.Context, a *agentsdk.Agent, w Workload, rounds int, ou
 	if feed == nil {
 		feed = NewFeed(nil)
 	}
-	n := newNode(w, a, feed, out)
+	n := newNode(w, a, feed, out, nil)
 	n.pace = pace
 	defer n.close()
 	if err := n.advertise(ctx); err != nil {

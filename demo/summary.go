@@ -18,8 +18,10 @@ type Summary struct {
 	Round int
 	// Sessions are the round's sessions in the order they were proposed.
 	Sessions []SessionSummary
-	// Envelopes is the number of envelopes the relay accepted and stored.
-	Envelopes int
+	// Envelopes is the number of envelopes the relay accepted and stored; EnvelopeIDs are their IDs, in the
+	// order they were recorded.
+	Envelopes   int
+	EnvelopeIDs []string
 	// Refusals counts what the network refused, by surface and reason: "a2a type_not_allowed",
 	// "a2a max_messages", "a2a expired", "a2a propose: not visible to the caller", "mcp call not permitted",
 	// "mcp tool quarantined", "mcp definition changed after approval; quarantined", "llm budget_exceeded", ...
@@ -89,7 +91,12 @@ func Tally(records []audit.Record, after uint64) Summary {
 				s.CloseReason = d.CloseReason
 			}
 		case "envelope.accepted":
+			var h struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal(r.Data, &h) // an undecodable header shows as an empty ID, which reconciling rejects
 			sum.Envelopes++
+			sum.EnvelopeIDs = append(sum.EnvelopeIDs, h.ID)
 			session(r.Session).Envelopes++
 		case "envelope.rejected":
 			if r.Session != "" {

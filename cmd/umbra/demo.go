@@ -32,9 +32,12 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	f := newFlags("demo", stderr)
 	var data, openaiModel string
 	var loop bool
-	var pace time.Duration
+	var rounds int
+	var pace, pause time.Duration
 	f.StringVar(&data, "data", "", "directory for everything the demo creates; must be empty or absent (default: a new temporary directory)")
-	f.BoolVar(&loop, "loop", false, "keep running rounds on the same network until interrupted")
+	f.BoolVar(&loop, "loop", false, "keep running rounds on the same network until interrupted (or --rounds have run)")
+	f.IntVar(&rounds, "rounds", 0, "rounds to run on the same network, then exit; any round that fails or loses an envelope ends the run with an error (default 1, or unlimited with --loop)")
+	f.DurationVar(&pause, "pause", 10*time.Second, "pause between rounds")
 	f.StringVar(&openaiModel, "openai-model", "", "use this OpenAI model (key in OPENAI_API_KEY) instead of the built-in sample model")
 	f.DurationVar(&pace, "pace", 0, "pause between the planner's steps, to follow the feed more easily")
 	if _, err := f.parse(args); err != nil {
@@ -55,8 +58,12 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return err
 		}
 	}
-	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, SecondRouter: demoChildRouter(), Pace: pace}
-	if loop {
+	if rounds < 0 || pause < 0 {
+		return errors.New("demo: --rounds and --pause cannot be negative")
+	}
+	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, SecondRouter: demoChildRouter(), Pace: pace,
+		Rounds: rounds, RoundPause: pause}
+	if loop && rounds == 0 {
 		cfg.Rounds = -1
 	}
 	if openaiModel != "" {
