@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/llmgw"
 )
 
@@ -162,6 +163,7 @@ const policyAll = `permit (principal, action == Umbra::Action::"use", resource);
 
 func newHarness(t testing.TB, cfg llmgw.Config) *harness {
 	t.Helper()
+	testlimit.Start(t, 5*time.Minute)
 	h := &harness{t: t, auditor: &memAuditor{}, reg: prometheus.NewRegistry()}
 	if cfg.Identify == nil {
 		cfg.Identify = identifyByHeader

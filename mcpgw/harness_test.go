@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 // The tests run real MCP servers from the SDK behind the gateway (in memory, as a stdio child process which is
@@ -267,6 +268,7 @@ type env struct {
 // start runs a gateway over cfg (tests fill in identification, audit and logs) until the test ends.
 func start(t testing.TB, cfg Config) *env {
 	t.Helper()
+	testlimit.Start(t, 5*time.Minute)
 	rec := &recorder{t: t}
 	cfg.Identify = headerIdentity
 	cfg.Auditor = rec

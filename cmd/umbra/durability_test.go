@@ -62,13 +62,14 @@ func retry(t *testing.T, what string, fn func() error) {
 // restart every envelope the sender saw acknowledged is stored and delivered exactly once, a retry of an
 // envelope in flight at the kill is not stored twice, and an envelope that was refused is not stored at all.
 func TestDurabilityProcessKill(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 6*time.Minute)
 	args, _ := devArgs(t, "data")
 	dev := c.start("umbra dev ready", args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	path := func(n string) string { return filepath.Join(c.dir, n) }
 
+	c.limit.Step("set up organisations, agents and a session")
 	admin := connectFile(t, path("data/admin.json"))
 	var quoterFile, buyerFile = path("quoter.json"), path("buyer.json")
 	retry(t, "setup", func() error {
@@ -130,6 +131,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 		t.Fatalf("disallowed type: %v", err)
 	}
 
+	c.limit.Step("send a stream and kill the controller in the middle")
 	acked := map[workgroups.EnvelopeID]bool{}
 	var inFlight []struct {
 		h workgroups.Header
@@ -171,6 +173,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 		return err
 	})
 	// The envelope in flight at the kill is retried with its ID: stored at most once.
+	c.limit.Step("retry the envelopes in flight at the kill")
 	for _, f := range inFlight {
 		retry(t, "retry in-flight envelope", func() error {
 			_, err := bs.SendEnvelope(ctx, f.h, f.p)
@@ -178,6 +181,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 		})
 		acked[f.h.ID] = true
 	}
+	c.limit.Step("read the session's audit trail")
 	var trail api.SessionAudit
 	retry(t, "audit session", func() error {
 		var err error
@@ -203,6 +207,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 		t.Errorf("stream holds %d envelopes, %d were acknowledged", len(trail.Envelopes), len(acked))
 	}
 	// Delivery after the restart: every envelope exactly once, in order.
+	c.limit.Step("receive every acknowledged envelope")
 	got := map[workgroups.EnvelopeID]bool{}
 	var last uint64
 	for len(got) < len(acked) {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 // The end-to-end tests build the real binary and drive it as a user would, each daemon in its own process.
@@ -59,14 +61,24 @@ func freePort(t *testing.T) int {
 }
 
 type cli struct {
-	t   *testing.T
-	bin string
-	dir string
+	t     *testing.T
+	bin   string
+	dir   string
+	limit *testlimit.Limit // names each command as the test's current step
+}
+
+// newCLI builds the binary and gives the test a deadline of limit from then on: a stalled command fails the
+// test, naming the command, well before the package timeout.
+func newCLI(t *testing.T, limit time.Duration) *cli {
+	t.Helper()
+	bin := umbraBinary(t)
+	return &cli{t: t, bin: bin, dir: t.TempDir(), limit: testlimit.Start(t, limit)}
 }
 
 // run runs one umbra command to completion and returns stdout, stderr and whether it succeeded.
 func (c *cli) run(stdin string, args ...string) (string, string, error) {
 	c.t.Helper()
+	c.limit.Step("umbra %s", strings.Join(args, " "))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.bin, args...)
@@ -113,6 +125,7 @@ func (s *syncBuffer) String() string {
 // start runs a long-lived umbra command and waits until its stdout prints a line containing ready.
 func (c *cli) start(ready string, args ...string) *daemon {
 	c.t.Helper()
+	c.limit.Step("start umbra %s", strings.Join(args, " "))
 	cmd := exec.Command(c.bin, args...)
 	cmd.Dir = c.dir
 	stdout, err := cmd.StdoutPipe()
@@ -221,7 +234,7 @@ func devArgs(t *testing.T, data string) ([]string, int) {
 // TestCLISequence runs the README's command sequence end to end against `umbra dev`, checks that a served
 // process is dark, that revocation cuts the identity, and that a restart keeps enrolled identities working.
 func TestCLISequence(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 5*time.Minute)
 	args, _ := devArgs(t, "umbra-data")
 	dev := c.start("umbra dev ready", args...)
 	admin := "umbra-data/admin.json"
@@ -303,7 +316,7 @@ func TestCLISequence(t *testing.T) {
 // TestRouterFailover runs a controller and two routers as separate processes; a hosted service stays
 // reachable after one router is killed.
 func TestRouterFailover(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 5*time.Minute)
 	ctrl := []string{"controller", "--data", "ctrl", "--ctrl-port", strconv.Itoa(freePort(t)), "--api-port", strconv.Itoa(freePort(t)),
 		"--enroll-port", strconv.Itoa(freePort(t)), "--router-token", "r1:r1.token"}
 	c.start("umbra controller ready", ctrl...)
@@ -363,7 +376,7 @@ func TestRouterFailover(t *testing.T) {
 // TestCLIGovernance runs the A2A governance sequence: organisations, an inter-org workgroup, an advertisement,
 // scoped discovery, a session under a contract, envelopes both ways, refusals, close, audit.
 func TestCLIGovernance(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 5*time.Minute)
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"

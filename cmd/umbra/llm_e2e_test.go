@@ -19,7 +19,7 @@ import (
 // completions, streamed completions and embeddings from a dark model server behind the LLM gateway; identities
 // see the models their policy grants; neither the model server nor the gateway listens on any socket.
 func TestLLMOverOverlay(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 5*time.Minute)
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"

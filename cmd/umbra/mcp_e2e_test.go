@@ -36,7 +36,7 @@ func childPIDs(t *testing.T, pid int) []int {
 // calls tools of a stdio backend and of a dark MCP server on the overlay, behind the MCP gateway; two identities
 // see different tools; no MCP process involved listens on any socket.
 func TestMCPOverOverlay(t *testing.T) {
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 5*time.Minute)
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"

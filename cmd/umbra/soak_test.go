@@ -43,7 +43,7 @@ func restartCycles(t *testing.T) int {
 // to it. No cycle may crash the controller, and every dial must reach the service.
 func TestKillRestartCycles(t *testing.T) {
 	cycles := restartCycles(t)
-	c := &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}
+	c := newCLI(t, 2*time.Minute+time.Duration(cycles)*time.Minute)
 	args, _ := devArgs(t, "data")
 	admin := "data/admin.json"
 	host, client := "spiffe://umbra.local/acme/agent/host", "spiffe://umbra.local/acme/agent/client"
