@@ -41,8 +41,11 @@ type Config struct {
 	AdvertiseHost string
 	// CtrlPort is the control-plane port routers connect to. Required.
 	CtrlPort int
-	// APIPort serves the OpenZiti edge client and management APIs. Required.
+	// APIPort serves the OpenZiti edge client API, which workloads authenticate against. Required.
 	APIPort int
+	// MgmtPort serves the OpenZiti management and fabric APIs, on 127.0.0.1 only: only this process uses them,
+	// and workloads must not even reach a login page for them. Default: a free port picked at start.
+	MgmtPort int
 	// TrustDomain names the overlay's own trust domain (distinct from the workloads' SPIFFE trust domain).
 	TrustDomain spiffeid.TrustDomain
 }
@@ -76,6 +79,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	if cfg.MgmtPort == 0 {
+		port, err := freeLoopbackPort()
+		if err != nil {
+			return nil, fmt.Errorf("zitictrl: management port: %w", err)
+		}
+		cfg.MgmtPort = port
 	}
 	ca, err := ensurePKI(cfg)
 	if err != nil {
@@ -129,7 +139,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		c.Stop()
 		return nil, err
 	}
-	c.mgmt = newMgmt(c.APIURL(), adminUser, password, c.pool)
+	c.mgmt = newMgmt(c.mgmtURL(), adminUser, password, c.pool)
 	if err := c.mgmt.login(); err != nil {
 		c.Stop()
 		return nil, err
@@ -153,6 +163,20 @@ func (c *Controller) APIURL() string {
 	return "https://" + net.JoinHostPort(c.cfg.AdvertiseHost, fmt.Sprint(c.cfg.APIPort))
 }
 
+// mgmtURL is the base URL of the management and fabric APIs, reachable from this host only.
+func (c *Controller) mgmtURL() string {
+	return "https://" + net.JoinHostPort("127.0.0.1", fmt.Sprint(c.cfg.MgmtPort))
+}
+
+func freeLoopbackPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
 // ClientAPIURL is the edge client API that SDKs authenticate against.
 func (c *Controller) ClientAPIURL() string { return c.APIURL() + "/edge/client/v1" }
 
@@ -171,27 +195,31 @@ func (c *Controller) waitReady(ctx context.Context) error {
 	}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(60 * time.Second)
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.APIURL()+"/edge/client/v1/version", nil)
-		if err != nil {
-			return fmt.Errorf("zitictrl: %w", err)
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
+	for _, url := range []string{c.APIURL() + "/edge/client/v1/version", c.mgmtURL() + "/edge/management/v1/version"} {
+		for {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return fmt.Errorf("zitictrl: %w", err)
+			}
+			resp, err := client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("zitictrl: controller API at %s did not come up: %v", url, err)
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("zitictrl: %w", ctx.Err())
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("zitictrl: controller API at %s did not come up: %v", c.APIURL(), err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("zitictrl: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
+	return nil
 }
 
 func ensurePKI(cfg Config) (*pki.CA, error) {
@@ -309,8 +337,15 @@ web:
     options:
       minTLSVersion: TLS1.2
     apis:
-      - binding: edge-management
       - binding: edge-client
+  - name: overlay-management
+    bindPoints:
+      - interface: 127.0.0.1:{{.MgmtPort}}
+        address: 127.0.0.1:{{.MgmtPort}}
+    options:
+      minTLSVersion: TLS1.2
+    apis:
+      - binding: edge-management
       - binding: fabric
 `))
 
@@ -326,7 +361,7 @@ func writeConfig(cfg Config) (string, error) {
 	}
 	err = configTemplate.Execute(f, map[string]any{
 		"Dir": dir, "Bind": cfg.BindHost, "Advertise": cfg.AdvertiseHost,
-		"CtrlPort": cfg.CtrlPort, "APIPort": cfg.APIPort,
+		"CtrlPort": cfg.CtrlPort, "APIPort": cfg.APIPort, "MgmtPort": cfg.MgmtPort,
 	})
 	if cerr := f.Close(); err == nil {
 		err = cerr

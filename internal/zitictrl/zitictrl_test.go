@@ -1,0 +1,74 @@
+package zitictrl
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/internal/testlimit"
+)
+
+// TestManagementAPIsOffThePublicPort starts the embedded controller and probes its public API port as a
+// workload would: only the edge client API answers there; the management and fabric APIs answer only on the
+// loopback management port the controller uses itself.
+func TestManagementAPIsOffThePublicPort(t *testing.T) {
+	limit := testlimit.Start(t, 3*time.Minute)
+	ports := make([]int, 2)
+	for i := range ports {
+		p, err := freeLoopbackPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	limit.Step("start the embedded controller")
+	c, err := Start(ctx, Config{Dir: t.TempDir(), CtrlPort: ports[0], APIPort: ports[1]},
+		slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Stop)
+	if c.cfg.MgmtPort == 0 || c.cfg.MgmtPort == c.cfg.APIPort {
+		t.Fatalf("management port %d, public API port %d: want a port of its own", c.cfg.MgmtPort, c.cfg.APIPort)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: c.pool, MinVersion: tls.VersionTLS12}}}
+	defer client.CloseIdleConnections()
+	status := func(url string) int {
+		t.Helper()
+		limit.Step("GET %s", url)
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	public, mgmt := c.APIURL(), c.mgmtURL()
+	if got := status(public + "/edge/client/v1/version"); got != http.StatusOK {
+		t.Errorf("client API on the public port: %d, want 200", got)
+	}
+	for _, path := range []string{"/edge/management/v1/version", "/edge/management/v1/identities", "/fabric/v1/circuits",
+		"/edge/management/v1/authenticate?method=cert"} {
+		if got := status(public + path); got != http.StatusNotFound {
+			t.Errorf("%s on the public port: %d, want 404 (no such API there)", path, got)
+		}
+	}
+	if got := status(mgmt + "/edge/management/v1/version"); got != http.StatusOK {
+		t.Errorf("management API on the loopback management port: %d, want 200", got)
+	}
+	if !strings.HasPrefix(mgmt, "https://127.0.0.1:") {
+		t.Errorf("management API at %s, want loopback", mgmt)
+	}
+	limit.Step("look up an identity through the management client")
+	if _, found, err := c.Mgmt().FindIdentity("spiffe://example.org/nobody"); err != nil || found {
+		t.Errorf("management client: found=%v err=%v", found, err)
+	}
+}
