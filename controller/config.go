@@ -28,7 +28,9 @@ type Config struct {
 	EnrollPort int
 	// SVIDTTL is the lifetime of issued SVIDs; agents renew at half of it. Default 24h.
 	SVIDTTL time.Duration
-	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP. Default: no listener.
+	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
+	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
+	// domain and CA (see natsTLS). Default: no listener.
 	NATSListen string
 	// NATSLazySync turns off fsync-before-acknowledge in JetStream. Default false: every acknowledged write
 	// has reached the disk.

@@ -117,7 +117,15 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.loadAuthority(); err != nil {
 		return err
 	}
-	ns, err := natsd.Start(natsd.Config{StoreDir: filepath.Join(dir, "jetstream"), ListenAddr: s.cfg.NATSListen, SyncAlways: !s.cfg.NATSLazySync})
+	ncfg := natsd.Config{StoreDir: filepath.Join(dir, "jetstream"), ListenAddr: s.cfg.NATSListen, SyncAlways: !s.cfg.NATSLazySync}
+	if s.cfg.NATSListen != "" {
+		host, _, _ := net.SplitHostPort(s.cfg.NATSListen)
+		var err error
+		if ncfg.TLS, err = natsTLS(s.ca, s.controllerID, host, s.cfg.AdvertiseHost); err != nil {
+			return err
+		}
+	}
+	ns, err := natsd.Start(ncfg)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
@@ -318,21 +326,7 @@ func (s *Server) ensureAdmin(ctx context.Context) error {
 }
 
 func (s *Server) startEnrollment() error {
-	key, err := pki.NewKey()
-	if err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	dns, ips := []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
-	for _, h := range []string{s.cfg.AdvertiseHost, s.cfg.Host} {
-		if ip := net.ParseIP(h); ip != nil {
-			if !ip.IsUnspecified() {
-				ips = append(ips, ip)
-			}
-		} else {
-			dns = append(dns, h)
-		}
-	}
-	leaf, err := s.ca.IssueServer(key.Public(), dns, ips, nil, 30*24*time.Hour, time.Now())
+	cert, err := serverCertificate(s.ca, nil, s.cfg.AdvertiseHost, s.cfg.Host)
 	if err != nil {
 		return fmt.Errorf("controller: enrollment certificate: %w", err)
 	}
@@ -342,7 +336,7 @@ func (s *Server) startEnrollment() error {
 	}
 	tlsCfg := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Raw, s.ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}},
+		Certificates: []tls.Certificate{cert},
 	}
 	s.enrollSrv = &http.Server{Handler: s.enrollHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}

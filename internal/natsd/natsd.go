@@ -3,6 +3,7 @@
 package natsd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,9 @@ type Config struct {
 	StoreDir string
 	// ListenAddr, if set (host:port), also serves NATS clients over TCP. Empty means no listener at all.
 	ListenAddr string
+	// TLS secures the TCP listener; required with ListenAddr. It should require client certificates: JetStream
+	// has no other authentication here.
+	TLS *tls.Config
 	// SyncAlways makes JetStream fsync every write before acknowledging it. Without it, writes are flushed
 	// to disk every SyncInterval and an acknowledged write can be lost on power loss (not on a process crash).
 	SyncAlways bool
@@ -46,11 +50,15 @@ func Start(cfg Config) (*Server, error) {
 		JetStreamMaxMemory: 256 << 20,
 	}
 	if cfg.ListenAddr != "" {
+		if cfg.TLS == nil || cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
+			return nil, errors.New("natsd: a TCP listener needs TLS with verified client certificates")
+		}
 		host, port, err := splitHostPort(cfg.ListenAddr)
 		if err != nil {
 			return nil, err
 		}
 		opts.Host, opts.Port = host, port
+		opts.TLS, opts.TLSVerify, opts.TLSConfig, opts.TLSTimeout = true, true, cfg.TLS, 5
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
