@@ -164,13 +164,20 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 			Decision: decision, Diagnostic: diag, Reason: "policy_denied", Data: jsonRaw(h)})
 		return api.RelayAck{ID: h.ID.String(), Code: "policy_denied", Error: fmt.Sprintf("policy refuses: %v", d.Diagnostic.Reasons)}
 	}
-	// The relay, not the sender, fixes the position and time of the envelope.
+	// The relay, not the sender, fixes the time of the envelope; the store fixes its position, where it makes the
+	// compare-and-set on the session (count+1 here only sizes the frame).
 	h.Seq, h.Time = count+1, now
 	frame, err := workgroups.AppendFrame(nil, h, payload)
 	if err != nil {
 		return reject(api.CodeBadRequest, err.Error(), &sess)
 	}
-	app, err := s.gov.env.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame}, sess.Contract.MaxMessages)
+	stamp := func(seq uint64) ([]byte, error) {
+		at := h
+		at.Seq = seq
+		return workgroups.AppendFrame(nil, at, payload)
+	}
+	app, err := s.gov.env.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame, Stamp: stamp},
+		sess.Contract.MaxMessages)
 	switch {
 	case errors.Is(err, envstore.ErrLimit):
 		return reject(string(workgroups.ViolationMaxMessages), "the session's message limit is reached", &sess)

@@ -16,6 +16,9 @@
 // after that). The limit is checked against the count just before publishing, so concurrent appends never
 // store more than max. A per-session mutex keeps one process's appends from racing each other into refusals;
 // correctness does not depend on it, which is why the per-session state can be forgotten or evicted at any time.
+// An envelope that carries its own position (Envelope.Stamp) is encoded inside that loop, for the position about
+// to be compare-and-set: the position is decided once, by the store, and is right without any lock held by the
+// caller.
 //
 // # Retries
 //

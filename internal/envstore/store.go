@@ -155,7 +155,12 @@ type Envelope struct {
 	ID      string // envelope id, unique within the session; de-duplicates retries
 	Session string // session id: [A-Za-z0-9_-]+
 	To      string // recipient key, e.g. a SPIFFE ID
-	Data    []byte // the encoded envelope, stored as is
+	Data    []byte // the encoded envelope, stored as is unless Stamp is set
+	// Stamp, if set, encodes the envelope for the position the store is about to write it at (1 for a
+	// session's first envelope) and its result is stored instead of Data. The store calls it where it makes the
+	// compare-and-set on the session, so the position inside the envelope is the one the store commits, also
+	// when several writers race; it may be called more than once. Data still bounds the size check.
+	Stamp func(seq uint64) ([]byte, error)
 }
 
 // Appended reports where an envelope was stored.
@@ -194,7 +199,17 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 			return Appended{Count: st.count}, ErrLimit
 		}
 
-		msg := &nats.Msg{Subject: subj, Data: e.Data, Header: nats.Header{}}
+		data := e.Data
+		if e.Stamp != nil {
+			var err error
+			if data, err = e.Stamp(st.count + 1); err != nil {
+				return Appended{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+			}
+			if len(data) > s.opts.MaxData {
+				return Appended{}, fmt.Errorf("%w: %d bytes, more than the %d the store accepts", ErrInvalid, len(data), s.opts.MaxData)
+			}
+		}
+		msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 		msg.Header.Set(hdrID, e.ID)
 		msg.Header.Set(hdrTo, e.To)
 		msg.Header.Set(hdrCount, strconv.FormatUint(st.count+1, 10))

@@ -356,3 +356,77 @@ func TestForeignMessagesCount(t *testing.T) {
 		t.Fatalf("All: %d envelopes, %v", len(all), err)
 	}
 }
+
+// TestStampedSequenceUnderRace has two stores (as two controllers would) append to one session at once, each
+// envelope encoding the position the store gave it. Stored in stream order, the positions read 1, 2, 3, ...
+// with no gap or repeat, and each Append reports the position it stamped: the store alone decides it.
+func TestStampedSequenceUnderRace(t *testing.T) {
+	const goroutines, each = 8, 10
+	srv := testServer(t)
+	stores := []*Store{open(t, connect(t, srv), Options{}), open(t, connect(t, srv), Options{})}
+	ctx := testContext(t)
+	var (
+		mu       sync.Mutex
+		reported = map[string]uint64{}
+		wg       sync.WaitGroup
+	)
+	for si, s := range stores {
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range each {
+					id := fmt.Sprintf("s%d-g%d-%d", si, g, i)
+					var stamped atomic.Uint64
+					e := Envelope{ID: id, Session: "stamped", To: recipientA, Data: []byte("00000000"),
+						Stamp: func(seq uint64) ([]byte, error) {
+							stamped.Store(seq)
+							return []byte(fmt.Sprintf("%08d", seq)), nil
+						}}
+					app, err := s.Append(ctx, e, 0)
+					if err != nil {
+						t.Errorf("Append %s: %v", id, err)
+						continue
+					}
+					if app.Count != stamped.Load() {
+						t.Errorf("Append %s reported position %d but stamped %d", id, app.Count, stamped.Load())
+					}
+					mu.Lock()
+					reported[id] = app.Count
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	all, err := stores[0].All(ctx, "stamped")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != len(stores)*goroutines*each {
+		t.Fatalf("%d envelopes stored, want %d", len(all), len(stores)*goroutines*each)
+	}
+	for i, m := range all {
+		want := fmt.Sprintf("%08d", i+1)
+		if string(m.Data) != want {
+			t.Fatalf("envelope %d in stream order (%s) carries position %s, want %s", i+1, m.ID, m.Data, want)
+		}
+		if reported[m.ID] != uint64(i+1) {
+			t.Fatalf("envelope %s stored at position %d but its Append reported %d", m.ID, i+1, reported[m.ID])
+		}
+	}
+}
+
+func TestStampErrorStoresNothing(t *testing.T) {
+	s := newStore(t, Options{MaxData: 64})
+	ctx := testContext(t)
+	_, err := s.Append(ctx, Envelope{ID: "e1", Session: "bad", To: recipientA, Data: []byte("x"),
+		Stamp: func(uint64) ([]byte, error) { return nil, errors.New("cannot encode") }}, 0)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a failing Stamp: %v, want ErrInvalid", err)
+	}
+	_, err = s.Append(ctx, Envelope{ID: "e2", Session: "bad", To: recipientA, Data: []byte("x"),
+		Stamp: func(uint64) ([]byte, error) { return bytes.Repeat([]byte("y"), 65), nil }}, 0)
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a Stamp larger than MaxData: %v, want ErrInvalid", err)
+	}
+	checkSession(t, s, "bad", map[string]bool{})
+}
