@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -38,7 +39,11 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 		if _, _, err := s.ids.get(ctx, actor); err != nil {
 			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a registered identity", actor)
 		}
-		r.Seq, r.Prev, r.Hash = 0, "", ""
+		if err := s.checkGatewayRecordScope(ctx, actor, r); err != nil {
+			return nil, err
+		}
+		// The controller's clock times the record (a gateway keeps its own times in the detail); Append sets it.
+		r.Seq, r.Prev, r.Hash, r.Time = 0, "", "", time.Time{}
 		r.Data = jsonRaw(map[string]json.RawMessage{"via": jsonRaw(c.id.String()), "detail": orNull(r.Data)})
 		out, err := s.gov.audit.Append(ctx, r)
 		if err != nil {
@@ -76,6 +81,33 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 		}
 		return info, nil
 	}))
+}
+
+// checkGatewayRecordScope refuses a gateway record that ties its actor to a session or workgroup the actor is
+// not a party to: a gateway speaks for the callers it served, not for anyone's sessions.
+func (s *Server) checkGatewayRecordScope(ctx context.Context, actor spiffeid.ID, r audit.Record) error {
+	if r.Session != "" {
+		sess, _, err := s.gov.sessions.get(ctx, r.Session)
+		if err != nil || sess.Consumer != actor && sess.Provider != actor {
+			return failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a party to session %q", actor, r.Session)
+		}
+		if r.Workgroup != "" && r.Workgroup != sess.Workgroup.String() {
+			return failf(http.StatusBadRequest, api.CodeBadRequest, "session %q is not in workgroup %q", r.Session, r.Workgroup)
+		}
+	}
+	if r.Workgroup != "" {
+		ms, _, err := s.memberships(ctx, actor)
+		if err != nil {
+			return internal(err)
+		}
+		for _, wg := range workgroups.ActiveWorkgroups(ms) {
+			if wg.String() == r.Workgroup {
+				return nil
+			}
+		}
+		return failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a member of workgroup %q", actor, r.Workgroup)
+	}
+	return nil
 }
 
 func orNull(b json.RawMessage) json.RawMessage {
