@@ -73,6 +73,16 @@ func (s *Server) createIdentity(ctx context.Context, actor spiffeid.ID, req api.
 	if err != nil {
 		return out, err
 	}
+	// Kind names mean what they say in every SPIFFE ID, log line and audit record: "controller" only ever names
+	// a controller, and "admin" names an administrator and nothing else.
+	switch {
+	case req.Kind == api.ControllerAPIKind:
+		return out, failf(http.StatusBadRequest, api.CodeBadRequest, "kind %q is reserved for controllers; choose another kind", req.Kind)
+	case req.Admin && req.Kind != api.PlatformAdminKind:
+		return out, failf(http.StatusBadRequest, api.CodeBadRequest, "an administrator identity has kind %q", api.PlatformAdminKind)
+	case !req.Admin && req.Kind == api.PlatformAdminKind:
+		return out, failf(http.StatusBadRequest, api.CodeBadRequest, "kind %q is reserved for administrators; choose another kind", req.Kind)
+	}
 	ttl := api.DefaultTokenTTL
 	if req.TokenTTL != "" {
 		if ttl, err = time.ParseDuration(req.TokenTTL); err != nil || ttl <= 0 || ttl > 7*24*time.Hour {

@@ -91,6 +91,12 @@ func (s *Server) apiHandler() http.Handler {
 		if !isPlatformAdmin(c) && orgOf(id) != c.rec.Org {
 			return nil, failf(http.StatusForbidden, api.CodeForbidden, "an organisation administrator revokes identities of its own organisation only")
 		}
+		if !isPlatformAdmin(c) {
+			// Gateways serve every organisation: the platform registered them and only it takes them away.
+			if rec, _, err := s.ids.get(ctx, id); err == nil && rec.Kind == api.GatewayKind {
+				return nil, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator revokes gateway identities")
+			}
+		}
 		return s.revoke(ctx, c.id, id, req.Reason)
 	}))
 	mux.HandleFunc("POST "+api.PathGrant, s.admin(func(ctx context.Context, c caller, body []byte) (any, error) {
