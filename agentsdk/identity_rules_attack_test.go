@@ -25,8 +25,10 @@ func TestReservedKindsAndGatewayRevocation(t *testing.T) {
 	platform := env.Admin().Controller()
 
 	for _, tc := range []struct {
-		who  string
-		c    interface{ CreateIdentity(context.Context, api.CreateIdentityRequest) (api.CreateIdentityResponse, error) }
+		who string
+		c   interface {
+			CreateIdentity(context.Context, api.CreateIdentityRequest) (api.CreateIdentityResponse, error)
+		}
 		req  api.CreateIdentityRequest
 		want string
 	}{
