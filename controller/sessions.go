@@ -66,14 +66,14 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 
 // visibleAds is discovery: the advertisements the caller shares an active workgroup with and that policy lets
 // it see. Anything else is as if it did not exist.
-func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.Advertisement, workgroups.Principal, error) {
+func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.Advertisement, []workgroups.Membership, error) {
 	ms, _, err := s.memberships(ctx, id)
 	if err != nil {
-		return nil, workgroups.Principal{}, err
+		return nil, nil, err
 	}
 	ads, err := s.gov.ads.all(ctx)
 	if err != nil {
-		return nil, workgroups.Principal{}, err
+		return nil, nil, err
 	}
 	p := workgroups.PrincipalFor(id, ms)
 	var out []workgroups.Advertisement
@@ -82,11 +82,11 @@ func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.A
 			out = append(out, ad)
 		}
 	}
-	return out, p, nil
+	return out, ms, nil
 }
 
 func (s *Server) discover(ctx context.Context, c caller, req api.DiscoverRequest) ([]workgroups.Advertisement, error) {
-	ads, _, err := s.visibleAds(ctx, c.id)
+	ads, ms, err := s.visibleAds(ctx, c.id)
 	if err != nil {
 		return nil, internal(err)
 	}
@@ -100,7 +100,7 @@ func (s *Server) discover(ctx context.Context, c caller, req api.DiscoverRequest
 		if req.Text != "" && !strings.Contains(strings.ToLower(ad.Card.Name+" "+ad.Card.Description), strings.ToLower(req.Text)) {
 			continue
 		}
-		out = append(out, ad)
+		out = append(out, ad.SeenBy(ms))
 	}
 	s.record(ctx, audit.Record{Kind: "discover", Actor: c.id.String(), Decision: "allow",
 		Data: jsonRaw(map[string]any{"skill": req.Skill, "text": req.Text, "results": len(out)})})

@@ -56,6 +56,28 @@ func Visible(caller []Membership, ads []Advertisement) []Advertisement {
 	return out
 }
 
+// SeenBy is ad as the caller may see it: its workgroups, and the workgroups
+// its terms require, only where the caller is an active member. The provider's
+// other workgroups are none of the caller's business: naming them would tell
+// that they exist. The advertisement itself is not changed.
+func (ad Advertisement) SeenBy(caller []Membership) Advertisement {
+	active := ActiveWorkgroups(caller)
+	shared := func(wgs []WorkgroupID) []WorkgroupID {
+		out := []WorkgroupID{}
+		for _, wg := range wgs {
+			if _, found := slices.BinarySearchFunc(active, wg, compareWorkgroupIDs); found {
+				out = append(out, wg)
+			}
+		}
+		return out
+	}
+	ad.Workgroups = shared(ad.Workgroups)
+	if len(ad.Terms.RequiredWorkgroups) > 0 {
+		ad.Terms.RequiredWorkgroups = shared(ad.Terms.RequiredWorkgroups)
+	}
+	return ad
+}
+
 // SatisfiedBy reports whether memberships ms cover every workgroup the
 // contract requires, returning the first one missing. A session closes
 // (membership_removed) when either party stops satisfying it.

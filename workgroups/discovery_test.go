@@ -82,3 +82,26 @@ func TestContractSatisfiedBy(t *testing.T) {
 		t.Fatal("no requirement is always satisfied")
 	}
 }
+
+func TestSeenByHidesOtherWorkgroups(t *testing.T) {
+	ad := sampleAd(t)
+	ad.Workgroups = []WorkgroupID{wgID("acme/trade"), wgID("acme/secret-merger"), wgID("globex/ops")}
+	ad.Terms.RequiredWorkgroups = []WorkgroupID{wgID("acme/trade"), wgID("acme/secret-merger")}
+	caller := []Membership{
+		{Workgroup: wgID("acme/trade"), Active: true},
+		{Workgroup: wgID("globex/ops"), Active: false}, // invited, not yet active: not shown
+	}
+	seen := ad.SeenBy(caller)
+	if len(seen.Workgroups) != 1 || seen.Workgroups[0] != wgID("acme/trade") {
+		t.Errorf("workgroups seen: %v, want only acme/trade", seen.Workgroups)
+	}
+	if len(seen.Terms.RequiredWorkgroups) != 1 || seen.Terms.RequiredWorkgroups[0] != wgID("acme/trade") {
+		t.Errorf("required workgroups seen: %v, want only acme/trade", seen.Terms.RequiredWorkgroups)
+	}
+	if len(ad.Workgroups) != 3 || len(ad.Terms.RequiredWorkgroups) != 2 {
+		t.Errorf("SeenBy changed the advertisement itself: %v %v", ad.Workgroups, ad.Terms.RequiredWorkgroups)
+	}
+	if got := ad.SeenBy(nil); len(got.Workgroups) != 0 || got.Workgroups == nil {
+		t.Errorf("a caller with no memberships sees workgroups %#v, want an empty list", got.Workgroups)
+	}
+}
