@@ -220,12 +220,15 @@ func (s *Server) changeWorkgroup(ctx context.Context, c caller, raw string, kind
 	}
 	var touched []spiffeid.ID
 	w, err := s.gov.wgs.update(ctx, wgKey(id), func(w *workgroups.Workgroup) error {
+		if !seesWorkgroup(c, *w) {
+			return errNotFound
+		}
 		var err error
 		touched, err = op(w)
 		return err
 	})
 	if errors.Is(err, errNotFound) {
-		return api.WorkgroupView{}, failf(http.StatusNotFound, api.CodeNotFound, "no workgroup %s", id)
+		return api.WorkgroupView{}, noWorkgroup(id)
 	}
 	if err != nil {
 		s.record(ctx, audit.Record{Kind: kind, Actor: c.id.String(), Workgroup: id.String(), Decision: "deny", Reason: err.Error()})
@@ -236,6 +239,34 @@ func (s *Server) changeWorkgroup(ctx context.Context, c caller, raw string, kind
 		return api.WorkgroupView{}, internal(err)
 	}
 	return api.WorkgroupView{Workgroup: w, Status: w.Status()}, nil
+}
+
+// seesWorkgroup tells whether c may know that w exists: a member, an administrator of an organisation that
+// owns it or is invited to it, or the platform administrator. Everyone else is answered as if it did not exist.
+func seesWorkgroup(c caller, w workgroups.Workgroup) bool {
+	if isPlatformAdmin(c) {
+		return true
+	}
+	if _, ok := w.Member(c.id); ok {
+		return true
+	}
+	if !c.rec.Admin {
+		return false
+	}
+	if w.ID.Org == c.rec.Org || w.OrgAdmitted(c.rec.Org) {
+		return true
+	}
+	for _, inv := range w.Invitations {
+		if inv.Org == c.rec.Org {
+			return true
+		}
+	}
+	return false
+}
+
+// noWorkgroup is the one answer for a workgroup that does not exist or that the caller may not see.
+func noWorkgroup(id workgroups.WorkgroupID) error {
+	return failf(http.StatusNotFound, api.CodeNotFound, "no workgroup %s", id)
 }
 
 func memberIDs(w workgroups.Workgroup) []spiffeid.ID {
@@ -272,8 +303,10 @@ func (s *Server) changeMember(ctx context.Context, c caller, req api.MemberReque
 		return api.WorkgroupView{}, failf(http.StatusBadRequest, api.CodeBadRequest, "%q is not a SPIFFE ID", req.Identity)
 	}
 	if !req.Remove {
+		// Only an administrator of the member's own organisation adds it: another organisation's identities are
+		// answered as if they did not exist, whether they do or not.
 		rec, _, err := s.ids.get(ctx, member)
-		if err != nil || rec.State == stateRevoked {
+		if err != nil || rec.State == stateRevoked || !isPlatformAdmin(c) && rec.Org != c.rec.Org {
 			return api.WorkgroupView{}, failf(http.StatusNotFound, api.CodeNotFound, "no usable identity %s", member)
 		}
 	}
@@ -314,13 +347,13 @@ func (s *Server) deleteWorkgroup(ctx context.Context, c caller, req api.DeleteWo
 		return wgFault(err)
 	}
 	w, _, err := s.gov.wgs.get(ctx, wgKey(id))
+	if errors.Is(err, errNotFound) || err == nil && !seesWorkgroup(c, w) {
+		return noWorkgroup(id)
+	}
 	if err != nil {
 		return wgFault(err)
 	}
 	if !c.rec.Admin || c.rec.Org != id.Org {
-		if _, ok := w.Member(c.id); !ok {
-			return failf(http.StatusNotFound, api.CodeNotFound, "no workgroup %s", id)
-		}
 		return failf(http.StatusForbidden, api.CodeForbidden, "only an administrator of %s deletes %s", id.Org, id)
 	}
 	if err := s.gov.wgs.kv.Delete(ctx, wgKey(id)); err != nil {
