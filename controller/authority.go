@@ -179,6 +179,7 @@ func (s *Server) enroll(ctx context.Context, req api.EnrollRequest) (api.Credent
 			return failf(http.StatusForbidden, api.CodeRevoked, "%s has been revoked", id)
 		}
 		r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
+		r.Certs = append(r.Certs, certEntry{Serial: serialOf(leaf), NotAfter: leaf.NotAfter})
 		return nil
 	}); err != nil {
 		return api.Credentials{}, asFault(err)
@@ -196,8 +197,11 @@ func (s *Server) renew(ctx context.Context, caller spiffeid.ID, csr []byte) (api
 	if rec.State == stateRevoked {
 		return api.Credentials{}, failf(http.StatusForbidden, api.CodeRevoked, "%s has been revoked", caller)
 	}
-	leaf, err := s.ca.IssueSVID(csr, caller, s.cfg.SVIDTTL, time.Now())
+	leaf, err := s.issueSVID(ctx, caller, csr)
 	if err != nil {
+		if f := (*fault)(nil); errors.As(err, &f) {
+			return api.Credentials{}, f
+		}
 		if errors.Is(err, pki.ErrCSRMismatch) {
 			return api.Credentials{}, &fault{status: http.StatusBadRequest, code: api.CodeCSRMismatch, message: fmt.Sprintf("the CSR must request exactly %s", caller), cause: err}
 		}

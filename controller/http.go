@@ -52,6 +52,7 @@ func (s *Server) apiHandler() http.Handler {
 		c := r.Context().Value(callerKey{}).(caller)
 		reply(w, http.StatusOK, api.WhoAmI{SPIFFEID: c.id.String(), Org: c.rec.Org, Kind: c.rec.Kind, Name: c.rec.Name, Admin: c.rec.Admin})
 	})
+	mux.HandleFunc("GET "+api.PathRevocations, s.serveRevocations)
 	mux.HandleFunc("POST "+api.PathRenew, func(w http.ResponseWriter, r *http.Request) {
 		c := r.Context().Value(callerKey{}).(caller)
 		var req api.RenewRequest

@@ -44,6 +44,7 @@ type Server struct {
 	ns         *natsd.Server
 	nc         *nats.Conn
 	ids        *identityStore
+	revoked    *revocationFeed
 	gov        *governance
 	zc         *zitictrl.Controller
 	authPolicy string
@@ -67,6 +68,7 @@ func New(cfg Config) (*Server, error) {
 		log:          cfg.Logger,
 		td:           td,
 		ready:        make(chan struct{}),
+		revoked:      newRevocationFeed(),
 		controllerID: spiffeid.RequireFromSegments(td, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName),
 		adminID:      spiffeid.RequireFromSegments(td, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName),
 	}, nil
@@ -164,6 +166,11 @@ func (s *Server) start(ctx context.Context) error {
 	// the controller is ready).
 	go s.hostAPIWhenRouted(ctx)
 	go s.expireSessions(ctx)
+	go func() {
+		if err := s.followRevocations(ctx); err != nil {
+			s.log.Error("revocation feed stopped", "err", err)
+		}
+	}()
 	return nil
 }
 
@@ -301,7 +308,7 @@ func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, nam
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := s.ca.IssueSVID(csr, id, s.cfg.SVIDTTL, time.Now())
+	leaf, err := s.issueSVID(ctx, id, csr)
 	if err != nil {
 		return nil, err
 	}
@@ -373,8 +380,8 @@ func (s *Server) startAPI(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("controller: own identity: %w", err)
 	}
-	self, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(s.log), agentsdk.WithRenewer(func(_ context.Context, csr []byte) (agentsdk.Credentials, error) {
-		leaf, err := s.ca.IssueSVID(csr, s.controllerID, s.cfg.SVIDTTL, time.Now())
+	self, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(s.log), agentsdk.WithRenewer(func(rctx context.Context, csr []byte) (agentsdk.Credentials, error) {
+		leaf, err := s.issueSVID(rctx, s.controllerID, csr)
 		if err != nil {
 			return agentsdk.Credentials{}, err
 		}

@@ -36,6 +36,9 @@ type identityRecord struct {
 	RevokedAt    time.Time     `json:"revoked_at,omitzero"`
 	RevokedBy    string        `json:"revoked_by,omitempty"`
 	RevokeReason string        `json:"revoke_reason,omitempty"`
+	// Certs are the certificates issued to the identity that have not expired yet: once it is revoked, the
+	// revocation feed lists them.
+	Certs []certEntry `json:"certs,omitempty"`
 }
 
 var errNoIdentity = errors.New("no such identity")

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"time"
 
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -169,4 +170,24 @@ type IdentityInfo struct {
 	Admin      bool     `json:"admin"`
 	Revoked    bool     `json:"revoked"`
 	Workgroups []string `json:"workgroups"`
+}
+
+// PathRevocations is the revocation feed: GET ?epoch=<epoch>&after=<revision>[&wait=<duration>] answers the certificates
+// revoked since revision, waiting up to wait (at most 20s) for one if there is none yet.
+const PathRevocations = "/v1/revocations"
+
+// RevocationFeed is one answer of the revocation feed. Certificates are named by serial number only: the feed
+// tells a host which certificates to refuse, not whose they were.
+type RevocationFeed struct {
+	// Epoch names this run of the feed; a revision counts within one epoch. Ask again with epoch=Epoch and
+	// after=Revision; with another epoch the feed starts over from the beginning.
+	Epoch    string        `json:"epoch"`
+	Revision int           `json:"revision"`
+	Revoked  []RevokedCert `json:"revoked"`
+}
+
+// RevokedCert is an unexpired certificate of a revoked identity.
+type RevokedCert struct {
+	Serial   string    `json:"serial"` // lowercase hex, no leading zeros
+	NotAfter time.Time `json:"not_after"`
 }
