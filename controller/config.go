@@ -26,7 +26,8 @@ type Config struct {
 	OverlayAPIPort int
 	// EnrollPort serves enrollment, the one endpoint reachable without an identity. Default 1281.
 	EnrollPort int
-	// SVIDTTL is the lifetime of issued SVIDs; agents renew at half of it. Default 24h.
+	// SVIDTTL is the lifetime of issued SVIDs; agents renew at half of it. Default 1h: a short life bounds how
+	// long a stolen SVID is worth anything, on top of the revocation feed.
 	SVIDTTL time.Duration
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
@@ -68,7 +69,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.EnrollPort = 1281
 	}
 	if c.SVIDTTL == 0 {
-		c.SVIDTTL = 24 * time.Hour
+		c.SVIDTTL = time.Hour
 	}
 	if c.SVIDTTL < 10*time.Second {
 		return c, fmt.Errorf("controller: SVIDTTL %s is too short (minimum 10s)", c.SVIDTTL)

@@ -166,6 +166,7 @@ func (s *Server) start(ctx context.Context) error {
 	// the controller is ready).
 	go s.hostAPIWhenRouted(ctx)
 	go s.expireSessions(ctx)
+	go s.keepAdminFresh(ctx)
 	go func() {
 		if err := s.followRevocations(ctx); err != nil {
 			s.log.Error("revocation feed stopped", "err", err)
@@ -330,6 +331,23 @@ func (s *Server) ensureAdmin(ctx context.Context) error {
 		return fmt.Errorf("controller: %w", err)
 	}
 	return nil
+}
+
+// keepAdminFresh renews the administrator's identity file while the controller runs, so that the file in the
+// data directory stays usable however long the controller has been up.
+func (s *Server) keepAdminFresh(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SVIDTTL / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ensureAdmin(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("renewing the administrator's identity file failed", "err", err)
+			}
+		}
+	}
 }
 
 func (s *Server) startEnrollment() error {

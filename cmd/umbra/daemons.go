@@ -23,7 +23,7 @@ func controllerFlags(f *flags) *controller.Config {
 	f.IntVar(&cfg.CtrlPort, "ctrl-port", 0, "overlay control plane port (default 6262)")
 	f.IntVar(&cfg.OverlayAPIPort, "api-port", 0, "overlay edge API port (default 1280)")
 	f.IntVar(&cfg.EnrollPort, "enroll-port", 0, "enrollment port (default 1281)")
-	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued SVIDs (default 24h)")
+	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued SVIDs; running agents renew at half of it (default 1h)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
 	return cfg
 }
