@@ -35,6 +35,8 @@ type options struct {
 	refresh      time.Duration
 	dialTimeout  time.Duration
 	handshakeTTL time.Duration
+	// relayConn, when set, wraps every relay connection (tests use it to break them).
+	relayConn func(mode string, c net.Conn) net.Conn
 }
 
 // Option varies Connect.
@@ -56,10 +58,20 @@ func WithServiceRefresh(d time.Duration) Option { return func(o *options) { o.re
 
 // Agent is a workload connected to the Umbra overlay. It dials and hosts services with no listening socket,
 // speaks mutual TLS with SVIDs inside every overlay connection, and renews its SVID before it expires.
+//
+// The agent repairs its overlay session by itself: when the overlay no longer knows it (the controller
+// restarted, say), it authenticates again in a new overlay context and hosts its services there, and the call
+// that noticed carries on.
 type Agent struct {
 	opts   options
+	runCtx context.Context
 	cancel context.CancelFunc
-	done   chan struct{}
+	// loops counts the agent's background loops; Close waits for them.
+	loops sync.WaitGroup
+	// switching holds one token while the overlay context is being replaced: one switch at a time.
+	switching chan struct{}
+	// kick asks the watchdog to reconnect at once (a hosted service reported a lost session).
+	kick chan struct{}
 
 	ctrlOnce sync.Once
 	ctrl     *Controller
@@ -67,6 +79,8 @@ type Agent struct {
 	mu        sync.Mutex
 	id        *Identity
 	zctx      ziti.Context
+	gen       uint64 // counts overlay contexts: a reconnect replaces only the one its caller saw failing
+	reconnect *reconnectCall
 	retiring  []retiring
 	listeners map[*listener]struct{}
 	// unbound names services this context stopped hosting: the overlay SDK cannot host them again in the same
@@ -80,7 +94,8 @@ type retiring struct {
 	at   time.Time
 }
 
-// Connect authenticates id to the overlay and returns a connected agent.
+// Connect authenticates id to the overlay and returns a connected agent. It returns by ctx's deadline even
+// when the overlay does not answer.
 func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) {
 	o := options{refresh: 5 * time.Second, dialTimeout: 15 * time.Second, handshakeTTL: 10 * time.Second}
 	for _, opt := range opts {
@@ -91,19 +106,29 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	}
 	// The overlay SDK logs through a process-wide logger; send it to ours, warnings and above.
 	zitilog.Route(o.log, slog.LevelWarn)
-	zctx, err := newZitiContext(id, o.refresh)
+	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(id, o.refresh) }, closeContext)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	a := &Agent{opts: o, cancel: cancel, done: make(chan struct{}), id: id, zctx: zctx, listeners: map[*listener]struct{}{},
-		unbound: map[string]bool{}}
+	a := &Agent{opts: o, runCtx: runCtx, cancel: cancel, switching: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+		id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}}
 	if a.opts.renewer == nil {
 		a.opts.renewer = a.renewWithController
 	}
-	go a.renewLoop(runCtx)
+	a.loops.Add(2)
+	go func() {
+		defer a.loops.Done()
+		a.renewLoop(runCtx)
+	}()
+	go func() {
+		defer a.loops.Done()
+		a.watch(runCtx)
+	}()
 	return a, nil
 }
+
+func closeContext(z ziti.Context) { z.Close() }
 
 func newZitiContext(id *Identity, refresh time.Duration) (ziti.Context, error) {
 	keyPEM, err := pki.EncodeKeyPEM(id.key)
@@ -155,46 +180,112 @@ func (a *Agent) current() (*Identity, ziti.Context, error) {
 	return a.id, a.zctx, nil
 }
 
+// currentGen returns the current overlay context and its generation.
+func (a *Agent) currentGen() (ziti.Context, uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, 0, ErrClosed
+	}
+	return a.zctx, a.gen, nil
+}
+
 // Dial connects to service over the overlay and runs mutual TLS with SVIDs inside the connection. The returned
-// connection is a *tls.Conn; PeerIdentity tells who answered.
+// connection is a *tls.Conn; PeerIdentity tells who answered. Dial returns by ctx's deadline (by 15 s if ctx has
+// none) with an error wrapping ctx.Err(), whatever the overlay does meanwhile.
 func (a *Agent) Dial(ctx context.Context, service string) (net.Conn, error) {
 	return a.dial(ctx, service, tlsconfig.AuthorizeAny())
 }
 
 func (a *Agent) dial(ctx context.Context, service string, authorize tlsconfig.Authorizer) (net.Conn, error) {
-	_, zctx, err := a.current()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.opts.dialTimeout)
+		defer cancel()
+	}
+	raw, err := a.dialOverlay(ctx, service)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: dial %s: %w", service, err)
-	}
-	timeout := a.opts.dialTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	raw, err := zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: timeout})
-	if err != nil && isNotFound(err) {
-		// A grant made after our last refresh is not known yet: refresh once and retry.
-		if _, rerr := zctx.RefreshService(service); rerr == nil {
-			raw, err = zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: timeout})
-		}
-	}
-	// A router that just went away fails the dial; the next attempt goes through another one.
-	for attempt := 0; err != nil && attempt < 3 && !isNotFound(err) && !isAuth(err); attempt++ {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("agentsdk: dial %s: %w (last error: %v)", service, ctx.Err(), err)
-		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
-		}
-		raw, err = zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: timeout})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("agentsdk: dial %s: %w", service, classify(err))
 	}
 	conn := tls.Client(raw, tlsconfig.MTLSClientConfig(source{a}, source{a}, authorize))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
 		return nil, fmt.Errorf("agentsdk: dial %s: mutual TLS with the service failed: %w", service, err)
 	}
 	return conn, nil
+}
+
+// dialOverlay opens an overlay connection to service. A router that just went away fails a dial, and the next
+// attempt goes through another one; a lost overlay session is repaired once by reconnecting.
+func (a *Agent) dialOverlay(ctx context.Context, service string) (net.Conn, error) {
+	reconnected := false
+	for attempt := 0; ; attempt++ {
+		zctx, gen, err := a.currentGen()
+		if err != nil {
+			return nil, err
+		}
+		raw, err := dialOnce(ctx, zctx, service)
+		switch {
+		case err == nil:
+			return raw, nil
+		case ctx.Err() != nil:
+			return nil, ctxError(ctx, err)
+		case isSessionLost(err) && !reconnected:
+			reconnected = true
+			a.opts.log.Info("overlay session lost, reconnecting", "spiffe_id", a.ID().String(), "service", service, "err", err)
+			if rerr := a.reconnectFrom(ctx, gen); rerr != nil {
+				if ctx.Err() != nil {
+					return nil, ctxError(ctx, err)
+				}
+				if errors.Is(rerr, ErrNotAuthorized) || errors.Is(rerr, ErrClosed) {
+					return nil, rerr
+				}
+				return nil, fmt.Errorf("%w (reconnecting failed: %v)", classify(err), rerr)
+			}
+			continue
+		case isNotFound(err) || isAuth(err) || attempt >= 3:
+			return nil, classify(err)
+		}
+		if !sleep(ctx, time.Duration(attempt+1)*200*time.Millisecond) {
+			return nil, ctxError(ctx, err)
+		}
+	}
+}
+
+// dialOnce dials service in zctx, refreshing the service once if zctx does not know it yet (a grant made after
+// its last refresh). It returns by ctx's deadline; a connection the overlay opens later is closed.
+func dialOnce(ctx context.Context, zctx ziti.Context, service string) (net.Conn, error) {
+	dl, _ := ctx.Deadline()
+	dial := func() (net.Conn, error) {
+		return zctx.DialWithOptions(service, &ziti.DialOptions{ConnectTimeout: max(time.Until(dl), time.Millisecond)})
+	}
+	raw, err := await(ctx, dial, closeConn)
+	if err != nil && ctx.Err() == nil && isNotFound(err) && !isSessionLost(err) {
+		refresh := func() (struct{}, error) {
+			_, err := zctx.RefreshService(service)
+			return struct{}{}, err
+		}
+		if _, rerr := await(ctx, refresh, nil); rerr == nil {
+			raw, err = await(ctx, dial, closeConn)
+		}
+	}
+	return raw, err
+}
+
+func closeConn(c net.Conn) { c.Close() }
+
+// ctxError is ctx's error, with the last error seen before it ended; while ctx is live it is last.
+func ctxError(ctx context.Context, last error) error {
+	switch {
+	case ctx.Err() == nil:
+		return last
+	case last == nil || errors.Is(last, ctx.Err()):
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
 }
 
 func isNotFound(err error) bool {
@@ -216,37 +307,68 @@ func classify(err error) error {
 }
 
 // Listen hosts service on the overlay. It opens no listening socket: the agent dials out to the routers, and
-// callers reach it through them. Every accepted connection has completed mutual TLS with SVIDs.
+// callers reach it through them. Every accepted connection has completed mutual TLS with SVIDs. If no router
+// is reachable yet, Listen returns a listener that hosts the service as soon as one is. The listener survives
+// routers and the controller going away: the agent hosts the service again when they are back.
 func (a *Agent) Listen(service string) (net.Listener, error) {
+	return a.ListenContext(context.Background(), service)
+}
+
+// ListenContext is Listen bounded by ctx: if the overlay has not answered by ctx's deadline it returns an error
+// wrapping ctx.Err() and hosts nothing. ctx bounds only the call, not the listener it returns.
+func (a *Agent) ListenContext(ctx context.Context, service string) (net.Listener, error) {
 	l := &listener{agent: a, service: service, conns: make(chan net.Conn), done: make(chan struct{})}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("agentsdk: listen %s: %w", service, ErrClosed)
 	}
-	again, id := a.unbound[service], a.id
+	again, gen := a.unbound[service], a.gen
 	a.mu.Unlock()
 	if again {
-		if err := a.switchContext(id); err != nil {
+		if err := a.switchContext(ctx, nil, gen); err != nil {
 			return nil, fmt.Errorf("agentsdk: listen %s: %w", service, err)
 		}
 	}
-	_, zctx, err := a.current()
-	if err != nil {
-		return nil, fmt.Errorf("agentsdk: listen %s: %w", service, err)
-	}
-	if err := l.bind(zctx); err != nil {
-		if errors.Is(err, ErrServiceNotFound) || errors.Is(err, ErrNotAuthorized) {
-			return nil, err
+	// Registered first, so that a reconnect meanwhile moves it too.
+	a.mu.Lock()
+	a.listeners[l] = struct{}{}
+	a.mu.Unlock()
+	err := a.bindListener(ctx, l)
+	if err != nil && ctx.Err() == nil && isSessionLost(err) {
+		if _, gen, cerr := a.currentGen(); cerr == nil {
+			if rerr := a.reconnectFrom(ctx, gen); rerr == nil {
+				err = a.bindListener(ctx, l)
+			}
 		}
+	}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// A bind that completes later finds the listener closed and undoes itself.
+		l.Close()
+		return nil, fmt.Errorf("agentsdk: listen %s: %w", service, ctxError(ctx, err))
+	case errors.Is(err, ErrServiceNotFound) || errors.Is(err, ErrNotAuthorized) || errors.Is(err, ErrClosed):
+		a.mu.Lock()
+		delete(a.listeners, l)
+		a.mu.Unlock()
+		return nil, err
+	default:
 		// Typically no router is reachable yet: host the service as soon as one is.
 		a.opts.log.Warn("service not hosted yet, retrying in the background", "service", service, "err", err)
 		go l.rebind()
 	}
-	a.mu.Lock()
-	a.listeners[l] = struct{}{}
-	a.mu.Unlock()
 	return l, nil
+}
+
+// bindListener hosts l in the current overlay context, returning by ctx's deadline.
+func (a *Agent) bindListener(ctx context.Context, l *listener) error {
+	zctx, _, err := a.currentGen()
+	if err != nil {
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
+	}
+	_, err = await(ctx, func() (struct{}, error) { return struct{}{}, l.bind(zctx) }, nil)
+	return err
 }
 
 // HTTPClient returns a client whose requests travel over the overlay: the host of the URL is the service
@@ -301,10 +423,11 @@ func (a *Agent) Close() error {
 	}
 	a.mu.Unlock()
 	a.cancel()
-	<-a.done
+	a.loops.Wait()
 	for _, l := range ls {
 		l.Close()
 	}
+	a.Controller().client.CloseIdleConnections()
 	a.mu.Lock()
 	a.zctx.Close()
 	for _, r := range a.retiring {

@@ -15,6 +15,7 @@ import (
 
 // Controller is a client of the controller's API. It travels over the overlay, inside mutual TLS in which the
 // controller must prove the SPIFFE ID named in the agent's identity; the controller knows the caller by its SVID.
+// Every call returns by its context's deadline (by 30 s if it has none) with an error wrapping ctx.Err().
 type Controller struct {
 	a      *Agent
 	client *http.Client

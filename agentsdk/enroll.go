@@ -22,7 +22,8 @@ import (
 
 // Enroll redeems a one-time enrollment token: it generates a private key locally, sends only a CSR for the
 // token's SPIFFE ID to the enrollment endpoint named in the token, and returns the identity with its SVID.
-// The endpoint's certificate must chain to the CA pinned in the token.
+// The endpoint's certificate must chain to the CA pinned in the token. Enroll returns by ctx's deadline (by 30 s
+// if ctx has none) with an error wrapping ctx.Err().
 func Enroll(ctx context.Context, token string) (*Identity, error) {
 	claims, err := enrolltoken.Parse(token)
 	if err != nil {
@@ -115,15 +116,16 @@ func postJSON(ctx context.Context, client *http.Client, url string, body, out an
 	return doJSON(client, req, out)
 }
 
+// doJSON runs req; an error after req's context ended wraps that context's error.
 func doJSON(client *http.Client, req *http.Request, out any) error {
 	resp, err := client.Do(req)
 	if err != nil {
-		return err
+		return ctxError(req.Context(), err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
 	if err != nil {
-		return err
+		return ctxError(req.Context(), err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e api.Error

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // Sentinel errors callers branch on.
@@ -16,6 +17,9 @@ var (
 	ErrServiceNotFound = errors.New("service not found")
 	// ErrClosed: the agent has been closed.
 	ErrClosed = errors.New("agent closed")
+	// ErrSessionClosed: the A2A session is closed (the relay refuses it with code session_closed). It is
+	// workgroups.ErrSessionClosed, so either matches.
+	ErrSessionClosed = workgroups.ErrSessionClosed
 )
 
 // APIError is an error answered by the controller: a stable code, a message, and an ID that also appears in

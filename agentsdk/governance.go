@@ -113,11 +113,11 @@ func (c *Controller) AuditSession(ctx context.Context, id string) (api.SessionAu
 func (c *Controller) AuditExport(ctx context.Context) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api.ServiceName+api.PathAuditExport, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("agentsdk: audit export: %w", err)
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("agentsdk: audit export: %w", err)
+		return nil, fmt.Errorf("agentsdk: audit export: %w", ctxError(ctx, err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()

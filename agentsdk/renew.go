@@ -12,7 +12,6 @@ import (
 func renewAt(nb, na time.Time) time.Time { return nb.Add(na.Sub(nb) / 2) }
 
 func (a *Agent) renewLoop(ctx context.Context) {
-	defer close(a.done)
 	retry := time.Duration(0)
 	for {
 		a.mu.Lock()
@@ -42,7 +41,8 @@ func (a *Agent) renewLoop(ctx context.Context) {
 
 // Renew replaces the agent's key and SVID now: a new key is generated locally, the CSR is signed by the
 // controller, the agent reconnects to the overlay with the new SVID and moves its listeners there. Connections
-// already open keep running until the old SVID expires.
+// already open keep running until the old SVID expires. Renew returns by ctx's deadline; if it ends first, the
+// agent keeps its current SVID.
 func (a *Agent) Renew(ctx context.Context) error {
 	old, _, err := a.current()
 	if err != nil {
@@ -64,7 +64,7 @@ func (a *Agent) Renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agentsdk: renew: %w", err)
 	}
-	if err := a.switchContext(next); err != nil {
+	if err := a.switchContext(ctx, next, 0); err != nil {
 		return fmt.Errorf("agentsdk: renew: %w", err)
 	}
 	if a.opts.savePath != "" {
@@ -73,36 +73,6 @@ func (a *Agent) Renew(ctx context.Context) error {
 		}
 	}
 	a.opts.log.Info("svid renewed", "spiffe_id", next.id.String(), "expires_at", next.ExpiresAt())
-	return nil
-}
-
-// switchContext connects next to the overlay in a new context, makes it current, and moves the listeners there.
-// The old context keeps its open connections until its SVID expires.
-func (a *Agent) switchContext(next *Identity) error {
-	zctx, err := newZitiContext(next, a.opts.refresh)
-	if err != nil {
-		return fmt.Errorf("reconnect: %w", err)
-	}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		zctx.Close()
-		return ErrClosed
-	}
-	a.retiring = append(a.retiring, retiring{zctx: a.zctx, at: a.id.svid[0].NotAfter})
-	a.id, a.zctx = next, zctx
-	a.unbound = map[string]bool{}
-	ls := make([]*listener, 0, len(a.listeners))
-	for l := range a.listeners {
-		ls = append(ls, l)
-	}
-	a.mu.Unlock()
-	for _, l := range ls {
-		if err := l.bind(zctx); err != nil {
-			a.opts.log.Warn("moving listener to the new overlay context failed", "service", l.service, "err", err)
-			go l.rebind()
-		}
-	}
 	return nil
 }
 

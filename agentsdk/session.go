@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,8 +30,11 @@ type RelayError struct {
 
 func (e *RelayError) Error() string { return e.Code + ": " + e.Message }
 
-// Is makes errors.Is(err, ErrContractViolation) true for every refusal under the contract or policy.
-func (e *RelayError) Is(target error) bool { return target == ErrContractViolation }
+// Is makes errors.Is(err, ErrContractViolation) true for every refusal under the contract or policy, and
+// errors.Is(err, ErrSessionClosed) true for a refusal because the session is closed.
+func (e *RelayError) Is(target error) bool {
+	return target == ErrContractViolation || target == ErrSessionClosed && e.Code == string(workgroups.ViolationSessionClosed)
+}
 
 // Envelope is one message received in a session.
 type Envelope struct {
@@ -107,6 +111,7 @@ func WithCorrelationID(id string) SendOption {
 // Send sends one envelope to the other party through the relay and returns its sequence number in the session
 // once the relay has recorded it durably. A refusal is a *RelayError (errors.Is ErrContractViolation). If the
 // connection breaks before the answer, Send retries with the same envelope ID, which the relay never records twice.
+// Send returns by ctx's deadline with an error wrapping ctx.Err().
 func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts ...SendOption) (uint64, error) {
 	id, err := workgroups.NewEnvelopeID(rand.Reader)
 	if err != nil {
@@ -134,6 +139,9 @@ func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload
 	defer s.sendMu.Unlock()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("agentsdk: send %s: %w", h.Type, ctxError(ctx, lastErr))
+		}
 		if s.send == nil {
 			if s.send, lastErr = s.a.openRelay(ctx, api.RelayHello{Mode: "send"}); lastErr != nil {
 				continue
@@ -150,12 +158,15 @@ func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload
 		}
 		return ack.Seq, nil
 	}
+	if ctx.Err() != nil {
+		lastErr = ctxError(ctx, lastErr)
+	}
 	return 0, fmt.Errorf("agentsdk: send %s: %w", h.Type, lastErr)
 }
 
 // Receive returns the next envelope addressed to this agent in the session, in order. Delivery is at least
 // once; Receive drops an envelope it has already returned, so the application sees each envelope once per
-// Session handle. It blocks until an envelope arrives or ctx ends.
+// Session handle. It blocks until an envelope arrives or ctx ends, and then returns an error wrapping ctx.Err().
 func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
@@ -163,33 +174,34 @@ func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 		if s.recv == nil {
 			c, err := s.a.openRelay(ctx, api.RelayHello{Mode: "recv", Session: s.info.ID.String()})
 			if err != nil {
-				return Envelope{}, err
+				return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
 			}
 			var ok api.RelayAck
 			if err := c.readLine(ctx, &ok); err != nil || !ok.OK {
 				c.Close()
-				if err == nil {
+				switch {
+				case err == nil:
 					err = &RelayError{Code: ok.Code, Message: ok.Error}
+				case ctx.Err() != nil:
+					err = ctxError(ctx, err)
 				}
 				return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
 			}
 			s.recv = c
 		}
 		env, err := s.recv.readFrame(ctx)
+		if err == nil {
+			err = s.recv.writeReceipt(ctx, env.Header.Seq)
+		}
 		if err != nil {
 			s.recv.Close()
 			s.recv = nil
 			if ctx.Err() != nil {
-				return Envelope{}, ctx.Err()
+				return Envelope{}, fmt.Errorf("agentsdk: receive: %w", ctxError(ctx, err))
 			}
 			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-				return Envelope{}, context.DeadlineExceeded
+				return Envelope{}, fmt.Errorf("agentsdk: receive: %w", context.DeadlineExceeded)
 			}
-			return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
-		}
-		if err := s.recv.writeLine(api.RelayReceipt{Seq: env.Header.Seq}); err != nil {
-			s.recv.Close()
-			s.recv = nil
 			return Envelope{}, fmt.Errorf("agentsdk: receive: %w", err)
 		}
 		if s.seen[env.Header.ID] {
@@ -204,48 +216,53 @@ func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 type Handler func(ctx context.Context, s *Session, in Envelope) (replyType string, reply []byte, err error)
 
 // Serve receives, as provider, on every accepted or active session of this agent and calls h for each envelope,
-// until ctx ends. New sessions are picked up every poll interval (default 1s).
+// until ctx ends. New sessions are picked up every poll interval (default 1s). A session is served until it
+// closes: a failed receive (the relay, a router or the controller went away) is retried with backoff, 100 ms
+// doubling to 5 s; once the session is closed, Serve stops serving it when no envelope has come for one poll
+// interval (the last ones are still delivered).
 func (a *Agent) Serve(ctx context.Context, interval time.Duration, h Handler) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
-	serving := map[workgroups.SessionID]bool{}
+	// serving holds, per session served, a channel closed once the session is seen closed.
+	serving := map[workgroups.SessionID]chan struct{}{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		open, listed := map[workgroups.SessionID]bool{}, true
 		for _, state := range []workgroups.State{workgroups.StateAccepted, workgroups.StateActive} {
 			views, err := a.Sessions(ctx, state)
 			if err != nil {
+				listed = false
 				break
 			}
 			for _, v := range views {
-				if v.Provider != a.ID() || serving[v.ID] {
+				if v.Provider != a.ID() {
 					continue
 				}
-				serving[v.ID] = true
+				open[v.ID] = true
+				if serving[v.ID] != nil {
+					continue
+				}
+				closed := make(chan struct{})
+				serving[v.ID] = closed
 				s := a.newSession(v.Session)
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					for {
-						in, err := s.Receive(ctx)
-						if err != nil {
-							return
-						}
-						typ, reply, err := h(ctx, s, in)
-						if err != nil {
-							a.opts.log.Warn("handler failed", "session", s.ID().String(), "err", err)
-							continue
-						}
-						if reply != nil {
-							if _, err := s.Send(ctx, typ, reply, WithCorrelationID(in.Header.ID.String())); err != nil {
-								a.opts.log.Warn("reply refused", "session", s.ID().String(), "err", err)
-							}
-						}
-					}
+					a.serveSession(ctx, s, h, closed, interval)
 				}()
+			}
+		}
+		if listed {
+			// Closed is final: a session no longer listed is never listed again.
+			for id, closed := range serving {
+				if !open[id] {
+					close(closed)
+					delete(serving, id)
+				}
 			}
 		}
 		select {
@@ -256,12 +273,86 @@ func (a *Agent) Serve(ctx context.Context, interval time.Duration, h Handler) er
 	}
 }
 
+// serveSession answers the envelopes of s until ctx ends, the relay says the session is closed, or, once closed
+// is closed, no envelope has come for grace.
+func (a *Agent) serveSession(ctx context.Context, s *Session, h Handler, closed <-chan struct{}, grace time.Duration) {
+	log := a.opts.log.With("session", s.ID().String())
+	retry := backoff{first: 100 * time.Millisecond, limit: 5 * time.Second}
+	failing := false
+	for {
+		rctx, cancel := graceContext(ctx, closed, grace)
+		in, err := s.Receive(rctx)
+		idle := rctx.Err() != nil
+		cancel()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
+				return
+			case idle:
+				log.Debug("session closed, stopped serving it")
+				return
+			case errors.Is(err, ErrSessionClosed) || errors.Is(err, ErrClosed):
+				log.Debug("session closed, stopped serving it", "err", err)
+				return
+			}
+			d := retry.fail()
+			if !failing {
+				log.Warn("receiving failed, retrying", "err", err)
+				failing = true
+			}
+			if !sleep(ctx, d) {
+				return
+			}
+			continue
+		}
+		if failing {
+			log.Info("receiving again")
+			failing = false
+		}
+		retry.reset()
+		typ, reply, err := h(ctx, s, in)
+		if err != nil {
+			log.Warn("handler failed", "err", err)
+			continue
+		}
+		if reply != nil {
+			if _, err := s.Send(ctx, typ, reply, WithCorrelationID(in.Header.ID.String())); err != nil {
+				log.Warn("reply refused", "err", err)
+			}
+		}
+	}
+}
+
+// graceContext is ctx, ended grace after closed is closed.
+func graceContext(ctx context.Context, closed <-chan struct{}, grace time.Duration) (context.Context, context.CancelFunc) {
+	select {
+	case <-closed:
+		return context.WithTimeout(ctx, grace)
+	default:
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-closed:
+			if sleep(gctx, grace) {
+				cancel()
+			}
+		case <-gctx.Done():
+		}
+	}()
+	return gctx, cancel
+}
+
 // relayConn is one connection to the controller's relay.
 type relayConn struct {
 	conn net.Conn
 	r    *bufio.Reader
+	// abort closes the overlay connection under the TLS one, from any goroutine: closing the TLS connection
+	// itself would also set a write deadline, which the overlay's connections do not allow from two goroutines.
+	abort func() error
 }
 
+// openRelay dials the controller's relay and says hello, by ctx's deadline.
 func (a *Agent) openRelay(ctx context.Context, hello api.RelayHello) (*relayConn, error) {
 	id, _, err := a.current()
 	if err != nil {
@@ -271,10 +362,17 @@ func (a *Agent) openRelay(ctx context.Context, hello api.RelayHello) (*relayConn
 	if err != nil {
 		return nil, err
 	}
-	c := &relayConn{conn: conn, r: bufio.NewReaderSize(conn, 64<<10)}
-	if err := c.writeLine(hello); err != nil {
+	abort := conn.Close
+	if tc, ok := conn.(*tls.Conn); ok {
+		abort = tc.NetConn().Close
+	}
+	if a.opts.relayConn != nil {
+		conn = a.opts.relayConn(hello.Mode, conn)
+	}
+	c := &relayConn{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), abort: abort}
+	if err := c.writeLineCtx(ctx, hello); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, ctxError(ctx, err)
 	}
 	return c, nil
 }
@@ -290,13 +388,25 @@ func (c *relayConn) writeLine(v any) error {
 	return err
 }
 
-// deadline applies ctx's deadline (or none) to the connection, and closes the connection if ctx is cancelled
-// meanwhile (closing, not moving the deadline: the overlay's connections do not allow deadlines to be set from
+func (c *relayConn) writeLineCtx(ctx context.Context, v any) error {
+	defer c.deadline(ctx)()
+	if err := c.writeLine(v); err != nil {
+		return ctxError(ctx, err)
+	}
+	return nil
+}
+
+func (c *relayConn) writeReceipt(ctx context.Context, seq uint64) error {
+	return c.writeLineCtx(ctx, api.RelayReceipt{Seq: seq})
+}
+
+// deadline applies ctx's deadline (or none) to the connection, and aborts the connection if ctx is cancelled
+// meanwhile (aborting, not moving the deadline: the overlay's connections do not allow deadlines to be set from
 // two goroutines at once).
 func (c *relayConn) deadline(ctx context.Context) func() {
 	dl, _ := ctx.Deadline()
 	_ = c.conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = c.abort() })
 	return func() { stop() }
 }
 

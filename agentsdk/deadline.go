@@ -1,0 +1,85 @@
+package agentsdk
+
+import (
+	"context"
+	"strings"
+	"time"
+)
+
+// The overlay SDK's calls take no context, and some of them retry on their own for minutes while the controller
+// is unreachable or unhappy (a dial creating its service session, an authentication refreshing its API
+// session). Every such call in this package goes through await, so the agent's own calls return by their
+// caller's deadline whatever the overlay SDK does.
+
+// await runs call in a goroutine of its own and returns its result, or ctx's error as soon as ctx ends. A
+// result that arrives after the caller has gone is handed to discard (which closes it), so nothing leaks; the
+// goroutine itself ends when call returns.
+func await[T any](ctx context.Context, call func() (T, error), discard func(T)) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	// Unbuffered: a send succeeds only if the caller takes the result, so exactly one side owns it.
+	ch := make(chan result)
+	go func() {
+		v, err := call()
+		select {
+		case ch <- result{v, err}:
+		case <-ctx.Done():
+			if err == nil && discard != nil {
+				discard(v)
+			}
+		}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// sleep waits for d or until ctx ends, and reports whether the whole d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// backoff is a capped exponential delay: zero until the first failure, then first, doubling up to limit.
+type backoff struct {
+	first, limit, next time.Duration
+}
+
+// fail returns how long to wait after one more failure.
+func (b *backoff) fail() time.Duration {
+	d := max(b.next, b.first)
+	b.next = min(d*2, b.limit)
+	return d
+}
+
+// reset starts over after a success.
+func (b *backoff) reset() { b.next = 0 }
+
+// isSessionLost tells whether an overlay error means that the controller no longer knows this agent's API
+// session or a service session it holds: after a controller restart, a revocation, or an expired session. A new
+// overlay context authenticates afresh and so either repairs it or shows that the identity itself is refused.
+func isSessionLost(err error) bool {
+	s := strings.ToLower(err.Error())
+	for _, m := range []string{"invalid session", "invalid api session", "apisession", "api session",
+		"service session token", "unauthorized", "invalid_auth", "401"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,99 @@
+package agentsdk
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestAwaitAbandonsAndCleansUp checks that await returns at the deadline while the call runs on, and that a
+// result arriving afterwards is discarded exactly once.
+func TestAwaitAbandonsAndCleansUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	release := make(chan struct{})
+	var discarded atomic.Int32
+	discardedNow := make(chan struct{})
+	start := time.Now()
+	_, err := await(ctx, func() (int, error) {
+		<-release
+		return 7, nil
+	}, func(v int) {
+		if v == 7 {
+			discarded.Add(1)
+		}
+		close(discardedNow)
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("await returned after %s", took)
+	}
+	close(release)
+	select {
+	case <-discardedNow:
+	case <-time.After(10 * time.Second):
+		t.Fatal("late result never discarded")
+	}
+	if n := discarded.Load(); n != 1 {
+		t.Fatalf("discarded %d times", n)
+	}
+}
+
+// TestAwaitDeliversResult checks that a result in time is returned and not discarded, and that a done context
+// does not even start the call.
+func TestAwaitDeliversResult(t *testing.T) {
+	v, err := await(context.Background(), func() (string, error) { return "ok", nil }, func(string) {
+		t.Error("discarded a delivered result")
+	})
+	if err != nil || v != "ok" {
+		t.Fatalf("await = %q, %v", v, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	called := false
+	if _, err := await(ctx, func() (int, error) { called = true; return 0, nil }, nil); !errors.Is(err, context.Canceled) || called {
+		t.Fatalf("await on a done context: err %v, called %v", err, called)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := backoff{first: 100 * time.Millisecond, limit: 5 * time.Second}
+	var got []time.Duration
+	for range 8 {
+		got = append(got, b.fail())
+	}
+	want := []time.Duration{100, 200, 400, 800, 1600, 3200, 5000, 5000}
+	for i := range want {
+		if got[i] != want[i]*time.Millisecond {
+			t.Fatalf("delays %v, want %v ms", got, want)
+		}
+	}
+	b.reset()
+	if d := b.fail(); d != 100*time.Millisecond {
+		t.Fatalf("after reset: %s", d)
+	}
+}
+
+func TestIsSessionLost(t *testing.T) {
+	for _, tc := range []struct {
+		err  string
+		lost bool
+	}{
+		{"unable to dial service 'umbra.relay' (dial failed: invalid session)", true},
+		{"dial failed: invalid api session", true},
+		{"no apiSession, authentication attempt failed: x", true},
+		{"[POST /sessions][401] createSessionUnauthorized", true},
+		{"INVALID_AUTH", true},
+		{"service 'x' not found", false},
+		{"no edge routers connected in time", false},
+		{"context deadline exceeded", false},
+	} {
+		if got := isSessionLost(errors.New(tc.err)); got != tc.lost {
+			t.Errorf("isSessionLost(%q) = %v, want %v", tc.err, got, tc.lost)
+		}
+	}
+}

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// restartRecovery is how soon after `umbra dev` is ready again the agents connected before it was killed must
+// dial a hosted service and send on a session, with no call from the application.
+const restartRecovery = 5 * time.Second
+
+// restartRun is the state of TestAgentsSurviveControllerRestart: each network step has a deadline of its own
+// and a failure names the step.
+type restartRun struct {
+	t *testing.T
+	c *cli
+}
+
+// step runs fn with a deadline of timeout.
+func (r *restartRun) step(name string, timeout time.Duration, fn func(ctx context.Context) error) {
+	r.t.Helper()
+	r.c.limit.Step("%s", name)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := fn(ctx); err != nil {
+		r.t.Fatalf("%s: %v", name, err)
+	}
+}
+
+// retryStep runs fn, each attempt with at most attempt of time, until it succeeds or deadline passes, and
+// returns how many attempts it took.
+func (r *restartRun) retryStep(name string, deadline time.Time, attempt time.Duration, fn func(ctx context.Context) error) int {
+	r.t.Helper()
+	r.c.limit.Step("%s", name)
+	for n := 1; ; n++ {
+		end := time.Now().Add(attempt)
+		if deadline.Before(end) {
+			end = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), end)
+		err := fn(ctx)
+		cancel()
+		if err == nil {
+			return n
+		}
+		if !time.Now().Before(deadline) {
+			r.t.Fatalf("%s: not done by its deadline after %d attempts: %v", name, n, err)
+		}
+		r.t.Logf("%s: attempt %d: %v", name, n, err)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// enroll creates an identity of org through admin, enrolls it and saves it as name.json.
+func (r *restartRun) enroll(admin *agentsdk.Agent, org, name string) {
+	r.t.Helper()
+	r.step("enroll "+name, 30*time.Second, func(ctx context.Context) error {
+		resp, err := admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: "agent", Name: name})
+		if err != nil {
+			return err
+		}
+		id, err := agentsdk.Enroll(ctx, resp.Token)
+		if err != nil {
+			return err
+		}
+		return id.Save(filepath.Join(r.c.dir, name+".json"))
+	})
+}
+
+// echoOnce dials service, writes line and checks that it comes back.
+func echoOnce(ctx context.Context, a *agentsdk.Agent, service, line string) error {
+	conn, err := a.Dial(ctx, service)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if _, err := fmt.Fprintln(conn, line); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the echo: %w", err)
+	}
+	if strings.TrimSpace(got) != line {
+		return fmt.Errorf("echo %q, want %q", got, line)
+	}
+	return nil
+}
+
+// echoAll echoes every connection accepted on ln until ln is closed.
+func echoAll(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+// TestAgentsSurviveControllerRestart kills `umbra dev` (SIGKILL, so its embedded router dies too) under agents
+// that hold a session and host a service, restarts it on the same data directory and ports, and checks that the
+// same agents, never reconnected by the test, dial the hosted service and send on the session again within
+// restartRecovery of the controller being ready, and that the provider receives everything sent.
+func TestAgentsSurviveControllerRestart(t *testing.T) {
+	r := &restartRun{t: t, c: newCLI(t, 6*time.Minute)}
+	c := r.c
+	args, _ := devArgs(t, "data")
+	dev := c.start("umbra dev ready", args...)
+	path := func(n string) string { return filepath.Join(c.dir, n) }
+
+	admin := connectFile(t, path("data/admin.json"))
+	r.retryStep("controller API reachable", time.Now().Add(time.Minute), 10*time.Second, func(ctx context.Context) error {
+		_, err := admin.Controller().WhoAmI(ctx)
+		return err
+	})
+	for _, org := range []string{"acme", "globex"} {
+		r.step("create organisation "+org, 30*time.Second, func(ctx context.Context) error {
+			resp, err := admin.Controller().CreateOrg(ctx, org)
+			if err != nil {
+				return err
+			}
+			id, err := agentsdk.Enroll(ctx, resp.AdminToken)
+			if err != nil {
+				return err
+			}
+			return id.Save(path(org + "-admin.json"))
+		})
+	}
+	acme, globex := connectFile(t, path("acme-admin.json")), connectFile(t, path("globex-admin.json"))
+	r.enroll(acme, "acme", "quoter")
+	r.enroll(globex, "globex", "buyer")
+	quoter, buyer := connectFile(t, path("quoter.json")), connectFile(t, path("buyer.json"))
+	var sess *agentsdk.Session
+	r.step("set up workgroup, advertisement and session", time.Minute, func(ctx context.Context) error {
+		if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
+			return err
+		}
+		if _, err := globex.Controller().AnswerInvitation(ctx, "acme/pricing", false); err != nil {
+			return err
+		}
+		if _, err := acme.Controller().AddMember(ctx, "acme/pricing", quoter.ID().String(), ""); err != nil {
+			return err
+		}
+		if _, err := globex.Controller().AddMember(ctx, "acme/pricing", buyer.ID().String(), ""); err != nil {
+			return err
+		}
+		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
+			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10000,
+				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, "acme/pricing")
+		if err != nil {
+			return err
+		}
+		sess, err = buyer.Propose(ctx, ad.ID.String(), workgroups.Proposal{})
+		return err
+	})
+	const service = "quotes-live"
+	r.step("grant "+service, 30*time.Second, func(ctx context.Context) error {
+		return admin.Controller().Grant(ctx, api.GrantRequest{Service: service,
+			Bind: []string{quoter.ID().String()}, Dial: []string{buyer.ID().String()}})
+	})
+	var ln net.Listener
+	r.retryStep("host "+service, time.Now().Add(30*time.Second), 10*time.Second, func(ctx context.Context) error {
+		var err error
+		ln, err = quoter.ListenContext(ctx, service)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go echoAll(ln)
+
+	send := func(ctx context.Context, n int) error {
+		_, err := sess.Send(ctx, "quote.request", []byte(fmt.Sprintf(`{"n":%d}`, n)))
+		return err
+	}
+	r.retryStep("dial "+service+" before the kill", time.Now().Add(30*time.Second), 10*time.Second, func(ctx context.Context) error {
+		return echoOnce(ctx, buyer, service, "before")
+	})
+	r.step("send before the kill", 30*time.Second, func(ctx context.Context) error { return send(ctx, 0) })
+
+	r.c.limit.Step("kill umbra dev")
+	dev.kill()
+	// While the controller is away a send fails, by its deadline.
+	r.step("send while the controller is down", 10*time.Second, func(context.Context) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := send(ctx, -1); err == nil {
+			return fmt.Errorf("a send succeeded with the controller down")
+		}
+		return nil
+	})
+
+	c.start("umbra dev ready", args...)
+	ready := time.Now()
+	deadline := ready.Add(restartRecovery)
+	dials := r.retryStep("dial "+service+" after the restart", deadline, restartRecovery, func(ctx context.Context) error {
+		return echoOnce(ctx, buyer, service, "after")
+	})
+	dialAt := time.Since(ready)
+	sends := r.retryStep("send after the restart", deadline, restartRecovery, func(ctx context.Context) error { return send(ctx, 1) })
+	sendAt := time.Since(ready)
+	t.Logf("after umbra dev was ready again: dial to the hosted service at %s (%d attempts), relay send at %s (%d attempts)",
+		dialAt.Round(time.Millisecond), dials, sendAt.Round(time.Millisecond), sends)
+
+	// The provider receives what was sent before and after the restart, in order, on a session handle it opens
+	// with the same agent.
+	var qs *agentsdk.Session
+	r.step("quoter opens the session", 10*time.Second, func(ctx context.Context) error {
+		var err error
+		qs, err = quoter.Session(ctx, sess.ID().String())
+		return err
+	})
+	for _, want := range []string{`{"n":0}`, `{"n":1}`} {
+		r.step("quoter receives "+want, 10*time.Second, func(ctx context.Context) error {
+			env, err := qs.Receive(ctx)
+			if err != nil {
+				return err
+			}
+			if string(env.Payload) != want {
+				return fmt.Errorf("payload %s, want %s", env.Payload, want)
+			}
+			return nil
+		})
+	}
+}
