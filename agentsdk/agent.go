@@ -75,6 +75,8 @@ type Agent struct {
 
 	ctrlOnce sync.Once
 	ctrl     *Controller
+	// revoked lists the certificates the controller revoked; every inner mutual-TLS handshake consults it.
+	revoked *revocations
 
 	mu        sync.Mutex
 	id        *Identity
@@ -112,11 +114,11 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	a := &Agent{opts: o, runCtx: runCtx, cancel: cancel, switching: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-		id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}}
+		id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}, revoked: newRevocations()}
 	if a.opts.renewer == nil {
 		a.opts.renewer = a.renewWithController
 	}
-	a.loops.Add(2)
+	a.loops.Add(3)
 	go func() {
 		defer a.loops.Done()
 		a.renewLoop(runCtx)
@@ -124,6 +126,10 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	go func() {
 		defer a.loops.Done()
 		a.watch(runCtx)
+	}()
+	go func() {
+		defer a.loops.Done()
+		a.followRevocations(runCtx)
 	}()
 	return a, nil
 }
@@ -207,7 +213,7 @@ func (a *Agent) dial(ctx context.Context, service string, authorize tlsconfig.Au
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: dial %s: %w", service, err)
 	}
-	conn := tls.Client(raw, tlsconfig.MTLSClientConfig(source{a}, source{a}, authorize))
+	conn := tls.Client(raw, tlsconfig.MTLSClientConfig(source{a}, source{a}, a.notRevoked(authorize)))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {

@@ -157,7 +157,7 @@ func (l *listener) acceptLoop(zl edge.Listener) {
 }
 
 func (l *listener) handshake(raw net.Conn) {
-	conn := tls.Server(raw, tlsconfig.MTLSServerConfig(source{l.agent}, source{l.agent}, tlsconfig.AuthorizeAny()))
+	conn := tls.Server(raw, tlsconfig.MTLSServerConfig(source{l.agent}, source{l.agent}, l.agent.notRevoked(tlsconfig.AuthorizeAny())))
 	_ = conn.SetDeadline(time.Now().Add(l.agent.opts.handshakeTTL))
 	if err := conn.Handshake(); err != nil {
 		l.agent.opts.log.Debug("inbound handshake failed", "service", l.service, "err", err)

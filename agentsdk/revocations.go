@@ -1,0 +1,105 @@
+package agentsdk
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/umbra-mesh/umbra/internal/api"
+)
+
+// ErrRevoked is a peer certificate the controller has revoked, refused in the mutual-TLS handshake.
+var ErrRevoked = errors.New("agentsdk: peer certificate revoked")
+
+// revocations is what an agent knows of revoked certificates: their serial numbers, until they expire. The
+// controller pushes them on its revocation feed, which the agent follows for as long as it is connected
+// (catching up from its last revision after a reconnect), so a host refuses a revoked peer within about a
+// second of the revocation even though the certificate itself is still valid.
+type revocations struct {
+	mu       sync.RWMutex
+	serials  map[string]time.Time // serial (hex) → not after
+	epoch    string
+	revision int
+}
+
+func newRevocations() *revocations { return &revocations{serials: map[string]time.Time{}} }
+
+func (r *revocations) revoked(c *x509.Certificate) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.serials[c.SerialNumber.Text(16)]
+	return ok
+}
+
+func (r *revocations) merge(feed api.RevocationFeed, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range feed.Revoked {
+		r.serials[c.Serial] = c.NotAfter
+	}
+	for s, notAfter := range r.serials {
+		if !notAfter.After(now) {
+			delete(r.serials, s) // expired: the handshake refuses it anyway
+		}
+	}
+	r.epoch, r.revision = feed.Epoch, feed.Revision
+}
+
+// query asks the feed for what came after what this list has seen.
+func (r *revocations) query() string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return url.Values{"epoch": {r.epoch}, "after": {strconv.Itoa(r.revision)}, "wait": {revocationWait.String()}}.Encode()
+}
+
+// notRevoked wraps authorize so that the handshake first refuses a peer whose certificate was revoked.
+func (a *Agent) notRevoked(authorize tlsconfig.Authorizer) tlsconfig.Authorizer {
+	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		for _, chain := range chains {
+			if len(chain) > 0 && a.revoked.revoked(chain[0]) {
+				return fmt.Errorf("%w: %s (serial %s)", ErrRevoked, id, chain[0].SerialNumber.Text(16))
+			}
+		}
+		return authorize(id, chains)
+	}
+}
+
+// revocationWait is how long one request to the feed waits for news.
+const revocationWait = 15 * time.Second
+
+// followRevocations keeps the agent's revocation list current until ctx ends: a long poll on the controller's
+// feed, resumed from the last revision, with a capped backoff while the controller is unreachable.
+func (a *Agent) followRevocations(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, revocationWait+10*time.Second)
+		var feed api.RevocationFeed
+		err := a.Controller().get(rctx, api.PathRevocations+"?"+a.revoked.query(), &feed)
+		cancel()
+		if err == nil {
+			a.revoked.merge(feed, time.Now())
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		a.opts.log.Debug("revocation feed unreachable, retrying", "in", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
