@@ -21,7 +21,13 @@
 // reports for the caller, which the calling client asserts and could forge.
 //
 // The agent renews its SVID at half its lifetime over the overlay (WithIdentityFile writes renewals back), and
-// an administrator's revocation cuts it from the overlay and the controller at once.
+// an administrator's revocation cuts it from the overlay and the controller at once. Every agent follows the
+// controller's revocation feed and refuses a revoked peer certificate in its own handshakes (ErrRevoked), so a
+// stolen SVID stops opening doors within about a second of its revocation.
+//
+// Every blocking call returns by its context's deadline, also when the overlay does not answer. The agent repairs
+// its overlay session by itself: after a controller restart it authenticates again and hosts its services again
+// (ListenContext is Listen with a deadline for the first bind).
 //
 // Administrators use the same SDK: Agent.Controller() returns a client of the controller's API, which the
 // controller serves only on the overlay and authorises by the caller's SVID.
