@@ -18,6 +18,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -248,6 +249,7 @@ func orgName(t *testing.T, id spiffeid.ID) string {
 }
 
 func TestA2ARawPeerRefusals(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
@@ -531,6 +533,7 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 }
 
 func TestA2ARawPeerHello(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
@@ -618,6 +621,7 @@ func TestA2ARawPeerHello(t *testing.T) {
 }
 
 func TestA2ARawPeerExpiredSession(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	terms := defaultTerms()
@@ -656,6 +660,7 @@ func TestA2ARawPeerExpiredSession(t *testing.T) {
 }
 
 func TestA2ARawPeerRevoked(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())

@@ -6,11 +6,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 // TestAwaitAbandonsAndCleansUp checks that await returns at the deadline while the call runs on, and that a
 // result arriving afterwards is discarded exactly once.
 func TestAwaitAbandonsAndCleansUp(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	release := make(chan struct{})
@@ -46,6 +49,7 @@ func TestAwaitAbandonsAndCleansUp(t *testing.T) {
 // TestAwaitDeliversResult checks that a result in time is returned and not discarded, and that a done context
 // does not even start the call.
 func TestAwaitDeliversResult(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	v, err := await(context.Background(), func() (string, error) { return "ok", nil }, func(string) {
 		t.Error("discarded a delivered result")
 	})
@@ -61,6 +65,7 @@ func TestAwaitDeliversResult(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	b := backoff{first: 100 * time.Millisecond, limit: 5 * time.Second}
 	var got []time.Duration
 	for range 8 {
@@ -79,6 +84,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestIsSessionLost(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	for _, tc := range []struct {
 		err  string
 		lost bool

@@ -20,6 +20,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -170,6 +171,7 @@ func returnsByDeadline(t *testing.T, what string, call func(ctx context.Context)
 // (TCP still accepts), and checks that every blocking call of the SDK returns by its deadline with
 // context.DeadlineExceeded, and that no goroutine of agentsdk stays behind.
 func TestDeadlinesWithUnhappyOverlay(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	checkNoLeaks(t)
 	w := newPricingWorld(t, defaultTerms())
 	service := uniq("stalled")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -107,6 +108,7 @@ func defaultTerms() workgroups.Terms {
 }
 
 func TestGovernanceDiscoveryIsScoped(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx := context.Background()
 	w := newPricingWorld(t, defaultTerms())
 	ads, err := w.buyer.Discover(ctx, api.DiscoverRequest{Skill: "quote"})
@@ -152,6 +154,7 @@ func (zeroReader) Read(p []byte) (int, error) {
 }
 
 func TestGovernanceSessionLifecycle(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
@@ -223,6 +226,7 @@ func TestGovernanceSessionLifecycle(t *testing.T) {
 }
 
 func TestGovernanceExactLimitUnderRace(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	terms := defaultTerms()
@@ -263,6 +267,7 @@ func TestGovernanceExactLimitUnderRace(t *testing.T) {
 }
 
 func TestGovernanceDurationExpiry(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	terms := defaultTerms()
@@ -293,6 +298,7 @@ func TestGovernanceDurationExpiry(t *testing.T) {
 }
 
 func TestGovernanceMembershipRemovalClosesSessions(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
@@ -316,6 +322,7 @@ func TestGovernanceMembershipRemovalClosesSessions(t *testing.T) {
 }
 
 func TestGovernanceHeldForProvider(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	terms := defaultTerms()
@@ -361,6 +368,7 @@ func TestGovernanceHeldForProvider(t *testing.T) {
 }
 
 func TestGovernanceWorkgroupDeletionClosesSessions(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())

@@ -21,6 +21,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -514,6 +515,7 @@ func (w *isoWorld) mutate(t *testing.T, ctx context.Context, rng *mrand.Rand, ro
 // memberships are removed and workgroups deleted, and that to everyone else it is indistinguishable from one
 // that does not exist.
 func TestIsolationRandomTopologies(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rng := isolationRNG(t)

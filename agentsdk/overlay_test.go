@@ -15,6 +15,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller/controllertest"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 var env *controllertest.Env
@@ -60,6 +61,7 @@ func serveEcho(t *testing.T, a *agentsdk.Agent, service string) net.Listener {
 }
 
 func TestDialListenEcho(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	server := env.NewAgent(t, "acme", "agent", uniq("echo-server"))
 	client := env.NewAgent(t, "acme", "agent", uniq("echo-client"))
 	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
@@ -107,6 +109,7 @@ func TestDialListenEcho(t *testing.T) {
 }
 
 func TestNoGrantNoService(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	server := env.NewAgent(t, "acme", "agent", uniq("hidden-server"))
 	outsider := env.NewAgent(t, "globex", "agent", uniq("outsider"))
 	env.Grant(t, "hidden1", []spiffeid.ID{server.ID()}, nil)

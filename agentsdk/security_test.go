@@ -35,6 +35,7 @@ import (
 	"github.com/umbra-mesh/umbra/internal/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 // breakWithin bounds how long revocation may take to cut an established connection or refuse a new dial.
@@ -210,6 +211,7 @@ func apiCode(err error) string {
 }
 
 func TestRevocation(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	admin := env.Admin().Controller()
@@ -418,6 +420,7 @@ func connectAndAsk(t *testing.T, ctx context.Context, id *agentsdk.Identity) {
 }
 
 func TestEnrollRejects(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	admin := env.Admin().Controller()
@@ -620,6 +623,7 @@ func rogueSVID(t *testing.T, id spiffeid.ID) (*ecdsa.PrivateKey, *x509.Certifica
 }
 
 func TestUntrustedSVID(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	real := env.NewIdentity(t, "acme", "agent", uniq("untrusted"))
@@ -727,6 +731,7 @@ func (p *peerLog) get() []string {
 }
 
 func TestForgedPeerIdentity(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	server := env.NewAgent(t, "acme", "agent", uniq("forge-server"))
@@ -833,6 +838,7 @@ func TestForgedPeerIdentity(t *testing.T) {
 }
 
 func TestUnknownService(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	a := env.NewAgent(t, "acme", "agent", uniq("unknown"))
 	const svc = "no-such-svc"
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -881,6 +887,7 @@ func TestUnknownService(t *testing.T) {
 }
 
 func TestRenew(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "identity.json")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -61,6 +62,7 @@ func (b *relayBreaker) opens() int {
 // next attempts fail too: serving resumes by itself, every envelope is answered, and once the session closes
 // Serve stops serving it.
 func TestServeSurvivesBrokenReceive(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
 	checkNoLeaks(t)
 	w := newPricingWorld(t, defaultTerms())
 	breaker := &relayBreaker{}
