@@ -10,7 +10,8 @@ build:
 
 # The image is FROM scratch with the static binary: nothing is pulled.
 images:
-	mkdir -p bin/image
+	mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/tmp
+	chmod 700 bin/image/rootfs/*
 	CGO_ENABLED=0 go build -trimpath -o bin/image/umbra ./cmd/umbra
 	docker build -f Dockerfile -t $(IMAGE) bin/image
 

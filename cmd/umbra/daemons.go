@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
 	"github.com/umbra-mesh/umbra/router"
 )
@@ -48,8 +51,9 @@ func startController(ctx context.Context, cfg controller.Config) (*controller.Se
 func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("controller", stderr)
 	cfg := controllerFlags(f)
-	var routerToken string
+	var routerToken, adminCopy string
 	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
+	f.StringVar(&adminCopy, "admin-copy", "", "also keep the platform administrator's identity at FILE, for a setup job that must not see the data directory")
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -77,9 +81,47 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 			}
 		}
 	}
+	if adminCopy != "" {
+		if err := copyIdentity(srv.AdminIdentityPath(), adminCopy); err != nil {
+			return err
+		}
+		go keepCopy(ctx, srv.AdminIdentityPath(), adminCopy, log)
+	}
 	fmt.Fprintf(stdout, "umbra controller ready: trust domain %s, enrollment %s, admin identity %s\n",
 		srv.TrustDomain().Name(), srv.EnrollURL(), srv.AdminIdentityPath())
 	return <-errc
+}
+
+// copyIdentity copies an identity file, atomically and readable by its owner only (Identity.Save).
+func copyIdentity(from, to string) error {
+	id, err := agentsdk.LoadIdentity(from)
+	if err != nil {
+		return err
+	}
+	return id.Save(to)
+}
+
+// keepCopy follows the controller's renewals of the administrator's identity file into its copy.
+func keepCopy(ctx context.Context, from, to string, log *slog.Logger) {
+	last, _ := os.ReadFile(from)
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b, err := os.ReadFile(from)
+		if err != nil || bytes.Equal(b, last) {
+			continue
+		}
+		if err := copyIdentity(from, to); err != nil {
+			log.Error("copying the administrator's identity file failed", "err", err)
+			continue
+		}
+		last = b
+	}
 }
 
 func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {

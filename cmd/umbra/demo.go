@@ -245,14 +245,17 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	return run(ctx, command, stdin, stdout, stderr)
 }
 
-// cmdDemoSetup creates the scenario's organisations, identities, workgroups and grants, and writes every
-// workload's enrollment token and the gateways' configurations into --out.
+// cmdDemoSetup creates the scenario's organisations, identities, workgroups and grants. Each workload gets a
+// directory of its own under --out, named by its key, that only it mounts besides setup: setup writes the
+// workload's enrollment token there (token), a gateway's configuration, and, once the whole scenario is in
+// place, ready. The organisations' administrators' identities stay in --admins, which no workload mounts.
 func cmdDemoSetup(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("demo setup", stderr)
-	var adminFile, out, state string
+	var adminFile, out, admins, state string
 	var routers multi
 	f.StringVar(&adminFile, "admin", "", "the platform administrator's identity file (waited for)")
-	f.StringVar(&out, "out", "", "directory for the tokens and gateway configurations")
+	f.StringVar(&out, "out", "", "directory holding one existing directory per workload, named by its key (e.g. northwind-planner)")
+	f.StringVar(&admins, "admins", "admins", "directory for the organisations' administrators' identities")
 	f.StringVar(&state, "state", "/data/state", "the gateways' state directory, written into their configurations")
 	f.Var(&routers, "router-token", "NAME:FILE: register router NAME and write its enrollment token to FILE (repeatable)")
 	if _, err := f.parse(args); err != nil {
@@ -265,8 +268,18 @@ func cmdDemoSetup(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	if err != nil {
 		return err
 	}
-	ready := filepath.Join(out, "ready")
-	if _, err := os.Stat(ready); err == nil {
+	workloads := append(append([]demo.Workload{}, demo.Agents...), demo.Services...)
+	done := true
+	for _, w := range workloads {
+		dir := filepath.Join(out, w.Key())
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			return fmt.Errorf("demo setup: %s must be a directory of %s's own", dir, w.Label())
+		}
+		if _, err := os.Stat(filepath.Join(dir, "ready")); err != nil {
+			done = false
+		}
+	}
+	if done {
 		fmt.Fprintln(stdout, "demo setup: already done")
 		return nil
 	}
@@ -304,31 +317,57 @@ func cmdDemoSetup(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		if err := demoWriteFile(path, tok+"\n"); err != nil {
 			return err
 		}
 	}
 	feed := demo.NewFeed(stdout)
-	tokens, err := demo.Setup(ctx, admin, filepath.Join(out, "admins"), feed)
+	tokens, err := demo.Setup(ctx, admin, admins, feed)
 	if err != nil {
 		return err
 	}
-	for key, tok := range tokens {
-		if err := os.WriteFile(filepath.Join(out, key+".token"), []byte(tok+"\n"), 0o600); err != nil {
-			return err
-		}
-	}
 	td := admin.ID().TrustDomain()
-	for name, text := range map[string]string{"mcpgw.yaml": demo.MCPGatewayYAML(state), "llmgw.yaml": demo.LLMGatewayYAML(state, td)} {
-		if err := os.WriteFile(filepath.Join(out, name), []byte(text), 0o600); err != nil {
+	configs := map[string][2]string{
+		demo.MCPGateway.Key(): {"mcpgw.yaml", demo.MCPGatewayYAML(state)},
+		demo.LLMGateway.Key(): {"llmgw.yaml", demo.LLMGatewayYAML(state, td)},
+	}
+	for _, w := range workloads {
+		dir := filepath.Join(out, w.Key())
+		if err := demoWriteFile(filepath.Join(dir, "token"), tokens[w.Key()]+"\n"); err != nil {
 			return err
 		}
+		if c, ok := configs[w.Key()]; ok {
+			if err := demoWriteFile(filepath.Join(dir, c[0]), c[1]); err != nil {
+				return err
+			}
+		}
 	}
-	if err := os.WriteFile(ready, []byte("ready\n"), 0o600); err != nil {
-		return err
+	// ready only once every workload has what it needs: the agents expect each other's workgroups and grants.
+	for _, w := range workloads {
+		if err := demoWriteFile(filepath.Join(out, w.Key(), "ready"), "ready\n"); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(stdout, "demo setup: done")
 	return nil
+}
+
+// demoWriteFile writes a file readable by its owner only, whole or not at all: the workload waiting for it
+// reads it as soon as it appears.
+func demoWriteFile(path, text string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(text); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // cmdDemoAgent runs one agent of the scenario, then stays connected until stopped.

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -288,8 +291,10 @@ func composeCommand() ([]string, string) {
 // TestDemoCompose builds the FROM-scratch image, brings the containerised demo up, kills a router in the middle
 // of the round, and checks that the round completes with every expected session, envelope and refusal, that no
 // envelope a sender saw acknowledged is missing, that no agent, MCP, model or gateway container listens on any
-// socket, that an agent cannot reach another organisation's agent by IP, and that the audit chain verifies. It
-// removes its containers, networks, volumes and image.
+// socket, that an agent cannot reach another organisation's agent by IP, that every container runs as a non-root
+// user and holds no key material but its own (an agent that tries to read another organisation's token or
+// identity finds nothing), that no log line carries a token, that demo/check.sh passes, and that the audit chain
+// verifies. It removes its containers, networks, volumes and image.
 func TestDemoCompose(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up the containerised demo")
@@ -310,6 +315,12 @@ func TestDemoCompose(t *testing.T) {
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	// The directories the image's user owns, as `make images` prepares them.
+	for _, dir := range []string{"data", "setup", "admin", "out", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(ctxDir, "rootfs", dir), 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
 	suffix := strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
 	image := "umbra-demo-test:" + suffix
@@ -385,8 +396,10 @@ func TestDemoCompose(t *testing.T) {
 			t.Errorf("%s: %v\n%s", svc, err, out)
 		}
 	}
-	if out, _ := docker("exec", c.container("controller"), "/umbra", "demo", "sockets"); !strings.Contains(out, "\n3 listening sockets") {
-		t.Errorf("the controller should show its 3 listening sockets:\n%s", out)
+	// The controller's published ports, on every interface: 1280, 1281 and 6262 (it also listens on loopback).
+	if out, _ := docker("exec", c.container("controller"), "/umbra", "demo", "sockets"); strings.Count(out, "000000000000:0500 ")+
+		strings.Count(out, "000000000000:0501 ")+strings.Count(out, "000000000000:1876 ") != 3 {
+		t.Errorf("the controller should show its 3 published listening sockets:\n%s", out)
 	}
 
 	// Separate networks: Northwind's planner cannot reach Keelson's agent by IP, nor Helix's Meridian's; it can
@@ -409,6 +422,8 @@ func TestDemoCompose(t *testing.T) {
 	if out, err := docker("exec", c.container("northwind-planner"), "/umbra", "demo", "probe", "router2:3022"); err != nil {
 		t.Errorf("the planner cannot reach the surviving router, so the probe proves nothing: %v\n%s", err, out)
 	}
+
+	checkComposeIsolation(t, c)
 
 	// The audit trail: the chain verifies, the round is complete, and every envelope a sender saw acknowledged
 	// (the feed prints it only then) is stored.
@@ -444,4 +459,223 @@ func TestDemoCompose(t *testing.T) {
 			t.Errorf("envelope #%s of session %s was acknowledged but is not in the audit trail", m[1], m[2])
 		}
 	}
+
+	// The checks a reader runs by hand agree, and the key check can fail.
+	limit.Step("demo/check.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	check := exec.CommandContext(ctx, "bash", filepath.Join(root, "demo", "check.sh"))
+	check.Env = append(append(os.Environ(), c.env...), "COMPOSE_PROJECT_NAME="+c.project, "COMPOSE_FILE="+c.file)
+	out, err := check.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "all checks passed") || strings.Contains(string(out), "NOT ITS OWN") {
+		t.Errorf("demo/check.sh: %v\n%s", err, out)
+	}
+	t.Logf("demo/check.sh:\n%s", out)
+	checkComposeKeysCheckFails(t, c)
+}
+
+// composeWorkloads maps the compose file's workload services to the scenario's workloads.
+func composeWorkloads() map[string]demo.Workload {
+	m := map[string]demo.Workload{"mcpgw": demo.MCPGateway, "llmgw": demo.LLMGateway, "model": demo.Model,
+		"scada": demo.SCADA, "textkit": demo.Textkit, "marine": demo.Marine}
+	for _, a := range demo.Agents {
+		m[a.Key()] = a
+	}
+	return m
+}
+
+// keyItem is a file in a container holding key material: an identity (owner: organisation/kind/name of its
+// SPIFFE ID), a workload's enrollment token (owner likewise), a router's enrollment token (owner: the router's
+// name), some other JWT, or a bare private key (no owner).
+type keyItem struct{ path, kind, owner string }
+
+var (
+	spiffeIDField = regexp.MustCompile(`"spiffe_id":\s*"spiffe://[^/"]*/([^"]*)"`)
+	workloadToken = regexp.MustCompile(`uet1\.([A-Za-z0-9_-]+)\.`)
+	routerToken   = regexp.MustCompile(`urt1\.([A-Za-z0-9_-]+)`)
+	jwtShape      = regexp.MustCompile(`eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*`)
+)
+
+// classifyKey says what key material b is, if any.
+func classifyKey(path string, b []byte) (keyItem, bool) {
+	it := keyItem{path: path}
+	claim := func(segment []byte, field string) string {
+		var claims map[string]any
+		raw, _ := base64.RawURLEncoding.DecodeString(string(segment))
+		_ = json.Unmarshal(raw, &claims)
+		v, _ := claims[field].(string)
+		if i := strings.Index(v, "://"); i >= 0 {
+			_, v, _ = strings.Cut(v[i+3:], "/") // the SPIFFE ID's path
+		}
+		return v
+	}
+	if m := spiffeIDField.FindSubmatch(b); m != nil {
+		it.kind, it.owner = "identity", string(m[1])
+	} else if m := workloadToken.FindSubmatch(b); m != nil {
+		it.kind, it.owner = "token", claim(m[1], "sub")
+	} else if m := routerToken.FindSubmatch(b); m != nil {
+		it.kind, it.owner = "router-token", claim(m[1], "name")
+	} else if jwtShape.Match(b) {
+		it.kind = "jwt"
+	} else if bytes.Contains(b, []byte("PRIVATE KEY")) {
+		it.kind = "key"
+	} else {
+		return keyItem{}, false
+	}
+	return it, true
+}
+
+// containerKeys lists the key material in a container's filesystem, volumes included: everything a process in it
+// could read. docker cp works on exited containers too.
+func containerKeys(t *testing.T, id string) []keyItem {
+	t.Helper()
+	cmd := exec.Command("docker", "cp", id+":/", "-")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var items []keyItem
+	tr := tar.NewReader(out)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("docker cp %s: %v", id, err)
+		}
+		// The image's binary is the one large file; key material is small.
+		if h.Typeflag != tar.TypeReg || h.Size > 1<<20 {
+			continue
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if it, ok := classifyKey("/"+strings.TrimLeft(h.Name, "./"), b); ok {
+			items = append(items, it)
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("docker cp %s: %v\n%s", id, err, stderr.String())
+	}
+	return items
+}
+
+// keyAllowed says whether the container of service svc may hold it: the controller is the authority and holds
+// its CAs; a router holds its own keys and token; setup holds the administrators' identities and the tokens it
+// minted, and no bare private key (the CAs' are bare); a workload holds its own identity and token and nothing
+// else.
+func keyAllowed(svc string, it keyItem) bool {
+	switch svc {
+	case "controller":
+		return true
+	case "router1", "router2":
+		return it.kind == "key" && strings.HasPrefix(it.path, "/data/") ||
+			it.kind == "router-token" && it.owner == "r"+strings.TrimPrefix(svc, "router")
+	case "setup":
+		return it.kind == "identity" && strings.Contains(it.owner, "/admin/") || it.kind == "token" || it.kind == "router-token"
+	}
+	w, ok := composeWorkloads()[svc]
+	own := w.Org + "/" + w.Kind + "/" + w.Name
+	return ok && (it.kind == "identity" || it.kind == "token") && it.owner == own
+}
+
+// checkComposeIsolation: no log line carries a token; every container runs as a non-root user and holds no key
+// material but its own; and an agent trying to read another organisation's token or identity, where the demo
+// used to keep them all and where setup keeps them now, finds nothing, while its own identity works.
+func checkComposeIsolation(t *testing.T, c *compose) {
+	t.Helper()
+	logs := c.logs()
+	for _, re := range []*regexp.Regexp{jwtShape, workloadToken, routerToken, regexp.MustCompile(`(?i)bearer\s+[A-Za-z0-9]`)} {
+		if m := re.FindAllString(logs, -1); len(m) > 0 {
+			t.Errorf("%d log lines carry a credential (%s), first %q", len(m), re, m[0])
+		}
+	}
+
+	services := []string{"controller", "router1", "router2", "setup"}
+	for svc := range composeWorkloads() {
+		services = append(services, svc)
+	}
+	for _, svc := range services {
+		id := strings.TrimSpace(c.must("ps", "-a", "-q", svc))
+		if id == "" {
+			t.Errorf("no container for %s", svc)
+			continue
+		}
+		state, _ := docker("inspect", "-f", "{{.Config.User}} {{.State.Running}}", id)
+		user, running, _ := strings.Cut(strings.TrimSpace(state), " ")
+		if !regexp.MustCompile(`^[1-9][0-9]*:[1-9][0-9]*$`).MatchString(user) {
+			t.Errorf("%s runs as user %q, want a non-root uid:gid", svc, user)
+		}
+		// The processes themselves, where there are any: setup has exited, router1 was killed.
+		if running == "true" {
+			out, err := docker("top", id, "-eo", "uid,pid")
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if err != nil || len(lines) < 2 {
+				t.Errorf("docker top %s: %v\n%s", svc, err, out)
+			}
+			for _, l := range lines[1:] {
+				if f := strings.Fields(l); len(f) == 0 || f[0] == "0" || f[0] == "root" {
+					t.Errorf("%s runs a process as root: %q", svc, l)
+				}
+			}
+		}
+		items := containerKeys(t, id)
+		ownIdentity := false
+		for _, it := range items {
+			if !keyAllowed(svc, it) {
+				t.Errorf("%s holds %s, %s of %q, which is not its own", svc, it.path, it.kind, it.owner)
+			}
+			ownIdentity = ownIdentity || it.kind == "identity" && keyAllowed(svc, it)
+		}
+		if !ownIdentity && svc != "router1" && svc != "router2" {
+			t.Errorf("%s holds no identity of its own: the listing sees nothing (%v)", svc, items)
+		}
+	}
+
+	// The attack, from inside Helix's container.
+	helix := c.container("helix-diagnostics")
+	if out, err := docker("exec", helix, "/umbra", "whoami", "--as", "/data/identity.json"); err != nil || !strings.Contains(out, "/helix/agent/diagnostics") {
+		t.Errorf("helix-diagnostics cannot use its own identity, so the attack below proves nothing: %v\n%s", err, out)
+	}
+	for _, path := range []string{"/tokens/admins/keelson-admin.json", "/controller/admin.json", "/data/admins/keelson-admin.json",
+		"/admin/admin.json", "/data/admin.json", "/out/keelson-dispatch/identity.json"} {
+		if out, err := docker("exec", helix, "/umbra", "whoami", "--as", path); err == nil || !strings.Contains(out, "no such file or directory") {
+			t.Errorf("helix-diagnostics using the identity at %s: %v\n%s", path, err, out)
+		}
+	}
+	for _, path := range []string{"/tokens/keelson-dispatch.token", "/out/keelson-dispatch/token", "/setup/../out/keelson-dispatch/token"} {
+		if out, err := docker("exec", helix, "/umbra", "enroll", "--token", path, "--out", "/tmp/stolen.json"); err == nil || !strings.Contains(out, "no such file or directory") {
+			t.Errorf("helix-diagnostics redeeming the token at %s: %v\n%s", path, err, out)
+		}
+	}
+}
+
+// checkComposeKeysCheckFails plants another organisation's administrator identity in Helix's container, as the
+// shared tokens volume used to, and requires the key listing to object: the check above can fail.
+func checkComposeKeysCheckFails(t *testing.T, c *compose) {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := docker("cp", c.container("setup")+":/data/admins/keelson-admin.json", dir); err != nil {
+		t.Fatalf("docker cp: %v\n%s", err, out)
+	}
+	helix := c.container("helix-diagnostics")
+	if out, err := docker("cp", filepath.Join(dir, "keelson-admin.json"), helix+":/tmp/"); err != nil {
+		t.Fatalf("docker cp: %v\n%s", err, out)
+	}
+	for _, it := range containerKeys(t, helix) {
+		if it.path == "/tmp/keelson-admin.json" {
+			if keyAllowed("helix-diagnostics", it) {
+				t.Errorf("Keelson's administrator identity in Helix's container passes the check: %+v", it)
+			}
+			return
+		}
+	}
+	t.Error("the listing missed Keelson's administrator identity planted in Helix's container")
 }

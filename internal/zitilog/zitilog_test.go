@@ -1,0 +1,121 @@
+package zitilog
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Shapes of the credentials OpenZiti and Umbra hand around; none of them may reach a log record.
+const (
+	sessionJWT  = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJhYmMiLCJ6dCI6InNlc3Npb24ifQ.c2lnbmF0dXJlLWJ5dGVzLWhlcmU_-x"
+	unsignedJWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."
+	enrollToken = "uet1.eyJzdWIiOiJzcGlmZmU6Ly91bWJyYS5sb2NhbC94In0.c2lnbmF0dXJl"
+	routerToken = "urt1.eyJuYW1lIjoicjIiLCJqd3QiOiJleUpoYkdjaU9pSkZVekkxTmlJc0ltdHBaQ0k2In0"
+	legacyToken = "4d0b1f6e-8a9c-4c1e-9f3a-2b7c5d6e7f80"
+)
+
+type serviceSession struct {
+	ServiceID string
+	Token     string
+}
+
+type stringer struct{ s string }
+
+func (s *stringer) String() string { return s.s }
+
+// TestRedactText: every credential shape inside free text is replaced; the text around it stays.
+func TestRedactText(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"jwt", "dial failed for " + sessionJWT + ": no terminators", "dial failed for [REDACTED]: no terminators"},
+		{"unsigned jwt", "token=" + unsignedJWT, "token=[REDACTED]"},
+		{"two jwts", sessionJWT + "," + sessionJWT, "[REDACTED],[REDACTED]"},
+		{"enrollment token", "redeeming " + enrollToken, "redeeming [REDACTED]"},
+		{"router token", "router r2 token " + routerToken + " written", "router r2 token [REDACTED] written"},
+		{"bearer header", "Authorization: Bearer abc.DEF-123_~+/=", "Authorization: Bearer [REDACTED]"},
+		{"bearer lower case", "sent bearer " + legacyToken + " to the api", "sent bearer [REDACTED] to the api"},
+		{"bearer jwt", "Bearer " + sessionJWT, "Bearer [REDACTED]"},
+		{"nothing secret", "circuit abc.def created on router eyJ", "circuit abc.def created on router eyJ"},
+		{"json text", `{"jwt":"` + sessionJWT + `"}`, `{"jwt":"[REDACTED]"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Redact(tc.in); got != tc.want {
+				t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRouteRedacts drives OpenZiti's logger the way OpenZiti does and checks the records that come out: no
+// credential in the message or in any field value, named, nested or inside a struct or an error, while the
+// fields that identify things without granting anything stay readable.
+func TestRouteRedacts(t *testing.T) {
+	var buf bytes.Buffer
+	Route(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), slog.LevelDebug)
+	t.Cleanup(func() { Route(slog.New(slog.DiscardHandler), slog.LevelWarn) })
+
+	for _, tc := range []struct {
+		name   string
+		log    func()
+		secret string
+		keep   []string
+	}{
+		{"jwt in message", func() { logrus.Errorf("failed to connect with session %s", sessionJWT) }, sessionJWT, []string{"failed to connect with session [REDACTED]"}},
+		{"jwt in a string field", func() { logrus.WithField("claims", "raw="+sessionJWT).Warn("refresh") }, sessionJWT, []string{`"claims":"raw=[REDACTED]"`}},
+		{"opaque session token by name", func() {
+			logrus.WithField("connId", 7).WithField("token", legacyToken).Error("Failed to establish connection")
+		}, legacyToken, []string{`"connId":7`, `"token":"[REDACTED]"`}},
+		{"named token in another case", func() { logrus.WithField("sessionToken", legacyToken).Debug("connecting with session") }, legacyToken, nil},
+		{"authorization header field", func() { logrus.WithField("Authorization", "Bearer "+legacyToken).Info("request") }, legacyToken, nil},
+		{"nested fields", func() {
+			logrus.WithField("apiSessionToken", logrus.Fields{"tokenId": "hash-1", "apiSessionId": "as-1", "raw": sessionJWT}).Warn("removed")
+		}, sessionJWT, []string{`"tokenId":"hash-1"`, `"apiSessionId":"as-1"`}},
+		{"struct holding a jwt", func() {
+			logrus.WithField("session", &serviceSession{ServiceID: "svc-1", Token: sessionJWT}).Warn("terminator")
+		}, sessionJWT, []string{"svc-1"}},
+		{"error holding a jwt", func() { logrus.WithError(errors.New("invalid token " + sessionJWT)).Error("enroll") }, sessionJWT, []string{"invalid token [REDACTED]"}},
+		{"stringer holding a token", func() { logrus.WithField("req", &stringer{"uet=" + enrollToken}).Warn("enroll") }, enrollToken, nil},
+		{"nil stringer", func() { logrus.WithField("req", (*stringer)(nil)).Warn("nil") }, "", []string{`"msg":"nil"`}},
+		{"bytes", func() { logrus.WithField("body", []byte(sessionJWT)).Warn("dial") }, sessionJWT, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf.Reset()
+			tc.log()
+			out := buf.String()
+			if out == "" {
+				t.Fatal("no record")
+			}
+			if tc.secret != "" && strings.Contains(out, tc.secret) {
+				t.Errorf("the record holds the credential:\n%s", out)
+			}
+			if secretPattern.MatchString(out) {
+				t.Errorf("the record holds something credential-shaped:\n%s", out)
+			}
+			for _, k := range tc.keep {
+				if !strings.Contains(out, k) {
+					t.Errorf("the record lacks %s:\n%s", k, out)
+				}
+			}
+		})
+	}
+}
+
+// FuzzRedact: whatever the input, the output holds nothing credential-shaped, and redacting again changes nothing.
+func FuzzRedact(f *testing.F) {
+	for _, s := range []string{sessionJWT, unsignedJWT, enrollToken, routerToken, "Bearer " + legacyToken, "eyJ.eyJ.", "bearer bearer x", "BeArer 0000", "plain text"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r := Redact(s)
+		if secretPattern.MatchString(r) {
+			t.Fatalf("Redact(%q) = %q still matches", s, r)
+		}
+		if again := Redact(r); again != r {
+			t.Fatalf("Redact is not idempotent: %q then %q", r, again)
+		}
+	})
+}
