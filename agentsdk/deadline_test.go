@@ -153,13 +153,24 @@ const (
 // within callSlack of that deadline.
 func returnsByDeadline(t *testing.T, what string, call func(ctx context.Context) error) {
 	t.Helper()
+	timeCall(t, what, call, false)
+}
+
+// returnsInTime is returnsByDeadline for a call that may also succeed in time.
+func returnsInTime(t *testing.T, what string, call func(ctx context.Context) error) {
+	t.Helper()
+	timeCall(t, what, call, true)
+}
+
+func timeCall(t *testing.T, what string, call func(ctx context.Context) error, maySucceed bool) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), callDeadline)
 	defer cancel()
 	start := time.Now()
 	err := call(ctx)
 	took := time.Since(start)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("%s: err = %v, want one wrapping context.DeadlineExceeded", what, err)
+	if !errors.Is(err, context.DeadlineExceeded) && !(maySucceed && err == nil) {
+		t.Errorf("%s: err = %v, want one wrapping context.DeadlineExceeded (or success: %v)", what, err, maySucceed)
 	}
 	if took > callDeadline+callSlack {
 		t.Errorf("%s returned after %s, deadline %s", what, took.Round(time.Millisecond), callDeadline)
@@ -210,11 +221,14 @@ func TestDeadlinesWithUnhappyOverlay(t *testing.T) {
 		_, err := sess.Receive(ctx)
 		return err
 	})
-	returnsByDeadline(t, "controller API (WhoAmI)", func(ctx context.Context) error {
+	// The controller's API is a service every agent already holds an overlay session for (the revocation feed
+	// keeps one), so these calls may still succeed through the routers while the overlay's controller is
+	// unhappy; either way they return by their deadline.
+	returnsInTime(t, "controller API (WhoAmI)", func(ctx context.Context) error {
 		_, err := fresh.Controller().WhoAmI(ctx)
 		return err
 	})
-	returnsByDeadline(t, "governance API (Sessions)", func(ctx context.Context) error {
+	returnsInTime(t, "governance API (Sessions)", func(ctx context.Context) error {
 		_, err := fresh.Sessions(ctx, "")
 		return err
 	})

@@ -78,14 +78,18 @@ const revocationWait = 15 * time.Second
 // followRevocations keeps the agent's revocation list current until ctx ends: a long poll on the controller's
 // feed, resumed from the last revision, with a capped backoff while the controller is unreachable.
 func (a *Agent) followRevocations(ctx context.Context) {
+	// A client of its own: the long poll neither takes nor leaves a connection in the pool the agent's own API
+	// calls use.
+	feed := a.newController()
+	defer feed.client.CloseIdleConnections()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		rctx, cancel := context.WithTimeout(ctx, revocationWait+10*time.Second)
-		var feed api.RevocationFeed
-		err := a.Controller().get(rctx, api.PathRevocations+"?"+a.revoked.query(), &feed)
+		var page api.RevocationFeed
+		err := feed.get(rctx, api.PathRevocations+"?"+a.revoked.query(), &page)
 		cancel()
 		if err == nil {
-			a.revoked.merge(feed, time.Now())
+			a.revoked.merge(page, time.Now())
 			backoff = 100 * time.Millisecond
 			continue
 		}
@@ -101,5 +105,8 @@ func (a *Agent) followRevocations(ctx context.Context) {
 		case <-t.C:
 		}
 		backoff = min(2*backoff, 5*time.Second)
+		if errors.Is(err, ErrNotAuthorized) {
+			backoff = time.Minute // this identity was refused: nothing it could learn would help it now
+		}
 	}
 }
