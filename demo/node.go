@@ -131,9 +131,18 @@ func transient(ctx context.Context, err error) bool {
 	return err != nil && ctx.Err() == nil && !errors.As(err, &ae) && !errors.As(err, &re) && !errors.Is(err, errRefused)
 }
 
+// Retry pacing after a transient failure: the first retry comes soon (when a router dies, the services it
+// carried are hosted through another router within a second), later ones back off to retryPauseLimit so that a
+// controller that is away is not asked in a tight loop.
+const (
+	retryPause      = 100 * time.Millisecond
+	retryPauseLimit = time.Second
+)
+
 // retry calls fn until it succeeds, fails with an answer, or waitLimit passes.
 func (n *node) retry(ctx context.Context, fn func() error) error {
 	deadline := time.Now().Add(waitLimit)
+	pause := retryPause
 	for {
 		err := fn()
 		if !transient(ctx, err) || time.Now().After(deadline) {
@@ -142,8 +151,9 @@ func (n *node) retry(ctx context.Context, fn func() error) error {
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(pause):
 		}
+		pause = min(2*pause, retryPauseLimit)
 	}
 }
 
@@ -209,6 +219,7 @@ func (n *node) reply(ctx context.Context, s *agentsdk.Session, in agentsdk.Envel
 // next waits for the next envelope of s, reconnecting to the relay when the overlay loses the connection (the
 // relay delivers again what was not confirmed, and the session drops what it has already returned).
 func (n *node) next(ctx context.Context, s *agentsdk.Session) (agentsdk.Envelope, error) {
+	pause := retryPause
 	for {
 		env, err := s.Receive(ctx)
 		if err == nil {
@@ -220,8 +231,9 @@ func (n *node) next(ctx context.Context, s *agentsdk.Session) (agentsdk.Envelope
 		select {
 		case <-ctx.Done():
 			return env, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(pause):
 		}
+		pause = min(2*pause, retryPauseLimit)
 	}
 }
 
