@@ -131,6 +131,7 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 		defer a.loops.Done()
 		a.followRevocations(runCtx)
 	}()
+	a.startKeepHosting(runCtx)
 	return a, nil
 }
 
