@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 }
 
 // serveEcho hosts an echo service that writes the caller's verified SPIFFE ID first.
-func serveEcho(t *testing.T, a *agentsdk.Agent, service string) net.Listener {
+func serveEcho(t testing.TB, a *agentsdk.Agent, service string) net.Listener {
 	t.Helper()
 	ln, err := a.Listen(service)
 	if err != nil {

@@ -65,25 +65,7 @@ func newRevocationWorld(t testing.TB) revocationWorld {
 	w := revocationWorld{server: env.NewAgent(t, "acme", "agent", uniq("rv-server")),
 		carrier: env.NewAgent(t, "acme", "agent", uniq("rv-carrier")), svc: uniq("rv-echo")}
 	env.Grant(t, w.svc, []spiffeid.ID{w.server.ID()}, []spiffeid.ID{w.carrier.ID()})
-	ln, err := w.server.Listen(w.svc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if peer, err := agentsdk.PeerIdentity(c); err == nil {
-					_, _ = io.WriteString(c, peer.String()+"\n")
-				}
-			}()
-		}
-	}()
+	serveEcho(t, w.server, w.svc)
 	w.raw = rawContext(t, w.carrier.Identity())
 	return w
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -341,7 +340,7 @@ func routerLoss(t *testing.T, victim string, settle time.Duration) {
 		defer wg.Done()
 		for i := 0; ctx.Err() == nil; i++ {
 			dctx, cancel := context.WithTimeout(ctx, attemptTimeout)
-			err := roundTrip(dctx, buyer, service, "ping "+strconv.Itoa(i))
+			err := echoOnce(dctx, buyer, service, "ping "+strconv.Itoa(i))
 			cancel()
 			if err == nil {
 				dialer.success()
@@ -424,27 +423,4 @@ func errorsOf(loops []*activity, since time.Time) string {
 		return "none"
 	}
 	return b.String()
-}
-
-// roundTrip dials service, sends one line and reads it back, all by ctx's deadline.
-func roundTrip(ctx context.Context, a *agentsdk.Agent, service, line string) error {
-	conn, err := a.Dial(ctx, service)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	if _, err := io.WriteString(conn, line+"\n"); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	got, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("read echo: %w", err)
-	}
-	if strings.TrimSpace(got) != line {
-		return fmt.Errorf("echo %q, want %q", got, line)
-	}
-	return nil
 }
