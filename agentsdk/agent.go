@@ -226,20 +226,32 @@ func (a *Agent) dial(ctx context.Context, service string, authorize tlsconfig.Au
 }
 
 // dialOverlay opens an overlay connection to service. A router that just went away fails a dial, and the next
-// attempt goes through another one; a lost overlay session is repaired once by reconnecting.
+// attempt goes through another one; a lost overlay session is repaired once by reconnecting. Each attempt has a
+// deadline of its own, short at first and doubling (firstDialAttempt, 2×, 4×…, within ctx): right after the
+// controller or a router restarts, a dial sometimes waits on state the overlay SDK kept from before (a service
+// session, a router connection) until its deadline, while a fresh attempt gets an answer at once.
 func (a *Agent) dialOverlay(ctx context.Context, service string) (net.Conn, error) {
 	reconnected := false
+	failures := 0
 	for attempt := 0; ; attempt++ {
 		zctx, gen, err := a.currentGen()
 		if err != nil {
 			return nil, err
 		}
-		raw, err := dialOnce(ctx, zctx, service)
+		actx, cancel := context.WithTimeout(ctx, firstDialAttempt<<min(attempt, 4))
+		raw, err := dialOnce(actx, zctx, service)
+		timedOut := err != nil && actx.Err() != nil
+		cancel()
+		if err != nil {
+			a.opts.log.Debug("overlay dial failed", "service", service, "generation", gen, "attempt", attempt, "err", err)
+		}
 		switch {
 		case err == nil:
 			return raw, nil
 		case ctx.Err() != nil:
 			return nil, ctxError(ctx, err)
+		case timedOut:
+			continue
 		case isSessionLost(err) && !reconnected:
 			reconnected = true
 			a.opts.log.Info("overlay session lost, reconnecting", "spiffe_id", a.ID().String(), "service", service, "err", err)
@@ -253,10 +265,11 @@ func (a *Agent) dialOverlay(ctx context.Context, service string) (net.Conn, erro
 				return nil, fmt.Errorf("%w (reconnecting failed: %v)", classify(err), rerr)
 			}
 			continue
-		case isNotFound(err) || isAuth(err) || attempt >= 3:
+		case isNotFound(err) || isAuth(err) || failures >= 3:
 			return nil, classify(err)
 		}
-		if !sleep(ctx, time.Duration(attempt+1)*200*time.Millisecond) {
+		failures++
+		if !sleep(ctx, time.Duration(failures)*200*time.Millisecond) {
 			return nil, ctxError(ctx, err)
 		}
 	}

@@ -11,6 +11,10 @@ import (
 // session). Every such call in this package goes through await, so the agent's own calls return by their
 // caller's deadline whatever the overlay SDK does.
 
+// firstDialAttempt is the deadline of an overlay dial's first attempt; each later attempt has twice the one
+// before, up to 16 times this, all within the caller's deadline.
+const firstDialAttempt = time.Second
+
 // await runs call in a goroutine of its own and returns its result, or ctx's error as soon as ctx ends. A
 // result that arrives after the caller has gone is handed to discard (which closes it), so nothing leaks; the
 // goroutine itself ends when call returns.

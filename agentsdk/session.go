@@ -144,11 +144,13 @@ func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload
 		}
 		if s.send == nil {
 			if s.send, lastErr = s.a.openRelay(ctx, api.RelayHello{Mode: "send"}); lastErr != nil {
+				s.a.opts.log.Debug("opening the relay failed", "session", s.info.ID.String(), "attempt", attempt, "err", lastErr)
 				continue
 			}
 		}
 		var ack api.RelayAck
 		if lastErr = s.send.roundTrip(ctx, frame, &ack); lastErr != nil {
+			s.a.opts.log.Debug("relay send failed", "session", s.info.ID.String(), "attempt", attempt, "err", lastErr)
 			s.send.Close()
 			s.send = nil
 			continue
