@@ -103,9 +103,12 @@ func TestTally(t *testing.T) {
 		rec(10, "mcp.call", "", "", "allow", nil),
 		rec(11, "llm.budget_exceeded", "", "over budget", "deny", nil),
 		rec(12, "llm.call", "", "", "allow", nil),
+		rec(13, "mcp.outcome", "", "", "", nil), // outcomes do not count their calls again
+		rec(14, "llm.outcome", "", "", "", nil),
+		rec(15, "llm.unavailable", "", "the call was refused: its audit record could not be written", "deny", nil),
 	}
 	sum := Tally(records, 1)
-	if len(sum.Sessions) != 1 || sum.Envelopes != 2 || sum.AuditRecords != 11 || sum.MCPCalls != 1 || sum.LLMCalls != 1 {
+	if len(sum.Sessions) != 1 || sum.Envelopes != 2 || sum.AuditRecords != 14 || sum.MCPCalls != 1 || sum.LLMCalls != 1 {
 		t.Fatalf("summary %+v", sum)
 	}
 	s := sum.Sessions[0]
@@ -114,7 +117,7 @@ func TestTally(t *testing.T) {
 		t.Fatalf("session %+v", s)
 	}
 	want := map[string]int{"a2a max_messages": 1, "a2a type_not_allowed": 1, "a2a propose: not visible to the caller": 1,
-		"mcp tool quarantined": 1, "llm budget_exceeded": 1}
+		"mcp tool quarantined": 1, "llm budget_exceeded": 1, "llm unavailable": 1}
 	if !maps.Equal(sum.Refusals, want) {
 		t.Fatalf("refusals %v", sum.Refusals)
 	}

@@ -26,7 +26,8 @@ type Summary struct {
 	// "a2a max_messages", "a2a expired", "a2a propose: not visible to the caller", "mcp call not permitted",
 	// "mcp tool quarantined", "mcp definition changed after approval; quarantined", "llm budget_exceeded", ...
 	Refusals map[string]int
-	// MCPCalls and LLMCalls are the tool and model calls that reached a backend.
+	// MCPCalls and LLMCalls are the tool and model calls forwarded to a backend, each counted once, by the record
+	// the gateway writes before forwarding it (mcp.call, mcp.prompt, mcp.read, llm.call), not by its outcome.
 	MCPCalls, LLMCalls int
 	// AuditRecords is the number of records the round added; AuditVerified says the whole chain verified.
 	AuditRecords  int
@@ -117,6 +118,8 @@ func Tally(records []audit.Record, after uint64) Summary {
 			sum.Refusals["mcp "+r.Reason]++
 		case "llm.call":
 			sum.LLMCalls++
+		case "mcp.outcome", "llm.outcome":
+			// how a call counted above ended
 		default:
 			if strings.HasPrefix(r.Kind, "llm.") && r.Decision == audit.DecisionDeny {
 				sum.Refusals["llm "+strings.TrimPrefix(r.Kind, "llm.")]++

@@ -1,7 +1,6 @@
 package llmgw
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"time"
@@ -138,11 +137,8 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 		data, _ := json.Marshal(map[string]any{"identity": who, "since": since.UTC().Format(time.RFC3339)})
 		rec := audit.Record{Kind: KindUsageRead, Actor: p.ID.String(), Decision: audit.DecisionAllow, Data: data,
 			Reason: "administrator read usage"}
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
-		defer cancel()
-		if err := g.cfg.Auditor.Append(ctx, rec); err != nil {
-			g.metrics.auditFailures.Inc()
-			g.log.Error("llmgw: audit record not appended", "kind", KindUsageRead, "err", err)
+		if err := g.appendAudit(r.Context(), rec); err != nil {
+			g.log.Error("llmgw: audit record lost", "kind", KindUsageRead, "err", err)
 		}
 	}
 	b, _ := json.Marshal(map[string]any{"object": "list", "data": entries})

@@ -184,7 +184,7 @@ func TestMessagesIngress(t *testing.T) {
 		if msgs[3].Str("tool_call_id") != "toolu_9" || msgs[3].Str("content") != "12 degrees" {
 			t.Errorf("tool message %v", msgs[3])
 		}
-		rec := h.auditor.wait(t, func(r auditRecord) bool { return r.Kind == llmgw.KindCall && dataOf(t, r).Ingress == "anthropic" })
+		rec := h.auditor.wait(t, func(r auditRecord) bool { return r.Kind == llmgw.KindOutcome && dataOf(t, r).Ingress == "anthropic" })
 		if d := dataOf(t, rec); d.Model != "gpt-test" || d.OutputTokens == 0 {
 			t.Errorf("audit %+v", d)
 		}

@@ -40,17 +40,23 @@ func TestCompletionsStreamsAndEmbeddingsThroughGateway(t *testing.T) {
 		if got := up.last().Str("model"); got != "up-gpt-test" {
 			t.Errorf("upstream saw model %q, want the upstream name", got)
 		}
-		rec := h.auditor.wait(t, func(r llmAudit) bool { return r.Kind == llmgw.KindCall && !dataOf(t, r).Stream })
+		start := h.auditor.wait(t, func(r llmAudit) bool { return r.Kind == llmgw.KindCall && !dataOf(t, r).Stream })
+		if d := dataOf(t, start); start.Actor != alice || start.Decision != "allow" || d.Model != "gpt-test" || len(d.Prompt) != 0 {
+			t.Errorf("call record %+v data %+v", start, d)
+		}
+		if !strings.Contains(string(start.Diagnostic), "policy0") {
+			t.Errorf("diagnostic %s does not name the permitting policy", start.Diagnostic)
+		}
+		rec := h.auditor.wait(t, func(r llmAudit) bool {
+			return r.Kind == llmgw.KindOutcome && dataOf(t, r).RequestID == dataOf(t, start).RequestID
+		})
 		d := dataOf(t, rec)
-		if rec.Actor != alice || rec.Decision != "allow" || d.Model != "gpt-test" || d.Provider != "openai" ||
+		if rec.Actor != alice || d.Status != 200 || d.Model != "gpt-test" || d.Provider != "openai" ||
 			d.UpstreamModel != "up-gpt-test" || d.InputTokens != resp.Usage.PromptTokens || d.CostUSD <= 0 {
-			t.Errorf("audit record %+v data %+v", rec, d)
+			t.Errorf("outcome record %+v data %+v", rec, d)
 		}
-		if len(d.Prompt) != 0 {
-			t.Errorf("prompt logged without LogPrompts: %s", d.Prompt)
-		}
-		if !strings.Contains(string(rec.Diagnostic), "policy0") {
-			t.Errorf("diagnostic %s does not name the permitting policy", rec.Diagnostic)
+		if len(d.Prompt) != 0 || len(d.Completion) != 0 {
+			t.Errorf("prompt or answer logged without LogPrompts: %s", rec.Data)
 		}
 	})
 
@@ -78,7 +84,7 @@ func TestCompletionsStreamsAndEmbeddingsThroughGateway(t *testing.T) {
 		if acc.Usage.CompletionTokens == 0 {
 			t.Error("no usage chunk although the caller asked for one")
 		}
-		rec := h.auditor.wait(t, func(r llmAudit) bool { return r.Kind == llmgw.KindCall && dataOf(t, r).Stream })
+		rec := h.auditor.wait(t, func(r llmAudit) bool { return r.Kind == llmgw.KindOutcome && dataOf(t, r).Stream })
 		if d := dataOf(t, rec); d.OutputTokens != acc.Usage.CompletionTokens || d.TTFTMS <= 0 {
 			t.Errorf("audit %+v, want output tokens %d and a time to first token", d, acc.Usage.CompletionTokens)
 		}

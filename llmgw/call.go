@@ -3,6 +3,7 @@ package llmgw
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 
 // Audit record kinds.
 const (
-	KindCall           = "llm.call"            // a call that reached a model (whatever its outcome)
+	KindCall           = "llm.call"            // a call allowed and forwarded, written before any model sees it
+	KindOutcome        = "llm.outcome"         // how a forwarded call ended: status, tokens, cost, upstream error
+	KindUnavailable    = "llm.unavailable"     // refused because usage accounting or the audit trail was unavailable
 	KindDenied         = "llm.denied"          // refused by policy or an unknown identity
 	KindBudgetExceeded = "llm.budget_exceeded" // refused by a daily or monthly budget
 	KindRateLimited    = "llm.rate_limited"    // refused by a rate or concurrency limit
@@ -27,6 +30,9 @@ const (
 // maxLoggedPrompt bounds the prompt and completion text put in an audit record.
 const maxLoggedPrompt = 64 << 10
 
+// auditRetryAfter is what a caller refused for want of an audit record is told to wait.
+const auditRetryAfter = 5 * time.Second
+
 // call follows one request for its audit record and metrics.
 type call struct {
 	id        string
@@ -35,6 +41,7 @@ type call struct {
 	start     time.Time
 	principal Principal
 	known     bool // principal identified
+	begun     bool // its KindCall record is written: it may go upstream, and its end is a KindOutcome record
 
 	kind       string
 	status     int
@@ -92,7 +99,21 @@ next:
 	}
 }
 
-// callData is the Data of an audit record.
+// startData is the Data of a KindCall record: what was decided before the call went upstream.
+type startData struct {
+	RequestID      string          `json:"request_id"`
+	Operation      string          `json:"operation"`
+	Ingress        string          `json:"ingress"`
+	ModelRequested string          `json:"model_requested,omitempty"`
+	Model          string          `json:"model,omitempty"`
+	Stream         bool            `json:"stream,omitempty"`
+	Route          *route.Decision `json:"route,omitempty"`
+	Guardrails     []finding       `json:"guardrails,omitempty"` // in the request
+	Prompt         json.RawMessage `json:"prompt,omitempty"`
+	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
+}
+
+// callData is the Data of a KindOutcome record and of a refusal.
 type callData struct {
 	RequestID      string          `json:"request_id"`
 	Operation      string          `json:"operation"`
@@ -114,7 +135,7 @@ type callData struct {
 	Route          *route.Decision `json:"route,omitempty"`
 	Guardrails     []finding       `json:"guardrails,omitempty"`
 	Limit          *limitData      `json:"limit,omitempty"`
-	Prompt         json.RawMessage `json:"prompt,omitempty"`
+	Prompt         json.RawMessage `json:"prompt,omitempty"`         // of a refusal; a forwarded call's is in its KindCall record
 	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
 	Completion     string          `json:"completion,omitempty"`
 	UpstreamStatus int             `json:"upstream_status,omitempty"` // of the last failed attempt
@@ -123,6 +144,66 @@ type callData struct {
 type limitData struct {
 	Subject string `json:"subject"`
 	Limit   string `json:"limit"`
+}
+
+// begin writes the call's KindCall record and waits until the audit trail holds it, before anything goes
+// upstream: a call whose record cannot be written within Config.AuditTimeout is refused, and the error is what
+// the caller is told (503 audit_unavailable with Retry-After).
+func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
+	if g.cfg.Auditor == nil {
+		c.begun = true
+		return nil
+	}
+	data := startData{RequestID: c.id, Operation: c.operation, Ingress: c.ingress, ModelRequested: c.requested,
+		Model: c.model, Stream: c.stream, Route: c.route, Guardrails: c.findings}
+	if g.cfg.LogPrompts {
+		if len(c.prompt) <= maxLoggedPrompt {
+			data.Prompt = c.prompt
+		} else {
+			data.PromptOmitted = true
+		}
+	}
+	rec := audit.Record{Time: time.Now().UTC(), Kind: KindCall, Actor: c.principal.ID.String(),
+		Decision: audit.DecisionAllow, PolicyVersion: g.authz.version}
+	if c.decision != nil {
+		rec.Diagnostic, _ = json.Marshal(c.decision)
+	}
+	rec.Data, _ = json.Marshal(data)
+	if err := g.appendAudit(ctx, rec); err != nil {
+		g.log.Error("llmgw: call refused: its audit record could not be written", "request_id", c.id, "err", err)
+		e := errorf(http.StatusServiceUnavailable, "server_error", codeAuditUnavailable,
+			"the call was refused: its audit record could not be written; try again later")
+		e.RetryAfter = auditRetryAfter
+		c.fail(KindUnavailable, e)
+		return e
+	}
+	c.begun = true
+	return nil
+}
+
+// appendAudit appends r and waits at most Config.AuditTimeout for the audit trail to confirm it, even if the
+// Auditor ignores its context. The caller's cancellation does not cut the wait short, so that a record is not
+// abandoned half-written because its caller left. A failure is counted in audit_failures_total.
+func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.AuditTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- g.cfg.Auditor.Append(ctx, r) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		select {
+		case err = <-done: // it answered as the deadline passed
+		default:
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		g.metrics.auditFailures.Inc()
+		return fmt.Errorf("append %s record: %w", r.Kind, err)
+	}
+	return nil
 }
 
 // finish writes the call's metrics and audit record.
@@ -171,10 +252,12 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		data.Limit = &limitData{Subject: c.limit.Subject, Limit: c.limit.Limit}
 	}
 	if g.cfg.LogPrompts {
-		if len(c.prompt) <= maxLoggedPrompt {
-			data.Prompt = c.prompt
-		} else {
-			data.PromptOmitted = true
+		if !c.begun { // a forwarded call's prompt is in its KindCall record
+			if len(c.prompt) <= maxLoggedPrompt {
+				data.Prompt = c.prompt
+			} else {
+				data.PromptOmitted = true
+			}
 		}
 		data.Completion = c.completion
 		if len(data.Completion) > maxLoggedPrompt {
@@ -182,23 +265,21 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		}
 	}
 	rec := audit.Record{
-		Kind:          c.kind,
 		Actor:         c.principal.ID.String(),
-		Decision:      audit.DecisionAllow,
 		Reason:        c.message,
 		PolicyVersion: g.authz.version,
 	}
-	if c.kind != KindCall {
-		rec.Decision = audit.DecisionDeny // a call that was allowed and then failed upstream stays "allow"
-	}
-	if c.decision != nil {
-		rec.Diagnostic, _ = json.Marshal(c.decision)
+	if c.begun {
+		// The call has happened: its outcome cannot be refused any more, only counted and logged if lost.
+		rec.Kind = KindOutcome
+	} else {
+		rec.Kind, rec.Decision = c.kind, audit.DecisionDeny
+		if c.decision != nil {
+			rec.Diagnostic, _ = json.Marshal(c.decision)
+		}
 	}
 	rec.Data, _ = json.Marshal(data)
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := g.cfg.Auditor.Append(actx, rec); err != nil {
-		g.metrics.auditFailures.Inc()
-		g.log.Error("llmgw: audit record not appended", "request_id", c.id, "kind", c.kind, "err", err)
+	if err := g.appendAudit(ctx, rec); err != nil {
+		g.log.Error("llmgw: audit record lost", "request_id", c.id, "kind", rec.Kind, "err", err)
 	}
 }

@@ -175,6 +175,10 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 		return
 	}
 	defer g.settle(ctx, c, res) // settles once; the paths below settle before answering, so usage reads are current
+	if e := g.begin(ctx, c); e != nil {
+		out.fail(c, e)
+		return
+	}
 	if req.Stream {
 		g.streamChat(ctx, c, m, req, out, wantUsage, res)
 		return
@@ -297,7 +301,7 @@ func (g *Gateway) reserve(ctx context.Context, c *call, m *model, in, out int64)
 	case err != nil:
 		g.log.Error("llmgw: usage store unavailable", "request_id", c.id, "err", err)
 		e := errorf(http.StatusServiceUnavailable, "server_error", codeInternal, "usage accounting is unavailable; retry later")
-		c.fail(KindCall, e)
+		c.fail(KindUnavailable, e)
 		return nil, e
 	}
 	return res, nil

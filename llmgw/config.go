@@ -40,8 +40,13 @@ type Config struct {
 	// Directory tells the caller's organisation, workgroups and admin flag. Nil means the organisation is the
 	// first path segment of the SPIFFE ID, with no workgroups and no administrators.
 	Directory Directory
-	// Auditor receives one record per call. Nil means calls are not audited.
+	// Auditor receives the calls' records. A call goes upstream only after the Auditor has confirmed its
+	// llm.call record; one whose record cannot be written is refused with 503 audit_unavailable. Nil means
+	// calls are not audited (and none is refused for want of a record).
 	Auditor Auditor
+	// AuditTimeout is how long the gateway waits for the Auditor to confirm a record; a call whose record is
+	// not confirmed in time is refused. Zero means 10 seconds.
+	AuditTimeout time.Duration
 	// State keeps usage counters in a JetStream key-value bucket (UsageBucket) so that they survive a restart.
 	// Nil keeps them in memory.
 	State jetstream.JetStream
@@ -175,6 +180,9 @@ type Auditor interface {
 
 // check validates cfg and fills defaults in place (cfg is New's copy).
 func (cfg *Config) check() error {
+	if cfg.AuditTimeout <= 0 {
+		cfg.AuditTimeout = 10 * time.Second
+	}
 	if cfg.OutputReserve <= 0 {
 		cfg.OutputReserve = 1024
 	}

@@ -52,7 +52,8 @@
 // X-Umbra-Model and X-Umbra-Route.
 //
 // Errors have the OpenAI shape, {"error":{"message","type","code","param"}}, with a stable code
-// (model_not_permitted, budget_exceeded, rate_limit_exceeded, guardrail_blocked, upstream_error, ...) and the
+// (model_not_permitted, budget_exceeded, rate_limit_exceeded, guardrail_blocked, upstream_error,
+// audit_unavailable, ...) and the
 // request ID in the message, which is also in the audit record. The /v1/messages endpoint answers errors in
 // the Anthropic shape instead. Upstream messages are passed on only for 400 and 422 (they explain what is wrong
 // with the request); other upstream failures are summarised, since they may describe the gateway's own keys.
@@ -135,12 +136,29 @@
 //
 // # Audit and metrics
 //
-// Every call gives one audit record: llm.call (it reached a model, whatever the outcome), llm.denied,
-// llm.rate_limited, llm.budget_exceeded, llm.guardrail or llm.invalid, with the caller as actor, the Cedar
-// diagnostic and policy version, and data: model requested and used, provider, upstream model and endpoint,
-// attempts, tokens, cost, latency, time to first token, route decision, guardrail findings, and with
-// LogPrompts the messages as sent upstream (after redaction) and the answer. Administrators reading others'
-// usage give llm.usage_read. Unidentified callers are only counted in metrics.
+// A call that is refused gives one record: llm.denied, llm.rate_limited, llm.budget_exceeded, llm.guardrail,
+// llm.invalid or llm.unavailable (usage accounting or the audit trail could not be reached), with the caller
+// as actor, the Cedar diagnostic and policy version, the reason and the error code. A call that is allowed
+// gives two, linked by request_id:
+//
+//   - llm.call, the decision: caller, Cedar diagnostic and policy version, model requested and chosen, route
+//     decision, guardrail findings in the request and, with LogPrompts, the messages as sent upstream (after
+//     redaction). It is written before anything goes upstream, and the gateway waits until the Auditor has
+//     confirmed it (at most Config.AuditTimeout). If it cannot be written the call is refused, never sent:
+//     503 audit_unavailable with Retry-After ("the call was refused: its audit record could not be written;
+//     try again later"), and an llm.unavailable record is attempted.
+//   - llm.outcome, after the answer: status and error code, provider, upstream model and endpoint, attempts,
+//     tokens, cost, latency, time to first token, all guardrail findings, the upstream status of a failed
+//     attempt and, with LogPrompts, the answer. The call has then happened, so an outcome that cannot be
+//     written is counted in _audit_failures_total and logged, and the caller still gets the answer.
+//
+// So the trail never lacks a call that happened. A call can lack its outcome: llm.call says it was allowed and
+// forwarded; no llm.outcome under its request_id means the gateway did not finish it (it stopped, or crashed,
+// between the two records, or the outcome's write failed). Counting llm.call records counts the calls that
+// reached a model. One exception: the routing model's own embedding and classifier calls, made to choose the
+// model, happen before the llm.call record, which carries their decision. Administrators reading others' usage
+// give llm.usage_read. Unidentified callers are only
+// counted in metrics.
 //
 // Metrics follow the OpenTelemetry GenAI conventions: gen_ai_client_token_usage (by gen_ai_token_type),
 // gen_ai_server_time_to_first_token_seconds and gen_ai_server_request_duration_seconds (with error_type),

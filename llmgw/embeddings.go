@@ -60,6 +60,10 @@ func (g *Gateway) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer g.settle(r.Context(), c, res)
+	if e := g.begin(r.Context(), c); e != nil {
+		out.fail(c, e)
+		return
+	}
 	resp, ep, err := attempt(r.Context(), g, c, m, func(ctx context.Context, ep *endpoint) (chat.Object, error) {
 		return ep.p.Embeddings(ctx, req)
 	})

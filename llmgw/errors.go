@@ -26,21 +26,22 @@ func (e *apiError) Error() string { return e.Code + ": " + e.Message }
 
 // Error codes callers can branch on.
 const (
-	codeUnauthenticated = "unauthenticated"
-	codeForbidden       = "identity_not_permitted"
-	codeUnavailable     = "directory_unavailable"
-	codeInvalid         = "invalid_request"
-	codeTooLarge        = "request_too_large"
-	codeModelNotFound   = "model_not_found"
-	codeNotPermitted    = "model_not_permitted"
-	codeNoRoute         = "no_route"
-	codeGuardrail       = "guardrail_blocked"
-	codeRateLimited     = "rate_limit_exceeded"
-	codeBudgetExceeded  = "budget_exceeded"
-	codeUpstream        = "upstream_error"
-	codeUpstreamRate    = "upstream_rate_limited"
-	codeInternal        = "internal_error"
-	codeNotFound        = "not_found"
+	codeUnauthenticated  = "unauthenticated"
+	codeForbidden        = "identity_not_permitted"
+	codeUnavailable      = "directory_unavailable"
+	codeInvalid          = "invalid_request"
+	codeTooLarge         = "request_too_large"
+	codeModelNotFound    = "model_not_found"
+	codeNotPermitted     = "model_not_permitted"
+	codeNoRoute          = "no_route"
+	codeGuardrail        = "guardrail_blocked"
+	codeRateLimited      = "rate_limit_exceeded"
+	codeBudgetExceeded   = "budget_exceeded"
+	codeUpstream         = "upstream_error"
+	codeUpstreamRate     = "upstream_rate_limited"
+	codeInternal         = "internal_error"
+	codeAuditUnavailable = "audit_unavailable"
+	codeNotFound         = "not_found"
 )
 
 func errorf(status int, typ, code, format string, args ...any) *apiError {
@@ -92,11 +93,16 @@ func openAIError(e *apiError, requestID string) []byte {
 	return b
 }
 
+// writeJSON sends a whole answer at once: the call's audit record is written after it, and the caller need
+// not wait for that.
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func setRetryAfter(w http.ResponseWriter, d time.Duration) {

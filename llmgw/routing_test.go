@@ -79,7 +79,7 @@ func TestFailover(t *testing.T) {
 			if err != nil || got != "from the second" {
 				t.Fatalf("got %q, %v", got, err)
 			}
-			rec := h.auditor.wait(t, kindIs(llmgw.KindCall))
+			rec := h.auditor.wait(t, kindIs(llmgw.KindOutcome))
 			if d := dataOf(t, rec); d.Attempts != 2 || d.Status != 200 {
 				t.Errorf("attempts %d status %d", d.Attempts, d.Status)
 			}
@@ -132,7 +132,7 @@ func TestFailover(t *testing.T) {
 		if n := first.chats.Load() + second.chats.Load(); n != 4 {
 			t.Errorf("%d attempts, want 1 + 3 retries", n)
 		}
-		if d := dataOf(t, h.auditor.wait(t, kindIs(llmgw.KindCall))); d.UpstreamStatus != 503 || d.Attempts != 4 || d.Status != 502 {
+		if d := dataOf(t, h.auditor.wait(t, kindIs(llmgw.KindOutcome))); d.UpstreamStatus != 503 || d.Attempts != 4 || d.Status != 502 {
 			t.Errorf("audit %+v", d)
 		}
 	})

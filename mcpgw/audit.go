@@ -3,6 +3,7 @@ package mcpgw
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -14,9 +15,10 @@ import (
 
 // Audit record kinds.
 const (
-	KindCall            = "mcp.call"             // a tool call that reached a backend
-	KindPrompt          = "mcp.prompt"           // a prompt get that reached a backend
-	KindRead            = "mcp.read"             // a resource read that reached a backend
+	KindCall            = "mcp.call"             // a tool call allowed and forwarded, written before the backend sees it
+	KindPrompt          = "mcp.prompt"           // a prompt get allowed and forwarded, written likewise
+	KindRead            = "mcp.read"             // a resource read allowed and forwarded, written likewise
+	KindOutcome         = "mcp.outcome"          // how a forwarded request ended: status, latency, result size
 	KindDenied          = "mcp.denied"           // a request refused by the gateway
 	KindApproval        = "mcp.approval"         // a sensitive call's approval: requested, decided, used, refused
 	KindToolPinned      = "mcp.tool_pinned"      // a tool definition seen for the first time
@@ -37,7 +39,9 @@ const (
 	statusTooLarge    = "too_large"   // the result exceeded the response limit
 )
 
-// op is one request from a caller on its way through the gateway; it ends in exactly one audit record.
+// op is one request from a caller on its way through the gateway. A refused request ends in one KindDenied
+// record; a forwarded one has its KindCall, KindPrompt or KindRead record written before it is forwarded and a
+// KindOutcome record, with the same ref, after.
 type op struct {
 	g        *Gateway
 	kind     string // "tool", "prompt", "resource"
@@ -53,7 +57,11 @@ type op struct {
 	approval string
 	version  string
 	diag     *policy.Diagnostic
+	size     int64 // bytes of the result as JSON, once known
 }
+
+// forwardKinds are the record kinds of a forwarded request, by op kind.
+var forwardKinds = map[string]string{"tool": KindCall, "prompt": KindPrompt, "resource": KindRead}
 
 func (g *Gateway) newOp(kind string, c *caller, session, name string) *op {
 	return &op{g: g, kind: kind, ref: newRef(), start: time.Now(), caller: c.id, session: session, name: name,
@@ -103,19 +111,51 @@ func (o *op) refuse(ctx context.Context, metricReason, reason string, err error)
 	return err
 }
 
-// done records a request that reached a backend.
-func (o *op) done(ctx context.Context, status, detail string) {
-	o.g.metrics.call(o, status)
-	kind := map[string]string{"tool": KindCall, "prompt": KindPrompt, "resource": KindRead}[o.kind]
-	extra := map[string]any{"status": status, "latency_ms": float64(time.Since(o.start).Microseconds()) / 1000}
-	if detail != "" {
-		extra["detail"] = redact.String(detail)
+// begin writes the record of an allowed request and waits until the audit trail holds it, before anything
+// reaches the backend: a request whose record cannot be written within Config.AuditTimeout is refused and never
+// forwarded. The error is what the caller sees.
+func (o *op) begin(ctx context.Context) error {
+	g := o.g
+	if g.cfg.Auditor == nil {
+		return nil
 	}
-	o.g.record(ctx, audit.Record{Kind: kind, Actor: o.caller.String(), Decision: audit.DecisionAllow,
-		PolicyVersion: o.version, Diagnostic: diagJSON(o.diag), Data: o.data(extra)})
+	r := audit.Record{Time: time.Now().UTC(), Kind: forwardKinds[o.kind], Actor: o.caller.String(),
+		Decision: audit.DecisionAllow, PolicyVersion: o.version, Diagnostic: diagJSON(o.diag), Data: o.data(nil)}
+	if err := g.appendAudit(ctx, r); err != nil {
+		g.log.Error("mcpgw: request refused: its audit record could not be written", "ref", o.ref, "kind", r.Kind,
+			"caller", o.caller, "err", redact.String(err.Error()))
+		return o.refuse(ctx, "audit_unavailable", "audit record could not be written",
+			rpcError(CodeAuditUnavailable, o.ref, "", "the call was refused: its audit record could not be written; try again later"))
+	}
+	return nil
 }
 
-// record hands r to the audit worker, or appends it directly when the worker is not running or is behind.
+// done records how a forwarded request ended. The request has happened, so a record that cannot be written
+// is counted and logged, not returned.
+func (o *op) done(ctx context.Context, status, detail string) {
+	o.g.metrics.call(o, status)
+	d := map[string]any{"ref": o.ref, o.kind: o.name, "status": status,
+		"latency_ms": float64(time.Since(o.start).Microseconds()) / 1000}
+	if o.backend != "" {
+		d["backend"] = o.backend
+	}
+	if o.session != "" {
+		d["mcp_session"] = o.session
+	}
+	if o.size > 0 {
+		d["result_bytes"] = o.size
+	}
+	if detail != "" {
+		d["detail"] = redact.String(detail)
+	}
+	data, _ := json.Marshal(d)
+	o.g.record(ctx, audit.Record{Kind: KindOutcome, Actor: o.caller.String(), PolicyVersion: o.version, Data: data})
+}
+
+// record writes r without holding the request up: it hands r to the audit worker, or appends it directly when
+// the worker is not running or is behind. A failure is counted in audit_failures_total and logged. Only
+// records of what was refused or has already happened go this way; begin writes the records that must be
+// durable before a request is forwarded.
 func (g *Gateway) record(ctx context.Context, r audit.Record) {
 	if g.cfg.Auditor == nil {
 		return
@@ -136,16 +176,38 @@ func (g *Gateway) record(ctx context.Context, r audit.Record) {
 	if queued {
 		return
 	}
-	g.appendAudit(context.WithoutCancel(ctx), r)
+	g.appendLogged(ctx, r)
 }
 
-func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := g.cfg.Auditor.Append(ctx, r); err != nil {
-		g.metrics.auditFails.Inc()
+func (g *Gateway) appendLogged(ctx context.Context, r audit.Record) {
+	if err := g.appendAudit(ctx, r); err != nil {
 		g.log.Error("mcpgw: audit record lost", "kind", r.Kind, "actor", r.Actor, "err", redact.String(err.Error()))
 	}
+}
+
+// appendAudit appends r and waits at most Config.AuditTimeout for the audit trail to confirm it, even if the
+// Auditor ignores its context. The caller's cancellation does not cut the wait short, so that a record is
+// not abandoned half-written because its caller left. A failure is counted in audit_failures_total.
+func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.AuditTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- g.cfg.Auditor.Append(ctx, r) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		select {
+		case err = <-done: // it answered as the deadline passed
+		default:
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		g.metrics.auditFails.Inc()
+		return fmt.Errorf("append %s record: %w", r.Kind, err)
+	}
+	return nil
 }
 
 // auditWorker appends queued records until ctx ends, then drains the queue.
@@ -154,7 +216,7 @@ func (g *Gateway) auditWorker(ctx context.Context, done chan<- struct{}) {
 	for {
 		select {
 		case r := <-g.audits:
-			g.appendAudit(context.Background(), r)
+			g.appendLogged(context.Background(), r)
 		case <-ctx.Done():
 			g.auditMu.Lock()
 			g.auditOn = false
@@ -162,7 +224,7 @@ func (g *Gateway) auditWorker(ctx context.Context, done chan<- struct{}) {
 			for {
 				select {
 				case r := <-g.audits:
-					g.appendAudit(context.Background(), r)
+					g.appendLogged(context.Background(), r)
 				default:
 					return
 				}

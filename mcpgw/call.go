@@ -27,8 +27,9 @@ const MetaApproval = "umbra/approval"
 // The order of checks for a tool call: arguments are canonicalised (what policy sees, what an approval is
 // bound to and what the backend receives are the same bytes); the tool must exist, be approved and be visible
 // to the caller, else it is unknown; the call itself must be permitted; the caller's limits apply; a sensitive
-// call waits for an approval; then the backend is called under the per-call timeout and the result's size is
-// checked. Every outcome is one audit record.
+// call waits for an approval; the call's record is written and confirmed by the audit trail (else the call is
+// refused); then the backend is called under the per-call timeout, the result's size is checked and the
+// outcome is recorded.
 
 func (g *Gateway) toolHandler(c *caller, name string) mcp.ToolHandler {
 	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
@@ -107,11 +108,17 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 
 	cs, blocked, err := e.backend.session(ctx, req.Session)
 	if err != nil {
+		if aerr := o.begin(ctx); aerr != nil {
+			return nil, aerr
+		}
 		o.done(ctx, statusUnavailable, err.Error())
 		return errorResult("%s is unavailable (ref %s)", o.backend, o.ref), nil
 	}
 	if blocked[o.original] {
 		return nil, o.refuse(ctx, "hidden", "definition differs in this client's backend session", unknownTool(name))
+	}
+	if err := o.begin(ctx); err != nil {
+		return nil, err
 	}
 	params := &mcp.CallToolParams{Name: o.original, Arguments: json.RawMessage(args)}
 	if tok := req.Params.GetProgressToken(); tok != nil {
@@ -142,7 +149,8 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 		o.done(ctx, statusUnavailable, err.Error())
 		return errorResult("%s failed during the call (ref %s)", o.backend, o.ref), nil
 	}
-	if n := encodedSize(res); g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
+	o.size = encodedSize(res)
+	if n := o.size; g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
 		o.done(ctx, statusTooLarge, fmt.Sprintf("%d bytes", n))
 		return errorResult("the result of %d bytes exceeds the gateway's limit of %d bytes (ref %s)", n, g.cfg.Limits.MaxResponse, o.ref), nil
 	}
@@ -270,8 +278,14 @@ func (g *Gateway) promptHandler(c *caller, name string) mcp.PromptHandler {
 		defer release()
 		cs, _, err := e.backend.session(ctx, req.Session)
 		if err != nil {
+			if aerr := o.begin(ctx); aerr != nil {
+				return nil, aerr
+			}
 			o.done(ctx, statusUnavailable, err.Error())
 			return nil, rpcError(CodeUnavailable, o.ref, "", "%s is unavailable", o.backend)
+		}
+		if err := o.begin(ctx); err != nil {
+			return nil, err
 		}
 		cctx, cancel := g.callContext(ctx)
 		defer cancel()
@@ -279,7 +293,8 @@ func (g *Gateway) promptHandler(c *caller, name string) mcp.PromptHandler {
 		if err != nil {
 			return nil, g.forwardError(ctx, o, e.backend, cs, cctx, err)
 		}
-		if n := encodedSize(res); g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
+		o.size = encodedSize(res)
+		if n := o.size; g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
 			o.done(ctx, statusTooLarge, fmt.Sprintf("%d bytes", n))
 			return nil, rpcError(CodeTooLarge, o.ref, "", "result of %d bytes exceeds the limit of %d", n, g.cfg.Limits.MaxResponse)
 		}
@@ -313,8 +328,14 @@ func (g *Gateway) readHandler(c *caller, key string) mcp.ResourceHandler {
 		defer release()
 		cs, _, err := e.backend.session(ctx, req.Session)
 		if err != nil {
+			if aerr := o.begin(ctx); aerr != nil {
+				return nil, aerr
+			}
 			o.done(ctx, statusUnavailable, err.Error())
 			return nil, rpcError(CodeUnavailable, o.ref, "", "%s is unavailable", o.backend)
+		}
+		if err := o.begin(ctx); err != nil {
+			return nil, err
 		}
 		cctx, cancel := g.callContext(ctx)
 		defer cancel()
@@ -327,7 +348,8 @@ func (g *Gateway) readHandler(c *caller, key string) mcp.ResourceHandler {
 				rc.URI = exposedURI(backend, rc.URI)
 			}
 		}
-		if n := encodedSize(res); g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
+		o.size = encodedSize(res)
+		if n := o.size; g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
 			o.done(ctx, statusTooLarge, fmt.Sprintf("%d bytes", n))
 			return nil, rpcError(CodeTooLarge, o.ref, "", "result of %d bytes exceeds the limit of %d", n, g.cfg.Limits.MaxResponse)
 		}

@@ -45,8 +45,13 @@ type Config struct {
 	Directory Directory
 	// DirectoryTTL is how long a lookup is reused. Default 15 seconds.
 	DirectoryTTL time.Duration
-	// Auditor receives one record per decision. Default: none (records are dropped).
+	// Auditor receives one record per decision. A tool call, prompt get or resource read is forwarded only
+	// after the Auditor has confirmed its record; one whose record cannot be written is refused with
+	// CodeAuditUnavailable. Default: none (records are dropped and nothing is refused for want of them).
 	Auditor Auditor
+	// AuditTimeout is how long the gateway waits for the Auditor to confirm a record; a request whose record
+	// is not confirmed in time is refused. Default 10 seconds.
+	AuditTimeout time.Duration
 	// AuditArguments puts the call arguments (secrets redacted) into audit records; by default only their
 	// digest is recorded.
 	AuditArguments bool
@@ -174,6 +179,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Identify == nil {
 		c.Identify = PeerID
+	}
+	if c.AuditTimeout <= 0 {
+		c.AuditTimeout = 10 * time.Second
 	}
 	if c.DirectoryTTL <= 0 {
 		c.DirectoryTTL = 15 * time.Second

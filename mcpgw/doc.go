@@ -104,10 +104,24 @@
 //
 // # Audit, logs and metrics
 //
-// Every request that reaches a backend is one record (KindCall, KindPrompt, KindRead) with caller, tool,
-// backend, decision and diagnostic, arguments digest (the arguments themselves, secrets redacted, only with
-// Config.AuditArguments), status and latency; every refusal is a KindDenied record; approvals, pins,
-// quarantines and policy changes have their own kinds. Nothing logged or recorded carries secrets found in
+// Every refusal is a KindDenied record. Every request the gateway forwards has two records with the same ref:
+//
+//   - KindCall, KindPrompt or KindRead, the decision: caller, tool, backend, decision and diagnostic,
+//     arguments digest (the arguments themselves, secrets redacted, only with Config.AuditArguments) and the
+//     approval used. It is written before the backend sees anything, and the gateway waits until the Auditor
+//     has confirmed it (at most Config.AuditTimeout). If it cannot be written the request is refused, never
+//     forwarded: a JSON-RPC error with CodeAuditUnavailable ("the call was refused: its audit record could not
+//     be written; try again later"), and a KindDenied record is attempted.
+//   - KindOutcome, after the backend answered: status, latency, result size and error detail. The request has
+//     then happened, so an outcome that cannot be written is counted in audit_failures_total and logged, and
+//     the caller still gets the result.
+//
+// So the trail never lacks a request that reached a backend. A request can lack its outcome: the first record
+// says it was allowed and forwarded; no KindOutcome under its ref means the gateway did not finish it (it
+// stopped, or crashed, between the two records, or the outcome's write failed). Counting KindCall records
+// counts the tool calls forwarded. Refusals, outcomes and the other records (approvals, pins, quarantines and
+// policy changes, which have their own kinds) are written in the background, not holding requests up; a
+// record that cannot be written is counted and logged, never dropped silently. Nothing logged or recorded carries secrets found in
 // arguments or errors (package redact). Logs carry state changes only. Metrics (calls, errors, latency per
 // tool and caller, refusals, backend state, tools by pin state) go to Config.Registry, or to a private
 // registry served at /metrics to administrators and by MetricsHandler.

@@ -13,24 +13,26 @@ import (
 // JSON-RPC error codes the gateway answers with, in the range JSON-RPC leaves to servers. The error's data
 // carries the same as a stable string code, and a reference that also appears in the audit record.
 const (
-	CodeNotAuthorized = -32060 // no grant at all, or a call policy refuses
-	CodeRateLimited   = -32061 // too many calls per minute
-	CodeTooBusy       = -32062 // too many calls in flight
-	CodeApproval      = -32063 // a sensitive call was denied, timed out, or its approval does not fit
-	CodeTooLarge      = -32064 // request too large
-	CodeUnavailable   = -32065 // the gateway cannot decide now (directory or state unavailable)
+	CodeNotAuthorized    = -32060 // no grant at all, or a call policy refuses
+	CodeRateLimited      = -32061 // too many calls per minute
+	CodeTooBusy          = -32062 // too many calls in flight
+	CodeApproval         = -32063 // a sensitive call was denied, timed out, or its approval does not fit
+	CodeTooLarge         = -32064 // request too large
+	CodeUnavailable      = -32065 // the gateway cannot decide now (directory or state unavailable)
+	CodeAuditUnavailable = -32066 // the request's audit record could not be written, so it was not forwarded
 )
 
 // ErrNotAuthorized is wrapped by errors about callers refused outright.
 var ErrNotAuthorized = errors.New("mcpgw: not authorised")
 
 var codeNames = map[int64]string{
-	CodeNotAuthorized: "not_authorized",
-	CodeRateLimited:   "rate_limited",
-	CodeTooBusy:       "too_busy",
-	CodeApproval:      "approval_required",
-	CodeTooLarge:      "too_large",
-	CodeUnavailable:   "unavailable",
+	CodeNotAuthorized:    "not_authorized",
+	CodeRateLimited:      "rate_limited",
+	CodeTooBusy:          "too_busy",
+	CodeApproval:         "approval_required",
+	CodeTooLarge:         "too_large",
+	CodeUnavailable:      "unavailable",
+	CodeAuditUnavailable: "audit_unavailable",
 }
 
 // ErrorData is the data of the gateway's JSON-RPC errors.

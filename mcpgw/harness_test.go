@@ -194,14 +194,30 @@ func httpBackend(t testing.TB, name string, srv *mcp.Server, trusted bool) Backe
 	}}
 }
 
-// recorder is an Auditor that keeps records in memory and checks each is one the audit trail accepts.
+// recorder is an Auditor that keeps records in memory and checks each is one the audit trail accepts. A fault
+// set with failWith decides the fate of the records appended after it.
 type recorder struct {
-	t  testing.TB
-	mu sync.Mutex
-	rs []audit.Record
+	t     testing.TB
+	mu    sync.Mutex
+	rs    []audit.Record
+	fault func(context.Context, audit.Record) error
 }
 
-func (r *recorder) Append(_ context.Context, rec audit.Record) error {
+// failWith makes every later Append call f first and fail with its error, if any; nil heals the recorder.
+func (r *recorder) failWith(f func(context.Context, audit.Record) error) {
+	r.mu.Lock()
+	r.fault = f
+	r.mu.Unlock()
+}
+
+// records returns the records appended so far, in order.
+func (r *recorder) records() []audit.Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]audit.Record(nil), r.rs...)
+}
+
+func (r *recorder) Append(ctx context.Context, rec audit.Record) error {
 	if !strings.HasPrefix(rec.Kind, "mcp.") || strings.Trim(rec.Kind, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
 		r.t.Errorf("audit kind %q invalid", rec.Kind)
 	}
@@ -211,6 +227,14 @@ func (r *recorder) Append(_ context.Context, rec audit.Record) error {
 	for _, raw := range []json.RawMessage{rec.Data, rec.Diagnostic} {
 		if len(raw) > 0 && !json.Valid(raw) {
 			r.t.Errorf("audit record %s carries invalid JSON %s", rec.Kind, raw)
+		}
+	}
+	r.mu.Lock()
+	fault := r.fault
+	r.mu.Unlock()
+	if fault != nil {
+		if err := fault(ctx, rec); err != nil {
+			return err
 		}
 	}
 	r.mu.Lock()

@@ -68,7 +68,7 @@ func TestLimits(t *testing.T) {
 		if err != nil || !res.IsError || !strings.Contains(text(res), "timed out after 200ms") {
 			t.Fatalf("slow call: %+v %v", res, err)
 		}
-		e.rec.find(t, "timeout record", func(r audit.Record) bool { return r.Kind == KindCall && dataOf(r)["status"] == statusTimeout })
+		e.rec.find(t, "timeout record", func(r audit.Record) bool { return r.Kind == KindOutcome && dataOf(r)["status"] == statusTimeout })
 	})
 
 	t.Run("request size", func(t *testing.T) {
@@ -91,6 +91,6 @@ func TestLimits(t *testing.T) {
 		if res, err := a.call(t, "notes__big", map[string]any{"bytes": 100}); err != nil || res.IsError {
 			t.Fatalf("small response: %+v %v", res, err)
 		}
-		e.rec.find(t, "too-large record", func(r audit.Record) bool { return r.Kind == KindCall && dataOf(r)["status"] == statusTooLarge })
+		e.rec.find(t, "too-large record", func(r audit.Record) bool { return r.Kind == KindOutcome && dataOf(r)["status"] == statusTooLarge })
 	})
 }

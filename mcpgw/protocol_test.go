@@ -64,9 +64,13 @@ func TestProtocolThroughGateway(t *testing.T) {
 				t.Fatalf("%s: %+v %s", backend, res, out)
 			}
 		}
-		e.rec.find(t, "call record", func(r audit.Record) bool {
+		call := e.rec.find(t, "call record", func(r audit.Record) bool {
 			d := dataOf(r)
-			return r.Kind == KindCall && d["tool"] == "local__echo" && d["status"] == "ok" && d["args_digest"] != nil && d["args"] == nil
+			return r.Kind == KindCall && d["tool"] == "local__echo" && d["args_digest"] != nil && d["args"] == nil
+		})
+		e.rec.find(t, "outcome record", func(r audit.Record) bool {
+			d := dataOf(r)
+			return r.Kind == KindOutcome && d["ref"] == dataOf(call)["ref"] && d["status"] == statusOK && d["result_bytes"] != nil
 		})
 	})
 
