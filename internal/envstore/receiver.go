@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -62,20 +61,28 @@ func (s *Store) Receiver(ctx context.Context, session, to string) (*Receiver, er
 		return nil, fmt.Errorf("%w: recipient: want 1-%d printable ASCII characters without spaces", ErrInvalid, maxToLen)
 	}
 	name := receiverName(session, to)
-	cons, err := s.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       name,
-		Description:   "Umbra envelope cursor",
-		FilterSubject: s.prefix + session,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.opts.AckWait,
+	cfg := jetstream.ConsumerConfig{
+		Durable:     name,
+		Description: "Umbra envelope cursor",
+		// Both where envelopes are stored and where an earlier version stored them: a cursor created on the
+		// session subject alone is widened in place and keeps its position.
+		FilterSubjects: []string{s.sessionSubject(session), s.sessionWildcard(session)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        s.opts.AckWait,
 		// One envelope in flight: JetStream cannot deliver N+1 before N is acknowledged, and a redelivered N
 		// cannot be overtaken. Redelivery never gives up.
 		MaxAckPending: 1,
 		MaxDeliver:    -1,
 		Replicas:      s.opts.Replicas,
 		Metadata:      map[string]string{"umbra_session": session, "umbra_to": to},
-	})
+	}
+	cons, err := s.stream.CreateOrUpdateConsumer(ctx, cfg)
+	if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {
+		// The first answer about a cursor recovered from disk describes it as recovered (nats-server 2.15), so
+		// the client misreads the widened filter as unsupported. The update was applied; asking again shows it.
+		cons, err = s.stream.CreateOrUpdateConsumer(ctx, cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
 	}
@@ -134,7 +141,7 @@ func (r *Receiver) Next(ctx context.Context) (Msg, error) {
 		}
 		r.pending, r.pendSeq = jm, md.Sequence.Stream
 		return Msg{
-			Envelope:  Envelope{ID: h.Get(hdrID), Session: r.session, To: r.to, Data: jm.Data()},
+			Envelope:  envelope(r.session, h, jm.Data()),
 			StreamSeq: md.Sequence.Stream,
 			Delivered: md.NumDelivered,
 		}, nil
@@ -197,26 +204,29 @@ func (s *Store) All(ctx context.Context, session string) ([]Msg, error) {
 	if !validName(session, maxSessionLen) {
 		return nil, badSession(session)
 	}
-	subj := s.prefix + session
-	last, err := s.stream.GetLastMsgForSubject(ctx, subj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
+	subjects := []string{s.sessionSubject(session), s.sessionWildcard(session)}
+	var last uint64
+	for _, subj := range subjects {
+		raw, err := s.stream.GetLastMsgForSubject(ctx, subj)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
+		}
+		last = max(last, raw.Sequence)
+	}
+	if last == 0 {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
-	}
-	cons, err := s.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subj},
+	it, stop, err := s.ordered(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: subjects,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
-	}
-	defer it.Stop()
+	defer stop()
 
 	var out []Msg
 	for {
@@ -228,13 +238,12 @@ func (s *Store) All(ctx context.Context, session string) ([]Msg, error) {
 		if err != nil {
 			return nil, fmt.Errorf("envstore: read session %s: %w", session, err)
 		}
-		h := jm.Headers()
 		out = append(out, Msg{
-			Envelope:  Envelope{ID: h.Get(hdrID), Session: session, To: h.Get(hdrTo), Data: jm.Data()},
+			Envelope:  envelope(session, jm.Headers(), jm.Data()),
 			StreamSeq: md.Sequence.Stream,
 			Delivered: md.NumDelivered,
 		})
-		if md.Sequence.Stream >= last.Sequence || md.NumPending == 0 {
+		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			return out, nil
 		}
 	}
@@ -247,10 +256,9 @@ func (s *Store) Get(ctx context.Context, streamSeq uint64) (Msg, error) {
 	if err != nil {
 		return Msg{}, fmt.Errorf("envstore: get %d: %w", streamSeq, err)
 	}
-	if !strings.HasPrefix(raw.Subject, s.prefix) {
+	session, ok := s.sessionOf(raw.Subject)
+	if !ok {
 		return Msg{}, fmt.Errorf("envstore: get %d: not an envelope", streamSeq)
 	}
-	h := raw.Header
-	return Msg{Envelope: Envelope{ID: h.Get(hdrID), Session: strings.TrimPrefix(raw.Subject, s.prefix), To: h.Get(hdrTo), Data: raw.Data},
-		StreamSeq: raw.Sequence}, nil
+	return Msg{Envelope: envelope(session, raw.Header, raw.Data), StreamSeq: raw.Sequence}, nil
 }

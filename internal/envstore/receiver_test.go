@@ -192,7 +192,7 @@ func TestRestartDurability(t *testing.T) {
 	}
 	expectNothing(t, r)
 
-	// The duplicate window survived the restart.
+	// A retry after the restart is answered with the original.
 	if a, err := s.Append(ctx, Envelope{ID: "m05", Session: "durable", To: recipientA, Data: []byte("data-m05")}, max); err != nil || !a.Duplicate || a.Count != 30 {
 		t.Fatalf("retry of m05 after restart: %+v, %v; want a duplicate at count 30", a, err)
 	}

@@ -15,13 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Headers written next to the encoded envelope.
-const (
-	hdrID    = "Umbra-Envelope-Id"
-	hdrTo    = "Umbra-To"
-	hdrCount = "Umbra-Count"
-)
-
 const (
 	defaultStream          = "UMBRA_ENVELOPES"
 	defaultDuplicateWindow = 10 * time.Minute
@@ -52,10 +45,11 @@ var (
 // Options configures a Store. The zero value is usable.
 type Options struct {
 	// Stream is the JetStream stream name ([A-Za-z0-9_-]+). Default "UMBRA_ENVELOPES".
-	// Session subjects are "<lower(Stream)>.<session>".
+	// Envelope subjects are "<lower(Stream)>.<session>.<id token>".
 	Stream string
-	// DuplicateWindow is how long JetStream remembers envelope ids: a retry with the same id within it is not
-	// stored twice. Default 10 minutes.
+	// DuplicateWindow is how long JetStream remembers envelope ids in memory, which answers a retry racing its
+	// original without a read. De-duplication itself does not depend on it: an id is stored once per session,
+	// for the life of the session. Default 10 minutes.
 	DuplicateWindow time.Duration
 	// Replicas is the stream's replication factor. Default 1.
 	Replicas int
@@ -88,10 +82,12 @@ type sessionState struct {
 	session string
 
 	mu     sync.Mutex // serialises this process's appends to the session
-	loaded bool       // last, count and lastID reflect JetStream as of the last read or write
-	last   uint64     // stream sequence of the session's last envelope (0: none)
+	loaded bool       // expect and count reflect JetStream as of the last read or write
+	expect uint64     // last stream sequence on the session's envelope subjects (0: none): the compare-and-set
 	count  uint64
-	lastID string
+	// legacy maps the ids of envelopes stored on the session subject itself, by an earlier version of this
+	// package, to their stream sequences. Nothing is appended there any more, so it is read once; nil: not yet.
+	legacy map[string]uint64
 }
 
 // Open creates or updates the stream and returns a Store on it.
@@ -128,14 +124,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	prefix := strings.ToLower(opts.Stream) + "."
 	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        opts.Stream,
-		Description: "Umbra relayed envelopes, one subject per session",
-		Subjects:    []string{prefix + "*"},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardNew,
-		Duplicates:  opts.DuplicateWindow,
-		Replicas:    opts.Replicas,
-		MaxMsgSize:  int32(opts.MaxData + headerRoom),
+		Description: "Umbra relayed envelopes, one subject per envelope under its session's",
+		// "<prefix>.<session>.<id token>" for envelopes; "<prefix>.<session>" still holds those written before
+		// envelopes had subjects of their own. Direct gets stay off: every read must see the leader's state.
+		Subjects:   []string{prefix + "*", prefix + "*.*"},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardNew,
+		Duplicates: opts.DuplicateWindow,
+		Replicas:   opts.Replicas,
+		MaxMsgSize: int32(opts.MaxData + headerRoom),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("envstore: stream %s: %w", opts.Stream, err)
@@ -156,6 +154,11 @@ type Envelope struct {
 	Session string // session id: [A-Za-z0-9_-]+
 	To      string // recipient key, e.g. a SPIFFE ID
 	Data    []byte // the encoded envelope, stored as is unless Stamp is set
+	// Meta holds small string values stored with the envelope and returned on every read: keys 1-32 of
+	// [A-Za-z0-9-] (case kept), values printable ASCII neither beginning nor ending with a space (header values
+	// lose surrounding spaces), at most 8 KiB in all as the headers they become ("Umbra-Meta-<key>: <value>\r\n").
+	// Nil when an envelope has none; a bad Meta is ErrInvalid and nothing is written.
+	Meta map[string]string
 	// Stamp, if set, encodes the envelope for the position the store is about to write it at (1 for a
 	// session's first envelope) and its result is stored instead of Data. The store calls it where it makes the
 	// compare-and-set on the session, so the position inside the envelope is the one the store commits, also
@@ -167,41 +170,66 @@ type Envelope struct {
 type Appended struct {
 	StreamSeq uint64 // stream sequence of the stored (or previously stored) envelope
 	Count     uint64 // envelopes recorded for the session after this append; a duplicate does not increase it
-	Duplicate bool   // the same ID was already stored: nothing new was written
+	Duplicate bool   // the same ID was already stored in the session: nothing new was written
 }
 
-// Append stores e if its session holds fewer than max envelopes (max 0: no limit). Concurrent appends to one
-// session, from this Store or any other on the stream, never store more than max. Append returns only after
-// JetStream acknowledged the write. At the limit it returns ErrLimit with the session's count.
+// Append stores e if its session holds fewer than max envelopes (max 0: no limit) and no envelope with e's id.
+// Concurrent appends to one session, from this Store or any other on the stream, never store more than max,
+// nor one id twice. Append returns only after JetStream acknowledged the write. At the limit it returns ErrLimit
+// with the session's count, unless e's id is already stored: a duplicate is reported as such, limit or not.
 func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, error) {
 	if err := s.validate(e); err != nil {
 		return Appended{}, err
 	}
-	subj := s.prefix + e.Session
-	msgID := e.Session + "/" + e.ID
+	subj := s.envelopeSubject(e.Session, e.ID)
+	fail := func(err error) (Appended, error) {
+		return Appended{}, fmt.Errorf("envstore: append to session %s: %w", e.Session, err)
+	}
 
 	st := s.state(e.Session)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 
 	for attempt := 1; ; attempt++ {
-		if !st.loaded {
-			last, count, lastID, err := s.snapshot(ctx, subj)
+		if st.legacy == nil {
+			ids, err := s.legacyIDs(ctx, e.Session)
 			if err != nil {
-				return Appended{}, fmt.Errorf("envstore: read session %s: %w", e.Session, err)
+				return fail(err)
 			}
-			st.last, st.count, st.lastID, st.loaded = last, count, lastID, true
+			st.legacy = ids
+		}
+		fresh := !st.loaded
+		if fresh {
+			expect, count, err := s.snapshot(ctx, e.Session)
+			if err != nil {
+				return fail(err)
+			}
+			st.expect, st.count, st.loaded = expect, count, true
+		}
+		// The look-up comes after the state the compare-and-set expects was read: an original stored up to that
+		// point is found here, and one stored after it makes the publish below fail and this loop look again.
+		orig, err := s.stored(ctx, st, subj, e.ID)
+		if err != nil {
+			return fail(err)
+		}
+		if orig != 0 {
+			if !fresh {
+				// Report the count as it is now, not as this Store last saw it.
+				expect, count, err := s.snapshot(ctx, e.Session)
+				if err != nil {
+					st.loaded = false
+					return fail(err)
+				}
+				st.expect, st.count = expect, count
+			}
+			return Appended{StreamSeq: orig, Count: st.count, Duplicate: true}, nil
 		}
 		if max > 0 && st.count >= max {
-			if st.lastID == e.ID {
-				return Appended{StreamSeq: st.last, Count: st.count, Duplicate: true}, nil
-			}
 			return Appended{Count: st.count}, ErrLimit
 		}
 
 		data := e.Data
 		if e.Stamp != nil {
-			var err error
 			if data, err = e.Stamp(st.count + 1); err != nil {
 				return Appended{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 			}
@@ -213,21 +241,26 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		msg.Header.Set(hdrID, e.ID)
 		msg.Header.Set(hdrTo, e.To)
 		msg.Header.Set(hdrCount, strconv.FormatUint(st.count+1, 10))
+		for k, v := range e.Meta {
+			msg.Header.Set(hdrMetaPrefix+k, v)
+		}
 		ack, err := s.js.PublishMsg(ctx, msg,
-			jetstream.WithMsgID(msgID),
-			jetstream.WithExpectLastSequencePerSubject(st.last))
+			// Fast path for a retry racing its original: JetStream answers it from memory.
+			jetstream.WithMsgID(e.Session+"/"+e.ID),
+			// The compare-and-set is on the whole session, while the envelope goes to its own subject.
+			jetstream.WithExpectLastSequenceForSubject(st.expect, s.sessionWildcard(e.Session)))
 		if err == nil {
 			if ack.Duplicate {
 				return Appended{StreamSeq: ack.Sequence, Count: st.count, Duplicate: true}, nil
 			}
-			st.last, st.count, st.lastID = ack.Sequence, st.count+1, e.ID
+			st.expect, st.count = ack.Sequence, st.count+1
 			return Appended{StreamSeq: ack.Sequence, Count: st.count}, nil
 		}
 		// Whatever happened, what is stored is now unknown here: the write may even have succeeded after a
 		// timeout. The next attempt, or the next Append, re-reads the session.
 		st.loaded = false
 		if !wrongLastSeq(err) {
-			return Appended{}, fmt.Errorf("envstore: append to session %s: %w", e.Session, err)
+			return fail(err)
 		}
 		if attempt == appendAttempts {
 			return Appended{}, ErrConflict
@@ -238,7 +271,7 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return Appended{}, fmt.Errorf("envstore: append to session %s: %w", e.Session, ctx.Err())
+				return fail(ctx.Err())
 			case <-t.C:
 			}
 		}
@@ -251,7 +284,7 @@ func (s *Store) Count(ctx context.Context, session string) (uint64, error) {
 	if !validName(session, maxSessionLen) {
 		return 0, badSession(session)
 	}
-	_, count, _, err := s.snapshot(ctx, s.prefix+session)
+	_, count, err := s.snapshot(ctx, session)
 	if err != nil {
 		return 0, fmt.Errorf("envstore: read session %s: %w", session, err)
 	}
@@ -271,7 +304,7 @@ func (s *Store) Forget(session string) {
 
 // state returns the cached state of a session, creating it and evicting the least recently used if needed.
 // An evicted state may still be in use by an Append; that is safe because JetStream's expected-sequence check,
-// not the mutex, is what keeps counts exact.
+// not the mutex, is what keeps counts exact and ids unique.
 func (s *Store) state(session string) *sessionState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -289,34 +322,146 @@ func (s *Store) state(session string) *sessionState {
 	return st
 }
 
-// snapshot reads a session's last envelope: its stream sequence, the session count it recorded, and its id.
-func (s *Store) snapshot(ctx context.Context, subj string) (last, count uint64, lastID string, err error) {
+// stored returns the stream sequence of the envelope with this id in the session, or 0 if there is none.
+func (s *Store) stored(ctx context.Context, st *sessionState, subj, id string) (uint64, error) {
+	if seq, ok := st.legacy[id]; ok {
+		return seq, nil
+	}
+	raw, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("look up envelope %s: %w", id, err)
+	}
+	return raw.Sequence, nil
+}
+
+// snapshot reads a session as it is now: the last stream sequence on its envelope subjects (what the next
+// compare-and-set expects) and the count of envelopes it holds, both from the same moment.
+func (s *Store) snapshot(ctx context.Context, session string) (expect, count uint64, err error) {
+	wild := s.sessionWildcard(session)
+	for range 3 {
+		raw, err := s.stream.GetLastMsgForSubject(ctx, wild)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			// Nothing on envelope subjects yet: the count is what the session subject holds from before.
+			_, n, err := s.subjectCount(ctx, s.sessionSubject(session))
+			return 0, n, err
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		if n, ok := recordedCount(raw.Header); ok {
+			return raw.Sequence, n, nil
+		}
+		// The last message was not written by this package: count every message of the session instead.
+		old, err := s.subjectMsgs(ctx, s.sessionSubject(session))
+		if err != nil {
+			return 0, 0, err
+		}
+		n, err := s.subjectMsgs(ctx, wild)
+		if err != nil {
+			return 0, 0, err
+		}
+		again, err := s.stream.GetLastMsgForSubject(ctx, wild)
+		if err != nil {
+			return 0, 0, err
+		}
+		if again.Sequence == raw.Sequence {
+			return raw.Sequence, old + n, nil
+		}
+	}
+	return 0, 0, ErrConflict
+}
+
+// subjectCount reads the last message on a literal subject and the session count it recorded, or, if it
+// recorded none, the number of messages the subject holds.
+func (s *Store) subjectCount(ctx context.Context, subj string) (last, count uint64, err error) {
 	for range 3 {
 		raw, err := s.stream.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return 0, 0, "", nil
+			return 0, 0, nil
 		}
 		if err != nil {
-			return 0, 0, "", err
+			return 0, 0, err
 		}
-		if n, perr := strconv.ParseUint(raw.Header.Get(hdrCount), 10, 64); perr == nil && n > 0 {
-			return raw.Sequence, n, raw.Header.Get(hdrID), nil
+		if n, ok := recordedCount(raw.Header); ok {
+			return raw.Sequence, n, nil
 		}
-		// The last message was not written by this package. Count what the subject holds instead, and make sure
-		// nothing was appended between the reads, so that the count and the sequence describe the same moment.
-		info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
+		// Count what the subject holds, and make sure nothing was appended between the reads, so that the count
+		// and the sequence describe the same moment.
+		n, err := s.subjectMsgs(ctx, subj)
 		if err != nil {
-			return 0, 0, "", err
+			return 0, 0, err
 		}
 		again, err := s.stream.GetLastMsgForSubject(ctx, subj)
 		if err != nil {
-			return 0, 0, "", err
+			return 0, 0, err
 		}
 		if again.Sequence == raw.Sequence {
-			return raw.Sequence, info.State.Subjects[subj], raw.Header.Get(hdrID), nil
+			return raw.Sequence, n, nil
 		}
 	}
-	return 0, 0, "", ErrConflict
+	return 0, 0, ErrConflict
+}
+
+// subjectMsgs is how many messages the stream holds on subjects matching filter.
+func (s *Store) subjectMsgs(ctx context.Context, filter string) (uint64, error) {
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
+}
+
+// legacyIDs reads the ids of the envelopes stored on the session subject itself (see sessionState.legacy).
+func (s *Store) legacyIDs(ctx context.Context, session string) (map[string]uint64, error) {
+	subj := s.sessionSubject(session)
+	ids := make(map[string]uint64)
+	n, err := s.subjectMsgs(ctx, subj)
+	if err != nil {
+		return nil, fmt.Errorf("read earlier envelope ids: %w", err)
+	}
+	if n == 0 {
+		return ids, nil
+	}
+	it, stop, err := s.ordered(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read earlier envelope ids: %w", err)
+	}
+	defer stop()
+	for {
+		jm, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("read earlier envelope ids: %w", err)
+		}
+		md, err := jm.Metadata()
+		if err != nil {
+			return nil, fmt.Errorf("read earlier envelope ids: %w", err)
+		}
+		if id := jm.Headers().Get(hdrID); id != "" {
+			if _, dup := ids[id]; !dup {
+				ids[id] = md.Sequence.Stream
+			}
+		}
+		if md.NumPending == 0 {
+			return ids, nil
+		}
+	}
+}
+
+// recordedCount is the session count a message written by this package carries.
+func recordedCount(h nats.Header) (uint64, bool) {
+	n, err := strconv.ParseUint(h.Get(hdrCount), 10, 64)
+	return n, err == nil && n > 0
 }
 
 func (s *Store) validate(e Envelope) error {
@@ -332,7 +477,7 @@ func (s *Store) validate(e Envelope) error {
 	case len(e.Data) > s.opts.MaxData:
 		return fmt.Errorf("%w: %d bytes, more than the %d the store accepts", ErrInvalid, len(e.Data), s.opts.MaxData)
 	}
-	return nil
+	return validateMeta(e.Meta)
 }
 
 func badSession(session string) error {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -288,8 +289,9 @@ func TestOpenOptions(t *testing.T) {
 				cfg.MaxMsgs > 0 || cfg.MaxBytes > 0 || cfg.MaxAge != 0 || cfg.MaxMsgsPerSubject > 0 {
 				t.Errorf("stream config %+v: want file storage, duplicate window %v, no limits", cfg, s.opts.DuplicateWindow)
 			}
-			if want := strings.ToLower(s.opts.Stream) + ".*"; len(cfg.Subjects) != 1 || cfg.Subjects[0] != want {
-				t.Errorf("subjects %v, want [%s]", cfg.Subjects, want)
+			p := strings.ToLower(s.opts.Stream)
+			if want := []string{p + ".*", p + ".*.*"}; !slices.Equal(cfg.Subjects, want) {
+				t.Errorf("subjects %v, want %v", cfg.Subjects, want)
 			}
 		})
 	}
