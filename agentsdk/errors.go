@@ -39,7 +39,7 @@ func (e *APIError) Error() string {
 func (e *APIError) Is(target error) bool {
 	if target == ErrNotAuthorized {
 		switch e.Code {
-		case api.CodeUnauthenticated, api.CodeForbidden, api.CodeRevoked:
+		case api.CodeUnauthenticated, api.CodeForbidden, api.CodeRevoked, api.CodeReenrollRequired:
 			return true
 		}
 	}

@@ -20,9 +20,14 @@ import (
 
 var env *controllertest.Env
 
+// testMaxIdentityAge is the shared controller's maximum identity age: short enough for
+// TestIdentityMaxAgeAndReenroll to wait it out, long enough for every test that renews to do so well before its
+// identity reaches it.
+const testMaxIdentityAge = 30 * time.Second
+
 func TestMain(m *testing.M) {
 	var err error
-	env, err = controllertest.Start(controllertest.Options{})
+	env, err = controllertest.Start(controllertest.Options{MaxIdentityAge: testMaxIdentityAge})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start test network:", err)
 		os.Exit(1)

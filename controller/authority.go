@@ -83,11 +83,9 @@ func (s *Server) createIdentity(ctx context.Context, actor spiffeid.ID, req api.
 	case !req.Admin && req.Kind == api.PlatformAdminKind:
 		return out, failf(http.StatusBadRequest, api.CodeBadRequest, "kind %q is reserved for administrators; choose another kind", req.Kind)
 	}
-	ttl := api.DefaultTokenTTL
-	if req.TokenTTL != "" {
-		if ttl, err = time.ParseDuration(req.TokenTTL); err != nil || ttl <= 0 || ttl > 7*24*time.Hour {
-			return out, failf(http.StatusBadRequest, api.CodeBadRequest, "token_ttl %q must be a duration between 1s and 168h", req.TokenTTL)
-		}
+	ttl, err := parseTokenTTL(req.TokenTTL)
+	if err != nil {
+		return out, err
 	}
 	switch existing, _, err := s.ids.get(ctx, id); {
 	case err == nil && existing.State == stateRevoked:
@@ -188,7 +186,8 @@ func (s *Server) enroll(ctx context.Context, req api.EnrollRequest) (api.Credent
 	return s.credentials(id, leaf), nil
 }
 
-// renew issues a fresh SVID to a caller that proved its current one.
+// renew issues a fresh SVID to a caller that proved its current one, unless it is revoked or was enrolled
+// longer ago than the maximum identity age.
 func (s *Server) renew(ctx context.Context, caller spiffeid.ID, csr []byte) (api.Credentials, error) {
 	rec, _, err := s.ids.get(ctx, caller)
 	if err != nil {
@@ -196,6 +195,9 @@ func (s *Server) renew(ctx context.Context, caller spiffeid.ID, csr []byte) (api
 	}
 	if rec.State == stateRevoked {
 		return api.Credentials{}, failf(http.StatusForbidden, api.CodeRevoked, "%s has been revoked", caller)
+	}
+	if err := s.checkAge(rec, time.Now()); err != nil {
+		return api.Credentials{}, err
 	}
 	leaf, err := s.issueSVID(ctx, caller, csr)
 	if err != nil {

@@ -29,6 +29,16 @@ type Config struct {
 	// SVIDTTL is the lifetime of issued SVIDs; agents renew at half of it. Default 1h: a short life bounds how
 	// long a stolen SVID is worth anything, on top of the revocation feed.
 	SVIDTTL time.Duration
+	// MaxIdentityAge is how long after its enrollment an identity may still renew its SVID through the API;
+	// after that it must be enrolled again with a token from an administrator (re-enrollment starts the age
+	// over). Default 30 days. There is no "never": an identity that renews forever is a stolen key that lives
+	// forever. The controller's own identity and the administrator file in the data directory are renewed from
+	// the CA, not through the API, and are not limited by it.
+	MaxIdentityAge time.Duration
+	// ResetAdmin is break-glass recovery: on start, issue a new platform administrator, make it current, revoke
+	// every earlier one and write it to the administrator file in the data directory. Default false. Use it once,
+	// then start without it: each start with it mints another administrator.
+	ResetAdmin bool
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
@@ -73,6 +83,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.SVIDTTL < 10*time.Second {
 		return c, fmt.Errorf("controller: SVIDTTL %s is too short (minimum 10s)", c.SVIDTTL)
+	}
+	if c.MaxIdentityAge == 0 {
+		c.MaxIdentityAge = 30 * 24 * time.Hour
+	}
+	if c.MaxIdentityAge < 0 {
+		return c, fmt.Errorf("controller: MaxIdentityAge %s is negative; give a positive duration (default 720h)", c.MaxIdentityAge)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -125,6 +125,7 @@ func (s *Server) apiHandler() http.Handler {
 		s.log.Info("router created", "name", req.Name, "by", c.id.String())
 		return api.CreateRouterResponse{Name: req.Name, Token: tok}, nil
 	}))
+	s.lifecycleRoutes(mux)
 	s.governanceRoutes(mux)
 	s.gatewayRoutes(mux)
 	return s.authenticate(mux)

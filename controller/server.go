@@ -52,6 +52,8 @@ type Server struct {
 	enrollSrv  *http.Server
 	apiSrv     *http.Server
 
+	platform platformAdmin
+
 	runOnce sync.Once
 	mu      sync.Mutex // guards self and apiSrv, set once a router is online
 }
@@ -80,11 +82,17 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 // TrustDomain is the trust domain of the SVIDs this controller issues.
 func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
 
-// AdminIdentityPath is the identity file of the platform administrator, written on first start.
+// AdminIdentityPath is the identity file of the platform administrator, written on first start and on a
+// break-glass reset, and kept fresh while it holds the current administrator.
 func (s *Server) AdminIdentityPath() string { return filepath.Join(s.cfg.DataDir, "admin.json") }
 
-// AdminID is the SPIFFE ID of the platform administrator.
-func (s *Server) AdminID() spiffeid.ID { return s.adminID }
+// AdminID is the SPIFFE ID of the current platform administrator, as this controller last read it.
+func (s *Server) AdminID() spiffeid.ID {
+	if id := s.platform.current.Load(); id != nil {
+		return *id
+	}
+	return s.adminID
+}
 
 // EnrollURL is where workloads redeem enrollment tokens.
 func (s *Server) EnrollURL() string { return s.enrollURL() }
@@ -314,40 +322,6 @@ func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, nam
 		return nil, err
 	}
 	return agentsdk.NewIdentity(key, s.credentials(id, leaf))
-}
-
-// ensureAdmin writes the platform administrator's identity file on first start, and refreshes its SVID when
-// less than half of its lifetime is left.
-func (s *Server) ensureAdmin(ctx context.Context) error {
-	path := s.AdminIdentityPath()
-	if id, err := agentsdk.LoadIdentity(path); err == nil && time.Until(id.ExpiresAt()) > s.cfg.SVIDTTL/2 {
-		return nil
-	}
-	id, err := s.issueDirect(ctx, s.adminID, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName, true)
-	if err != nil {
-		return fmt.Errorf("controller: admin identity: %w", err)
-	}
-	if err := id.Save(path); err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	return nil
-}
-
-// keepAdminFresh renews the administrator's identity file while the controller runs, so that the file in the
-// data directory stays usable however long the controller has been up.
-func (s *Server) keepAdminFresh(ctx context.Context) {
-	t := time.NewTicker(s.cfg.SVIDTTL / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.ensureAdmin(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error("renewing the administrator's identity file failed", "err", err)
-			}
-		}
-	}
 }
 
 func (s *Server) startEnrollment() error {

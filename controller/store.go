@@ -43,10 +43,11 @@ type identityRecord struct {
 
 var errNoIdentity = errors.New("no such identity")
 
-// identityStore keeps identity records and spent enrollment token IDs.
+// identityStore keeps identity records, spent enrollment token IDs and the platform administrator's succession.
 type identityStore struct {
 	ids    table[identityRecord]
 	tokens jetstream.KeyValue
+	admins table[adminSuccession]
 }
 
 func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identityStore, error) {
@@ -58,7 +59,11 @@ func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identitySt
 	if err != nil {
 		return nil, fmt.Errorf("tokens bucket: %w", err)
 	}
-	return &identityStore{ids: ids, tokens: tokens}, nil
+	admins, err := openTable[adminSuccession](ctx, js, "umbra_platform_admin")
+	if err != nil {
+		return nil, err
+	}
+	return &identityStore{ids: ids, tokens: tokens, admins: admins}, nil
 }
 
 func idKey(id spiffeid.ID) string { return base64.RawURLEncoding.EncodeToString([]byte(id.String())) }

@@ -27,6 +27,8 @@ func controllerFlags(f *flags) *controller.Config {
 	f.IntVar(&cfg.OverlayAPIPort, "api-port", 0, "overlay edge API port (default 1280)")
 	f.IntVar(&cfg.EnrollPort, "enroll-port", 0, "enrollment port (default 1281)")
 	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued SVIDs; running agents renew at half of it (default 1h)")
+	f.DurationVar(&cfg.MaxIdentityAge, "max-identity-age", 30*24*time.Hour, "how long after enrollment an identity may renew its SVID; then it needs re-enrollment")
+	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
 	return cfg
 }

@@ -23,10 +23,14 @@ Usage:
   umbra dev        --data DIR                       controller + router + NATS in one process
   umbra demo       [--data DIR] [--loop]            the multi-organisation demo, all on this machine
   umbra controller --data DIR [--router-token NAME:FILE]
+      dev and controller also take --max-identity-age D (renewal refused D after enrollment; default 720h)
+      and --reset-admin (break-glass: new platform administrator in DIR/admin.json, every earlier one revoked)
   umbra router     --data DIR [--token FILE] [--edge HOST:PORT] [--link HOST:PORT]
   umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
   umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]
   umbra identity revoke --as ADMIN.json SPIFFE-ID [--reason R]
+  umbra identity reenroll --as ADMIN.json SPIFFE-ID [--token-ttl D]   prints a new enrollment token for it
+  umbra admin rotate --as ADMIN.json [--out FILE]   new platform administrator; the old one is revoked
   umbra enroll     --token FILE --out FILE
   umbra whoami     --as ID.json
   umbra service grant --as ADMIN.json --service S [--bind ID]... [--dial ID]...
@@ -87,7 +91,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"router":     cmdRouter,
 		"enroll":     cmdEnroll,
 		"whoami":     cmdWhoAmI,
-		"identity":   subcommands(map[string]command{"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke}),
+		"identity": subcommands(map[string]command{"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke,
+			"reenroll": cmdIdentityReenroll}),
+		"admin": subcommands(map[string]command{"rotate": cmdAdminRotate}),
 		"service": subcommands(map[string]command{"grant": cmdServiceGrant, "serve": cmdServiceServe,
 			"dial": cmdServiceDial, "list": cmdServiceList}),
 		"org": subcommands(map[string]command{"create": cmdOrgCreate}),

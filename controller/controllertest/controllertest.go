@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,6 +30,8 @@ import (
 type Options struct {
 	// SVIDTTL of issued SVIDs. Default the controller's.
 	SVIDTTL time.Duration
+	// MaxIdentityAge after enrollment until renewal is refused. Default the controller's.
+	MaxIdentityAge time.Duration
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -40,7 +43,7 @@ type Env struct {
 	Dir       string
 	RouterDir string
 	EdgeAddr  string
-	admin     *agentsdk.Agent
+	admin     atomic.Pointer[agentsdk.Agent]
 	cancel    context.CancelFunc
 	done      chan struct{}
 }
@@ -77,7 +80,7 @@ func Start(opts Options) (*Env, error) {
 		}
 	}
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
-		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, Logger: log}
+		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err
@@ -125,15 +128,17 @@ func Start(opts Options) (*Env, error) {
 		e.Close()
 		return nil, err
 	}
-	if e.admin, err = agentsdk.Connect(ctx, id); err != nil {
+	admin, err := agentsdk.Connect(ctx, id)
+	if err != nil {
 		e.Close()
 		return nil, err
 	}
+	e.admin.Store(admin)
 	// The controller's API is hosted on the overlay; it is reachable once its terminator reaches the router.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := e.admin.Controller().WhoAmI(wctx)
+		_, err := admin.Controller().WhoAmI(wctx)
 		wcancel()
 		if err == nil {
 			return e, nil
@@ -159,8 +164,8 @@ func waitOnline(srv *controller.Server, name string) error {
 
 // Close stops everything and removes the directory.
 func (e *Env) Close() {
-	if e.admin != nil {
-		e.admin.Close()
+	if a := e.admin.Load(); a != nil {
+		a.Close()
 	}
 	e.cancel()
 	select {
@@ -171,14 +176,22 @@ func (e *Env) Close() {
 }
 
 // Admin is the platform administrator, connected.
-func (e *Env) Admin() *agentsdk.Agent { return e.admin }
+func (e *Env) Admin() *agentsdk.Agent { return e.admin.Load() }
+
+// UseAdmin makes a the platform administrator that Admin returns, after a test rotated it; the previous one is
+// closed.
+func (e *Env) UseAdmin(a *agentsdk.Agent) {
+	if old := e.admin.Swap(a); old != nil && old != a {
+		old.Close()
+	}
+}
 
 // NewIdentity registers and enrolls a workload.
 func (e *Env) NewIdentity(t testing.TB, org, kind, name string) *agentsdk.Identity {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	resp, err := e.admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: kind, Name: name})
+	resp, err := e.Admin().Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: kind, Name: name})
 	if err != nil {
 		t.Fatalf("create identity %s/%s/%s: %v", org, kind, name, err)
 	}
@@ -213,7 +226,7 @@ func (e *Env) Grant(t testing.TB, service string, bind, dial []spiffeid.ID) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := e.admin.Controller().Grant(ctx, req); err != nil {
+	if err := e.Admin().Controller().Grant(ctx, req); err != nil {
 		t.Fatalf("grant %s: %v", service, err)
 	}
 }
