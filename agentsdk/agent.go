@@ -252,7 +252,7 @@ func (a *Agent) dialOverlay(ctx context.Context, service string) (net.Conn, erro
 			return nil, ctxError(ctx, err)
 		case timedOut:
 			continue
-		case isSessionLost(err) && !reconnected:
+		case (isSessionLost(err) || errors.Is(err, errOverlayFault)) && !reconnected:
 			reconnected = true
 			a.opts.log.Info("overlay session lost, reconnecting", "spiffe_id", a.ID().String(), "service", service, "err", err)
 			if rerr := a.reconnectFrom(ctx, gen); rerr != nil {

@@ -2,6 +2,8 @@ package agentsdk
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -30,7 +32,7 @@ func await[T any](ctx context.Context, call func() (T, error), discard func(T)) 
 	// Unbuffered: a send succeeds only if the caller takes the result, so exactly one side owns it.
 	ch := make(chan result)
 	go func() {
-		v, err := call()
+		v, err := recovered(call)
 		select {
 		case ch <- result{v, err}:
 		case <-ctx.Done():
@@ -45,6 +47,22 @@ func await[T any](ctx context.Context, call func() (T, error), discard func(T)) 
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
+}
+
+// errOverlayFault reports that the overlay SDK panicked inside a call. Some of its calls dereference state that
+// another of its goroutines may clear meanwhile (a dial reads the current API session, which a failed refresh
+// sets to nil after the dial checked it); such a fault is the overlay context's, not the process's.
+var errOverlayFault = errors.New("the overlay SDK failed inside a call")
+
+// recovered runs call and turns a panic in it into an error wrapping errOverlayFault.
+func recovered[T any](call func() (T, error)) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			var zero T
+			v, err = zero, fmt.Errorf("%w: %v", errOverlayFault, r)
+		}
+	}()
+	return call()
 }
 
 // sleep waits for d or until ctx ends, and reports whether the whole d passed.

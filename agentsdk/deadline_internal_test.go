@@ -3,6 +3,7 @@ package agentsdk
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,5 +102,18 @@ func TestIsSessionLost(t *testing.T) {
 		if got := isSessionLost(errors.New(tc.err)); got != tc.lost {
 			t.Errorf("isSessionLost(%q) = %v, want %v", tc.err, got, tc.lost)
 		}
+	}
+}
+
+// TestAwaitRecoversOverlayFault: a call into the overlay SDK that panics (as its dial does when its API session
+// is cleared between its own check and its use) fails that call with errOverlayFault instead of killing the
+// process.
+func TestAwaitRecoversOverlayFault(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var session interface{ GetIdentityName() string }
+	_, err := await(ctx, func() (string, error) { return session.GetIdentityName(), nil }, nil)
+	if !errors.Is(err, errOverlayFault) || !strings.Contains(err.Error(), "nil pointer") {
+		t.Fatalf("await of a panicking call = %v, want errOverlayFault", err)
 	}
 }
