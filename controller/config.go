@@ -39,6 +39,10 @@ type Config struct {
 	// every earlier one and write it to the administrator file in the data directory. Default false. Use it once,
 	// then start without it: each start with it mints another administrator.
 	ResetAdmin bool
+	// RefusalRecordsPerMinute is how many refusals of one identity the relay records one by one in a minute;
+	// the rest of that minute are counted into one summary record, so that a member sending bad frames cannot
+	// fill the disk with fsynced records. Default 30.
+	RefusalRecordsPerMinute int
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
@@ -86,6 +90,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxIdentityAge == 0 {
 		c.MaxIdentityAge = 30 * 24 * time.Hour
+	}
+	if c.RefusalRecordsPerMinute == 0 {
+		c.RefusalRecordsPerMinute = refusalsPerWindow
+	}
+	if c.RefusalRecordsPerMinute < 0 {
+		return c, fmt.Errorf("controller: RefusalRecordsPerMinute %d is negative; give a positive number (default %d)", c.RefusalRecordsPerMinute, refusalsPerWindow)
 	}
 	if c.MaxIdentityAge < 0 {
 		return c, fmt.Errorf("controller: MaxIdentityAge %s is negative; give a positive duration (default 720h)", c.MaxIdentityAge)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -36,7 +38,11 @@ type governance struct {
 	sessions table[workgroups.Session]
 	audit    *audit.Log
 	env      *envstore.Store
+	rec      *envelopeRecorder
+	refusals *refusalLimiter
 	authz    *workgroups.Authorizer
+
+	recording sync.WaitGroup // the envelope recorder and the refusal summariser
 
 	mu        sync.Mutex
 	deadlines map[string]time.Time // open sessions by id, for expiry
@@ -48,8 +54,13 @@ type sessionLock struct {
 	refs int
 }
 
-func openGovernance(ctx context.Context, js jetstream.JetStream) (*governance, error) {
-	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{}}
+// envelopeStream is the JetStream stream of relayed envelopes.
+const envelopeStream = "UMBRA_ENVELOPES"
+
+// openGovernance opens the stores and starts recording envelopes in the audit trail until ctx ends.
+func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, refusalsPerMinute int) (*governance, error) {
+	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{},
+		refusals: newRefusalLimiter(refusalWindow, refusalsPerMinute)}
 	var err error
 	if g.orgs, err = openTable[orgRecord](ctx, js, "umbra_orgs"); err != nil {
 		return nil, err
@@ -66,9 +77,19 @@ func openGovernance(ctx context.Context, js jetstream.JetStream) (*governance, e
 	if g.audit, err = audit.Open(ctx, js, audit.Options{}); err != nil {
 		return nil, err
 	}
-	if g.env, err = envstore.Open(ctx, js, envstore.Options{}); err != nil {
+	if g.env, err = envstore.Open(ctx, js, envstore.Options{Stream: envelopeStream}); err != nil {
 		return nil, err
 	}
+	hints, err := openTable[recorderHint](ctx, js, "umbra_recorder")
+	if err != nil {
+		return nil, err
+	}
+	stream, err := js.Stream(ctx, envelopeStream)
+	if err != nil {
+		return nil, fmt.Errorf("envelope stream: %w", err)
+	}
+	g.rec = newEnvelopeRecorder(g.env, g.audit, hints, stream)
+	g.rec.log, g.rec.actor = log, controllerID
 	if g.authz, err = workgroups.NewAuthorizer(); err != nil {
 		return nil, err
 	}
@@ -81,6 +102,15 @@ func openGovernance(ctx context.Context, js jetstream.JetStream) (*governance, e
 			g.deadlines[s.ID.String()] = s.Deadline()
 		}
 	}
+	g.recording.Add(2)
+	go func() {
+		defer g.recording.Done()
+		g.rec.run(ctx)
+	}()
+	go func() {
+		defer g.recording.Done()
+		g.summariseRefusals(ctx, log)
+	}()
 	return g, nil
 }
 

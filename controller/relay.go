@@ -21,8 +21,8 @@ import (
 )
 
 // The relay is the enforcement point for A2A: every envelope arrives here over the overlay, inside mutual TLS,
-// and is checked against its session and contract, appended to JetStream and audited before the sender is
-// acknowledged; recipients receive from here, in order, at least once. It trusts nothing a peer writes: the
+// and is checked against its session and contract, appended to JetStream and audited (by the envelope recorder,
+// from the stream) before the sender is acknowledged; recipients receive from here, in order, at least once. It trusts nothing a peer writes: the
 // sender is the SPIFFE ID its SVID proved, and frames are decoded under hard limits.
 
 // relayLimits bound what the relay reads before any contract is consulted.
@@ -104,7 +104,7 @@ func (s *Server) relaySend(ctx context.Context, conn net.Conn, r *bufio.Reader, 
 		}
 		if err != nil {
 			// The stream cannot be resynchronised after a bad frame: refuse, record, hang up.
-			s.record(ctx, audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Decision: "deny",
+			s.recordRefusal(ctx, api.CodeMalformedFrame, audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Decision: "deny",
 				Reason: api.CodeMalformedFrame + ": " + err.Error()})
 			_ = writeJSONLine(conn, api.RelayAck{Code: api.CodeMalformedFrame, Error: err.Error()})
 			return err
@@ -126,7 +126,7 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 		if sess != nil {
 			r.Workgroup = sess.Workgroup.String()
 		}
-		s.record(ctx, r)
+		s.recordRefusal(ctx, code, r)
 		return api.RelayAck{ID: h.ID.String(), Code: code, Error: msg}
 	}
 	sess, _, err := s.gov.sessions.get(ctx, sid)
@@ -160,7 +160,7 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 		Resource: workgroups.SessionResource(sess), Context: workgroups.EnvelopeContext(h, count), At: now, Conditions: conds})
 	if !d.Allow {
 		decision, diag := decisionRecord(d)
-		s.record(ctx, audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
+		s.recordRefusal(ctx, "policy_denied", audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
 			Decision: decision, Diagnostic: diag, Reason: "policy_denied", Data: jsonRaw(h)})
 		return api.RelayAck{ID: h.ID.String(), Code: "policy_denied", Error: fmt.Sprintf("policy refuses: %v", d.Diagnostic.Reasons)}
 	}
@@ -176,16 +176,28 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 		at.Seq = seq
 		return workgroups.AppendFrame(nil, at, payload)
 	}
-	app, err := s.gov.env.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame, Stamp: stamp},
-		sess.Contract.MaxMessages)
+	decision, diag := decisionRecord(d)
+	app, err := s.gov.env.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame, Stamp: stamp,
+		Meta: envelopeMeta(sess.Workgroup, decision, diag)}, sess.Contract.MaxMessages)
 	switch {
 	case errors.Is(err, envstore.ErrLimit):
 		return reject(string(workgroups.ViolationMaxMessages), "the session's message limit is reached", &sess)
 	case err != nil:
 		s.log.Error("appending envelope failed", "session", sid, "err", err)
 		return reject(api.CodeInternal, "internal error", &sess)
-	case app.Duplicate:
-		s.record(ctx, audit.Record{Kind: "envelope.duplicate", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
+	}
+	// Nothing is acknowledged before the envelope's audit record is durable: the recorder writes it from the
+	// stream, also after a crash right here.
+	wctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	err = s.gov.rec.wait(wctx, app.StreamSeq)
+	cancel()
+	if err != nil {
+		s.log.Error("envelope stored but not yet recorded in the audit trail", "session", sid, "envelope", h.ID.String(), "err", err)
+		return api.RelayAck{ID: h.ID.String(), Code: api.CodeInternal,
+			Error: "the envelope is stored but its audit record is not written yet; send it again with the same id"}
+	}
+	if app.Duplicate {
+		s.recordRefusal(ctx, api.CodeDuplicate, audit.Record{Kind: "envelope.duplicate", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
 			Decision: "deny", Reason: api.CodeDuplicate + ": envelope id already recorded", Data: jsonRaw(h)})
 		// A retry learns where the original stands; a replay changes nothing.
 		var seq uint64
@@ -196,10 +208,6 @@ func (s *Server) relayOne(ctx context.Context, sender spiffeid.ID, h workgroups.
 		}
 		return api.RelayAck{ID: h.ID.String(), OK: true, Seq: seq, Duplicate: true, Code: api.CodeDuplicate, Error: "envelope id already recorded; not stored again"}
 	}
-	h.Seq = app.Count
-	decision, diag := decisionRecord(d)
-	s.record(ctx, audit.Record{Kind: "envelope.accepted", Actor: sender.String(), Session: sid, Workgroup: sess.Workgroup.String(),
-		Decision: decision, Diagnostic: diag, Data: jsonRaw(h)})
 	if sess.State == workgroups.StateAccepted {
 		n := 0
 		updated, err := s.gov.sessions.update(ctx, sid, func(ss *workgroups.Session) error {
@@ -267,6 +275,10 @@ func (s *Server) relayRecv(ctx context.Context, conn net.Conn, r *bufio.Reader, 
 	for {
 		m, err := rcv.Next(cctx)
 		if err != nil {
+			return err
+		}
+		// Only an envelope whose audit record is durable is delivered.
+		if err := s.gov.rec.wait(cctx, m.StreamSeq); err != nil {
 			return err
 		}
 		if _, err := conn.Write(m.Data); err != nil {

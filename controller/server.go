@@ -150,7 +150,7 @@ func (s *Server) start(ctx context.Context) error {
 	if s.ids, err = openIdentityStore(ctx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	if s.gov, err = openGovernance(ctx, js); err != nil {
+	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg.RefusalRecordsPerMinute); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{

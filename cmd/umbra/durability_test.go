@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -23,7 +26,11 @@ func connectFile(t *testing.T, path string) *agentsdk.Agent {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a, err := agentsdk.Connect(ctx, id)
+	var opts []agentsdk.Option
+	if os.Getenv("UMBRA_TEST_SDKLOG") != "" {
+		opts = append(opts, agentsdk.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("agent", filepath.Base(path))))
+	}
+	a, err := agentsdk.Connect(ctx, id, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,6 +212,30 @@ func TestDurabilityProcessKill(t *testing.T) {
 	}
 	if len(trail.Envelopes) != len(acked) {
 		t.Errorf("stream holds %d envelopes, %d were acknowledged", len(trail.Envelopes), len(acked))
+	}
+	// Every stored envelope has exactly one envelope.accepted record, whatever the kill interrupted.
+	audited := map[workgroups.EnvelopeID]int{}
+	for _, raw := range trail.Records {
+		var r struct {
+			Kind string
+			Data struct {
+				ID workgroups.EnvelopeID `json:"id"`
+			}
+		}
+		if err := json.Unmarshal(raw, &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind == "envelope.accepted" {
+			audited[r.Data.ID]++
+		}
+	}
+	for id, n := range stored {
+		if audited[id] != n {
+			t.Errorf("stored envelope %s has %d envelope.accepted records", id, audited[id])
+		}
+	}
+	if len(audited) != len(stored) {
+		t.Errorf("%d envelopes audited as accepted, %d stored", len(audited), len(stored))
 	}
 	// Delivery after the restart: every envelope exactly once, in order.
 	c.limit.Step("receive every acknowledged envelope")

@@ -32,6 +32,8 @@ type Options struct {
 	SVIDTTL time.Duration
 	// MaxIdentityAge after enrollment until renewal is refused. Default the controller's.
 	MaxIdentityAge time.Duration
+	// RefusalRecordsPerMinute of one identity recorded one by one. Default the controller's.
+	RefusalRecordsPerMinute int
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -80,7 +82,8 @@ func Start(opts Options) (*Env, error) {
 		}
 	}
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
-		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge, Logger: log}
+		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge,
+		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err

@@ -166,3 +166,50 @@ func next(ctx context.Context, it jetstream.MessagesContext) (jetstream.Msg, err
 	}
 	return msg, err
 }
+
+// Scan calls fn for every record with a sequence above after, in stream order, up to the last one stored
+// when it starts, and returns that last sequence. Each record is checked on its own (intact, on its subject);
+// linking is Verify's job. A record that does not check stops the scan with an error wrapping ErrBroken.
+func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (uint64, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("audit: stream info: %w", err)
+	}
+	last := info.State.LastSeq
+	if last <= after {
+		return last, nil
+	}
+	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       after + 1,
+		InactiveThreshold: 15 * time.Second,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("audit: read stream: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return 0, fmt.Errorf("audit: read stream: %w", err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := next(ctx, it)
+		if err != nil {
+			return 0, fmt.Errorf("audit: read stream: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("audit: read stream: %w", err)
+		}
+		r, err := l.check(meta.Sequence.Stream, msg.Subject(), msg.Data())
+		if err != nil {
+			return 0, err
+		}
+		if err := fn(r); err != nil {
+			return 0, err
+		}
+		if meta.Sequence.Stream >= last || meta.NumPending == 0 {
+			return last, nil
+		}
+	}
+}

@@ -1,0 +1,129 @@
+package agentsdk_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// BenchmarkRecordPath measures the record path side by side with its baseline, in one run: N sessions, one
+// sender each, 512-byte payloads, through the real relay on the overlay (contract checks, the envelope appended
+// with fsync, its audit record written by the recorder with fsync, then the acknowledgement), and the embedded
+// store's own fsync-always appends at the same concurrency on the same disk. Each reports envelopes/s and the
+// p50/p99 from send to acknowledgement.
+func BenchmarkRecordPath(b *testing.B) {
+	payload := make([]byte, 512)
+	for i := range payload {
+		payload[i] = 'x'
+	}
+	for _, n := range []int{1, 8, 32, 128} {
+		b.Run(fmt.Sprintf("relay/sessions-%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			terms := defaultTerms()
+			terms.MaxMessages, terms.MaxEnvelopeBytes = 1<<40, 4096
+			w := newPricingWorld(b, terms)
+			sends := make([]func() error, n)
+			for i := range sends {
+				sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				sends[i] = func() error {
+					sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					defer cancel()
+					_, err := sess.Send(sctx, "quote.request", payload)
+					return err
+				}
+				if err := sends[i](); err != nil { // opens the session's relay connection
+					b.Fatal(err)
+				}
+			}
+			runSenders(b, sends)
+		})
+		b.Run(fmt.Sprintf("store/sessions-%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			ns, err := natsd.Start(natsd.Config{StoreDir: b.TempDir(), SyncAlways: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ns.Shutdown()
+			s, err := envstore.Open(ctx, mustJetStream(b, ns), envstore.Options{Stream: "BENCH"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var mu sync.Mutex
+			next := 0
+			sends := make([]func() error, n)
+			for i := range sends {
+				session := fmt.Sprintf("bench-%d", i)
+				sends[i] = func() error {
+					mu.Lock()
+					next++
+					id := fmt.Sprint(next)
+					mu.Unlock()
+					_, err := s.Append(ctx, envstore.Envelope{ID: id, Session: session, To: "recipient", Data: payload}, 0)
+					return err
+				}
+			}
+			runSenders(b, sends)
+		})
+	}
+}
+
+// runSenders calls each send from a goroutine of its own until b.N calls are made in all, and reports the
+// aggregate rate and the latency percentiles.
+func runSenders(b *testing.B, sends []func() error) {
+	per := (b.N + len(sends) - 1) / len(sends)
+	lats := make([][]time.Duration, len(sends))
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for i, send := range sends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lat := make([]time.Duration, 0, per)
+			for range per {
+				t0 := time.Now()
+				if err := send(); err != nil {
+					b.Error(err)
+					return
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			lats[i] = lat
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "envelopes/s")
+	b.ReportMetric(micros(percentile(all, 50)), "p50-us/ack")
+	b.ReportMetric(micros(percentile(all, 99)), "p99-us/ack")
+}
+
+func mustJetStream(b *testing.B, ns *natsd.Server) jetstream.JetStream {
+	b.Helper()
+	nc, err := ns.Connect("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return js
+}

@@ -1,0 +1,302 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// The envelope stream is the record of accepted envelopes; the audit trail's "envelope.accepted" records are
+// derived from it, in stream order, by one envelopeRecorder. The relay acknowledges an envelope, and delivers
+// it, only once its audit record is durable (wait). A crash at any instant therefore leaves either neither (the
+// append did not happen: the sender was not acknowledged and retries) or both (the append happened: the
+// recorder writes the audit record when the controller is back, before anything is acknowledged or delivered).
+//
+// Which envelopes have their record is a prefix of the stream: the recorder moves to envelope N+1 only once the
+// record of N is stored. After a restart it finds where it stopped from the audit trail itself (each derived
+// record names its envelope's stream sequence), starting from a hint it saves now and then so that the scan
+// stays short; the hint may lag, never lead, so nothing is recorded twice.
+
+// Meta keys the relay stores with an envelope for its audit record.
+const (
+	metaWorkgroup  = "Workgroup"
+	metaDecision   = "Decision"
+	metaDiagnostic = "Diagnostic" // base64url of the policy engine's JSON explanation
+	// maxDiagnostic bounds a diagnostic kept with an envelope; a larger one is left out of the record.
+	maxDiagnostic = 4 << 10
+)
+
+const (
+	hintKey = "envelopes"
+	// hintEvery and hintAfter say how often the recorder saves its hint: after this many records, or this long.
+	hintEvery = 256
+	hintAfter = 5 * time.Second
+	// recordTimeout bounds how long the relay waits for an envelope's audit record before telling the sender to
+	// retry.
+	recordTimeout = 10 * time.Second
+)
+
+// recorderHint is where the recorder had got to: every envelope up to Envelope has its record, among the
+// audit records up to Audit.
+type recorderHint struct {
+	Envelope uint64 `json:"envelope"`
+	Audit    uint64 `json:"audit"`
+}
+
+// envelopeRecorder derives envelope.accepted audit records from the envelope stream.
+type envelopeRecorder struct {
+	env    *envstore.Store
+	trail  *audit.Log
+	hints  table[recorderHint]
+	stream jetstream.Stream // the envelope stream, for its last sequence on a first start
+	log    *slog.Logger
+	actor  string // who a record of an undecodable envelope names
+
+	mu       sync.Mutex
+	done     uint64        // every envelope up to this stream sequence has its audit record
+	auditSeq uint64        // audit sequence of the last derived record seen
+	advanced chan struct{} // closed when done moves
+	hinted   recorderHint
+	hintedAt time.Time
+
+	// crashAt, if set (tests only), is asked at each step of recording an envelope; an error stops the recorder
+	// there, as a crash would.
+	crashAt func(step string, envSeq uint64) error
+}
+
+// The steps of recording one envelope, as crashAt names them.
+const (
+	stepRead     = "read"     // the envelope is stored and read back; its record is not written
+	stepRecorded = "recorded" // the record is stored; the position has not moved
+	stepAdvanced = "advanced" // the position has moved; the hint may not have
+)
+
+func (r *envelopeRecorder) crash(step string, envSeq uint64) error {
+	if r.crashAt == nil {
+		return nil
+	}
+	return r.crashAt(step, envSeq)
+}
+
+func newEnvelopeRecorder(env *envstore.Store, trail *audit.Log, hints table[recorderHint], stream jetstream.Stream) *envelopeRecorder {
+	return &envelopeRecorder{env: env, trail: trail, hints: hints, stream: stream, log: slog.New(slog.DiscardHandler),
+		advanced: make(chan struct{})}
+}
+
+// run records envelopes until ctx ends, starting over from the audit trail after any failure.
+func (r *envelopeRecorder) run(ctx context.Context) {
+	failed := 0
+	for ctx.Err() == nil {
+		err := r.follow(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		failed++
+		r.log.Error("recording envelopes in the audit trail failed; acknowledgements wait until it works again", "err", err)
+		t := time.NewTimer(min(time.Duration(failed)*200*time.Millisecond, 5*time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// follow finds where recording stopped and records every envelope after it, as they come.
+func (r *envelopeRecorder) follow(ctx context.Context) error {
+	if err := r.recover(ctx); err != nil {
+		return err
+	}
+	from := r.position()
+	return r.env.Follow(ctx, from, func(m envstore.Msg) error {
+		if m.StreamSeq <= r.position() {
+			return nil
+		}
+		if err := r.crash(stepRead, m.StreamSeq); err != nil {
+			return err
+		}
+		stored, err := r.trail.Append(ctx, r.recordFor(m))
+		if err != nil {
+			// The record may be stored even so: the next follow finds out from the trail before writing again.
+			return fmt.Errorf("audit record of envelope %d: %w", m.StreamSeq, err)
+		}
+		if err := r.crash(stepRecorded, m.StreamSeq); err != nil {
+			return err
+		}
+		r.advance(m.StreamSeq, stored.Seq)
+		if err := r.crash(stepAdvanced, m.StreamSeq); err != nil {
+			return err
+		}
+		return r.saveHint(ctx, false)
+	})
+}
+
+// recover sets the position from the hint and the derived records after it.
+func (r *envelopeRecorder) recover(ctx context.Context) error {
+	hint, _, err := r.hints.get(ctx, hintKey)
+	first := errors.Is(err, errNotFound)
+	if err != nil && !first {
+		return fmt.Errorf("read the recorder's hint: %w", err)
+	}
+	done, auditSeq := hint.Envelope, hint.Audit
+	legacy := false
+	if _, err := r.trail.Scan(ctx, hint.Audit, func(rec audit.Record) error {
+		if rec.Kind != kindEnvelopeAccepted {
+			return nil
+		}
+		seq, ok := streamSeqOf(rec)
+		if !ok {
+			legacy = true
+			return nil
+		}
+		done, auditSeq = max(done, seq), rec.Seq
+		return nil
+	}); err != nil {
+		return fmt.Errorf("find where recording stopped: %w", err)
+	}
+	if first && legacy {
+		// A trail written before envelope records named their stream sequence: the relay of that time recorded
+		// each envelope itself, so start after the envelopes stored now.
+		info, err := r.stream.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("envelope stream: %w", err)
+		}
+		done = max(done, info.State.LastSeq)
+		r.log.Info("audit trail predates derived envelope records; recording from the current end of the envelope stream",
+			"envelope_seq", done)
+	}
+	r.advance(done, auditSeq)
+	return r.saveHint(ctx, first)
+}
+
+// saveHint stores the position if enough has happened since the last time, or if force.
+func (r *envelopeRecorder) saveHint(ctx context.Context, force bool) error {
+	r.mu.Lock()
+	h := recorderHint{Envelope: r.done, Audit: r.auditSeq}
+	due := force || h.Envelope >= r.hinted.Envelope+hintEvery || h != r.hinted && time.Since(r.hintedAt) >= hintAfter
+	r.mu.Unlock()
+	if !due {
+		return nil
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	if _, err := r.hints.kv.Put(ctx, hintKey, b); err != nil {
+		return fmt.Errorf("save the recorder's hint: %w", err)
+	}
+	r.mu.Lock()
+	r.hinted, r.hintedAt = h, time.Now()
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *envelopeRecorder) position() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done
+}
+
+// advance moves the position forward (never back) and wakes the waiters.
+func (r *envelopeRecorder) advance(envSeq, auditSeq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if auditSeq > r.auditSeq {
+		r.auditSeq = auditSeq
+	}
+	if envSeq <= r.done {
+		return
+	}
+	r.done = envSeq
+	close(r.advanced)
+	r.advanced = make(chan struct{})
+}
+
+// wait returns once the envelope at stream sequence seq has its audit record, or with ctx's error.
+func (r *envelopeRecorder) wait(ctx context.Context, seq uint64) error {
+	for {
+		r.mu.Lock()
+		done, ch := r.done, r.advanced
+		r.mu.Unlock()
+		if done >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the audit record of envelope %d: %w", seq, ctx.Err())
+		}
+	}
+}
+
+// recordFor is the audit record of a stored envelope: its header as stored (with the position and time the
+// relay fixed), the workgroup and decision the relay kept with it, and its stream sequence.
+func (r *envelopeRecorder) recordFor(m envstore.Msg) audit.Record {
+	rec := audit.Record{Kind: kindEnvelopeAccepted, Session: m.Session, Workgroup: m.Meta[metaWorkgroup], Decision: audit.DecisionAllow}
+	if d := m.Meta[metaDecision]; d != "" {
+		rec.Decision = d
+	}
+	if raw, err := base64.RawURLEncoding.DecodeString(m.Meta[metaDiagnostic]); err == nil && json.Valid(raw) {
+		rec.Diagnostic = raw
+	}
+	h, _, err := workgroups.DecodeFrame(bytes.NewReader(m.Data), relayLimits)
+	if err != nil {
+		rec.Actor, rec.Reason = r.actor, "stored envelope does not decode: "+err.Error()
+		rec.Data = withStreamSeq(nil, m.StreamSeq)
+		return rec
+	}
+	rec.Actor, rec.Time = h.From.String(), h.Time
+	rec.Data = withStreamSeq(jsonRaw(h), m.StreamSeq)
+	return rec
+}
+
+// kindEnvelopeAccepted is the audit kind of an envelope the relay stored.
+const kindEnvelopeAccepted = "envelope.accepted"
+
+// withStreamSeq adds "stream_seq" to a JSON object (or makes one).
+func withStreamSeq(obj json.RawMessage, seq uint64) json.RawMessage {
+	fields := map[string]json.RawMessage{}
+	if len(obj) > 0 {
+		_ = json.Unmarshal(obj, &fields)
+	}
+	fields["stream_seq"] = json.RawMessage(strconv.FormatUint(seq, 10))
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// streamSeqOf reads the envelope stream sequence a derived record names.
+func streamSeqOf(rec audit.Record) (uint64, bool) {
+	var d struct {
+		StreamSeq *uint64 `json:"stream_seq"`
+	}
+	if json.Unmarshal(rec.Data, &d) != nil || d.StreamSeq == nil {
+		return 0, false
+	}
+	return *d.StreamSeq, true
+}
+
+// envelopeMeta is what the relay keeps with an envelope for its audit record.
+func envelopeMeta(wg workgroups.WorkgroupID, decision string, diagnostic json.RawMessage) map[string]string {
+	m := map[string]string{metaWorkgroup: wg.String(), metaDecision: decision}
+	if d := base64.RawURLEncoding.EncodeToString(diagnostic); len(d) <= maxDiagnostic {
+		m[metaDiagnostic] = d
+	}
+	return m
+}
