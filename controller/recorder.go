@@ -116,33 +116,88 @@ func (r *envelopeRecorder) run(ctx context.Context) {
 	}
 }
 
-// follow finds where recording stopped and records every envelope after it, as they come.
+// follow finds where recording stopped and records every envelope after it, as they come. Records are written
+// in batches (one atomic, fsynced write each): whatever envelopes arrived while the last batch was being written
+// make the next one, so the cost of an fsync is shared by all the envelopes that waited for it.
 func (r *envelopeRecorder) follow(ctx context.Context) error {
 	if err := r.recover(ctx); err != nil {
 		return err
 	}
-	from := r.position()
-	return r.env.Follow(ctx, from, func(m envstore.Msg) error {
-		if m.StreamSeq <= r.position() {
-			return nil
+	fctx, cancel := context.WithCancel(ctx)
+	queue := make(chan envstore.Msg, audit.MaxBatch)
+	followed := make(chan error, 1)
+	go func() {
+		followed <- r.env.Follow(fctx, r.position(), func(m envstore.Msg) error {
+			select {
+			case queue <- m:
+				return nil
+			case <-fctx.Done():
+				return fctx.Err()
+			}
+		})
+	}()
+	stop := func(err error) error {
+		cancel()
+		if ferr := <-followed; err == nil {
+			err = ferr
+		}
+		return err
+	}
+	for {
+		var batch []envstore.Msg
+		select {
+		case m := <-queue:
+			batch = append(batch, m)
+		case err := <-followed:
+			cancel()
+			return fmt.Errorf("follow the envelope stream: %w", err)
+		}
+	drain:
+		for len(batch) < audit.MaxBatch {
+			select {
+			case m := <-queue:
+				batch = append(batch, m)
+			default:
+				break drain
+			}
+		}
+		if err := r.recordBatch(ctx, batch); err != nil {
+			return stop(err)
+		}
+	}
+}
+
+// recordBatch writes the records of the envelopes in batch not recorded yet, in one atomic write, and moves the
+// position past them.
+func (r *envelopeRecorder) recordBatch(ctx context.Context, batch []envstore.Msg) error {
+	done := r.position()
+	recs := make([]audit.Record, 0, len(batch))
+	var last uint64
+	for _, m := range batch {
+		if m.StreamSeq <= done || m.StreamSeq <= last {
+			continue
 		}
 		if err := r.crash(stepRead, m.StreamSeq); err != nil {
 			return err
 		}
-		stored, err := r.trail.Append(ctx, r.recordFor(m))
-		if err != nil {
-			// The record may be stored even so: the next follow finds out from the trail before writing again.
-			return fmt.Errorf("audit record of envelope %d: %w", m.StreamSeq, err)
-		}
-		if err := r.crash(stepRecorded, m.StreamSeq); err != nil {
-			return err
-		}
-		r.advance(m.StreamSeq, stored.Seq)
-		if err := r.crash(stepAdvanced, m.StreamSeq); err != nil {
-			return err
-		}
-		return r.saveHint(ctx, false)
-	})
+		recs, last = append(recs, r.recordFor(m)), m.StreamSeq
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	stored, err := r.trail.AppendBatch(ctx, recs)
+	if err != nil {
+		// The records may be stored even so: the next follow finds out from the trail before writing again.
+		return fmt.Errorf("audit records of envelopes up to %d: %w", last, err)
+	}
+	if err := r.crash(stepRecorded, last); err != nil {
+		return err
+	}
+	r.advance(last, stored[len(stored)-1].Seq)
+	if err := r.crash(stepAdvanced, last); err != nil {
+		return err
+	}
+	return r.saveHint(ctx, false)
 }
 
 // recover sets the position from the hint and the derived records after it.

@@ -159,7 +159,7 @@ func TestRecorderCrashBoundaries(t *testing.T) {
 			headers := w.appendEnvelopes(ctx, 20)
 			r := w.recorder()
 			r.crashAt = func(at string, seq uint64) error {
-				if at == step && seq == 7 {
+				if at == step && (seq == 7 || at != stepRead && seq >= 7) {
 					return errCrash
 				}
 				return nil
@@ -167,12 +167,10 @@ func TestRecorderCrashBoundaries(t *testing.T) {
 			if err := r.follow(ctx); !errors.Is(err, errCrash) {
 				t.Fatalf("follow = %v, want the crash", err)
 			}
-			want := uint64(6)
-			if step == stepAdvanced {
-				want = 7
-			}
-			if got := r.position(); got != want {
-				t.Fatalf("position after the crash = %d, want %d", got, want)
+			// The crash hits the batch that holds the 7th envelope: before it is stored, nothing of that batch
+			// counts; once the position has moved, all of it does.
+			if got := r.position(); (got >= 7) != (step == stepAdvanced) {
+				t.Fatalf("position after the crash at %q = %d", step, got)
 			}
 			short, scancel := context.WithTimeout(ctx, 100*time.Millisecond)
 			if err := r.wait(short, 7); (err == nil) != (step == stepAdvanced) {

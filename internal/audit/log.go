@@ -84,8 +84,10 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		MaxMsgsPerSubject: -1,
 		Discard:           jetstream.DiscardNew,
 		MaxMsgSize:        maxLine,
-		DenyDelete:        !opts.allowDelete,
-		DenyPurge:         !opts.allowDelete,
+		// AppendBatch stores a batch of records as one atomic write.
+		AllowAtomicPublish: true,
+		DenyDelete:         !opts.allowDelete,
+		DenyPurge:          !opts.allowDelete,
 	}
 	stream, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {

@@ -1,0 +1,103 @@
+package audit
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// TestAppendBatchChains: a batch continues the chain after single appends, its records are stored contiguous
+// and in order, and single appends continue after it.
+func TestAppendBatchChains(t *testing.T) {
+	ctx := testCtx(t)
+	l, _ := newLog(t, Options{})
+	appendN(t, ctx, l, 3)
+	batch := make([]Record, 50)
+	for i := range batch {
+		batch[i] = record(100+i, fmt.Sprintf("ses_b%d", i%4))
+	}
+	got, err := l.AppendBatch(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range got {
+		if r.Seq != uint64(4+i) || r.Reason != batch[i].Reason {
+			t.Fatalf("batch record %d stored as %+v", i, r)
+		}
+		if i > 0 && r.Prev != got[i-1].Hash {
+			t.Fatalf("batch record %d does not link to the one before", i)
+		}
+	}
+	if _, err := l.Append(ctx, record(200, "")); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, ctx, l, 3+50+1)
+	recs, err := l.Session(ctx, "ses_b1")
+	if err != nil || len(recs) != 13 {
+		t.Fatalf("session ses_b1: %d records, %v; want 13", len(recs), err)
+	}
+}
+
+// TestAppendBatchRefusesWholeBatch: a batch with one invalid record stores nothing.
+func TestAppendBatchRefusesWholeBatch(t *testing.T) {
+	ctx := testCtx(t)
+	l, _ := newLog(t, Options{})
+	bad := record(2, "")
+	bad.Kind = ""
+	if _, err := l.AppendBatch(ctx, []Record{record(1, ""), bad, record(3, "")}); err == nil || !strings.Contains(err.Error(), "record 1 of the batch") {
+		t.Fatalf("AppendBatch with an invalid record: %v", err)
+	}
+	big := record(4, "")
+	big.Reason = strings.Repeat("r", MaxRecordSize)
+	if _, err := l.AppendBatch(ctx, []Record{record(1, ""), big}); err == nil {
+		t.Fatal("AppendBatch with an oversized record succeeded")
+	}
+	if _, err := l.AppendBatch(ctx, make([]Record, MaxBatch+1)); err == nil {
+		t.Fatal("AppendBatch over MaxBatch succeeded")
+	}
+	rep, err := l.Verify(ctx)
+	if err != nil || rep.Records != 0 {
+		t.Fatalf("after refused batches: %+v, %v; want an empty chain", rep, err)
+	}
+}
+
+// TestAppendBatchRacesOtherWriters: batches and single appends from two Logs at once keep one chain.
+func TestAppendBatchRacesOtherWriters(t *testing.T) {
+	ctx := testCtx(t)
+	srv := startServer(t, t.TempDir())
+	t.Cleanup(srv.Shutdown)
+	a, err := Open(ctx, connect(t, srv, "a"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, connect(t, srv, "b"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() {
+		for i := range 20 {
+			batch := []Record{record(i, "ses_x"), record(i, "ses_y"), record(i, "")}
+			if _, err := a.AppendBatch(ctx, batch); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := range 40 {
+			if _, err := b.Append(ctx, record(i, "ses_x")); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	mustVerify(t, ctx, a, 60+40)
+}
