@@ -2,10 +2,14 @@ package agentsdk
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/umbra-mesh/umbra/internal/api"
@@ -91,13 +95,54 @@ func (c *Controller) Workgroups(ctx context.Context) ([]api.WorkgroupView, error
 	return out, nil
 }
 
-// AuditVerify checks the hash chain of the whole audit stream (platform administrator only).
-func (c *Controller) AuditVerify(ctx context.Context) (api.AuditReport, error) {
+// AuditVerifyOption varies what AuditVerify requires of the chain.
+type AuditVerifyOption func(q url.Values)
+
+// AuditAfter makes AuditVerify fail unless the chain still holds the record seq with hash h: a checkpoint kept
+// from an earlier verification (the report's LastCheckpoint). A chain truncated before it, rolled back to an
+// older copy or rewritten then fails.
+func AuditAfter(seq uint64, h string) AuditVerifyOption {
+	return func(q url.Values) { q.Set(api.AuditAfterParam, strconv.FormatUint(seq, 10)+":"+h) }
+}
+
+// AuditVerify checks the hash chain of the whole audit stream and every signed checkpoint in it (platform
+// administrator only). A chain that does not verify is a report with OK false, not an error.
+func (c *Controller) AuditVerify(ctx context.Context, opts ...AuditVerifyOption) (api.AuditReport, error) {
+	q := url.Values{}
+	for _, o := range opts {
+		o(q)
+	}
+	path := api.PathAuditVerify
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var out api.AuditReport
-	if err := c.get(ctx, api.PathAuditVerify, &out); err != nil {
+	if err := c.get(ctx, path, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: audit verify: %w", err)
 	}
 	return out, nil
+}
+
+// AuditKey returns the Ed25519 public key the controller signs audit checkpoints with. Fetched over the
+// overlay it is only as trustworthy as the controller at that moment: compare it once, out of band, and keep it.
+func (c *Controller) AuditKey(ctx context.Context) (ed25519.PublicKey, error) {
+	var out api.AuditKey
+	if err := c.get(ctx, api.PathAuditKey, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: audit key: %w", err)
+	}
+	blk, _ := pem.Decode([]byte(out.PublicKey))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, errors.New("agentsdk: audit key: controller sent no PEM public key")
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: audit key: %w", err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("agentsdk: audit key: controller sent a %T, want Ed25519", k)
+	}
+	return pub, nil
 }
 
 // AuditSession reconstructs a session: parties, contract, transitions, every envelope header, every refusal.

@@ -11,7 +11,8 @@ import (
 
 // Config configures a Server. The zero value of each optional field selects the documented default.
 type Config struct {
-	// DataDir holds all state: overlay database and PKI, SPIFFE CA, JetStream store, admin identity. Required.
+	// DataDir holds all state: overlay database and PKI, SPIFFE CA, token and audit checkpoint keys, JetStream
+	// store, admin identity. Required.
 	DataDir string
 	// TrustDomain of the SVIDs this controller issues. Default "umbra.local". Fixed once the data dir exists.
 	TrustDomain string
@@ -43,6 +44,9 @@ type Config struct {
 	// the rest of that minute are counted into one summary record, so that a member sending bad frames cannot
 	// fill the disk with fsynced records. Default 30.
 	RefusalRecordsPerMinute int
+	// CheckpointInterval is how often the controller signs a checkpoint of the audit chain's head, when records
+	// were added since the last one; it also signs one on every export. Default 1 minute.
+	CheckpointInterval time.Duration
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
@@ -99,6 +103,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxIdentityAge < 0 {
 		return c, fmt.Errorf("controller: MaxIdentityAge %s is negative; give a positive duration (default 720h)", c.MaxIdentityAge)
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = time.Minute
+	}
+	if c.CheckpointInterval < 0 {
+		return c, fmt.Errorf("controller: CheckpointInterval %s is negative; give a positive duration (default 1m)", c.CheckpointInterval)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 
 	"github.com/umbra-mesh/umbra/internal/api"
@@ -126,10 +127,10 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 			s.fail(w, r, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator verifies the audit chain"))
 			return
 		}
-		rep, err := s.gov.audit.Verify(r.Context())
-		out := api.AuditReport{Records: rep.Records, LastSeq: rep.LastSeq, LastHash: rep.LastHash, OK: err == nil}
+		out, err := s.verifyAudit(r.Context(), r.URL.Query().Get(api.AuditAfterParam))
 		if err != nil {
-			out.Error = err.Error()
+			s.fail(w, r, err)
+			return
 		}
 		reply(w, http.StatusOK, out)
 	})
@@ -139,11 +140,20 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 			s.fail(w, r, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator exports the audit stream"))
 			return
 		}
+		// Every export ends in a signed checkpoint (unless records raced in after it), so that it can be
+		// checked offline.
+		if err := s.checkpoint(r.Context()); err != nil {
+			s.fail(w, r, internal(fmt.Errorf("checkpoint before export: %w", err)))
+			return
+		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		if _, err := s.gov.audit.Export(r.Context(), w, nil); err != nil {
 			s.log.Warn("audit export failed", "err", err)
 		}
 	})
+	mux.HandleFunc("GET "+api.PathAuditKey, body(func(context.Context, caller, []byte) (any, error) {
+		return s.auditKeyView()
+	}))
 	mux.HandleFunc("GET "+api.PathAuditSession+"{id}", func(w http.ResponseWriter, r *http.Request) {
 		c := r.Context().Value(callerKey{}).(caller)
 		sess, err := s.sessionFor(r.Context(), c, r.PathValue("id"))

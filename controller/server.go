@@ -3,9 +3,7 @@ package controller
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +36,7 @@ type Server struct {
 
 	ca           *pki.CA
 	tokens       *enrolltoken.Signer
+	auditKey     ed25519.PrivateKey // signs audit checkpoints
 	controllerID spiffeid.ID
 	adminID      spiffeid.ID
 
@@ -174,6 +173,7 @@ func (s *Server) start(ctx context.Context) error {
 	// the controller is ready).
 	go s.hostAPIWhenRouted(ctx)
 	go s.expireSessions(ctx)
+	go s.checkpointEvery(ctx, s.cfg.CheckpointInterval)
 	go s.keepAdminFresh(ctx)
 	go func() {
 		if err := s.followRevocations(ctx); err != nil {
@@ -214,7 +214,8 @@ func (s *Server) stop() {
 	s.log.Info("controller stopped")
 }
 
-// loadAuthority loads (or creates on first start) the SPIFFE CA and the token signing key.
+// loadAuthority loads (or creates on first start) the SPIFFE CA, the token signing key and the audit checkpoint
+// key, all in DataDir/spiffe.
 func (s *Server) loadAuthority() error {
 	dir := filepath.Join(s.cfg.DataDir, "spiffe")
 	certPath, keyPath := filepath.Join(dir, "ca.cert"), filepath.Join(dir, "ca.key")
@@ -233,25 +234,13 @@ func (s *Server) loadAuthority() error {
 	if caTD, terr := spiffeid.TrustDomainFromURI(s.ca.Cert.URIs[0]); terr != nil || caTD != s.td {
 		return fmt.Errorf("controller: data dir belongs to trust domain %v, not %s", s.ca.Cert.URIs, s.td)
 	}
-	tokenPath := filepath.Join(dir, "token.key")
-	var seed []byte
-	if b, rerr := os.ReadFile(tokenPath); rerr == nil {
-		blk, _ := pem.Decode(b)
-		if blk == nil || len(blk.Bytes) != ed25519.SeedSize {
-			return fmt.Errorf("controller: %s is not a token signing key", tokenPath)
-		}
-		seed = blk.Bytes
-	} else {
-		seed = make([]byte, ed25519.SeedSize)
-		if _, err := rand.Read(seed); err != nil {
-			return fmt.Errorf("controller: %w", err)
-		}
-		if err := os.WriteFile(tokenPath, pem.EncodeToMemory(&pem.Block{Type: "UMBRA TOKEN SIGNING SEED", Bytes: seed}), 0o600); err != nil {
-			return fmt.Errorf("controller: %w", err)
-		}
+	tokenKey, err := loadSeedKey(filepath.Join(dir, "token.key"), "UMBRA TOKEN SIGNING SEED")
+	if err != nil {
+		return err
 	}
-	s.tokens = enrolltoken.NewSigner(ed25519.NewKeyFromSeed(seed))
-	return nil
+	s.tokens = enrolltoken.NewSigner(tokenKey)
+	s.auditKey, err = loadSeedKey(filepath.Join(dir, "audit.key"), "UMBRA AUDIT CHECKPOINT SEED")
+	return err
 }
 
 // prepareOverlay registers the SPIFFE CA with the overlay and creates the policies everything relies on.

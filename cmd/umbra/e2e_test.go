@@ -462,7 +462,37 @@ func TestCLIGovernance(t *testing.T) {
 	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "audit chain verified") {
 		t.Fatalf("verify: %s", out)
 	}
-	if export := c.must("", "audit", "export", "--as", admin); strings.Count(export, "\n") < 10 || !strings.Contains(export, sid) {
+	export := c.must("", "audit", "export", "--as", admin)
+	if strings.Count(export, "\n") < 10 || !strings.Contains(export, sid) {
 		t.Fatalf("export: %d lines", strings.Count(export, "\n"))
+	}
+	verifyExportOffline(t, c, acme, export)
+}
+
+// verifyExportOffline checks a real export with no controller, against the key `umbra audit key` printed, and
+// that the file cut before the kept checkpoint fails.
+func verifyExportOffline(t *testing.T, c *cli, as, export string) {
+	t.Helper()
+	file, key := filepath.Join(c.dir, "audit.jsonl"), filepath.Join(c.dir, "audit-key.pem")
+	if err := os.WriteFile(file, []byte(export), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, []byte(c.must("", "audit", "key", "--as", as)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := c.must("", "audit", "verify", "--file", file, "--key", key, "--require-checkpoint")
+	_, kept, ok := strings.Cut(out, "--after ")
+	if !ok || !strings.Contains(out, "audit file verified") {
+		t.Fatalf("offline verify: %s", out)
+	}
+	kept = strings.TrimSpace(kept)
+	c.must("", "audit", "verify", "--file", file, "--key", key, "--after", kept)
+	lines := strings.SplitAfter(strings.TrimSuffix(export, "\n"), "\n")
+	cut := strings.Join(lines[:len(lines)-2], "") // without the checkpoint and the record it covers
+	if err := os.WriteFile(file, []byte(cut), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errs, err := c.run("", "audit", "verify", "--file", file, "--key", key, "--after", kept); err == nil || !strings.Contains(errs, "truncated") {
+		t.Fatalf("a file cut before the kept checkpoint %s verified: %s %s", kept, out, errs)
 	}
 }

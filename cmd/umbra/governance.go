@@ -432,29 +432,3 @@ func cmdAuditSession(ctx context.Context, args []string, _ io.Reader, stdout, st
 		return printJSON(stdout, out)
 	})
 }
-
-func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "audit verify", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
-		rep, err := a.Controller().AuditVerify(ctx)
-		if err != nil {
-			return err
-		}
-		if !rep.OK {
-			return fmt.Errorf("audit chain BROKEN after %d records: %s", rep.Records, rep.Error)
-		}
-		fmt.Fprintf(stdout, "audit chain verified: %d records, last %d %s\n", rep.Records, rep.LastSeq, rep.LastHash)
-		return nil
-	})
-}
-
-func cmdAuditExport(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "audit export", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
-		resp, err := a.Controller().AuditExport(ctx)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		_, err = io.Copy(stdout, resp.Body)
-		return err
-	})
-}

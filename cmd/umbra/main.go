@@ -50,7 +50,12 @@ Usage:
   umbra session recv    --as ID.json [--session S] [--follow]
   umbra session accept|reject|close|show --as ID.json S [--reason R]
   umbra session list    --as ID.json [--state STATE]
-  umbra audit session|verify|export --as ID.json [S]
+  umbra audit session|export --as ID.json [S]      export ends in a checkpoint signed by the controller
+  umbra audit key    --as ID.json                  prints the controller's checkpoint public key (PEM)
+  umbra audit verify --as ADMIN.json [--after SEQ:HASH] [--require-checkpoint]
+  umbra audit verify --file audit.jsonl --key KEY.pem [--after SEQ:HASH] [--require-checkpoint]
+      offline, no controller; --after is the checkpoint the last verification printed: fails if the chain
+      no longer holds it (truncated, rolled back, rewritten); without a checkpoint a file is only a warning
 
   umbra mcp serve   --as ID.json --service S -- COMMAND [ARGS]   makes a stdio MCP server dark
   umbra mcp connect --as ID.json [--service mcpgw]               stdio bridge to the MCP gateway
@@ -109,8 +114,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		"mcpgw": cmdMCPGateway,
 		"llmgw": cmdLLMGateway,
 		"llm":   subcommands(map[string]command{"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage}),
-		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport}),
-		"demo":  cmdDemo,
+		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport,
+			"key": cmdAuditKey}),
+		"demo": cmdDemo,
 	}
 	cmd, ok := cmds[args[0]]
 	if !ok {

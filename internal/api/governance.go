@@ -20,6 +20,9 @@ const (
 	PathAuditVerify      = "/v1/audit/verify"
 	PathAuditExport      = "/v1/audit/export"
 	PathAuditSession     = "/v1/audit/sessions/"
+	PathAuditKey         = "/v1/audit/key"
+	// AuditAfterParam is the query parameter of PathAuditVerify naming a kept checkpoint, "SEQ:HASH".
+	AuditAfterParam = "after"
 	// RelayService is the dark service through which every envelope travels.
 	RelayService = "umbra.relay"
 )
@@ -112,6 +115,23 @@ type AuditReport struct {
 	LastHash string `json:"last_hash"`
 	OK       bool   `json:"ok"`
 	Error    string `json:"error,omitempty"`
+	// Checkpoints is how many signed checkpoints verified; LastCheckpoint is the last of them, to keep for the
+	// next verification (absent when there is none).
+	Checkpoints    int              `json:"checkpoints"`
+	LastCheckpoint *AuditCheckpoint `json:"last_checkpoint,omitempty"`
+}
+
+// AuditCheckpoint is a verified checkpoint: the record at Seq had hash Hash at the controller's Time.
+type AuditCheckpoint struct {
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	Time time.Time `json:"time"`
+}
+
+// AuditKey is the controller's checkpoint public key.
+type AuditKey struct {
+	KeyID     string `json:"key_id"`
+	PublicKey string `json:"public_key"` // PEM "PUBLIC KEY" block (PKIX, Ed25519)
 }
 
 // SessionAudit reconstructs a session: its record, every audit record about it, every stored envelope header.

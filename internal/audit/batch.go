@@ -85,7 +85,7 @@ func (l *Log) AppendBatch(ctx context.Context, rs []Record) ([]Record, error) {
 			for i := range out {
 				out[i].Seq = first + uint64(i)
 			}
-			l.lastSeq, l.lastHash = last, prev
+			l.lastSeq, l.lastHash, l.lastKind = last, prev, out[len(out)-1].Kind
 			return out, nil
 		}
 		if !isWrongLastSeq(err) {

@@ -46,6 +46,7 @@ type Log struct {
 	tailKnown bool
 	lastSeq   uint64
 	lastHash  string
+	lastKind  string
 	conflicts uint64 // appends that found another writer had got in first
 }
 
@@ -114,53 +115,69 @@ func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
 	if err := validate(r); err != nil {
 		return Record{}, fmt.Errorf("audit: invalid record: %w", err)
 	}
-	subject := l.subjectFor(r)
+	out, _, err := l.appendWith(ctx, func(uint64, string, string) (Record, bool, error) { return r, true, nil })
+	return out, err
+}
 
+// appendWith is Append for a record that depends on the one it follows: next is called with the sequence,
+// hash and kind of the stream's last record (0, "", "" when empty) on every attempt, under the append lock,
+// and returns the record to link to it, or false to append nothing.
+func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash, prevKind string) (Record, bool, error)) (Record, bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.tailKnown {
 		if err := l.loadTail(ctx); err != nil {
-			return Record{}, err
+			return Record{}, false, err
 		}
 	}
 	for attempt := 1; ; attempt++ {
-		r.Prev = l.lastHash
+		r, ok, err := next(l.lastSeq, l.lastHash, l.lastKind)
+		if err != nil || !ok {
+			return Record{}, false, err
+		}
+		r.Seq, r.Prev, r.Hash = 0, l.lastHash, ""
+		if err := normalize(&r, time.Now()); err != nil {
+			return Record{}, false, err
+		}
+		if err := validate(r); err != nil {
+			return Record{}, false, fmt.Errorf("audit: invalid record: %w", err)
+		}
 		b, err := canonical(r)
 		if err != nil {
-			return Record{}, err
+			return Record{}, false, err
 		}
 		if len(b) > MaxRecordSize {
-			return Record{}, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
+			return Record{}, false, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
 		}
 		sum := sha256.Sum256(b)
 		r.Hash = hex.EncodeToString(sum[:])
 		payload, err := stored(r)
 		if err != nil {
-			return Record{}, err
+			return Record{}, false, err
 		}
-		ack, err := l.js.Publish(ctx, subject, payload,
+		ack, err := l.js.Publish(ctx, l.subjectFor(r), payload,
 			jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
 		if err == nil {
 			r.Seq = ack.Sequence
-			l.lastSeq, l.lastHash = ack.Sequence, r.Hash
-			return r, nil
+			l.lastSeq, l.lastHash, l.lastKind = ack.Sequence, r.Hash, r.Kind
+			return r, true, nil
 		}
 		if !isWrongLastSeq(err) {
 			// A timeout may hide a stored record: find out from the stream next time.
 			l.tailKnown = false
-			return Record{}, fmt.Errorf("audit: publish: %w", err)
+			return Record{}, false, fmt.Errorf("audit: publish: %w", err)
 		}
 		l.conflicts++
 		if attempt == maxAppendAttempts {
 			l.tailKnown = false
-			return Record{}, fmt.Errorf("audit: append lost %d races with other writers: %w", attempt, err)
+			return Record{}, false, fmt.Errorf("audit: append lost %d races with other writers: %w", attempt, err)
 		}
 		if err := sleep(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(100*time.Microsecond)))); err != nil {
 			l.tailKnown = false
-			return Record{}, fmt.Errorf("audit: append: %w", err)
+			return Record{}, false, fmt.Errorf("audit: append: %w", err)
 		}
 		if err := l.loadTail(ctx); err != nil {
-			return Record{}, err
+			return Record{}, false, err
 		}
 	}
 }
@@ -194,7 +211,7 @@ func (l *Log) loadTail(ctx context.Context) error {
 	}
 	last := info.State.LastSeq
 	if last == 0 {
-		l.lastSeq, l.lastHash, l.tailKnown = 0, "", true
+		l.lastSeq, l.lastHash, l.lastKind, l.tailKnown = 0, "", "", true
 		return nil
 	}
 	msg, err := l.stream.GetMsg(ctx, last)
@@ -208,7 +225,7 @@ func (l *Log) loadTail(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	l.lastSeq, l.lastHash, l.tailKnown = r.Seq, r.Hash, true
+	l.lastSeq, l.lastHash, l.lastKind, l.tailKnown = r.Seq, r.Hash, r.Kind, true
 	return nil
 }
 
