@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -487,9 +488,24 @@ func verifyExportOffline(t *testing.T, c *cli, as, export string) {
 	}
 	kept = strings.TrimSpace(kept)
 	c.must("", "audit", "verify", "--file", file, "--key", key, "--after", kept)
-	lines := strings.SplitAfter(strings.TrimSuffix(export, "\n"), "\n")
-	cut := strings.Join(lines[:len(lines)-2], "") // without the checkpoint and the record it covers
-	if err := os.WriteFile(file, []byte(cut), 0o600); err != nil {
+	// Cut the file just before the record the kept checkpoint covers (records written after the export's own
+	// checkpoint may follow it in the file).
+	seqText, _, _ := strings.Cut(kept, ":")
+	keptSeq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil {
+		t.Fatalf("kept checkpoint %q: %v", kept, err)
+	}
+	var cut strings.Builder
+	for _, line := range strings.SplitAfter(strings.TrimSuffix(export, "\n"), "\n") {
+		var r struct{ Seq uint64 }
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Seq < keptSeq {
+			cut.WriteString(line)
+		}
+	}
+	if err := os.WriteFile(file, []byte(cut.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, errs, err := c.run("", "audit", "verify", "--file", file, "--key", key, "--after", kept); err == nil || !strings.Contains(errs, "truncated") {
