@@ -226,7 +226,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	_, _ = rand.Read(b)
 	id := hex.EncodeToString(b)
 	level := s.log.Warn
-	if f.status >= 500 {
+	switch {
+	case r.Context().Err() != nil:
+		// The caller went away (gave up its long poll, or its deadline passed): nothing went wrong here.
+		level = s.log.Debug
+	case f.status >= 500:
 		level = s.log.Error
 	}
 	level("request refused", "error_id", id, "path", r.URL.Path, "code", f.code, "err", fmt.Sprint(err))
