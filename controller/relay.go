@@ -239,7 +239,12 @@ func (s *Server) relayRecv(ctx context.Context, conn net.Conn, r *bufio.Reader, 
 		return writeJSONLine(conn, api.RelayAck{Code: api.CodeNotFound, Error: "no such session"})
 	}
 	sess, _, err := s.gov.sessions.get(ctx, sid.String())
-	if err != nil || sess.Consumer != recipient && sess.Provider != recipient {
+	switch {
+	case err != nil && !errors.Is(err, errNotFound):
+		// Not an answer about the session: the recipient should try again, not give it up.
+		s.log.Error("reading a session for delivery failed", "session", sid.String(), "err", err)
+		return writeJSONLine(conn, api.RelayAck{Code: api.CodeInternal, Error: "internal error; try again"})
+	case err != nil || sess.Consumer != recipient && sess.Provider != recipient:
 		return writeJSONLine(conn, api.RelayAck{Code: api.CodeNotFound, Error: "no such session"})
 	}
 	if err := writeJSONLine(conn, api.RelayAck{OK: true}); err != nil {

@@ -263,6 +263,7 @@ func (n *node) closeSession(ctx context.Context, s *agentsdk.Session) error {
 // serve answers envelopes in the sessions n provides, until ctx ends. It is agentsdk's Serve, except that a
 // session whose relay connection breaks is received from again rather than dropped.
 func (n *node) serve(ctx context.Context, h func(ctx context.Context, s *agentsdk.Session, in agentsdk.Envelope) error) {
+	var mu sync.Mutex // guards serving
 	serving := map[workgroups.SessionID]bool{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -275,20 +276,32 @@ func (n *node) serve(ctx context.Context, h func(ctx context.Context, s *agentsd
 				break
 			}
 			for _, v := range views {
-				if v.Provider != n.a.ID() || serving[v.ID] {
+				mu.Lock()
+				busy := serving[v.ID]
+				mu.Unlock()
+				if v.Provider != n.a.ID() || busy {
 					continue
 				}
 				s, err := n.a.Session(ctx, v.ID.String())
 				if err != nil {
 					continue
 				}
+				mu.Lock()
 				serving[v.ID] = true
+				mu.Unlock()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					for {
 						in, err := n.next(ctx, s)
 						if err != nil {
+							if ctx.Err() == nil {
+								// Served again at the next look, if the session is still open.
+								n.say("stopped receiving in session %s: %v", short(v.ID.String()), err)
+								mu.Lock()
+								delete(serving, v.ID)
+								mu.Unlock()
+							}
 							return
 						}
 						if err := h(ctx, s, in); err != nil && ctx.Err() == nil {
