@@ -18,6 +18,8 @@ var ErrNotPending = errors.New("envstore: envelope is not the one awaiting ackno
 const (
 	// ackTimeout bounds how long Ack waits for JetStream to confirm.
 	ackTimeout = 10 * time.Second
+	// receiverIdle is how long a cursor may go unread before the server removes it.
+	receiverIdle = 24 * time.Hour
 	// pullBatch is how many envelopes a Receiver asks for at once.
 	pullBatch = 8
 )
@@ -74,8 +76,11 @@ func (s *Store) Receiver(ctx context.Context, session, to string) (*Receiver, er
 		// cannot be overtaken. Redelivery never gives up.
 		MaxAckPending: 1,
 		MaxDeliver:    -1,
-		Replicas:      s.opts.Replicas,
-		Metadata:      map[string]string{"umbra_session": session, "umbra_to": to},
+		// A cursor nobody has read for a day is removed by the server, so closed sessions do not keep theirs
+		// for ever; a recipient that comes back later starts again from the session's first envelope.
+		InactiveThreshold: receiverIdle,
+		Replicas:          s.opts.Replicas,
+		Metadata:          map[string]string{"umbra_session": session, "umbra_to": to},
 	}
 	cons, err := s.stream.CreateOrUpdateConsumer(ctx, cfg)
 	if errors.Is(err, jetstream.ErrConsumerMultipleFilterSubjectsNotSupported) {

@@ -49,6 +49,10 @@ func Start(cfg Config) (*Server, error) {
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: 256 << 20,
 	}
+	// The server caps a stream at 1,000 consumers unless told otherwise, and every (session, recipient) pair has
+	// a durable cursor: past about 500 sessions nothing new would be delivered. Cursors are bounded by their
+	// owners instead (envstore's receivers expire when idle).
+	opts.JetStreamLimits.DefaultMaxConsumers = -1
 	if cfg.ListenAddr != "" {
 		if cfg.TLS == nil || cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert {
 			return nil, errors.New("natsd: a TCP listener needs TLS with verified client certificates")
