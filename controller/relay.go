@@ -252,6 +252,8 @@ func (s *Server) relayRecv(ctx context.Context, conn net.Conn, r *bufio.Reader, 
 	}
 	rcv, err := s.gov.env.Receiver(ctx, sid.String(), recipient.String())
 	if err != nil {
+		// Nothing can be delivered in this session until this works again: say so where operators look.
+		s.log.Error("opening a delivery cursor failed", "session", sid.String(), "recipient", recipient.String(), "err", err)
 		return err
 	}
 	defer rcv.Close()
