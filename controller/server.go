@@ -112,6 +112,9 @@ func (s *Server) Run(ctx context.Context) error {
 		close(s.ready)
 		s.log.Info("controller ready", "trust_domain", s.td.Name(), "enroll", s.enrollURL(), "overlay_api", s.zc.APIURL())
 		<-ctx.Done()
+		// The envelope recorder and the refusal summariser end with ctx (the summariser writes its last
+		// summaries first, within 2 s); NATS must still be up for that.
+		s.gov.recording.Wait()
 		s.stop()
 		err = nil
 	})
