@@ -70,6 +70,7 @@ type call struct {
 // finding counts guardrail findings of one kind in one direction; a record never holds the text found.
 type finding struct {
 	Direction string         `json:"direction"` // request or response
+	Field     string         `json:"field"`     // content, tool_calls.name, tool_calls.arguments, tools, refusal, logprobs, other
 	Category  guard.Category `json:"category"`
 	Detector  string         `json:"detector"`
 	Mode      guard.Mode     `json:"mode"`
@@ -85,17 +86,17 @@ func (c *call) fail(kind string, e *apiError) {
 	c.kind, c.status, c.errCode, c.message = kind, e.Status, e.Code, e.Message
 }
 
-func (c *call) addFindings(direction string, fs []guard.Finding) {
+func (c *call) addFindings(direction, field string, fs []guard.Finding) {
 next:
 	for _, f := range fs {
 		for i := range c.findings {
-			if g := &c.findings[i]; g.Direction == direction && g.Detector == f.Detector && g.Mode == f.Mode {
+			if g := &c.findings[i]; g.Direction == direction && g.Field == field && g.Detector == f.Detector && g.Mode == f.Mode {
 				g.Count++
 				continue next
 			}
 		}
-		c.findings = append(c.findings, finding{Direction: direction, Category: f.Category, Detector: f.Detector,
-			Mode: f.Mode, Count: 1})
+		c.findings = append(c.findings, finding{Direction: direction, Field: field, Category: f.Category,
+			Detector: f.Detector, Mode: f.Mode, Count: 1})
 	}
 }
 
@@ -235,7 +236,7 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		g.metrics.ttft.WithLabelValues(c.operation, c.provider, reqModel, caller).Observe(c.ttft.Seconds())
 	}
 	for _, f := range c.findings {
-		g.metrics.findings.WithLabelValues(f.Direction, string(f.Category), f.Detector, string(f.Mode)).Add(float64(f.Count))
+		g.metrics.findings.WithLabelValues(f.Direction, f.Field, string(f.Category), f.Detector, string(f.Mode)).Add(float64(f.Count))
 	}
 	if !c.known || g.cfg.Auditor == nil {
 		return

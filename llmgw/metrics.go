@@ -56,8 +56,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "umbra_llmgw_cost_usd_total", Help: "Cost of calls in US dollars, from the price table.",
 		}, []string{lCaller, lRespModel}),
 		findings: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "umbra_llmgw_guardrail_findings_total", Help: "Guardrail findings by where, category, detector and mode.",
-		}, []string{"direction", "category", "detector", "mode"}),
+			Name: "umbra_llmgw_guardrail_findings_total", Help: "Guardrail findings by direction, field, category, detector and mode.",
+		}, []string{"direction", "field", "category", "detector", "mode"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "umbra_llmgw_upstream_attempts_total", Help: "Attempts on upstream endpoints by outcome.",
 		}, []string{lRespModel, lProvider, "endpoint", "outcome"}),

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -85,12 +83,15 @@ func (g *Gateway) streamChat(ctx context.Context, c *call, m *model, req *chat.R
 	}
 	if !aborted && rs != nil {
 		// Choices that ended without a finish_reason still hold text back.
-		for _, idx := range slices.Sorted(maps.Keys(rs.streams)) {
-			s := rs.streams[idx]
-			if text := s.Flush(); text != "" {
-				rs.report(c, idx)
-				_ = out.chunk(c, contentChunk(ch, m.Name, idx, text))
+		for _, fl := range rs.flushAll(c, ch, m.Name) {
+			if completion.Len() < maxLoggedPrompt {
+				for _, choice := range fl.Objs("choices") {
+					if idx, _ := choice.Int("index"); idx == 0 {
+						completion.WriteString(choice.Obj("delta").Str("content"))
+					}
+				}
 			}
+			_ = out.chunk(c, fl)
 		}
 	}
 	if !sawUsage {
@@ -115,24 +116,6 @@ func hasDelta(ch chat.Object) bool {
 	return false
 }
 
-// contentChunk is a chunk carrying text for one choice, shaped after like.
-func contentChunk(like chat.Object, model string, idx int64, text string) chat.Object {
-	d := chat.Object{}
-	d.Set("content", text)
-	choice := chat.Object{}
-	choice.Set("index", idx)
-	choice.Set("delta", d)
-	ch := chat.Object{}
-	ch.Set("id", like.Str("id"))
-	ch.Set("object", "chat.completion.chunk")
-	if created, ok := like.Int("created"); ok {
-		ch.Set("created", created)
-	}
-	ch.Set("model", model)
-	ch.Set("choices", []chat.Object{choice})
-	return ch
-}
-
 // filterChunk readies an upstream chunk for the caller: guardrails on each choice's text, the usage the
 // gateway asked for removed unless the caller asked too, and the public model name. It returns nil when
 // nothing is left to send, and the bytes of answer text the chunk carried.
@@ -143,6 +126,9 @@ func (g *Gateway) filterChunk(c *call, model string, ch chat.Object, rs *respons
 		delete(ch, "usage")
 	}
 	ch.Set("model", model)
+	if rs != nil {
+		rs.guardOuter(c, ch)
+	}
 	choices := ch.Objs("choices")
 	var n int64
 	kept := choices[:0]
@@ -161,24 +147,11 @@ func (g *Gateway) filterChunk(c *call, model string, ch chat.Object, rs *respons
 			n += int64(len(tc.Obj("function").Str("arguments")))
 		}
 		if rs != nil {
-			s := rs.get(idx)
-			if s.Blocked() {
-				continue // the caller was told content_filter; the rest of this answer is dropped
+			var ok bool
+			if choice, ok = rs.guardChoice(c, choice); !ok {
+				continue
 			}
-			finish := choice.Str("finish_reason")
-			emitted := s.Write(content)
-			if finish != "" {
-				emitted += s.Flush()
-			}
-			rs.report(c, idx)
-			if s.Blocked() {
-				delta = chat.Object{}
-				choice.Set("finish_reason", "content_filter")
-			} else if emitted != "" || delta.Str("content") != "" {
-				delta.Set("content", emitted)
-			}
-			choice.Set("delta", delta)
-			content = emitted
+			content = choice.Obj("delta").Str("content")
 		}
 		if idx == 0 && completion != nil && completion.Len() < maxLoggedPrompt {
 			completion.WriteString(content)

@@ -144,15 +144,15 @@ func (s *Scanner) Scan(text string, injection bool) []Finding {
 func Placeholder(f Finding) string { return "[REDACTED:" + f.Detector + "]" }
 
 // apply rewrites text for the findings fs (sorted, not overlapping, offsets into text) and reports whether
-// any of them blocks.
-func apply(text string, fs []Finding) (string, bool) {
+// any of them blocks. With scrub, blocking findings are replaced by their placeholder too.
+func apply(text string, fs []Finding, scrub bool) (string, bool) {
 	var b strings.Builder
 	last, blocked := 0, false
 	for _, f := range fs {
-		switch f.Mode {
-		case Block:
+		if f.Mode == Block {
 			blocked = true
-		case Redact:
+		}
+		if f.Mode == Redact || (scrub && f.Mode == Block) {
 			b.WriteString(text[last:f.Start])
 			b.WriteString(Placeholder(f))
 			last = f.End
@@ -168,6 +168,17 @@ func apply(text string, fs []Finding) (string, bool) {
 // Apply scans text and returns it with redactions made, the findings, and whether a finding blocks it.
 func (s *Scanner) Apply(text string, injection bool) (string, []Finding, bool) {
 	fs := s.Scan(text, injection)
-	out, blocked := apply(text, fs)
+	out, blocked := apply(text, fs, false)
 	return out, fs, blocked
 }
+
+// Scrub is Apply for text that must not pass on in any case: blocking findings are replaced by their
+// placeholder too (the caller still learns that the text blocks, and decides what to do with the rest).
+func (s *Scanner) Scrub(text string, injection bool) (string, []Finding, bool) {
+	fs := s.Scan(text, injection)
+	out, blocked := apply(text, fs, true)
+	return out, fs, blocked
+}
+
+// Acts reports whether a finding changes what passes on (it redacts or blocks), as opposed to being logged.
+func (f Finding) Acts() bool { return f.Mode == Redact || f.Mode == Block }

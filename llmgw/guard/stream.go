@@ -23,6 +23,7 @@ type Stream struct {
 	pending  string // arrived, not yet emitted
 	findings []Finding
 	blocked  bool
+	done     int // bytes of input finalised (emitted, redacted or dropped)
 }
 
 // NewStream returns a Stream holding back window bytes (0 means DefaultWindow).
@@ -33,8 +34,12 @@ func (s *Scanner) NewStream(window int) *Stream {
 	return &Stream{s: s, window: window}
 }
 
-// Findings returns everything found so far.
+// Findings returns everything found so far. Their offsets count bytes of the input written to the stream.
 func (st *Stream) Findings() []Finding { return st.findings }
+
+// Consumed returns how many bytes of the input written so far have been judged: everything before that offset
+// has been emitted (redacted as the policy says) or dropped; the rest is held back.
+func (st *Stream) Consumed() int { return st.done }
 
 // Blocked reports whether a blocking finding was seen. A blocked stream emits nothing more.
 func (st *Stream) Blocked() bool { return st.blocked }
@@ -85,8 +90,12 @@ func (st *Stream) emit(full string, off, cut int, fs []Finding) string {
 			final = append(final, f)
 		}
 	}
-	out, blocked := apply(full[off:cut], final)
-	st.findings = append(st.findings, final...)
+	out, blocked := apply(full[off:cut], final, false)
+	for _, f := range final {
+		f.Start, f.End = f.Start+st.done, f.End+st.done
+		st.findings = append(st.findings, f)
+	}
+	st.done += cut - off
 	st.pending = full[cut:]
 	if blocked {
 		st.blocked = true
