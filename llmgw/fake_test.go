@@ -23,6 +23,32 @@ type reply struct {
 	Finish   string     // "" means stop (or tool_calls)
 	NoUsage  bool       // report no usage
 	DieAfter int        // stream: drop the connection after this many pieces (0: never; -1: before any chunk)
+	Refusal  []string   // refusal text, one stream chunk per piece
+	Logprobs bool       // log probabilities of the content, one token per piece
+	AltToken string     // the first token's top alternative (default: the token itself)
+}
+
+// byteValues is text as OpenAI lists a token's bytes.
+func byteValues(s string) []int {
+	out := make([]int, len(s))
+	for i := range len(s) {
+		out[i] = int(s[i])
+	}
+	return out
+}
+
+// logprobsOf is the OpenAI "logprobs" member for content pieces from first on.
+func (r reply) logprobsOf(pieces []string, first int) map[string]any {
+	var entries []any
+	for i, p := range pieces {
+		alt := p
+		if first+i == 0 && r.AltToken != "" {
+			alt = r.AltToken
+		}
+		entries = append(entries, map[string]any{"token": p, "logprob": -0.25, "bytes": byteValues(p),
+			"top_logprobs": []any{map[string]any{"token": alt, "logprob": -1.5, "bytes": byteValues(alt)}}})
+	}
+	return map[string]any{"content": entries, "refusal": nil}
 }
 
 type fakeTool struct {
@@ -171,6 +197,13 @@ func (u *upstream) serveOpenAI(w http.ResponseWriter, r *http.Request) {
 	model := body.Str("model")
 	if !body.Bool("stream") {
 		msg := map[string]any{"role": "assistant", "content": rep.text()}
+		if len(rep.Refusal) > 0 {
+			msg["refusal"] = strings.Join(rep.Refusal, "")
+		}
+		var logprobs any
+		if rep.Logprobs {
+			logprobs = rep.logprobsOf(rep.Pieces, 0)
+		}
 		if len(rep.Tools) > 0 {
 			var calls []any
 			for _, tc := range rep.Tools {
@@ -180,7 +213,7 @@ func (u *upstream) serveOpenAI(w http.ResponseWriter, r *http.Request) {
 			msg["tool_calls"] = calls
 		}
 		out := map[string]any{"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": model,
-			"choices":            []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish, "logprobs": nil}},
+			"choices":            []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish, "logprobs": logprobs}},
 			"system_fingerprint": "fp_test"}
 		if !rep.NoUsage {
 			out["usage"] = map[string]any{"prompt_tokens": usage.Input, "completion_tokens": usage.Output,
@@ -205,7 +238,14 @@ func (u *upstream) serveOpenAI(w http.ResponseWriter, r *http.Request) {
 			die(w)
 			return
 		}
-		writeSSE(w, "", chunk(map[string]any{"content": p}, nil))
+		c := chunk(map[string]any{"content": p}, nil)
+		if rep.Logprobs {
+			c["choices"].([]any)[0].(map[string]any)["logprobs"] = rep.logprobsOf([]string{p}, i)
+		}
+		writeSSE(w, "", c)
+	}
+	for _, p := range rep.Refusal {
+		writeSSE(w, "", chunk(map[string]any{"refusal": p}, nil))
 	}
 	for n, tc := range rep.Tools {
 		writeSSE(w, "", chunk(map[string]any{"tool_calls": []any{map[string]any{"index": n, "id": tc.ID, "type": "function",

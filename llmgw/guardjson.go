@@ -3,6 +3,7 @@ package llmgw
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"github.com/umbra-mesh/umbra/llmgw/chat"
@@ -232,6 +233,21 @@ func (js *jsonScan) object(o chat.Object) (chat.Object, bool) {
 		return chat.Object{}, true
 	}
 	return out, true
+}
+
+// members scans the members of o in place, names and values, except those named in skip. A member whose name
+// holds a finding that acts is removed; a blocking finding in a value is scrubbed.
+func (js *jsonScan) members(o chat.Object, skip ...string) {
+	for k, raw := range o {
+		if slices.Contains(skip, k) {
+			continue
+		}
+		if js.found(k, []string{k}) {
+			delete(o, k)
+			continue
+		}
+		o[k] = js.scanRaw(raw, []string{k})
+	}
 }
 
 // logprobText joins the tokens of a choice's log probabilities ("content" and "refusal" lists), so that a

@@ -93,15 +93,7 @@ func (g *Gateway) guardCompletion(c *call, resp chat.Object) {
 		return
 	}
 	report := func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }
-	for k, raw := range resp {
-		if k == "choices" {
-			continue
-		}
-		js := &jsonScan{s: g.resGuard, report: report}
-		if nv := js.scanRaw(raw, []string{k}); js.changed {
-			resp[k] = nv
-		}
-	}
+	(&jsonScan{s: g.resGuard, report: report}).members(resp, "choices")
 	raw, ok := resp["choices"]
 	if !ok {
 		return

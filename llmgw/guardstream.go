@@ -105,6 +105,14 @@ func (rs *responseStreams) scan(c *call, cg *choiceGuard, v any, path []string) 
 	return v
 }
 
+// name judges a member name; it reports true when a finding acts on it and the member must go.
+func (rs *responseStreams) name(c *call, cg *choiceGuard, k string, path []string) bool {
+	js := &jsonScan{s: rs.scanner, report: func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }}
+	drop := js.found(k, append(path, k))
+	cg.blocked = cg.blocked || js.blocked
+	return drop
+}
+
 func setText(key string) func(map[string]any, string) {
 	return func(d map[string]any, text string) {
 		s, _ := d[key].(string)
@@ -271,6 +279,9 @@ func (rs *responseStreams) guardChoice(c *call, choice chat.Object) (chat.Object
 	}
 	out := map[string]any{}
 	for k, v := range delta {
+		if rs.name(c, cg, k, nil) {
+			continue
+		}
 		switch k {
 		case "role":
 			out[k] = rs.scan(c, cg, v, []string{k})
@@ -307,6 +318,9 @@ func (rs *responseStreams) guardChoice(c *call, choice chat.Object) (chat.Object
 		m, _ := v.(map[string]any)
 		lp = map[string]any{}
 		for k, e := range m {
+			if rs.name(c, cg, k, []string{"logprobs"}) {
+				continue
+			}
 			if list, ok := e.([]any); ok && (k == "content" || k == "refusal") {
 				lp[k] = rs.logprobs(c, cg, k, list)
 			} else {
@@ -316,15 +330,11 @@ func (rs *responseStreams) guardChoice(c *call, choice chat.Object) (chat.Object
 	}
 	res := chat.Object{}
 	for k, raw := range choice {
-		switch k {
-		case "index", "delta", "logprobs", "finish_reason":
-			res[k] = raw
-		default:
-			js := &jsonScan{s: rs.scanner, report: func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }}
-			res[k] = js.scanRaw(raw, []string{k})
-			cg.blocked = cg.blocked || js.blocked
-		}
+		res[k] = raw
 	}
+	js := &jsonScan{s: rs.scanner, report: func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }}
+	js.members(res, "index", "delta", "logprobs", "finish_reason")
+	cg.blocked = cg.blocked || js.blocked
 	if choice.Str("finish_reason") != "" {
 		if lp == nil {
 			lp = map[string]any{}
@@ -377,13 +387,8 @@ func (rs *responseStreams) flushAll(c *call, like chat.Object, model string) []c
 
 // guardOuter scans the members of a chunk around its choices; a blocking finding there is scrubbed.
 func (rs *responseStreams) guardOuter(c *call, ch chat.Object) {
-	for k, raw := range ch {
-		if k == "choices" || k == "model" || k == "usage" {
-			continue
-		}
-		js := &jsonScan{s: rs.scanner, report: func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }}
-		ch[k] = js.scanRaw(raw, []string{k})
-	}
+	js := &jsonScan{s: rs.scanner, report: func(field string, fs []guard.Finding) { c.addFindings("response", field, fs) }}
+	js.members(ch, "choices", "model")
 }
 
 // chunkFor is a chunk carrying one choice's delta, shaped after like.
