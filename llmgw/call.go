@@ -65,6 +65,14 @@ type call struct {
 	completion string
 
 	upstreamStatus int
+	routerUsage    *routerUsage // the routing model's own calls, billed to the caller
+}
+
+// routerUsage is what the routing model's embedding and classifier calls for one request used.
+type routerUsage struct {
+	InputTokens  int64   `json:"input_tokens"`
+	OutputTokens int64   `json:"output_tokens"`
+	CostUSD      float64 `json:"cost_usd"`
 }
 
 // finding counts guardrail findings of one kind in one direction; a record never holds the text found.
@@ -140,6 +148,7 @@ type callData struct {
 	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
 	Completion     string          `json:"completion,omitempty"`
 	UpstreamStatus int             `json:"upstream_status,omitempty"` // of the last failed attempt
+	RouterUsage    *routerUsage    `json:"router_usage,omitempty"`    // billed to the caller on top of the call's own
 }
 
 type limitData struct {
@@ -247,7 +256,7 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		Endpoint: c.endpoint, Stream: c.stream, Attempts: c.attempts,
 		InputTokens: c.usage.Input, OutputTokens: c.usage.Output, CostUSD: float64(c.costNanos) / 1e9,
 		LatencyMS: float64(elapsed.Microseconds()) / 1000, TTFTMS: float64(c.ttft.Microseconds()) / 1000,
-		Route: c.route, Guardrails: c.findings, UpstreamStatus: c.upstreamStatus,
+		Route: c.route, Guardrails: c.findings, UpstreamStatus: c.upstreamStatus, RouterUsage: c.routerUsage,
 	}
 	if c.limit != nil {
 		data.Limit = &limitData{Subject: c.limit.Subject, Limit: c.limit.Limit}

@@ -148,8 +148,23 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 		return
 	}
 	if routing {
-		dec, err := g.router.Decide(ctx, routeInput(req), func(name string) bool { return g.allowed(p, name, "chat") })
+		// The router's embedding and classifier calls are the caller's: refused before they run when the
+		// caller is over budget, and billed to the caller when they do.
+		if e := g.checkBudget(ctx, c); e != nil {
+			out.fail(c, e)
+			return
+		}
+		bill := &routeBill{c: c}
+		dec, err := g.router.Decide(withRouteBill(ctx, bill), routeInput(req), func(name string) bool { return g.allowed(p, name, "chat") })
 		c.route = &dec
+		if bill.usage != (chat.Usage{}) || bill.cost != 0 {
+			c.routerUsage = &routerUsage{InputTokens: bill.usage.Input, OutputTokens: bill.usage.Output,
+				CostUSD: float64(bill.cost) / 1e9}
+		}
+		if bill.refused != nil {
+			out.fail(c, bill.refused)
+			return
+		}
 		if err != nil {
 			e := errorf(http.StatusBadRequest, "invalid_request_error", codeNoRoute, "no model the caller may use fits this request")
 			c.fail(KindInvalid, e)
@@ -165,11 +180,7 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 	if g.cfg.LogPrompts {
 		c.prompt, _ = json.Marshal(req.Messages)
 	}
-	outEst, ok := req.MaxOutputTokens()
-	if !ok {
-		outEst = g.cfg.OutputReserve
-	}
-	res, aerr := g.reserve(ctx, c, m, req.EstimateInputTokens(), outEst)
+	res, aerr := g.reserveChat(ctx, c, m, req)
 	if aerr != nil {
 		out.fail(c, aerr)
 		return
@@ -278,10 +289,70 @@ func (g *Gateway) claims(p Principal) []budget.Claim {
 	return claims
 }
 
+// reserveChat admits a chat call against its budgets and caps its output upstream at what they grant: the
+// caller's max_completion_tokens or max_tokens (else OutputReserve) per choice, times n, clamped to the room
+// left in every token and cost budget. The cap is written into the request (max_completion_tokens and
+// max_tokens as the caller set them; when it set neither, max_completion_tokens for a model served only by
+// OpenAI, max_tokens otherwise), so that the call cannot use more than it reserved. A call for which the budgets
+// cannot grant one token per choice is refused. Without token or cost budgets the request is left as it is.
+func (g *Gateway) reserveChat(ctx context.Context, c *call, m *model, req *chat.Request) (*budget.Reservation, *apiError) {
+	per, capped := req.MaxOutputTokens()
+	if !capped {
+		per = g.cfg.OutputReserve
+	}
+	n, ok := req.Body.Int("n")
+	if !ok || n < 1 {
+		n = 1
+	}
+	in := req.EstimateInputTokens()
+	res, e := g.reserve(ctx, c, budget.Estimate{Tokens: in, CostNanos: costNanos(in, 0, m.maxIn, 0),
+		Output: per * n, OutputNanos: m.maxOut * 1000, MinOutput: n})
+	if e != nil {
+		return nil, e
+	}
+	granted, bounded := res.Output()
+	if !bounded {
+		return res, nil
+	}
+	limit := granted / n
+	if limit >= per && capped {
+		return res, nil
+	}
+	set := false
+	for _, k := range []string{"max_completion_tokens", "max_tokens"} {
+		if v, ok := req.Body.Int(k); ok && v > 0 {
+			req.Body.Set(k, min(v, limit))
+			set = true
+		}
+	}
+	if !set {
+		key := "max_completion_tokens"
+		for _, ep := range m.endpoints {
+			if ep.cfg.Provider != "openai" {
+				key = "max_tokens"
+			}
+		}
+		req.Body.Set(key, limit)
+	}
+	return res, nil
+}
+
+// checkBudget refuses a call whose caller is over a budget or rate limit now, reserving nothing.
+func (g *Gateway) checkBudget(ctx context.Context, c *call) *apiError {
+	return g.budgetError(c, g.limiter.Check(ctx, g.claims(c.principal)))
+}
+
 // reserve admits the call against its budgets.
-func (g *Gateway) reserve(ctx context.Context, c *call, m *model, in, out int64) (*budget.Reservation, *apiError) {
-	est := budget.Estimate{Tokens: in + out, CostNanos: costNanos(in, out, m.maxIn, m.maxOut)}
+func (g *Gateway) reserve(ctx context.Context, c *call, est budget.Estimate) (*budget.Reservation, *apiError) {
 	res, err := g.limiter.Reserve(ctx, g.claims(c.principal), est)
+	if e := g.budgetError(c, err); e != nil {
+		return nil, e
+	}
+	return res, nil
+}
+
+// budgetError turns a limiter's refusal into what the caller is told, and records it on the call.
+func (g *Gateway) budgetError(c *call, err error) *apiError {
 	var ex *budget.Exceeded
 	switch {
 	case errors.As(err, &ex):
@@ -297,14 +368,14 @@ func (g *Gateway) reserve(ctx context.Context, c *call, m *model, in, out int64)
 			c.fail(KindBudgetExceeded, e)
 		}
 		e.RetryAfter = ex.RetryAfter
-		return nil, e
+		return e
 	case err != nil:
 		g.log.Error("llmgw: usage store unavailable", "request_id", c.id, "err", err)
 		e := errorf(http.StatusServiceUnavailable, "server_error", codeInternal, "usage accounting is unavailable; retry later")
 		c.fail(KindUnavailable, e)
-		return nil, e
+		return e
 	}
-	return res, nil
+	return nil
 }
 
 func (g *Gateway) settle(ctx context.Context, c *call, res *budget.Reservation) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/umbra-mesh/umbra/llmgw/budget"
 	"github.com/umbra-mesh/umbra/llmgw/chat"
 )
 
@@ -54,7 +55,8 @@ func (g *Gateway) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 		req.SetTexts(out)
 	}
 	c.model = m.Name
-	res, aerr := g.reserve(r.Context(), c, m, req.EstimateInputTokens(), 0)
+	res, aerr := g.reserve(r.Context(), c, budget.Estimate{Tokens: req.EstimateInputTokens(),
+		CostNanos: costNanos(req.EstimateInputTokens(), 0, m.maxIn, 0)})
 	if aerr != nil {
 		out.fail(c, aerr)
 		return

@@ -66,8 +66,15 @@ type Claim struct {
 
 // Estimate is what a request is expected to use at most.
 type Estimate struct {
-	Tokens    int64
+	Tokens    int64 // the prompt, and any output already bounded by the request
 	CostNanos int64
+	// Output asks for up to this many output tokens on top, at OutputNanos each: Reserve grants as many as
+	// every claim's token and cost budgets have room for (Reservation.Output), and refuses the request when
+	// that is fewer than MinOutput. The caller caps the request upstream at what was granted, so that a
+	// request cannot use more than its reservation.
+	Output      int64
+	OutputNanos float64
+	MinOutput   int64
 }
 
 // Counts are usage counters.
@@ -193,10 +200,83 @@ func (l *Limiter) stateFor(ctx context.Context, subject string, now time.Time) (
 
 // Reservation is an admitted request's hold on its claims, released by Settle.
 type Reservation struct {
-	l      *Limiter
-	claims []Claim
-	est    Estimate
-	once   sync.Once
+	l       *Limiter
+	claims  []Claim
+	est     Estimate // as reserved: Tokens and CostNanos include the granted output
+	output  int64
+	bounded bool
+	once    sync.Once
+}
+
+// Output returns the output tokens granted, and whether a budget bounded them (false: Estimate.Output was
+// granted because no token or cost budget applies).
+func (r *Reservation) Output() (int64, bool) { return r.output, r.bounded }
+
+// Check reports, without reserving anything, whether a request would be refused now: it returns the
+// *Exceeded of the first limit that refuses it, or nil.
+func (l *Limiter) Check(ctx context.Context, claims []Claim) error {
+	now := l.now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range claims {
+		s, err := l.stateFor(ctx, c.Subject, now)
+		if err != nil {
+			return err
+		}
+		if err := check(c, s, now); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// room returns how many output tokens the claim's token and cost budgets leave after est's fixed part, the
+// limit that binds, and whether any does.
+func room(c Claim, s *state, est Estimate, now time.Time) (int64, *Exceeded, bool) {
+	lim := c.Limits
+	best, bounded := int64(math.MaxInt64), false
+	var by *Exceeded
+	t := now.UTC()
+	nextDay := time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, time.UTC).Sub(t)
+	nextMonth := time.Date(t.Year(), t.Month()+1, 1, 0, 0, 0, 0, time.UTC).Sub(t)
+	nextMinute := time.Unix((s.minute+1)*60, 0).Sub(now)
+	take := func(left int64, name string, rate bool, after time.Duration) {
+		if left < best {
+			best, bounded = left, true
+			by = &Exceeded{Subject: c.Subject, Limit: name, Rate: rate, RetryAfter: max(after, time.Second)}
+		}
+	}
+	for _, b := range []struct {
+		name  string
+		limit int64
+		used  int64
+		rate  bool
+		after time.Duration
+	}{
+		{"tokens_per_minute", lim.TokensPerMinute, s.minTokens + s.reservedTokens, true, nextMinute},
+		{"tokens_per_day", lim.TokensPerDay, s.dayUsed.Tokens() + s.reservedTokens, false, nextDay},
+		{"tokens_per_month", lim.TokensPerMonth, s.monthUsed.Tokens() + s.reservedTokens, false, nextMonth},
+	} {
+		if b.limit > 0 {
+			take(b.limit-b.used-est.Tokens, b.name, b.rate, b.after)
+		}
+	}
+	if est.OutputNanos > 0 {
+		for _, b := range []struct {
+			name  string
+			limit int64
+			used  int64
+			after time.Duration
+		}{
+			{"cost_per_day", Nanos(lim.CostPerDay), s.dayUsed.CostNanos + s.reservedCost, nextDay},
+			{"cost_per_month", Nanos(lim.CostPerMonth), s.monthUsed.CostNanos + s.reservedCost, nextMonth},
+		} {
+			if b.limit > 0 {
+				take(int64(math.Floor(float64(b.limit-b.used-est.CostNanos)/est.OutputNanos)), b.name, false, b.after)
+			}
+		}
+	}
+	return best, by, bounded
 }
 
 // Reserve admits a request against every claim, or returns an *Exceeded naming the first limit that refuses
@@ -216,13 +296,30 @@ func (l *Limiter) Reserve(ctx context.Context, claims []Claim, est Estimate) (*R
 			return nil, err
 		}
 	}
+	r := &Reservation{l: l, claims: claims, output: est.Output}
+	if est.Output > 0 {
+		for i, c := range claims {
+			left, by, bounded := room(c, states[i], est, now)
+			if !bounded {
+				continue
+			}
+			if left < est.MinOutput {
+				return nil, by
+			}
+			r.output, r.bounded = min(r.output, left), true
+		}
+		est.Tokens += r.output
+		est.CostNanos += int64(math.Ceil(float64(r.output) * est.OutputNanos))
+	}
+	est.Output = 0
+	r.est = est
 	for _, s := range states {
 		s.inflight++
 		s.minRequests++
 		s.reservedTokens += est.Tokens
 		s.reservedCost += est.CostNanos
 	}
-	return &Reservation{l: l, claims: claims, est: est}, nil
+	return r, nil
 }
 
 func check(c Claim, s *state, now time.Time) error {
