@@ -7,6 +7,15 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+)
+
+// The per-identity caps on sessions when Config leaves them zero.
+const (
+	defaultMaxPendingProposals = 64
+	defaultMaxOpenSessions     = 256
 )
 
 // Config configures a Server. The zero value of each optional field selects the documented default.
@@ -47,6 +56,26 @@ type Config struct {
 	// CheckpointInterval is how often the controller signs a checkpoint of the audit chain's head, when records
 	// were added since the last one; it also signs one on every export. Default 1 minute.
 	CheckpointInterval time.Duration
+	// MaxPendingProposals is how many of one identity's proposals may await their providers at once (held, or
+	// proposed and not yet answered). Default 64. Past it, propose is refused with HTTP 429, code
+	// too_many_proposals, until the provider answers one or the consumer closes one. Negative is refused: there
+	// is no "unlimited"; raise the number instead.
+	MaxPendingProposals int
+	// MaxOpenSessions is how many open sessions (proposed, held, accepted or active) one identity may hold as
+	// consumer at once; pending proposals count towards it too. Default 256. Past it, propose is refused with
+	// HTTP 429, code too_many_sessions, until the identity closes one. The count is kept in JetStream, so it
+	// holds across restarts. Negative is refused, as for MaxPendingProposals.
+	MaxOpenSessions int
+	// AuditMaxBytes bounds the audit stream on disk. Default audit.DefaultMaxBytes (2 GiB). When the trail is
+	// full, new records are refused (and with them every action that needs one): nothing recorded is ever
+	// dropped to make room. Export, verify and archive the trail, then raise the limit (docs/record-path.md,
+	// "Retention and archive"). Negative is refused.
+	AuditMaxBytes int64
+	// EnvelopeMaxBytes bounds the envelope stream on disk. Default envstore.DefaultMaxBytes (2 GiB). When it is
+	// full, new envelopes are refused; stored envelopes are never dropped to make room. Negative is refused.
+	// JetStream reserves both limits on disk when the streams are created: together with the tables' they must
+	// fit within 75% of the disk space free when the controller starts.
+	EnvelopeMaxBytes int64
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
@@ -110,8 +139,40 @@ func (c Config) withDefaults() (Config, error) {
 	if c.CheckpointInterval < 0 {
 		return c, fmt.Errorf("controller: CheckpointInterval %s is negative; give a positive duration (default 1m)", c.CheckpointInterval)
 	}
+	if c.MaxPendingProposals == 0 {
+		c.MaxPendingProposals = defaultMaxPendingProposals
+	}
+	if c.MaxPendingProposals < 0 {
+		return c, fmt.Errorf("controller: MaxPendingProposals %d is negative; give a positive number (default %d)", c.MaxPendingProposals, defaultMaxPendingProposals)
+	}
+	if c.MaxOpenSessions == 0 {
+		c.MaxOpenSessions = defaultMaxOpenSessions
+	}
+	if c.MaxOpenSessions < 0 {
+		return c, fmt.Errorf("controller: MaxOpenSessions %d is negative; give a positive number (default %d)", c.MaxOpenSessions, defaultMaxOpenSessions)
+	}
+	if c.AuditMaxBytes == 0 {
+		c.AuditMaxBytes = audit.DefaultMaxBytes
+	}
+	if c.AuditMaxBytes < 0 {
+		return c, fmt.Errorf("controller: AuditMaxBytes %d is negative; give a size in bytes (default %d)", c.AuditMaxBytes, int64(audit.DefaultMaxBytes))
+	}
+	if c.EnvelopeMaxBytes == 0 {
+		c.EnvelopeMaxBytes = envstore.DefaultMaxBytes
+	}
+	if c.EnvelopeMaxBytes < 0 {
+		return c, fmt.Errorf("controller: EnvelopeMaxBytes %d is negative; give a size in bytes (default %d)", c.EnvelopeMaxBytes, int64(envstore.DefaultMaxBytes))
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
+}
+
+// auditOptions are the options the audit trail is opened with.
+func (c Config) auditOptions() audit.Options { return audit.Options{MaxBytes: c.AuditMaxBytes} }
+
+// envelopeOptions are the options the envelope stream is opened with.
+func (c Config) envelopeOptions(stream string) envstore.Options {
+	return envstore.Options{Stream: stream, MaxBytes: c.EnvelopeMaxBytes}
 }

@@ -9,8 +9,35 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// errNotFound is returned by table reads of absent keys.
-var errNotFound = errors.New("not found")
+var (
+	// errNotFound is returned by table reads of absent keys.
+	errNotFound = errors.New("not found")
+	// errConflict is returned by put when the record changed since the revision given.
+	errConflict = errors.New("record changed meanwhile")
+)
+
+// Limits of the tables' buckets. A bucket is small state (identities, workgroups, advertisements, sessions, and
+// the like); the bounds stop a runaway writer long before the disk does. At the byte limit a bucket refuses new
+// writes (KV buckets discard new); nothing stored is dropped, except the revisions of a key beyond tableHistory,
+// which is what a history is. JetStream reserves each bucket's MaxBytes on disk when it is created, so the
+// bounds are modest: sessions, kept for good once closed, get the most room (about 40,000 sessions with their
+// revisions in 256 MiB), identities the next.
+const (
+	tableMaxBytes     = 32 << 20 // 32 MiB
+	tableMaxValueSize = 1 << 20  // 1 MiB: a record, with its history of transitions or members
+	tableHistory      = 5
+)
+
+// tableBytes is the byte limit of bucket.
+func tableBytes(bucket string) int64 {
+	switch bucket {
+	case "umbra_sessions":
+		return 256 << 20
+	case "umbra_identities":
+		return 64 << 20
+	}
+	return tableMaxBytes
+}
 
 // table is one aggregate's records as JSON in a JetStream KV bucket, with optimistic concurrency on update.
 type table[T any] struct {
@@ -18,9 +45,10 @@ type table[T any] struct {
 }
 
 func openTable[T any](ctx context.Context, js jetstream.JetStream, bucket string) (table[T], error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 5, Storage: jetstream.FileStorage})
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: tableHistory,
+		Storage: jetstream.FileStorage, MaxBytes: tableBytes(bucket), MaxValueSize: tableMaxValueSize})
 	if err != nil {
-		return table[T]{}, fmt.Errorf("bucket %s: %w", bucket, err)
+		return table[T]{}, fmt.Errorf("bucket %s: %w", bucket, noRoom(err, tableBytes(bucket)))
 	}
 	return table[T]{kv: kv}, nil
 }
@@ -47,6 +75,23 @@ func (t table[T]) create(ctx context.Context, key string, v T) error {
 		return err
 	}
 	_, err = t.kv.Create(ctx, key, b)
+	return err
+}
+
+// put stores v under key if the record is still at revision rev (0: if there is none), else errConflict.
+func (t table[T]) put(ctx context.Context, key string, v T, rev uint64) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if rev == 0 {
+		_, err = t.kv.Create(ctx, key, b)
+	} else {
+		_, err = t.kv.Update(ctx, key, b, rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || isWrongSequence(err) {
+		return errConflict
+	}
 	return err
 }
 
@@ -94,4 +139,16 @@ func (t table[T]) all(ctx context.Context) ([]T, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// errCodeInsufficientResources is JetStream's refusal of a stream whose limits it cannot reserve.
+const errCodeInsufficientResources jetstream.ErrorCode = 10047
+
+// noRoom explains JetStream's refusal to reserve a stream's byte limit on a disk that is too full.
+func noRoom(err error, bytes int64) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeInsufficientResources {
+		return fmt.Errorf("JetStream cannot reserve %d MiB for it (it reserves every stream's limit up front, within 75%% of the disk space free at start): free disk space: %w", bytes>>20, err)
+	}
+	return err
 }

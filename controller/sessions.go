@@ -11,7 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -156,7 +156,15 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 	if err != nil {
 		return api.ProposeResponse{}, wgFault(err)
 	}
+	// An open session counts against its consumer's caps (quota.go) from before it is stored.
+	if !sess.State.Terminal() {
+		if err := s.reserveSession(ctx, sess, adID.String()); err != nil {
+			return api.ProposeResponse{}, err
+		}
+	}
 	if err := s.gov.sessions.create(ctx, id.String(), sess); err != nil {
+		sess.State = workgroups.StateRejected // not stored: give its place back
+		s.releaseSession(ctx, sess)
 		return api.ProposeResponse{}, internal(err)
 	}
 	s.recordTransitions(ctx, sess, 0, decision, diag)
@@ -248,6 +256,7 @@ func (s *Server) answerSession(ctx context.Context, c caller, raw string, accept
 		return sess, wgFault(err)
 	}
 	s.recordTransitions(ctx, updated, n, decision, diag)
+	s.releaseSession(ctx, updated)
 	if accept {
 		s.trackDeadline(updated)
 	}
@@ -284,6 +293,7 @@ func (s *Server) closeSession(ctx context.Context, id string, actor spiffeid.ID,
 	delete(s.gov.deadlines, id)
 	s.gov.mu.Unlock()
 	s.recordTransitions(ctx, updated, n, "", nil)
+	s.releaseSession(ctx, updated)
 	s.log.Info("session closed", "session", id, "reason", string(reason))
 	return updated, nil
 }

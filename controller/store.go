@@ -43,11 +43,13 @@ type identityRecord struct {
 
 var errNoIdentity = errors.New("no such identity")
 
-// identityStore keeps identity records, spent enrollment token IDs and the platform administrator's succession.
+// identityStore keeps identity records, spent enrollment token IDs, the platform administrator's succession and
+// each identity's count of open sessions (quota.go).
 type identityStore struct {
 	ids    table[identityRecord]
 	tokens jetstream.KeyValue
 	admins table[adminSuccession]
+	quotas table[sessionQuota]
 }
 
 func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identityStore, error) {
@@ -55,15 +57,21 @@ func openIdentityStore(ctx context.Context, js jetstream.JetStream) (*identitySt
 	if err != nil {
 		return nil, err
 	}
-	tokens, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_enroll_tokens", Storage: jetstream.FileStorage, TTL: 8 * 24 * time.Hour})
+	// A spent token's id must outlive the token (tokens last at most a week), then may go.
+	tokens, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "umbra_enroll_tokens", Storage: jetstream.FileStorage,
+		TTL: 8 * 24 * time.Hour, MaxBytes: tableMaxBytes, MaxValueSize: 4 << 10})
 	if err != nil {
-		return nil, fmt.Errorf("tokens bucket: %w", err)
+		return nil, fmt.Errorf("tokens bucket: %w", noRoom(err, tableMaxBytes))
 	}
 	admins, err := openTable[adminSuccession](ctx, js, "umbra_platform_admin")
 	if err != nil {
 		return nil, err
 	}
-	return &identityStore{ids: ids, tokens: tokens, admins: admins}, nil
+	quotas, err := openTable[sessionQuota](ctx, js, "umbra_session_quotas")
+	if err != nil {
+		return nil, err
+	}
+	return &identityStore{ids: ids, tokens: tokens, admins: admins, quotas: quotas}, nil
 }
 
 func idKey(id spiffeid.ID) string { return base64.RawURLEncoding.EncodeToString([]byte(id.String())) }

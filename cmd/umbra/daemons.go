@@ -28,6 +28,8 @@ func controllerFlags(f *flags) *controller.Config {
 	f.IntVar(&cfg.EnrollPort, "enroll-port", 0, "enrollment port (default 1281)")
 	f.DurationVar(&cfg.SVIDTTL, "svid-ttl", 0, "lifetime of issued SVIDs; running agents renew at half of it (default 1h)")
 	f.DurationVar(&cfg.MaxIdentityAge, "max-identity-age", 30*24*time.Hour, "how long after enrollment an identity may renew its SVID; then it needs re-enrollment")
+	f.IntVar(&cfg.MaxOpenSessions, "max-open-sessions", 0, "open sessions one identity may hold as consumer; past it, proposals are refused with too_many_sessions (default 256)")
+	f.IntVar(&cfg.MaxPendingProposals, "max-pending-proposals", 0, "proposals of one identity that may await their providers; past it, proposals are refused with too_many_proposals (default 64)")
 	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
 	return cfg

@@ -90,7 +90,7 @@ func (l *Log) AppendBatch(ctx context.Context, rs []Record) ([]Record, error) {
 		}
 		if !isWrongLastSeq(err) {
 			l.tailKnown = false
-			return nil, fmt.Errorf("audit: publish batch: %w", err)
+			return nil, fmt.Errorf("audit: publish batch: %w", full(err))
 		}
 		l.conflicts++
 		if attempt == maxAppendAttempts {

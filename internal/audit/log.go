@@ -18,6 +18,14 @@ import (
 // DefaultStream is the stream name used when Options.Stream is empty.
 const DefaultStream = "UMBRA_AUDIT"
 
+// DefaultMaxBytes bounds the stream on disk when Options.MaxBytes is zero: 2 GiB, about 2 million records of a
+// typical 1 KiB. JetStream reserves it on disk when the stream is created.
+const DefaultMaxBytes = 2 << 30
+
+// ErrFull means the stream holds Options.MaxBytes and refuses new records; nothing stored was dropped. The
+// operator exports and archives the trail and raises the limit.
+var ErrFull = errors.New("audit: trail full")
+
 // maxAppendAttempts bounds how often Append retries after another writer got in first. Each retry
 // means another writer made progress, so running out takes a sustained, lopsided race.
 const maxAppendAttempts = 64
@@ -29,6 +37,10 @@ type Options struct {
 	Stream string
 	// Replicas is the stream's replica count. Default 1.
 	Replicas int
+	// MaxBytes bounds the stream's size on disk. Default DefaultMaxBytes; negative is refused. At the limit
+	// new records are refused with ErrFull; old ones are never dropped to make room (discard new), and records
+	// have no maximum age: the trail is removed only by an operator, after an export.
+	MaxBytes int64
 
 	// allowDelete leaves DenyDelete and DenyPurge off, so that tests can cut holes in a chain.
 	allowDelete bool
@@ -70,6 +82,13 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if replicas < 0 {
 		return nil, fmt.Errorf("audit: replicas %d", replicas)
 	}
+	maxBytes := opts.MaxBytes
+	if maxBytes == 0 {
+		maxBytes = DefaultMaxBytes
+	}
+	if maxBytes < 0 {
+		return nil, fmt.Errorf("audit: MaxBytes %d is negative", maxBytes)
+	}
 	prefix := strings.ToLower(name)
 	cfg := jetstream.StreamConfig{
 		Name:        name,
@@ -78,10 +97,12 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 		Retention:   jetstream.LimitsPolicy,
-		// No limits, so nothing old is ever dropped; should someone add one, refuse new records
-		// rather than silently losing the beginning of the chain.
+		// A bounded size, and at the bound new records are refused rather than the beginning of the chain
+		// silently lost. No maximum age and no per-subject limit, for the same reason (a session's records
+		// share a subject).
 		MaxMsgs:           -1,
-		MaxBytes:          -1,
+		MaxBytes:          maxBytes,
+		MaxAge:            0,
 		MaxMsgsPerSubject: -1,
 		Discard:           jetstream.DiscardNew,
 		MaxMsgSize:        maxLine,
@@ -91,6 +112,10 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		DenyPurge:          !opts.allowDelete,
 	}
 	stream, err := js.CreateOrUpdateStream(ctx, cfg)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10047 { // insufficient resources
+		return nil, fmt.Errorf("audit: stream %s: JetStream cannot reserve its %d MiB limit on this disk (within 75%% of the space free at start): free disk space or give a smaller limit: %w", name, maxBytes>>20, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("audit: stream %s: %w", name, err)
 	}
@@ -165,7 +190,7 @@ func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash
 		if !isWrongLastSeq(err) {
 			// A timeout may hide a stored record: find out from the stream next time.
 			l.tailKnown = false
-			return Record{}, false, fmt.Errorf("audit: publish: %w", err)
+			return Record{}, false, fmt.Errorf("audit: publish: %w", full(err))
 		}
 		l.conflicts++
 		if attempt == maxAppendAttempts {
@@ -244,6 +269,15 @@ func (l *Log) check(seq uint64, subject string, data []byte) (Record, error) {
 		return Record{}, broken(seq, ProblemMalformed, "stored on subject %q, want %q", clip(subject), want)
 	}
 	return r, nil
+}
+
+// full marks a refusal because the stream reached its size limit as ErrFull.
+func full(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum bytes exceeded") {
+		return fmt.Errorf("%w: %w", ErrFull, err)
+	}
+	return err
 }
 
 func isWrongLastSeq(err error) bool {

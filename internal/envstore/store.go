@@ -32,7 +32,13 @@ const (
 	appendAttempts = 32
 )
 
+// DefaultMaxBytes bounds the stream on disk when Options.MaxBytes is zero: 2 GiB, about 2 million envelopes of
+// 512 bytes with their headers. JetStream reserves it on disk when the stream is created.
+const DefaultMaxBytes = 2 << 30
+
 var (
+	// ErrFull means the stream holds Options.MaxBytes and refuses new envelopes; nothing stored was dropped.
+	ErrFull = errors.New("envstore: envelope store full")
 	// ErrLimit means the session already holds its maximum number of envelopes.
 	ErrLimit = errors.New("envstore: session message limit reached")
 	// ErrInvalid means an envelope or a session id was refused before anything was written.
@@ -56,6 +62,10 @@ type Options struct {
 	// MaxData is the largest encoded envelope accepted. Default, and ceiling, the connection's maximum payload
 	// minus 16 KiB for headers (8 MiB - 16 KiB with natsd).
 	MaxData int
+	// MaxBytes bounds the stream's size on disk. Default DefaultMaxBytes; negative is refused. At the limit new
+	// envelopes are refused with ErrFull; stored ones are never dropped to make room (discard new), and envelopes
+	// have no maximum age: de-duplication and delivery to a recipient that comes back later rely on them.
+	MaxBytes int64
 	// AckWait is how long a Receiver's unacknowledged envelope waits before JetStream redelivers it.
 	// Default 30 seconds.
 	AckWait time.Duration
@@ -104,6 +114,12 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	if opts.Replicas <= 0 {
 		opts.Replicas = 1
 	}
+	if opts.MaxBytes == 0 {
+		opts.MaxBytes = DefaultMaxBytes
+	}
+	if opts.MaxBytes < 0 {
+		return nil, fmt.Errorf("envstore: MaxBytes %d is negative", opts.MaxBytes)
+	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = defaultAckWait
 	}
@@ -127,14 +143,24 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		Description: "Umbra relayed envelopes, one subject per envelope under its session's",
 		// "<prefix>.<session>.<id token>" for envelopes; "<prefix>.<session>" still holds those written before
 		// envelopes had subjects of their own. Direct gets stay off: every read must see the leader's state.
-		Subjects:   []string{prefix + "*", prefix + "*.*"},
-		Storage:    jetstream.FileStorage,
-		Retention:  jetstream.LimitsPolicy,
-		Discard:    jetstream.DiscardNew,
-		Duplicates: opts.DuplicateWindow,
-		Replicas:   opts.Replicas,
-		MaxMsgSize: int32(opts.MaxData + headerRoom),
+		Subjects:  []string{prefix + "*", prefix + "*.*"},
+		Storage:   jetstream.FileStorage,
+		Retention: jetstream.LimitsPolicy,
+		// Bounded in bytes, refusing new envelopes at the bound; no age or per-subject limit, which would drop
+		// stored envelopes (and with them the record of which ids a session holds).
+		Discard:           jetstream.DiscardNew,
+		MaxBytes:          opts.MaxBytes,
+		MaxMsgs:           -1,
+		MaxAge:            0,
+		MaxMsgsPerSubject: -1,
+		Duplicates:        opts.DuplicateWindow,
+		Replicas:          opts.Replicas,
+		MaxMsgSize:        int32(opts.MaxData + headerRoom),
 	})
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10047 { // insufficient resources
+		return nil, fmt.Errorf("envstore: stream %s: JetStream cannot reserve its %d MiB limit on this disk (within 75%% of the space free at start): free disk space or give a smaller limit: %w", opts.Stream, opts.MaxBytes>>20, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("envstore: stream %s: %w", opts.Stream, err)
 	}
@@ -259,6 +285,9 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		// Whatever happened, what is stored is now unknown here: the write may even have succeeded after a
 		// timeout. The next attempt, or the next Append, re-reads the session.
 		st.loaded = false
+		if isFull(err) {
+			return fail(fmt.Errorf("%w: %w", ErrFull, err))
+		}
 		if !wrongLastSeq(err) {
 			return fail(err)
 		}
@@ -276,6 +305,12 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 			}
 		}
 	}
+}
+
+// isFull reports a refusal because the stream reached MaxBytes.
+func isFull(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum bytes exceeded")
 }
 
 // Count returns how many envelopes the session holds, as JetStream knows it now: the count recorded by its last

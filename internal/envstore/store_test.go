@@ -286,8 +286,8 @@ func TestOpenOptions(t *testing.T) {
 			}
 			cfg := info.Config
 			if cfg.Storage != jetstream.FileStorage || cfg.Duplicates != s.opts.DuplicateWindow ||
-				cfg.MaxMsgs > 0 || cfg.MaxBytes > 0 || cfg.MaxAge != 0 || cfg.MaxMsgsPerSubject > 0 {
-				t.Errorf("stream config %+v: want file storage, duplicate window %v, no limits", cfg, s.opts.DuplicateWindow)
+				cfg.MaxMsgs > 0 || cfg.MaxBytes != DefaultMaxBytes || cfg.Discard != jetstream.DiscardNew || cfg.MaxAge != 0 || cfg.MaxMsgsPerSubject > 0 {
+				t.Errorf("stream config %+v: want file storage, duplicate window %v, no limits but %d bytes, discard new", cfg, s.opts.DuplicateWindow, DefaultMaxBytes)
 			}
 			p := strings.ToLower(s.opts.Stream)
 			if want := []string{p + ".*", p + ".*.*"}; !slices.Equal(cfg.Subjects, want) {
