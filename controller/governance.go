@@ -15,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -41,8 +41,7 @@ type governance struct {
 	rec      *envelopeRecorder
 	refusals *refusalLimiter
 	authz    *workgroups.Authorizer
-
-	recording sync.WaitGroup // the envelope recorder and the refusal summariser
+	wgCache  *workgroupCache // the relay's copy of wgs
 
 	mu        sync.Mutex
 	deadlines map[string]time.Time // open sessions by id, for expiry
@@ -57,7 +56,8 @@ type sessionLock struct {
 // envelopeStream is the JetStream stream of relayed envelopes.
 const envelopeStream = "UMBRA_ENVELOPES"
 
-// openGovernance opens the stores and starts recording envelopes in the audit trail until ctx ends.
+// openGovernance opens the stores. The envelope recorder (rec.run), the refusal summariser (summariseRefusals)
+// and the relay's workgroup copy (wgCache.run) are the caller's to run.
 func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, refusalsPerMinute int) (*governance, error) {
 	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{},
 		refusals: newRefusalLimiter(refusalWindow, refusalsPerMinute)}
@@ -102,15 +102,7 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 			g.deadlines[s.ID.String()] = s.Deadline()
 		}
 	}
-	g.recording.Add(2)
-	go func() {
-		defer g.recording.Done()
-		g.rec.run(ctx)
-	}()
-	go func() {
-		defer g.recording.Done()
-		g.summariseRefusals(ctx, log)
-	}()
+	g.wgCache = newWorkgroupCache(g.wgs, log)
 	return g, nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -30,23 +31,11 @@ import (
 // record names its envelope's stream sequence), starting from a hint it saves now and then so that the scan
 // stays short; the hint may lag, never lead, so nothing is recorded twice.
 
-// Meta keys the relay stores with an envelope for its audit record.
-const (
-	metaWorkgroup  = "Workgroup"
-	metaDecision   = "Decision"
-	metaDiagnostic = "Diagnostic" // base64url of the policy engine's JSON explanation
-	// maxDiagnostic bounds a diagnostic kept with an envelope; a larger one is left out of the record.
-	maxDiagnostic = 4 << 10
-)
-
 const (
 	hintKey = "envelopes"
 	// hintEvery and hintAfter say how often the recorder saves its hint: after this many records, or this long.
 	hintEvery = 256
 	hintAfter = 5 * time.Second
-	// recordTimeout bounds how long the relay waits for an envelope's audit record before telling the sender to
-	// retry.
-	recordTimeout = 10 * time.Second
 )
 
 // recorderHint is where the recorder had got to: every envelope up to Envelope has its record, among the
@@ -301,11 +290,11 @@ func (r *envelopeRecorder) wait(ctx context.Context, seq uint64) error {
 // recordFor is the audit record of a stored envelope: its header as stored (with the position and time the
 // relay fixed), the workgroup and decision the relay kept with it, and its stream sequence.
 func (r *envelopeRecorder) recordFor(m envstore.Msg) audit.Record {
-	rec := audit.Record{Kind: kindEnvelopeAccepted, Session: m.Session, Workgroup: m.Meta[metaWorkgroup], Decision: audit.DecisionAllow}
-	if d := m.Meta[metaDecision]; d != "" {
+	rec := audit.Record{Kind: kindEnvelopeAccepted, Session: m.Session, Workgroup: m.Meta[relay.MetaWorkgroup], Decision: audit.DecisionAllow}
+	if d := m.Meta[relay.MetaDecision]; d != "" {
 		rec.Decision = d
 	}
-	if raw, err := base64.RawURLEncoding.DecodeString(m.Meta[metaDiagnostic]); err == nil && json.Valid(raw) {
+	if raw, err := base64.RawURLEncoding.DecodeString(m.Meta[relay.MetaDiagnostic]); err == nil && json.Valid(raw) {
 		rec.Diagnostic = raw
 	}
 	h, _, err := workgroups.DecodeFrame(bytes.NewReader(m.Data), relayLimits)
@@ -347,11 +336,7 @@ func streamSeqOf(rec audit.Record) (uint64, bool) {
 	return *d.StreamSeq, true
 }
 
-// envelopeMeta is what the relay keeps with an envelope for its audit record.
+// envelopeMeta is what the relay keeps with an envelope for its audit record (relay.Meta).
 func envelopeMeta(wg workgroups.WorkgroupID, decision string, diagnostic json.RawMessage) map[string]string {
-	m := map[string]string{metaWorkgroup: wg.String(), metaDecision: decision}
-	if d := base64.RawURLEncoding.EncodeToString(diagnostic); len(d) <= maxDiagnostic {
-		m[metaDiagnostic] = d
-	}
-	return m
+	return relay.Meta(wg, decision, diagnostic)
 }

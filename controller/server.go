@@ -20,7 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/natsd"
 	"github.com/umbra-mesh/umbra/internal/pki"
@@ -48,13 +48,12 @@ type Server struct {
 	zc         *zitictrl.Controller
 	authPolicy string
 	self       *agentsdk.Agent
-	enrollSrv  *http.Server
-	apiSrv     *http.Server
 
 	platform platformAdmin
 
 	runOnce sync.Once
-	mu      sync.Mutex // guards self and apiSrv, set once a router is online
+	tasks   tasks      // every goroutine Run started; Run waits for them before it returns
+	mu      sync.Mutex // guards self, set once a router is online
 }
 
 // New checks cfg and returns a Server that Run will start.
@@ -100,23 +99,25 @@ func (s *Server) enrollURL() string {
 	return "https://" + net.JoinHostPort(s.cfg.AdvertiseHost, strconv.Itoa(s.cfg.EnrollPort))
 }
 
-// Run starts the controller, signals Ready, and serves until ctx is cancelled; then it shuts down.
+// Run starts the controller, signals Ready, and serves until ctx is cancelled; then it shuts down. It returns
+// only once every goroutine it started has ended, and NATS and the overlay controller are stopped.
 func (s *Server) Run(ctx context.Context) error {
 	err := errors.New("controller: Run called twice")
 	s.runOnce.Do(func() {
-		err = s.start(ctx)
-		if err != nil {
-			s.stop()
-			return
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		err = s.start(rctx)
+		if err == nil {
+			close(s.ready)
+			s.log.Info("controller ready", "trust_domain", s.td.Name(), "enroll", s.enrollURL(), "overlay_api", s.zc.APIURL())
+			<-rctx.Done()
 		}
-		close(s.ready)
-		s.log.Info("controller ready", "trust_domain", s.td.Name(), "enroll", s.enrollURL(), "overlay_api", s.zc.APIURL())
-		<-ctx.Done()
-		// The envelope recorder and the refusal summariser end with ctx (the summariser writes its last
-		// summaries first, within 2 s); NATS must still be up for that.
-		s.gov.recording.Wait()
+		cancel()
+		// Everything started ends with rctx: the servers shut down, the relay closes its connections, the
+		// recorder and the refusal summariser (which writes its last summaries first, within 2 s) finish. NATS
+		// must still be up for that.
+		s.tasks.wg.Wait()
 		s.stop()
-		err = nil
 	})
 	return err
 }
@@ -155,6 +156,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg.RefusalRecordsPerMinute); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	s.tasks.spawn(func() { s.gov.rec.run(ctx) })
+	s.tasks.spawn(func() { s.gov.summariseRefusals(ctx, s.log) })
+	s.tasks.spawn(func() { s.gov.wgCache.run(ctx) })
 	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{
 		Dir: filepath.Join(dir, "overlay"), BindHost: s.cfg.Host, AdvertiseHost: s.cfg.AdvertiseHost,
 		CtrlPort: s.cfg.CtrlPort, APIPort: s.cfg.OverlayAPIPort,
@@ -166,7 +170,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.prepareOverlay(); err != nil {
 		return err
 	}
-	if err := s.startEnrollment(); err != nil {
+	if err := s.startEnrollment(ctx); err != nil {
 		return err
 	}
 	if err := s.ensureAdmin(ctx); err != nil {
@@ -174,31 +178,20 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	// The API is hosted through routers: bind it once one is online (in `umbra dev` the router starts after
 	// the controller is ready).
-	go s.hostAPIWhenRouted(ctx)
-	go s.expireSessions(ctx)
-	go s.checkpointEvery(ctx, s.cfg.CheckpointInterval)
-	go s.keepAdminFresh(ctx)
-	go func() {
+	s.tasks.spawn(func() { s.hostAPIWhenRouted(ctx) })
+	s.tasks.spawn(func() { s.expireSessions(ctx) })
+	s.tasks.spawn(func() { s.checkpointEvery(ctx, s.cfg.CheckpointInterval) })
+	s.tasks.spawn(func() { s.keepAdminFresh(ctx) })
+	s.tasks.spawn(func() {
 		if err := s.followRevocations(ctx); err != nil {
 			s.log.Error("revocation feed stopped", "err", err)
 		}
-	}()
+	})
 	return nil
 }
 
+// stop closes what the goroutines of Run used, once they have ended.
 func (s *Server) stop() {
-	shutdown := func(h *http.Server) {
-		if h != nil {
-			c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			_ = h.Shutdown(c)
-		}
-	}
-	shutdown(s.enrollSrv)
-	s.mu.Lock()
-	apiSrv := s.apiSrv
-	s.mu.Unlock()
-	shutdown(apiSrv)
 	s.mu.Lock()
 	self := s.self
 	s.mu.Unlock()
@@ -215,6 +208,26 @@ func (s *Server) stop() {
 		s.ns.Shutdown()
 	}
 	s.log.Info("controller stopped")
+}
+
+// serveHTTP serves srv on ln until ctx ends, then shuts it down (open requests get 2 s to finish; their
+// contexts, derived from ctx, are cancelled already).
+func (s *Server) serveHTTP(ctx context.Context, name string, srv *http.Server, ln net.Listener) {
+	srv.BaseContext = func(net.Listener) context.Context { return ctx }
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		if !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error(name+" stopped", "err", err)
+		}
+		return
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	<-served
 }
 
 // loadAuthority loads (or creates on first start) the SPIFFE CA, the token signing key and the audit checkpoint
@@ -316,7 +329,7 @@ func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, nam
 	return agentsdk.NewIdentity(key, s.credentials(id, leaf))
 }
 
-func (s *Server) startEnrollment() error {
+func (s *Server) startEnrollment(ctx context.Context) error {
 	cert, err := serverCertificate(s.ca, nil, s.cfg.AdvertiseHost, s.cfg.Host)
 	if err != nil {
 		return fmt.Errorf("controller: enrollment certificate: %w", err)
@@ -329,13 +342,9 @@ func (s *Server) startEnrollment() error {
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
 	}
-	s.enrollSrv = &http.Server{Handler: s.enrollHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+	srv := &http.Server{Handler: s.enrollHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-	go func() {
-		if err := s.enrollSrv.Serve(tls.NewListener(ln, tlsCfg)); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("enrollment server stopped", "err", err)
-		}
-	}()
+	s.tasks.spawn(func() { s.serveHTTP(ctx, "enrollment server", srv, tls.NewListener(ln, tlsCfg)) })
 	return nil
 }
 
@@ -383,19 +392,20 @@ func (s *Server) startAPI(ctx context.Context) error {
 	}
 	srv := &http.Server{Handler: s.apiHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-	s.mu.Lock()
-	s.apiSrv = srv
-	s.mu.Unlock()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("overlay API server stopped", "err", err)
-		}
-	}()
-	relay, err := self.Listen(api.RelayService)
+	s.tasks.spawn(func() { s.serveHTTP(ctx, "overlay API server", srv, ln) })
+	rl, err := s.newRelay()
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	go s.serveRelay(ctx, relay)
+	relayLn, err := self.Listen(api.RelayService)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.tasks.spawn(func() {
+		if err := rl.Serve(ctx, relayLn); err != nil {
+			s.log.Error("relay stopped", "err", err)
+		}
+	})
 	return nil
 }
 
@@ -417,3 +427,14 @@ func (s *Server) CreateRouterToken(name string) (string, error) {
 
 // RouterOnline reports whether the named router is connected to the overlay.
 func (s *Server) RouterOnline(name string) (bool, error) { return s.zc.Mgmt().RouterOnline(name) }
+
+// tasks is the set of goroutines Run started, which it waits for before it returns.
+type tasks struct{ wg sync.WaitGroup }
+
+func (t *tasks) spawn(f func()) {
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+}

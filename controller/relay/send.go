@@ -1,0 +1,233 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// Meta keys the relay stores with an envelope for its audit record (see Meta).
+const (
+	MetaWorkgroup  = "Workgroup"
+	MetaDecision   = "Decision"
+	MetaDiagnostic = "Diagnostic" // base64url of the policy engine's JSON explanation
+	// maxDiagnostic bounds a diagnostic kept with an envelope; a larger one is left out of the record.
+	maxDiagnostic = 4 << 10
+)
+
+// Meta is what the relay keeps with an envelope for its audit record: the session's workgroup and the policy
+// decision with its explanation.
+func Meta(wg workgroups.WorkgroupID, decision string, diagnostic json.RawMessage) map[string]string {
+	m := map[string]string{MetaWorkgroup: wg.String(), MetaDecision: decision}
+	if d := base64.RawURLEncoding.EncodeToString(diagnostic); len(d) <= maxDiagnostic {
+		m[MetaDiagnostic] = d
+	}
+	return m
+}
+
+// maxCounts bounds how many sessions' counts one send connection remembers.
+const maxCounts = 64
+
+// appendAttempts bounds how often one envelope is checked again because another writer appended to its session
+// between the checks and the store's compare-and-set.
+const appendAttempts = 3
+
+// send reads envelope frames and answers each with one RelayAck line.
+func (r *Relay) send(ctx context.Context, conn net.Conn, br *bufio.Reader, sender spiffeid.ID) error {
+	counts := map[string]uint64{} // session → its count after this connection's last append, as the store said
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(r.cfg.IdleTimeout))
+		h, payload, err := workgroups.DecodeFrame(br, FrameLimits)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			// The stream cannot be resynchronised after a bad frame: refuse, record, hang up.
+			r.cfg.Refusals.Refuse(ctx, api.CodeMalformedFrame, audit.Record{Kind: "envelope.rejected", Actor: sender.String(),
+				Decision: audit.DecisionDeny, Reason: api.CodeMalformedFrame + ": " + err.Error()})
+			_ = writeJSONLine(conn, api.RelayAck{Code: api.CodeMalformedFrame, Error: err.Error()})
+			return err
+		}
+		if len(counts) > maxCounts {
+			clear(counts)
+		}
+		ack := r.one(ctx, sender, h, payload, counts)
+		if err := writeJSONLine(conn, ack); err != nil {
+			return err
+		}
+	}
+}
+
+// one enforces the contract on one envelope and, if it passes, stores it and waits for its audit record.
+func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header, payload []byte, counts map[string]uint64) api.RelayAck {
+	sid := h.Session.String()
+	unlock := r.cfg.Sessions.Lock(sid)
+	defer unlock()
+	reject := func(code, msg string, sess *workgroups.Session) api.RelayAck {
+		rec := audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Session: sid, Decision: audit.DecisionDeny,
+			Reason: code + ": " + msg, Data: jsonRaw(h)}
+		if sess != nil {
+			rec.Workgroup = sess.Workgroup.String()
+		}
+		r.cfg.Refusals.Refuse(ctx, code, rec)
+		return api.RelayAck{ID: h.ID.String(), Code: code, Error: msg}
+	}
+	sess, err := r.cfg.Sessions.Get(ctx, sid)
+	if err != nil {
+		if !errors.Is(err, ErrNoSession) {
+			r.log.Error("reading a session failed", "session", sid, "err", err)
+			return reject(api.CodeInternal, "internal error; send it again", nil)
+		}
+		return reject(string(workgroups.ViolationSessionMismatch), "no such session", nil)
+	}
+	var (
+		app     envstore.Appended
+		d       workgroups.Decision
+		now     time.Time
+		stamped bool
+	)
+	for attempt := 1; ; attempt++ {
+		count, known := counts[sid]
+		if !known {
+			if count, err = r.cfg.Envelopes.Count(ctx, sid); err != nil {
+				r.log.Error("counting a session's envelopes failed", "session", sid, "err", err)
+				return reject(api.CodeInternal, "internal error; send it again", &sess)
+			}
+		}
+		now = time.Now().UTC()
+		if err := workgroups.CheckSend(sess, h, sender, count, now); err != nil {
+			var v *workgroups.Violation
+			if errors.As(err, &v) {
+				if v.Code == workgroups.ViolationExpired && !sess.State.Terminal() {
+					if err := r.cfg.Sessions.Close(ctx, sid, workgroups.CloseExpired, "max duration reached"); err != nil {
+						r.log.Warn("closing an expired session failed", "session", sid, "err", err)
+					}
+				}
+				return reject(string(v.Code), v.Detail, &sess)
+			}
+			return reject(api.CodeBadRequest, err.Error(), &sess)
+		}
+		var ack *api.RelayAck
+		if d, ack = r.decide(ctx, sender, sess, h, count, now); ack != nil {
+			return *ack
+		}
+		// The relay, not the sender, fixes the time of the envelope; the store fixes its position, where it makes
+		// the compare-and-set on the session. The checks above assumed position count+1: if the store is about to
+		// commit another, someone else appended meanwhile and the envelope is checked again.
+		h.Seq, h.Time = count+1, now
+		frame, err := workgroups.AppendFrame(nil, h, payload)
+		if err != nil {
+			return reject(api.CodeBadRequest, err.Error(), &sess)
+		}
+		stale := false
+		stamp := func(seq uint64) ([]byte, error) {
+			if seq != count+1 {
+				stale = true
+				return nil, fmt.Errorf("position %d, the checks assumed %d", seq, count+1)
+			}
+			at := h
+			at.Seq = seq
+			return workgroups.AppendFrame(nil, at, payload)
+		}
+		decision, diag := decisionRecord(d)
+		app, err = r.cfg.Envelopes.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame,
+			Stamp: stamp, Meta: Meta(sess.Workgroup, decision, diag)}, sess.Contract.MaxMessages)
+		switch {
+		case stale && attempt < appendAttempts:
+			delete(counts, sid)
+			continue
+		case errors.Is(err, envstore.ErrLimit):
+			counts[sid] = app.Count
+			return reject(string(workgroups.ViolationMaxMessages), "the session's message limit is reached", &sess)
+		case err != nil:
+			delete(counts, sid)
+			r.log.Error("appending an envelope failed", "session", sid, "err", err)
+			return reject(api.CodeInternal, "internal error; send it again", &sess)
+		}
+		counts[sid], stamped = app.Count, !app.Duplicate
+		break
+	}
+	// Nothing is acknowledged before the envelope's audit record is durable: the recorder writes it from the
+	// stream, also after a crash right here.
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.RecordTimeout)
+	err = r.cfg.Records.Wait(wctx, app.StreamSeq)
+	cancel()
+	if err != nil {
+		r.log.Error("envelope stored but not yet recorded in the audit trail", "session", sid, "envelope", h.ID.String(), "err", err)
+		return api.RelayAck{ID: h.ID.String(), Code: api.CodeInternal,
+			Error: "the envelope is stored but its audit record is not written yet; send it again with the same id"}
+	}
+	if !stamped {
+		r.cfg.Refusals.Refuse(ctx, api.CodeDuplicate, audit.Record{Kind: "envelope.duplicate", Actor: sender.String(), Session: sid,
+			Workgroup: sess.Workgroup.String(), Decision: audit.DecisionDeny, Reason: api.CodeDuplicate + ": envelope id already recorded", Data: jsonRaw(h)})
+		// A retry learns where the original stands; a replay changes nothing.
+		var seq uint64
+		if m, err := r.cfg.Envelopes.Get(ctx, app.StreamSeq); err == nil {
+			if orig, _, err := workgroups.DecodeFrame(bytes.NewReader(m.Data), FrameLimits); err == nil {
+				seq = orig.Seq
+			}
+		}
+		return api.RelayAck{ID: h.ID.String(), OK: true, Seq: seq, Duplicate: true, Code: api.CodeDuplicate, Error: "envelope id already recorded; not stored again"}
+	}
+	if sess.State == workgroups.StateAccepted {
+		if err := r.cfg.Sessions.Activate(ctx, sid, sender, now); err != nil {
+			r.log.Warn("activating a session failed", "session", sid, "err", err)
+		}
+	}
+	if app.Count >= sess.Contract.MaxMessages {
+		if err := r.cfg.Sessions.Close(ctx, sid, workgroups.CloseMaxMessages, "max messages reached"); err != nil {
+			r.log.Warn("closing a session at its message limit failed", "session", sid, "err", err)
+		}
+	}
+	return api.RelayAck{ID: h.ID.String(), OK: true, Seq: app.Count}
+}
+
+// decide asks the authoriser whether sender may send h in sess, as the count-th envelope so far. The sender's
+// memberships come from the cache; a refusal is confirmed against the store, so that a membership granted a
+// moment ago is not refused. A refusal is recorded and returned as the ack to send.
+func (r *Relay) decide(ctx context.Context, sender spiffeid.ID, sess workgroups.Session, h workgroups.Header, count uint64, now time.Time) (workgroups.Decision, *api.RelayAck) {
+	conds, err := workgroups.ParseConditions(sess.Contract.Conditions)
+	if err != nil {
+		return workgroups.Decision{}, r.refuse(ctx, sender, sess, h, "policy_denied", "contract conditions do not parse", nil)
+	}
+	var d workgroups.Decision
+	for _, read := range []func(context.Context, spiffeid.ID) ([]workgroups.Membership, error){r.cfg.Memberships.Cached, r.cfg.Memberships.Current} {
+		ms, err := read(ctx, sender)
+		if err != nil {
+			r.log.Error("reading memberships failed", "identity", sender.String(), "err", err)
+			return d, r.refuse(ctx, sender, sess, h, api.CodeInternal, "internal error; send it again", nil)
+		}
+		d = r.cfg.Authorizer.Decide(workgroups.Request{Principal: workgroups.PrincipalFor(sender, ms), Action: workgroups.ActionSend,
+			Resource: workgroups.SessionResource(sess), Context: workgroups.EnvelopeContext(h, count), At: now, Conditions: conds})
+		if d.Allow {
+			return d, nil
+		}
+	}
+	return d, r.refuse(ctx, sender, sess, h, "policy_denied", fmt.Sprintf("policy refuses: %v", d.Diagnostic.Reasons), &d)
+}
+
+// refuse records a refusal on the way to a policy decision, or by it (d), and returns the ack that says so.
+func (r *Relay) refuse(ctx context.Context, sender spiffeid.ID, sess workgroups.Session, h workgroups.Header, code, msg string, d *workgroups.Decision) *api.RelayAck {
+	rec := audit.Record{Kind: "envelope.rejected", Actor: sender.String(), Session: sess.ID.String(), Workgroup: sess.Workgroup.String(),
+		Decision: audit.DecisionDeny, Reason: code + ": " + msg, Data: jsonRaw(h)}
+	if d != nil {
+		rec.Decision, rec.Diagnostic = decisionRecord(*d)
+		rec.Reason = code
+	}
+	r.cfg.Refusals.Refuse(ctx, code, rec)
+	return &api.RelayAck{ID: h.ID.String(), Code: code, Error: msg}
+}

@@ -1,0 +1,209 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/controller/relay"
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// The relay (package relay) names what it needs in interfaces of its own; these adapt the controller's stores.
+
+var (
+	_ relay.Sessions    = relaySessions{}
+	_ relay.Envelopes   = relayEnvelopes{}
+	_ relay.RecordGate  = (*envelopeRecorder)(nil)
+	_ relay.Refusals    = relayRefusals{}
+	_ relay.Memberships = (*workgroupCache)(nil)
+	_ relay.Identities  = relayIdentities{}
+	_ relay.Authorizer  = (*workgroups.Authorizer)(nil)
+)
+
+// relayLimits bound what the controller decodes of a stored frame, the same as the relay's.
+var relayLimits = relay.FrameLimits
+
+// newRelay wires a relay to this controller's stores.
+func (s *Server) newRelay() (*relay.Relay, error) {
+	return relay.New(relay.Config{
+		Sessions:     relaySessions{s},
+		Envelopes:    relayEnvelopes{s.gov.env},
+		Records:      s.gov.rec,
+		Refusals:     relayRefusals{s},
+		Memberships:  s.gov.wgCache,
+		Identities:   relayIdentities{s.ids},
+		Authorizer:   s.gov.authz,
+		PeerIdentity: agentsdk.PeerIdentity,
+		Controller:   s.controllerID,
+		Logger:       s.log,
+	})
+}
+
+// relaySessions is the session table, with the transitions the relay causes recorded in the audit trail.
+type relaySessions struct{ s *Server }
+
+func (r relaySessions) Get(ctx context.Context, id string) (workgroups.Session, error) {
+	sess, _, err := r.s.gov.sessions.get(ctx, id)
+	if errors.Is(err, errNotFound) {
+		return sess, relay.ErrNoSession
+	}
+	return sess, err
+}
+
+func (r relaySessions) Activate(ctx context.Context, id string, sender spiffeid.ID, at time.Time) error {
+	n := 0
+	updated, err := r.s.gov.sessions.update(ctx, id, func(ss *workgroups.Session) error {
+		n = len(ss.History)
+		if ss.State != workgroups.StateAccepted {
+			return nil
+		}
+		return ss.Activate(sender, at)
+	})
+	if err != nil {
+		return err
+	}
+	r.s.recordTransitions(ctx, updated, n, "", nil)
+	return nil
+}
+
+func (r relaySessions) Close(ctx context.Context, id string, reason workgroups.CloseReason, detail string) error {
+	_, err := r.s.closeSession(ctx, id, r.s.controllerID, reason, detail)
+	return err
+}
+
+func (r relaySessions) Lock(id string) func() { return r.s.gov.lockSession(id) }
+
+// relayEnvelopes is the envelope store, its delivery cursors seen as relay.Cursor.
+type relayEnvelopes struct{ *envstore.Store }
+
+func (e relayEnvelopes) Receiver(ctx context.Context, session, to string) (relay.Cursor, error) {
+	c, err := e.Store.Receiver(ctx, session, to)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Wait is wait, for the relay: it returns once the envelope at stream sequence seq has its audit record.
+func (r *envelopeRecorder) Wait(ctx context.Context, seq uint64) error { return r.wait(ctx, seq) }
+
+type relayRefusals struct{ s *Server }
+
+func (r relayRefusals) Refuse(ctx context.Context, code string, rec audit.Record) {
+	r.s.recordRefusal(ctx, code, rec)
+}
+
+type relayIdentities struct{ ids *identityStore }
+
+func (r relayIdentities) Usable(ctx context.Context, id spiffeid.ID) error {
+	rec, _, err := r.ids.get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if rec.State == stateRevoked {
+		return errors.New("revoked")
+	}
+	return nil
+}
+
+// workgroupCache is a copy of the workgroups bucket that a watch keeps current, so that the relay does not list
+// the bucket for every envelope. Until the watch has delivered the bucket's contents, and whenever it is down,
+// answers come from the bucket itself.
+type workgroupCache struct {
+	wgs table[workgroups.Workgroup]
+	log *slog.Logger
+	all atomic.Pointer[[]workgroups.Workgroup] // nil: not current
+}
+
+func newWorkgroupCache(wgs table[workgroups.Workgroup], log *slog.Logger) *workgroupCache {
+	return &workgroupCache{wgs: wgs, log: log}
+}
+
+// Cached answers from the copy; it may lag the bucket by the time a watch update takes to arrive.
+func (c *workgroupCache) Cached(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
+	if all := c.all.Load(); all != nil {
+		return workgroups.MembershipsOf(id, *all), nil
+	}
+	return c.Current(ctx, id)
+}
+
+// Current reads the bucket.
+func (c *workgroupCache) Current(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
+	all, err := c.wgs.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return workgroups.MembershipsOf(id, all), nil
+}
+
+// run keeps the copy current until ctx ends, watching again after a failure.
+func (c *workgroupCache) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := c.watch(ctx)
+		c.all.Store(nil)
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Warn("watching workgroups failed; the relay reads them from the store meanwhile", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (c *workgroupCache) watch(ctx context.Context) error {
+	w, err := c.wgs.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch workgroups: %w", err)
+	}
+	defer w.Stop()
+	byKey := map[string]workgroups.Workgroup{}
+	current := false
+	publish := func() {
+		all := make([]workgroups.Workgroup, 0, len(byKey))
+		for _, wg := range byKey {
+			all = append(all, wg)
+		}
+		c.all.Store(&all)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watch workgroups: updates ended")
+			}
+			if e == nil { // the end of the initial values
+				current = true
+				publish()
+				continue
+			}
+			switch e.Operation() {
+			case jetstream.KeyValuePut:
+				var wg workgroups.Workgroup
+				if err := json.Unmarshal(e.Value(), &wg); err != nil {
+					return fmt.Errorf("workgroup %s: %w", e.Key(), err)
+				}
+				byKey[e.Key()] = wg
+			default:
+				delete(byKey, e.Key())
+			}
+			if current {
+				publish()
+			}
+		}
+	}
+}
