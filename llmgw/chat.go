@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"strings"
 
 	"github.com/umbra-mesh/umbra/llmgw/budget"
 	"github.com/umbra-mesh/umbra/llmgw/chat"
@@ -351,12 +352,21 @@ func (g *Gateway) reserve(ctx context.Context, c *call, est budget.Estimate) (*b
 	return res, nil
 }
 
+// subjectKind labels a budget subject ("id:..." or "org:...") without naming it.
+func subjectKind(subject string) string {
+	if strings.HasPrefix(subject, "org:") {
+		return "org"
+	}
+	return "identity"
+}
+
 // budgetError turns a limiter's refusal into what the caller is told, and records it on the call.
 func (g *Gateway) budgetError(c *call, err error) *apiError {
 	var ex *budget.Exceeded
 	switch {
 	case errors.As(err, &ex):
 		c.limit = ex
+		g.metrics.refusals.WithLabelValues(ex.Limit, subjectKind(ex.Subject)).Inc()
 		var e *apiError
 		if ex.Rate {
 			e = errorf(http.StatusTooManyRequests, "rate_limit_error", codeRateLimited, "rate limit reached for %s: %s",

@@ -64,6 +64,12 @@ type Config struct {
 	MaxRequestBytes int64
 	// Logger receives state changes (endpoints going down and up) and failures to audit. Nil discards.
 	Logger *slog.Logger
+	// MetricsListen is a HOST:PORT on which ServeMetrics serves the metrics in the Prometheus text format, over
+	// plain HTTP, to anyone who can reach it. It must be a loopback address unless MetricsAllowRemote is set.
+	// Empty serves them only at /metrics of Handler, to administrators.
+	MetricsListen string
+	// MetricsAllowRemote lets MetricsListen be an address other hosts can reach.
+	MetricsAllowRemote bool
 	// Registry receives the gateway's metrics. Nil means a registry of its own. /metrics serves it when it is
 	// also a prometheus.Gatherer.
 	Registry prometheus.Registerer
@@ -191,6 +197,9 @@ func (cfg *Config) check() error {
 	}
 	if cfg.Router.Name == "" {
 		cfg.Router.Name = "auto"
+	}
+	if err := checkMetricsListen(cfg.MetricsListen, cfg.MetricsAllowRemote); err != nil {
+		return err
 	}
 	names := map[string]bool{}
 	for i := range cfg.Models {

@@ -19,6 +19,7 @@ type metrics struct {
 	endpointUp    *prometheus.GaugeVec
 	routes        *prometheus.CounterVec
 	auditFailures prometheus.Counter
+	refusals      *prometheus.CounterVec
 }
 
 // Label names from the GenAI conventions.
@@ -70,9 +71,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "umbra_llmgw_audit_failures_total", Help: "Audit records that could not be appended.",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "umbra_llmgw_budget_refusals_total",
+			Help: "Calls and router calls refused by a budget or rate limit, by limit and subject (identity or org).",
+		}, []string{"limit", "subject"}),
 	}
 	for _, c := range []prometheus.Collector{m.tokens, m.ttft, m.duration, m.requests, m.errors, m.cost,
-		m.findings, m.attempts, m.endpointUp, m.routes, m.auditFailures} {
+		m.findings, m.attempts, m.endpointUp, m.routes, m.auditFailures, m.refusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -29,7 +29,8 @@ type llmgwFile struct {
 	Policies      string `yaml:"policies"`
 	PolicyFile    string `yaml:"policy_file"`
 	LogPrompts    bool   `yaml:"log_prompts"`
-	MetricsListen string `yaml:"metrics_listen"`
+	MetricsListen string `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only
+	MetricsRemote bool   `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
 	Models        []struct {
 		Name           string        `yaml:"name"`
 		Retries        int           `yaml:"retries"`
@@ -130,7 +131,7 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	defer host.Close()
 	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
-		LogPrompts: fc.LogPrompts, Logger: log}
+		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote}
 	for _, m := range fc.Models {
 		model := llmgw.Model{Name: m.Name, Retries: m.Retries, Backoff: m.Backoff, HealthInterval: m.HealthInterval}
 		for _, e := range m.Endpoints {
@@ -162,6 +163,9 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	g, err := llmgw.New(cfg)
 	if err != nil {
 		return fmt.Errorf("llmgw: %w", err)
+	}
+	if _, err := g.ServeMetrics(ctx); err != nil {
+		return err
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- g.Run(ctx) }()
