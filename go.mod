@@ -2,7 +2,19 @@ module github.com/umbra-mesh/umbra
 
 go 1.26.8
 
+// OpenZiti's controller needs pfxlog v1; identity and sdk-golang still call v0.6 APIs. The agent SDK's own module
+// selects v0.6.10 by itself, so only this module (which nobody imports) needs the replacement.
 replace github.com/michaelquigley/pfxlog => github.com/michaelquigley/pfxlog v0.6.10
+
+// The SDK, the domain package and the plumbing they share with the server are modules of their own in this
+// repository (go.work puts them in one workspace); builds without the workspace find them here.
+replace (
+	github.com/umbra-mesh/umbra/agentsdk => ./agentsdk
+	github.com/umbra-mesh/umbra/internal/enrolltoken => ./internal/enrolltoken
+	github.com/umbra-mesh/umbra/internal/pki => ./internal/pki
+	github.com/umbra-mesh/umbra/internal/zitilog => ./internal/zitilog
+	github.com/umbra-mesh/umbra/workgroups => ./workgroups
+)
 
 require (
 	github.com/cedar-policy/cedar-go v1.9.0
@@ -15,6 +27,11 @@ require (
 	github.com/openziti/ziti v1.7.2
 	github.com/sirupsen/logrus v1.9.3
 	github.com/spiffe/go-spiffe/v2 v2.9.0
+	github.com/umbra-mesh/umbra/agentsdk v0.0.0-00010101000000-000000000000
+	github.com/umbra-mesh/umbra/internal/enrolltoken v0.0.0-00010101000000-000000000000
+	github.com/umbra-mesh/umbra/internal/pki v0.0.0-00010101000000-000000000000
+	github.com/umbra-mesh/umbra/internal/zitilog v0.0.0-00010101000000-000000000000
+	github.com/umbra-mesh/umbra/workgroups v0.0.0-00010101000000-000000000000
 )
 
 require (

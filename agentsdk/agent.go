@@ -17,7 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
@@ -35,12 +35,19 @@ type options struct {
 	refresh      time.Duration
 	dialTimeout  time.Duration
 	handshakeTTL time.Duration
-	// relayConn, when set, wraps every relay connection (tests use it to break them).
+	// relayConn, when set, wraps every relay connection (WithRelayConnHook).
 	relayConn func(mode string, c net.Conn) net.Conn
 }
 
 // Option varies Connect.
 type Option func(*options)
+
+// WithRelayConnHook passes every connection the agent opens to the controller's relay through f, with its mode
+// ("send" or "recv"), once mutual TLS is up: to count, trace or break envelope traffic (the SDK's own tests break
+// it to prove sessions recover). f must return a connection that carries the same bytes.
+func WithRelayConnHook(f func(mode string, c net.Conn) net.Conn) Option {
+	return func(o *options) { o.relayConn = f }
+}
 
 // WithLogger sets the logger for state changes (renewals, failures), which also receives the overlay SDK's
 // warnings (that logger is process-wide: the last Connect sets it). Default: discard.

@@ -3,18 +3,31 @@ package agentsdk
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
+
+// hangLimit ends the test process with every goroutine's stack if t is still running after d: a call that
+// ignores its deadline hangs, and the stacks show where. (The SDK's module has no test harness of its own; the
+// network tests with theirs are in package sdktest of the root module.)
+func hangLimit(t *testing.T, d time.Duration) {
+	timer := time.AfterFunc(d, func() {
+		buf := make([]byte, 1<<20)
+		fmt.Fprintf(os.Stderr, "%s: still running after %s\n%s\n", t.Name(), d, buf[:runtime.Stack(buf, true)])
+		os.Exit(2)
+	})
+	t.Cleanup(func() { timer.Stop() })
+}
 
 // TestAwaitAbandonsAndCleansUp checks that await returns at the deadline while the call runs on, and that a
 // result arriving afterwards is discarded exactly once.
 func TestAwaitAbandonsAndCleansUp(t *testing.T) {
-	testlimit.Start(t, 4*time.Minute)
+	hangLimit(t, 4*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	release := make(chan struct{})
@@ -50,7 +63,7 @@ func TestAwaitAbandonsAndCleansUp(t *testing.T) {
 // TestAwaitDeliversResult checks that a result in time is returned and not discarded, and that a done context
 // does not even start the call.
 func TestAwaitDeliversResult(t *testing.T) {
-	testlimit.Start(t, 4*time.Minute)
+	hangLimit(t, 4*time.Minute)
 	v, err := await(context.Background(), func() (string, error) { return "ok", nil }, func(string) {
 		t.Error("discarded a delivered result")
 	})
@@ -66,7 +79,7 @@ func TestAwaitDeliversResult(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	testlimit.Start(t, 4*time.Minute)
+	hangLimit(t, 4*time.Minute)
 	b := backoff{first: 100 * time.Millisecond, limit: 5 * time.Second}
 	var got []time.Duration
 	for range 8 {
@@ -85,7 +98,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestIsSessionLost(t *testing.T) {
-	testlimit.Start(t, 4*time.Minute)
+	hangLimit(t, 4*time.Minute)
 	for _, tc := range []struct {
 		err  string
 		lost bool

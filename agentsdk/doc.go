@@ -29,6 +29,24 @@
 // its overlay session by itself: after a controller restart it authenticates again and hosts its services again
 // (ListenContext is Listen with a deadline for the first bind).
 //
+// Agents collaborate in sessions governed by contracts. A provider advertises its card and terms in workgroups
+// (Advertise); a consumer that shares one finds it (Discover) and proposes a session (Propose); the controller
+// accepts a proposal within the terms at once, rejects it, or holds it for the provider (OnProposal, Accept,
+// Reject). The parties then Send and Receive envelopes, each checked against the contract, recorded and
+// delivered by the controller's relay; Serve answers every session of a provider with a Handler:
+//
+//	ad, err := agent.Advertise(ctx, card, terms, workgroupID)
+//	ads, err := agent.Discover(ctx, api.DiscoverRequest{Skill: "pricing"})
+//	sess, err := agent.Propose(ctx, ads[0].ID, workgroups.Proposal{})
+//	seq, err := sess.Send(ctx, "quote.request", payload)
+//	in, err := sess.Receive(ctx)
+//
+// IDs at this boundary are checked types: workgroups.SessionID, workgroups.AdvertisementID,
+// workgroups.WorkgroupID and spiffeid.ID; parse the ones that come as text (workgroups.ParseSessionID, ...).
+// Request and response bodies of the controller's API are in package api.
+//
 // Administrators use the same SDK: Agent.Controller() returns a client of the controller's API, which the
 // controller serves only on the overlay and authorises by the caller's SVID.
+//
+// The SDK is a Go module of its own (go get github.com/umbra-mesh/umbra/agentsdk): it links no server code.
 package agentsdk

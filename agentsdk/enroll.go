@@ -15,7 +15,7 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
 )

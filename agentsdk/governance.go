@@ -12,7 +12,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -51,35 +53,38 @@ func (c *Controller) CreateWorkgroup(ctx context.Context, name string, invite ..
 }
 
 // AnswerInvitation accepts (or, with decline, declines for good) the invitation of the caller's organisation.
-func (c *Controller) AnswerInvitation(ctx context.Context, workgroup string, decline bool) (api.WorkgroupView, error) {
+func (c *Controller) AnswerInvitation(ctx context.Context, workgroup workgroups.WorkgroupID, decline bool) (api.WorkgroupView, error) {
 	var out api.WorkgroupView
-	if err := c.post(ctx, api.PathWorkgroupAnswer, api.AnswerWorkgroupRequest{Workgroup: workgroup, Decline: decline}, &out); err != nil {
+	if err := c.post(ctx, api.PathWorkgroupAnswer, api.AnswerWorkgroupRequest{Workgroup: workgroup.String(), Decline: decline}, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: answer invitation to %s: %w", workgroup, err)
 	}
 	return out, nil
 }
 
 // AddMember adds an identity of the caller's organisation to a workgroup.
-func (c *Controller) AddMember(ctx context.Context, workgroup, identity string, role workgroups.Role) (api.WorkgroupView, error) {
+// An empty role means workgroups.RoleMember.
+func (c *Controller) AddMember(ctx context.Context, workgroup workgroups.WorkgroupID, identity spiffeid.ID, role workgroups.Role) (api.WorkgroupView, error) {
 	var out api.WorkgroupView
-	if err := c.post(ctx, api.PathWorkgroupMembers, api.MemberRequest{Workgroup: workgroup, Identity: identity, Role: role}, &out); err != nil {
+	req := api.MemberRequest{Workgroup: workgroup.String(), Identity: identity.String(), Role: role}
+	if err := c.post(ctx, api.PathWorkgroupMembers, req, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: add %s to %s: %w", identity, workgroup, err)
 	}
 	return out, nil
 }
 
 // RemoveMember removes a member; its sessions that needed the workgroup close (membership_removed).
-func (c *Controller) RemoveMember(ctx context.Context, workgroup, identity string) (api.WorkgroupView, error) {
+func (c *Controller) RemoveMember(ctx context.Context, workgroup workgroups.WorkgroupID, identity spiffeid.ID) (api.WorkgroupView, error) {
 	var out api.WorkgroupView
-	if err := c.post(ctx, api.PathWorkgroupMembers, api.MemberRequest{Workgroup: workgroup, Identity: identity, Remove: true}, &out); err != nil {
+	req := api.MemberRequest{Workgroup: workgroup.String(), Identity: identity.String(), Remove: true}
+	if err := c.post(ctx, api.PathWorkgroupMembers, req, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: remove %s from %s: %w", identity, workgroup, err)
 	}
 	return out, nil
 }
 
 // DeleteWorkgroup deletes a workgroup; its sessions close (workgroup_deleted).
-func (c *Controller) DeleteWorkgroup(ctx context.Context, workgroup string) error {
-	if err := c.post(ctx, api.PathWorkgroupDelete, api.DeleteWorkgroupRequest{Workgroup: workgroup}, nil); err != nil {
+func (c *Controller) DeleteWorkgroup(ctx context.Context, workgroup workgroups.WorkgroupID) error {
+	if err := c.post(ctx, api.PathWorkgroupDelete, api.DeleteWorkgroupRequest{Workgroup: workgroup.String()}, nil); err != nil {
 		return fmt.Errorf("agentsdk: delete workgroup %s: %w", workgroup, err)
 	}
 	return nil
@@ -146,9 +151,9 @@ func (c *Controller) AuditKey(ctx context.Context) (ed25519.PublicKey, error) {
 }
 
 // AuditSession reconstructs a session: parties, contract, transitions, every envelope header, every refusal.
-func (c *Controller) AuditSession(ctx context.Context, id string) (api.SessionAudit, error) {
+func (c *Controller) AuditSession(ctx context.Context, id workgroups.SessionID) (api.SessionAudit, error) {
 	var out api.SessionAudit
-	if err := c.get(ctx, api.PathAuditSession+url.PathEscape(id), &out); err != nil {
+	if err := c.get(ctx, api.PathAuditSession+url.PathEscape(id.String()), &out); err != nil {
 		return out, fmt.Errorf("agentsdk: audit session %s: %w", id, err)
 	}
 	return out, nil
@@ -172,9 +177,13 @@ func (c *Controller) AuditExport(ctx context.Context) (*http.Response, error) {
 }
 
 // Advertise publishes this agent's card and the contract terms it offers, in workgroups it is a member of.
-func (a *Agent) Advertise(ctx context.Context, card workgroups.AgentCard, terms workgroups.Terms, workgroupIDs ...string) (workgroups.Advertisement, error) {
+func (a *Agent) Advertise(ctx context.Context, card workgroups.AgentCard, terms workgroups.Terms, in ...workgroups.WorkgroupID) (workgroups.Advertisement, error) {
 	var out workgroups.Advertisement
-	if err := a.Controller().post(ctx, api.PathAdvertisements, api.AdvertiseRequest{Workgroups: workgroupIDs, Card: card, Terms: terms}, &out); err != nil {
+	req := api.AdvertiseRequest{Workgroups: make([]string, len(in)), Card: card, Terms: terms}
+	for i, wg := range in {
+		req.Workgroups[i] = wg.String()
+	}
+	if err := a.Controller().post(ctx, api.PathAdvertisements, req, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: advertise: %w", err)
 	}
 	return out, nil
@@ -191,9 +200,9 @@ func (a *Agent) Discover(ctx context.Context, req api.DiscoverRequest) ([]workgr
 
 // Propose asks for a session on an advertisement. A proposal within the advertised terms is accepted by the
 // controller at once; one outside them is rejected (ErrRejected, with the reason) or held for the provider.
-func (a *Agent) Propose(ctx context.Context, advertisement string, p workgroups.Proposal) (*Session, error) {
+func (a *Agent) Propose(ctx context.Context, advertisement workgroups.AdvertisementID, p workgroups.Proposal) (*Session, error) {
 	var out api.ProposeResponse
-	if err := a.Controller().post(ctx, api.PathSessions, api.ProposeRequest{Advertisement: advertisement, Proposal: p}, &out); err != nil {
+	if err := a.Controller().post(ctx, api.PathSessions, api.ProposeRequest{Advertisement: advertisement.String(), Proposal: p}, &out); err != nil {
 		return nil, fmt.Errorf("agentsdk: propose: %w", err)
 	}
 	if out.Session.State == workgroups.StateRejected {
@@ -216,22 +225,22 @@ func (a *Agent) Sessions(ctx context.Context, state workgroups.State) ([]api.Ses
 }
 
 // Session returns a handle on an existing session this agent is a party of.
-func (a *Agent) Session(ctx context.Context, id string) (*Session, error) {
+func (a *Agent) Session(ctx context.Context, id workgroups.SessionID) (*Session, error) {
 	var out api.SessionView
-	if err := a.Controller().get(ctx, api.PathSessions+"/"+url.PathEscape(id), &out); err != nil {
+	if err := a.Controller().get(ctx, api.PathSessions+"/"+url.PathEscape(id.String()), &out); err != nil {
 		return nil, fmt.Errorf("agentsdk: session %s: %w", id, err)
 	}
 	return a.newSession(out.Session), nil
 }
 
-func (a *Agent) sessionAction(ctx context.Context, id, action, reason string) (api.SessionView, error) {
+func (a *Agent) sessionAction(ctx context.Context, id workgroups.SessionID, action, reason string) (api.SessionView, error) {
 	var out api.SessionView
-	err := a.Controller().post(ctx, api.PathSessions+"/"+url.PathEscape(id)+"/"+action, api.SessionActionRequest{Reason: reason}, &out)
+	err := a.Controller().post(ctx, api.PathSessions+"/"+url.PathEscape(id.String())+"/"+action, api.SessionActionRequest{Reason: reason}, &out)
 	return out, err
 }
 
 // Accept accepts a proposal held for this agent as provider.
-func (a *Agent) Accept(ctx context.Context, id, reason string) (*Session, error) {
+func (a *Agent) Accept(ctx context.Context, id workgroups.SessionID, reason string) (*Session, error) {
 	v, err := a.sessionAction(ctx, id, "accept", reason)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: accept %s: %w", id, err)
@@ -240,7 +249,7 @@ func (a *Agent) Accept(ctx context.Context, id, reason string) (*Session, error)
 }
 
 // Reject rejects a proposal held for this agent as provider.
-func (a *Agent) Reject(ctx context.Context, id, reason string) error {
+func (a *Agent) Reject(ctx context.Context, id workgroups.SessionID, reason string) error {
 	if _, err := a.sessionAction(ctx, id, "reject", reason); err != nil {
 		return fmt.Errorf("agentsdk: reject %s: %w", id, err)
 	}
@@ -264,9 +273,9 @@ func (a *Agent) OnProposal(ctx context.Context, interval time.Duration, decide f
 				}
 				ok, reason := decide(v.Session)
 				if ok {
-					_, err = a.Accept(ctx, v.ID.String(), reason)
+					_, err = a.Accept(ctx, v.ID, reason)
 				} else {
-					err = a.Reject(ctx, v.ID.String(), reason)
+					err = a.Reject(ctx, v.ID, reason)
 				}
 				if err != nil {
 					a.opts.log.Warn("answering a proposal failed", "session", v.ID.String(), "err", err)
@@ -291,9 +300,9 @@ func (c *Controller) AppendAudit(ctx context.Context, record any) error {
 }
 
 // Lookup returns what the controller knows of an identity (gateways and administrators only).
-func (c *Controller) Lookup(ctx context.Context, id string) (api.IdentityInfo, error) {
+func (c *Controller) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityInfo, error) {
 	var out api.IdentityInfo
-	if err := c.post(ctx, api.PathIdentityLookup, api.LookupRequest{SPIFFEID: id}, &out); err != nil {
+	if err := c.post(ctx, api.PathIdentityLookup, api.LookupRequest{SPIFFEID: id.String()}, &out); err != nil {
 		return out, fmt.Errorf("agentsdk: lookup %s: %w", id, err)
 	}
 	return out, nil

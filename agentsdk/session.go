@@ -16,7 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -83,7 +83,7 @@ func (s *Session) Refresh(ctx context.Context) (api.SessionView, error) {
 
 // Close closes the session, recording reason; the controller records who closed it.
 func (s *Session) Close(ctx context.Context, reason string) error {
-	v, err := s.a.sessionAction(ctx, s.info.ID.String(), "close", reason)
+	v, err := s.a.sessionAction(ctx, s.info.ID, "close", reason)
 	if err != nil {
 		return fmt.Errorf("agentsdk: close session %s: %w", s.info.ID, err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/workgroups"

@@ -11,7 +11,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 )
 

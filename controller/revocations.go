@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 )
 
 // Revocation must reach hosts, not only the controller: an agentsdk host checks its peers' certificates itself,

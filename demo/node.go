@@ -19,7 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -88,9 +88,17 @@ func (n *node) advertise(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
+	var in []workgroups.WorkgroupID
+	for _, s := range o.workgroups {
+		id, err := workgroups.ParseWorkgroupID(s)
+		if err != nil {
+			return err
+		}
+		in = append(in, id)
+	}
 	var ad workgroups.Advertisement
 	err := n.retry(ctx, func() (err error) {
-		ad, err = n.a.Advertise(ctx, o.card, o.terms, o.workgroups...)
+		ad, err = n.a.Advertise(ctx, o.card, o.terms, in...)
 		return err
 	})
 	if err != nil {
@@ -161,7 +169,7 @@ func (n *node) retry(ctx context.Context, fn func() error) error {
 func (n *node) propose(ctx context.Context, ad workgroups.Advertisement, p workgroups.Proposal, why string) (*agentsdk.Session, error) {
 	var s *agentsdk.Session
 	err := n.retry(ctx, func() (err error) {
-		s, err = n.a.Propose(ctx, ad.ID.String(), p)
+		s, err = n.a.Propose(ctx, ad.ID, p)
 		return err
 	})
 	if err != nil {
@@ -282,7 +290,7 @@ func (n *node) serve(ctx context.Context, h func(ctx context.Context, s *agentsd
 				if v.Provider != n.a.ID() || busy {
 					continue
 				}
-				s, err := n.a.Session(ctx, v.ID.String())
+				s, err := n.a.Session(ctx, v.ID)
 				if err != nil {
 					continue
 				}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -362,10 +362,14 @@ func (n *node) lookForCompetitor(ctx context.Context, ref string) {
 		}
 	}
 	n.say("discovery: %d charter offers besides its own (err %v)", others, err)
-	_, err = n.a.Propose(ctx, ref, workgroups.Proposal{})
+	if id, perr := workgroups.ParseAdvertisementID(ref); perr != nil {
+		err = perr
+	} else {
+		_, err = n.a.Propose(ctx, id, workgroups.Proposal{})
+	}
 	n.say("proposing a session on advertisement %s: %s", short(ref), apiCode(err))
 	if fake, ferr := workgroups.NewAdvertisementID(rand.Reader); ferr == nil {
-		_, err = n.a.Propose(ctx, fake.String(), workgroups.Proposal{})
+		_, err = n.a.Propose(ctx, fake, workgroups.Proposal{})
 		n.say("proposing on a made-up advertisement %s: %s (the same answer)", short(fake.String()), apiCode(err))
 	}
 	conn, err := n.a.Dial(ctx, "a2a."+ref)

@@ -10,7 +10,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // Setup creates the scenario as its administrators would. The platform administrator (admin) creates the
@@ -74,13 +75,13 @@ func Setup(ctx context.Context, admin *agentsdk.Agent, adminDir string, feed *Fe
 			return nil, fmt.Errorf("demo: setup: %w", err)
 		}
 		for _, org := range wg.Invite {
-			if _, err := orgAdmins[org].Controller().AnswerInvitation(ctx, wg.ID(), false); err != nil {
+			if _, err := orgAdmins[org].Controller().AnswerInvitation(ctx, workgroups.WorkgroupID{Org: wg.Owner, Name: wg.Name}, false); err != nil {
 				return nil, fmt.Errorf("demo: setup: %w", err)
 			}
 		}
 		var names []string
 		for _, m := range wg.Members {
-			if _, err := orgAdmins[m.Org].Controller().AddMember(ctx, wg.ID(), m.ID(td).String(), ""); err != nil {
+			if _, err := orgAdmins[m.Org].Controller().AddMember(ctx, workgroups.WorkgroupID{Org: wg.Owner, Name: wg.Name}, m.ID(td), ""); err != nil {
 				return nil, fmt.Errorf("demo: setup: %w", err)
 			}
 			names = append(names, m.Label())

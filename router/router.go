@@ -22,7 +22,7 @@ import (
 	"github.com/openziti/ziti/router/enroll"
 	"github.com/openziti/ziti/router/env"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 )
 
 // Config configures a Router.

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -105,21 +105,21 @@ func TestDurabilityProcessKill(t *testing.T) {
 	if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := globex.Controller().AnswerInvitation(ctx, "acme/pricing", false); err != nil {
+	if _, err := globex.Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := acme.Controller().AddMember(ctx, "acme/pricing", quoter.ID().String(), ""); err != nil {
+	if _, err := acme.Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := globex.Controller().AddMember(ctx, "acme/pricing", buyer.ID().String(), ""); err != nil {
+	if _, err := globex.Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
 	ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
-		workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10000, AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, "acme/pricing")
+		workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10000, AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := buyer.Propose(ctx, ad.ID.String(), workgroups.Proposal{})
+	sess, err := buyer.Propose(ctx, ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,10 +173,10 @@ func TestDurabilityProcessKill(t *testing.T) {
 	var bs, qs *agentsdk.Session
 	retry(t, "reopen sessions", func() error {
 		var err error
-		if bs, err = buyer2.Session(ctx, sess.ID().String()); err != nil {
+		if bs, err = buyer2.Session(ctx, sess.ID()); err != nil {
 			return err
 		}
-		qs, err = quoter2.Session(ctx, sess.ID().String())
+		qs, err = quoter2.Session(ctx, sess.ID())
 		return err
 	})
 	// The envelope in flight at the kill is retried with its ID: stored at most once.
@@ -192,7 +192,7 @@ func TestDurabilityProcessKill(t *testing.T) {
 	var trail api.SessionAudit
 	retry(t, "audit session", func() error {
 		var err error
-		trail, err = acme.Controller().AuditSession(ctx, sess.ID().String())
+		trail, err = acme.Controller().AuditSession(ctx, sess.ID())
 		if err != nil {
 			acme = connectFile(t, path("acme-admin.json"))
 		}

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -228,25 +228,25 @@ func routerLoss(t *testing.T, victim string, settle time.Duration) {
 		if _, err := orgAdmins["acme"].Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
 			return fmt.Errorf("create workgroup: %w", err)
 		}
-		if _, err := orgAdmins["globex"].Controller().AnswerInvitation(ctx, "acme/pricing", false); err != nil {
+		if _, err := orgAdmins["globex"].Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
 			return fmt.Errorf("accept invitation: %w", err)
 		}
-		if _, err := orgAdmins["acme"].Controller().AddMember(ctx, "acme/pricing", quoter.ID().String(), ""); err != nil {
+		if _, err := orgAdmins["acme"].Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
 			return fmt.Errorf("add quoter: %w", err)
 		}
-		if _, err := orgAdmins["globex"].Controller().AddMember(ctx, "acme/pricing", buyer.ID().String(), ""); err != nil {
+		if _, err := orgAdmins["globex"].Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
 			return fmt.Errorf("add buyer: %w", err)
 		}
 		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
 			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 1 << 20,
-				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, "acme/pricing")
+				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
 		if err != nil {
 			return fmt.Errorf("advertise: %w", err)
 		}
-		if sess, err = buyer.Propose(ctx, ad.ID.String(), workgroups.Proposal{}); err != nil {
+		if sess, err = buyer.Propose(ctx, ad.ID, workgroups.Proposal{}); err != nil {
 			return fmt.Errorf("propose: %w", err)
 		}
-		if provider, err = quoter.Session(ctx, sess.ID().String()); err != nil {
+		if provider, err = quoter.Session(ctx, sess.ID()); err != nil {
 			return fmt.Errorf("provider opens the session: %w", err)
 		}
 		return nil

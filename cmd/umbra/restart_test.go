@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -152,22 +152,22 @@ func TestAgentsSurviveControllerRestart(t *testing.T) {
 		if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
 			return err
 		}
-		if _, err := globex.Controller().AnswerInvitation(ctx, "acme/pricing", false); err != nil {
+		if _, err := globex.Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
 			return err
 		}
-		if _, err := acme.Controller().AddMember(ctx, "acme/pricing", quoter.ID().String(), ""); err != nil {
+		if _, err := acme.Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
 			return err
 		}
-		if _, err := globex.Controller().AddMember(ctx, "acme/pricing", buyer.ID().String(), ""); err != nil {
+		if _, err := globex.Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
 			return err
 		}
 		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
 			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10000,
-				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, "acme/pricing")
+				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
 		if err != nil {
 			return err
 		}
-		sess, err = buyer.Propose(ctx, ad.ID.String(), workgroups.Proposal{})
+		sess, err = buyer.Propose(ctx, ad.ID, workgroups.Proposal{})
 		return err
 	})
 	const service = "quotes-live"
@@ -222,7 +222,7 @@ func TestAgentsSurviveControllerRestart(t *testing.T) {
 	var qs *agentsdk.Session
 	r.step("quoter opens the session", 10*time.Second, func(ctx context.Context) error {
 		var err error
-		qs, err = quoter.Session(ctx, sess.ID().String())
+		qs, err = quoter.Session(ctx, sess.ID())
 		return err
 	})
 	for _, want := range []string{`{"n":0}`, `{"n":1}`} {

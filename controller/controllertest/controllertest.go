@@ -20,8 +20,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller"
-	"github.com/umbra-mesh/umbra/internal/api"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/router"
 )

@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/natsd"
 )
@@ -111,7 +111,7 @@ func (h *Host) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityInfo, er
 	if ok && time.Since(c.at) < lookupTTL {
 		return c.info, nil
 	}
-	info, err := h.Agent.Controller().Lookup(ctx, id.String())
+	info, err := h.Agent.Controller().Lookup(ctx, id)
 	if err != nil {
 		return api.IdentityInfo{}, err
 	}

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -32,7 +32,7 @@ func BenchmarkRecordPath(b *testing.B) {
 			w := newPricingWorld(b, terms)
 			sends := make([]func() error, n)
 			for i := range sends {
-				sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+				sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 				if err != nil {
 					b.Fatal(err)
 				}

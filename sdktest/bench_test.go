@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 // Benchmarks of the three ways two processes on one machine can talk: the agent SDK (overlay + mutual TLS with
 // SVIDs inside), the raw overlay (sdk-golang, no inner TLS), and loopback TCP. docs/benchmarks.md has the

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -73,7 +73,7 @@ func TestServeSurvivesBrokenReceive(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { provider.Close() })
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -44,7 +44,7 @@ type isoWorld struct {
 }
 
 type isoWorkgroup struct {
-	id      string
+	id      workgroups.WorkgroupID
 	kind    string // intra, inter (every invitation accepted), declined or pending
 	owner   int
 	active  bool
@@ -52,14 +52,14 @@ type isoWorkgroup struct {
 }
 
 type isoAd struct {
-	id       string
+	id       workgroups.AdvertisementID
 	provider *agentsdk.Agent
-	scope    []string
+	scope    []workgroups.WorkgroupID
 }
 
 func (w *isoWorld) identities() []*agentsdk.Agent { return slices.Concat(w.admins, w.agents) }
 
-func (w *isoWorld) workgroup(id string) *isoWorkgroup {
+func (w *isoWorld) workgroup(id workgroups.WorkgroupID) *isoWorkgroup {
 	for _, g := range w.wgs {
 		if g.id == id {
 			return g
@@ -98,10 +98,10 @@ func (w *isoWorld) deleteWorkgroup(g *isoWorkgroup) {
 	w.retract(g.id, func(*isoAd) bool { return true })
 }
 
-func (w *isoWorld) retract(wg string, match func(*isoAd) bool) {
+func (w *isoWorld) retract(wg workgroups.WorkgroupID, match func(*isoAd) bool) {
 	for _, ad := range w.ads {
 		if match(ad) {
-			ad.scope = slices.DeleteFunc(ad.scope, func(s string) bool { return s == wg })
+			ad.scope = slices.DeleteFunc(ad.scope, func(s workgroups.WorkgroupID) bool { return s == wg })
 		}
 	}
 	w.ads = slices.DeleteFunc(w.ads, func(ad *isoAd) bool { return len(ad.scope) == 0 })
@@ -155,7 +155,7 @@ func buildIsoWorld(t *testing.T, ctx context.Context, rng *mrand.Rand, round int
 	}
 
 	for j, a := range w.agents {
-		var mine []string
+		var mine []workgroups.WorkgroupID
 		for _, g := range w.wgs {
 			if g.active && g.members[a.ID()] {
 				mine = append(mine, g.id)
@@ -172,8 +172,8 @@ func buildIsoWorld(t *testing.T, ctx context.Context, rng *mrand.Rand, round int
 		if err != nil {
 			t.Fatalf("advertise %s in %v: %v", w.name(a.ID()), scope, err)
 		}
-		w.ads = append(w.ads, &isoAd{id: ad.ID.String(), provider: a, scope: slices.Clone(scope)})
-		serveEcho(t, a, adService(ad.ID.String()))
+		w.ads = append(w.ads, &isoAd{id: ad.ID, provider: a, scope: slices.Clone(scope)})
+		serveEcho(t, a, adService(ad.ID))
 	}
 	for _, g := range w.wgs {
 		var ms []string
@@ -189,7 +189,7 @@ func buildIsoWorld(t *testing.T, ctx context.Context, rng *mrand.Rand, round int
 	return w
 }
 
-func adService(adID string) string { return "a2a." + adID }
+func adService(adID workgroups.AdvertisementID) string { return "a2a." + adID.String() }
 
 func buildIsoWorkgroup(t *testing.T, ctx context.Context, rng *mrand.Rand, w *isoWorld, k int, kind string) *isoWorkgroup {
 	t.Helper()
@@ -215,7 +215,7 @@ func buildIsoWorkgroup(t *testing.T, ctx context.Context, rng *mrand.Rand, w *is
 	if err != nil {
 		t.Fatalf("create %s workgroup: %v", kind, err)
 	}
-	g := &isoWorkgroup{id: v.ID.String(), kind: kind, owner: owner, members: map[spiffeid.ID]bool{w.admins[owner].ID(): true}}
+	g := &isoWorkgroup{id: v.ID, kind: kind, owner: owner, members: map[spiffeid.ID]bool{w.admins[owner].ID(): true}}
 	admitted := []int{owner}
 	for n, i := range invited {
 		if kind != "inter" && n == 1 {
@@ -229,7 +229,7 @@ func buildIsoWorkgroup(t *testing.T, ctx context.Context, rng *mrand.Rand, w *is
 	}
 	for _, a := range w.agents {
 		if o := w.org[a.ID()]; slices.Contains(admitted, o) && rng.IntN(2) == 0 {
-			if v, err = w.admins[o].Controller().AddMember(ctx, g.id, a.ID().String(), ""); err != nil {
+			if v, err = w.admins[o].Controller().AddMember(ctx, g.id, a.ID(), ""); err != nil {
 				t.Fatalf("add %s to %s: %v", w.name(a.ID()), g.id, err)
 			}
 			g.members[a.ID()] = true
@@ -266,7 +266,7 @@ func (w *isoWorld) check(t *testing.T, ctx context.Context, phase string, tally 
 		want := map[string]bool{}
 		for _, ad := range w.ads {
 			if w.visible(x.ID(), ad) {
-				want[ad.id] = true
+				want[ad.id.String()] = true
 			}
 		}
 
@@ -307,7 +307,7 @@ func (w *isoWorld) check(t *testing.T, ctx context.Context, phase string, tally 
 		}
 
 		// What x may not use is as absent as what does not exist.
-		_, errMissing := x.Propose(ctx, missing.String(), workgroups.Proposal{})
+		_, errMissing := x.Propose(ctx, missing, workgroups.Proposal{})
 		var ref *agentsdk.APIError
 		if !errors.As(errMissing, &ref) || ref.Code != api.CodeNotFound {
 			t.Fatalf("%s: %s proposes on a missing advertisement: %v", phase, xn, errMissing)
@@ -316,7 +316,7 @@ func (w *isoWorld) check(t *testing.T, ctx context.Context, phase string, tally 
 			own := ad.provider.ID() == x.ID()
 			sess, err := x.Propose(ctx, ad.id, workgroups.Proposal{})
 			switch {
-			case want[ad.id] && !own:
+			case want[ad.id.String()] && !own:
 				tally.visible++
 				if err != nil || sess.Info().State != workgroups.StateAccepted {
 					t.Errorf("%s: %s proposes on visible %s: %v", phase, xn, ad.id, err)
@@ -328,15 +328,15 @@ func (w *isoWorld) check(t *testing.T, ctx context.Context, phase string, tally 
 				}
 				var e *agentsdk.APIError
 				if !errors.As(err, &e) || e.Status != ref.Status || e.Code != ref.Code ||
-					strings.ReplaceAll(e.Message, ad.id, "<ad>") != strings.ReplaceAll(ref.Message, missing.String(), "<ad>") {
-					t.Errorf("%s: %s proposes on %s (visible %v, own %v): %v; on a missing one: %v", phase, xn, ad.id, want[ad.id], own, err, errMissing)
+					strings.ReplaceAll(e.Message, ad.id.String(), "<ad>") != strings.ReplaceAll(ref.Message, missing.String(), "<ad>") {
+					t.Errorf("%s: %s proposes on %s (visible %v, own %v): %v; on a missing one: %v", phase, xn, ad.id, want[ad.id.String()], own, err, errMissing)
 				}
 			}
 			if own {
 				continue
 			}
 			svc := adService(ad.id)
-			if want[ad.id] {
+			if want[ad.id.String()] {
 				w.dialVisible(t, ctx, phase, x, ad, settle)
 				continue
 			}
@@ -464,7 +464,7 @@ func (w *isoWorld) checkRawOverlay(t *testing.T, phase string) bool {
 func (w *isoWorld) mutate(t *testing.T, ctx context.Context, rng *mrand.Rand, round int) {
 	t.Helper()
 	remove := func(g *isoWorkgroup, a *agentsdk.Agent) {
-		if _, err := w.admins[w.org[a.ID()]].Controller().RemoveMember(ctx, g.id, a.ID().String()); err != nil {
+		if _, err := w.admins[w.org[a.ID()]].Controller().RemoveMember(ctx, g.id, a.ID()); err != nil {
 			t.Fatalf("remove %s from %s: %v", w.name(a.ID()), g.id, err)
 		}
 		t.Logf("round %d: removed %s from %s", round, w.name(a.ID()), g.id)

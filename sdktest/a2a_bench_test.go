@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -24,11 +24,11 @@ func BenchmarkEnvelope(b *testing.B) {
 	}
 
 	b.Run("latency/relay", func(b *testing.B) {
-		sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+		sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		prov, err := w.quoter.Session(ctx, sess.ID().String())
+		prov, err := w.quoter.Session(ctx, sess.ID())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -92,11 +92,11 @@ func BenchmarkEnvelope(b *testing.B) {
 	})
 
 	b.Run("throughput/relay-8-senders", func(b *testing.B) {
-		sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+		sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		prov, err := w.quoter.Session(ctx, sess.ID().String())
+		prov, err := w.quoter.Session(ctx, sess.ID())
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -106,7 +106,7 @@ func BenchmarkEnvelope(b *testing.B) {
 		var wg sync.WaitGroup
 		per := (b.N + 7) / 8
 		for g := 0; g < 8; g++ {
-			h, err := w.buyer.Session(ctx, sess.ID().String())
+			h, err := w.buyer.Session(ctx, sess.ID())
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/umbra-mesh/umbra/internal/testlimit"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // TestWorkgroupExistenceOracle probes workgroups and identities from outside, as an administrator of an
@@ -20,19 +23,25 @@ func TestWorkgroupExistenceOracle(t *testing.T) {
 	limit.Step("build the pricing world")
 	w := newPricingWorld(t, defaultTerms())
 	outsiderAdmin := w.initech.Controller()
-	own := w.outside.ID().String()
+	own := w.outside.ID()
 	real := w.wg
-	fake := orgName(t, w.quoter.ID()) + "/no-such-group"
+	fake := workgroups.WorkgroupID{Org: orgName(t, w.quoter.ID()), Name: "no-such-group"}
 
-	ops := map[string]func(wg string) error{
-		"add member": func(wg string) error { _, err := outsiderAdmin.AddMember(ctx, wg, own, ""); return err },
-		"remove member": func(wg string) error {
-			_, err := outsiderAdmin.RemoveMember(ctx, wg, w.quoter.ID().String())
+	ops := map[string]func(wg workgroups.WorkgroupID) error{
+		"add member": func(wg workgroups.WorkgroupID) error { _, err := outsiderAdmin.AddMember(ctx, wg, own, ""); return err },
+		"remove member": func(wg workgroups.WorkgroupID) error {
+			_, err := outsiderAdmin.RemoveMember(ctx, wg, w.quoter.ID())
 			return err
 		},
-		"accept invitation":  func(wg string) error { _, err := outsiderAdmin.AnswerInvitation(ctx, wg, false); return err },
-		"decline invitation": func(wg string) error { _, err := outsiderAdmin.AnswerInvitation(ctx, wg, true); return err },
-		"delete":             func(wg string) error { return outsiderAdmin.DeleteWorkgroup(ctx, wg) },
+		"accept invitation": func(wg workgroups.WorkgroupID) error {
+			_, err := outsiderAdmin.AnswerInvitation(ctx, wg, false)
+			return err
+		},
+		"decline invitation": func(wg workgroups.WorkgroupID) error {
+			_, err := outsiderAdmin.AnswerInvitation(ctx, wg, true)
+			return err
+		},
+		"delete": func(wg workgroups.WorkgroupID) error { return outsiderAdmin.DeleteWorkgroup(ctx, wg) },
 	}
 	for name, op := range ops {
 		limit.Step("%s on the real and on a made-up workgroup", name)
@@ -42,20 +51,20 @@ func TestWorkgroupExistenceOracle(t *testing.T) {
 			continue
 		}
 		t.Logf("%s: %v", name, errReal)
-		if a, b := scrub(errReal.Error(), real), scrub(errFake.Error(), fake); a != b {
+		if a, b := scrub(errReal.Error(), real.String()), scrub(errFake.Error(), fake.String()); a != b {
 			t.Errorf("%s tells a hidden workgroup from a missing one:\n real: %s\n fake: %s", name, a, b)
 		}
 	}
 
 	limit.Step("add another organisation's identity, and a made-up one")
-	buyer := w.buyer.ID().String()
-	made := strings.Replace(buyer, "/buyer", "/nobody", 1)
+	buyer := w.buyer.ID()
+	made := spiffeid.RequireFromString(strings.Replace(buyer.String(), "/buyer", "/nobody", 1))
 	_, errReal := w.acme.Controller().AddMember(ctx, real, buyer, "")
 	_, errFake := w.acme.Controller().AddMember(ctx, real, made, "")
 	if errReal == nil || errFake == nil {
 		t.Fatalf("adding a foreign identity: real=%v fake=%v, want both refused", errReal, errFake)
 	}
-	if a, b := scrub(errReal.Error(), buyer), scrub(errFake.Error(), made); a != b {
+	if a, b := scrub(errReal.Error(), buyer.String()), scrub(errFake.Error(), made.String()); a != b {
 		t.Errorf("adding members tells a foreign identity from a missing one:\n real: %s\n fake: %s", a, b)
 	}
 }

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"bufio"
@@ -21,7 +21,7 @@ func TestGatewayAuditScope(t *testing.T) {
 	defer cancel()
 	limit.Step("build the pricing world and a session")
 	w := newPricingWorld(t, defaultTerms())
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,11 +39,11 @@ func TestGatewayAuditScope(t *testing.T) {
 		ok     bool
 	}{
 		{"outsider tied to the session", rec(outsider, sess.ID().String(), "", "attack-1"), false},
-		{"outsider tied to the workgroup", rec(outsider, "", w.wg, "attack-2"), false},
+		{"outsider tied to the workgroup", rec(outsider, "", w.wg.String(), "attack-2"), false},
 		{"party tied to a session in another workgroup", rec(buyer, sess.ID().String(), org+"/elsewhere", "attack-3"), false},
 		{"party tied to a made-up session", rec(buyer, "ses_aaaaaaaaaaaaaaaaaaaaaaaaaa", "", "attack-4"), false},
-		{"party tied to its session", rec(buyer, sess.ID().String(), w.wg, "honest-1"), true},
-		{"member tied to its workgroup", rec(buyer, "", w.wg, "honest-2"), true},
+		{"party tied to its session", rec(buyer, sess.ID().String(), w.wg.String(), "honest-1"), true},
+		{"member tied to its workgroup", rec(buyer, "", w.wg.String(), "honest-2"), true},
 	} {
 		limit.Step("append %s", tc.name)
 		err := gw.Controller().AppendAudit(ctx, tc.record)

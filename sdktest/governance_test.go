@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -58,7 +58,7 @@ func orgAgent(t testing.TB, admin *agentsdk.Agent, org, name string) *agentsdk.A
 type pricingWorld struct {
 	acme, globex, initech  *agentsdk.Agent // org admins
 	quoter, buyer, outside *agentsdk.Agent
-	wg                     string
+	wg                     workgroups.WorkgroupID
 	ad                     workgroups.Advertisement
 }
 
@@ -84,14 +84,14 @@ func newPricingWorld(t testing.TB, terms workgroups.Terms) pricingWorld {
 	if v.Status != workgroups.StatusPending {
 		t.Fatalf("inter-org workgroup before acceptance: status %s", v.Status)
 	}
-	w.wg = v.ID.String()
+	w.wg = v.ID
 	if v, err = w.globex.Controller().AnswerInvitation(ctx, w.wg, false); err != nil || v.Status != workgroups.StatusActive {
 		t.Fatalf("accept: %v %v", v.Status, err)
 	}
-	if _, err := w.acme.Controller().AddMember(ctx, w.wg, w.quoter.ID().String(), ""); err != nil {
+	if _, err := w.acme.Controller().AddMember(ctx, w.wg, w.quoter.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.globex.Controller().AddMember(ctx, w.wg, w.buyer.ID().String(), ""); err != nil {
+	if _, err := w.globex.Controller().AddMember(ctx, w.wg, w.buyer.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
 	card := workgroups.AgentCard{Name: "Quoter", Description: "prices widgets", Version: "1.0",
@@ -125,9 +125,9 @@ func TestGovernanceDiscoveryIsScoped(t *testing.T) {
 		}
 	}
 	// Proposing on an advertisement it cannot see looks exactly like proposing on one that does not exist.
-	_, errHidden := w.outside.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	_, errHidden := w.outside.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	missing, _ := workgroups.NewAdvertisementID(zeroReader{})
-	_, errMissing := w.outside.Propose(ctx, missing.String(), workgroups.Proposal{})
+	_, errMissing := w.outside.Propose(ctx, missing, workgroups.Proposal{})
 	var a, b *agentsdk.APIError
 	if !errors.As(errHidden, &a) || !errors.As(errMissing, &b) || a.Code != b.Code || a.Status != b.Status || a.Code != api.CodeNotFound {
 		t.Fatalf("hidden: %v; missing: %v", errHidden, errMissing)
@@ -160,10 +160,10 @@ func TestGovernanceSessionLifecycle(t *testing.T) {
 	w := newPricingWorld(t, defaultTerms())
 
 	// Outside the terms: rejected with the reason.
-	if _, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 1000}); !errors.Is(err, agentsdk.ErrRejected) {
+	if _, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{MaxMessages: 1000}); !errors.Is(err, agentsdk.ErrRejected) {
 		t.Fatalf("proposal over the terms: %v", err)
 	}
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 4})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{MaxMessages: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestGovernanceSessionLifecycle(t *testing.T) {
 	if _, err := sess.Send(ctx, "order.place", []byte(`{}`)); !errors.Is(err, agentsdk.ErrContractViolation) {
 		t.Fatalf("disallowed type: %v", err)
 	}
-	provider, err := w.quoter.Session(ctx, sess.ID().String())
+	provider, err := w.quoter.Session(ctx, sess.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestGovernanceSessionLifecycle(t *testing.T) {
 	if view.State != workgroups.StateClosed || view.CloseReason != workgroups.CloseMaxMessages || view.Envelopes != 4 {
 		t.Fatalf("after limit: state %s reason %s envelopes %d", view.State, view.CloseReason, view.Envelopes)
 	}
-	rec, err := w.acme.Controller().AuditSession(ctx, sess.ID().String())
+	rec, err := w.acme.Controller().AuditSession(ctx, sess.ID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func TestGovernanceExactLimitUnderRace(t *testing.T) {
 	terms := defaultTerms()
 	terms.MaxMessages = 100
 	w := newPricingWorld(t, terms)
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestGovernanceExactLimitUnderRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h, err := w.buyer.Session(ctx, sess.ID().String())
+			h, err := w.buyer.Session(ctx, sess.ID())
 			if err != nil {
 				t.Error(err)
 				return
@@ -273,7 +273,7 @@ func TestGovernanceDurationExpiry(t *testing.T) {
 	terms := defaultTerms()
 	terms.MaxDuration = workgroups.Duration(2 * time.Second)
 	w := newPricingWorld(t, terms)
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,11 +302,11 @@ func TestGovernanceMembershipRemovalClosesSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.globex.Controller().RemoveMember(ctx, w.wg, w.buyer.ID().String()); err != nil {
+	if _, err := w.globex.Controller().RemoveMember(ctx, w.wg, w.buyer.ID()); err != nil {
 		t.Fatal(err)
 	}
 	v, err := sess.Refresh(ctx)
@@ -329,11 +329,11 @@ func TestGovernanceHeldForProvider(t *testing.T) {
 	terms.HoldForProvider = true
 	w := newPricingWorld(t, terms)
 	// Within the terms: accepted without the provider.
-	if s, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 2}); err != nil || s.Info().State != workgroups.StateAccepted {
+	if s, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{MaxMessages: 2}); err != nil || s.Info().State != workgroups.StateAccepted {
 		t.Fatalf("within terms: %v", err)
 	}
 	// Outside: held for the provider, who decides.
-	held, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{MaxMessages: 50})
+	held, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{MaxMessages: 50})
 	if err != nil || held.Info().State != workgroups.StateHeld {
 		t.Fatalf("outside terms with hold: %v", err)
 	}
@@ -341,7 +341,7 @@ func TestGovernanceHeldForProvider(t *testing.T) {
 		t.Fatalf("send on a held session: %v", err)
 	}
 	// Only the provider may answer.
-	if _, err := w.buyer.Accept(ctx, held.ID().String(), "me"); err == nil {
+	if _, err := w.buyer.Accept(ctx, held.ID(), "me"); err == nil {
 		t.Fatal("the consumer accepted its own proposal")
 	}
 	ctxOn, stop := context.WithCancel(ctx)
@@ -372,7 +372,7 @@ func TestGovernanceWorkgroupDeletionClosesSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}

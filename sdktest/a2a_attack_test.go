@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -158,7 +158,7 @@ type auditEntry struct {
 // code, whose actor is the identity the connection proved.
 func refusedInAudit(t *testing.T, ctx context.Context, auditor *agentsdk.Agent, sid workgroups.SessionID, code string, actor spiffeid.ID, id workgroups.EnvelopeID) {
 	t.Helper()
-	trail, err := auditor.Controller().AuditSession(ctx, sid.String())
+	trail, err := auditor.Controller().AuditSession(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,10 +255,10 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 	w := newPricingWorld(t, defaultTerms())
 	// A member of the workgroup who is not a party of the session.
 	bystander := orgAgent(t, w.globex, orgName(t, w.buyer.ID()), "bystander")
-	if _, err := w.globex.Controller().AddMember(ctx, w.wg, bystander.ID().String(), ""); err != nil {
+	if _, err := w.globex.Controller().AddMember(ctx, w.wg, bystander.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,7 +499,7 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 	})
 
 	// The quoter receives exactly what was accepted, in order, once, and nothing else.
-	provider, err := w.quoter.Session(ctx, sid.String())
+	provider, err := w.quoter.Session(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,7 +518,7 @@ func TestA2ARawPeerRefusals(t *testing.T) {
 		}
 	}
 	nothingMore(t, ctx, provider, 1500*time.Millisecond)
-	trail, err := w.acme.Controller().AuditSession(ctx, sid.String())
+	trail, err := w.acme.Controller().AuditSession(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,7 +537,7 @@ func TestA2ARawPeerHello(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -608,7 +608,7 @@ func TestA2ARawPeerHello(t *testing.T) {
 	})
 
 	// Nothing of the above reached the quoter: only the one envelope sent through the SDK.
-	provider, err := w.quoter.Session(ctx, sid.String())
+	provider, err := w.quoter.Session(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -627,7 +627,7 @@ func TestA2ARawPeerExpiredSession(t *testing.T) {
 	terms := defaultTerms()
 	terms.MaxDuration = workgroups.Duration(time.Second)
 	w := newPricingWorld(t, terms)
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,7 +652,7 @@ func TestA2ARawPeerExpiredSession(t *testing.T) {
 	if v.State != workgroups.StateClosed || v.CloseReason != workgroups.CloseExpired || v.Envelopes != 0 {
 		t.Fatalf("after the deadline: %s (%s), %d envelopes", v.State, v.CloseReason, v.Envelopes)
 	}
-	provider, err := w.quoter.Session(ctx, sid.String())
+	provider, err := w.quoter.Session(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -664,7 +664,7 @@ func TestA2ARawPeerRevoked(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	w := newPricingWorld(t, defaultTerms())
-	sess, err := w.buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -679,7 +679,7 @@ func TestA2ARawPeerRevoked(t *testing.T) {
 	if _, err := env.Admin().Controller().Revoke(ctx, w.buyer.ID(), "compromised"); err != nil {
 		t.Fatal(err)
 	}
-	provider, err := w.quoter.Session(ctx, sid.String())
+	provider, err := w.quoter.Session(ctx, sid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -709,7 +709,7 @@ func TestA2ARawPeerRevoked(t *testing.T) {
 		}
 	}
 	pctx, pcancel := context.WithTimeout(ctx, time.Minute)
-	_, err = w.buyer.Propose(pctx, w.ad.ID.String(), workgroups.Proposal{})
+	_, err = w.buyer.Propose(pctx, w.ad.ID, workgroups.Proposal{})
 	pcancel()
 	if err == nil {
 		t.Fatal("a revoked agent could still propose")

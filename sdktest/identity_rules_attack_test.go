@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
@@ -55,7 +55,7 @@ func TestReservedKindsAndGatewayRevocation(t *testing.T) {
 	if _, err := admin.Controller().Revoke(ctx, gw, "mine now"); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Fatalf("an organisation administrator revoked a platform gateway: err = %v", err)
 	}
-	info, err := platform.Lookup(ctx, gw.String())
+	info, err := platform.Lookup(ctx, gw)
 	if err != nil || info.Revoked {
 		t.Fatalf("gateway after the refused revocation: revoked=%v err=%v", info.Revoked, err)
 	}

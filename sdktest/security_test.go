@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"bytes"
@@ -32,7 +32,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/internal/testlimit"

@@ -1,11 +1,11 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -25,13 +25,13 @@ func TestDiscoveryHidesProvidersOtherWorkgroups(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.acme.Controller().AddMember(ctx, private.ID.String(), w.quoter.ID().String(), ""); err != nil {
+	if _, err := w.acme.Controller().AddMember(ctx, private.ID, w.quoter.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
 	terms := defaultTerms()
 	terms.RequiredWorkgroups = []workgroups.WorkgroupID{private.ID}
 	card := workgroups.AgentCard{Name: "Merger desk " + org, Version: "1", MessageTypes: []string{"quote.*"}}
-	ad, err := w.quoter.Advertise(ctx, card, terms, w.wg, private.ID.String())
+	ad, err := w.quoter.Advertise(ctx, card, terms, w.wg, private.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestDiscoveryHidesProvidersOtherWorkgroups(t *testing.T) {
 		t.Fatalf("discovered %d advertisements, want the merger desk's", len(found))
 	}
 	got := found[0]
-	if len(got.Workgroups) != 1 || got.Workgroups[0].String() != w.wg {
+	if len(got.Workgroups) != 1 || got.Workgroups[0] != w.wg {
 		t.Errorf("the consumer sees the advertisement in workgroups %v, want only the shared %s", got.Workgroups, w.wg)
 	}
 	for _, wg := range got.Terms.RequiredWorkgroups {

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"context"
@@ -200,7 +200,7 @@ func TestDeadlinesWithUnhappyOverlay(t *testing.T) {
 	fresh := connectVia(t, w.quoter.Identity(), proxy)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sess, err := buyer.Propose(ctx, w.ad.ID.String(), workgroups.Proposal{})
+	sess, err := buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{})
 	if err != nil {
 		t.Fatal(err)
 	}

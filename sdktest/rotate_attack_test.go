@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"bufio"
@@ -18,8 +18,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // apiWith calls the controller's whoami with cert inside the inner mutual TLS, over raw, the overlay connection
@@ -238,7 +239,7 @@ func TestIdentityMaxAgeAndReenroll(t *testing.T) {
 	if _, err := adm.Controller().CreateWorkgroup(ctx, wg); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := adm.Controller().AddMember(ctx, org+"/"+wg, aged.ID().String(), ""); err != nil {
+	if _, err := adm.Controller().AddMember(ctx, workgroups.WorkgroupID{Org: org, Name: wg}, aged.ID(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := aged.Renew(ctx); err != nil {

@@ -1,4 +1,4 @@
-package agentsdk_test
+package sdktest
 
 import (
 	"bytes"
