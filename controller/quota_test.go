@@ -28,6 +28,7 @@ type govWorld struct {
 	s        *Server
 	ns       *natsd.Server
 	cancel   context.CancelFunc
+	tasks    sync.WaitGroup // the envelope recorder and the refusal summariser
 	consumer caller
 	provider caller
 	ad       workgroups.Advertisement
@@ -77,6 +78,15 @@ func openGovWorld(t *testing.T, dir string, cfg Config) *govWorld {
 		t.Fatal(err)
 	}
 	w.s = s
+	w.tasks.Add(2)
+	go func() {
+		defer w.tasks.Done()
+		s.gov.rec.run(ctx)
+	}()
+	go func() {
+		defer w.tasks.Done()
+		s.gov.summariseRefusals(ctx, cfg.Logger)
+	}()
 	w.consumer = caller{id: worldConsumer, rec: identityRecord{SPIFFEID: worldConsumer.String(), Org: "acme", Kind: "agent", Name: "buyer"}}
 	w.provider = caller{id: worldProvider, rec: identityRecord{SPIFFEID: worldProvider.String(), Org: "acme", Kind: "agent", Name: "seller"}}
 
@@ -122,9 +132,7 @@ func (w *govWorld) close() {
 		return
 	}
 	w.cancel()
-	if w.s != nil && w.s.gov != nil {
-		w.s.gov.recording.Wait()
-	}
+	w.tasks.Wait()
 	w.ns.Shutdown()
 	w.ns = nil
 }

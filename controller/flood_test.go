@@ -1,0 +1,130 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"math"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/workgroups"
+)
+
+// dirBytes is the size of every file under dir.
+func dirBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += info.Size()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestFloodDiskGrowthIsBounded has one member flood the controller's record path as a misbehaving agent would:
+// thousands of refused frames, proposals over its cap, and the same envelope id again and again. The JetStream
+// store on disk may grow by what the refusal limiter lets through (refusalsPerWindow records and one summary per
+// identity and window), not by the number of bad requests.
+func TestFloodDiskGrowthIsBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	const capOpen = 4
+	cfg := Config{MaxOpenSessions: capOpen}
+	w := openGovWorld(t, dir, cfg)
+	var open []workgroups.Session
+	for range capOpen {
+		open = append(open, w.mustPropose(ctx, false))
+	}
+	sid := open[0].ID.String()
+	if _, err := w.s.gov.env.Append(ctx, envstore.Envelope{ID: "env_1", Session: sid, To: worldProvider.String(), Data: make([]byte, 512)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The baseline: everything above on disk, the stores closed as they would be at rest.
+	w.close()
+	before := dirBytes(t, dir)
+	w = openGovWorld(t, dir, cfg)
+
+	const badFrames, overCap, duplicates = 5000, 2000, 5000
+	start := time.Now()
+	frame := make([]byte, 0, 200)
+	for i := range badFrames {
+		// What the relay records for a frame it cannot parse: the code and what it read.
+		frame = fmt.Appendf(frame[:0], "frame %d: bad magic", i)
+		w.s.recordRefusal(ctx, "malformed_frame", audit.Record{Kind: "envelope.rejected", Actor: worldConsumer.String(),
+			Session: sid, Decision: audit.DecisionDeny, Reason: "malformed_frame: " + string(frame)})
+	}
+	for range overCap {
+		if _, err := w.propose(ctx, false); err == nil {
+			t.Fatal("a proposal over the cap was accepted")
+		}
+	}
+	for range duplicates {
+		a, err := w.s.gov.env.Append(ctx, envstore.Envelope{ID: "env_1", Session: sid, To: worldProvider.String(), Data: make([]byte, 512)}, 0)
+		if err != nil || !a.Duplicate {
+			t.Fatalf("duplicate append: %+v, %v", a, err)
+		}
+		w.s.recordRefusal(ctx, "duplicate", audit.Record{Kind: "envelope.rejected", Actor: worldConsumer.String(),
+			Session: sid, Decision: audit.DecisionDeny, Reason: "duplicate: envelope env_1 already stored"})
+	}
+	elapsed := time.Since(start)
+	// Closing writes the summaries of the windows still open.
+	w.close()
+	after := dirBytes(t, dir)
+
+	// The budget: per identity and window, refusalsPerWindow records of their own and one summary, each at most
+	// refusalRecordBound on disk (checked below), plus the stores' own bookkeeping on a restart (indexes, state
+	// files), which does not depend on the flood. Recording every refusal would take megabytes.
+	windows := int64(math.Ceil(elapsed.Seconds()/refusalWindow.Seconds())) + 1
+	const refusalRecordBound, bookkeeping = 2 << 10, 64 << 10
+	budget := windows*(refusalsPerWindow+1)*refusalRecordBound + bookkeeping
+	grown := after - before
+	requests := badFrames + overCap + duplicates
+	t.Logf("flood: %d refused requests (%d bad frames, %d proposals over the cap, %d duplicate envelopes) in %v; store %d → %d bytes, grew %d bytes (%.1f bytes per request); budget %d bytes for %d window(s)",
+		requests, badFrames, overCap, duplicates, elapsed.Round(time.Millisecond), before, after, grown, float64(grown)/float64(requests), budget, windows)
+	if grown > budget {
+		t.Fatalf("the store grew %d bytes under %d refused requests, over the budget of %d", grown, requests, budget)
+	}
+
+	// And what was recorded: at most refusalsPerWindow refusals one by one per window, the rest counted.
+	w = openGovWorld(t, dir, cfg)
+	one, counted := 0, 0
+	if _, err := w.s.gov.audit.Scan(ctx, 0, func(r audit.Record) error {
+		if b, err := json.Marshal(r); err != nil || len(b) > refusalRecordBound/2 {
+			return fmt.Errorf("record %d: %d bytes, want at most %d (err %v)", r.Seq, len(b), refusalRecordBound/2, err)
+		}
+		switch {
+		case r.Kind == kindRefusalSummary:
+			var d struct {
+				Count int `json:"count"`
+			}
+			if err := json.Unmarshal(r.Data, &d); err != nil {
+				return err
+			}
+			counted += d.Count
+		case r.Decision == audit.DecisionDeny && r.Actor == worldConsumer.String():
+			one++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if int64(one) > windows*refusalsPerWindow || one+counted != requests {
+		t.Fatalf("%d refusals recorded one by one and %d counted in summaries, want at most %d and %d in all", one, counted, windows*refusalsPerWindow, requests)
+	}
+}
