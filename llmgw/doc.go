@@ -103,27 +103,43 @@
 // A Budget limits one identity, an organisation's identities together, or (with neither set) each identity
 // without a budget of its own: requests and tokens per minute, tokens and cost (from the endpoints' prices)
 // per day and per month, and concurrent calls. Windows are fixed UTC minutes, days and months. A call reserves
-// an estimate before it goes upstream (its prompt at about three bytes a token, plus max_tokens or
-// OutputReserve) and settles its actual usage afterwards, streamed calls included. A call is admitted while
-// settled usage plus outstanding reservations is below every limit, so concurrent callers overrun a budget by
-// at most one call, as long as calls stay within their reservation (setting max_tokens makes sure of it).
-// Rate and concurrency limits answer 429 rate_limit_exceeded with Retry-After; day and month budgets answer
-// 402 budget_exceeded. Day and month totals are kept per identity, organisation and model in the JetStream
-// key-value bucket UsageBucket and survive restarts; minute windows and reservations live in memory. Several
-// gateways may share the bucket (writes are compare-and-set); the one-call bound then holds per gateway.
-// The gateway's own router calls are not charged to callers.
+// before it goes upstream and settles its actual usage afterwards, streamed calls included. Its reservation is
+// its prompt (at about three bytes a token) plus its output: max_completion_tokens or max_tokens (else
+// OutputReserve) per choice, times n, clamped to the room every token and cost budget has left. Under a token or
+// cost budget that cap is written into the request sent upstream (the caller's max_completion_tokens and
+// max_tokens lowered to it, or, when it set neither, max_completion_tokens for a model served only by OpenAI
+// and max_tokens otherwise), so a call cannot use more than it reserved; a call the budgets cannot grant one
+// output token per choice is refused. A call is admitted while settled usage plus outstanding reservations is
+// below every limit, so concurrent callers cannot overrun a budget by more than one call's cap (50 concurrent
+// callers without max_tokens against a 5,000-token budget were billed 4,885). Rate and concurrency limits
+// answer 429 rate_limit_exceeded with Retry-After; day and month budgets answer 402 budget_exceeded. Day and
+// month totals are kept per identity, organisation and model in the JetStream key-value bucket UsageBucket and
+// survive restarts; minute windows and reservations live in memory. Several gateways may share the bucket
+// (writes are compare-and-set); the one-call bound then holds per gateway. The routing model's embedding and
+// classifier calls are the caller's: a caller over a budget or rate limit is refused before they run, and each
+// of them is reserved against and billed to the caller (under the embedding or classifier model's name).
 //
 // # Guardrails
 //
 // Three categories, each off, log, redact or block: personal data (emails, phone numbers, card numbers with a
 // Luhn check, US SSNs, UK National Insurance numbers, IBANs with the mod-97 check), secrets (API keys of common
 // providers, private keys, JWTs, bearer tokens, credentials in assignments) and prompt-injection phrases (in
-// user and tool messages only). Requests are scanned before anything else happens to them; a block answers 400
-// guardrail_blocked and writes an llm.guardrail record. With Responses set, answers are scanned too: a blocked
-// answer is emptied and finishes with "content_filter". Streamed answers are scanned with a sliding window:
-// the last Window bytes of each choice, and any finding that reaches into them, are held back until the text
-// after them arrives, so a finding split across chunks is redacted or blocked before any of it is sent.
-// Audit records count findings by detector; they never contain the text found.
+// user and tool messages only). Every string of a body is scanned, and every member name: message content and
+// its parts, tool calls' names and arguments, refusals, tools' and functions' descriptions and parameter
+// schemas, response_format, log probabilities (tokens, their bytes and alternatives, and the text they spell
+// joined), and members the gateway does not know; only "model" and inline base64 data are left alone. Requests
+// are scanned before anything else happens to them; a block answers 400 guardrail_blocked and writes an
+// llm.guardrail record. With Responses set, answers are scanned too: a choice with a blocking finding is emptied
+// and finishes with "content_filter"; a choice with a finding that redacts or blocks loses its log
+// probabilities; outside the choices a blocking finding is replaced by its placeholder; a member name with a
+// finding is removed. Streamed answers are scanned per choice and channel (content, refusal, each tool call's
+// arguments, other text members) with a sliding window: the last Window bytes of each channel, and any finding
+// that reaches into them, are held back until the text after them arrives, so a finding split across chunks is
+// redacted or blocked before any of it is sent. Log-probability entries are held until the text their tokens
+// spell has been judged the same way, and dropped when a finding touches them. Audit records and the metric
+// umbra_llmgw_guardrail_findings_total count findings by direction, field (content, tool_calls.name,
+// tool_calls.arguments, tools, refusal, logprobs, input, other), detector and mode; they never contain the text
+// found.
 //
 // # Routing
 //
@@ -156,15 +172,18 @@
 // forwarded; no llm.outcome under its request_id means the gateway did not finish it (it stopped, or crashed,
 // between the two records, or the outcome's write failed). Counting llm.call records counts the calls that
 // reached a model. One exception: the routing model's own embedding and classifier calls, made to choose the
-// model, happen before the llm.call record, which carries their decision. Administrators reading others' usage
+// model, happen before the llm.call record, which carries their decision; their usage is in the llm.outcome
+// record (router_usage). Administrators reading others' usage
 // give llm.usage_read. Unidentified callers are only
 // counted in metrics.
 //
 // Metrics follow the OpenTelemetry GenAI conventions: gen_ai_client_token_usage (by gen_ai_token_type),
 // gen_ai_server_time_to_first_token_seconds and gen_ai_server_request_duration_seconds (with error_type),
-// labelled by operation, provider, requested and response model, and caller; plus umbra_llmgw_requests_total,
-// _errors_total, _cost_usd_total, _guardrail_findings_total, _upstream_attempts_total, _endpoint_up,
-// _route_decisions_total and _audit_failures_total.
+// labelled by operation, provider, requested and response model, and caller; plus umbra_llmgw_requests_total
+// (by outcome), _errors_total, _cost_usd_total, _guardrail_findings_total, _budget_refusals_total (by limit),
+// _upstream_attempts_total, _endpoint_up, _route_decisions_total and _audit_failures_total. Administrators read
+// them at /metrics; with Config.MetricsListen, ServeMetrics also serves them in the Prometheus text format on a
+// loopback address (another address only with MetricsAllowRemote).
 //
 // Sub-packages: chat (lossless OpenAI bodies), anthropic (translation), provider (upstream calls), guard
 // (scanners), budget (limits and usage), route (the cascade), sse (event streams).
