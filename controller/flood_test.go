@@ -124,6 +124,7 @@ func TestFloodDiskGrowthIsBounded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("flood: %d refusals recorded one by one, %d counted in summaries", one, counted)
 	if int64(one) > windows*refusalsPerWindow || one+counted != requests {
 		t.Fatalf("%d refusals recorded one by one and %d counted in summaries, want at most %d and %d in all", one, counted, windows*refusalsPerWindow, requests)
 	}
