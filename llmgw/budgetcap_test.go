@@ -157,9 +157,19 @@ func TestNMultipliesTheReservation(t *testing.T) {
 func TestRouterCallsAreBilledToTheCaller(t *testing.T) {
 	up := newUpstream(t, "openai")
 	clf := newUpstream(t, "openai")
-	clf.Reply = func(chat.Object) reply { return reply{Pieces: []string{"poetry"}, In: 30, Out: 2} }
+	var h *harness
+	var recordedFirst atomic.Bool
+	clf.Reply = func(chat.Object) reply {
+		// The call's llm.call record exists before the routing model's own call reaches a model.
+		for _, r := range h.auditor.records() {
+			if r.Kind == llmgw.KindCall && strings.Contains(string(r.Data), `"routing":true`) {
+				recordedFirst.Store(true)
+			}
+		}
+		return reply{Pieces: []string{"poetry"}, In: 30, Out: 2}
+	}
 	up.Reply = func(chat.Object) reply { return reply{Pieces: []string{"an answer"}, In: 10, Out: 200} }
-	h := newHarness(t, llmgw.Config{
+	h = newHarness(t, llmgw.Config{
 		Models: []llmgw.Model{oneModel("poet", up), oneModel("general", up), oneModel("clf", clf)},
 		Router: llmgw.Router{
 			Routes:          []route.Route{{Name: "poetry", Model: "poet", Description: "poems and verse"}},
@@ -177,6 +187,12 @@ func TestRouterCallsAreBilledToTheCaller(t *testing.T) {
 	rec := h.auditor.wait(t, func(r auditRecord) bool {
 		return r.Kind == llmgw.KindOutcome && dataOf(t, r).RequestID == hdr.Get("X-Request-Id")
 	})
+	if !recordedFirst.Load() {
+		t.Error("the classifier was called before the call's llm.call record was written")
+	}
+	if calls := countKind(h, llmgw.KindCall, hdr.Get("X-Request-Id")); calls != 1 {
+		t.Errorf("%d llm.call records for one routed call", calls)
+	}
 	if !strings.Contains(string(rec.Data), `"router_usage":{"input_tokens":30,"output_tokens":2`) {
 		t.Errorf("outcome record without the router's usage: %s", rec.Data)
 	}
@@ -196,4 +212,15 @@ func TestRouterCallsAreBilledToTheCaller(t *testing.T) {
 	if n := clf.chats.Load(); n != 1 {
 		t.Errorf("the classifier ran %d times; an over-budget caller reached it", n)
 	}
+}
+
+// countKind counts the audit records of a kind for one request.
+func countKind(h *harness, kind, requestID string) int {
+	n := 0
+	for _, r := range h.auditor.records() {
+		if r.Kind == kind && strings.Contains(string(r.Data), `"request_id":"`+requestID+`"`) {
+			n++
+		}
+	}
+	return n
 }

@@ -120,6 +120,9 @@ type startData struct {
 	Guardrails     []finding       `json:"guardrails,omitempty"` // in the request
 	Prompt         json.RawMessage `json:"prompt,omitempty"`
 	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
+	// Routing: written before the routing model's own model calls, so model and route are not chosen yet
+	// (they are in the llm.outcome record).
+	Routing bool `json:"routing,omitempty"`
 }
 
 // callData is the Data of a KindOutcome record and of a refusal.
@@ -159,13 +162,20 @@ type limitData struct {
 // begin writes the call's KindCall record and waits until the audit trail holds it, before anything goes
 // upstream: a call whose record cannot be written within Config.AuditTimeout is refused, and the error is what
 // the caller is told (503 audit_unavailable with Retry-After).
+//
+// A call routed by the routing model is begun before the routing model's own embedding or classifier call, if
+// it makes one: its llm.call record then says routing, and the model and route chosen are in its llm.outcome.
 func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
+	if c.begun {
+		return nil
+	}
 	if g.cfg.Auditor == nil {
 		c.begun = true
 		return nil
 	}
 	data := startData{RequestID: c.id, Operation: c.operation, Ingress: c.ingress, ModelRequested: c.requested,
-		Model: c.model, Stream: c.stream, Route: c.route, Guardrails: c.findings}
+		Model: c.model, Stream: c.stream, Route: c.route, Guardrails: c.findings,
+		Routing: c.model == "" && c.requested == g.cfg.Router.Name}
 	if g.cfg.LogPrompts {
 		if len(c.prompt) <= maxLoggedPrompt {
 			data.Prompt = c.prompt

@@ -155,6 +155,9 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 			out.fail(c, e)
 			return
 		}
+		if g.cfg.LogPrompts {
+			c.prompt, _ = json.Marshal(req.Messages)
+		}
 		bill := &routeBill{c: c}
 		dec, err := g.router.Decide(withRouteBill(ctx, bill), routeInput(req), func(name string) bool { return g.allowed(p, name, "chat") })
 		c.route = &dec
@@ -178,7 +181,7 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 		c.decision = &d
 	}
 	c.model = m.Name
-	if g.cfg.LogPrompts {
+	if g.cfg.LogPrompts && !c.begun {
 		c.prompt, _ = json.Marshal(req.Messages)
 	}
 	res, aerr := g.reserveChat(ctx, c, m, req)

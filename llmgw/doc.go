@@ -171,9 +171,9 @@
 // So the trail never lacks a call that happened. A call can lack its outcome: llm.call says it was allowed and
 // forwarded; no llm.outcome under its request_id means the gateway did not finish it (it stopped, or crashed,
 // between the two records, or the outcome's write failed). Counting llm.call records counts the calls that
-// reached a model. One exception: the routing model's own embedding and classifier calls, made to choose the
-// model, happen before the llm.call record, which carries their decision; their usage is in the llm.outcome
-// record (router_usage). Administrators reading others' usage
+// reached a model. A call to the routing model that needs an embedding or classifier call to choose its model
+// is begun before that call: its llm.call record says "routing": true and has no model or route yet; the
+// model and route chosen, and what the routing model's calls used (router_usage), are in its llm.outcome. Administrators reading others' usage
 // give llm.usage_read. Unidentified callers are only
 // counted in metrics.
 //

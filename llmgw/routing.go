@@ -46,8 +46,9 @@ func withRouteBill(ctx context.Context, b *routeBill) context.Context {
 	return context.WithValue(ctx, routeBillKey{}, b)
 }
 
-// errRouteBudget is what the router sees when the caller's budget refuses one of its calls.
-var errRouteBudget = errors.New("refused by the caller's budget")
+// errRouteBudget is what the router sees when one of its calls is refused for the caller (its budget, or its
+// llm.call record could not be written).
+var errRouteBudget = errors.New("refused for the caller")
 
 // billed runs a router call to model m reserved against the routed caller's budgets (est tokens in, out
 // tokens at most) and settles the usage it reports.
@@ -64,6 +65,12 @@ func billed[T any](ctx context.Context, g *Gateway, m *model, in, out int64, run
 	res, e := g.reserve(ctx, b.c, budget.Estimate{Tokens: in + out, CostNanos: costNanos(in, out, m.maxIn, m.maxOut)})
 	if e != nil {
 		b.refused = e
+		return zero, errRouteBudget
+	}
+	// The call reaches a model here: its llm.call record is written first, as for the call itself.
+	if e := g.begin(ctx, b.c); e != nil {
+		b.refused = e
+		_ = res.Settle(context.WithoutCancel(ctx), m.Name, budget.Counts{})
 		return zero, errRouteBudget
 	}
 	v, u, ep, err := run()

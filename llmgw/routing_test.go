@@ -286,7 +286,9 @@ forbid (principal == Umbra::Identity::"spiffe://acme.test/acme/agent/bob", actio
 			if hdr.Get("X-Umbra-Route") != string(tc.layer) {
 				t.Errorf("route header %q", hdr.Get("X-Umbra-Route"))
 			}
-			rec := h.auditor.wait(t, func(r auditRecord) bool { return dataOf(t, r).RequestID == hdr.Get("X-Request-Id") })
+			rec := h.auditor.wait(t, func(r auditRecord) bool {
+				return r.Kind == llmgw.KindOutcome && dataOf(t, r).RequestID == hdr.Get("X-Request-Id")
+			})
 			d := dataOf(t, rec)
 			if d.Route == nil || d.Route.Layer != string(tc.layer) || d.Route.Model != tc.model || !strings.Contains(d.Route.Reason, tc.reasonHas) ||
 				d.ModelRequested != "auto" || d.Model != tc.model {
