@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/umbra-mesh/umbra/controller/controllertest"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/controller/controllertest"
 )
 
 // TestRunWaitsForEverythingItStarted stops a controller that has open relay connections and a long-polling

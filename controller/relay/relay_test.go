@@ -17,8 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/internal/natsd"
@@ -700,5 +700,53 @@ func TestServeClosesConnectionsWhenItsContextEnds(t *testing.T) {
 		if _, err := cl.r.ReadByte(); !errors.Is(err, io.EOF) {
 			t.Fatalf("connection still open after Serve returned: %v", err)
 		}
+	}
+}
+
+func TestExactLimitUnderRacingConnections(t *testing.T) {
+	w := newWorld(t)
+	c2 := contract()
+	c2.MaxMessages = 100
+	s := w.session(c2)
+	payload := []byte(`{}`)
+	var mu sync.Mutex
+	ok, refused := 0, 0
+	var wg sync.WaitGroup
+	for range 50 {
+		c := w.dial(consumer, api.RelayHello{Mode: "send"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				frame, _ := workgroups.AppendFrame(nil, header(s, consumer, provider, "quote.request", payload), payload)
+				_ = c.conn.SetWriteDeadline(time.Now().Add(step))
+				if _, err := c.conn.Write(frame); err != nil {
+					t.Error(err)
+					return
+				}
+				_ = c.conn.SetReadDeadline(time.Now().Add(step))
+				line, err := c.r.ReadBytes('\n')
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var ack api.RelayAck
+				_ = json.Unmarshal(line, &ack)
+				mu.Lock()
+				if ack.OK {
+					ok++
+				} else {
+					refused++
+					if ack.Code != string(workgroups.ViolationSessionClosed) && ack.Code != string(workgroups.ViolationMaxMessages) {
+						t.Errorf("refused with %+v", ack)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != 100 || refused != 50 {
+		t.Fatalf("accepted %d refused %d, want 100 and 50", ok, refused)
 	}
 }
