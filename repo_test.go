@@ -182,6 +182,20 @@ func TestNestedModules(t *testing.T) {
 		}
 		t.Logf("go %s: ok in %s", strings.Join(args, " "), time.Since(start).Round(time.Second))
 	}
+	// Each nested module also resolves on its own, as a third party's build sees it: its go.mod and go.sum are
+	// complete without the workspace.
+	for _, m := range mods {
+		cmd := exec.Command("go", "list", "-m", "all")
+		cmd.Dir, cmd.Env = m.Dir, append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("module %s without the workspace: go list -m all: %v\n%s", m.Path, err, out)
+		}
+		cmd = exec.Command("go", "list", "-deps", "./...")
+		cmd.Dir, cmd.Env = m.Dir, append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=readonly")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("module %s without the workspace: go list -deps ./...: %v\n%s", m.Path, err, out)
+		}
+	}
 	run(append([]string{"vet"}, patterns...)...)
 	args := []string{"test", "-count=1", "-p=1"}
 	if testing.Short() {
