@@ -79,7 +79,7 @@ func (s *Server) quotaRefusal(q sessionQuota, pending bool) *fault {
 			open)
 	case pending && held >= s.cfg.MaxPendingProposals:
 		return failf(http.StatusTooManyRequests, codeTooManyProposals,
-			"you have %d proposals awaiting their providers, the most one identity may have: wait for answers or close some, or ask the operator to raise the limit (umbra controller --max-pending-proposals)",
+			"you have %d proposals awaiting their providers, the most one identity may have: wait for the providers to answer them, or ask the operator to raise the limit (umbra controller --max-pending-proposals)",
 			held)
 	}
 	return nil
