@@ -100,7 +100,9 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 		now     time.Time
 		stamped bool
 	)
+	sent := h // as the sender wrote it: every attempt checks this, not the previous attempt's stamped copy
 	for attempt := 1; ; attempt++ {
+		h = sent
 		count, known := counts[sid]
 		if !known {
 			if count, err = r.cfg.Envelopes.Count(ctx, sid); err != nil {
