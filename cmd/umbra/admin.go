@@ -19,12 +19,10 @@ func cmdAdminRotate(ctx context.Context, args []string, _ io.Reader, stdout, std
 	var as, out string
 	f.StringVar(&as, "as", "", "identity file of the current platform administrator (required)")
 	f.StringVar(&out, "out", "", "where to write the new administrator's identity (default: replace the --as file)")
-	pos, err := f.parse(args)
-	if err != nil {
+	f.require("as")
+	f.args(0, "")
+	if _, err := f.parse(args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return fmt.Errorf("admin rotate: unexpected argument %q", pos[0])
 	}
 	if out == "" {
 		out = as
@@ -64,6 +62,8 @@ func cmdIdentityReenroll(ctx context.Context, args []string, _ io.Reader, stdout
 	var ttl string
 	return withAgent(ctx, "identity reenroll", args, stderr, func(f *flags) {
 		f.StringVar(&ttl, "token-ttl", "", "enrollment token lifetime (default 1h)")
+		f.args(1, "the SPIFFE ID to re-enroll")
+		f.check(checkSPIFFEID)
 	}, func(a *agentsdk.Agent, pos []string) error {
 		raw, err := one(pos, "SPIFFE ID")
 		if err != nil {

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
@@ -26,26 +29,34 @@ func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, std
 	f.StringVar(&keyFile, "key", "", "the controller's checkpoint public key (PEM, as `umbra audit key` prints it); required with --file")
 	f.StringVar(&after, "after", "", "SEQ:HASH of a checkpoint kept from an earlier verification; fail unless the chain still holds it")
 	f.BoolVar(&require, "require-checkpoint", false, "fail a chain with no signed checkpoint instead of warning")
+	f.args(0, "")
+	var opts audit.AnchorOptions
+	f.check(func([]string) error {
+		switch {
+		case file != "" && as != "":
+			return errors.New("give --file (offline) or --as (online), not both")
+		case file == "" && as == "":
+			return errors.New("give --as ID.json (online) or --file FILE --key KEY.pem (offline)")
+		case file != "" && keyFile == "":
+			return errors.New("--key is required with --file: give the controller's public key as `umbra audit key` printed it")
+		case file == "" && keyFile != "":
+			return errors.New("--key goes with --file; online, the controller checks checkpoints with its own key")
+		}
+		if after != "" {
+			a, err := audit.ParseAnchor(after)
+			if err != nil {
+				return fmt.Errorf("--after %q: want SEQ:HASH as the last verification printed it", after)
+			}
+			opts.After = []audit.Anchor{a}
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	var opts audit.AnchorOptions
 	opts.RequireCheckpoint = require
-	if after != "" {
-		a, err := audit.ParseAnchor(after)
-		if err != nil {
-			return err
-		}
-		opts.After = []audit.Anchor{a}
-	}
 	if file != "" {
-		if as != "" {
-			return errors.New("give --file (offline) or --as (online), not both")
-		}
 		return verifyFile(file, keyFile, opts, stdout, stderr)
-	}
-	if keyFile != "" {
-		return errors.New("--key goes with --file; online, the controller checks checkpoints with its own key")
 	}
 	a, err := connect(ctx, f, as, stderr)
 	if err != nil {
@@ -61,7 +72,7 @@ func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, std
 		return err
 	}
 	if !rep.OK {
-		return fmt.Errorf("audit chain BROKEN after %d records: %s", rep.Records, rep.Error)
+		return brokenChain(rep.Error)
 	}
 	fmt.Fprintf(stdout, "audit chain verified: %d records, last %d %s\n", rep.Records, rep.LastSeq, rep.LastHash)
 	if rep.LastCheckpoint == nil {
@@ -72,17 +83,28 @@ func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, std
 	return nil
 }
 
-func verifyFile(file, keyFile string, opts audit.AnchorOptions, stdout, stderr io.Writer) error {
-	if keyFile == "" {
-		return errors.New("--key is required with --file: give the controller's public key as `umbra audit key` printed it")
+// brokenChain reports a chain that does not verify. The report counts no records then; the break's sequence
+// says how many before it held (sequences start at 1).
+func brokenChain(detail string) error {
+	detail = strings.TrimPrefix(detail, "audit: ")
+	if m := reBreakSeq.FindStringSubmatch(detail); m != nil {
+		if seq, err := strconv.ParseUint(m[1], 10, 64); err == nil && seq > 1 {
+			return fmt.Errorf("audit chain BROKEN: %s; records 1 to %d verified, the trail is not to be trusted from record %d on", detail, seq-1, seq)
+		}
 	}
+	return fmt.Errorf("audit chain BROKEN: %s", detail)
+}
+
+var reBreakSeq = regexp.MustCompile(`chain broken at seq (\d+)`)
+
+func verifyFile(file, keyFile string, opts audit.AnchorOptions, stdout, stderr io.Writer) error {
 	pub, err := readPublicKey(keyFile)
 	if err != nil {
 		return err
 	}
 	fh, err := os.Open(file)
 	if err != nil {
-		return err
+		return usagef("audit verify", "--file %s: %s", file, fileProblem(err))
 	}
 	defer fh.Close()
 	rs, err := audit.ReadJSONLines(fh)
@@ -91,7 +113,7 @@ func verifyFile(file, keyFile string, opts audit.AnchorOptions, stdout, stderr i
 	}
 	rep, err := audit.VerifyAnchored(rs, pub, opts)
 	if err != nil {
-		return fmt.Errorf("%s does not verify: %w", file, err)
+		return fmt.Errorf("%s does not verify: %w", file, brokenChain(err.Error()))
 	}
 	fmt.Fprintf(stdout, "audit file verified: %d records, last %d %s\n", rep.Records, rep.LastSeq, rep.LastHash)
 	if rep.Checkpoints == 0 {
@@ -104,7 +126,7 @@ func verifyFile(file, keyFile string, opts audit.AnchorOptions, stdout, stderr i
 func readPublicKey(path string) (ed25519.PublicKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, usagef("audit verify", "--key %s: %s", path, fileProblem(err))
 	}
 	pub, err := audit.ParsePublicKeyPEM(b)
 	if err != nil {
@@ -130,7 +152,7 @@ func printCheckpoint(w io.Writer, n int, seq uint64, h string, t time.Time, unsi
 }
 
 func cmdAuditExport(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "audit export", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+	return withAgent(ctx, "audit export", args, stderr, func(f *flags) { f.args(0, "") }, func(a *agentsdk.Agent, _ []string) error {
 		resp, err := a.Controller().AuditExport(ctx)
 		if err != nil {
 			return err
@@ -143,7 +165,7 @@ func cmdAuditExport(ctx context.Context, args []string, _ io.Reader, stdout, std
 
 // cmdAuditKey prints the controller's checkpoint public key as a PEM "PUBLIC KEY" block, the form --key reads.
 func cmdAuditKey(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "audit key", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+	return withAgent(ctx, "audit key", args, stderr, func(f *flags) { f.args(0, "") }, func(a *agentsdk.Agent, _ []string) error {
 		pub, err := a.Controller().AuditKey(ctx)
 		if err != nil {
 			return err

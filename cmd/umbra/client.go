@@ -14,14 +14,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 )
 
 // connect loads an identity file, connects it, and renews its SVID first if half its lifetime has passed,
 // writing the renewed SVID back to the file.
 func connect(ctx context.Context, f *flags, path string, stderr io.Writer) (*agentsdk.Agent, error) {
 	if path == "" {
-		return nil, errors.New("--as is required")
+		return nil, usagef(f.Name(), "--as is required")
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
@@ -29,7 +29,7 @@ func connect(ctx context.Context, f *flags, path string, stderr io.Writer) (*age
 	}
 	id, err := agentsdk.LoadIdentity(path)
 	if err != nil {
-		return nil, err
+		return nil, identityError(f.Name(), path, err)
 	}
 	a, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(log), agentsdk.WithIdentityFile(path))
 	if err != nil {
@@ -48,11 +48,10 @@ func cmdEnroll(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 	var tokenFile, out string
 	f.StringVar(&tokenFile, "token", "", "enrollment token file, or - for stdin (required)")
 	f.StringVar(&out, "out", "", "identity file to write (required)")
+	f.require("token", "out")
+	f.args(0, "")
 	if _, err := f.parse(args); err != nil {
 		return err
-	}
-	if tokenFile == "" || out == "" {
-		return errors.New("enroll: --token and --out are required")
 	}
 	var b []byte
 	var err error
@@ -62,7 +61,7 @@ func cmdEnroll(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 		b, err = os.ReadFile(tokenFile)
 	}
 	if err != nil {
-		return err
+		return usagef("enroll", "--token %s: %s", tokenFile, fileProblem(err))
 	}
 	if _, err := os.Stat(out); err == nil {
 		return fmt.Errorf("enroll: %s already exists; refusing to overwrite an identity", out)
@@ -79,7 +78,7 @@ func cmdEnroll(ctx context.Context, args []string, _ io.Reader, stdout, stderr i
 }
 
 func cmdWhoAmI(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "whoami", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+	return withAgent(ctx, "whoami", args, stderr, func(f *flags) { f.args(0, "") }, func(a *agentsdk.Agent, _ []string) error {
 		who, err := a.Controller().WhoAmI(ctx)
 		if err != nil {
 			return err
@@ -97,6 +96,8 @@ func cmdIdentityCreate(ctx context.Context, args []string, _ io.Reader, stdout, 
 		f.StringVar(&req.Name, "name", "", "name")
 		f.BoolVar(&req.Admin, "admin", false, "make the identity an administrator")
 		f.StringVar(&req.TokenTTL, "token-ttl", "", "enrollment token lifetime (default 1h)")
+		f.require("org", "name")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		resp, err := a.Controller().CreateIdentity(ctx, req)
 		if err != nil {
@@ -112,6 +113,8 @@ func cmdIdentityRevoke(ctx context.Context, args []string, _ io.Reader, stdout, 
 	var reason string
 	return withAgent(ctx, "identity revoke", args, stderr, func(f *flags) {
 		f.StringVar(&reason, "reason", "revoked by administrator", "reason to record")
+		f.args(1, "the SPIFFE ID to revoke")
+		f.check(checkSPIFFEID)
 	}, func(a *agentsdk.Agent, pos []string) error {
 		raw, err := one(pos, "SPIFFE ID")
 		if err != nil {
@@ -134,6 +137,8 @@ func cmdRouterCreate(ctx context.Context, args []string, _ io.Reader, stdout, st
 	var name string
 	return withAgent(ctx, "router create", args, stderr, func(f *flags) {
 		f.StringVar(&name, "name", "", "router name")
+		f.require("name")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		tok, err := a.Controller().CreateRouter(ctx, name)
 		if err != nil {
@@ -151,6 +156,16 @@ func cmdServiceGrant(ctx context.Context, args []string, _ io.Reader, stdout, st
 		f.StringVar(&req.Service, "service", "", "service name")
 		f.Var(&bind, "bind", "SPIFFE ID that may host the service (repeatable)")
 		f.Var(&dial, "dial", "SPIFFE ID that may use the service (repeatable)")
+		f.require("service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			for _, raw := range append(append([]string{}, bind...), dial...) {
+				if _, err := spiffeid.FromString(raw); err != nil {
+					return fmt.Errorf("%q is not a SPIFFE ID (spiffe://TRUST-DOMAIN/ORG/KIND/NAME)", raw)
+				}
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		req.Bind, req.Dial = bind, dial
 		if err := a.Controller().Grant(ctx, req); err != nil {
@@ -162,7 +177,7 @@ func cmdServiceGrant(ctx context.Context, args []string, _ io.Reader, stdout, st
 }
 
 func cmdServiceList(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "service list", args, stderr, nil, func(a *agentsdk.Agent, _ []string) error {
+	return withAgent(ctx, "service list", args, stderr, func(f *flags) { f.args(0, "") }, func(a *agentsdk.Agent, _ []string) error {
 		svcs, err := a.Services()
 		if err != nil {
 			return err
@@ -180,10 +195,15 @@ func cmdServiceServe(ctx context.Context, args []string, _ io.Reader, stdout, st
 	return withAgent(ctx, "service serve", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "", "service to host")
 		f.BoolVar(&echo, "echo", false, "answer every connection by echoing it back")
+		f.require("service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if !echo {
+				return errors.New("only --echo is built in; host your own services with agentsdk.Listen")
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
-		if !echo {
-			return errors.New("service serve: only --echo is built in; host your own services with agentsdk.Listen")
-		}
 		ln, err := a.Listen(service)
 		if err != nil {
 			return err
@@ -230,6 +250,8 @@ func cmdServiceDial(ctx context.Context, args []string, stdin io.Reader, stdout,
 	var service string
 	return withAgent(ctx, "service dial", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "", "service to dial")
+		f.require("service")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		c, err := a.Dial(ctx, service)
 		if err != nil {

@@ -35,6 +35,22 @@ func controllerFlags(f *flags) *controller.Config {
 	return cfg
 }
 
+// checkControllerPorts fails early, naming the flag, if a port the controller would listen on is taken.
+func checkControllerPorts(cmd string, cfg *controller.Config) error {
+	for _, p := range []struct {
+		flag      string
+		port, def int
+	}{{"ctrl-port", cfg.CtrlPort, 6262}, {"api-port", cfg.OverlayAPIPort, 1280}, {"enroll-port", cfg.EnrollPort, 1281}} {
+		if err := checkListen(cmd, p.flag, hostPort(cfg.Host, p.port, p.def)); err != nil {
+			return err
+		}
+	}
+	if cfg.NATSListen != "" {
+		return checkListen(cmd, "nats-listen", cfg.NATSListen)
+	}
+	return nil
+}
+
 func startController(ctx context.Context, cfg controller.Config) (*controller.Server, <-chan error, error) {
 	srv, err := controller.New(cfg)
 	if err != nil {
@@ -58,6 +74,13 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	var routerToken, adminCopy string
 	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
 	f.StringVar(&adminCopy, "admin-copy", "", "also keep the platform administrator's identity at FILE, for a setup job that must not see the data directory")
+	f.args(0, "")
+	f.check(func([]string) error {
+		if _, _, ok := strings.Cut(routerToken, ":"); routerToken != "" && !ok {
+			return fmt.Errorf("--router-token %q: want NAME:FILE", routerToken)
+		}
+		return checkControllerPorts("controller", cfg)
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -71,10 +94,7 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	if routerToken != "" {
-		name, path, ok := strings.Cut(routerToken, ":")
-		if !ok {
-			return fmt.Errorf("--router-token %q: want NAME:FILE", routerToken)
-		}
+		name, path, _ := strings.Cut(routerToken, ":")
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			tok, err := srv.CreateRouterToken(name)
 			if err != nil {
@@ -141,11 +161,23 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "HOST:PORT workloads use to reach --edge")
 	f.StringVar(&cfg.LinkAddr, "link", "", "HOST:PORT to accept links from other routers (default: none)")
 	f.StringVar(&cfg.LinkAdvertise, "link-advertise", "", "HOST:PORT other routers use to reach --link")
+	f.require("data")
+	f.args(0, "")
+	f.check(func([]string) error {
+		edge := cfg.EdgeAddr
+		if edge == "" {
+			edge = "127.0.0.1:3022"
+		}
+		if err := checkListen("router", "edge", edge); err != nil {
+			return err
+		}
+		if cfg.LinkAddr != "" {
+			return checkListen("router", "link", cfg.LinkAddr)
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
-	}
-	if cfg.DataDir == "" {
-		return errors.New("router: --data is required")
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
@@ -155,7 +187,7 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return err
+			return usagef("router", "--token %s: %s", tokenFile, fileProblem(err))
 		}
 		cfg.Token = strings.TrimSpace(string(b))
 	}
@@ -180,6 +212,19 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	var edge, link string
 	f.StringVar(&edge, "edge", "127.0.0.1:3022", "HOST:PORT of the embedded router's edge listener")
 	f.StringVar(&link, "link", "", "HOST:PORT where the embedded router accepts links from other routers (default: none)")
+	f.args(0, "")
+	f.check(func([]string) error {
+		if err := checkControllerPorts("dev", cfg); err != nil {
+			return err
+		}
+		if err := checkListen("dev", "edge", edge); err != nil {
+			return err
+		}
+		if link != "" {
+			return checkListen("dev", "link", link)
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
 	}

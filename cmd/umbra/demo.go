@@ -40,6 +40,16 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	f.DurationVar(&pause, "pause", 10*time.Second, "pause between rounds")
 	f.StringVar(&openaiModel, "openai-model", "", "use this OpenAI model (key in OPENAI_API_KEY) instead of the built-in sample model")
 	f.DurationVar(&pace, "pace", 0, "pause between the planner's steps, to follow the feed more easily")
+	f.args(0, "")
+	f.check(func([]string) error {
+		if rounds < 0 || pause < 0 || pace < 0 {
+			return errors.New("--rounds, --pause and --pace cannot be negative")
+		}
+		if openaiModel != "" && os.Getenv("OPENAI_API_KEY") == "" {
+			return errors.New("--openai-model needs the key in OPENAI_API_KEY")
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -57,9 +67,6 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		if data, err = os.MkdirTemp("", "umbra-demo-"); err != nil {
 			return err
 		}
-	}
-	if rounds < 0 || pause < 0 {
-		return errors.New("demo: --rounds and --pause cannot be negative")
 	}
 	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, SecondRouter: demoChildRouter(), Pace: pace,
 		Rounds: rounds, RoundPause: pause}
@@ -205,8 +212,8 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 			break
 		}
 	}
-	if len(command) == 0 {
-		return errors.New("demo exec: give the umbra command after --")
+	if len(command) == 0 && !wantsHelp(args) {
+		return usagef("demo exec", "give the umbra command after --")
 	}
 	f := newFlags("demo exec", stderr)
 	var waits multi
@@ -216,6 +223,13 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	f.StringVar(&token, "token", "", "enrollment token file to redeem into --identity if that does not exist yet")
 	f.StringVar(&identity, "identity", "", "identity file")
 	f.BoolVar(&watch, "watch-stdin", false, "stop when stdin closes (the parent process went away)")
+	f.args(0, "")
+	f.check(func([]string) error {
+		if token != "" && identity == "" {
+			return errors.New("--token needs --identity")
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
@@ -235,9 +249,6 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		}
 	}
 	if token != "" {
-		if identity == "" {
-			return errors.New("demo exec: --token needs --identity")
-		}
 		if err := demoEnroll(ctx, token, identity); err != nil {
 			return err
 		}
@@ -258,11 +269,18 @@ func cmdDemoSetup(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	f.StringVar(&admins, "admins", "admins", "directory for the organisations' administrators' identities")
 	f.StringVar(&state, "state", "/data/state", "the gateways' state directory, written into their configurations")
 	f.Var(&routers, "router-token", "NAME:FILE: register router NAME and write its enrollment token to FILE (repeatable)")
+	f.require("admin", "out")
+	f.args(0, "")
+	f.check(func([]string) error {
+		for _, r := range routers {
+			if _, _, ok := strings.Cut(r, ":"); !ok {
+				return fmt.Errorf("--router-token %q: want NAME:FILE", r)
+			}
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
-	}
-	if adminFile == "" || out == "" {
-		return errors.New("demo setup: --admin and --out are required")
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
@@ -384,12 +402,18 @@ func cmdDemoAgent(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	f.IntVar(&rounds, "rounds", 1, "rounds to play")
 	f.BoolVar(&exit, "exit", false, "exit after the rounds instead of staying connected")
 	f.DurationVar(&pace, "pace", 0, "pause between the planner's steps")
+	f.require("role")
+	f.args(0, "")
+	var w demo.Workload
+	f.check(func([]string) error {
+		var ok bool
+		if w, ok = demo.WorkloadByKey(key); !ok {
+			return fmt.Errorf("--role %q: not an agent of the demo (e.g. northwind-planner)", key)
+		}
+		return nil
+	})
 	if _, err := f.parse(args); err != nil {
 		return err
-	}
-	w, ok := demo.WorkloadByKey(key)
-	if !ok {
-		return fmt.Errorf("demo agent: unknown role %q", key)
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
@@ -431,6 +455,14 @@ func cmdDemoServeMCP(ctx context.Context, args []string, _ io.Reader, stdout, st
 	return withAgent(ctx, "demo serve-mcp", args, stderr, func(f *flags) {
 		f.StringVar(&server, "server", "", "scada or marine")
 		f.StringVar(&service, "service", "", "overlay service to host")
+		f.require("server", "service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if server != "scada" && server != "marine" {
+				return fmt.Errorf("--server %q: want scada or marine", server)
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		feed := demo.NewFeed(stdout)
 		switch server {
@@ -453,7 +485,12 @@ func cmdDemoServeMCP(ctx context.Context, args []string, _ io.Reader, stdout, st
 // namespace, the container's workload: the sockets of this network namespace whose inode one of them holds.
 // Sockets no process here holds belong to someone else, such as the DNS resolver Docker runs at 127.0.0.11
 // for every container on a user-defined network; they are listed apart.
-func cmdDemoSockets(_ context.Context, _ []string, _ io.Reader, stdout, _ io.Writer) error {
+func cmdDemoSockets(_ context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	f := newFlags("demo sockets", stderr)
+	f.args(0, "")
+	if _, err := f.parse(args); err != nil {
+		return err
+	}
 	owned := map[string]bool{}
 	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
 	for _, fd := range fds {
@@ -495,6 +532,12 @@ func cmdDemoProbe(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	f := newFlags("demo probe", stderr)
 	var timeout time.Duration
 	f.DurationVar(&timeout, "timeout", 3*time.Second, "connection timeout")
+	f.check(func(pos []string) error {
+		if len(pos) == 0 {
+			return errors.New("give one or more HOST:PORT to try")
+		}
+		return nil
+	})
 	addrs, err := f.parse(args)
 	if err != nil {
 		return err

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/api"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -26,6 +28,7 @@ func withAgent(ctx context.Context, name string, args []string, stderr io.Writer
 	f := newFlags(name, stderr)
 	var as string
 	f.StringVar(&as, "as", "", "identity file")
+	f.require("as")
 	if setup != nil {
 		setup(f)
 	}
@@ -42,13 +45,13 @@ func withAgent(ctx context.Context, name string, args []string, stderr io.Writer
 }
 
 // resolveWorkgroup accepts <org>/<name>, or a bare name that is unique among the caller's workgroups.
-func resolveWorkgroup(ctx context.Context, a *agentsdk.Agent, name string) (string, error) {
+func resolveWorkgroup(ctx context.Context, a *agentsdk.Agent, name string) (workgroups.WorkgroupID, error) {
 	if strings.Contains(name, "/") {
-		return name, nil
+		return parseWorkgroupID(name)
 	}
 	wgs, err := a.Controller().Workgroups(ctx)
 	if err != nil {
-		return "", err
+		return workgroups.WorkgroupID{}, err
 	}
 	var found []string
 	for _, w := range wgs {
@@ -58,11 +61,11 @@ func resolveWorkgroup(ctx context.Context, a *agentsdk.Agent, name string) (stri
 	}
 	switch len(found) {
 	case 1:
-		return found[0], nil
+		return parseWorkgroupID(found[0])
 	case 0:
-		return "", fmt.Errorf("no workgroup %q among yours; give it as <org>/<name>", name)
+		return workgroups.WorkgroupID{}, fmt.Errorf("no workgroup %q among yours; give it as <org>/<name>", name)
 	}
-	return "", fmt.Errorf("workgroup name %q is ambiguous (%s); give it as <org>/<name>", name, strings.Join(found, ", "))
+	return workgroups.WorkgroupID{}, fmt.Errorf("workgroup name %q is ambiguous (%s); give it as <org>/<name>", name, strings.Join(found, ", "))
 }
 
 func one(pos []string, what string) (string, error) {
@@ -74,7 +77,11 @@ func one(pos []string, what string) (string, error) {
 
 func cmdOrgCreate(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	var name string
-	return withAgent(ctx, "org create", args, stderr, func(f *flags) { f.StringVar(&name, "name", "", "organisation name") },
+	return withAgent(ctx, "org create", args, stderr, func(f *flags) {
+		f.StringVar(&name, "name", "", "organisation name")
+		f.require("name")
+		f.args(0, "")
+	},
 		func(a *agentsdk.Agent, _ []string) error {
 			resp, err := a.Controller().CreateOrg(ctx, name)
 			if err != nil {
@@ -92,6 +99,8 @@ func cmdWorkgroupCreate(ctx context.Context, args []string, _ io.Reader, stdout,
 	return withAgent(ctx, "workgroup create", args, stderr, func(f *flags) {
 		f.StringVar(&name, "name", "", "workgroup name")
 		f.Var(&invite, "invite", "organisation to invite (repeatable); makes the workgroup inter-org")
+		f.require("name")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		v, err := a.Controller().CreateWorkgroup(ctx, name, invite...)
 		if err != nil {
@@ -104,15 +113,17 @@ func cmdWorkgroupCreate(ctx context.Context, args []string, _ io.Reader, stdout,
 
 func cmdWorkgroupAnswer(decline bool) command {
 	return func(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-		return withAgent(ctx, "workgroup accept", args, stderr, nil, func(a *agentsdk.Agent, pos []string) error {
+		name := map[bool]string{false: "workgroup accept", true: "workgroup decline"}[decline]
+		return withAgent(ctx, name, args, stderr, func(f *flags) { f.args(1, "the workgroup") }, func(a *agentsdk.Agent, pos []string) error {
 			name, err := one(pos, "workgroup")
 			if err != nil {
 				return err
 			}
-			if name, err = resolveWorkgroup(ctx, a, name); err != nil {
+			wg, err := resolveWorkgroup(ctx, a, name)
+			if err != nil {
 				return err
 			}
-			v, err := a.Controller().AnswerInvitation(ctx, name, decline)
+			v, err := a.Controller().AnswerInvitation(ctx, wg, decline)
 			if err != nil {
 				return err
 			}
@@ -124,12 +135,26 @@ func cmdWorkgroupAnswer(decline bool) command {
 
 func cmdWorkgroupMember(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "add" && args[0] != "remove" {
-		return errors.New("workgroup member: use add or remove")
+		if wantsHelp(args) {
+			fmt.Fprintf(stderr, "Usage:\n%s\n", strings.Join(usageLines("workgroup member"), "\n"))
+			return nil
+		}
+		return usagef("workgroup member", "missing add or remove")
 	}
 	remove := args[0] == "remove"
 	var role string
-	return withAgent(ctx, "workgroup member", args[1:], stderr, func(f *flags) {
+	return withAgent(ctx, "workgroup member "+args[0], args[1:], stderr, func(f *flags) {
 		f.StringVar(&role, "role", "member", "role: member or admin")
+		f.args(2, "WORKGROUP SPIFFE-ID")
+		f.check(func(pos []string) error {
+			if _, err := spiffeid.FromString(pos[1]); err != nil {
+				return fmt.Errorf("%q is not a SPIFFE ID (spiffe://TRUST-DOMAIN/ORG/KIND/NAME)", pos[1])
+			}
+			if role != string(workgroups.RoleMember) && role != string(workgroups.RoleAdmin) {
+				return fmt.Errorf("--role %q: want member or admin", role)
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, pos []string) error {
 		if len(pos) != 2 {
 			return errors.New("workgroup member: give WORKGROUP SPIFFE-ID")
@@ -138,10 +163,14 @@ func cmdWorkgroupMember(ctx context.Context, args []string, _ io.Reader, stdout,
 		if err != nil {
 			return err
 		}
+		member, err := spiffeid.FromString(pos[1])
+		if err != nil {
+			return fmt.Errorf("%q is not a SPIFFE ID (spiffe://TRUST-DOMAIN/ORG/KIND/NAME)", pos[1])
+		}
 		if remove {
-			_, err = a.Controller().RemoveMember(ctx, name, pos[1])
+			_, err = a.Controller().RemoveMember(ctx, name, member)
 		} else {
-			_, err = a.Controller().AddMember(ctx, name, pos[1], workgroups.Role(role))
+			_, err = a.Controller().AddMember(ctx, name, member, workgroups.Role(role))
 		}
 		if err != nil {
 			return err
@@ -165,18 +194,19 @@ func cmdWorkgroupList(ctx context.Context, args []string, _ io.Reader, stdout, s
 }
 
 func cmdWorkgroupDelete(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "workgroup delete", args, stderr, nil, func(a *agentsdk.Agent, pos []string) error {
+	return withAgent(ctx, "workgroup delete", args, stderr, func(f *flags) { f.args(1, "the workgroup") }, func(a *agentsdk.Agent, pos []string) error {
 		name, err := one(pos, "workgroup")
 		if err != nil {
 			return err
 		}
-		if name, err = resolveWorkgroup(ctx, a, name); err != nil {
+		wg, err := resolveWorkgroup(ctx, a, name)
+		if err != nil {
 			return err
 		}
-		if err := a.Controller().DeleteWorkgroup(ctx, name); err != nil {
+		if err := a.Controller().DeleteWorkgroup(ctx, wg); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "workgroup %s deleted\n", name)
+		fmt.Fprintf(stdout, "workgroup %s deleted\n", wg)
 		return nil
 	})
 }
@@ -199,6 +229,8 @@ func cmdAdvertise(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		f.StringVar(&cardFile, "card", "", "agent card JSON file")
 		f.StringVar(&termsFile, "terms", "", "offered contract terms JSON file")
 		f.Var(&wgs, "workgroup", "workgroup to advertise in (repeatable)")
+		f.require("card", "terms", "workgroup")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		var card workgroups.AgentCard
 		var terms workgroups.Terms
@@ -208,7 +240,7 @@ func cmdAdvertise(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		if err := readJSONFile(termsFile, &terms, func(b []byte) (err error) { terms, err = workgroups.ParseTerms(b); return err }); err != nil {
 			return err
 		}
-		var ids []string
+		var ids []workgroups.WorkgroupID
 		for _, w := range wgs {
 			id, err := resolveWorkgroup(ctx, a, w)
 			if err != nil {
@@ -232,6 +264,7 @@ func cmdDiscover(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 		f.StringVar(&req.Skill, "skill", "", "only agents with this skill id or tag")
 		f.StringVar(&req.Text, "text", "", "only agents whose name or description contains this")
 		f.BoolVar(&asJSON, "json", false, "print the advertisements as JSON")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		ads, err := a.Discover(ctx, req)
 		if err != nil {
@@ -257,12 +290,24 @@ func cmdSessionPropose(ctx context.Context, args []string, _ io.Reader, stdout, 
 		f.StringVar(&types, "types", "", "comma-separated message types (default: the offered ones)")
 		f.DurationVar(&dur, "duration", 0, "session duration (default: the offered maximum)")
 		f.Int64Var(&p.MaxEnvelopeBytes, "max-bytes", 0, "largest payload (default: the offered maximum)")
+		f.require("ad")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if dur < 0 || p.MaxEnvelopeBytes < 0 {
+				return errors.New("--duration and --max-bytes cannot be negative")
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		p.MaxDuration = workgroups.Duration(dur)
 		if types != "" {
 			p.AllowedMessageTypes = strings.Split(types, ",")
 		}
-		s, err := a.Propose(ctx, ad, p)
+		adID, err := parseAdvertisementID(ad)
+		if err != nil {
+			return err
+		}
+		s, err := a.Propose(ctx, adID, p)
 		if err != nil {
 			return err
 		}
@@ -279,12 +324,14 @@ func cmdSessionSend(ctx context.Context, args []string, stdin io.Reader, stdout,
 		f.StringVar(&typ, "type", "", "message type")
 		f.StringVar(&ct, "content-type", "application/json", "payload content type")
 		f.StringVar(&corr, "correlation", "", "correlation id (the envelope this answers)")
+		f.require("session", "type")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		payload, err := io.ReadAll(io.LimitReader(stdin, 16<<20))
 		if err != nil {
 			return err
 		}
-		s, err := a.Session(ctx, id)
+		s, err := openSession(ctx, a, id)
 		if err != nil {
 			return err
 		}
@@ -309,6 +356,13 @@ func cmdSessionRecv(ctx context.Context, args []string, _ io.Reader, stdout, std
 		f.StringVar(&id, "session", "", "session id (default: every open session of yours)")
 		f.BoolVar(&follow, "follow", false, "keep receiving until interrupted")
 		f.DurationVar(&idle, "idle", 2*time.Second, "without --follow, stop after this long with nothing new")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if idle <= 0 && !follow {
+				return errors.New("--idle must be more than 0")
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		var ids []string
 		if id != "" {
@@ -326,7 +380,7 @@ func cmdSessionRecv(ctx context.Context, args []string, _ io.Reader, stdout, std
 		}
 		enc := json.NewEncoder(stdout)
 		for _, sid := range ids {
-			s, err := a.Session(ctx, sid)
+			s, err := openSession(ctx, a, sid)
 			if err != nil {
 				return err
 			}
@@ -360,6 +414,7 @@ func cmdSessionAction(action string) command {
 		var reason string
 		return withAgent(ctx, "session "+action, args, stderr, func(f *flags) {
 			f.StringVar(&reason, "reason", "", "reason to record")
+			f.args(1, "the session ID")
 		}, func(a *agentsdk.Agent, pos []string) error {
 			id, err := one(pos, "session id")
 			if err != nil {
@@ -367,12 +422,12 @@ func cmdSessionAction(action string) command {
 			}
 			switch action {
 			case "accept":
-				_, err = a.Accept(ctx, id, reason)
+				_, err = acceptSession(ctx, a, id, reason)
 			case "reject":
-				err = a.Reject(ctx, id, reason)
+				err = rejectSession(ctx, a, id, reason)
 			default:
 				var s *agentsdk.Session
-				if s, err = a.Session(ctx, id); err == nil {
+				if s, err = openSession(ctx, a, id); err == nil {
 					err = s.Close(ctx, reason)
 				}
 			}
@@ -386,12 +441,12 @@ func cmdSessionAction(action string) command {
 }
 
 func cmdSessionShow(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "session show", args, stderr, nil, func(a *agentsdk.Agent, pos []string) error {
+	return withAgent(ctx, "session show", args, stderr, func(f *flags) { f.args(1, "the session ID") }, func(a *agentsdk.Agent, pos []string) error {
 		id, err := one(pos, "session id")
 		if err != nil {
 			return err
 		}
-		s, err := a.Session(ctx, id)
+		s, err := openSession(ctx, a, id)
 		if err != nil {
 			return err
 		}
@@ -407,6 +462,15 @@ func cmdSessionList(ctx context.Context, args []string, _ io.Reader, stdout, std
 	var state string
 	return withAgent(ctx, "session list", args, stderr, func(f *flags) {
 		f.StringVar(&state, "state", "", "only sessions in this state")
+		f.args(0, "")
+		f.check(func([]string) error {
+			switch workgroups.State(state) {
+			case "", workgroups.StateProposed, workgroups.StateHeld, workgroups.StateAccepted, workgroups.StateActive,
+				workgroups.StateClosed, workgroups.StateRejected:
+				return nil
+			}
+			return fmt.Errorf("--state %q: want proposed, held, accepted, active, closed or rejected", state)
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		vs, err := a.Sessions(ctx, workgroups.State(state))
 		if err != nil {
@@ -420,12 +484,12 @@ func cmdSessionList(ctx context.Context, args []string, _ io.Reader, stdout, std
 }
 
 func cmdAuditSession(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	return withAgent(ctx, "audit session", args, stderr, nil, func(a *agentsdk.Agent, pos []string) error {
+	return withAgent(ctx, "audit session", args, stderr, func(f *flags) { f.args(1, "the session ID") }, func(a *agentsdk.Agent, pos []string) error {
 		id, err := one(pos, "session id")
 		if err != nil {
 			return err
 		}
-		out, err := a.Controller().AuditSession(ctx, id)
+		out, err := auditSession(ctx, a, id)
 		if err != nil {
 			return err
 		}

@@ -183,19 +183,24 @@ func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 		f.StringVar(&service, "service", "", "overlay service to host")
 		f.StringVar(&upstream, "upstream", "", "URL of the model server to make dark, e.g. http://127.0.0.1:11434")
 		f.StringVar(&sample, "sample", "", "serve the built-in deterministic model under this name instead of an upstream")
+		f.require("service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if (sample == "") == (upstream == "") {
+				return errors.New("give exactly one of --upstream and --sample")
+			}
+			if u, err := url.Parse(upstream); upstream != "" && (err != nil || u.Host == "") {
+				return fmt.Errorf("--upstream %q is not a URL such as http://127.0.0.1:11434", upstream)
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		var h http.Handler
-		switch {
-		case sample != "" && upstream == "":
+		if sample != "" {
 			h = samplemodel.Handler(sample)
-		case upstream != "" && sample == "":
-			u, err := url.Parse(upstream)
-			if err != nil || u.Host == "" {
-				return fmt.Errorf("llm serve: --upstream %q is not a URL", upstream)
-			}
+		} else {
+			u, _ := url.Parse(upstream)
 			h = httputil.NewSingleHostReverseProxy(u)
-		default:
-			return errors.New("llm serve: give exactly one of --upstream and --sample")
 		}
 		ln, err := a.Listen(service)
 		if err != nil {
@@ -221,21 +226,25 @@ func cmdLLMBridge(ctx context.Context, args []string, _ io.Reader, stdout, stder
 	return withAgent(ctx, "llm bridge", args, stderr, func(f *flags) {
 		f.StringVar(&listen, "listen", "127.0.0.1:8089", "loopback HOST:PORT to serve on")
 		f.StringVar(&service, "service", "llmgw", "the gateway's overlay service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			host, _, err := net.SplitHostPort(listen)
+			if err != nil {
+				return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8089", listen)
+			}
+			if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+				return fmt.Errorf("--listen %q: only loopback addresses are allowed", listen)
+			}
+			return checkListen("llm bridge", "listen", listen)
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
-		host, _, err := net.SplitHostPort(listen)
-		if err != nil {
-			return fmt.Errorf("llm bridge: --listen %q: %w", listen, err)
-		}
-		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return fmt.Errorf("llm bridge: --listen %q: only loopback addresses are allowed", listen)
-		}
 		target := &url.URL{Scheme: "http", Host: service}
 		proxy := httputil.NewSingleHostReverseProxy(target)
 		proxy.Transport = a.HTTPClient().Transport
 		proxy.FlushInterval = -1 // stream server-sent events as they come
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
-			return err
+			return listenError("llm bridge", "listen", listen, err)
 		}
 		fmt.Fprintf(stdout, "llm bridge on http://%s/v1 -> %s as %s\n", ln.Addr(), service, a.ID())
 		srv := &http.Server{Handler: proxy, ReadHeaderTimeout: 10 * time.Second}
@@ -256,6 +265,15 @@ func cmdLLMUsage(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 		f.StringVar(&service, "service", "llmgw", "the gateway's overlay service")
 		f.StringVar(&identity, "identity", "", "only this SPIFFE ID")
 		f.StringVar(&since, "since", "24h", "a duration such as 24h or a date such as 2006-01-02")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if _, err := time.ParseDuration(since); err != nil {
+				if _, err := time.Parse(time.DateOnly, since); err != nil {
+					return fmt.Errorf("--since %q: want a duration such as 24h or a date such as 2006-01-02", since)
+				}
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		q := url.Values{"since": {since}}
 		if identity != "" {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 
@@ -73,104 +74,239 @@ Every command takes --log-level (debug, info, warn, error; default warn).
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := runMain(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "umbra:", err)
-		}
-		os.Exit(1)
+	os.Exit(code)
+}
+
+// runMain runs one command line and returns the process's exit status; an error is printed as one line.
+func runMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := run(ctx, args, stdin, stdout, stderr)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
+	fmt.Fprintln(stderr, errorLine(err))
+	return 1
 }
 
 type command func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error
 
-func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		return nil
-	}
-	cmds := map[string]command{
+// commands are the top-level commands that take no subcommand of the table in groups.
+func commands() map[string]command {
+	return map[string]command{
 		"dev":        cmdDev,
 		"controller": cmdController,
 		"router":     cmdRouter,
 		"enroll":     cmdEnroll,
 		"whoami":     cmdWhoAmI,
-		"identity": subcommands(map[string]command{"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke,
-			"reenroll": cmdIdentityReenroll}),
-		"admin": subcommands(map[string]command{"rotate": cmdAdminRotate}),
-		"service": subcommands(map[string]command{"grant": cmdServiceGrant, "serve": cmdServiceServe,
-			"dial": cmdServiceDial, "list": cmdServiceList}),
-		"org": subcommands(map[string]command{"create": cmdOrgCreate}),
-		"workgroup": subcommands(map[string]command{"create": cmdWorkgroupCreate, "accept": cmdWorkgroupAnswer(false),
-			"decline": cmdWorkgroupAnswer(true), "member": cmdWorkgroupMember, "list": cmdWorkgroupList, "delete": cmdWorkgroupDelete}),
-		"advertise": cmdAdvertise,
-		"discover":  cmdDiscover,
-		"session": subcommands(map[string]command{"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
+		"advertise":  cmdAdvertise,
+		"discover":   cmdDiscover,
+		"mcpgw":      cmdMCPGateway,
+		"llmgw":      cmdLLMGateway,
+		"demo":       cmdDemo,
+	}
+}
+
+// groups are the top-level commands made of subcommands.
+func groups() map[string]map[string]command {
+	return map[string]map[string]command{
+		"identity": {"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke, "reenroll": cmdIdentityReenroll},
+		"admin":    {"rotate": cmdAdminRotate},
+		"service":  {"grant": cmdServiceGrant, "serve": cmdServiceServe, "dial": cmdServiceDial, "list": cmdServiceList},
+		"org":      {"create": cmdOrgCreate},
+		"workgroup": {"create": cmdWorkgroupCreate, "accept": cmdWorkgroupAnswer(false), "decline": cmdWorkgroupAnswer(true),
+			"member": cmdWorkgroupMember, "list": cmdWorkgroupList, "delete": cmdWorkgroupDelete},
+		"session": {"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
 			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
-			"show": cmdSessionShow, "list": cmdSessionList}),
-		"mcp": subcommands(map[string]command{"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools,
-			"approvals": cmdMCPApprovals, "sample-server": cmdMCPSampleServer}),
-		"mcpgw": cmdMCPGateway,
-		"llmgw": cmdLLMGateway,
-		"llm":   subcommands(map[string]command{"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage}),
-		"audit": subcommands(map[string]command{"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport,
-			"key": cmdAuditKey}),
-		"demo": cmdDemo,
+			"show": cmdSessionShow, "list": cmdSessionList},
+		"mcp": {"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools, "approvals": cmdMCPApprovals,
+			"sample-server": cmdMCPSampleServer},
+		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
+		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey},
 	}
-	cmd, ok := cmds[args[0]]
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	if args[0] == "help" {
+		return help(ctx, args[1:], stdin, stdout)
+	}
+	if g, ok := groups()[args[0]]; ok {
+		name, cmd, rest, err := subcommand(args[0], g, args[1:], stdout)
+		if err != nil || cmd == nil {
+			return err
+		}
+		return named(name, cmd(ctx, rest, stdin, stdout, stderr))
+	}
+	cmd, ok := commands()[args[0]]
 	if !ok {
-		return fmt.Errorf("unknown command %q (run umbra help)", args[0])
+		return fmt.Errorf("unknown command %q; 'umbra help' lists the commands", args[0])
 	}
-	return cmd(ctx, args[1:], stdin, stdout, stderr)
+	return named(args[0], cmd(ctx, args[1:], stdin, stdout, stderr))
 }
 
-func subcommands(m map[string]command) command {
-	return func(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-		if len(args) == 0 {
-			return fmt.Errorf("missing subcommand (run umbra help)")
+// subcommand picks the subcommand of group named by args[0]. Asked for help, it prints the group's usage
+// and returns no command.
+func subcommand(group string, g map[string]command, args []string, stdout io.Writer) (string, command, []string, error) {
+	if len(args) == 0 {
+		return "", nil, nil, usagef(group, "missing subcommand: one of %s", strings.Join(sortedKeys(g), ", "))
+	}
+	if wantsHelp(args[:1]) {
+		fmt.Fprintf(stdout, "Usage:\n%s\n", strings.Join(usageLines(group), "\n"))
+		return "", nil, nil, nil
+	}
+	cmd, ok := g[args[0]]
+	if !ok {
+		return "", nil, nil, usagef(group, "unknown subcommand %q: want one of %s", args[0], strings.Join(sortedKeys(g), ", "))
+	}
+	return group + " " + args[0], cmd, args[1:], nil
+}
+
+// help prints the usage of everything, of a group of commands, or of one command with its flags.
+func help(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	if g, ok := groups()[args[0]]; ok {
+		if len(args) == 1 {
+			fmt.Fprintf(stdout, "Usage:\n%s\n", strings.Join(usageLines(args[0]), "\n"))
+			return nil
 		}
-		cmd, ok := m[args[0]]
+		cmd, ok := g[args[1]]
 		if !ok {
-			return fmt.Errorf("unknown subcommand %q (run umbra help)", args[0])
+			return usagef(args[0], "unknown subcommand %q: want one of %s", args[1], strings.Join(sortedKeys(g), ", "))
 		}
-		return cmd(ctx, args[1:], stdin, stdout, stderr)
+		return quietHelp(cmd(ctx, append(args[2:], "-h"), stdin, stdout, stdout))
 	}
+	cmd, ok := commands()[args[0]]
+	if !ok {
+		return fmt.Errorf("help: unknown command %q; 'umbra help' lists the commands", args[0])
+	}
+	return quietHelp(cmd(ctx, append(args[1:], "-h"), stdin, stdout, stdout))
 }
 
-// flags is a flag set with the options every command shares.
+func quietHelp(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return err
+}
+
+// named attaches the command's name to an error it returned, unless the error names its command already.
+func named(cmd string, err error) error {
+	var ue *usageError
+	var ce *commandError
+	if err == nil || errors.Is(err, flag.ErrHelp) || errors.As(err, &ue) || errors.As(err, &ce) {
+		return err
+	}
+	return &commandError{cmd: cmd, err: err}
+}
+
+func sortedKeys(m map[string]command) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if k != "sample-server" { // for the demo and trying things out; not listed
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// flags is a flag set with the options every command shares, and the checks parse makes before a command
+// does anything: required flags, the number of positional arguments, and the command's own checks.
 type flags struct {
 	*flag.FlagSet
-	level string
+	level    string
+	out      io.Writer // where -h prints the command's help
+	required []string
+	nargs    int    // positional arguments wanted; -1: not checked here
+	argsWhat string // what they are, for the error message
+	checks   []func(pos []string) error
 }
 
 func newFlags(name string, stderr io.Writer) *flags {
-	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError)}
-	f.SetOutput(stderr)
+	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), out: stderr, nargs: -1}
+	// Package flag prints errors and a usage dump itself; parse reports one line instead.
+	f.SetOutput(io.Discard)
+	f.Usage = func() {}
 	f.StringVar(&f.level, "log-level", "warn", "log level: debug, info, warn or error")
 	return f
 }
 
-// parse accepts flags before and after positional arguments.
+// require marks flags that must be given a non-empty value.
+func (f *flags) require(names ...string) { f.required = append(f.required, names...) }
+
+// args sets how many positional arguments the command takes, and what they are (e.g. "session ID").
+func (f *flags) args(n int, what string) { f.nargs, f.argsWhat = n, what }
+
+// check adds a check of the parsed flags and arguments, run before the command does anything.
+func (f *flags) check(fn func(pos []string) error) { f.checks = append(f.checks, fn) }
+
+// parse accepts flags before and after positional arguments, then makes the checks. Every error it returns
+// is a *usageError, or flag.ErrHelp once the help is printed.
 func (f *flags) parse(args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := f.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				f.printHelp(f.out)
+				return nil, err
+			}
+			return nil, usagef(f.Name(), "%s", f.flagProblem(err))
 		}
 		args = f.Args()
 		if len(args) == 0 {
-			return pos, nil
+			break
 		}
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+	if !validLevels[strings.ToLower(f.level)] {
+		return nil, usagef(f.Name(), "--log-level %q: want debug, info, warn or error", f.level)
+	}
+	var missing []string
+	for _, name := range f.required {
+		if fl := f.Lookup(name); fl != nil && fl.Value.String() == "" {
+			missing = append(missing, "--"+name)
+		}
+	}
+	switch len(missing) {
+	case 0:
+	case 1:
+		return nil, usagef(f.Name(), "%s is required", missing[0])
+	default:
+		return nil, usagef(f.Name(), "%s and %s are required", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
+	}
+	switch {
+	case f.nargs < 0 || len(pos) == f.nargs:
+	case f.nargs == 0:
+		return nil, usagef(f.Name(), "unexpected argument %q", pos[0])
+	case len(pos) == 0:
+		return nil, usagef(f.Name(), "missing %s", f.argsWhat)
+	default:
+		return nil, usagef(f.Name(), "want %d arguments (%s), got %d", f.nargs, f.argsWhat, len(pos))
+	}
+	for _, c := range f.checks {
+		if err := c(pos); err != nil {
+			var ue *usageError
+			if errors.As(err, &ue) {
+				return nil, err
+			}
+			return nil, usagef(f.Name(), "%s", err)
+		}
+	}
+	return pos, nil
 }
 
 func (f *flags) logger(stderr io.Writer) (*slog.Logger, slog.Level, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(strings.ToLower(f.level))); err != nil {
-		return nil, 0, fmt.Errorf("--log-level %q: %w", f.level, err)
+		return nil, 0, usagef(f.Name(), "--log-level %q: want debug, info, warn or error", f.level)
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})), level, nil
 }

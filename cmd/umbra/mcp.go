@@ -28,12 +28,17 @@ func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 			break
 		}
 	}
-	if len(command) == 0 {
-		return errors.New("mcp serve: give the MCP server command after --")
-	}
 	var service string
 	return withAgent(ctx, "mcp serve", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "", "overlay service to host")
+		f.require("service")
+		f.args(0, "")
+		f.check(func([]string) error {
+			if len(command) == 0 {
+				return errors.New("give the MCP server command after --, e.g. -- umbra mcp sample-server")
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		ln, err := a.Listen(service)
 		if err != nil {
@@ -58,6 +63,7 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	return withAgent(ctx, "mcp connect", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
 		f.StringVar(&path, "path", "/mcp", "the gateway's MCP endpoint path")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		server := &mcp.StreamableClientTransport{Endpoint: "http://" + service + path, HTTPClient: a.HTTPClient()}
 		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
@@ -70,6 +76,7 @@ func cmdMCPSampleServer(ctx context.Context, args []string, _ io.Reader, _, stde
 	f := newFlags("mcp sample-server", stderr)
 	var name string
 	f.StringVar(&name, "name", "umbra-sample", "server name")
+	f.args(0, "")
 	if _, err := f.parse(args); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -71,7 +72,13 @@ func decodeYAML(b []byte, v any) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	return dec.Decode(v)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("the file is empty")
+		}
+		return yamlError(err)
+	}
+	return nil
 }
 
 // withPolicyFile appends the Cedar text of file (if any) to inline.
@@ -187,6 +194,8 @@ func gatewaySetup(ctx context.Context, name string, args []string, stderr io.Wri
 	var as, config string
 	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
 	f.StringVar(&config, "config", name+".yaml", "gateway configuration")
+	f.require("as", "config")
+	f.args(0, "")
 	if _, err := f.parse(args); err != nil {
 		return nil, nil, err
 	}
@@ -196,11 +205,11 @@ func gatewaySetup(ctx context.Context, name string, args []string, stderr io.Wri
 	}
 	raw, err := os.ReadFile(config)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, usagef(name, "--config %s: %s", config, fileProblem(err))
 	}
 	data, err := parse(raw)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", config, err)
+		return nil, nil, usagef(name, "--config %s: %s", config, err)
 	}
 	host, err := gatewayhost.Start(ctx, as, data, log)
 	if err != nil {
@@ -278,7 +287,10 @@ func serveLoopbackMetrics(ctx context.Context, addr string, h http.Handler) erro
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("metrics_listen %s is already in use: choose another port in the configuration", addr)
+		}
+		return fmt.Errorf("metrics_listen %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -323,6 +335,7 @@ func cmdMCPTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 	var service string
 	return withAgent(ctx, "mcp tools", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
+		f.args(0, "")
 	}, func(a *agentsdk.Agent, _ []string) error {
 		var out struct {
 			Tools []*mcp.Tool `json:"tools"`
@@ -338,8 +351,15 @@ func cmdMCPTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 }
 
 func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return errors.New("mcp approvals: use list, approve or deny")
+	if len(args) == 0 || args[0] != "list" && args[0] != "approve" && args[0] != "deny" {
+		if wantsHelp(args) {
+			fmt.Fprintf(stderr, "Usage:\n%s\n", strings.Join(usageLines("mcp approvals"), "\n"))
+			return nil
+		}
+		if len(args) == 0 {
+			return usagef("mcp approvals", "missing list, approve or deny")
+		}
+		return usagef("mcp approvals", "unknown subcommand %q: want list, approve or deny", args[0])
 	}
 	verb := args[0]
 	var service, digest, backend, tool string
@@ -350,6 +370,17 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 		f.StringVar(&digest, "digest", "", "the digest being decided (from list)")
 		f.StringVar(&backend, "backend", "", "with --tools: the backend")
 		f.StringVar(&tool, "tool", "", "with --tools: the tool")
+		f.check(func(pos []string) error {
+			switch {
+			case verb == "list" && len(pos) > 0:
+				return fmt.Errorf("unexpected argument %q", pos[0])
+			case verb != "list" && versions && (backend == "" || tool == "" || digest == ""):
+				return errors.New("with --tools, --backend, --tool and --digest are required (from list --tools)")
+			case verb != "list" && !versions && len(pos) != 1:
+				return errors.New("give the approval ID (from list)")
+			}
+			return nil
+		})
 	}, func(a *agentsdk.Agent, pos []string) error {
 		base := "http://" + service + "/admin/"
 		var out any
