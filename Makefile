@@ -8,11 +8,13 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 build:
 	go build -o bin/umbra ./cmd/umbra
 
-# The image is FROM scratch with the static binary: nothing is pulled.
+# The image is FROM scratch with the static binary: nothing is pulled. The binary is built here, with the Go
+# build cache; the build context is bin/image, which .dockerignore keeps to the binary and rootfs/.
 images:
 	mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/tmp
 	chmod 700 bin/image/rootfs/*
-	CGO_ENABLED=0 go build -trimpath -o bin/image/umbra ./cmd/umbra
+	cp .dockerignore bin/image/.dockerignore
+	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/image/umbra ./cmd/umbra
 	docker build -f Dockerfile -t $(IMAGE) bin/image
 
 demo-up: images
