@@ -220,3 +220,15 @@ func TestCommandHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestBrokenChainCounts checks that a broken chain is reported with the records that verified before the
+// break: the report from the controller counts none then.
+func TestBrokenChainCounts(t *testing.T) {
+	err := brokenChain("audit: chain broken at seq 22: hash mismatch: stored 1f..., computed 9a...")
+	if got := err.Error(); !strings.Contains(got, "records 1 to 21 verified") || !strings.Contains(got, "seq 22") {
+		t.Errorf("got %q", got)
+	}
+	if got := brokenChain("audit: chain broken at seq 1: prev mismatch").Error(); strings.Contains(got, "verified") {
+		t.Errorf("a break at the first record claims records verified: %q", got)
+	}
+}
