@@ -202,8 +202,14 @@ func valueKind(v flag.Value) string {
 	return ""
 }
 
-// validLevels are the --log-level values.
-var validLevels = map[string]bool{"debug": true, "info": true, "warn": true, "error": true}
+// validLevel reports whether s is a --log-level value.
+func validLevel(s string) bool {
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+		return true
+	}
+	return false
+}
 
 // identityError explains why an identity file (--as) cannot be used, and what to do about it.
 func identityError(cmd, path string, err error) error {

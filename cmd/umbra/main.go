@@ -266,7 +266,7 @@ func (f *flags) parse(args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
-	if !validLevels[strings.ToLower(f.level)] {
+	if !validLevel(f.level) {
 		return nil, usagef(f.Name(), "--log-level %q: want debug, info, warn or error", f.level)
 	}
 	var missing []string
