@@ -8,8 +8,9 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw/sse"
 )
 
-// serveMessages is the Anthropic Messages ingress: the request is translated to a chat completion, served by
-// whichever model it names (Anthropic or not), and the answer translated back, streamed or not.
+// serveMessages is the Anthropic Messages ingress. A request for a model served only by Anthropic endpoints
+// goes upstream natively (messagesNative); any other (a model with OpenAI-shaped endpoints, the routing
+// model) is translated to a chat completion, served, and its answer translated back, streamed or not.
 func (g *Gateway) serveMessages(w http.ResponseWriter, r *http.Request) {
 	c := newCall("chat", "anthropic")
 	out := &anthropicResponder{w: w}
@@ -22,6 +23,13 @@ func (g *Gateway) serveMessages(w http.ResponseWriter, r *http.Request) {
 		c.fail(KindInvalid, aerr)
 		out.fail(c, aerr)
 		return
+	}
+	if in, err := chat.ParseObject(body); err == nil {
+		name := in.Str("model")
+		if m := g.models[name]; nativeModel(m) && (g.router == nil || name != g.cfg.Router.Name) {
+			g.messagesNative(r.Context(), c, in, m, out)
+			return
+		}
 	}
 	req, err := anthropic.RequestToOpenAI(body)
 	if err != nil {

@@ -34,8 +34,8 @@ func StopReason(finish string) string {
 	return "end_turn"
 }
 
-// usageOf reads Messages API usage; cached prompt tokens count as input.
-func usageOf(u chat.Object) (chat.Usage, bool) {
+// UsageOf reads Messages API usage; cached prompt tokens (read and written) count as input.
+func UsageOf(u chat.Object) (chat.Usage, bool) {
 	if u == nil {
 		return chat.Usage{}, false
 	}
@@ -75,7 +75,7 @@ func ResponseToOpenAI(a chat.Object, model string) (chat.Object, chat.Usage) {
 	choice.Set("message", m)
 	choice.Set("finish_reason", FinishReason(a.Str("stop_reason")))
 	choice["logprobs"] = json.RawMessage("null")
-	usage, _ := usageOf(a.Obj("usage"))
+	usage, _ := UsageOf(a.Obj("usage"))
 	out := chat.Object{}
 	out.Set("id", a.Str("id"))
 	out.Set("object", "chat.completion")

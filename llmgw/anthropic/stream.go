@@ -58,7 +58,7 @@ func (t *StreamToOpenAI) Event(name string, data []byte) ([]chat.Object, error) 
 	case "message_start":
 		m := o.Obj("message")
 		t.id, t.created = "chatcmpl-"+m.Str("id"), time.Now().Unix()
-		if u, ok := usageOf(m.Obj("usage")); ok {
+		if u, ok := UsageOf(m.Obj("usage")); ok {
 			t.usage = u
 		}
 		d := chat.Object{}
@@ -101,7 +101,7 @@ func (t *StreamToOpenAI) Event(name string, data []byte) ([]chat.Object, error) 
 			if out, ok := u.Int("output_tokens"); ok {
 				t.usage.Output = max(out, 0)
 			}
-			if in, ok := usageOf(u); ok && in.Input > 0 {
+			if in, ok := UsageOf(u); ok && in.Input > 0 {
 				t.usage.Input = in.Input
 			}
 		}
