@@ -38,7 +38,7 @@
 //	POST /v1/chat/completions  OpenAI chat completions, streamed (server-sent events) or not
 //	POST /v1/embeddings        OpenAI embeddings
 //	GET  /v1/models            the models the caller may use; GET /v1/models/{id} for one
-//	POST /v1/messages          Anthropic Messages, answered by any model, streamed or not
+//	POST /v1/messages          Anthropic Messages, answered by any model, streamed or not (natively by Anthropic ones)
 //	GET  /v1/usage             daily usage: the caller's own, or, for administrators, anyone's
 //	                           (?identity=<SPIFFE ID>&since=<24h | 2006-01-02>)
 //	GET  /metrics              Prometheus metrics, for administrators
@@ -65,8 +65,11 @@
 // messages become the system prompt, tool calls become tool_use blocks and tool messages tool_result blocks
 // (merged into one user turn), images become image blocks, response_format becomes an instruction, and
 // streamed events (text and tool-argument deltas, stop reasons, usage from message_start and message_delta)
-// become OpenAI chunks. Members with no Messages API counterpart are left out for Anthropic endpoints. The
-// /v1/messages ingress translates the other way, so Anthropic clients can use any model.
+// become OpenAI chunks. Members with no Messages API counterpart are left out for Anthropic endpoints. A
+// /v1/messages request for a model served only by Anthropic endpoints is not translated: it goes upstream as
+// the caller wrote it and its answer (whole or its event stream) comes back as sent, under the same policy,
+// guardrails, budgets and audit. For any other model the /v1/messages ingress translates the other way, so
+// Anthropic clients can use any model.
 //
 // A call's first attempt goes to an endpoint drawn at random in proportion to the weights, among those that
 // are up. A network error, a broken stream, 408, 409, 429 or a 5xx moves the call to the next endpoint at once

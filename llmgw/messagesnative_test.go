@@ -458,3 +458,76 @@ func TestMessagesNativeBudgetCapsMaxTokens(t *testing.T) {
 		t.Errorf("max_tokens 0: %v", err)
 	}
 }
+
+func TestMessagesNativeGuardrailBlocksAStream(t *testing.T) {
+	const key = "sk-proj-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzd"
+	up := newMessagesUpstream(t)
+	up.Answer = `{"id":"msg_07","type":"message","role":"assistant","model":"up-claude","content":[{"type":"text","text":"The key is ` + key + `."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":12}}`
+	up.Events = [][2]string{
+		{"message_start", `{"type":"message_start","message":{"id":"msg_08","type":"message","role":"assistant","model":"up-claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":1}}}`},
+		{"content_block_start", `{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}`},
+		{"content_block_delta", `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Here is a long enough preamble before anything secret. The key is sk-proj-u8jz"}}`},
+		{"content_block_delta", `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Pde0IgxLd6GncfBAepfJBd0Kh8oOOL8dKLzd and more."}}`},
+		{"content_block_stop", `{"type":"content_block_stop","index":0}`},
+		{"content_block_start", `{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}`},
+		{"content_block_delta", `{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"A later block."}}`},
+		{"content_block_stop", `{"type":"content_block_stop","index":1}`},
+		{"message_delta", `{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":40}}`},
+		{"message_stop", `{"type":"message_stop"}`},
+	}
+	h := newHarness(t, llmgw.Config{Models: []llmgw.Model{up.model("claude")},
+		Guardrails: llmgw.Guardrails{Secrets: guard.Block, Responses: true, Window: 32}})
+	client := h.sdkClient(alice, nil)
+	params := anthropic.MessageNewParams{Model: "claude", MaxTokens: 100,
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("the key?"))}}
+	msg, err := client.Messages.New(testCtx(t), params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msg.Content) != 0 || msg.StopReason != anthropic.StopReasonRefusal {
+		t.Errorf("whole answer %s", msg.RawJSON())
+	}
+	stream := client.Messages.NewStreaming(testCtx(t), params)
+	var acc anthropic.Message
+	var raw strings.Builder
+	for stream.Next() {
+		raw.WriteString(stream.Current().RawJSON())
+		if err := acc.Accumulate(stream.Current()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(raw.String(), "u8jz") || strings.Contains(raw.String(), "later block") ||
+		acc.StopReason != anthropic.StopReasonRefusal || len(acc.Content) != 1 || acc.Usage.OutputTokens != 40 {
+		t.Errorf("streamed %+v; events %s", acc, raw.String())
+	}
+	rec := h.auditor.wait(t, func(r auditRecord) bool { return r.Kind == llmgw.KindOutcome && dataOf(t, r).Stream })
+	if d := dataOf(t, rec); len(d.Guardrails) == 0 || d.Guardrails[0].Mode != "block" || d.OutputTokens != 40 {
+		t.Errorf("audit %+v", d)
+	}
+}
+
+func TestMessagesNativeModelAllowlist(t *testing.T) {
+	up := newMessagesUpstream(t)
+	up.Answer = `{"id":"msg_09","type":"message","role":"assistant","model":"up-claude","content":[],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}`
+	h := newHarness(t, llmgw.Config{Models: []llmgw.Model{up.model("claude")},
+		Policies: `permit (principal in Umbra::Org::"acme", action == Umbra::Action::"use", resource);`})
+	client := h.sdkClient(carol, nil)
+	_, err := client.Messages.New(testCtx(t), fullRequest(), fullExtras()...)
+	var ae *anthropic.Error
+	if !errors.As(err, &ae) || ae.StatusCode != 403 || !strings.Contains(ae.RawJSON(), "permission_error") {
+		t.Fatalf("carol: %v", err)
+	}
+	up.mu.Lock()
+	n := len(up.bodies)
+	up.mu.Unlock()
+	if n != 0 {
+		t.Errorf("a refused call reached the upstream %d times", n)
+	}
+	rec := h.auditor.wait(t, kindIs(llmgw.KindDenied))
+	if d := dataOf(t, rec); d.Ingress != "anthropic" || d.ModelRequested != "claude" || rec.Actor != carol {
+		t.Errorf("audit %+v by %s", d, rec.Actor)
+	}
+}

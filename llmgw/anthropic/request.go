@@ -1,6 +1,7 @@
 // Package anthropic translates between the Anthropic Messages API and OpenAI chat completions, in both
 // directions: requests, responses and streamed events, including system prompts, tool calls, tool results,
-// images and token usage.
+// images and token usage. It is used only where the two sides speak different APIs: a Messages request for an
+// Anthropic endpoint goes upstream untranslated, and only its usage is read here (UsageOf).
 package anthropic
 
 import (
