@@ -448,7 +448,14 @@ func (g *Gateway) streamMessages(ctx context.Context, c *call, m *model, body ch
 			c.upstreamFailed(err)
 			e := upstreamError(err)
 			c.fail(KindCall, e)
-			out.abort(c, e)
+			var pe *provider.Error
+			if errors.As(err, &pe) && pe.Status == http.StatusBadGateway && pe.Type != "" && out.sse != nil {
+				// The endpoint's own error event: its type goes on (overloaded_error, ...), its text does not.
+				b, _ := anthropic.ErrorBody(pe.Type, "the model endpoint reported "+pe.Type+" during the stream (request "+c.id+")").Encode()
+				_ = out.sse.Write("error", b)
+			} else {
+				out.abort(c, e)
+			}
 			aborted = true
 		}
 	}

@@ -531,3 +531,26 @@ func TestMessagesNativeModelAllowlist(t *testing.T) {
 		t.Errorf("audit %+v by %s", d, rec.Actor)
 	}
 }
+
+func TestMessagesNativeStreamErrorEvent(t *testing.T) {
+	up := newMessagesUpstream(t)
+	up.Events = [][2]string{
+		{"message_start", `{"type":"message_start","message":{"id":"msg_10","type":"message","role":"assistant","model":"up-claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":10,"output_tokens":1}}}`},
+		{"content_block_start", `{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}`},
+		{"content_block_delta", `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Partly"}}`},
+		{"error", `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}`},
+	}
+	h := newHarness(t, llmgw.Config{Models: []llmgw.Model{up.model("claude")}})
+	status, raw, _ := h.do(alice, http.MethodPost, "/v1/messages",
+		`{"model":"claude","max_tokens":10,"stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	evs := sseEvents(t, raw)
+	last := evs[len(evs)-1]
+	if status != 200 || last[0] != "error" || !strings.Contains(last[1], `"type":"overloaded_error"`) ||
+		evs[0][0] != "message_start" {
+		t.Errorf("status %d events %v", status, evs)
+	}
+	rec := h.auditor.wait(t, kindIs(llmgw.KindOutcome))
+	if d := dataOf(t, rec); d.Status != http.StatusBadGateway || d.Error == "" {
+		t.Errorf("audit %+v", d)
+	}
+}
