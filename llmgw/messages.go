@@ -2,9 +2,11 @@ package llmgw
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/umbra-mesh/umbra/llmgw/anthropic"
 	"github.com/umbra-mesh/umbra/llmgw/chat"
+	"github.com/umbra-mesh/umbra/llmgw/provider"
 	"github.com/umbra-mesh/umbra/llmgw/sse"
 )
 
@@ -27,7 +29,7 @@ func (g *Gateway) serveMessages(w http.ResponseWriter, r *http.Request) {
 	if in, err := chat.ParseObject(body); err == nil {
 		name := in.Str("model")
 		if m := g.models[name]; nativeModel(m) && (g.router == nil || name != g.cfg.Router.Name) {
-			g.messagesNative(r.Context(), c, in, m, out)
+			g.messagesNative(r.Context(), c, in, strings.Join(r.Header.Values(provider.BetaHeader), ","), m, out)
 			return
 		}
 	}

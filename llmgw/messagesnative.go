@@ -69,8 +69,8 @@ func checkMessages(body chat.Object) error {
 }
 
 // messagesNative serves a Messages API request on model m natively: policy, guardrails, budget, audit,
-// upstream, answer.
-func (g *Gateway) messagesNative(ctx context.Context, c *call, body chat.Object, m *model, out *anthropicResponder) {
+// upstream, answer. beta is the caller's anthropic-beta header, passed on.
+func (g *Gateway) messagesNative(ctx context.Context, c *call, body chat.Object, beta string, m *model, out *anthropicResponder) {
 	c.requested, c.stream = body.Str("model"), body.Bool("stream")
 	if err := checkMessages(body); err != nil {
 		e := invalid("%v", err)
@@ -108,11 +108,11 @@ func (g *Gateway) messagesNative(ctx context.Context, c *call, body chat.Object,
 		return
 	}
 	if c.stream {
-		g.streamMessages(ctx, c, m, body, out, res)
+		g.streamMessages(ctx, c, m, body, beta, out, res)
 		return
 	}
 	resp, ep, err := attempt(ctx, g, c, m, func(ctx context.Context, ep *endpoint) (chat.Object, error) {
-		return ep.p.Messages(ctx, body)
+		return ep.p.Messages(ctx, body, beta)
 	})
 	c.useEndpoint(ep)
 	if err != nil {

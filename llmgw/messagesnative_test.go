@@ -34,6 +34,7 @@ type messagesUpstream struct {
 
 	mu     sync.Mutex
 	bodies [][]byte
+	betas  []string // the anthropic-beta header of each request
 }
 
 func newMessagesUpstream(t testing.TB) *messagesUpstream {
@@ -48,6 +49,7 @@ func newMessagesUpstream(t testing.TB) *messagesUpstream {
 		b, _ := io.ReadAll(r.Body)
 		u.mu.Lock()
 		u.bodies = append(u.bodies, b)
+		u.betas = append(u.betas, r.Header.Get("anthropic-beta"))
 		u.mu.Unlock()
 		var req struct {
 			Stream bool `json:"stream"`
@@ -195,7 +197,8 @@ func fullRequest() anthropic.MessageNewParams {
 // later): they pass through like the rest.
 func fullExtras() []option.RequestOption {
 	return []option.RequestOption{option.WithJSONSet("top_k", 40), option.WithJSONSet("temperature", 0.7),
-		option.WithJSONSet("future_member", map[string]any{"kept": true})}
+		option.WithJSONSet("future_member", map[string]any{"kept": true}),
+		option.WithHeader("anthropic-beta", "context-1m-2025-08-07")}
 }
 
 // fullAnswer is a whole answer with thinking, text and a tool call, and usage with cache counts.
@@ -219,6 +222,9 @@ func TestMessagesNativeWhole(t *testing.T) {
 	// The upstream received exactly what the client sent, under its own model name.
 	sameJSON(t, "upstream request", up.last(), withModel(t, sent, "up-claude"))
 	golden(t, "request.json", up.last())
+	if up.betas[0] != "context-1m-2025-08-07" {
+		t.Errorf("anthropic-beta upstream %q", up.betas[0])
+	}
 	// The caller received exactly what the upstream answered, under the public model name.
 	want := strings.Replace(fullAnswer, `"model":"up-claude"`, `"model":"claude"`, 1)
 	sameJSON(t, "answer", []byte(msg.RawJSON()), []byte(want))

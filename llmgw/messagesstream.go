@@ -29,9 +29,9 @@ type firstEvent struct {
 // streamMessages serves a streamed native call: the first event is awaited on each endpoint tried (so a stream
 // that fails at once moves to the next endpoint, the caller having seen nothing), then every event is readied
 // by a messageStream and sent; usage is settled from message_start and message_delta.
-func (g *Gateway) streamMessages(ctx context.Context, c *call, m *model, body chat.Object, out *anthropicResponder, res *budget.Reservation) {
+func (g *Gateway) streamMessages(ctx context.Context, c *call, m *model, body chat.Object, beta string, out *anthropicResponder, res *budget.Reservation) {
 	pk, ep, err := attempt(ctx, g, c, m, func(ctx context.Context, ep *endpoint) (*firstEvent, error) {
-		st, err := ep.p.MessagesStream(ctx, body)
+		st, err := ep.p.MessagesStream(ctx, body, beta)
 		if err != nil {
 			return nil, err
 		}

@@ -24,9 +24,12 @@ func (ep *Endpoint) messagesBody(body chat.Object, stream bool) ([]byte, error) 
 	return b.Encode()
 }
 
+// BetaHeader names the Messages API's opt-in features; a caller's value is passed on with its request.
+const BetaHeader = "anthropic-beta"
+
 // Messages sends a Messages API request as it is (only the model is replaced by the upstream's name) to an
-// Anthropic endpoint and returns the answer as it came.
-func (ep *Endpoint) Messages(ctx context.Context, body chat.Object) (chat.Object, error) {
+// Anthropic endpoint and returns the answer as it came. beta, when not empty, is sent as BetaHeader.
+func (ep *Endpoint) Messages(ctx context.Context, body chat.Object, beta string) (chat.Object, error) {
 	if ep.Kind != Anthropic {
 		return nil, errNotMessages
 	}
@@ -34,11 +37,18 @@ func (ep *Endpoint) Messages(ctx context.Context, body chat.Object) (chat.Object
 	if err != nil {
 		return nil, &Error{Status: 400, Message: err.Error()}
 	}
-	resp, err := ep.do(ctx, http.MethodPost, "/messages", b)
+	resp, err := ep.doWith(ctx, http.MethodPost, "/messages", b, betaHeader(beta))
 	if err != nil {
 		return nil, err
 	}
 	return readObject(resp)
+}
+
+func betaHeader(beta string) http.Header {
+	if beta == "" {
+		return nil
+	}
+	return http.Header{http.CanonicalHeaderKey(BetaHeader): {beta}}
 }
 
 // EventStream yields the events of a streamed Messages API answer as they came. Next returns io.EOF after
@@ -51,7 +61,7 @@ type EventStream struct {
 }
 
 // MessagesStream sends a streaming Messages API request as it is to an Anthropic endpoint.
-func (ep *Endpoint) MessagesStream(ctx context.Context, body chat.Object) (*EventStream, error) {
+func (ep *Endpoint) MessagesStream(ctx context.Context, body chat.Object, beta string) (*EventStream, error) {
 	if ep.Kind != Anthropic {
 		return nil, errNotMessages
 	}
@@ -59,7 +69,7 @@ func (ep *Endpoint) MessagesStream(ctx context.Context, body chat.Object) (*Even
 	if err != nil {
 		return nil, &Error{Status: 400, Message: err.Error()}
 	}
-	resp, err := ep.do(ctx, http.MethodPost, "/messages", b)
+	resp, err := ep.doWith(ctx, http.MethodPost, "/messages", b, betaHeader(beta))
 	if err != nil {
 		return nil, err
 	}

@@ -117,6 +117,11 @@ func (ep *Endpoint) url(path string) string {
 
 // do sends a request and returns the response if it is 2xx; anything else becomes an *Error.
 func (ep *Endpoint) do(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
+	return ep.doWith(ctx, method, path, body, nil)
+}
+
+// doWith is do with extra headers, set before the endpoint's own.
+func (ep *Endpoint) doWith(ctx context.Context, method, path string, body []byte, extra http.Header) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -124,6 +129,11 @@ func (ep *Endpoint) do(ctx context.Context, method, path string, body []byte) (*
 	req, err := http.NewRequestWithContext(ctx, method, ep.url(path), rd)
 	if err != nil {
 		return nil, fmt.Errorf("provider: %w", err)
+	}
+	for k, vs := range extra {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
