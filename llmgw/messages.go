@@ -28,8 +28,18 @@ func (g *Gateway) serveMessages(w http.ResponseWriter, r *http.Request) {
 	}
 	if in, err := chat.ParseObject(body); err == nil {
 		name := in.Str("model")
-		if m := g.models[name]; nativeModel(m) && (g.router == nil || name != g.cfg.Router.Name) {
+		routing := g.router != nil && name == g.cfg.Router.Name
+		if m := g.models[name]; nativeModel(m) && !routing {
 			g.messagesNative(r.Context(), c, in, strings.Join(r.Header.Values(provider.BetaHeader), ","), m, out)
+			return
+		}
+		if g.models[name] == nil && !routing && name != "" {
+			// Said before the translation, which may not know the request's blocks.
+			c.requested = name
+			e := errorf(http.StatusNotFound, "invalid_request_error", codeModelNotFound, "model %s does not exist", name)
+			e.Param = "model"
+			c.fail(KindInvalid, e)
+			out.fail(c, e)
 			return
 		}
 	}

@@ -532,6 +532,11 @@ func TestMessagesNativeModelAllowlist(t *testing.T) {
 	if n != 0 {
 		t.Errorf("a refused call reached the upstream %d times", n)
 	}
+	// An unknown model is named as such, whatever blocks the request holds.
+	status, raw, _ := h.do(alice, http.MethodPost, "/v1/messages", `{"model":"nope","max_tokens":5,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"x"}}]}]}`)
+	if status != 404 || !strings.Contains(raw, "not_found_error") || !strings.Contains(raw, "model nope does not exist") {
+		t.Errorf("unknown model: %d %s", status, raw)
+	}
 	rec := h.auditor.wait(t, kindIs(llmgw.KindDenied))
 	if d := dataOf(t, rec); d.Ingress != "anthropic" || d.ModelRequested != "claude" || rec.Actor != carol {
 		t.Errorf("audit %+v by %s", d, rec.Actor)
