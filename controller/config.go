@@ -74,9 +74,8 @@ type Config struct {
 	// EnvelopeMaxBytes bounds the envelope stream on disk. Default envstore.DefaultMaxBytes (2 GiB). When it is
 	// full, new envelopes are refused; stored envelopes are never dropped to make room. Negative is refused.
 	// JetStream reserves both limits on disk when the streams are created: together with the tables' they must
-	// fit within 75% of the disk space free when the controller starts. Both limits are checked here and mapped
-	// by auditOptions and envelopeOptions; until openGovernance opens the streams with those, the streams take
-	// the packages' defaults.
+	// fit within 75% of the disk space free when the controller starts. Raising either limit on an existing data
+	// directory takes effect at the next start.
 	EnvelopeMaxBytes int64
 	// NATSListen, if set (host:port), exposes the embedded NATS server over TCP, with mutual TLS: the server
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust

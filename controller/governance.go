@@ -58,9 +58,9 @@ const envelopeStream = "UMBRA_ENVELOPES"
 
 // openGovernance opens the stores. The envelope recorder (rec.run), the refusal summariser (summariseRefusals)
 // and the relay's workgroup copy (wgCache.run) are the caller's to run.
-func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, refusalsPerMinute int) (*governance, error) {
+func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, cfg Config) (*governance, error) {
 	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{},
-		refusals: newRefusalLimiter(refusalWindow, refusalsPerMinute)}
+		refusals: newRefusalLimiter(refusalWindow, cfg.RefusalRecordsPerMinute)}
 	var err error
 	if g.orgs, err = openTable[orgRecord](ctx, js, "umbra_orgs"); err != nil {
 		return nil, err
@@ -74,10 +74,10 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	if g.sessions, err = openTable[workgroups.Session](ctx, js, "umbra_sessions"); err != nil {
 		return nil, err
 	}
-	if g.audit, err = audit.Open(ctx, js, audit.Options{}); err != nil {
+	if g.audit, err = audit.Open(ctx, js, cfg.auditOptions()); err != nil {
 		return nil, err
 	}
-	if g.env, err = envstore.Open(ctx, js, envstore.Options{Stream: envelopeStream}); err != nil {
+	if g.env, err = envstore.Open(ctx, js, cfg.envelopeOptions(envelopeStream)); err != nil {
 		return nil, err
 	}
 	hints, err := openTable[recorderHint](ctx, js, "umbra_recorder")

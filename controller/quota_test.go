@@ -74,7 +74,7 @@ func openGovWorld(t *testing.T, dir string, cfg Config) *govWorld {
 	if s.ids, err = openIdentityStore(octx, js); err != nil {
 		t.Fatal(err)
 	}
-	if s.gov, err = openGovernance(ctx, js, cfg.Logger, controllerID.String(), cfg.RefusalRecordsPerMinute); err != nil {
+	if s.gov, err = openGovernance(ctx, js, cfg.Logger, controllerID.String(), cfg); err != nil {
 		t.Fatal(err)
 	}
 	w.s = s
@@ -359,5 +359,42 @@ func TestSessionCapConfig(t *testing.T) {
 				t.Fatalf("got %d open, %d pending, audit %d bytes, err %v", got.MaxOpenSessions, got.MaxPendingProposals, got.AuditMaxBytes, err)
 			}
 		})
+	}
+}
+
+// TestStreamLimitsFollowConfig checks that the configured byte limits reach the audit and envelope streams, and
+// that a raised limit applies to an existing data directory at the next start.
+func TestStreamLimitsFollowConfig(t *testing.T) {
+	dir := t.TempDir()
+	limits := func(w *govWorld) (auditMax, envMax int64) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		nc, err := w.ns.Connect("limits-test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, into := range map[string]*int64{audit.DefaultStream: &auditMax, envelopeStream: &envMax} {
+			st, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			*into = st.CachedInfo().Config.MaxBytes
+		}
+		return auditMax, envMax
+	}
+	w := openGovWorld(t, dir, Config{AuditMaxBytes: 48 << 20, EnvelopeMaxBytes: 40 << 20})
+	if a, e := limits(w); a != 48<<20 || e != 40<<20 {
+		t.Fatalf("stream limits %d and %d bytes, want %d and %d", a, e, 48<<20, 40<<20)
+	}
+	w.close()
+	w = openGovWorld(t, dir, Config{AuditMaxBytes: 96 << 20, EnvelopeMaxBytes: 80 << 20})
+	if a, e := limits(w); a != 96<<20 || e != 80<<20 {
+		t.Fatalf("after a restart with raised limits: %d and %d bytes, want %d and %d", a, e, 96<<20, 80<<20)
 	}
 }

@@ -153,7 +153,7 @@ func (s *Server) start(ctx context.Context) error {
 	if s.ids, err = openIdentityStore(ctx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg.RefusalRecordsPerMinute); err != nil {
+	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	s.tasks.spawn(func() { s.gov.rec.run(ctx) })

@@ -30,6 +30,8 @@ func controllerFlags(f *flags) *controller.Config {
 	f.DurationVar(&cfg.MaxIdentityAge, "max-identity-age", 30*24*time.Hour, "how long after enrollment an identity may renew its SVID; then it needs re-enrollment")
 	f.IntVar(&cfg.MaxOpenSessions, "max-open-sessions", 0, "open sessions one identity may hold as consumer; past it, proposals are refused with too_many_sessions (default 256)")
 	f.IntVar(&cfg.MaxPendingProposals, "max-pending-proposals", 0, "proposals of one identity that may await their providers; past it, proposals are refused with too_many_proposals (default 64)")
+	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", 0, "size bound of the audit trail on disk; when full, actions needing a record are refused, nothing is dropped (default 2 GiB)")
+	f.Int64Var(&cfg.EnvelopeMaxBytes, "envelope-max-bytes", 0, "size bound of the envelope stream on disk; when full, new envelopes are refused, nothing is dropped (default 2 GiB)")
 	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
 	return cfg
