@@ -229,9 +229,20 @@ func (ms *messageStream) event(name string, ev chat.Object) []anthropic.Event {
 
 func (ms *messageStream) content(name string, ev chat.Object) []anthropic.Event {
 	pass := []anthropic.Event{{Name: name, Data: ev}}
+	known := map[string]bool{"message_start": true, "content_block_start": true, "content_block_delta": true,
+		"content_block_stop": true, "message_delta": true, "message_stop": true, "ping": true}
+	if ms.scanner != nil && known[name] {
+		// Members a known event is not known to carry are judged whole; those it carries are judged below.
+		js := &jsonScan{s: ms.scanner, report: ms.report}
+		js.members(ev, "type", "index", "message", "content_block", "delta", "usage")
+		ms.blocked = ms.blocked || js.blocked
+	}
 	switch name {
 	case "message_start":
 		msg := ev.Obj("message")
+		if msg == nil {
+			msg = chat.Object{} // an endpoint's malformed event is passed on with the public model name only
+		}
 		if u, ok := anthropic.UsageOf(msg.Obj("usage")); ok {
 			ms.usage, ms.sawUsage = u, true
 		}
@@ -375,7 +386,7 @@ func (ms *messageStream) content(name string, ev chat.Object) []anthropic.Event 
 	// An event type this gateway does not know: judged whole.
 	if ms.scanner != nil {
 		js := &jsonScan{s: ms.scanner, report: ms.report}
-		js.members(ev, "type")
+		js.members(ev)
 		if js.blocked {
 			return nil
 		}
