@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -23,12 +24,6 @@ import (
 // pending when its provider accepts it. Those releases are best effort (the session's own state is the fact):
 // when an identity reaches a cap, the listed sessions are read back and any that ended meanwhile are dropped
 // before the proposal is refused.
-
-// API codes of proposals refused for a cap.
-const (
-	codeTooManySessions  = "too_many_sessions"
-	codeTooManyProposals = "too_many_proposals"
-)
 
 // reservationGrace is how long a listed session that is not stored is taken to be a proposal still being
 // created; after it, it is what a failed proposal left behind.
@@ -74,11 +69,11 @@ func (s *Server) quotaRefusal(q sessionQuota, pending bool) *fault {
 	open, held := q.counts()
 	switch {
 	case open >= s.cfg.MaxOpenSessions:
-		return failf(http.StatusTooManyRequests, codeTooManySessions,
+		return failf(http.StatusTooManyRequests, api.CodeTooManySessions,
 			"you have %d open sessions, the most one identity may hold: close sessions you no longer need, or ask the operator to raise the limit (umbra controller --max-open-sessions)",
 			open)
 	case pending && held >= s.cfg.MaxPendingProposals:
-		return failf(http.StatusTooManyRequests, codeTooManyProposals,
+		return failf(http.StatusTooManyRequests, api.CodeTooManyProposals,
 			"you have %d proposals awaiting their providers, the most one identity may have: wait for the providers to answer them, or ask the operator to raise the limit (umbra controller --max-pending-proposals)",
 			held)
 	}

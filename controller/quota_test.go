@@ -203,13 +203,13 @@ func TestSessionCapsRefuseProposalsOverTheCap(t *testing.T) {
 
 	held := []workgroups.Session{w.mustPropose(ctx, true), w.mustPropose(ctx, true)}
 	_, err := w.propose(ctx, true)
-	refusedWith(t, err, codeTooManyProposals)
+	refusedWith(t, err, api.CodeTooManyProposals)
 	var accepted []workgroups.Session
 	for range 3 {
 		accepted = append(accepted, w.mustPropose(ctx, false))
 	}
 	_, err = w.propose(ctx, false)
-	refusedWith(t, err, codeTooManySessions)
+	refusedWith(t, err, api.CodeTooManySessions)
 	if open, pending := w.openSessions(ctx); open != 5 || pending != 2 {
 		t.Fatalf("%d open sessions (%d pending) stored, want 5 (2)", open, pending)
 	}
@@ -224,7 +224,7 @@ func TestSessionCapsRefuseProposalsOverTheCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = w.propose(ctx, true)
-	refusedWith(t, err, codeTooManySessions)
+	refusedWith(t, err, api.CodeTooManySessions)
 	// Rejecting one makes room for a held proposal again.
 	if _, err := w.s.answerSession(ctx, w.provider, held[1].ID.String(), false, "no"); err != nil {
 		t.Fatal(err)
@@ -242,8 +242,8 @@ func TestSessionCapsRefuseProposalsOverTheCap(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if refusals[codeTooManyProposals] != 1 || refusals[codeTooManySessions] != 2 {
-		t.Fatalf("refusals recorded: %v, want 1 %s and 2 %s", refusals, codeTooManyProposals, codeTooManySessions)
+	if refusals[api.CodeTooManyProposals] != 1 || refusals[api.CodeTooManySessions] != 2 {
+		t.Fatalf("refusals recorded: %v, want 1 %s and 2 %s", refusals, api.CodeTooManyProposals, api.CodeTooManySessions)
 	}
 }
 
@@ -303,14 +303,14 @@ func TestSessionCapsSurviveRestart(t *testing.T) {
 
 	w = openGovWorld(t, dir, cfg)
 	_, err := w.propose(ctx, false)
-	refusedWith(t, err, codeTooManySessions)
+	refusedWith(t, err, api.CodeTooManySessions)
 
 	// A data directory whose sessions predate the count: it is rebuilt from the stored sessions.
 	if err := w.s.ids.quotas.kv.Purge(ctx, idKey(worldConsumer)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = w.propose(ctx, false)
-	refusedWith(t, err, codeTooManySessions)
+	refusedWith(t, err, api.CodeTooManySessions)
 
 	// A session that ended without its count being updated (a crash in between) is found when the cap is hit.
 	if _, err := w.s.gov.sessions.update(ctx, sessions[0].ID.String(), func(ss *workgroups.Session) error {
@@ -326,7 +326,7 @@ func TestSessionCapsSurviveRestart(t *testing.T) {
 	}
 	w.mustPropose(ctx, false)
 	_, err = w.propose(ctx, false)
-	refusedWith(t, err, codeTooManySessions)
+	refusedWith(t, err, api.CodeTooManySessions)
 	if open, _ := w.openSessions(ctx); open != 3 {
 		t.Fatalf("%d open sessions stored, want 3", open)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -48,7 +49,7 @@ func TestProposalFloodIsCapped(t *testing.T) {
 		t.Helper()
 		_, err := w.buyer.Propose(ctx, w.ad.ID, outside)
 		var apiErr *agentsdk.APIError
-		if !errors.As(err, &apiErr) || apiErr.Status != http.StatusTooManyRequests || apiErr.Code != "too_many_proposals" ||
+		if !errors.As(err, &apiErr) || apiErr.Status != http.StatusTooManyRequests || apiErr.Code != api.CodeTooManyProposals ||
 			!strings.Contains(apiErr.Message, "ask the operator to raise the limit") {
 			t.Fatalf("proposal over the cap: %v, want 429 too_many_proposals saying what to do", err)
 		}

@@ -168,6 +168,13 @@ const (
 	CodeDuplicate      = "duplicate"
 )
 
+// Codes of proposals refused because the proposing identity holds as many sessions as one identity may (HTTP
+// 429): close sessions no longer needed, or ask the operator to raise the limit.
+const (
+	CodeTooManySessions  = "too_many_sessions"  // open sessions as consumer
+	CodeTooManyProposals = "too_many_proposals" // proposals awaiting their providers
+)
+
 // Paths for gateways: they record into the shared audit stream and look callers up.
 const (
 	PathAuditRecords   = "/v1/audit/records"
