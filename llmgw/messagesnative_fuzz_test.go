@@ -26,8 +26,9 @@ func redactingScanner(t testing.TB) *guard.Scanner {
 	return s
 }
 
-// FuzzMessagesRequestGuard: any Messages API request body is checked, estimated and scanned without a panic,
-// still encodes, and keeps no planted address outside opaque members.
+// FuzzMessagesRequestGuard: any Messages API request body is estimated and checked, and one that passes the
+// check is scanned without a panic, still encodes, and keeps no planted address outside opaque members and the
+// model name.
 func FuzzMessagesRequestGuard(f *testing.F) {
 	for _, seed := range []string{
 		`{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"write to ` + planted + `"}]}`,
@@ -44,12 +45,15 @@ func FuzzMessagesRequestGuard(f *testing.F) {
 		if err != nil {
 			return
 		}
-		_ = checkMessages(body)
 		_ = estimateMessages(body)
+		if checkMessages(body) != nil {
+			return // refused before any guardrail looks at it
+		}
 		c := &call{}
 		if e := g.guardMessages(c, body); e != nil {
 			t.Fatalf("a redacting guardrail refused the request: %v", e.Message)
 		}
+		delete(body, "model") // the gateway's to read, and replaced upstream
 		out, err := body.Encode()
 		if err != nil || !json.Valid(out) {
 			t.Fatalf("the scanned body does not encode: %v", err)

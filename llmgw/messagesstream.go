@@ -227,14 +227,31 @@ func (ms *messageStream) event(name string, ev chat.Object) []anthropic.Event {
 	return out
 }
 
+// eventMembers lists the members content judges itself for a known event type.
+func eventMembers(name string) ([]string, bool) {
+	switch name {
+	case "message_start":
+		return []string{"message"}, true
+	case "content_block_start":
+		return []string{"index", "content_block"}, true
+	case "content_block_delta":
+		return []string{"index", "delta"}, true
+	case "content_block_stop":
+		return []string{"index"}, true
+	case "message_delta":
+		return []string{"delta"}, true
+	case "message_stop", "ping":
+		return nil, true
+	}
+	return nil, false
+}
+
 func (ms *messageStream) content(name string, ev chat.Object) []anthropic.Event {
 	pass := []anthropic.Event{{Name: name, Data: ev}}
-	known := map[string]bool{"message_start": true, "content_block_start": true, "content_block_delta": true,
-		"content_block_stop": true, "message_delta": true, "message_stop": true, "ping": true}
-	if ms.scanner != nil && known[name] {
+	if handled, known := eventMembers(name); known && ms.scanner != nil {
 		// Members a known event is not known to carry are judged whole; those it carries are judged below.
 		js := &jsonScan{s: ms.scanner, report: ms.report}
-		js.members(ev, "type", "index", "message", "content_block", "delta", "usage")
+		js.members(ev, append(handled, "type")...)
 		ms.blocked = ms.blocked || js.blocked
 	}
 	switch name {
@@ -249,7 +266,7 @@ func (ms *messageStream) content(name string, ev chat.Object) []anthropic.Event 
 		msg.Set("model", ms.model)
 		if ms.scanner != nil {
 			js := &jsonScan{s: ms.scanner, report: ms.report}
-			js.members(msg, "model", "usage")
+			js.members(msg, "model")
 			ms.blocked = ms.blocked || js.blocked
 		}
 		ev.Set("message", msg)
