@@ -220,7 +220,10 @@ when { ["northwind", "helix", "meridian"].contains(principal.org) };
 `
 
 // ForecasterTokensPerDay is Meridian's forecaster's daily token budget at the LLM gateway: enough for one call.
-const ForecasterTokensPerDay = 80
+// The gateway admits a call only when the budget has room for its estimated input and at least one output
+// token, so this covers the first forecast's estimate (its prompt carries 24 hours of sea state, about 360
+// tokens) and leaves less than the second forecast needs after the first is billed.
+const ForecasterTokensPerDay = 370
 
 // MCPBackend is one backend of the MCP gateway.
 type MCPBackend struct {
