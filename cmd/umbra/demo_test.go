@@ -646,12 +646,12 @@ func checkComposeIsolation(t *testing.T, c *compose) {
 	}
 	for _, path := range []string{"/tokens/admins/keelson-admin.json", "/controller/admin.json", "/data/admins/keelson-admin.json",
 		"/admin/admin.json", "/data/admin.json", "/out/keelson-dispatch/identity.json"} {
-		if out, err := docker("exec", helix, "/umbra", "whoami", "--as", path); err == nil || !strings.Contains(out, "no such file or directory") {
+		if out, err := docker("exec", helix, "/umbra", "whoami", "--as", path); err == nil || !strings.Contains(out, "no such identity file") {
 			t.Errorf("helix-diagnostics using the identity at %s: %v\n%s", path, err, out)
 		}
 	}
 	for _, path := range []string{"/tokens/keelson-dispatch.token", "/out/keelson-dispatch/token", "/setup/../out/keelson-dispatch/token"} {
-		if out, err := docker("exec", helix, "/umbra", "enroll", "--token", path, "--out", "/tmp/stolen.json"); err == nil || !strings.Contains(out, "no such file or directory") {
+		if out, err := docker("exec", helix, "/umbra", "enroll", "--token", path, "--out", "/tmp/stolen.json"); err == nil || !strings.Contains(out, ": no such file;") {
 			t.Errorf("helix-diagnostics redeeming the token at %s: %v\n%s", path, err, out)
 		}
 	}
