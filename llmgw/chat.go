@@ -134,12 +134,7 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 		out.fail(c, e)
 		return
 	}
-	d := g.authz.decide(p, req.Model, "chat")
-	c.decision = &d
-	if !d.Allow {
-		e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s", p.ID, req.Model)
-		e.Param = "model"
-		c.fail(KindDenied, e)
+	if e := g.permitModel(c, req.Model); e != nil {
 		out.fail(c, e)
 		return
 	}
@@ -396,4 +391,18 @@ func (g *Gateway) settle(ctx context.Context, c *call, res *budget.Reservation) 
 	if err := res.Settle(context.WithoutCancel(ctx), c.model, used); err != nil {
 		g.log.Error("llmgw: usage not recorded", "request_id", c.id, "err", err)
 	}
+}
+
+// permitModel asks the policy whether the caller may use model for chat, keeps the decision with the call, and
+// returns the refusal (already recorded on the call) when it may not.
+func (g *Gateway) permitModel(c *call, model string) *apiError {
+	d := g.authz.decide(c.principal, model, "chat")
+	c.decision = &d
+	if d.Allow {
+		return nil
+	}
+	e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s", c.principal.ID, model)
+	e.Param = "model"
+	c.fail(KindDenied, e)
+	return e
 }

@@ -78,13 +78,7 @@ func (g *Gateway) messagesNative(ctx context.Context, c *call, body chat.Object,
 		out.fail(c, e)
 		return
 	}
-	p := c.principal
-	d := g.authz.decide(p, c.requested, "chat")
-	c.decision = &d
-	if !d.Allow {
-		e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s", p.ID, c.requested)
-		e.Param = "model"
-		c.fail(KindDenied, e)
+	if e := g.permitModel(c, c.requested); e != nil {
 		out.fail(c, e)
 		return
 	}
