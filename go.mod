@@ -17,6 +17,7 @@ replace (
 )
 
 require (
+	github.com/a2aproject/a2a-go v0.3.3
 	github.com/cedar-policy/cedar-go v1.9.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0

@@ -3,6 +3,7 @@ module github.com/umbra-mesh/umbra/agentsdk
 go 1.26.8
 
 require (
+	github.com/a2aproject/a2a-go v0.3.3
 	github.com/modelcontextprotocol/go-sdk v1.8.0
 	github.com/openziti/identity v1.0.118
 	github.com/openziti/sdk-golang v1.2.10
