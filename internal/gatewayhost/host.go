@@ -1,6 +1,7 @@
-// Package gatewayhost runs a gateway (MCP or LLM) as a dark overlay service: it connects the gateway's identity,
-// keeps the gateway's own state in an embedded JetStream in its data directory, sends the gateway's audit
-// records to the controller's one audit stream, and looks callers up in the controller's directory.
+// Package gatewayhost runs a gateway (MCP or LLM) as a dark overlay service: it connects the gateway's identity
+// (which must be of kind gateway), keeps the gateway's own state in an embedded JetStream in its data directory
+// (locked: one gateway per directory), sends the gateway's audit records to the controller's one audit stream,
+// and looks callers up in the controller's directory.
 package gatewayhost
 
 import (
@@ -8,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +33,7 @@ type Host struct {
 	log   *slog.Logger
 	ns    *natsd.Server
 	nc    *nats.Conn
+	lock  *dirLock
 
 	mu    sync.Mutex
 	cache map[spiffeid.ID]cached
@@ -43,25 +47,36 @@ type cached struct {
 // lookupTTL bounds how long a revoked caller or a membership change can go unnoticed by the gateway.
 const lookupTTL = 5 * time.Second
 
-// Start connects the identity in identityFile and opens the state store under dataDir.
+// Start connects the identity in identityFile and opens the state store under dataDir. It refuses, before
+// connecting anything, an identity that is not of kind gateway and a data directory another gateway holds.
 func Start(ctx context.Context, identityFile, dataDir string, log *slog.Logger) (*Host, error) {
 	id, err := agentsdk.LoadIdentity(identityFile)
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckKind(id.SPIFFEID()); err != nil {
+		return nil, fmt.Errorf("%s: %w", identityFile, err)
+	}
+	lock, err := lockDir(dataDir, id.SPIFFEID().String())
+	if err != nil {
+		return nil, err
+	}
 	a, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(log), agentsdk.WithIdentityFile(identityFile))
 	if err != nil {
+		lock.release()
 		return nil, err
 	}
 	ns, err := natsd.Start(natsd.Config{StoreDir: filepath.Join(dataDir, "jetstream"), SyncAlways: true})
 	if err != nil {
 		a.Close()
+		lock.release()
 		return nil, fmt.Errorf("gatewayhost: %w", err)
 	}
 	nc, err := ns.Connect("umbra-gateway")
 	if err != nil {
 		a.Close()
 		ns.Shutdown()
+		lock.release()
 		return nil, fmt.Errorf("gatewayhost: %w", err)
 	}
 	js, err := jetstream.New(nc)
@@ -69,18 +84,53 @@ func Start(ctx context.Context, identityFile, dataDir string, log *slog.Logger) 
 		a.Close()
 		nc.Close()
 		ns.Shutdown()
+		lock.release()
 		return nil, fmt.Errorf("gatewayhost: %w", err)
 	}
-	return &Host{Agent: a, JS: js, log: log, ns: ns, nc: nc, cache: map[spiffeid.ID]cached{}}, nil
+	return &Host{Agent: a, JS: js, log: log, ns: ns, nc: nc, lock: lock, cache: map[spiffeid.ID]cached{}}, nil
+}
+
+// CheckKind refuses an identity that is not of kind gateway (spiffe://<domain>/<org>/gateway/<name>): only
+// gateway identities may write the controller's audit stream and look callers up, so any other would start
+// and then fail at its first caller.
+func CheckKind(id spiffeid.ID) error {
+	segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(segs) != 3 || segs[1] != api.GatewayKind {
+		return fmt.Errorf("identity %s is not of kind %q: create one with umbra identity create --kind %s", id, api.GatewayKind, api.GatewayKind)
+	}
+	return nil
+}
+
+// bindTimeout bounds how long Listen waits for the overlay to host the service.
+const bindTimeout = time.Minute
+
+// Listen hosts service on the overlay and returns once it is hosted, or with the reason it cannot be (no Bind
+// grant, no such service, no router in time). Serve the listener with ServeListener.
+func (h *Host) Listen(ctx context.Context, service string) (net.Listener, error) {
+	ctx, cancel := context.WithTimeout(ctx, bindTimeout)
+	defer cancel()
+	ln, err := h.Agent.ListenContext(ctx, service)
+	if err != nil {
+		return nil, fmt.Errorf("host overlay service %s: %w", service, err)
+	}
+	return ln, nil
 }
 
 // Serve hosts handler on the overlay service until ctx ends. Requests arrive inside mutual TLS: r.TLS carries
 // the caller's SVID.
 func (h *Host) Serve(ctx context.Context, service string, handler http.Handler) error {
-	ln, err := h.Agent.Listen(service)
+	ln, err := h.Listen(ctx, service)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
+	return h.ServeListener(ctx, ln, handler)
+}
+
+// ServeListener serves handler on ln (from Listen) until ctx ends, and closes ln.
+func (h *Host) ServeListener(ctx context.Context, ln net.Listener, handler http.Handler) error {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(h.log.Handler(), slog.LevelDebug)}
 	stopped := make(chan struct{})
 	go func() {
@@ -127,9 +177,10 @@ func (h *Host) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityInfo, er
 	return info, nil
 }
 
-// Close disconnects and stops the state store.
+// Close disconnects, stops the state store and gives the data directory up.
 func (h *Host) Close() {
 	h.Agent.Close()
 	h.nc.Close()
 	h.ns.Shutdown()
+	h.lock.release()
 }
