@@ -55,8 +55,9 @@ func (g *Gateway) routes() http.Handler {
 		}
 		return map[string]any{"tools": tools}, nil
 	}))
-	mux.HandleFunc("GET /admin/backends", g.admin(true, func(context.Context, spiffeid.ID, *http.Request) (any, error) {
-		return map[string]any{"backends": g.Backends()}, nil
+	mux.HandleFunc("GET /admin/backends", g.admin(true, func(ctx context.Context, _ spiffeid.ID, _ *http.Request) (any, error) {
+		bs, err := g.Backends(ctx)
+		return map[string]any{"backends": bs}, err
 	}))
 	mux.HandleFunc("GET /admin/tool-versions", g.admin(true, func(ctx context.Context, _ spiffeid.ID, _ *http.Request) (any, error) {
 		vs, err := g.PendingTools(ctx)

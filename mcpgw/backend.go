@@ -39,6 +39,8 @@ type backendConn struct {
 	mu        sync.Mutex
 	cs        *mcp.ClientSession // nil while down
 	lastErr   string
+	failing   bool // the last attempt failed: logged once, not at every retry
+	listed    bool // connected and what it serves is listed: the gateway may report ready
 	perClient map[*mcp.ServerSession]*spawned
 	flights   map[uint64]flight // calls in flight, for log forwarding
 	nflight   uint64
@@ -110,13 +112,15 @@ func (b *backendConn) run(ctx context.Context, first func()) {
 				cs.Close()
 			}
 		}
-		if first != nil {
+		if err != nil && ctx.Err() == nil {
+			b.g.metrics.reconnects.WithLabelValues(b.cfg.Name, "failed").Inc()
+			b.setDown(err)
+		}
+		if first != nil { // after setDown: whoever waits for the first attempt learns why it failed
 			first()
 			first = nil
 		}
 		if err != nil {
-			b.g.metrics.reconnects.WithLabelValues(b.cfg.Name, "failed").Inc()
-			b.setDown(err)
 			// Jitter spreads the reconnections of many gateways to one backend.
 			d := backoff/2 + rand.N(backoff/2+1)
 			select {
@@ -127,6 +131,10 @@ func (b *backendConn) run(ctx context.Context, first func()) {
 			continue
 		}
 		backoff = minBackoff
+		b.mu.Lock()
+		b.listed = true
+		b.mu.Unlock()
+		b.g.backendUp()
 		b.g.metrics.reconnects.WithLabelValues(b.cfg.Name, "connected").Inc()
 		err = b.serve(ctx, cs)
 		b.setDown(err)
@@ -135,7 +143,7 @@ func (b *backendConn) run(ctx context.Context, first func()) {
 
 func (b *backendConn) setUp(cs *mcp.ClientSession) {
 	b.mu.Lock()
-	b.cs, b.lastErr = cs, ""
+	b.cs, b.lastErr, b.failing = cs, "", false
 	b.mu.Unlock()
 	b.g.metrics.backendUp.WithLabelValues(b.cfg.Name).Set(1)
 	b.g.log.Info("mcpgw: backend connected", "backend", b.cfg.Name, "server", serverName(cs))
@@ -150,15 +158,20 @@ func serverName(cs *mcp.ClientSession) string {
 
 func (b *backendConn) setDown(err error) {
 	b.mu.Lock()
-	wasUp := b.cs != nil
-	b.cs = nil
+	wasUp, wasFailing := b.cs != nil, b.failing
+	b.cs, b.listed = nil, false
 	if err != nil {
 		b.lastErr = redact.String(err.Error())
 	}
+	b.failing = !wasUp
+	lastErr := b.lastErr
 	b.mu.Unlock()
 	b.g.metrics.backendUp.WithLabelValues(b.cfg.Name).Set(0)
-	if wasUp {
-		b.g.log.Warn("mcpgw: backend disconnected", "backend", b.cfg.Name, "err", b.lastErr)
+	switch {
+	case wasUp:
+		b.g.log.Warn("mcpgw: backend disconnected", "backend", b.cfg.Name, "err", lastErr)
+	case !wasFailing:
+		b.g.log.Warn("mcpgw: backend unavailable, retrying", "backend", b.cfg.Name, "kind", b.cfg.Kind, "err", lastErr)
 	}
 	if b.g.catalog.drop(b.cfg.Name) {
 		b.g.changed()
@@ -485,22 +498,72 @@ func (b *backendConn) onProgress(_ context.Context, req *mcp.ProgressNotificatio
 	_ = e.ss.NotifyProgress(e.ctx, &p)
 }
 
-// status describes the backend for administrators.
-func (b *backendConn) status() BackendStatus {
+// status describes the backend for administrators; pins are the pin records of its tools.
+func (b *backendConn) status(pins []pin.Record) BackendStatus {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	return BackendStatus{Name: b.cfg.Name, Up: b.cs != nil, Trusted: b.cfg.Trusted, Spawn: b.cfg.Spawn,
-		LastError: b.lastErr, ClientSessions: len(b.perClient)}
+	st := BackendStatus{Name: b.cfg.Name, Kind: b.cfg.Kind, Up: b.cs != nil, Trusted: b.cfg.Trusted, Spawn: b.cfg.Spawn,
+		LastError: b.lastErr, ClientSessions: len(b.perClient), listed: b.listed}
+	b.mu.Unlock()
+	switch {
+	case st.Up:
+		st.State = StateConnected
+	case st.LastError != "":
+		st.State = StateFailed
+	default:
+		st.State = StateConnecting
+	}
+	if it, ok := b.g.catalog.backend(b.cfg.Name); ok {
+		for _, e := range it.tools {
+			if e.state == pin.Approved {
+				st.Tools++
+			}
+		}
+		st.Prompts, st.Resources = len(it.prompts), len(it.resources)
+	}
+	for _, r := range pins {
+		if r.Backend != b.cfg.Name {
+			continue
+		}
+		if r.Approved != "" {
+			st.Pinned++
+		}
+		if r.Pending != "" {
+			switch r.StateOf(r.Pending) {
+			case pin.Quarantined:
+				st.Quarantined++
+			case pin.Pending:
+				st.Held++
+			}
+		}
+	}
+	return st
 }
+
+// Backend states.
+const (
+	StateConnecting = "connecting" // not tried yet
+	StateConnected  = "connected"
+	StateFailed     = "failed" // the last attempt failed (LastError says why); retried with backoff
+)
 
 // BackendStatus is what the gateway knows of a backend.
 type BackendStatus struct {
 	Name           string `json:"name"`
-	Up             bool   `json:"up"`
+	Kind           string `json:"kind"`  // Backend.Kind: stdio, http, overlay, ...
+	State          string `json:"state"` // StateConnecting, StateConnected or StateFailed
+	Up             bool   `json:"up"`    // State == StateConnected
 	Trusted        bool   `json:"trusted"`
 	Spawn          string `json:"spawn"`
-	LastError      string `json:"last_error,omitempty"`
+	LastError      string `json:"last_error,omitempty"`      // why the last attempt failed, secrets redacted
 	ClientSessions int    `json:"client_sessions,omitempty"` // per-client sessions open
+	Tools          int    `json:"tools"`                     // approved tools served now, exposed to callers whose policy allows
+	Prompts        int    `json:"prompts"`                   // prompts served now
+	Resources      int    `json:"resources"`                 // resources and resource templates served now
+	Pinned         int    `json:"pinned"`                    // tools with an approved (pinned) definition, served or not
+	Quarantined    int    `json:"quarantined"`               // tools whose served definition differs from the pinned one
+	Held           int    `json:"held"`                      // new tools awaiting a first approval
+
+	listed bool // Up, and what it serves is listed
 }
 
 func clip(s string) string {

@@ -107,5 +107,8 @@ func TestSpawnPerClient(t *testing.T) {
 		t.Fatalf("%d backend sessions opened, want 4", n)
 	}
 	c1.cs.Close()
-	eventually(t, "the closed client's backend session closed", func() bool { return e.g.Backends()[0].ClientSessions == 1 })
+	eventually(t, "the closed client's backend session closed", func() bool {
+		bs, err := e.g.Backends(context.Background())
+		return err == nil && bs[0].ClientSessions == 1
+	})
 }

@@ -151,6 +151,14 @@ func (c *catalog) resource(key string) (*resourceEntry, bool) {
 	return nil, false
 }
 
+// backend returns what one backend serves now; the items are shared and must not be modified.
+func (c *catalog) backend(name string) (*items, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	it, ok := c.backends[name]
+	return it, ok
+}
+
 func (c *catalog) counts() map[pin.State]int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

@@ -71,11 +71,22 @@ type Config struct {
 	// Self is the gateway's own SPIFFE ID, the actor of the records it makes on its own account (tool pins).
 	// Default spiffe://umbra.invalid/mcpgw.
 	Self spiffeid.ID
+	// StartTimeout is how long Run waits, while it retries, for a first backend to connect. Ready is closed
+	// only once every backend has been tried and at least one serves; if none does within StartTimeout, Run
+	// returns an error naming each backend and why it failed. Default 30 seconds.
+	StartTimeout time.Duration
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 	// Registry receives the gateway's metrics. Default: a private registry, served by Handler at /metrics (to
-	// administrators) and by MetricsHandler.
+	// administrators), by MetricsHandler and on MetricsListen.
 	Registry prometheus.Registerer
+	// MetricsListen is a HOST:PORT on which ServeMetrics serves the metrics over plain HTTP at /metrics, to
+	// whoever reaches it; it needs the private registry. It must be a loopback address unless
+	// MetricsAllowRemote is set. Default: none (metrics only through Handler, to administrators).
+	MetricsListen string
+	// MetricsAllowRemote lets MetricsListen be an address other hosts can reach: the metrics name every caller,
+	// backend and tool. Default false.
+	MetricsAllowRemote bool
 }
 
 // Backend is one MCP server behind the gateway.
@@ -94,6 +105,9 @@ type Backend struct {
 	// session per client session (for servers that keep per-user state); the shared session then only
 	// serves listings.
 	Spawn string
+	// Kind says how the server is reached, for operators ("stdio", "http", "overlay"); the gateway only
+	// reports it. Default "custom".
+	Kind string
 }
 
 // Spawn modes.
@@ -164,6 +178,9 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("backend %q: no Connect", b.Name)
 		}
 		seen[b.Name] = true
+		if b.Kind == "" {
+			c.Backends[i].Kind = "custom"
+		}
 		switch b.Spawn {
 		case "":
 			c.Backends[i].Spawn = SpawnShared
@@ -195,8 +212,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.KeepAlive == 0 {
 		c.KeepAlive = 15 * time.Second
 	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 30 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := checkMetricsListen(c.MetricsListen, c.MetricsAllowRemote); err != nil {
+		return c, err
+	}
+	if c.MetricsListen != "" && c.Registry != nil {
+		return c, errors.New("metrics listen address set with a registry of your own: serve that registry yourself")
 	}
 	l := &c.Limits
 	def := func(v *int, d int) {

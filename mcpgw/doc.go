@@ -7,7 +7,10 @@
 //
 // The gateway is a value: New checks the configuration, Run connects the backends and keeps them connected
 // until its context ends, Ready says when it serves, Handler is the http.Handler to serve, on a listener whose
-// TLS configuration verifies client SVIDs (the overlay hosting does that; tests may supply Identify).
+// TLS configuration verifies client SVIDs (the overlay hosting does that; tests may supply Identify). Ready is
+// closed once every backend has been tried and at least one is connected and listed; until then Handler
+// answers 503. A backend that fails is logged once, with why, and retried with backoff; if none connects
+// within Config.StartTimeout, Run returns an error naming each backend and its last error.
 //
 //	g, err := mcpgw.New(mcpgw.Config{
 //		Backends: []mcpgw.Backend{{
@@ -124,7 +127,8 @@
 // record that cannot be written is counted and logged, never dropped silently. Nothing logged or recorded carries secrets found in
 // arguments or errors (package redact). Logs carry state changes only. Metrics (calls, errors, latency per
 // tool and caller, refusals, backend state, tools by pin state) go to Config.Registry, or to a private
-// registry served at /metrics to administrators and by MetricsHandler.
+// registry served at /metrics to administrators, by MetricsHandler, and by ServeMetrics on
+// Config.MetricsListen (loopback unless Config.MetricsAllowRemote).
 //
 // # Forwarded, and not
 //
@@ -137,6 +141,7 @@
 // # Administration
 //
 // Handler also serves a small JSON API under /admin/ (see admin.go): the tools a caller may see, backend
-// states, tool versions awaiting a decision and call approvals, and the decisions on both. The same operations
+// states (kind, connected or failed with the last error, tools served, pinned, quarantined and held counts:
+// BackendStatus), tool versions awaiting a decision and call approvals, and the decisions on both. The same operations
 // are methods: Tools, Backends, PendingTools, DecideTool, PendingCalls, DecideCall.
 package mcpgw

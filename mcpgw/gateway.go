@@ -67,6 +67,7 @@ type Gateway struct {
 	audits  chan audit.Record
 
 	ready   chan struct{}
+	upCh    chan struct{} // a backend connected
 	running atomic.Bool
 }
 
@@ -100,7 +101,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, sdkLog: slog.New(quiet{cfg.Logger.Handler(), slog.LevelWarn}), self: selfID, scanner: scan.New(), catalog: newCatalog(),
 		limits: newLimiter(cfg.Limits), admins: map[string]bool{}, dir: map[string]dirEntry{},
-		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), ready: make(chan struct{})}
+		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), ready: make(chan struct{}), upCh: make(chan struct{}, 1)}
 	if !cfg.Self.IsZero() {
 		g.self = cfg.Self.String()
 	}
@@ -164,6 +165,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	defer func() { stopAudit(); <-auditDone }()
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	var tried sync.WaitGroup
 	tried.Add(len(g.backs))
@@ -174,22 +177,31 @@ func (g *Gateway) Run(ctx context.Context) error {
 			b.run(ctx, tried.Done)
 		}()
 	}
+	allTried := make(chan struct{})
 	go func() {
 		tried.Wait()
-		close(g.ready)
-		g.log.Info("mcpgw: ready", "backends", len(g.backs))
+		close(allTried)
 	}()
+	startFailed := make(chan error, 1)
+	go g.awaitBackends(ctx, allTried, startFailed)
+	stop := func() {
+		cancel()
+		wg.Wait()
+		for _, b := range g.backs {
+			b.closeSpawned()
+		}
+	}
 
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			wg.Wait()
-			for _, b := range g.backs {
-				b.closeSpawned()
-			}
+			stop()
 			return nil
+		case err := <-startFailed:
+			stop()
+			return err
 		case <-tick.C:
 			g.evictIdle(callerIdle)
 			g.limits.prune()
@@ -198,7 +210,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 }
 
-// Ready is closed when the gateway serves: every backend has been tried once.
+// Ready is closed when the gateway serves: every backend has been tried once and at least one is connected.
+// Run returns an error instead if no backend connects within Config.StartTimeout.
 func (g *Gateway) Ready() <-chan struct{} { return g.ready }
 
 // Handler serves the MCP endpoint (streamable HTTP) at "/", the administration API under "/admin/" (see
@@ -285,13 +298,80 @@ func (g *Gateway) isAdmin(ctx context.Context, id spiffeid.ID) bool {
 	return err == nil && p.Admin && !p.Revoked
 }
 
-// Backends reports the state of every backend.
-func (g *Gateway) Backends() []BackendStatus {
+// Backends reports the state of every backend, in configuration order, with the counts of its pinned tools.
+func (g *Gateway) Backends(ctx context.Context) ([]BackendStatus, error) {
+	if err := g.started(); err != nil {
+		return nil, err
+	}
+	pins, err := g.pins.All(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("mcpgw: tool pins: %w", err)
+	}
+	return g.backendStates(pins), nil
+}
+
+func (g *Gateway) backendStates(pins []pin.Record) []BackendStatus {
 	out := make([]BackendStatus, 0, len(g.backs))
 	for _, b := range g.backs {
-		out = append(out, b.status())
+		out = append(out, b.status(pins))
 	}
 	return out
+}
+
+// backendUp wakes Run while it waits for a first backend.
+func (g *Gateway) backendUp() {
+	select {
+	case g.upCh <- struct{}{}:
+	default:
+	}
+}
+
+// awaitBackends closes ready once every backend has been tried and one serves, or reports on failed why none
+// served within StartTimeout, naming each backend.
+func (g *Gateway) awaitBackends(ctx context.Context, tried <-chan struct{}, failed chan<- error) {
+	select {
+	case <-tried:
+	case <-ctx.Done():
+		return
+	}
+	deadline := time.NewTimer(g.cfg.StartTimeout)
+	defer deadline.Stop()
+	for {
+		states := g.backendStates(nil)
+		var up []string
+		var down []any
+		for _, st := range states {
+			if st.listed {
+				up = append(up, st.Name)
+			} else {
+				down = append(down, slog.String(st.Name, st.LastError))
+			}
+		}
+		if len(up) > 0 {
+			close(g.ready)
+			g.log.Info("mcpgw: ready", "backends", len(states), "connected", strings.Join(up, ","))
+			if len(down) > 0 {
+				g.log.Warn("mcpgw: backends unavailable at start, retrying", down...)
+			}
+			return
+		}
+		select {
+		case <-g.upCh:
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			var why []string
+			for _, st := range g.backendStates(nil) {
+				reason := st.LastError
+				if reason == "" {
+					reason = "not connected yet"
+				}
+				why = append(why, st.Name+" ("+st.Kind+"): "+reason)
+			}
+			failed <- fmt.Errorf("mcpgw: no backend available after %s: %s", g.cfg.StartTimeout, strings.Join(why, "; "))
+			return
+		}
+	}
 }
 
 // Tools returns the tools caller may see now, as tools/list would show them, or an error wrapping
