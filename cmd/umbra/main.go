@@ -69,6 +69,9 @@ Usage:
   umbra llm bridge --as ID.json [--listen 127.0.0.1:8089]        loopback bridge for non-Go clients
   umbra llm usage  --as ID.json [--identity ID] [--since 24h]
 
+  umbra a2a bridge --as ID.json --ad AD [--session S] [--listen 127.0.0.1:8090]   a provider's A2A agent for A2A clients
+  umbra a2a serve  --as ID.json --endpoint URL               answers A2A calls with an A2A JSON-RPC server
+
 Every command takes --log-level (debug, info, warn, error; default warn).
 `
 
@@ -122,6 +125,7 @@ func groups() map[string]map[string]command {
 		"mcp": {"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools, "approvals": cmdMCPApprovals,
 			"sample-server": cmdMCPSampleServer},
 		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
+		"a2a":   {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
 		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey},
 	}
 }
