@@ -256,6 +256,16 @@ func (a *Agent) Reject(ctx context.Context, id workgroups.SessionID, reason stri
 	return nil
 }
 
+// Withdraw takes back a proposal of this agent's that still awaits its provider (held): it ends rejected, as
+// withdrawn by the consumer, and no longer counts against this agent's pending proposals. Only the agent that
+// proposed it may withdraw it; withdrawing one that was answered or withdrawn already fails with the reason.
+func (a *Agent) Withdraw(ctx context.Context, id workgroups.SessionID, reason string) error {
+	if _, err := a.sessionAction(ctx, id, "withdraw", reason); err != nil {
+		return fmt.Errorf("agentsdk: withdraw %s: %w", id, err)
+	}
+	return nil
+}
+
 // OnProposal calls decide for every proposal held for this agent as provider, accepting it when decide returns
 // true and rejecting it otherwise, until ctx ends. It polls every interval (default 1s).
 func (a *Agent) OnProposal(ctx context.Context, interval time.Duration, decide func(workgroups.Session) (bool, string)) error {

@@ -26,6 +26,8 @@ type fault struct {
 	code    string
 	message string
 	cause   error
+	// retryAfter, when set, is sent as the Retry-After header: when the refused call may succeed.
+	retryAfter time.Duration
 }
 
 func (f *fault) Error() string {

@@ -66,6 +66,14 @@ type Config struct {
 	// HTTP 429, code too_many_sessions, until the identity closes one. The count is kept in JetStream, so it
 	// holds across restarts. Negative is refused, as for MaxPendingProposals.
 	MaxOpenSessions int
+	// ProposalsPerMinute is how many proposals one identity may make in a minute, counted in JetStream so that
+	// every controller sharing the store agrees. Default 60. Past it, propose is refused with HTTP 429, code
+	// proposal_rate_limited and a Retry-After header. Negative means no limit.
+	ProposalsPerMinute int
+	// ClosedSessionRetention is how long a session that ended (closed, expired, rejected or withdrawn) stays in
+	// the session table; then a controller loop removes it, and its history stays in the audit trail. Default
+	// 7 days. Negative is refused.
+	ClosedSessionRetention time.Duration
 	// AuditMaxBytes bounds the audit stream on disk. Default audit.DefaultMaxBytes (2 GiB). When the trail is
 	// full, new records are refused (and with them every action that needs one): nothing recorded is ever
 	// dropped to make room. Export, verify and archive the trail, then raise the limit (docs/record-path.md,
@@ -151,6 +159,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxOpenSessions < 0 {
 		return c, fmt.Errorf("controller: MaxOpenSessions %d is negative; give a positive number (default %d)", c.MaxOpenSessions, defaultMaxOpenSessions)
+	}
+	if c.ProposalsPerMinute == 0 {
+		c.ProposalsPerMinute = defaultProposalsPerMinute
+	}
+	if c.ClosedSessionRetention == 0 {
+		c.ClosedSessionRetention = defaultClosedSessionRetention
+	}
+	if c.ClosedSessionRetention < 0 {
+		return c, fmt.Errorf("controller: ClosedSessionRetention %s is negative; give a positive duration (default 168h)", c.ClosedSessionRetention)
 	}
 	if c.AuditMaxBytes == 0 {
 		c.AuditMaxBytes = audit.DefaultMaxBytes

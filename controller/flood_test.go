@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -128,4 +130,89 @@ func TestFloodDiskGrowthIsBounded(t *testing.T) {
 	if int64(one) > windows*refusalsPerWindow || one+counted != requests {
 		t.Fatalf("%d refusals recorded one by one and %d counted in summaries, want at most %d and %d in all", one, counted, windows*refusalsPerWindow, requests)
 	}
+}
+
+// TestFloodProposeCloseLoopIsBounded has one member propose a session and close it at once, 2,000 times at full
+// speed: each proposal frees its place among the caps as soon as it is closed, so only the proposal rate bounds
+// what it leaves behind. The store may grow by the proposals the rate admits (each a session record and its
+// audit records) and the refusals the limiter records, not by the number of attempts; and once the retention
+// has passed, the sessions bucket holds none of them.
+func TestFloodProposeCloseLoopIsBounded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	const retention = 2 * time.Second
+	cfg := Config{ClosedSessionRetention: retention} // the default rate: 60 proposals a minute
+	w := openGovWorld(t, dir, cfg)
+	w.close()
+	before := dirBytes(t, dir)
+	w = openGovWorld(t, dir, cfg)
+
+	const attempts = 2000
+	admitted, limited := 0, 0
+	start := time.Now()
+	for range attempts {
+		sess, err := w.propose(ctx, false)
+		var f *fault
+		switch {
+		case err == nil:
+			admitted++
+			if _, err := w.s.closeByCaller(ctx, w.consumer, sess.ID.String(), "done"); err != nil {
+				t.Fatal(err)
+			}
+		case errors.As(err, &f) && f.code == api.CodeProposalRateLimited:
+			limited++
+		default:
+			t.Fatalf("propose: %v", err)
+		}
+	}
+	elapsed := time.Since(start)
+	windows := int64(math.Ceil(elapsed.Seconds()/proposalWindow.Seconds())) + 1
+	if int64(admitted) > windows*defaultProposalsPerMinute || admitted+limited != attempts {
+		t.Fatalf("%d proposals admitted and %d refused for the rate in %v, want at most %d admitted", admitted, limited, elapsed, windows*defaultProposalsPerMinute)
+	}
+	stored := w.storedSessions(ctx)
+	w.close()
+	after := dirBytes(t, dir)
+
+	// The budget: per window, the admitted sessions at sessionBound each (the session's revisions, its
+	// transitions in the audit trail, its consumer's count) and the refusals the limiter records, plus the
+	// stores' bookkeeping on a restart.
+	const refusalRecordBound, sessionBound, bookkeeping = 2 << 10, 8 << 10, 64 << 10
+	budget := windows*(defaultProposalsPerMinute*sessionBound+(refusalsPerWindow+1)*refusalRecordBound) + bookkeeping
+	grown := after - before
+	t.Logf("propose/close flood: %d attempts in %v, %d admitted (%d sessions stored), %d refused for the rate; store %d → %d bytes, grew %d bytes (%.1f bytes per attempt); budget %d bytes for %d window(s)",
+		attempts, elapsed.Round(time.Millisecond), admitted, stored, limited, before, after, grown, float64(grown)/attempts, budget, windows)
+	if stored != admitted {
+		t.Fatalf("%d sessions stored, want the %d admitted", stored, admitted)
+	}
+	if grown > budget {
+		t.Fatalf("the store grew %d bytes under %d proposals, over the budget of %d", grown, attempts, budget)
+	}
+
+	// After the retention the loop removes every one of them, revisions and all.
+	w = openGovWorld(t, dir, cfg)
+	n, err := w.s.purgeEndedSessions(ctx, time.Now().Add(retention))
+	if err != nil || n != admitted {
+		t.Fatalf("retention removed %d sessions, err %v; want %d", n, err, admitted)
+	}
+	info, err := w.s.gov.sessionStream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := w.storedSessions(ctx); left != 0 || info.State.Msgs != 0 {
+		t.Fatalf("after the retention: %d sessions and %d messages left in the sessions bucket, want none", left, info.State.Msgs)
+	}
+	w.close()
+	t.Logf("propose/close flood: after the retention the sessions bucket is empty; store %d bytes at rest", dirBytes(t, dir))
+}
+
+// storedSessions counts the sessions in the session table.
+func (w *govWorld) storedSessions(ctx context.Context) int {
+	w.t.Helper()
+	all, err := w.s.gov.sessions.all(ctx)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return len(all)
 }

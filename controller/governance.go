@@ -43,6 +43,11 @@ type governance struct {
 	authz    *workgroups.Authorizer
 	wgCache  *workgroupCache // the relay's copy of wgs
 
+	// sessionStream is the stream under the sessions bucket: the retention removes every revision of an
+	// ended session from it at once (retention.go).
+	sessionStream jetstream.Stream
+	rates         table[proposalRate] // proposals per identity and window (ratelimit.go)
+
 	mu        sync.Mutex
 	deadlines map[string]time.Time // open sessions by id, for expiry
 	locks     map[string]*sessionLock
@@ -72,6 +77,12 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 		return nil, err
 	}
 	if g.sessions, err = openTable[workgroups.Session](ctx, js, "umbra_sessions"); err != nil {
+		return nil, err
+	}
+	if g.sessionStream, err = js.Stream(ctx, "KV_umbra_sessions"); err != nil {
+		return nil, fmt.Errorf("sessions stream: %w", err)
+	}
+	if g.rates, err = openProposalRates(ctx, js); err != nil {
 		return nil, err
 	}
 	if g.audit, err = audit.Open(ctx, js, cfg.auditOptions()); err != nil {

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -235,5 +237,8 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	level("request refused", "error_id", id, "path", r.URL.Path, "code", f.code, "err", fmt.Sprint(err))
 	w.Header().Set(api.HeaderErrorID, id)
+	if f.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(f.retryAfter.Seconds()))))
+	}
 	reply(w, f.status, api.Error{Code: f.code, Message: f.message, ID: id})
 }

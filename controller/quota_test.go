@@ -3,9 +3,13 @@ package controller
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -396,5 +400,166 @@ func TestStreamLimitsFollowConfig(t *testing.T) {
 	w = openGovWorld(t, dir, Config{AuditMaxBytes: 96 << 20, EnvelopeMaxBytes: 80 << 20})
 	if a, e := limits(w); a != 96<<20 || e != 80<<20 {
 		t.Fatalf("after a restart with raised limits: %d and %d bytes, want %d and %d", a, e, 96<<20, 80<<20)
+	}
+}
+
+// TestQuotaProposalRateRefusesPastTheLimit proposes and closes at once, as a member churning sessions would:
+// the caps never bind, the rate does, with a 429 whose Retry-After is the rest of the window, recorded as a
+// refusal; once the window has passed, proposals are admitted again.
+func TestQuotaProposalRateRefusesPastTheLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const limit = 5
+	w := openGovWorld(t, t.TempDir(), Config{ProposalsPerMinute: limit, MaxOpenSessions: 1})
+	for range limit {
+		sess := w.mustPropose(ctx, false)
+		if _, err := w.s.closeByCaller(ctx, w.consumer, sess.ID.String(), "done"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := w.propose(ctx, false)
+	var f *fault
+	if !errors.As(err, &f) || f.status != http.StatusTooManyRequests || f.code != api.CodeProposalRateLimited ||
+		strings.Contains(f.message, "\n") || !strings.Contains(f.message, "--proposals-per-minute") ||
+		f.retryAfter <= 0 || f.retryAfter > proposalWindow {
+		t.Fatalf("proposal %d in a minute: %v (%+v), want 429 %s with a Retry-After within the window", limit+1, err, f, api.CodeProposalRateLimited)
+	}
+	// The HTTP answer carries Retry-After in whole seconds, rounded up.
+	rec := httptest.NewRecorder()
+	w.s.fail(rec, httptest.NewRequest(http.MethodPost, api.PathSessions, nil), err)
+	wantSecs := strconv.Itoa(int(math.Ceil(f.retryAfter.Seconds())))
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != wantSecs {
+		t.Fatalf("HTTP answer %d, Retry-After %q; want 429 and %s", rec.Code, rec.Header().Get("Retry-After"), wantSecs)
+	}
+	var body api.Error
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Code != api.CodeProposalRateLimited {
+		t.Fatalf("HTTP body %s (%v), want code %s", rec.Body.String(), err, api.CodeProposalRateLimited)
+	}
+	// A refused proposal stores nothing and is not counted.
+	r, _, err := w.s.gov.rates.get(ctx, idKey(worldConsumer))
+	if err != nil || r.Count != limit {
+		t.Fatalf("rate record %+v, %v; want a count of %d", r, err, limit)
+	}
+	if open, _ := w.openSessions(ctx); open != 0 {
+		t.Fatalf("%d open sessions after the refusal, want 0", open)
+	}
+	recorded := 0
+	if _, err := w.s.gov.audit.Scan(ctx, 0, func(r audit.Record) error {
+		if r.Kind == "session.propose" && r.Decision == audit.DecisionDeny && strings.HasPrefix(r.Reason, api.CodeProposalRateLimited+":") {
+			recorded++
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if recorded != 1 {
+		t.Fatalf("%d rate refusals recorded, want 1", recorded)
+	}
+
+	// The window ends (moved back in time rather than waited for): the identity may propose again.
+	_, rev, err := w.s.gov.rates.get(ctx, idKey(worldConsumer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.s.gov.rates.put(ctx, idKey(worldConsumer), proposalRate{Start: time.Now().Add(-proposalWindow - time.Second), Count: limit}, rev); err != nil {
+		t.Fatal(err)
+	}
+	w.mustPropose(ctx, false)
+}
+
+// TestQuotaProposalRateHoldsAcrossControllers has two controllers on one store admit proposals of one identity
+// at once, 80 racing for a limit of 20: the compare-and-set lets exactly 20 through, whichever controller
+// counted them.
+func TestQuotaProposalRateHoldsAcrossControllers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const limit, racers = 20, 80
+	cfg := Config{ProposalsPerMinute: limit}
+	w := openGovWorld(t, t.TempDir(), cfg)
+	other := w.secondController(ctx, cfg)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	admitted := map[*Server]int{}
+	refused := 0
+	var errs []error
+	start := make(chan struct{})
+	for i := range racers {
+		s := w.s
+		if i%2 == 1 {
+			s = other
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			err := s.admitProposal(ctx, worldConsumer, w.ad.ID.String())
+			var f *fault
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				admitted[s]++
+			case errors.As(err, &f) && f.code == api.CodeProposalRateLimited:
+				refused++
+			default:
+				errs = append(errs, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	total := admitted[w.s] + admitted[other]
+	t.Logf("admitted %d by one controller and %d by the other, %d refused", admitted[w.s], admitted[other], refused)
+	if len(errs) > 0 || total != limit || refused != racers-limit {
+		t.Fatalf("%d admitted, %d refused, other errors %v; want %d, %d, none", total, refused, errs, limit, racers-limit)
+	}
+	r, _, err := other.gov.rates.get(ctx, idKey(worldConsumer))
+	if err != nil || r.Count != limit {
+		t.Fatalf("stored count %+v, %v; want %d", r, err, limit)
+	}
+}
+
+// secondController opens another controller's governance on the world's store, as a second replica would.
+func (w *govWorld) secondController(ctx context.Context, cfg Config) *Server {
+	w.t.Helper()
+	cfg.DataDir = w.dir
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	nc, err := w.ns.Connect("gov-test-2")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, td: worldTD, controllerID: w.s.controllerID}
+	if s.ids, err = openIdentityStore(ctx, js); err != nil {
+		w.t.Fatal(err)
+	}
+	if s.gov, err = openGovernance(ctx, js, cfg.Logger, s.controllerID.String(), cfg); err != nil {
+		w.t.Fatal(err)
+	}
+	return s
+}
+
+func TestQuotaProposalRateConfig(t *testing.T) {
+	for _, tc := range []struct {
+		in, want int
+	}{{0, defaultProposalsPerMinute}, {7, 7}, {-1, -1}} {
+		got, err := Config{DataDir: "x", ProposalsPerMinute: tc.in}.withDefaults()
+		if err != nil || got.ProposalsPerMinute != tc.want {
+			t.Fatalf("ProposalsPerMinute %d: got %d, %v; want %d", tc.in, got.ProposalsPerMinute, err, tc.want)
+		}
+	}
+	got, err := Config{DataDir: "x"}.withDefaults()
+	if err != nil || got.ClosedSessionRetention != defaultClosedSessionRetention {
+		t.Fatalf("default retention %v, %v", got.ClosedSessionRetention, err)
+	}
+	if _, err := (Config{DataDir: "x", ClosedSessionRetention: -time.Second}).withDefaults(); err == nil || !strings.Contains(err.Error(), "ClosedSessionRetention -1s is negative") {
+		t.Fatalf("negative retention: %v", err)
 	}
 }

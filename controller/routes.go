@@ -95,7 +95,7 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 		}
 		reply(w, http.StatusOK, s.sessionView(r.Context(), sess))
 	})
-	for _, action := range []string{"accept", "reject", "close"} {
+	for _, action := range []string{"accept", "reject", "close", "withdraw"} {
 		mux.HandleFunc("POST "+api.PathSessions+"/{id}/"+action, func(w http.ResponseWriter, r *http.Request) {
 			c := r.Context().Value(callerKey{}).(caller)
 			var req api.SessionActionRequest
@@ -109,6 +109,8 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 			switch action {
 			case "accept", "reject":
 				sess, err = s.answerSession(r.Context(), c, id, action == "accept", req.Reason)
+			case "withdraw":
+				sess, err = s.withdrawSession(r.Context(), c, id, req.Reason)
 			default:
 				unlock := s.gov.lockSession(id)
 				sess, err = s.closeByCaller(r.Context(), c, id, req.Reason)
@@ -156,7 +158,7 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("GET "+api.PathAuditSession+"{id}", func(w http.ResponseWriter, r *http.Request) {
 		c := r.Context().Value(callerKey{}).(caller)
-		sess, err := s.sessionFor(r.Context(), c, r.PathValue("id"))
+		sess, err := s.auditableSession(r.Context(), c, r.PathValue("id"))
 		if err != nil {
 			s.fail(w, r, err)
 			return

@@ -180,6 +180,7 @@ func (s *Server) start(ctx context.Context) error {
 	// the controller is ready).
 	s.tasks.spawn(func() { s.hostAPIWhenRouted(ctx) })
 	s.tasks.spawn(func() { s.expireSessions(ctx) })
+	s.tasks.spawn(func() { s.purgeEndedSessionsEvery(ctx) })
 	s.tasks.spawn(func() { s.checkpointEvery(ctx, s.cfg.CheckpointInterval) })
 	s.tasks.spawn(func() { s.keepAdminFresh(ctx) })
 	s.tasks.spawn(func() {

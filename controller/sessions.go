@@ -113,6 +113,10 @@ func notFoundAd(id string) error {
 }
 
 func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) (api.ProposeResponse, error) {
+	// Every proposal counts against the identity's rate (ratelimit.go), before it costs a read or a record.
+	if err := s.admitProposal(ctx, c.id, req.Advertisement); err != nil {
+		return api.ProposeResponse{}, err
+	}
 	adID, err := workgroups.ParseAdvertisementID(req.Advertisement)
 	if err != nil {
 		return api.ProposeResponse{}, notFoundAd(req.Advertisement)
@@ -156,11 +160,14 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 	if err != nil {
 		return api.ProposeResponse{}, wgFault(err)
 	}
+	// A proposal rejected on the spot is not stored (retention.go): the reply and the audit trail have it.
+	if sess.State.Terminal() {
+		s.recordTransitions(ctx, sess, 0, decision, diag)
+		return api.ProposeResponse{Session: sess, Reason: adm.Reason()}, nil
+	}
 	// An open session counts against its consumer's caps (quota.go) from before it is stored.
-	if !sess.State.Terminal() {
-		if err := s.reserveSession(ctx, sess, adID.String()); err != nil {
-			return api.ProposeResponse{}, err
-		}
+	if err := s.reserveSession(ctx, sess, adID.String()); err != nil {
+		return api.ProposeResponse{}, err
 	}
 	if err := s.gov.sessions.create(ctx, id.String(), sess); err != nil {
 		sess.State = workgroups.StateRejected // not stored: give its place back
@@ -202,11 +209,13 @@ func (s *Server) sessionFor(ctx context.Context, c caller, raw string) (workgrou
 		return workgroups.Session{}, failf(http.StatusNotFound, api.CodeNotFound, "no session %s", raw)
 	}
 	sess, _, err := s.gov.sessions.get(ctx, id.String())
+	if errors.Is(err, errNotFound) {
+		return s.endedSession(ctx, c, id) // removed after the retention, or rejected on proposal
+	}
 	if err != nil {
 		return sess, failf(http.StatusNotFound, api.CodeNotFound, "no session %s", raw)
 	}
-	if sess.Consumer == c.id || sess.Provider == c.id || isPlatformAdmin(c) ||
-		c.rec.Admin && (orgOf(sess.Consumer) == c.rec.Org || orgOf(sess.Provider) == c.rec.Org) {
+	if maySee(c, sess) {
 		return sess, nil
 	}
 	return workgroups.Session{}, failf(http.StatusNotFound, api.CodeNotFound, "no session %s", raw)
@@ -261,6 +270,51 @@ func (s *Server) answerSession(ctx context.Context, c caller, raw string, accept
 		s.trackDeadline(updated)
 	}
 	return updated, nil
+}
+
+// withdrawnReason begins the reason of the transition that records a consumer withdrawing its proposal.
+const withdrawnReason = "withdrawn by the consumer"
+
+// withdrawSession lets the consumer take back its proposal while it awaits the provider: the session is
+// rejected by the consumer, recorded, and its place among the consumer's pending proposals is free again.
+func (s *Server) withdrawSession(ctx context.Context, c caller, raw, reason string) (workgroups.Session, error) {
+	sess, err := s.sessionFor(ctx, c, raw)
+	if err != nil {
+		return sess, err
+	}
+	if sess.Consumer != c.id {
+		return sess, failf(http.StatusForbidden, api.CodeForbidden, "only the consumer that proposed session %s withdraws it", sess.ID)
+	}
+	text := withdrawnReason
+	if reason != "" {
+		text += ": " + reason
+	}
+	n := 0
+	updated, err := s.gov.sessions.update(ctx, sess.ID.String(), func(ss *workgroups.Session) error {
+		n = len(ss.History)
+		if !pendingState(ss.State) {
+			return notWithdrawable(*ss)
+		}
+		return ss.Reject(c.id, time.Now().UTC(), text)
+	})
+	if err != nil {
+		return sess, wgFault(err)
+	}
+	s.recordTransitions(ctx, updated, n, "", nil)
+	s.releaseSession(ctx, updated)
+	s.log.Info("proposal withdrawn", "session", updated.ID.String())
+	return updated, nil
+}
+
+// notWithdrawable is the answer to withdrawing a session that no longer awaits its provider.
+func notWithdrawable(ss workgroups.Session) error {
+	last := ss.History[len(ss.History)-1]
+	if ss.State == workgroups.StateRejected && last.Actor == ss.Consumer {
+		return failf(http.StatusConflict, api.CodeConflict, "session %s was already withdrawn at %s", ss.ID, last.At.UTC().Format(time.RFC3339))
+	}
+	return failf(http.StatusConflict, api.CodeConflict,
+		"session %s is %s, not a proposal awaiting its provider: only those can be withdrawn (close an accepted session instead: umbra session close)",
+		ss.ID, ss.State)
 }
 
 // closeByCaller closes a session for a party (by_consumer / by_provider) or an administrator (admin).

@@ -29,7 +29,9 @@ func TestMain(m *testing.M) {
 	var err error
 	env, err = controllertest.Start(controllertest.Options{MaxIdentityAge: testMaxIdentityAge,
 		// The attack tests count every refusal of their raw peers in the audit trail.
-		RefusalRecordsPerMinute: 1000})
+		RefusalRecordsPerMinute: 1000,
+		// The session cap and record path tests propose far more than a minute's share from one identity.
+		ProposalsPerMinute: 10000})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start test network:", err)
 		os.Exit(1)

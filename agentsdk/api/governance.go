@@ -175,6 +175,14 @@ const (
 	CodeTooManyProposals = "too_many_proposals" // proposals awaiting their providers
 )
 
+// CodeProposalRateLimited refuses a proposal beyond the proposals one identity may make in a minute (HTTP 429,
+// with a Retry-After header giving the seconds until the identity's window ends).
+const CodeProposalRateLimited = "proposal_rate_limited"
+
+// CodeSessionPurged answers a session that ended and was removed from the session table after the controller's
+// retention (HTTP 404); its history stays in the audit trail (PathAuditSession).
+const CodeSessionPurged = "session_purged"
+
 // Paths for gateways: they record into the shared audit stream and look callers up.
 const (
 	PathAuditRecords   = "/v1/audit/records"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +32,15 @@ func controllerFlags(f *flags) *controller.Config {
 	f.DurationVar(&cfg.MaxIdentityAge, "max-identity-age", 30*24*time.Hour, "how long after enrollment an identity may renew its SVID; then it needs re-enrollment")
 	f.IntVar(&cfg.MaxOpenSessions, "max-open-sessions", 0, "open sessions one identity may hold as consumer; past it, proposals are refused with too_many_sessions (default 256)")
 	f.IntVar(&cfg.MaxPendingProposals, "max-pending-proposals", 0, "proposals of one identity that may await their providers; past it, proposals are refused with too_many_proposals (default 64)")
+	f.Func("proposals-per-minute", "proposals one identity may make in a minute; past it, proposals are refused with proposal_rate_limited; 0: no limit (default 60)", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number of proposals, 0 for no limit")
+		}
+		cfg.ProposalsPerMinute = cmp.Or(n, -1) // Config: zero is the default, negative no limit
+		return nil
+	})
+	f.DurationVar(&cfg.ClosedSessionRetention, "closed-session-retention", 0, "how long an ended session stays in the session table before it is removed (its history stays in the audit trail) (default 168h)")
 	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", 0, "size bound of the audit trail on disk; when full, actions needing a record are refused, nothing is dropped (default 2 GiB)")
 	f.Int64Var(&cfg.EnvelopeMaxBytes, "envelope-max-bytes", 0, "size bound of the envelope stream on disk; when full, new envelopes are refused, nothing is dropped (default 2 GiB)")
 	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")

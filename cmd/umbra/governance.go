@@ -425,6 +425,11 @@ func cmdSessionAction(action string) command {
 				_, err = acceptSession(ctx, a, id, reason)
 			case "reject":
 				err = rejectSession(ctx, a, id, reason)
+			case "withdraw":
+				var sid workgroups.SessionID
+				if sid, err = parseSessionID(id); err == nil {
+					err = a.Withdraw(ctx, sid, reason)
+				}
 			default:
 				var s *agentsdk.Session
 				if s, err = openSession(ctx, a, id); err == nil {

@@ -49,7 +49,7 @@ Usage:
   umbra session propose --as ID.json --ad AD [--max-messages N] [--types a,b] [--duration D] [--max-bytes N]
   umbra session send    --as ID.json --session S --type T < payload
   umbra session recv    --as ID.json [--session S] [--follow]
-  umbra session accept|reject|close|show --as ID.json S [--reason R]
+  umbra session accept|reject|close|withdraw|show --as ID.json S [--reason R]
   umbra session list    --as ID.json [--state STATE]
   umbra audit session|export --as ID.json [S]      export ends in a checkpoint signed by the controller
   umbra audit key    --as ID.json                  prints the controller's checkpoint public key (PEM)
@@ -121,7 +121,7 @@ func groups() map[string]map[string]command {
 			"member": cmdWorkgroupMember, "list": cmdWorkgroupList, "delete": cmdWorkgroupDelete},
 		"session": {"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,
 			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
-			"show": cmdSessionShow, "list": cmdSessionList},
+			"withdraw": cmdSessionAction("withdraw"), "show": cmdSessionShow, "list": cmdSessionList},
 		"mcp": {"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools, "approvals": cmdMCPApprovals,
 			"sample-server": cmdMCPSampleServer},
 		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},

@@ -34,6 +34,8 @@ type Options struct {
 	MaxIdentityAge time.Duration
 	// RefusalRecordsPerMinute of one identity recorded one by one. Default the controller's.
 	RefusalRecordsPerMinute int
+	// ProposalsPerMinute one identity may make. Default the controller's; negative: no limit.
+	ProposalsPerMinute int
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -83,7 +85,7 @@ func Start(opts Options) (*Env, error) {
 	}
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
 		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge,
-		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, Logger: log}
+		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err
