@@ -250,3 +250,72 @@ func TestA2AProtocol(t *testing.T) {
 		t.Errorf("the session's audit has no envelope.rejected record of the buyer's a2a.tasks.cancel")
 	}
 }
+
+// TestA2AProtocolMessageBudget: a session's max_messages counts A2A calls and answers alike. A call with no room
+// left for its answer fails at once with a JSON-RPC error naming the rule, and is not sent: the provider never
+// runs a call whose answer the relay would refuse.
+func TestA2AProtocolMessageBudget(t *testing.T) {
+	testlimit.Start(t, 3*time.Minute)
+	w := newPricingWorld(t, defaultTerms())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	card := workgroups.AgentCard{Name: "Echo", Version: "1", MessageTypes: []string{"a2a.*"}}
+	terms := workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 3, MaxEnvelopeBytes: 64 << 10,
+		AllowedMessageTypes: []string{"a2a.message.send", "a2a.message.send.result"}}
+	ad, err := w.quoter.Advertise(ctx, card, terms, w.wg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	srv := a2a.NewServer(a2asrv.NewJSONRPCHandler(a2asrv.NewHandler(echoExecutor{})), a2a.ServerConfig{})
+	go func() { served <- w.quoter.Serve(serveCtx, 200*time.Millisecond, srv.Handle) }()
+	t.Cleanup(func() {
+		stopServing()
+		<-served
+	})
+	proxy, err := a2a.NewProxy(a2a.ProxyConfig{Agent: w.buyer, Advertisement: ad, CallTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(proxy)
+	t.Cleanup(func() {
+		hs.Close()
+		proxy.Close()
+	})
+	client, err := a2aclient.NewFromCard(ctx, proxy.Card(hs.URL+"/"), a2aclient.WithJSONRPCTransport(hs.Client()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(text string) (time.Duration, error) {
+		start := time.Now()
+		_, err := client.SendMessage(ctx, &a2ago.MessageSendParams{Message: a2ago.NewMessage(a2ago.MessageRoleUser, a2ago.TextPart{Text: text})})
+		return time.Since(start), err
+	}
+	if _, err := send("one"); err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	// The call would be envelope 3 and its answer envelope 4.
+	took, err := send("two")
+	if err == nil || !strings.Contains(err.Error(), "max_messages") {
+		t.Fatalf("second call: %v, want an error naming max_messages", err)
+	}
+	if took > 30*time.Second {
+		t.Errorf("the second call failed only after %s: it waited for its call timeout", took)
+	}
+	t.Logf("second call: %v", err)
+	if _, err := send("three"); err == nil || !strings.Contains(err.Error(), "max_messages") {
+		t.Fatalf("third call: %v, want the contract's refusal", err)
+	}
+	trail, err := w.acme.Controller().AuditSession(ctx, proxy.Session().ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, h := range trail.Envelopes {
+		types = append(types, h.Type)
+	}
+	if len(types) != 2 || types[0] != "a2a.message.send" || types[1] != "a2a.message.send.result" {
+		t.Errorf("the session's envelopes are %v, want the first call and its answer only", types)
+	}
+}

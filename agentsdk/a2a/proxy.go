@@ -51,8 +51,11 @@ type Proxy struct {
 	cancel context.CancelFunc
 	loops  sync.WaitGroup
 
-	mu      sync.Mutex
-	sess    *agentsdk.Session
+	mu   sync.Mutex
+	sess *agentsdk.Session
+	// seq is the highest sequence number seen in the session (sent or received): what the contract's
+	// max_messages has left.
+	seq     uint64
 	ended   error // why the session can take no more calls
 	waiters map[string]*waiter
 }
@@ -205,10 +208,24 @@ func (p *Proxy) call(w http.ResponseWriter, r *http.Request) {
 	wt := p.wait(id.String())
 	defer p.unwait(id.String(), wt)
 
+	// A call needs room for itself and its answer: one that could only be the session's last message would run
+	// at the provider with its answer refused.
+	budget := sess.Info().Contract.MaxMessages
+	if used := p.seen(0); budget > 0 && used+2 > budget {
+		_ = out.write(p.refusal(req, typ, sess.ID(), &agentsdk.RelayError{Code: string(workgroups.ViolationMaxMessages),
+			Message: fmt.Sprintf("%d of the session's %d messages are used, and a call needs two (itself and its answer); not sent: propose a new session", used, budget)}))
+		return
+	}
 	h := workgroups.Header{ID: id, Session: sess.ID(), From: p.cfg.Agent.ID(), To: sess.Peer(), Type: typ,
 		Time: time.Now().UTC(), ContentType: "application/json"}
-	if _, err := sess.SendEnvelope(ctx, h.WithPayload(body), body); err != nil {
+	seq, err := sess.SendEnvelope(ctx, h.WithPayload(body), body)
+	if err != nil {
 		_ = out.write(p.refusal(req, typ, sess.ID(), err))
+		return
+	}
+	if p.seen(seq); budget > 0 && seq >= budget {
+		_ = out.write(p.refusal(req, typ, sess.ID(), &agentsdk.RelayError{Code: string(workgroups.ViolationMaxMessages),
+			Message: fmt.Sprintf("the call was recorded as message %d of %d, the session's last, so its answer cannot come back", seq, budget)}))
 		return
 	}
 	for {
@@ -322,6 +339,7 @@ func (p *Proxy) receive(s *agentsdk.Session) {
 			continue
 		}
 		delay = 100 * time.Millisecond
+		p.seen(env.Header.Seq)
 		p.mu.Lock()
 		wt := p.waiters[env.Header.CorrelationID]
 		p.mu.Unlock()
@@ -335,6 +353,14 @@ func (p *Proxy) receive(s *agentsdk.Session) {
 		case <-p.runCtx.Done():
 		}
 	}
+}
+
+// seen records sequence number seq as used and returns the highest one seen.
+func (p *Proxy) seen(seq uint64) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seq = max(p.seq, seq)
+	return p.seq
 }
 
 // end records why the session takes no more calls and fails the calls in flight.
