@@ -2,8 +2,10 @@
 //
 // OpenZiti's controller, router and SDK all log through the process-wide logrus logger. Route replaces that
 // logger's output and hooks so that nothing reaches stderr directly: every entry at or above the chosen level
-// becomes an slog record on the given logger, with logrus fields as attributes. A few entries that OpenZiti emits
-// at warn or error during normal operation (third-party CA logins, buffered payloads on close) are demoted to debug.
+// becomes an slog record on the given logger, with logrus fields as attributes. The entries that OpenZiti emits at
+// warn or error during normal operation (third-party CA logins, payloads in flight when a circuit closes, periodic
+// forwarding-fault reports, ...) are logged at debug or info instead, by a small table of known messages, each
+// with the reason it is benign; any other warning or error keeps its level, so what an operator can act on shows.
 //
 // No credential reaches the logger: OpenZiti puts session tokens (JWTs, or opaque strings that are bearer
 // credentials all the same) into messages and fields at every level. Route passes each message and field value
@@ -103,20 +105,67 @@ func redactAttr(key string, v any) slog.Attr {
 	}
 }
 
-// routine lists message fragments that OpenZiti logs above debug during normal operation.
-var routine = []string{
-	"error verifying client certificate via static root pool",
-	"closing while buffer contains unacked payloads",
-	"payload buffer closed",
-	"use of closed network connection",
-	"database not open",
-	"handshake failed",
-	"static trust anchor pool",
-	"store doesn't implement the NamedIndexStore",
-	"has been shutdown",
-	"error accepting",
-	"has no terminators",
-	"NO_EDGE_ROUTERS_AVAILABLE",
+// A known entry is one OpenZiti logs above debug in a healthy network, with nothing in it for an operator to act
+// on. Route logs it at level instead of OpenZiti's own; every other entry keeps OpenZiti's level, so a warning or
+// an error nobody has classified still shows.
+type known struct {
+	// msg is a fragment of the message (or, with err empty, of the message and its error joined by a space).
+	msg string
+	// err, if set, is a fragment the entry's error must hold as well: the same message with another cause is
+	// not routine.
+	err string
+	// level is the level the entry is logged at.
+	level slog.Level
+}
+
+// routine is the table of known entries. Each says why it is benign; add one only with a reason that holds in
+// every deployment.
+var routine = []known{
+	// A workload presenting an SVID is first checked against OpenZiti's own CA, then against the SPIFFE CA
+	// registered as a third-party CA: the first check fails for every workload login.
+	{msg: "error verifying client certificate via static root pool", level: slog.LevelDebug},
+	{msg: "static trust anchor pool", level: slog.LevelDebug},
+	// A circuit closed by one end while the other still had payloads in flight: those payloads have no reader.
+	{msg: "closing while buffer contains unacked payloads", level: slog.LevelDebug},
+	{msg: "payload buffer closed", level: slog.LevelDebug},
+	{msg: "failure to buffer payload", err: "write closed", level: slog.LevelDebug},
+	// A message for a circuit whose edge side has just closed ("failed to dispatch to fabric"): its queue,
+	// OpenZiti's "sequencer", is gone, and so is whoever would read the message.
+	{msg: "sequencer closed", level: slog.LevelDebug},
+	// Answers, results and fault reports for a control or edge channel that closed meanwhile: the peer went away
+	// or reconnected, and whatever it asked for is asked again or no longer wanted.
+	{msg: "failed to send result", err: "channel closed", level: slog.LevelDebug},
+	{msg: "error sending fault", err: "channel closed", level: slog.LevelDebug},
+	// A router reports its network interfaces periodically; one report lost to a closing control channel is sent
+	// again by the next (the router keeps the interfaces as unreported until one succeeds).
+	{msg: "failed to send update router interfaces request to controller", err: "channel closed", level: slog.LevelInfo},
+	// A router tells the controller about circuits it no longer forwards (every 15 s while there are any): that
+	// is how circuits closed at one end are removed everywhere else.
+	{msg: "reported forwarding faults", level: slog.LevelInfo},
+	// A hosted service's terminator that the SDK side removed while the router was deleting it: the controller
+	// has deleted it, which is all that was wanted.
+	{msg: "terminator was replaced after being put into deleting state", level: slog.LevelDebug},
+	// A listener bound to a wildcard address (0.0.0.0 or ::, as in containers) has no single network interface;
+	// OpenZiti wants one only to label link metrics.
+	{msg: "unable to get interface for address", err: "no network interface found for 0.0.0.0", level: slog.LevelDebug},
+	{msg: "unable to get interface for address", err: "no network interface found for ::", level: slog.LevelDebug},
+	// The management listener (127.0.0.1, this process only) serves two APIs and OpenZiti lets none be marked
+	// the default for unknown paths; it picks the last, which is fine.
+	{msg: "no default handlers were found", level: slog.LevelDebug},
+	// Connections and listeners closed while the process or a component stops.
+	{msg: "use of closed network connection", level: slog.LevelDebug},
+	{msg: "database not open", level: slog.LevelDebug},
+	{msg: "has been shutdown", level: slog.LevelDebug},
+	{msg: "error accepting", level: slog.LevelDebug},
+	// A client that dropped its TLS connection half-way (a port probe, a dial given up): the client sees its own
+	// error.
+	{msg: "handshake failed", level: slog.LevelDebug},
+	// OpenZiti's embedded store, used as Umbra configures it.
+	{msg: "store doesn't implement the NamedIndexStore", level: slog.LevelDebug},
+	// A dial of a service nobody hosts right now, or before any router is up: the dialing workload gets the
+	// error and decides.
+	{msg: "has no terminators", level: slog.LevelDebug},
+	{msg: "NO_EDGE_ROUTERS_AVAILABLE", level: slog.LevelDebug},
 }
 
 // shutdown lists messages OpenZiti logs above debug while stopping normally.
@@ -141,10 +190,7 @@ type hook struct {
 func (h *hook) Levels() []logrus.Level { return logrus.AllLevels }
 
 func (h *hook) Fire(e *logrus.Entry) error {
-	level := fromLogrus(e.Level)
-	if level > slog.LevelDebug && isRoutine(e) {
-		level = slog.LevelDebug
-	}
+	level := classify(e)
 	if level < h.min {
 		return nil
 	}
@@ -164,20 +210,32 @@ func (h *hook) Fire(e *logrus.Entry) error {
 	return nil
 }
 
-func isRoutine(e *logrus.Entry) bool {
-	text := e.Message
-	if err, ok := e.Data[logrus.ErrorKey].(error); ok {
-		text += " " + err.Error()
+// classify is the level an entry is logged at: OpenZiti's own, or lower for a known routine entry.
+func classify(e *logrus.Entry) slog.Level {
+	level := fromLogrus(e.Level)
+	if level <= slog.LevelDebug {
+		return level
 	}
 	if shutdown[e.Message] {
-		return true
+		return slog.LevelDebug
 	}
-	for _, r := range routine {
-		if strings.Contains(text, r) {
-			return true
+	var cause string
+	if v, ok := e.Data[logrus.ErrorKey]; ok && v != nil {
+		cause = fmt.Sprint(v)
+	}
+	text := e.Message + " " + cause
+	for _, k := range routine {
+		var match bool
+		if k.err == "" {
+			match = strings.Contains(text, k.msg)
+		} else {
+			match = strings.Contains(e.Message, k.msg) && strings.Contains(cause, k.err)
+		}
+		if match {
+			return min(level, k.level)
 		}
 	}
-	return false
+	return level
 }
 
 func fromLogrus(l logrus.Level) slog.Level {

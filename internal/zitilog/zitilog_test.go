@@ -2,6 +2,7 @@ package zitilog
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -118,4 +119,87 @@ func FuzzRedact(f *testing.F) {
 			t.Fatalf("Redact is not idempotent: %q then %q", r, again)
 		}
 	})
+}
+
+// TestRoutineTable drives OpenZiti's logger with the entries it logs in a healthy network and with entries that
+// look alike but are not routine, and checks the level each record comes out at: the known ones lowered, every
+// other warning and error at OpenZiti's level.
+func TestRoutineTable(t *testing.T) {
+	var buf bytes.Buffer
+	Route(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), slog.LevelDebug)
+	t.Cleanup(func() { Route(slog.New(slog.DiscardHandler), slog.LevelWarn) })
+
+	for _, tc := range []struct {
+		name string
+		log  func()
+		want slog.Level
+	}{
+		// Known, from healthy runs of `umbra dev`, the demo and the containerised demo.
+		{"forwarding faults", func() { logrus.WithField("circuitCount", 28).Warn("reported forwarding faults") }, slog.LevelInfo},
+		{"payload after close", func() { logrus.WithError(errors.New("write closed")).Error("failure to buffer payload") }, slog.LevelDebug},
+		{"dispatch after close", func() { logrus.Errorf("failed to dispatch to fabric: (%v)", errors.New("sequencer closed")) }, slog.LevelDebug},
+		{"wildcard link listener", func() {
+			logrus.WithError(errors.New("no network interface found for 0.0.0.0")).WithField("addr", "0.0.0.0:4022").Warn("unable to get interface for address")
+		}, slog.LevelDebug},
+		{"interfaces report on a closing channel", func() {
+			logrus.WithError(errors.New("channel closed")).Error("failed to send update router interfaces request to controller")
+		}, slog.LevelInfo},
+		{"result on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("failed to send result") }, slog.LevelDebug},
+		{"fault on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("error sending fault") }, slog.LevelDebug},
+		{"terminator removed twice", func() { logrus.Error("terminator was replaced after being put into deleting state?!") }, slog.LevelDebug},
+		{"management API default", func() {
+			logrus.Warnf("no default handlers were found, using the last handler [Binding: %s, Type: %T] as the default", "fabric", 1)
+		}, slog.LevelDebug},
+		{"third-party CA login", func() { logrus.Warn("error verifying client certificate via static root pool") }, slog.LevelDebug},
+		{"shutdown", func() { logrus.Error("exited") }, slog.LevelDebug},
+		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
+
+		// Unknown, or a known message with another cause: OpenZiti's level, so that an operator sees it.
+		{"payload buffer with another cause", func() {
+			logrus.WithError(errors.New("context deadline exceeded")).Error("failure to buffer payload")
+		}, slog.LevelError},
+		{"interface of a named host", func() {
+			logrus.WithError(errors.New("no network interface found for 10.1.2.3")).Warn("unable to get interface for address")
+		}, slog.LevelWarn},
+		{"interfaces report refused", func() {
+			logrus.WithError(errors.New("timeout waiting for response")).Error("failed to send update router interfaces request to controller")
+		}, slog.LevelError},
+		{"controller unreachable", func() {
+			logrus.WithError(errors.New("connection refused")).WithField("endpoint", "tls:127.0.0.1:6262").Error("unable to connect controller")
+		}, slog.LevelError},
+		{"unknown warning", func() { logrus.Warn("edge router certificate expires soon") }, slog.LevelWarn},
+		{"info stays info", func() { logrus.Info("router online") }, slog.LevelInfo},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			buf.Reset()
+			tc.log()
+			var rec struct{ Level string }
+			if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+				t.Fatalf("record %q: %v", buf.String(), err)
+			}
+			if rec.Level != tc.want.String() {
+				t.Errorf("logged at %s, want %s: %s", rec.Level, tc.want, buf.String())
+			}
+		})
+	}
+}
+
+// TestRouteAtWarn: routed at warn, the level commands log at by default, the routine entries are gone and an
+// unknown warning and error still come through.
+func TestRouteAtWarn(t *testing.T) {
+	var buf bytes.Buffer
+	Route(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn})), slog.LevelWarn)
+	t.Cleanup(func() { Route(slog.New(slog.DiscardHandler), slog.LevelWarn) })
+	logrus.WithField("circuitCount", 3).Warn("reported forwarding faults")
+	logrus.WithError(errors.New("write closed")).Error("failure to buffer payload")
+	logrus.Warn("edge router certificate expires soon")
+	logrus.WithError(errors.New("connection refused")).Error("unable to connect controller")
+	out := buf.String()
+	if strings.Contains(out, "forwarding faults") || strings.Contains(out, "failure to buffer payload") {
+		t.Errorf("routine entries logged at warn:\n%s", out)
+	}
+	if !strings.Contains(out, `level=WARN msg="edge router certificate expires soon"`) ||
+		!strings.Contains(out, `level=ERROR msg="unable to connect controller"`) {
+		t.Errorf("an unknown warning or error was lost:\n%s", out)
+	}
 }
