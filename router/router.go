@@ -41,6 +41,10 @@ type Config struct {
 	LinkAddr string
 	// LinkAdvertise is how other routers reach LinkAddr. Default LinkAddr (127.0.0.1 for a wildcard host).
 	LinkAdvertise string
+	// CtrlEndpoint, if set, is the controller's control-plane address (tls:HOST:PORT) and replaces the one the
+	// router was enrolled with: for a controller that moved to another host or port. Default: the address in the
+	// enrollment token, remembered in DataDir (or the last one set here).
+	CtrlEndpoint string
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }
@@ -110,6 +114,8 @@ func (r *Router) run(ctx context.Context) error {
 		if err := r.enroll(dir, path); err != nil {
 			return err
 		}
+	} else if err := r.repoint(dir); err != nil {
+		return err
 	} else if err := r.writeConfig(dir, path, ""); err != nil {
 		return err
 	}
@@ -152,6 +158,27 @@ func (r *Router) enroll(dir, path string) error {
 		return fmt.Errorf("router: enroll: %w", err)
 	}
 	r.log.Info("router enrolled", "name", tok.Name)
+	return nil
+}
+
+// repoint makes an enrolled router use Config.CtrlEndpoint from now on, if it names another controller address
+// than the one remembered: it replaces the remembered one and drops OpenZiti's own list of the controller's
+// addresses (endpoints.yml), which names the old one too.
+func (r *Router) repoint(dir string) error {
+	if r.cfg.CtrlEndpoint == "" {
+		return nil
+	}
+	file := filepath.Join(dir, "ctrl")
+	if old, err := os.ReadFile(file); err == nil && string(old) == r.cfg.CtrlEndpoint {
+		return nil
+	}
+	if err := os.Remove(filepath.Join(dir, "endpoints.yml")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("router: %w", err)
+	}
+	if err := os.WriteFile(file, []byte(r.cfg.CtrlEndpoint), 0o600); err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	r.log.Info("router uses a new controller address", "ctrl", r.cfg.CtrlEndpoint)
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"text/template"
 	"time"
@@ -93,6 +94,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	password, err := ensureSecret(filepath.Join(cfg.Dir, "admin.secret"))
 	if err != nil {
+		return nil, err
+	}
+	if err := checkAPIAddress(cfg); err != nil {
 		return nil, err
 	}
 	path, err := writeConfig(cfg)
@@ -348,6 +352,40 @@ web:
       - binding: edge-management
       - binding: fabric
 `))
+
+// APIMovedError says that the overlay API would move from where the data directory's identities reach it: each
+// identity enrolled there names the address it was enrolled at, and would no longer reach the overlay.
+type APIMovedError struct {
+	// Stored is the address the identities name, Given the one the controller was started with (HOST:PORT).
+	Stored, Given string
+}
+
+func (e *APIMovedError) Error() string {
+	return fmt.Sprintf("zitictrl: the identities of this data directory reach the overlay API at %s, not at %s", e.Stored, e.Given)
+}
+
+// apiAddressLine finds the edge API address in a configuration configTemplate wrote.
+var apiAddressLine = regexp.MustCompile(`(?m)^edge:\n  api:\n(?:    .*\n)*?    address: (\S+)$`)
+
+// checkAPIAddress refuses to start the overlay API at another address than the one of the last start.
+func checkAPIAddress(cfg Config) error {
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, "ctrl.yaml"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("zitictrl: %w", err)
+	}
+	m := apiAddressLine.FindSubmatch(b)
+	if m == nil {
+		return nil
+	}
+	given := fmt.Sprintf("%s:%d", cfg.AdvertiseHost, cfg.APIPort) // as configTemplate writes it
+	if stored := string(m[1]); stored != given {
+		return &APIMovedError{Stored: stored, Given: given}
+	}
+	return nil
+}
 
 func writeConfig(cfg Config) (string, error) {
 	dir, err := filepath.Abs(cfg.Dir)
