@@ -62,6 +62,7 @@ Usage:
   umbra mcp connect --as ID.json [--service mcpgw]               stdio bridge to the MCP gateway
   umbra mcpgw --as GATEWAY.json --config mcpgw.yaml              hosts the MCP gateway as a dark service
   umbra mcp tools --as ID.json                                   what this identity may see and call
+  umbra mcp backends --as ADMIN.json [--json]                    each backend: kind, state, last error, tools, pins
   umbra mcp approvals list|approve|deny --as ADMIN.json [--tools] [ID] [--digest D]
 
   umbra llmgw --as GATEWAY.json --config llmgw.yaml              hosts the LLM gateway as a dark service
@@ -123,7 +124,7 @@ func groups() map[string]map[string]command {
 			"close": cmdSessionAction("close"), "accept": cmdSessionAction("accept"), "reject": cmdSessionAction("reject"),
 			"withdraw": cmdSessionAction("withdraw"), "show": cmdSessionShow, "list": cmdSessionList},
 		"mcp": {"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools, "approvals": cmdMCPApprovals,
-			"sample-server": cmdMCPSampleServer},
+			"backends": cmdMCPBackends, "sample-server": cmdMCPSampleServer},
 		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
 		"a2a":   {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
 		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey},

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,4 +173,120 @@ backends:
 	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "verified") {
 		t.Fatal(out)
 	}
+}
+
+// TestMCPGatewayLifecycle: the gateway refuses an identity that is not a gateway, says why when it cannot host
+// its service or reach any backend, prints ready only once hosted with a backend serving (naming those it could
+// not reach), holds its data directory against a second gateway (until it ends, however it ends), reports each
+// backend to an administrator with `umbra mcp backends`, and serves Prometheus metrics on metrics_listen.
+func TestMCPGatewayLifecycle(t *testing.T) {
+	c := newCLI(t, 8*time.Minute)
+	args, _ := devArgs(t, "data")
+	c.start("umbra dev ready", args...)
+	admin := "data/admin.json"
+	enroll := func(org, kind, name string) string {
+		tok := c.must("", "identity", "create", "--as", admin, "--org", org, "--kind", kind, "--name", name)
+		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
+		return "spiffe://umbra.local/" + org + "/" + kind + "/" + name
+	}
+	gw := enroll("acme", "gateway", "mcpgw")
+	ops := enroll("acme", "agent", "ops")
+	analyst := enroll("acme", "agent", "analyst")
+	metricsAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	writeConfig := func(name, startTimeout string, backends string) {
+		config := "service: mcpgw\ndata: mcpgw-data\nstart_timeout: " + startTimeout + "\nmetrics_listen: " + metricsAddr +
+			"\nadmins: [\"" + ops + "\"]\npolicies: |\n  @id(\"analyst-all\") permit (principal == Umbra::Identity::\"" + analyst +
+			"\", action, resource);\nbackends:\n" + backends
+		if err := os.WriteFile(filepath.Join(c.dir, name), []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	local := "  - name: local\n    trusted: true\n    stdio:\n      command: [\"" + c.bin + "\", \"mcp\", \"sample-server\", \"--name\", \"local\"]\n"
+	broken := "  - name: broken\n    stdio:\n      command: [\"" + filepath.Join(c.dir, "no-such-mcp-server") + "\"]\n"
+	writeConfig("mcpgw.yaml", "30s", local+broken)
+	writeConfig("dead.yaml", "1s", broken)
+
+	// fails runs a gateway that must fail without ever printing ready, and returns its error: the last line on
+	// stderr, and the only one unless logs are expected before it.
+	fails := func(as, config string, logs bool) string {
+		t.Helper()
+		out, errs, err := c.run("", "mcpgw", "--as", as, "--config", config)
+		if err == nil || strings.Contains(out, "ready") {
+			t.Fatalf("umbra mcpgw --as %s --config %s: err %v\nstdout: %s\nstderr: %s", as, config, err, out, errs)
+		}
+		lines := strings.Split(strings.TrimSpace(errs), "\n")
+		if len(lines) != 1 && !logs {
+			t.Fatalf("umbra mcpgw --as %s --config %s: want one line on stderr, got:\n%s", as, config, errs)
+		}
+		return lines[len(lines)-1]
+	}
+
+	// 1. An identity that is not of kind gateway is refused before anything starts.
+	if msg := fails("analyst.json", "mcpgw.yaml", false); !strings.Contains(msg, `is not of kind "gateway"`) || !strings.Contains(msg, analyst) {
+		t.Fatalf("non-gateway identity: %q", msg)
+	}
+	// 2. Without a Bind grant the gateway cannot host its service: it says so instead of printing ready.
+	if msg := fails("mcpgw.json", "mcpgw.yaml", false); !strings.Contains(msg, "mcpgw") || !strings.Contains(msg, "host overlay service") {
+		t.Fatalf("gateway without its service: %q", msg)
+	}
+	c.must("", "service", "grant", "--as", admin, "--service", "mcpgw", "--bind", gw, "--dial", analyst, "--dial", ops)
+	// 3. No backend reachable: the failure is logged when it happens, then the error names each backend and why.
+	if msg := fails("mcpgw.json", "dead.yaml", true); !strings.Contains(msg, "no backend available") ||
+		!strings.Contains(msg, "broken (stdio)") || !strings.Contains(msg, "no such file or directory") {
+		t.Fatalf("gateway without backends: %q", msg)
+	}
+
+	// 4. One backend serves, one does not: ready, naming the one missing.
+	gateway := c.start("umbra mcpgw ready: serving 1 of 2 backends", "mcpgw", "--as", "mcpgw.json", "--config", "mcpgw.yaml")
+	// stderr is copied to the test by another goroutine than stdout: give it a moment.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(gateway.errb.String(), "warning: backend broken (stdio) is not available"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the unavailable backend is not named on stderr:\n%s", gateway.errb.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// 5. A second gateway on the same data directory fails at once, naming the directory and the holder.
+	msg := fails("mcpgw.json", "mcpgw.yaml", false)
+	if !strings.Contains(msg, "data directory mcpgw-data is in use") || !strings.Contains(msg, "pid "+strconv.Itoa(gateway.cmd.Process.Pid)) {
+		t.Fatalf("second gateway on one data directory: %q", msg)
+	}
+
+	// 6. The administrator's view of the backends; others are refused it.
+	out := c.must("", "mcp", "backends", "--as", "ops.json")
+	rows := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		rows[f[0]] = f
+	}
+	// NAME KIND STATE TOOLS PINNED QUARANTINED HELD LAST ERROR
+	if r := rows["local"]; len(r) != 7 || r[1] != "stdio" || r[2] != "connected" || r[3] == "0" || r[4] != r[3] || r[5] != "0" || r[6] != "0" {
+		t.Fatalf("local backend row %q in:\n%s", r, out)
+	}
+	if r := rows["broken"]; len(r) < 8 || r[1] != "stdio" || r[2] != "failed" || r[3] != "0" || !strings.Contains(out, "no such file or directory") {
+		t.Fatalf("broken backend row %q in:\n%s", r, out)
+	}
+	if _, errs, err := c.run("", "mcp", "backends", "--as", "analyst.json"); err == nil || !strings.Contains(errs, "403") {
+		t.Fatalf("a non-administrator read the backend states: %v %s", err, errs)
+	}
+
+	// 7. Prometheus metrics on metrics_listen, over plain HTTP on loopback.
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`umbra_mcpgw_backend_up{backend="local"} 1`, `umbra_mcpgw_backend_up{backend="broken"} 0`} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Fatalf("metrics %d lack %s:\n%s", resp.StatusCode, want, body)
+		}
+	}
+
+	// 8. A gateway killed outright leaves no stale lock: the next one starts on the same directory.
+	gateway.kill()
+	c.start("umbra mcpgw ready: serving 1 of 2 backends", "mcpgw", "--as", "mcpgw.json", "--config", "mcpgw.yaml")
 }

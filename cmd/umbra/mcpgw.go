@@ -8,12 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -27,15 +26,17 @@ import (
 
 // mcpgwFile is the MCP gateway's configuration file.
 type mcpgwFile struct {
-	Service        string   `yaml:"service"` // overlay service to host; default mcpgw
-	Data           string   `yaml:"data"`    // state directory; default mcpgw-data
-	Separator      string   `yaml:"separator"`
-	Policies       string   `yaml:"policies"`    // Cedar text
-	PolicyFile     string   `yaml:"policy_file"` // or a file of Cedar text
-	Sensitive      []string `yaml:"sensitive"`
-	Admins         []string `yaml:"admins"`
-	AuditArguments bool     `yaml:"audit_arguments"`
-	MetricsListen  string   `yaml:"metrics_listen"` // optional loopback host:port for Prometheus; default: on the overlay only
+	Service        string        `yaml:"service"` // overlay service to host; default mcpgw
+	Data           string        `yaml:"data"`    // state directory; default mcpgw-data
+	Separator      string        `yaml:"separator"`
+	Policies       string        `yaml:"policies"`    // Cedar text
+	PolicyFile     string        `yaml:"policy_file"` // or a file of Cedar text
+	Sensitive      []string      `yaml:"sensitive"`
+	Admins         []string      `yaml:"admins"`
+	AuditArguments bool          `yaml:"audit_arguments"`
+	MetricsListen  string        `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only, to administrators
+	MetricsRemote  bool          `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
+	StartTimeout   time.Duration `yaml:"start_timeout"`        // how long to wait for a first backend; default 30s
 	Approvals      struct {
 		Timeout time.Duration `yaml:"timeout"`
 		TTL     time.Duration `yaml:"ttl"`
@@ -143,6 +144,7 @@ func mcpBackend(i int, f *mcpgwFile, host *gatewayhost.Host) (mcpgw.Backend, err
 	switch {
 	case b.Stdio != nil:
 		kinds++
+		out.Kind = "stdio"
 		if len(b.Stdio.Command) == 0 {
 			return out, fmt.Errorf("backend %s: stdio.command is empty", b.Name)
 		}
@@ -156,11 +158,13 @@ func mcpBackend(i int, f *mcpgwFile, host *gatewayhost.Host) (mcpgw.Backend, err
 		}
 	case b.HTTP != nil:
 		kinds++
+		out.Kind = "http"
 		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
 			return &mcp.StreamableClientTransport{Endpoint: b.HTTP.URL}, nil
 		}
 	case b.Overlay != nil:
 		kinds++
+		out.Kind = "overlay"
 		// A dark MCP server hosted with `umbra mcp serve`: the MCP stdio transport inside an overlay connection.
 		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
 			conn, err := host.Agent.Dial(ctx, b.Overlay.Service)
@@ -232,8 +236,11 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	defer host.Close()
+	ctx, cancel := context.WithCancel(ctx) // whatever fails stops the rest before the host closes
+	defer cancel()
 	cfg := mcpgw.Config{Separator: fc.Separator, Policies: fc.Policies, Sensitive: fc.Sensitive, AuditArguments: fc.AuditArguments,
-		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log}
+		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
+		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote}
 	cfg.Approvals.Timeout, cfg.Approvals.TTL = fc.Approvals.Timeout, fc.Approvals.TTL
 	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
 		CallTimeout: fc.Limits.CallTimeout, MaxRequest: fc.Limits.MaxRequest, MaxResponse: fc.Limits.MaxResponse}
@@ -253,52 +260,39 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	g, err := mcpgw.New(cfg)
 	if err != nil {
-		return fmt.Errorf("mcpgw: %w", err)
+		return err
+	}
+	if _, err := g.ServeMetrics(ctx); err != nil {
+		return err
+	}
+	// Hosted first: a missing Bind grant fails now, and callers meanwhile are told the gateway is starting.
+	ln, err := host.Listen(ctx, fc.Service)
+	if err != nil {
+		return err
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- g.Run(ctx) }()
+	go func() { errc <- host.ServeListener(ctx, ln, g.Handler()) }()
 	select {
 	case <-g.Ready():
 	case err := <-errc:
+		return err // nil: ctx ended while starting
+	}
+	states, err := g.Backends(ctx)
+	if err != nil {
 		return err
 	}
-	go func() { errc <- host.Serve(ctx, fc.Service, g.Handler()) }()
-	if fc.MetricsListen != "" {
-		if err := serveLoopbackMetrics(ctx, fc.MetricsListen, g.MetricsHandler()); err != nil {
-			return err
+	up := 0
+	for _, st := range states {
+		if st.Up {
+			up++
+			continue
 		}
+		fmt.Fprintf(stderr, "warning: backend %s (%s) is not available, retrying: %s\n", st.Name, st.Kind, st.LastError)
 	}
-	fmt.Fprintf(stdout, "umbra mcpgw ready: serving %d backends as %s on overlay service %s (no listening socket)\n",
-		len(cfg.Backends), host.Agent.ID(), fc.Service)
+	fmt.Fprintf(stdout, "umbra mcpgw ready: serving %d of %d backends as %s on overlay service %s (no listening socket)\n",
+		up, len(states), host.Agent.ID(), fc.Service)
 	return <-errc
-}
-
-// serveLoopbackMetrics serves Prometheus metrics on a loopback address the operator asked for.
-func serveLoopbackMetrics(ctx context.Context, addr string, h http.Handler) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("metrics_listen %q: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("metrics_listen %q: only a loopback address is allowed", addr)
-	}
-	if h == nil {
-		return errors.New("metrics_listen: no metrics handler")
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("metrics_listen %s is already in use: choose another port in the configuration", addr)
-		}
-		return fmt.Errorf("metrics_listen %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	go srv.Serve(ln)
-	return nil
 }
 
 // gatewayCall calls a gateway's admin endpoints over the overlay.
@@ -347,6 +341,33 @@ func cmdMCPTools(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 			fmt.Fprintf(stdout, "%s\t%s\n", t.Name, t.Description)
 		}
 		return nil
+	})
+}
+
+func cmdMCPBackends(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var service string
+	var asJSON bool
+	return withAgent(ctx, "mcp backends", args, stderr, func(f *flags) {
+		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
+		f.BoolVar(&asJSON, "json", false, "print the gateway's JSON")
+		f.args(0, "")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		var out struct {
+			Backends []mcpgw.BackendStatus `json:"backends"`
+		}
+		if err := gatewayCall(ctx, a, http.MethodGet, "http://"+service+"/admin/backends", nil, &out); err != nil {
+			return err
+		}
+		if asJSON {
+			return printJSON(stdout, out)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tTOOLS\tPINNED\tQUARANTINED\tHELD\tLAST ERROR")
+		for _, b := range out.Backends {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", b.Name, b.Kind, b.State, b.Tools, b.Pinned, b.Quarantined,
+				b.Held, oneLine(b.LastError))
+		}
+		return tw.Flush()
 	})
 }
 
