@@ -163,7 +163,7 @@ func checkDemoAudit(t *testing.T, export []byte) {
 }
 
 // TestDemoEmbedded runs `umbra demo` as a newcomer would and checks, from the audit export it wrote, every
-// session, envelope count and refusal reason of the round, and the brief.
+// session, envelope count and refusal reason of the round, the brief, and that nothing was logged.
 func TestDemoEmbedded(t *testing.T) {
 	bin := umbraBinary(t)
 	limit := testlimit.Start(t, 6*time.Minute)
@@ -190,8 +190,11 @@ func TestDemoEmbedded(t *testing.T) {
 			t.Errorf("the feed lacks %q", want)
 		}
 	}
-	if errb.Len() > 0 {
-		t.Logf("the demo logged on stderr:\n%s", errb.String())
+	// Quiet by default: a healthy round logs nothing at the demo's default level, and the second router, a child
+	// process at its own default level, logs no warning or error either.
+	checkQuiet(t, "umbra demo", errb.String(), nil)
+	for f, log := range demoRouterLogs(t, dir) {
+		checkQuiet(t, "the demo's second router ("+f+")", log, nil)
 	}
 	export, err := os.ReadFile(filepath.Join(dir, "audit.jsonl"))
 	if err != nil {
