@@ -139,6 +139,10 @@ var routine = []known{
 	// A router reports its network interfaces periodically; one report lost to a closing control channel is sent
 	// again by the next (the router keeps the interfaces as unreported until one succeeds).
 	{msg: "failed to send update router interfaces request to controller", err: "channel closed", level: slog.LevelInfo},
+	// A router's control channel closed by the other end: the controller restarting, or this router stopping
+	// (its close races with the controller's). The router reconnects on its own; a failure to reconnect is
+	// logged as an error of its own ("unable to connect controller").
+	{msg: "rx error. closed peer and starting reconnection process", err: "EOF", level: slog.LevelInfo},
 	// A router tells the controller about circuits it no longer forwards (every 15 s while there are any): that
 	// is how circuits closed at one end are removed everywhere else.
 	{msg: "reported forwarding faults", level: slog.LevelInfo},

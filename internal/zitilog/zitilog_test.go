@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -150,6 +151,9 @@ func TestRoutineTable(t *testing.T) {
 		{"management API default", func() {
 			logrus.Warnf("no default handlers were found, using the last handler [Binding: %s, Type: %T] as the default", "fabric", 1)
 		}, slog.LevelDebug},
+		{"control channel closed by the controller", func() {
+			logrus.WithError(io.EOF).Error("rx error. closed peer and starting reconnection process")
+		}, slog.LevelInfo},
 		{"third-party CA login", func() { logrus.Warn("error verifying client certificate via static root pool") }, slog.LevelDebug},
 		{"shutdown", func() { logrus.Error("exited") }, slog.LevelDebug},
 		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
@@ -166,6 +170,9 @@ func TestRoutineTable(t *testing.T) {
 		}, slog.LevelError},
 		{"controller unreachable", func() {
 			logrus.WithError(errors.New("connection refused")).WithField("endpoint", "tls:127.0.0.1:6262").Error("unable to connect controller")
+		}, slog.LevelError},
+		{"control channel broken otherwise", func() {
+			logrus.WithError(errors.New("tls: bad record MAC")).Error("rx error. closed peer and starting reconnection process")
 		}, slog.LevelError},
 		{"unknown warning", func() { logrus.Warn("edge router certificate expires soon") }, slog.LevelWarn},
 		{"info stays info", func() { logrus.Info("router online") }, slog.LevelInfo},
