@@ -231,14 +231,18 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 	if id == s.controllerID {
 		return api.RevokeResponse{}, failf(http.StatusBadRequest, api.CodeBadRequest, "the controller's own identity cannot be revoked")
 	}
+	first := false
 	rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
-		if r.State != stateRevoked {
+		if first = r.State != stateRevoked; first {
 			r.State, r.RevokedAt, r.RevokedBy, r.RevokeReason = stateRevoked, time.Now().UTC(), actor.String(), reason
 		}
 		return nil
 	})
 	if err != nil {
 		return api.RevokeResponse{}, asFault(err)
+	}
+	if first {
+		s.metrics.revoked()
 	}
 	// Count the live circuits before disabling: disabling already drops most of them.
 	live := s.circuitsOf(rec.OverlayID)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
@@ -92,6 +93,15 @@ type Config struct {
 	// NATSLazySync turns off fsync-before-acknowledge in JetStream. Default false: every acknowledged write
 	// has reached the disk.
 	NATSLazySync bool
+	// MetricsListen, if set (HOST:PORT), serves the controller's and its relay's metrics (docs/metrics.md) at
+	// /metrics in the Prometheus text format, over plain HTTP, to anyone who can reach it. It must be a loopback
+	// address unless MetricsAllowRemote is set. Default: no listener.
+	MetricsListen string
+	// MetricsAllowRemote lets MetricsListen be an address other hosts can reach. Default false.
+	MetricsAllowRemote bool
+	// MetricsRegistry receives the metrics. Default: a registry of the controller's own when MetricsListen is
+	// set, and no metrics at all when neither is. With MetricsListen it must also be a prometheus.Gatherer.
+	MetricsRegistry prometheus.Registerer
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }
@@ -180,6 +190,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.EnvelopeMaxBytes < 0 {
 		return c, fmt.Errorf("controller: EnvelopeMaxBytes %d is negative; give a size in bytes (default %d)", c.EnvelopeMaxBytes, int64(envstore.DefaultMaxBytes))
+	}
+	if err := checkMetricsListen(c.MetricsListen, c.MetricsAllowRemote); err != nil {
+		return c, err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -24,11 +24,12 @@ func (s *Server) enrollHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+api.PathEnroll, func(w http.ResponseWriter, r *http.Request) {
 		var req api.EnrollRequest
-		if err := decode(w, r, &req); err != nil {
-			s.fail(w, r, err)
-			return
+		var creds api.Credentials
+		err := decode(w, r, &req)
+		if err == nil {
+			creds, err = s.enroll(r.Context(), req)
 		}
-		creds, err := s.enroll(r.Context(), req)
+		s.metrics.enrolled(err)
 		if err != nil {
 			s.fail(w, r, err)
 			return

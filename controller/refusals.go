@@ -115,6 +115,8 @@ func (s *Server) recordRefusal(ctx context.Context, code string, r audit.Record)
 	}
 	if ok {
 		s.record(ctx, r)
+	} else {
+		s.metrics.suppressedRefusal(code)
 	}
 }
 

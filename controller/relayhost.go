@@ -46,8 +46,17 @@ func (s *Server) newRelay() (*relay.Relay, error) {
 		Authorizer:   s.gov.authz,
 		PeerIdentity: agentsdk.PeerIdentity,
 		Controller:   s.controllerID,
+		Observer:     s.observer(),
 		Logger:       s.log,
 	})
+}
+
+// observer is what the relay tells what it did: the metrics, if any are kept.
+func (s *Server) observer() relay.Observer {
+	if s.metrics == nil {
+		return nil
+	}
+	return s.metrics
 }
 
 // relaySessions is the session table, with the transitions the relay causes recorded in the audit trail.

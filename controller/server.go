@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
@@ -51,6 +52,10 @@ type Server struct {
 
 	platform platformAdmin
 
+	metrics     *metrics            // nil: none kept
+	gatherer    prometheus.Gatherer // what /metrics serves
+	metricsAddr net.Addr
+
 	runOnce sync.Once
 	tasks   tasks      // every goroutine Run started; Run waits for them before it returns
 	mu      sync.Mutex // guards self, set once a router is online
@@ -63,7 +68,24 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	var m *metrics
+	var gatherer prometheus.Gatherer
+	if reg := cfg.MetricsRegistry; reg != nil || cfg.MetricsListen != "" {
+		if reg == nil {
+			own := prometheus.NewRegistry()
+			reg, gatherer = own, own
+		} else if g, ok := reg.(prometheus.Gatherer); ok {
+			gatherer = g
+		} else if cfg.MetricsListen != "" {
+			return nil, errors.New("controller: MetricsListen is set, but MetricsRegistry cannot be read (it is not a prometheus.Gatherer): give a *prometheus.Registry or leave it unset")
+		}
+		if m, err = newMetrics(reg); err != nil {
+			return nil, err
+		}
+	}
 	return &Server{
+		metrics:      m,
+		gatherer:     gatherer,
 		cfg:          cfg,
 		log:          cfg.Logger,
 		td:           td,
@@ -159,6 +181,9 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.gov.rec.run(ctx) })
 	s.tasks.spawn(func() { s.gov.summariseRefusals(ctx, s.log) })
 	s.tasks.spawn(func() { s.gov.wgCache.run(ctx) })
+	if err := s.startMetrics(ctx, js); err != nil {
+		return err
+	}
 	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{
 		Dir: filepath.Join(dir, "overlay"), BindHost: s.cfg.Host, AdvertiseHost: s.cfg.AdvertiseHost,
 		CtrlPort: s.cfg.CtrlPort, APIPort: s.cfg.OverlayAPIPort,

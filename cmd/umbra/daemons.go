@@ -45,6 +45,8 @@ func controllerFlags(f *flags) *controller.Config {
 	f.Int64Var(&cfg.EnvelopeMaxBytes, "envelope-max-bytes", 0, "size bound of the envelope stream on disk; when full, new envelopes are refused, nothing is dropped (default 2 GiB)")
 	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics, a loopback address unless --metrics-allow-remote (default: none)")
+	f.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics-listen be an address other hosts can reach; anyone who reaches it reads the metrics")
 	return cfg
 }
 
@@ -59,7 +61,12 @@ func checkControllerPorts(cmd string, cfg *controller.Config) error {
 		}
 	}
 	if cfg.NATSListen != "" {
-		return checkListen(cmd, "nats-listen", cfg.NATSListen)
+		if err := checkListen(cmd, "nats-listen", cfg.NATSListen); err != nil {
+			return err
+		}
+	}
+	if cfg.MetricsListen != "" {
+		return checkListen(cmd, "metrics-listen", cfg.MetricsListen)
 	}
 	return nil
 }

@@ -36,6 +36,8 @@ type Options struct {
 	RefusalRecordsPerMinute int
 	// ProposalsPerMinute one identity may make. Default the controller's; negative: no limit.
 	ProposalsPerMinute int
+	// MetricsListen of the controller (Env.Server.MetricsAddr tells the port of "127.0.0.1:0"). Default: none.
+	MetricsListen string
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -85,7 +87,7 @@ func Start(opts Options) (*Env, error) {
 	}
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
 		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge,
-		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, Logger: log}
+		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, MetricsListen: opts.MetricsListen, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err

@@ -85,6 +85,7 @@ func (r *Relay) recv(ctx context.Context, conn net.Conn, br *bufio.Reader, recip
 			if err := cur.Ack(m); err != nil {
 				return err
 			}
+			r.cfg.Observer.Delivered()
 		case <-cctx.Done():
 			return cctx.Err()
 		}

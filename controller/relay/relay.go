@@ -84,7 +84,26 @@ type Authorizer interface {
 	Decide(req workgroups.Request) workgroups.Decision
 }
 
-// Config wires a Relay. Every interface is required.
+// Observer is told what the relay did, for metrics. Its methods are called on connection goroutines, once per
+// event, and must return at once.
+type Observer interface {
+	// Appended: the envelope store took d to append an envelope (or to find its id already recorded).
+	Appended(d time.Duration)
+	// Answered: a sender's frame was answered with ack, d after the frame was read (whether or not the ack
+	// reached the sender).
+	Answered(ack api.RelayAck, d time.Duration)
+	// Delivered: a recipient confirmed an envelope.
+	Delivered()
+}
+
+// noObserver is the Observer when Config names none.
+type noObserver struct{}
+
+func (noObserver) Appended(time.Duration)               {}
+func (noObserver) Answered(api.RelayAck, time.Duration) {}
+func (noObserver) Delivered()                           {}
+
+// Config wires a Relay. Every interface is required, except Observer.
 type Config struct {
 	Sessions    Sessions
 	Envelopes   Envelopes
@@ -104,6 +123,8 @@ type Config struct {
 	HelloTimeout time.Duration
 	// IdleTimeout closes a send connection that sent nothing for this long. Default 5 minutes.
 	IdleTimeout time.Duration
+	// Observer is told what the relay did. Default: nobody.
+	Observer Observer
 	// Logger receives what operators must see. Default: discard.
 	Logger *slog.Logger
 }
@@ -131,6 +152,9 @@ func New(cfg Config) (*Relay, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -55,18 +55,23 @@ func (r *Relay) send(ctx context.Context, conn net.Conn, br *bufio.Reader, sende
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
+		read := time.Now()
 		if err != nil {
 			// The stream cannot be resynchronised after a bad frame: refuse, record, hang up.
 			r.cfg.Refusals.Refuse(ctx, api.CodeMalformedFrame, audit.Record{Kind: "envelope.rejected", Actor: sender.String(),
 				Decision: audit.DecisionDeny, Reason: api.CodeMalformedFrame + ": " + err.Error()})
-			_ = writeJSONLine(conn, api.RelayAck{Code: api.CodeMalformedFrame, Error: err.Error()})
+			ack := api.RelayAck{Code: api.CodeMalformedFrame, Error: err.Error()}
+			_ = writeJSONLine(conn, ack)
+			r.cfg.Observer.Answered(ack, time.Since(read))
 			return err
 		}
 		if len(counts) > maxCounts {
 			clear(counts)
 		}
 		ack := r.one(ctx, sender, h, payload, counts)
-		if err := writeJSONLine(conn, ack); err != nil {
+		err = writeJSONLine(conn, ack)
+		r.cfg.Observer.Answered(ack, time.Since(read))
+		if err != nil {
 			return err
 		}
 	}
@@ -146,8 +151,12 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 			return workgroups.AppendFrame(nil, at, payload)
 		}
 		decision, diag := decisionRecord(d)
+		began := time.Now()
 		app, err = r.cfg.Envelopes.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame,
 			Stamp: stamp, Meta: Meta(sess.Workgroup, decision, diag)}, sess.Contract.MaxMessages)
+		if err == nil {
+			r.cfg.Observer.Appended(time.Since(began))
+		}
 		switch {
 		case stale && attempt < appendAttempts:
 			delete(counts, sid)
