@@ -47,6 +47,7 @@ type governance struct {
 	// ended session from it at once (retention.go).
 	sessionStream jetstream.Stream
 	rates         table[proposalRate] // proposals per identity and window (ratelimit.go)
+	keepEnded     int                 // ended sessions kept per consumer within the retention: endedPerConsumer
 
 	mu        sync.Mutex
 	deadlines map[string]time.Time // open sessions by id, for expiry
@@ -64,7 +65,7 @@ const envelopeStream = "UMBRA_ENVELOPES"
 // openGovernance opens the stores. The envelope recorder (rec.run), the refusal summariser (summariseRefusals)
 // and the relay's workgroup copy (wgCache.run) are the caller's to run.
 func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, cfg Config) (*governance, error) {
-	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{},
+	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{}, keepEnded: endedPerConsumer,
 		refusals: newRefusalLimiter(refusalWindow, cfg.RefusalRecordsPerMinute)}
 	var err error
 	if g.orgs, err = openTable[orgRecord](ctx, js, "umbra_orgs"); err != nil {

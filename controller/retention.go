@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,6 +30,11 @@ import (
 // is not accepted).
 
 const defaultClosedSessionRetention = 7 * 24 * time.Hour
+
+// At the proposal rate one identity may churn (ratelimit.go), a week of ended sessions would be more than the
+// sessions bucket holds (tableBytes). So of the sessions one consumer ended within the retention, only the
+// newest endedPerConsumer stay; the loop removes the older ones as if their retention had passed.
+const endedPerConsumer = 1000
 
 // purgeInterval is how often the retention loop looks for ended sessions: a quarter of the retention, between
 // 100 ms and a minute.
@@ -56,17 +62,34 @@ func (s *Server) purgeEndedSessionsEvery(ctx context.Context) {
 }
 
 // purgeEndedSessions removes from the session table every session that ended more than the retention before
-// now, and returns how many it removed. Several controllers may run it at once: removing twice is harmless.
+// now, and those of a consumer beyond its newest keep ended ones; it returns how many it removed. Several
+// controllers may run it at once: removing twice is harmless.
 func (s *Server) purgeEndedSessions(ctx context.Context, now time.Time) (int, error) {
 	all, err := s.gov.sessions.all(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("listing sessions: %w", err)
 	}
-	n := 0
+	endedAt := func(sess workgroups.Session) time.Time { return sess.History[len(sess.History)-1].At }
+	var due []workgroups.Session
+	kept := map[spiffeid.ID][]workgroups.Session{} // ended within the retention, by consumer
 	for _, sess := range all {
-		if !sess.State.Terminal() || len(sess.History) == 0 || now.Sub(sess.History[len(sess.History)-1].At) < s.cfg.ClosedSessionRetention {
+		switch {
+		case !sess.State.Terminal() || len(sess.History) == 0:
+		case now.Sub(endedAt(sess)) >= s.cfg.ClosedSessionRetention:
+			due = append(due, sess)
+		default:
+			kept[sess.Consumer] = append(kept[sess.Consumer], sess)
+		}
+	}
+	for _, ended := range kept {
+		if len(ended) <= s.gov.keepEnded {
 			continue
 		}
+		slices.SortFunc(ended, func(a, b workgroups.Session) int { return endedAt(b).Compare(endedAt(a)) })
+		due = append(due, ended[s.gov.keepEnded:]...)
+	}
+	n := 0
+	for _, sess := range due {
 		// An ended session changes no more, so nothing can write it between the read above and the purge.
 		if err := s.gov.sessionStream.Purge(ctx, jetstream.WithPurgeSubject("$KV.umbra_sessions."+sess.ID.String())); err != nil {
 			return n, fmt.Errorf("removing session %s: %w", sess.ID, err)
@@ -149,8 +172,8 @@ func (s *Server) endedSession(ctx context.Context, c caller, id workgroups.Sessi
 			"session %s was rejected when proposed (%s) and is not kept; its record: umbra audit session %s", id, last.Reason, id)
 	}
 	return sess, failf(http.StatusNotFound, api.CodeSessionPurged,
-		"session %s ended (%s) at %s and was purged after the retention of ended sessions (%s); its history: umbra audit session %s",
-		id, how, last.At.UTC().Format(time.RFC3339), s.cfg.ClosedSessionRetention, id)
+		"session %s ended (%s) at %s and was purged after the retention of ended sessions (%s, and the newest %d per consumer); its history: umbra audit session %s",
+		id, how, last.At.UTC().Format(time.RFC3339), s.cfg.ClosedSessionRetention, s.gov.keepEnded, id)
 }
 
 // auditableSession is the session `umbra audit session` reconstructs: from the session table, or, once it was

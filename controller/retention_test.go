@@ -261,3 +261,33 @@ func TestWithdrawHeldProposal(t *testing.T) {
 		t.Fatalf("no audit record of the withdrawal among %d records of the session", len(recs))
 	}
 }
+
+// TestRetentionKeepsTheNewestEndedPerConsumer: within the retention, a consumer keeps only its newest ended
+// sessions; the older ones go, its open sessions stay.
+func TestRetentionKeepsTheNewestEndedPerConsumer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	w := openGovWorld(t, t.TempDir(), Config{})
+	w.s.gov.keepEnded = 2
+	var ended []workgroups.Session
+	for range 4 {
+		sess := w.mustPropose(ctx, false)
+		if _, err := w.s.closeByCaller(ctx, w.consumer, sess.ID.String(), "done"); err != nil {
+			t.Fatal(err)
+		}
+		ended = append(ended, sess)
+	}
+	open := w.mustPropose(ctx, false)
+	n, err := w.s.purgeEndedSessions(ctx, time.Now())
+	if err != nil || n != 2 {
+		t.Fatalf("%d removed, err %v; want the 2 oldest of 4 ended sessions", n, err)
+	}
+	for i, sess := range append(ended, open) {
+		_, _, err := w.s.gov.sessions.get(ctx, sess.ID.String())
+		if gone := errors.Is(err, errNotFound); gone != (i < 2) {
+			t.Fatalf("session %d (%s): removed %v, err %v; want only the two oldest ended ones removed", i, sess.ID, gone, err)
+		}
+	}
+	_, err = w.s.sessionFor(ctx, w.consumer, ended[0].ID.String())
+	wantFault(t, err, http.StatusNotFound, api.CodeSessionPurged, "the newest 2 per consumer")
+}
