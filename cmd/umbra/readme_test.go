@@ -87,6 +87,14 @@ func TestREADME(t *testing.T) {
 		}
 	}
 
+	for _, c := range cmds {
+		// Besides umbra and /bin/sh, a walk-through may use only curl, which the README's reader is expected to have.
+		if strings.Contains(" "+c.text, " curl ") {
+			if _, err := exec.LookPath("curl"); err != nil {
+				t.Fatalf("README.md:%d: %s: needs curl, which is not on PATH: install it", c.line, c.text)
+			}
+		}
+	}
 	section := ""
 	for i, c := range cmds {
 		if c.section != section {
