@@ -139,6 +139,13 @@ var routine = []known{
 	// A router reports its network interfaces periodically; one report lost to a closing control channel is sent
 	// again by the next (the router keeps the interfaces as unreported until one succeeds).
 	{msg: "failed to send update router interfaces request to controller", err: "channel closed", level: slog.LevelInfo},
+	// A workload that closed its connection to a router while the router was still writing to it (an agent
+	// closing, or exiting): the router notices by a reset connection and cleans up. A reset on a control channel
+	// or a router link is followed by a reconnection, whose failure is an error of its own.
+	{msg: "write error", err: "connection reset by peer", level: slog.LevelInfo},
+	{msg: "write error", err: "broken pipe", level: slog.LevelInfo},
+	{msg: "unable to send close msg to edge client", err: "connection reset by peer", level: slog.LevelDebug},
+	{msg: "unable to send close msg to edge client", err: "broken pipe", level: slog.LevelDebug},
 	// A router's control channel closed by the other end: the controller restarting, or this router stopping
 	// (its close races with the controller's). The router reconnects on its own; a failure to reconnect is
 	// logged as an error of its own ("unable to connect controller").

@@ -154,6 +154,12 @@ func TestRoutineTable(t *testing.T) {
 		{"control channel closed by the controller", func() {
 			logrus.WithError(io.EOF).Error("rx error. closed peer and starting reconnection process")
 		}, slog.LevelInfo},
+		{"workload gone while written to", func() {
+			logrus.WithError(errors.New("write tcp 127.0.0.1:33977->127.0.0.1:46370: write: connection reset by peer")).Errorf("write error")
+		}, slog.LevelInfo},
+		{"close message to a workload gone", func() {
+			logrus.WithError(errors.New("write: connection reset by peer")).WithField("connId", 7).Warn("unable to send close msg to edge client")
+		}, slog.LevelDebug},
 		{"third-party CA login", func() { logrus.Warn("error verifying client certificate via static root pool") }, slog.LevelDebug},
 		{"shutdown", func() { logrus.Error("exited") }, slog.LevelDebug},
 		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
@@ -174,6 +180,7 @@ func TestRoutineTable(t *testing.T) {
 		{"control channel broken otherwise", func() {
 			logrus.WithError(errors.New("tls: bad record MAC")).Error("rx error. closed peer and starting reconnection process")
 		}, slog.LevelError},
+		{"write error otherwise", func() { logrus.WithError(errors.New("i/o timeout")).Errorf("write error") }, slog.LevelError},
 		{"unknown warning", func() { logrus.Warn("edge router certificate expires soon") }, slog.LevelWarn},
 		{"info stays info", func() { logrus.Info("router online") }, slog.LevelInfo},
 	} {
