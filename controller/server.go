@@ -34,6 +34,8 @@ type Server struct {
 	log   *slog.Logger
 	td    spiffeid.TrustDomain
 	ready chan struct{}
+	// hosted is closed once the API is served on the overlay.
+	hosted chan struct{}
 
 	ca           *pki.CA
 	tokens       *enrolltoken.Signer
@@ -90,6 +92,7 @@ func New(cfg Config) (*Server, error) {
 		log:          cfg.Logger,
 		td:           td,
 		ready:        make(chan struct{}),
+		hosted:       make(chan struct{}),
 		revoked:      newRevocationFeed(),
 		controllerID: spiffeid.RequireFromSegments(td, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName),
 		adminID:      spiffeid.RequireFromSegments(td, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName),
@@ -116,6 +119,12 @@ func (s *Server) AdminID() spiffeid.ID {
 
 // EnrollURL is where workloads redeem enrollment tokens.
 func (s *Server) EnrollURL() string { return s.enrollURL() }
+
+// CtrlEndpoint is the overlay control-plane address routers connect to (tls:HOST:PORT), once Ready.
+func (s *Server) CtrlEndpoint() string { return s.zc.CtrlEndpoint() }
+
+// Hosted is closed once the governance API and the relay are served on the overlay, which needs a router online.
+func (s *Server) Hosted() <-chan struct{} { return s.hosted }
 
 func (s *Server) enrollURL() string {
 	return "https://" + net.JoinHostPort(s.cfg.AdvertiseHost, strconv.Itoa(s.cfg.EnrollPort))
@@ -390,6 +399,7 @@ func (s *Server) hostAPIWhenRouted(ctx context.Context) {
 		s.log.Error("hosting the controller API failed", "err", err)
 		return
 	}
+	close(s.hosted)
 	s.log.Info("controller API hosted on the overlay", "service", api.ServiceName)
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/zitictrl"
 	"github.com/umbra-mesh/umbra/router"
 )
 
@@ -82,6 +83,12 @@ func startController(ctx context.Context, cfg controller.Config) (*controller.Se
 	case <-srv.Ready():
 		return srv, errc, nil
 	case err := <-errc:
+		var moved *zitictrl.APIMovedError
+		if errors.As(err, &moved) {
+			port := moved.Stored[strings.LastIndex(moved.Stored, ":")+1:]
+			return nil, nil, fmt.Errorf("the identities in %s reach the overlay API at %s, not %s: start with --api-port %s (and the same --host/--advertise), or use a new --data directory",
+				cfg.DataDir, moved.Stored, moved.Given, port)
+		}
 		return nil, nil, err
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
@@ -269,7 +276,10 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 			return err
 		}
 	}
-	r, err := router.New(router.Config{DataDir: routerDir, Token: token, EdgeAddr: edge, LinkAddr: link, Logger: log})
+	// The controller's address is passed on every start: the router follows a controller restarted on another
+	// --ctrl-port.
+	r, err := router.New(router.Config{DataDir: routerDir, Token: token, EdgeAddr: edge, LinkAddr: link,
+		CtrlEndpoint: srv.CtrlEndpoint(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -281,6 +291,16 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	case <-r.Ready():
 	case err := <-rerr:
 		return err
+	}
+	// Ready means usable: the governance API answers on the overlay, which it can only once the router is up.
+	select {
+	case <-srv.Hosted():
+	case err := <-rerr:
+		return err
+	case err := <-errc:
+		return err
+	case <-time.After(time.Minute):
+		return errors.New("the controller API was not served on the overlay within a minute (see the log); try again with --log-level info")
 	}
 	fmt.Fprintf(stdout, `umbra dev ready in %s
   trust domain   %s

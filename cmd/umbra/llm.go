@@ -167,9 +167,14 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if _, err := g.ServeMetrics(ctx); err != nil {
 		return err
 	}
+	// Hosted first, so that "ready" is true when printed: a missing Bind grant fails now.
+	ln, err := host.Listen(ctx, fc.Service)
+	if err != nil {
+		return err
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- g.Run(ctx) }()
-	go func() { errc <- host.Serve(ctx, fc.Service, g.Handler()) }()
+	go func() { errc <- host.ServeListener(ctx, ln, g.Handler()) }()
 	fmt.Fprintf(stdout, "umbra llmgw ready: %d models as %s on overlay service %s (no listening socket)\n",
 		len(cfg.Models), host.Agent.ID(), fc.Service)
 	return <-errc

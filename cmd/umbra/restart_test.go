@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -237,4 +238,48 @@ func TestAgentsSurviveControllerRestart(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// TestDevRestartOtherPorts restarts `umbra dev` on its data directory with other control-plane and router edge
+// ports, which works (the embedded router follows the controller), and then with another overlay API port, which
+// every enrolled identity names: that start fails at once with one line naming the stored address and the flag.
+func TestDevRestartOtherPorts(t *testing.T) {
+	r := &restartRun{t: t, c: newCLI(t, 5*time.Minute)}
+	c := r.c
+	port := func() string { return strconv.Itoa(freePort(t)) }
+	api, enroll := port(), port()
+	dev := func(ctrl, api, edge string) []string {
+		return []string{"dev", "--data", "data", "--ctrl-port", ctrl, "--api-port", api, "--enroll-port", enroll, "--edge", "127.0.0.1:" + edge}
+	}
+	// "umbra dev ready" is true when printed: the API answers at once, with no retry.
+	whoami := func(when string) {
+		admin := connectFile(t, filepath.Join(c.dir, "data/admin.json"))
+		defer admin.Close()
+		r.step("controller API answers "+when, 30*time.Second, func(ctx context.Context) error {
+			_, err := admin.Controller().WhoAmI(ctx)
+			return err
+		})
+	}
+	first := c.start("umbra dev ready", dev(port(), api, port())...)
+	whoami("on the first start")
+	first.stop(t)
+
+	second := c.start("umbra dev ready", dev(port(), api, port())...)
+	whoami("after a restart on other control and edge ports")
+	second.stop(t)
+
+	other := port()
+	start := time.Now()
+	_, errs, err := c.run("", dev(port(), other, port())...)
+	took := time.Since(start)
+	lines := strings.Split(strings.TrimSpace(errs), "\n")
+	last := lines[len(lines)-1]
+	if err == nil || !strings.HasPrefix(last, "umbra dev: ") || !strings.Contains(last, "127.0.0.1:"+api+", not 127.0.0.1:"+other) ||
+		!strings.Contains(last, "--api-port "+api) {
+		t.Fatalf("a restart on another API port: err=%v, want one line naming the stored address and --api-port %s:\n%s", err, api, errs)
+	}
+	if took > 20*time.Second {
+		t.Errorf("the refused restart took %s to fail", took.Round(time.Second))
+	}
+	t.Logf("refused in %s: %s", took.Round(time.Millisecond), last)
 }
