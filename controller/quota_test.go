@@ -432,7 +432,8 @@ func TestQuotaProposalRateRefusesPastTheLimit(t *testing.T) {
 		t.Fatalf("HTTP answer %d, Retry-After %q; want 429 and %s", rec.Code, rec.Header().Get("Retry-After"), wantSecs)
 	}
 	var body api.Error
-	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Code != api.CodeProposalRateLimited {
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Code != api.CodeProposalRateLimited ||
+		!strings.Contains(body.Message, "retry in "+wantSecs+"s") {
 		t.Fatalf("HTTP body %s (%v), want code %s", rec.Body.String(), err, api.CodeProposalRateLimited)
 	}
 	// A refused proposal stores nothing and is not counted.

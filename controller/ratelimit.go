@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"time"
 
@@ -71,7 +72,7 @@ func (s *Server) admitProposal(ctx context.Context, id spiffeid.ID, adID string)
 			retry := r.Start.Add(proposalWindow).Sub(now)
 			f := failf(http.StatusTooManyRequests, api.CodeProposalRateLimited,
 				"you made %d proposals in the last minute, the most one identity may: retry in %ds, or ask the operator to raise the limit (umbra controller --proposals-per-minute)",
-				r.Count, int(retry.Seconds())+1)
+				r.Count, int(math.Ceil(retry.Seconds())))
 			f.retryAfter = retry
 			s.recordRefusal(ctx, f.code, audit.Record{Kind: "session.propose", Actor: id.String(), Decision: audit.DecisionDeny,
 				Reason: f.code + ": " + f.message, Data: jsonRaw(map[string]any{
