@@ -273,14 +273,24 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	errc := make(chan error, 2)
 	go func() { errc <- g.Run(ctx) }()
 	go func() { errc <- host.ServeListener(ctx, ln, g.Handler()) }()
+	// Both are waited for: Run flushes the audit records still queued, and the host must outlive that.
+	running := 2
+	stop := func(err error) error {
+		cancel()
+		for ; running > 0; running-- {
+			err = errors.Join(err, <-errc)
+		}
+		return err
+	}
 	select {
 	case <-g.Ready():
 	case err := <-errc:
-		return err // nil: ctx ended while starting
+		running--
+		return stop(err) // nil: ctx ended while starting
 	}
 	states, err := g.Backends(ctx)
 	if err != nil {
-		return err
+		return stop(err)
 	}
 	up := 0
 	for _, st := range states {
@@ -292,7 +302,9 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	fmt.Fprintf(stdout, "umbra mcpgw ready: serving %d of %d backends as %s on overlay service %s (no listening socket)\n",
 		up, len(states), host.Agent.ID(), fc.Service)
-	return <-errc
+	err = <-errc
+	running--
+	return stop(err)
 }
 
 // gatewayCall calls a gateway's admin endpoints over the overlay.
