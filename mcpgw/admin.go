@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/mcpgw/approval"
 	"github.com/umbra-mesh/umbra/mcpgw/pin"
 	"github.com/umbra-mesh/umbra/mcpgw/scan"
@@ -48,23 +49,24 @@ type ToolVersion struct {
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", g.serveMCP)
-	mux.HandleFunc("GET /admin/tools", g.admin(false, func(ctx context.Context, id spiffeid.ID, _ *http.Request) (any, error) {
+	mux.HandleFunc("GET /admin/tools", g.admin(anyCaller, "list tools", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, _ *http.Request) (any, error) {
 		tools, err := g.Tools(ctx, id)
 		if err != nil {
 			return nil, err
 		}
 		return map[string]any{"tools": tools}, nil
 	}))
-	mux.HandleFunc("GET /admin/backends", g.admin(true, func(ctx context.Context, _ spiffeid.ID, _ *http.Request) (any, error) {
+	mux.HandleFunc("GET /admin/backends", g.admin(gatewayWide, "read backend states", func(ctx context.Context, _ spiffeid.ID, _ gatewayadmin.Access, _ *http.Request) (any, error) {
 		bs, err := g.Backends(ctx)
 		return map[string]any{"backends": bs}, err
 	}))
-	mux.HandleFunc("GET /admin/tool-versions", g.admin(true, func(ctx context.Context, _ spiffeid.ID, _ *http.Request) (any, error) {
+	mux.HandleFunc("GET /admin/tool-versions", g.admin(gatewayWide, "list tool versions", func(ctx context.Context, _ spiffeid.ID, _ gatewayadmin.Access, _ *http.Request) (any, error) {
 		vs, err := g.PendingTools(ctx)
 		return map[string]any{"versions": vs}, err
 	}))
 	for _, verb := range []string{"approve", "deny"} {
-		mux.HandleFunc("POST /admin/tool-versions/"+verb, g.admin(true, func(ctx context.Context, id spiffeid.ID, r *http.Request) (any, error) {
+		// DecideTool and DecideCall check the administrator themselves, for callers of the Go API too.
+		mux.HandleFunc("POST /admin/tool-versions/"+verb, g.admin(anyCaller, verb+" tool versions", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, r *http.Request) (any, error) {
 			var req struct{ Backend, Tool, Digest string }
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
@@ -76,12 +78,21 @@ func (g *Gateway) routes() http.Handler {
 			return map[string]any{"backend": rec.Backend, "tool": rec.Tool, "approved": rec.Approved}, nil
 		}))
 	}
-	mux.HandleFunc("GET /admin/approvals", g.admin(true, func(ctx context.Context, _ spiffeid.ID, r *http.Request) (any, error) {
+	mux.HandleFunc("GET /admin/approvals", g.admin(scoped, "list held calls", func(ctx context.Context, _ spiffeid.ID, acc gatewayadmin.Access, r *http.Request) (any, error) {
 		rs, err := g.approvals.List(ctx, r.URL.Query().Get("all") == "")
-		return map[string]any{"approvals": rs}, err
+		if err != nil {
+			return nil, err
+		}
+		mine := []approval.Request{}
+		for _, req := range rs {
+			if acc.Covers(g.orgOf(ctx, req.Caller)) {
+				mine = append(mine, req)
+			}
+		}
+		return map[string]any{"approvals": mine}, nil
 	}))
 	for _, verb := range []string{"approve", "deny"} {
-		mux.HandleFunc("POST /admin/approvals/{id}/"+verb, g.admin(true, func(ctx context.Context, id spiffeid.ID, r *http.Request) (any, error) {
+		mux.HandleFunc("POST /admin/approvals/{id}/"+verb, g.admin(anyCaller, verb+" held calls", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, r *http.Request) (any, error) {
 			var req struct{ Digest string }
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
@@ -91,14 +102,9 @@ func (g *Gateway) routes() http.Handler {
 	}
 	if g.promReg != nil {
 		metrics := g.MetricsHandler()
-		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-			id, err := g.cfg.Identify(r)
-			if err != nil || !g.isAdmin(r.Context(), id) {
-				writeJSONError(w, http.StatusForbidden, "forbidden", "administrators only", newRef())
-				return
-			}
-			metrics.ServeHTTP(w, r)
-		})
+		mux.HandleFunc("GET /metrics", g.admin(gatewayWide, "read metrics", func(context.Context, spiffeid.ID, gatewayadmin.Access, *http.Request) (any, error) {
+			return metrics, nil
+		}))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -110,18 +116,56 @@ func (g *Gateway) routes() http.Handler {
 	})
 }
 
+// need is what an administration endpoint asks of its caller.
+type need int
+
+const (
+	anyCaller   need = iota // any caller with a verified identity
+	scoped                  // an administrator of this gateway, of any scope (package gatewayadmin)
+	gatewayWide             // an administrator of the gateway itself: Access.Gateway
+)
+
 type adminError struct {
 	status int
 	code   string
 	msg    string
+	err    error // what errors.Is finds, or nil
 }
 
 func (e *adminError) Error() string { return e.msg }
+func (e *adminError) Unwrap() error { return e.err }
+
+// refuseAdmin records an administration request refused to admin and returns the error it sees: 403 and reason.
+func (g *Gateway) refuseAdmin(ctx context.Context, admin spiffeid.ID, action, reason string, extra map[string]any) error {
+	d := map[string]any{"action": action}
+	for k, v := range extra {
+		d[k] = v
+	}
+	data, _ := json.Marshal(d)
+	g.record(ctx, audit.Record{Kind: KindAdminRefused, Actor: admin.String(), Decision: audit.DecisionDeny,
+		Reason: reason, Data: data})
+	return &adminError{http.StatusForbidden, "forbidden", reason, ErrNotAuthorized}
+}
+
+// adminAs checks that admin has the access n needs, recording a refusal.
+func (g *Gateway) adminAs(ctx context.Context, admin spiffeid.ID, n need, action string) (gatewayadmin.Access, error) {
+	if n == anyCaller {
+		return gatewayadmin.Access{}, nil
+	}
+	acc := g.access(ctx, admin)
+	switch {
+	case !acc.Granted():
+		return acc, g.refuseAdmin(ctx, admin, action, acc.Reason, nil)
+	case n == gatewayWide && !acc.Gateway:
+		return acc, g.refuseAdmin(ctx, admin, action, "only administrators of the gateway's own organisation, and identities its admins name, may "+action, nil)
+	}
+	return acc, nil
+}
 
 func decodeBody(r *http.Request, v any) error {
 	b, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
 	if err != nil {
-		return &adminError{http.StatusBadRequest, "bad_request", "cannot read body"}
+		return &adminError{status: http.StatusBadRequest, code: "bad_request", msg: "cannot read body"}
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
 		return nil
@@ -129,13 +173,14 @@ func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return &adminError{http.StatusBadRequest, "bad_request", "body: " + err.Error()}
+		return &adminError{status: http.StatusBadRequest, code: "bad_request", msg: "body: " + err.Error()}
 	}
 	return nil
 }
 
-// admin wraps an administration endpoint: it identifies the caller, checks rights and writes JSON.
-func (g *Gateway) admin(adminOnly bool, h func(context.Context, spiffeid.ID, *http.Request) (any, error)) http.HandlerFunc {
+// admin wraps an administration endpoint: it identifies the caller, checks that the caller has what n needs and
+// writes JSON. A handler may answer with an http.Handler, which then serves the request.
+func (g *Gateway) admin(n need, action string, h func(context.Context, spiffeid.ID, gatewayadmin.Access, *http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ref := newRef()
 		id, err := g.cfg.Identify(r)
@@ -143,11 +188,11 @@ func (g *Gateway) admin(adminOnly bool, h func(context.Context, spiffeid.ID, *ht
 			writeJSONError(w, http.StatusUnauthorized, "unauthenticated", "no verified identity", ref)
 			return
 		}
-		if adminOnly && !g.isAdmin(r.Context(), id) {
-			writeJSONError(w, http.StatusForbidden, "forbidden", "administrators only", ref)
-			return
+		acc, err := g.adminAs(r.Context(), id, n, action)
+		var out any
+		if err == nil {
+			out, err = h(r.Context(), id, acc, r)
 		}
-		out, err := h(r.Context(), id, r)
 		if err != nil {
 			status, code, msg := http.StatusInternalServerError, "internal", "internal error"
 			var ae *adminError
@@ -165,6 +210,10 @@ func (g *Gateway) admin(adminOnly bool, h func(context.Context, spiffeid.ID, *ht
 				g.log.Error("mcpgw: admin request failed", "ref", ref, "path", r.URL.Path, "err", err)
 			}
 			writeJSONError(w, status, code, msg, ref)
+			return
+		}
+		if hh, ok := out.(http.Handler); ok {
+			hh.ServeHTTP(w, r)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -199,11 +248,15 @@ func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, to
 	if err := g.started(); err != nil {
 		return pin.Record{}, err
 	}
-	if !g.isAdmin(ctx, admin) {
-		return pin.Record{}, ErrNotAuthorized
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	acc, err := g.adminAs(ctx, admin, gatewayWide, verb+" tool versions")
+	if err != nil {
+		return pin.Record{}, err
 	}
 	var rec pin.Record
-	var err error
 	decision, reason := audit.DecisionDeny, "tool version refused"
 	if approve {
 		rec, err = g.pins.Approve(ctx, backend, tool, digest, admin.String())
@@ -214,7 +267,8 @@ func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, to
 	if err != nil {
 		return rec, err
 	}
-	data, _ := json.Marshal(map[string]string{"tool": g.exposedName(backend, tool), "backend": backend, "digest": digest})
+	data, _ := json.Marshal(map[string]string{"tool": g.exposedName(backend, tool), "backend": backend, "digest": digest,
+		"admin_basis": acc.Basis})
 	g.record(ctx, audit.Record{Kind: KindToolDecided, Actor: admin.String(), Decision: decision, Reason: reason, Data: data})
 	g.log.Info("mcpgw: "+reason, "tool", g.exposedName(backend, tool), "by", admin, "digest", digest)
 	for _, b := range g.backs { // the catalog learns the new state on the backend's next listing: now
@@ -226,13 +280,33 @@ func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, to
 }
 
 // DecideCall approves or denies a held call, as the administrator admin. If digest is set it must be the
-// call's arguments digest: the decision is about the arguments the administrator reviewed.
+// call's arguments digest: the decision is about the arguments the administrator reviewed. An administrator
+// decides only the calls of the organisations its access covers (package gatewayadmin) and never approves a
+// call of its own; a refusal wraps ErrNotAuthorized and is recorded.
 func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, approve bool, digest string) (approval.Request, error) {
 	if err := g.started(); err != nil {
 		return approval.Request{}, err
 	}
-	if !g.isAdmin(ctx, admin) {
-		return approval.Request{}, ErrNotAuthorized
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	acc, err := g.adminAs(ctx, admin, scoped, verb+" held calls")
+	if err != nil {
+		return approval.Request{}, err
+	}
+	held, err := g.approvals.Get(ctx, id)
+	if err != nil {
+		return held, err
+	}
+	about := map[string]any{"approval": held.ID, "caller": held.Caller, "tool": held.Tool}
+	switch {
+	case !acc.Covers(g.orgOf(ctx, held.Caller)):
+		return approval.Request{}, g.refuseAdmin(ctx, admin, verb+" a held call",
+			"this held call is by a caller outside the organisation you administer here", about)
+	case approve && held.Caller == admin.String():
+		return approval.Request{}, g.refuseAdmin(ctx, admin, verb+" a held call",
+			"you cannot approve your own held call: another administrator must", about)
 	}
 	r, err := g.approvals.Decide(ctx, id, approve, admin.String(), digest)
 	if err != nil {
@@ -243,13 +317,14 @@ func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, 
 		decision, reason = audit.DecisionAllow, "call approved"
 	}
 	data, _ := json.Marshal(map[string]any{"approval": r.ID, "caller": r.Caller, "tool": r.Tool, "args_digest": r.ArgsDigest,
-		"valid_until": r.ValidUntil})
+		"valid_until": r.ValidUntil, "admin_basis": acc.Basis})
 	g.record(ctx, audit.Record{Kind: KindApproval, Actor: admin.String(), Decision: decision, Reason: reason,
 		PolicyVersion: r.PolicyVersion, Data: data})
 	return r, nil
 }
 
-// PendingCalls lists the calls waiting for an administrator.
+// PendingCalls lists the calls waiting for an administrator, of every organisation: the operator's view. The
+// administration API shows each administrator only the calls its access covers.
 func (g *Gateway) PendingCalls(ctx context.Context) ([]approval.Request, error) {
 	if err := g.started(); err != nil {
 		return nil, err

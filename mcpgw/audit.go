@@ -25,6 +25,7 @@ const (
 	KindToolQuarantined = "mcp.tool_quarantined" // a tool definition changed after approval
 	KindToolRestored    = "mcp.tool_restored"    // a backend went back to the approved definition
 	KindToolDecided     = "mcp.tool_decided"     // an administrator approved or denied a tool version
+	KindAdminRefused    = "mcp.admin_refused"    // an administration request refused: not an administrator here, out of scope, self-approval
 	KindPolicyChanged   = "mcp.policy_changed"
 )
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 )
 
 // Config configures a Gateway. It is copied by New; the zero value of each field selects the default named.
@@ -60,16 +62,24 @@ type Config struct {
 	State jetstream.JetStream
 	// BucketPrefix prefixes the KV bucket names ("<prefix>pins", "<prefix>approvals"). Default "umbra_mcpgw_".
 	BucketPrefix string
-	// Admins may approve tool versions and calls, as may callers the Directory marks as administrators.
+	// Admins administer the gateway fully, whatever the Directory says of them: tool versions, every
+	// organisation's held calls, backends and metrics. Besides them, administrators as the Directory marks them
+	// administer the gateway when they are the platform administrator (everything) or administrators of the
+	// gateway's own organisation, the first path segment of Self (tool versions, backends, metrics, and the held
+	// calls of their organisation's callers). Default: none besides those.
 	Admins []spiffeid.ID
+	// AdminOrgs are further organisations whose administrators administer this gateway, each for the held calls
+	// of its own organisation's callers only (not tool versions, backends or metrics). Default: none.
+	AdminOrgs []string
 	// RefreshInterval is how often every backend's lists are fetched again, which catches definitions changed
 	// without a list_changed notification. Default 1 minute.
 	RefreshInterval time.Duration
 	// KeepAlive is the interval of pings to backends; a backend that misses one is reconnected. Default 15
 	// seconds; negative disables.
 	KeepAlive time.Duration
-	// Self is the gateway's own SPIFFE ID, the actor of the records it makes on its own account (tool pins).
-	// Default spiffe://umbra.invalid/mcpgw.
+	// Self is the gateway's own SPIFFE ID, the actor of the records it makes on its own account (tool pins); its
+	// organisation's administrators administer the gateway (see Admins). Default spiffe://umbra.invalid/mcpgw,
+	// with no organisation of its own: only Admins, AdminOrgs and the platform administrator administer it.
 	Self spiffeid.ID
 	// StartTimeout is how long Run waits, while it retries, for a first backend to connect. Ready is closed
 	// only once every backend has been tried and at least one serves; if none does within StartTimeout, Run
@@ -189,6 +199,10 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("backend %q: spawn %q: want %q or %q", b.Name, b.Spawn, SpawnShared, SpawnPerClient)
 		}
 	}
+	if err := (gatewayadmin.Grant{Orgs: c.AdminOrgs}).Check(); err != nil {
+		return c, err
+	}
+	c.Admins, c.AdminOrgs = slices.Clone(c.Admins), slices.Clone(c.AdminOrgs)
 	for _, p := range c.Sensitive {
 		if _, err := path.Match(p, ""); err != nil {
 			return c, fmt.Errorf("sensitive pattern %q: %w", p, err)

@@ -94,8 +94,12 @@
 // Approvals.Timeout; no decision is a denial. An approval is usable once, until Approvals.TTL after the
 // decision. A client that gave up waiting retries with the same arguments (the approval is found), or names
 // the request in _meta[MetaApproval]; changed arguments, another caller, replaced policies, a used or an
-// expired approval are refused (CodeApproval). Administrators are Config.Admins and callers the Directory
-// marks as administrators; a caller cannot approve for itself unless it is one.
+// expired approval are refused (CodeApproval). Who decides is the gateway's own grant (package
+// gatewayadmin): Config.Admins and the platform administrator decide every call; administrators of Self's
+// organisation and of Config.AdminOrgs only their own organisation's callers' calls; nobody approves a call of
+// their own. Tool versions, backends and metrics are for Config.Admins, the platform administrator and Self's
+// organisation's administrators. Every decision and every refusal (KindAdminRefused) is audited with the
+// administrator's SPIFFE ID.
 //
 // # Limits and errors
 //

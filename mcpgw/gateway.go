@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/mcpgw/approval"
 	"github.com/umbra-mesh/umbra/mcpgw/internal/kv"
 	"github.com/umbra-mesh/umbra/mcpgw/pin"
@@ -46,7 +47,7 @@ type Gateway struct {
 	limits  *limiter
 	metrics *metrics
 	promReg *prometheus.Registry // private registry, or nil
-	admins  map[string]bool
+	grant   gatewayadmin.Grant
 	mcp     *mcp.StreamableHTTPHandler
 	handler http.Handler
 
@@ -100,15 +101,13 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("mcpgw: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, sdkLog: slog.New(quiet{cfg.Logger.Handler(), slog.LevelWarn}), self: selfID, scanner: scan.New(), catalog: newCatalog(),
-		limits: newLimiter(cfg.Limits), admins: map[string]bool{}, dir: map[string]dirEntry{},
+		limits: newLimiter(cfg.Limits), dir: map[string]dirEntry{},
 		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), ready: make(chan struct{}), upCh: make(chan struct{}, 1)}
 	if !cfg.Self.IsZero() {
 		g.self = cfg.Self.String()
 	}
 	g.policy.Store(eng)
-	for _, a := range cfg.Admins {
-		g.admins[a.String()] = true
-	}
+	g.grant = gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs}
 	reg := cfg.Registry
 	if reg == nil {
 		g.promReg = prometheus.NewRegistry()
@@ -289,13 +288,27 @@ func (g *Gateway) pruneDirectory() {
 	}
 }
 
-// isAdmin reports whether id may decide on tool versions and calls.
-func (g *Gateway) isAdmin(ctx context.Context, id spiffeid.ID) bool {
-	if g.admins[id.String()] {
-		return true
+// access says what id may administer here (package gatewayadmin): the zero Access, which grants nothing, when
+// the directory cannot tell.
+func (g *Gateway) access(ctx context.Context, id spiffeid.ID) gatewayadmin.Access {
+	p, err := g.principal(ctx, id)
+	if err != nil {
+		return gatewayadmin.Access{Reason: "the administrator cannot be looked up now; try again"}
+	}
+	return g.grant.Decide(gatewayadmin.Caller{ID: id, Org: p.Org, Admin: p.Admin, Revoked: p.Revoked})
+}
+
+// orgOf is the organisation of a caller, from the directory; "" (which no access covers) when it cannot tell.
+func (g *Gateway) orgOf(ctx context.Context, caller string) string {
+	id, err := spiffeid.FromString(caller)
+	if err != nil {
+		return ""
 	}
 	p, err := g.principal(ctx, id)
-	return err == nil && p.Admin && !p.Revoked
+	if err != nil {
+		return ""
+	}
+	return p.Org
 }
 
 // Backends reports the state of every backend, in configuration order, with the counts of its pinned tools.
