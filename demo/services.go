@@ -163,7 +163,7 @@ func runLLMGateway(ctx context.Context, identityFile, dataDir string, td spiffei
 		Budgets: []llmgw.Budget{{Identity: Forecaster.ID(td).String(), TokensPerDay: ForecasterTokensPerDay},
 			{Org: OrgNorthwind, TokensPerDay: 200000, RequestsPerMinute: 120}, {Org: OrgHelix, TokensPerDay: 200000, RequestsPerMinute: 120}},
 		Guardrails: llmgw.Guardrails{PII: guard.Redact, Secrets: guard.Block, Injection: guard.Log},
-		Directory:  llmDirectory{hostDirectory{host}}, Auditor: host, State: host.JS, Logger: log,
+		Directory:  llmDirectory{hostDirectory{host}}, Auditor: host, State: host.JS, Logger: log, Self: host.Agent.ID(),
 	})
 	if err != nil {
 		return err

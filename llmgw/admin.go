@@ -3,11 +3,13 @@ package llmgw
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/llmgw/budget"
 )
 
@@ -83,9 +85,41 @@ type modelUsage struct {
 	CostUSD      float64 `json:"cost_usd"`
 }
 
+// KindAdminRefused is the audit record of an administration request refused: an administrator of an
+// organisation that does not administer this gateway, usage outside the organisation administered, metrics.
+const KindAdminRefused = "llm.admin_refused"
+
+// access says what p may administer here (package gatewayadmin).
+func (g *Gateway) access(p Principal) gatewayadmin.Access {
+	return g.grant.Decide(gatewayadmin.Caller{ID: p.ID, Org: p.Org, Admin: p.Admin})
+}
+
+// refuseAdmin records an administration request refused to p. A record that cannot be written is logged: the
+// request was refused either way.
+func (g *Gateway) refuseAdmin(r *http.Request, p Principal, action, reason string, extra map[string]any) {
+	if g.cfg.Auditor == nil {
+		return
+	}
+	d := map[string]any{"action": action}
+	for k, v := range extra {
+		d[k] = v
+	}
+	data, _ := json.Marshal(d)
+	rec := audit.Record{Time: time.Now().UTC(), Kind: KindAdminRefused, Actor: p.ID.String(), Decision: audit.DecisionDeny,
+		Reason: reason, Data: data}
+	if err := g.appendAudit(r.Context(), rec); err != nil {
+		g.log.Error("llmgw: audit record lost", "kind", KindAdminRefused, "err", err)
+	}
+}
+
 // serveUsage answers GET /v1/usage[?identity=<SPIFFE ID>][&since=<duration or YYYY-MM-DD>]: daily usage per
-// identity (and per organisation with an organisation budget). Callers see their own; administrators anyone's,
-// everyone's when no identity is given. since defaults to 24h.
+// identity (and per organisation with an organisation budget). since defaults to 24h. Every caller reads its
+// own. An administrator of this gateway (package gatewayadmin) reads that of the identities its access covers:
+// every identity's for the platform administrator and those named in Config.Admins, else those of its own
+// organisation (and that organisation's total), all of them when no identity is given. Such a read is audited
+// (KindUsageRead) before it is answered, and not answered if its record cannot be written. An administrator
+// of an organisation that does not administer this gateway is refused, as is a read outside the organisation
+// administered (KindAdminRefused).
 func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 	p, aerr := g.authenticate(r)
 	if aerr != nil {
@@ -104,7 +138,13 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	acc := g.access(p)
+	refuse := func(reason string) {
+		g.refuseAdmin(r, p, "read usage", reason, map[string]any{"identity": q.Get("identity")})
+		g.fail(w, errorf(http.StatusForbidden, "permission_error", codeForbidden, "%s", reason))
+	}
 	var match func(string) bool
+	own := false
 	who := q.Get("identity")
 	switch {
 	case who != "":
@@ -113,14 +153,36 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 			g.fail(w, invalid("identity %q is not a SPIFFE ID", who))
 			return
 		}
-		if id != p.ID && !p.Admin {
-			g.fail(w, errorf(http.StatusForbidden, "permission_error", codeForbidden, "only administrators read others' usage"))
+		switch {
+		case id == p.ID:
+			own = true
+		case acc.CoversID(id):
+		case acc.Granted():
+			refuse("that identity is outside the organisation you administer here")
+			return
+		case !p.Admin:
+			refuse("only administrators read others' usage")
+			return
+		default:
+			refuse(acc.Reason)
 			return
 		}
 		match = func(s string) bool { return s == "id:"+id.String() }
-	case p.Admin:
+	case acc.All:
 		match = func(string) bool { return true }
+	case acc.Granted():
+		match = func(s string) bool {
+			if org, ok := strings.CutPrefix(s, "org:"); ok {
+				return org == acc.Org
+			}
+			id, err := spiffeid.FromString(strings.TrimPrefix(s, "id:"))
+			return err == nil && acc.CoversID(id)
+		}
+	case p.Admin:
+		refuse(acc.Reason + " (identity=<your SPIFFE ID> reads your own usage)")
+		return
 	default:
+		own = true
 		match = func(s string) bool { return s == "id:"+p.ID.String() }
 	}
 	recs, err := g.limiter.Usage(r.Context(), since, match)
@@ -133,12 +195,20 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 	for _, rec := range recs {
 		entries = append(entries, toEntry(rec))
 	}
-	if p.Admin && who != p.ID.String() && g.cfg.Auditor != nil {
-		data, _ := json.Marshal(map[string]any{"identity": who, "since": since.UTC().Format(time.RFC3339)})
-		rec := audit.Record{Kind: KindUsageRead, Actor: p.ID.String(), Decision: audit.DecisionAllow, Data: data,
-			Reason: "administrator read usage"}
+	if !own && g.cfg.Auditor != nil {
+		scope := acc.Org
+		if acc.All {
+			scope = "*"
+		}
+		data, _ := json.Marshal(map[string]any{"identity": who, "since": since.UTC().Format(time.RFC3339), "scope": scope,
+			"admin_basis": acc.Basis, "entries": len(entries)})
+		rec := audit.Record{Time: time.Now().UTC(), Kind: KindUsageRead, Actor: p.ID.String(), Decision: audit.DecisionAllow,
+			Data: data, Reason: "administrator read usage"}
 		if err := g.appendAudit(r.Context(), rec); err != nil {
-			g.log.Error("llmgw: audit record lost", "kind", KindUsageRead, "err", err)
+			g.log.Error("llmgw: usage read refused: its audit record could not be written", "err", err)
+			g.fail(w, errorf(http.StatusServiceUnavailable, "server_error", codeAuditUnavailable,
+				"the usage read was refused: its audit record could not be written; retry later"))
+			return
 		}
 	}
 	b, _ := json.Marshal(map[string]any{"object": "list", "data": entries})

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/provider"
 	"github.com/umbra-mesh/umbra/llmgw/route"
@@ -40,6 +41,16 @@ type Config struct {
 	// Directory tells the caller's organisation, workgroups and admin flag. Nil means the organisation is the
 	// first path segment of the SPIFFE ID, with no workgroups and no administrators.
 	Directory Directory
+	// Self is the gateway's own SPIFFE ID. Administrators (as the Directory marks them) of its organisation, the
+	// first path segment, administer the gateway: the usage of their organisation's identities, and the metrics.
+	// Zero means the gateway has no organisation of its own.
+	Self spiffeid.ID
+	// Admins administer the gateway fully, whatever the Directory says of them: everyone's usage and the
+	// metrics, as the platform administrator does. Nil means nobody besides those.
+	Admins []spiffeid.ID
+	// AdminOrgs are further organisations whose administrators read the usage of their own organisation's
+	// identities here (not the metrics). Nil means none.
+	AdminOrgs []string
 	// Auditor receives the calls' records. A call goes upstream only after the Auditor has confirmed its
 	// llm.call record; one whose record cannot be written is refused with 503 audit_unavailable. Nil means
 	// calls are not audited (and none is refused for want of a record).
@@ -166,7 +177,7 @@ func (r Router) enabled() bool {
 type Principal struct {
 	ID         spiffeid.ID
 	Org        string
-	Admin      bool     // may read everyone's usage and the metrics
+	Admin      bool     // an administrator of Org; what it administers here is Config.Self's, Admins' and AdminOrgs' to say
 	Workgroups []string // "<org>/<name>"
 }
 
@@ -199,6 +210,9 @@ func (cfg *Config) check() error {
 		cfg.Router.Name = "auto"
 	}
 	if err := checkMetricsListen(cfg.MetricsListen, cfg.MetricsAllowRemote); err != nil {
+		return err
+	}
+	if err := (gatewayadmin.Grant{Orgs: cfg.AdminOrgs}).Check(); err != nil {
 		return err
 	}
 	names := map[string]bool{}

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/llmgw/budget"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/provider"
@@ -37,6 +38,7 @@ type Gateway struct {
 	metrics  *metrics
 	gatherer prometheus.Gatherer
 	identify func(*http.Request) (spiffeid.ID, error)
+	grant    gatewayadmin.Grant
 }
 
 // New checks cfg and builds a Gateway. With cfg.State set it opens the usage bucket.
@@ -47,12 +49,14 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Models[i].Endpoints = slices.Clone(cfg.Models[i].Endpoints)
 	}
 	cfg.Budgets = slices.Clone(cfg.Budgets)
+	cfg.Admins, cfg.AdminOrgs = slices.Clone(cfg.Admins), slices.Clone(cfg.AdminOrgs)
 	cfg.Router.Rules = slices.Clone(cfg.Router.Rules)
 	cfg.Router.Routes = slices.Clone(cfg.Router.Routes)
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify}
+	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify,
+		grant: gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -204,8 +208,15 @@ func (g *Gateway) allowed(p Principal, name, operation string) bool {
 
 func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	p, aerr := g.authenticate(r)
-	if aerr == nil && !p.Admin {
-		aerr = errorf(http.StatusForbidden, "permission_error", codeForbidden, "metrics are for administrators")
+	if aerr == nil {
+		if acc := g.access(p); !acc.Gateway {
+			reason := acc.Reason
+			if acc.Granted() {
+				reason = "only administrators of the gateway's own organisation, and identities its admins name, read the metrics"
+			}
+			g.refuseAdmin(r, p, "read metrics", reason, nil)
+			aerr = errorf(http.StatusForbidden, "permission_error", codeForbidden, "%s", reason)
+		}
 	}
 	if aerr == nil && g.gatherer == nil {
 		aerr = errorf(http.StatusNotFound, "invalid_request_error", codeNotFound, "metrics are served by the registry's owner")

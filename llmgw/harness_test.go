@@ -30,6 +30,8 @@ const (
 	bob   = "spiffe://acme.test/acme/agent/bob"   // acme, no workgroup
 	carol = "spiffe://beta.test/beta/agent/carol" // another organisation
 	admin = "spiffe://acme.test/acme/user/admin"  // administrator
+
+	gatewayID = "spiffe://acme.test/acme/gateway/llmgw" // the gateway's own identity: acme's
 )
 
 // identityHeader carries the caller's identity in tests, standing in for mutual TLS.
@@ -170,6 +172,9 @@ func newHarness(t testing.TB, cfg llmgw.Config) *harness {
 	}
 	if cfg.Directory == nil {
 		cfg.Directory = testDirectory()
+	}
+	if cfg.Self.IsZero() {
+		cfg.Self = spiffeid.RequireFromString(gatewayID)
 	}
 	if cfg.Auditor == nil {
 		cfg.Auditor = h.auditor

@@ -24,13 +24,15 @@ import (
 
 // llmgwFile is the LLM gateway's configuration file.
 type llmgwFile struct {
-	Service       string `yaml:"service"` // default llmgw
-	Data          string `yaml:"data"`    // default llmgw-data
-	Policies      string `yaml:"policies"`
-	PolicyFile    string `yaml:"policy_file"`
-	LogPrompts    bool   `yaml:"log_prompts"`
-	MetricsListen string `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only
-	MetricsRemote bool   `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
+	Service       string   `yaml:"service"` // default llmgw
+	Data          string   `yaml:"data"`    // default llmgw-data
+	Policies      string   `yaml:"policies"`
+	PolicyFile    string   `yaml:"policy_file"`
+	LogPrompts    bool     `yaml:"log_prompts"`
+	MetricsListen string   `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only
+	MetricsRemote bool     `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
+	Admins        []string `yaml:"admins"`               // SPIFFE IDs that administer the gateway fully
+	AdminOrgs     []string `yaml:"admin_orgs"`           // organisations whose administrators read their own organisation's usage
 	Models        []struct {
 		Name           string        `yaml:"name"`
 		Retries        int           `yaml:"retries"`
@@ -98,6 +100,11 @@ func parseLLMGatewayConfig(b []byte) (llmgwFile, error) {
 			}
 		}
 	}
+	for _, raw := range fc.Admins {
+		if _, err := spiffeid.FromString(raw); err != nil {
+			return fc, fmt.Errorf("admins: %q: %w", raw, err)
+		}
+	}
 	for _, mode := range []string{fc.Guardrails.PII, fc.Guardrails.Secrets, fc.Guardrails.Injection} {
 		if _, err := guard.ParseMode(mode); err != nil {
 			return fc, err
@@ -131,7 +138,11 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	defer host.Close()
 	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
-		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote}
+		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote,
+		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs}
+	for _, raw := range fc.Admins {
+		cfg.Admins = append(cfg.Admins, spiffeid.RequireFromString(raw)) // checked by parseLLMGatewayConfig
+	}
 	for _, m := range fc.Models {
 		model := llmgw.Model{Name: m.Name, Retries: m.Retries, Backoff: m.Backoff, HealthInterval: m.HealthInterval}
 		for _, e := range m.Endpoints {

@@ -32,7 +32,8 @@ type mcpgwFile struct {
 	Policies       string        `yaml:"policies"`    // Cedar text
 	PolicyFile     string        `yaml:"policy_file"` // or a file of Cedar text
 	Sensitive      []string      `yaml:"sensitive"`
-	Admins         []string      `yaml:"admins"`
+	Admins         []string      `yaml:"admins"`     // SPIFFE IDs that administer the gateway fully
+	AdminOrgs      []string      `yaml:"admin_orgs"` // organisations whose administrators decide their own callers' held calls
 	AuditArguments bool          `yaml:"audit_arguments"`
 	MetricsListen  string        `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only, to administrators
 	MetricsRemote  bool          `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
@@ -242,6 +243,7 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
 		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote}
 	cfg.Approvals.Timeout, cfg.Approvals.TTL = fc.Approvals.Timeout, fc.Approvals.TTL
+	cfg.AdminOrgs = fc.AdminOrgs
 	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
 		CallTimeout: fc.Limits.CallTimeout, MaxRequest: fc.Limits.MaxRequest, MaxResponse: fc.Limits.MaxResponse}
 	for _, raw := range fc.Admins {
