@@ -177,15 +177,17 @@
 // reached a model. A call to the routing model that needs an embedding or classifier call to choose its model
 // is begun before that call: its llm.call record says "routing": true and has no model or route yet; the
 // model and route chosen, and what the routing model's calls used (router_usage), are in its llm.outcome. Administrators reading others' usage
-// give llm.usage_read. Unidentified callers are only
+// give llm.usage_read, written before the answer; refused administration requests give llm.admin_refused. Who
+// administers the gateway, and over whose usage, is its own grant (Config.Self, Admins, AdminOrgs; package
+// gatewayadmin). Unidentified callers are only
 // counted in metrics.
 //
 // Metrics follow the OpenTelemetry GenAI conventions: gen_ai_client_token_usage (by gen_ai_token_type),
 // gen_ai_server_time_to_first_token_seconds and gen_ai_server_request_duration_seconds (with error_type),
 // labelled by operation, provider, requested and response model, and caller; plus umbra_llmgw_requests_total
 // (by outcome), _errors_total, _cost_usd_total, _guardrail_findings_total, _budget_refusals_total (by limit),
-// _upstream_attempts_total, _endpoint_up, _route_decisions_total and _audit_failures_total. Administrators read
-// them at /metrics; with Config.MetricsListen, ServeMetrics also serves them in the Prometheus text format on a
+// _upstream_attempts_total, _endpoint_up, _route_decisions_total and _audit_failures_total. The gateway's own
+// administrators read them at /metrics; with Config.MetricsListen, ServeMetrics also serves them in the Prometheus text format on a
 // loopback address (another address only with MetricsAllowRemote).
 //
 // Sub-packages: chat (lossless OpenAI bodies), anthropic (translation), provider (upstream calls), guard
