@@ -146,6 +146,13 @@ var routine = []known{
 	{msg: "write error", err: "broken pipe", level: slog.LevelInfo},
 	{msg: "unable to send close msg to edge client", err: "connection reset by peer", level: slog.LevelDebug},
 	{msg: "unable to send close msg to edge client", err: "broken pipe", level: slog.LevelDebug},
+	// A dial with a service session the controller has since replaced or dropped (a policy change, a new API
+	// session, a revocation): the controller refuses the circuit, the router passes the refusal on, and the
+	// workload's SDK authenticates afresh and dials again (agentsdk's isSessionLost). A workload that stays
+	// refused sees the error itself.
+	{msg: "invalid session", err: "invalid session", level: slog.LevelInfo},
+	{msg: "responded with error", err: "invalid session", level: slog.LevelInfo},
+	{msg: "failed to dial fabric", err: "invalid session", level: slog.LevelInfo},
 	// A router's control channel closed by the other end: the controller restarting, or this router stopping
 	// (its close races with the controller's). The router reconnects on its own; a failure to reconnect is
 	// logged as an error of its own ("unable to connect controller").

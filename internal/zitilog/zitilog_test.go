@@ -160,6 +160,12 @@ func TestRoutineTable(t *testing.T) {
 		{"close message to a workload gone", func() {
 			logrus.WithError(errors.New("write: connection reset by peer")).WithField("connId", 7).Warn("unable to send close msg to edge client")
 		}, slog.LevelDebug},
+		{"dial with a stale service session", func() {
+			logrus.WithError(errors.New("invalid session")).WithField("operation", "create.circuit").Error("responded with error")
+		}, slog.LevelInfo},
+		{"router passing on a stale session", func() {
+			logrus.WithError(errors.New("invalid session")).WithField("connId", 1).Warn("failed to dial fabric")
+		}, slog.LevelInfo},
 		{"third-party CA login", func() { logrus.Warn("error verifying client certificate via static root pool") }, slog.LevelDebug},
 		{"shutdown", func() { logrus.Error("exited") }, slog.LevelDebug},
 		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
@@ -180,6 +186,12 @@ func TestRoutineTable(t *testing.T) {
 		{"control channel broken otherwise", func() {
 			logrus.WithError(errors.New("tls: bad record MAC")).Error("rx error. closed peer and starting reconnection process")
 		}, slog.LevelError},
+		{"dial failing otherwise", func() {
+			logrus.WithError(errors.New("service 2x has no terminators")).Warn("failed to dial fabric")
+		}, slog.LevelDebug},
+		{"dial refused otherwise", func() {
+			logrus.WithError(errors.New("timeout waiting for response")).Warn("failed to dial fabric")
+		}, slog.LevelWarn},
 		{"write error otherwise", func() { logrus.WithError(errors.New("i/o timeout")).Errorf("write error") }, slog.LevelError},
 		{"unknown warning", func() { logrus.Warn("edge router certificate expires soon") }, slog.LevelWarn},
 		{"info stays info", func() { logrus.Info("router online") }, slog.LevelInfo},
