@@ -267,35 +267,67 @@ func (a *Agent) Withdraw(ctx context.Context, id workgroups.SessionID, reason st
 }
 
 // OnProposal calls decide for every proposal held for this agent as provider, accepting it when decide returns
-// true and rejecting it otherwise, until ctx ends. It polls every interval (default 1s).
+// true and rejecting it otherwise, until ctx ends. Proposals reach it as they are held: OnProposal follows the
+// controller's session event feed (SessionEvents), and lists the held proposals every interval besides (default
+// 30s) in case the feed missed one. Against a controller without the feed it lists them every interval (default
+// 1s). An answer that fails is tried again at the next list.
 func (a *Agent) OnProposal(ctx context.Context, interval time.Duration, decide func(workgroups.Session) (bool, string)) error {
-	if interval <= 0 {
-		interval = time.Second
+	period, poll := listPeriods(interval)
+	watch := a.watchSessions(ctx)
+	defer watch.stop()
+	// answered are the proposals answered lately: an event or a list older than the answer must not bring
+	// them to decide again.
+	answered := map[workgroups.SessionID]time.Time{}
+	answer := func(s workgroups.Session) {
+		if s.Provider != a.ID() || s.State != workgroups.StateHeld || !answered[s.ID].IsZero() {
+			return
+		}
+		ok, reason := decide(s)
+		var err error
+		if ok {
+			_, err = a.Accept(ctx, s.ID, reason)
+		} else {
+			err = a.Reject(ctx, s.ID, reason)
+		}
+		if err != nil {
+			a.opts.log.Warn("answering a proposal failed", "session", s.ID.String(), "err", err)
+			return
+		}
+		answered[s.ID] = time.Now()
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		held, err := a.Sessions(ctx, workgroups.StateHeld)
-		if err == nil {
-			for _, v := range held {
-				if v.Provider != a.ID() {
-					continue
-				}
-				ok, reason := decide(v.Session)
-				if ok {
-					_, err = a.Accept(ctx, v.ID, reason)
-				} else {
-					err = a.Reject(ctx, v.ID, reason)
-				}
-				if err != nil {
-					a.opts.log.Warn("answering a proposal failed", "session", v.ID.String(), "err", err)
-				}
+	list := func() {
+		for id, at := range answered {
+			if time.Since(at) > time.Minute {
+				delete(answered, id)
 			}
 		}
+		held, err := a.Sessions(ctx, workgroups.StateHeld)
+		if err != nil {
+			return
+		}
+		for _, v := range held {
+			answer(v.Session)
+		}
+	}
+	t := time.NewTimer(0)
+	defer t.Stop()
+	events, gone := watch.events, watch.gone
+	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-gone:
+			events, gone, period = nil, nil, poll
+			t.Reset(0)
+		case e := <-events:
+			if e.Resync {
+				list()
+			} else {
+				answer(e.Session)
+			}
 		case <-t.C:
+			list()
+			t.Reset(period)
 		}
 	}
 }

@@ -218,59 +218,90 @@ func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 type Handler func(ctx context.Context, s *Session, in Envelope) (replyType string, reply []byte, err error)
 
 // Serve receives, as provider, on every accepted or active session of this agent and calls h for each envelope,
-// until ctx ends. New sessions are picked up every poll interval (default 1s). A session is served until it
+// until ctx ends. New sessions are picked up as they are accepted: Serve follows the controller's session event
+// feed (SessionEvents), and lists the sessions every interval besides (default 30s) in case the feed missed one.
+// Against a controller without the feed it lists them every interval (default 1s). A session is served until it
 // closes: a failed receive (the relay, a router or the controller went away) is retried with backoff, 100 ms
-// doubling to 5 s; once the session is closed, Serve stops serving it when no envelope has come for one poll
-// interval (the last ones are still delivered).
+// doubling to 5 s; once the session is closed, Serve stops serving it when no envelope has come for the interval
+// (default 1s; the last ones are still delivered).
 func (a *Agent) Serve(ctx context.Context, interval time.Duration, h Handler) error {
-	if interval <= 0 {
-		interval = time.Second
-	}
+	period, poll := listPeriods(interval)
+	grace := poll
 	// serving holds, per session served, a channel closed once the session is seen closed.
 	serving := map[workgroups.SessionID]chan struct{}{}
+	// ended are sessions seen closed since the last list: an event older than that must not serve them again.
+	ended := map[workgroups.SessionID]bool{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		open, listed := map[workgroups.SessionID]bool{}, true
+	watch := a.watchSessions(ctx)
+	defer watch.stop()
+	serve := func(info workgroups.Session) {
+		if serving[info.ID] != nil || ended[info.ID] {
+			return
+		}
+		closed := make(chan struct{})
+		serving[info.ID] = closed
+		s := a.newSession(info)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.serveSession(ctx, s, h, closed, grace)
+		}()
+	}
+	end := func(id workgroups.SessionID) {
+		if closed := serving[id]; closed != nil {
+			close(closed)
+			delete(serving, id)
+		}
+	}
+	list := func() {
+		var views []api.SessionView
 		for _, state := range []workgroups.State{workgroups.StateAccepted, workgroups.StateActive} {
-			views, err := a.Sessions(ctx, state)
+			v, err := a.Sessions(ctx, state)
 			if err != nil {
-				listed = false
-				break
+				return
 			}
-			for _, v := range views {
-				if v.Provider != a.ID() {
-					continue
-				}
+			views = append(views, v...)
+		}
+		clear(ended)
+		open := map[workgroups.SessionID]bool{}
+		for _, v := range views {
+			if v.Provider == a.ID() {
 				open[v.ID] = true
-				if serving[v.ID] != nil {
-					continue
-				}
-				closed := make(chan struct{})
-				serving[v.ID] = closed
-				s := a.newSession(v.Session)
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					a.serveSession(ctx, s, h, closed, interval)
-				}()
+				serve(v.Session)
 			}
 		}
-		if listed {
-			// Closed is final: a session no longer listed is never listed again.
-			for id, closed := range serving {
-				if !open[id] {
-					close(closed)
-					delete(serving, id)
-				}
+		// Closed is final: a session no longer listed is never listed again.
+		for id := range serving {
+			if !open[id] {
+				end(id)
 			}
 		}
+	}
+	t := time.NewTimer(0)
+	defer t.Stop()
+	events, gone := watch.events, watch.gone
+	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-gone:
+			events, gone, period = nil, nil, poll
+			t.Reset(0)
+		case e := <-events:
+			switch {
+			case e.Resync:
+				list()
+			case e.Session.Provider != a.ID():
+			case e.Session.State.Terminal():
+				ended[e.Session.ID] = true
+				end(e.Session.ID)
+			case e.Session.State == workgroups.StateAccepted || e.Session.State == workgroups.StateActive:
+				serve(e.Session)
+			}
 		case <-t.C:
+			list()
+			t.Reset(period)
 		}
 	}
 }

@@ -86,6 +86,7 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 		}
 		reply(w, http.StatusOK, out)
 	})
+	mux.HandleFunc("GET "+api.PathSessionEvents, s.serveSessionEvents)
 	mux.HandleFunc("GET "+api.PathSessions+"/{id}", func(w http.ResponseWriter, r *http.Request) {
 		c := r.Context().Value(callerKey{}).(caller)
 		sess, err := s.sessionFor(r.Context(), c, r.PathValue("id"))

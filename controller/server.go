@@ -48,6 +48,7 @@ type Server struct {
 	ids        *identityStore
 	revoked    *revocationFeed
 	gov        *governance
+	events     *sessionEvents // the session event feed (events.go)
 	zc         *zitictrl.Controller
 	authPolicy string
 	self       *agentsdk.Agent
@@ -190,6 +191,8 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.gov.rec.run(ctx) })
 	s.tasks.spawn(func() { s.gov.summariseRefusals(ctx, s.log) })
 	s.tasks.spawn(func() { s.gov.wgCache.run(ctx) })
+	s.events = newSessionEvents(s.gov.sessions, s.gov.sessionStream, s.log)
+	s.tasks.spawn(func() { s.events.run(ctx) })
 	if err := s.startMetrics(ctx, js); err != nil {
 		return err
 	}

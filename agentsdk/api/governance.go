@@ -226,3 +226,35 @@ type RevokedCert struct {
 	Serial   string    `json:"serial"` // lowercase hex, no leading zeros
 	NotAfter time.Time `json:"not_after"`
 }
+
+// PathSessionEvents is the session event feed: GET ?epoch=<epoch>&after=<cursor>[&wait=<duration>] answers the
+// changes since cursor of the sessions in which the caller is consumer or provider, waiting up to wait (at most
+// 20s) for one if there is none yet. A controller without the feed answers 404.
+const PathSessionEvents = "/v1/sessions/events"
+
+// CodeTooManyFeeds refuses a session event feed beyond the few one identity may follow at once (HTTP 429):
+// close an agent (or a Serve, OnProposal or SessionEvents loop) of this identity that no longer needs one.
+const CodeTooManyFeeds = "too_many_feeds"
+
+// SessionEvents is one answer of the session event feed.
+type SessionEvents struct {
+	// Epoch names the session store the cursors count in; ask again with epoch=Epoch and after=Cursor.
+	Epoch string `json:"epoch"`
+	// Cursor is where the next request continues from.
+	Cursor uint64 `json:"cursor"`
+	// Resync says the feed cannot tell what changed since the cursor asked for (a first request, another
+	// store, or changes too old to be kept): list the sessions once, then follow on from Cursor.
+	Resync bool           `json:"resync,omitempty"`
+	Events []SessionEvent `json:"events"`
+}
+
+// SessionEvent is a session of the caller's as it was after a change: proposed, held, accepted, activated,
+// closed or rejected. Several changes of one session in quick succession may arrive as its latest state only.
+type SessionEvent struct {
+	// Cursor is the event's place in the feed.
+	Cursor uint64 `json:"cursor"`
+	// Resync, set only by the SDK (agentsdk.Agent.SessionEvents) and with no Session, says that changes may
+	// have been missed: list the sessions once.
+	Resync  bool               `json:"resync,omitempty"`
+	Session workgroups.Session `json:"session,omitzero"`
+}
