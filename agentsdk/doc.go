@@ -41,6 +41,14 @@
 //	seq, err := sess.Send(ctx, "quote.request", payload)
 //	in, err := sess.Receive(ctx)
 //
+// Changes of an agent's sessions are pushed to it: SessionEvents follows the controller's feed of the sessions
+// the agent is consumer or provider of (a long poll over the overlay, resumed where it left off after a
+// disconnection or a controller restart), and delivers each session as it is proposed, held, accepted, activated,
+// closed or rejected, within milliseconds of the change. Serve and OnProposal follow it too, so a provider serves a
+// new session and decides a held proposal at once; they also list the sessions every interval as a safety net,
+// and against a controller that predates the feed they poll as before. No other identity learns anything of an
+// agent's sessions from the feed.
+//
 // IDs at this boundary are checked types: workgroups.SessionID, workgroups.AdvertisementID,
 // workgroups.WorkgroupID and spiffeid.ID; parse the ones that come as text (workgroups.ParseSessionID, ...).
 // Request and response bodies of the controller's API are in package api.
