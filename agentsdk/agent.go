@@ -113,8 +113,11 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	// The overlay SDK logs through a process-wide logger; send it to ours, warnings and above.
-	zitilog.Route(o.log, slog.LevelWarn)
+	// The overlay SDK logs through a process-wide logger; send it to ours, warnings and above, unless the process
+	// routed it already (a controller embedding an agent keeps its own logger and level).
+	if !zitilog.Routed() {
+		zitilog.Route(o.log, slog.LevelWarn)
+	}
 	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(id, o.refresh) }, closeContext)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)

@@ -228,7 +228,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	id := hex.EncodeToString(b)
-	level := s.log.Warn
+	// A refused request is the caller's business (it gets the code and the audit trail has it): info, not a warning
+	// an operator must act on.
+	level := s.log.Info
 	switch {
 	case r.Context().Err() != nil:
 		// The caller went away (gave up its long poll, or its deadline passed): nothing went wrong here.

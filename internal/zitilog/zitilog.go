@@ -200,6 +200,18 @@ func Route(logger *slog.Logger, level slog.Level) {
 	std.ReplaceHooks(hooks)
 }
 
+// Routed reports whether the process-wide logrus output is already routed by Route. A library that logs through
+// OpenZiti on its host's behalf (the agent SDK) routes only when its host has not, so that it never overrides the
+// host's logger or level.
+func Routed() bool {
+	for _, h := range logrus.StandardLogger().Hooks[logrus.ErrorLevel] {
+		if _, ok := h.(*hook); ok {
+			return true
+		}
+	}
+	return false
+}
+
 type hook struct {
 	logger *slog.Logger
 	min    slog.Level

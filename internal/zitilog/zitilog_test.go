@@ -229,3 +229,21 @@ func TestRouteAtWarn(t *testing.T) {
 		t.Errorf("an unknown warning or error was lost:\n%s", out)
 	}
 }
+
+func TestRouted(t *testing.T) {
+	std := logrus.StandardLogger()
+	saved := std.ReplaceHooks(make(logrus.LevelHooks))
+	t.Cleanup(func() { std.ReplaceHooks(saved) })
+	if Routed() {
+		t.Fatal("Routed() = true with no route installed")
+	}
+	var buf bytes.Buffer
+	Route(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), slog.LevelDebug)
+	if !Routed() {
+		t.Fatal("Routed() = false after Route")
+	}
+	logrus.Debug("kept at debug")
+	if !strings.Contains(buf.String(), "kept at debug") {
+		t.Fatalf("debug line not routed: %q", buf.String())
+	}
+}
