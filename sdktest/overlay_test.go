@@ -26,6 +26,9 @@ var env *controllertest.Env
 const testMaxIdentityAge = 30 * time.Second
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(childControllerEnv); spec != "" {
+		os.Exit(runChildController(spec)) // a network for TestSessionEventsSurviveControllerRestart to kill
+	}
 	var err error
 	env, err = controllertest.Start(controllertest.Options{MaxIdentityAge: testMaxIdentityAge,
 		// The attack tests count every refusal of their raw peers in the audit trail.
