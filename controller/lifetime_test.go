@@ -43,7 +43,11 @@ func TestRunWaitsForEverythingItStarted(t *testing.T) {
 			}
 		}
 	}
-	// The agent follows the revocation feed: a long poll is in flight on the API when the controller stops.
+	// The agent follows the revocation feed and the session event feed: two long polls are in flight on the API
+	// when the controller stops.
+	if _, err := agent.SessionEvents(ctx); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(500 * time.Millisecond) // let the connections reach the relay
 
 	if running := controllerGoroutines(); len(running) == 0 {
