@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/internal/audit"
+	"github.com/umbra-mesh/umbra/internal/metricsserve"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -327,19 +327,8 @@ func (c *sessionCounts) watch(ctx context.Context) error {
 
 // checkMetricsListen refuses an address that is not loopback unless remote metrics are allowed.
 func checkMetricsListen(addr string, allowRemote bool) error {
-	if addr == "" {
-		return nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "" {
-		return fmt.Errorf("controller: metrics listen address %q: want HOST:PORT, e.g. 127.0.0.1:9465", addr)
-	}
-	if allowRemote {
-		return nil
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("controller: metrics listen address %q is not a loopback address: use 127.0.0.1:PORT, or allow "+
-			"remote metrics explicitly (--metrics-allow-remote, Config.MetricsAllowRemote) if anyone who can reach it may read them", addr)
+	if err := metricsserve.CheckAddr(addr, allowRemote, "--metrics-allow-remote, Config.MetricsAllowRemote"); err != nil {
+		return fmt.Errorf("controller: %w", err)
 	}
 	return nil
 }
@@ -361,17 +350,14 @@ func (s *Server) startMetrics(ctx context.Context, js jetstream.JetStream) error
 	if s.cfg.MetricsListen == "" {
 		return nil
 	}
-	ln, err := net.Listen("tcp", s.cfg.MetricsListen)
+	h := promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+	addr, done, err := metricsserve.Start(ctx, s.cfg.MetricsListen, h, s.log)
 	if err != nil {
-		return fmt.Errorf("controller: metrics listen address %s: %w", s.cfg.MetricsListen, err)
+		return fmt.Errorf("controller: %w", err)
 	}
-	s.metricsAddr = ln.Addr()
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-	s.tasks.spawn(func() { s.serveHTTP(ctx, "metrics server", srv, ln) })
-	s.log.Info("serving metrics", "addr", ln.Addr().String())
+	s.metricsAddr = addr
+	// Run waits for the server to stop.
+	s.tasks.spawn(func() { <-done })
 	return nil
 }
 

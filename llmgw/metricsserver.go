@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/umbra-mesh/umbra/internal/metricsserve"
 )
 
 // MetricsHandler serves the gateway's metrics in the Prometheus text format, to whoever reaches it. Nil when
@@ -32,42 +33,15 @@ func (g *Gateway) ServeMetrics(ctx context.Context) (net.Addr, error) {
 	if h == nil {
 		return nil, errors.New("llmgw: metrics listen address set, but the metrics registry cannot be read (Config.Registry is not a prometheus.Gatherer)")
 	}
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	a, _, err := metricsserve.Start(ctx, addr, h, g.log.With("server", "llmgw metrics"))
 	if err != nil {
-		return nil, fmt.Errorf("llmgw: metrics listen address %s: %w", addr, err)
+		return nil, fmt.Errorf("llmgw: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			g.log.Error("llmgw: metrics server stopped", "addr", addr, "err", err)
-		}
-	}()
-	g.log.Info("llmgw: serving metrics", "addr", ln.Addr().String())
-	return ln.Addr(), nil
+	return a, nil
 }
 
 // checkMetricsListen refuses an address that is not loopback unless remote metrics are allowed: the metrics
 // name every caller, model and endpoint of the gateway.
 func checkMetricsListen(addr string, allowRemote bool) error {
-	if addr == "" {
-		return nil
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || port == "" {
-		return fmt.Errorf("metrics listen address %q: want HOST:PORT, e.g. 127.0.0.1:9464", addr)
-	}
-	if allowRemote {
-		return nil
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("metrics listen address %q is not a loopback address: use 127.0.0.1:PORT, or allow remote "+
-			"metrics explicitly (metrics_allow_remote: true) if anyone who can reach it may read them", addr)
-	}
-	return nil
+	return metricsserve.CheckAddr(addr, allowRemote, "metrics_allow_remote: true")
 }
