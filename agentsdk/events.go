@@ -22,6 +22,9 @@ const sessionEventsWait = 15 * time.Second
 // given: the feed tells them of every change at once, the list only repairs what a fault might have lost.
 const safetyList = 30 * time.Second
 
+// maxCloseGrace bounds how long Serve keeps receiving on a session it has seen closed, for its last envelopes.
+const maxCloseGrace = 5 * time.Second
+
 // sessionFeed is one follower of the controller's session event feed: where it is in the feed.
 type sessionFeed struct {
 	a      *Agent

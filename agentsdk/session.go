@@ -223,10 +223,12 @@ type Handler func(ctx context.Context, s *Session, in Envelope) (replyType strin
 // Against a controller without the feed it lists them every interval (default 1s). A session is served until it
 // closes: a failed receive (the relay, a router or the controller went away) is retried with backoff, 100 ms
 // doubling to 5 s; once the session is closed, Serve stops serving it when no envelope has come for the interval
-// (default 1s; the last ones are still delivered).
+// (default 1s, at most 5s; the last ones are still delivered).
 func (a *Agent) Serve(ctx context.Context, interval time.Duration, h Handler) error {
 	period, poll := listPeriods(interval)
-	grace := poll
+	// The relay does not tell a receiver that its session closed: a long interval must not keep a closed
+	// session's receive open for as long.
+	grace := min(poll, maxCloseGrace)
 	// serving holds, per session served, a channel closed once the session is seen closed.
 	serving := map[workgroups.SessionID]chan struct{}{}
 	// ended are sessions seen closed since the last list: an event older than that must not serve them again.

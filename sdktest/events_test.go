@@ -78,7 +78,7 @@ func waitState(t *testing.T, ctx context.Context, s *agentsdk.Session, want work
 }
 
 // TestServePushedWithHourInterval serves sessions with a provider that lists its sessions once an hour: each new
-// session is answered within seconds, and a closed one stops being served.
+// session is answered within seconds, and each closed one stops being served within seconds too.
 func TestServePushedWithHourInterval(t *testing.T) {
 	limit := testlimit.Start(t, 4*time.Minute)
 	checkNoLeaks(t)
@@ -87,6 +87,7 @@ func TestServePushedWithHourInterval(t *testing.T) {
 	w := newPricingWorld(t, defaultTerms())
 	serveCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
+	before := goroutines()
 	go func() {
 		done <- w.quoter.Serve(serveCtx, time.Hour, func(_ context.Context, _ *agentsdk.Session, in agentsdk.Envelope) (string, []byte, error) {
 			return "quote.response", fmt.Appendf(nil, `{"re":%s}`, in.Payload), nil
@@ -122,6 +123,9 @@ func TestServePushedWithHourInterval(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Each closed session stops being served (by the feed's close event and a short grace), not after an hour.
+	limit.Step("closed sessions stop being served")
+	waitGoroutinesGone(t, before, "serveSession")
 }
 
 // TestSessionEventsOnlyToParties follows the feed as the consumer, the provider and an outsider while a session
