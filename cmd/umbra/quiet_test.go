@@ -16,7 +16,6 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
-	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // slogLevel finds the level of a line of slog's text handler.
@@ -125,53 +124,8 @@ func TestQuietDev(t *testing.T) {
 	c := r.c
 	args, _ := devArgs(t, "data")
 	dev := c.start("umbra dev ready", args...)
-	path := func(n string) string { return filepath.Join(c.dir, n) }
-
-	admin := connectFile(t, path("data/admin.json"))
-	r.retryStep("controller API reachable", time.Now().Add(time.Minute), 10*time.Second, func(ctx context.Context) error {
-		_, err := admin.Controller().WhoAmI(ctx)
-		return err
-	})
-	for _, org := range []string{"acme", "globex"} {
-		r.step("create organisation "+org, 30*time.Second, func(ctx context.Context) error {
-			resp, err := admin.Controller().CreateOrg(ctx, org)
-			if err != nil {
-				return err
-			}
-			id, err := agentsdk.Enroll(ctx, resp.AdminToken)
-			if err != nil {
-				return err
-			}
-			return id.Save(path(org + "-admin.json"))
-		})
-	}
-	acme, globex := connectFile(t, path("acme-admin.json")), connectFile(t, path("globex-admin.json"))
-	r.enroll(acme, "acme", "quoter")
-	r.enroll(globex, "globex", "buyer")
-	quoter, buyer := connectFile(t, path("quoter.json")), connectFile(t, path("buyer.json"))
-	var sess *agentsdk.Session
-	r.step("set up workgroup, advertisement and session", time.Minute, func(ctx context.Context) error {
-		if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
-			return err
-		}
-		if _, err := globex.Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
-			return err
-		}
-		if _, err := acme.Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
-			return err
-		}
-		if _, err := globex.Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
-			return err
-		}
-		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
-			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10,
-				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
-		if err != nil {
-			return err
-		}
-		sess, err = buyer.Propose(ctx, ad.ID, workgroups.Proposal{})
-		return err
-	})
+	p := r.pricingSession(10)
+	admin, quoter, buyer, sess := p.admin, p.quoter, p.buyer, p.sess
 	r.step("send and receive on the session", 30*time.Second, func(ctx context.Context) error {
 		if _, err := sess.Send(ctx, "quote.request", []byte(`{"n":1}`)); err != nil {
 			return err
@@ -209,7 +163,7 @@ func TestQuietDev(t *testing.T) {
 	// Close what the test opened, as an application ending would, then let the network idle past OpenZiti's
 	// periodic reports.
 	ln.Close()
-	for _, a := range []*agentsdk.Agent{quoter, buyer, acme, globex, admin} {
+	for _, a := range []*agentsdk.Agent{quoter, buyer, p.acme, p.globex, admin} {
 		a.Close()
 	}
 	c.limit.Step("idle")

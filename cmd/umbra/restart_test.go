@@ -124,53 +124,8 @@ func TestAgentsSurviveControllerRestart(t *testing.T) {
 	c := r.c
 	args, _ := devArgs(t, "data")
 	dev := c.start("umbra dev ready", args...)
-	path := func(n string) string { return filepath.Join(c.dir, n) }
-
-	admin := connectFile(t, path("data/admin.json"))
-	r.retryStep("controller API reachable", time.Now().Add(time.Minute), 10*time.Second, func(ctx context.Context) error {
-		_, err := admin.Controller().WhoAmI(ctx)
-		return err
-	})
-	for _, org := range []string{"acme", "globex"} {
-		r.step("create organisation "+org, 30*time.Second, func(ctx context.Context) error {
-			resp, err := admin.Controller().CreateOrg(ctx, org)
-			if err != nil {
-				return err
-			}
-			id, err := agentsdk.Enroll(ctx, resp.AdminToken)
-			if err != nil {
-				return err
-			}
-			return id.Save(path(org + "-admin.json"))
-		})
-	}
-	acme, globex := connectFile(t, path("acme-admin.json")), connectFile(t, path("globex-admin.json"))
-	r.enroll(acme, "acme", "quoter")
-	r.enroll(globex, "globex", "buyer")
-	quoter, buyer := connectFile(t, path("quoter.json")), connectFile(t, path("buyer.json"))
-	var sess *agentsdk.Session
-	r.step("set up workgroup, advertisement and session", time.Minute, func(ctx context.Context) error {
-		if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
-			return err
-		}
-		if _, err := globex.Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
-			return err
-		}
-		if _, err := acme.Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
-			return err
-		}
-		if _, err := globex.Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
-			return err
-		}
-		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
-			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 10000,
-				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
-		if err != nil {
-			return err
-		}
-		sess, err = buyer.Propose(ctx, ad.ID, workgroups.Proposal{})
-		return err
-	})
+	p := r.pricingSession(10000)
+	admin, quoter, buyer, sess := p.admin, p.quoter, p.buyer, p.sess
 	const service = "quotes-live"
 	r.step("grant "+service, 30*time.Second, func(ctx context.Context) error {
 		return admin.Controller().Grant(ctx, api.GrantRequest{Service: service,
@@ -282,4 +237,64 @@ func TestDevRestartOtherPorts(t *testing.T) {
 		t.Errorf("the refused restart took %s to fail", took.Round(time.Second))
 	}
 	t.Logf("refused in %s: %s", took.Round(time.Millisecond), last)
+}
+
+// pricing is what pricingSession set up: the agents connected and the buyer's session.
+type pricing struct {
+	admin, acme, globex, quoter, buyer *agentsdk.Agent
+	sess                               *agentsdk.Session
+}
+
+// pricingSession sets up, on the `umbra dev` r.c started with its data in "data", two organisations (acme and
+// globex) with an agent each (quoter and buyer, saved in the test directory), a shared workgroup, quoter's
+// advertisement of quote.request under maxMessages, and buyer's session on it.
+func (r *restartRun) pricingSession(maxMessages uint64) pricing {
+	t, c := r.t, r.c
+	path := func(n string) string { return filepath.Join(c.dir, n) }
+	admin := connectFile(t, path("data/admin.json"))
+	r.retryStep("controller API reachable", time.Now().Add(time.Minute), 10*time.Second, func(ctx context.Context) error {
+		_, err := admin.Controller().WhoAmI(ctx)
+		return err
+	})
+	for _, org := range []string{"acme", "globex"} {
+		r.step("create organisation "+org, 30*time.Second, func(ctx context.Context) error {
+			resp, err := admin.Controller().CreateOrg(ctx, org)
+			if err != nil {
+				return err
+			}
+			id, err := agentsdk.Enroll(ctx, resp.AdminToken)
+			if err != nil {
+				return err
+			}
+			return id.Save(path(org + "-admin.json"))
+		})
+	}
+	acme, globex := connectFile(t, path("acme-admin.json")), connectFile(t, path("globex-admin.json"))
+	r.enroll(acme, "acme", "quoter")
+	r.enroll(globex, "globex", "buyer")
+	quoter, buyer := connectFile(t, path("quoter.json")), connectFile(t, path("buyer.json"))
+	var sess *agentsdk.Session
+	r.step("set up workgroup, advertisement and session", time.Minute, func(ctx context.Context) error {
+		if _, err := acme.Controller().CreateWorkgroup(ctx, "pricing", "globex"); err != nil {
+			return err
+		}
+		if _, err := globex.Controller().AnswerInvitation(ctx, pricingWG(), false); err != nil {
+			return err
+		}
+		if _, err := acme.Controller().AddMember(ctx, pricingWG(), quoter.ID(), ""); err != nil {
+			return err
+		}
+		if _, err := globex.Controller().AddMember(ctx, pricingWG(), buyer.ID(), ""); err != nil {
+			return err
+		}
+		ad, err := quoter.Advertise(ctx, workgroups.AgentCard{Name: "Quoter", Version: "1", MessageTypes: []string{"quote.*"}},
+			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: maxMessages,
+				AllowedMessageTypes: []string{"quote.request"}, MaxEnvelopeBytes: 1024}, pricingWG())
+		if err != nil {
+			return err
+		}
+		sess, err = buyer.Propose(ctx, ad.ID, workgroups.Proposal{})
+		return err
+	})
+	return pricing{admin: admin, acme: acme, globex: globex, quoter: quoter, buyer: buyer, sess: sess}
 }
