@@ -15,6 +15,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/router"
 )
 
@@ -28,6 +29,9 @@ type Config struct {
 	// Logger receives the components' state changes (and the overlay's warnings). Default: discarded. Nothing is
 	// logged once the demo shuts down: the overlay reports the teardown of connections in flight as errors.
 	Logger *slog.Logger
+	// LogLevel is the level from which the overlay's own (process-wide) logs reach Logger. Run routes them there
+	// itself, so that they are silenced with it at shutdown.
+	LogLevel slog.Level
 	// SecondRouter starts the second edge router, which must run in another process (the overlay keeps
 	// process-wide registries: one router per process). It returns once the router is ready, with a function
 	// that stops it and waits until it has. Default nil: one router only.
@@ -73,6 +77,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	muted := new(atomic.Bool)
 	cfg.Logger = slog.New(mutable{cfg.Logger.Handler(), muted})
+	zitilog.Route(cfg.Logger, cfg.LogLevel)
 	feed := NewFeed(cfg.Out)
 	d := &deployment{cfg: cfg, feed: feed, dir: cfg.DataDir, log: cfg.Logger, seen: newLedger()}
 	defer func() {

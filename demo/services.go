@@ -131,6 +131,8 @@ func runMCPGateway(ctx context.Context, identityFile, dataDir string, log *slog.
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- g.Run(ctx) }()
 	select {
@@ -138,10 +140,18 @@ func runMCPGateway(ctx context.Context, identityFile, dataDir string, log *slog.
 	case err := <-runErr:
 		return err
 	}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- host.Serve(ctx, ServiceMCPGateway, g.Handler()) }()
+	// Ready only once the service is hosted on the overlay.
+	ln, err := host.Listen(ctx, ServiceMCPGateway)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = nil // stopped before the service was hosted
+		}
+		cancel()
+		return errors.Join(err, <-runErr)
+	}
 	close(ready)
-	err = <-serveErr
+	err = host.ServeListener(ctx, ln, g.Handler())
+	cancel()
 	return errors.Join(err, <-runErr)
 }
 
@@ -168,11 +178,21 @@ func runLLMGateway(ctx context.Context, identityFile, dataDir string, td spiffei
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- g.Run(ctx) }()
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- host.Serve(ctx, ServiceLLMGateway, g.Handler()) }()
+	// Ready only once the service is hosted on the overlay.
+	ln, err := host.Listen(ctx, ServiceLLMGateway)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = nil // stopped before the service was hosted
+		}
+		cancel()
+		return errors.Join(err, <-runErr)
+	}
 	close(ready)
-	err = <-serveErr
+	err = host.ServeListener(ctx, ln, g.Handler())
+	cancel()
 	return errors.Join(err, <-runErr)
 }

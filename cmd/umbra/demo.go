@@ -59,7 +59,8 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if !levelSet {
 		f.level = "error"
 	}
-	log, err := f.logging(stderr)
+	// The demo routes OpenZiti's logs itself (demo.Config.LogLevel), into a logger it silences at shutdown.
+	log, level, err := f.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -68,7 +69,7 @@ func cmdDemo(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			return err
 		}
 	}
-	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, SecondRouter: demoChildRouter(), Pace: pace,
+	cfg := demo.Config{DataDir: data, Out: stdout, Logger: log, LogLevel: level, SecondRouter: demoChildRouter(), Pace: pace,
 		Rounds: rounds, RoundPause: pause}
 	if loop && rounds == 0 {
 		cfg.Rounds = -1
