@@ -35,6 +35,8 @@ require (
 	github.com/umbra-mesh/umbra/workgroups v0.0.0-00010101000000-000000000000
 )
 
+require go.opentelemetry.io/otel/sdk v1.38.0 // indirect
+
 require (
 	github.com/AppsFlyer/go-sundheit v0.6.0 // indirect
 	github.com/Azure/azure-sdk-for-go/sdk/azcore v1.23.3 // indirect
