@@ -32,11 +32,15 @@ type Header struct {
 	SHA256      string    `json:"sha256"` // lower-case hex of the payload's SHA-256
 	// CorrelationID ties a reply to a request; free-form, optional.
 	CorrelationID string `json:"correlation_id,omitempty"`
+	// TraceParent is the sender's W3C trace context (a traceparent value), carried only so that tracing can
+	// link the sender's, the relay's and the recipient's spans. Nothing but tracing may act on it; optional.
+	TraceParent string `json:"traceparent,omitempty"`
 }
 
 const (
 	maxContentTypeLen   = 128
 	maxCorrelationIDLen = 128
+	maxTraceParentLen   = 128
 )
 
 // WithPayload returns h with Size and SHA256 describing payload.
@@ -74,6 +78,9 @@ func (h Header) Validate() error {
 	}
 	if len(h.CorrelationID) > maxCorrelationIDLen || !printableASCII(h.CorrelationID) {
 		return fmt.Errorf("%w: header: correlation_id: want at most %d printable ASCII bytes", ErrInvalid, maxCorrelationIDLen)
+	}
+	if len(h.TraceParent) > maxTraceParentLen || !printableASCII(h.TraceParent) {
+		return fmt.Errorf("%w: header: traceparent: want at most %d printable ASCII bytes", ErrInvalid, maxTraceParentLen)
 	}
 	return nil
 }

@@ -42,6 +42,9 @@ func TestHeaderValidate(t *testing.T) {
 		{"short sha256", func(h *Header) { h.SHA256 = h.SHA256[:10] }, ErrInvalid},
 		{"long correlation id", func(h *Header) { h.CorrelationID = strings.Repeat("c", maxCorrelationIDLen+1) }, ErrInvalid},
 		{"correlation id with control", func(h *Header) { h.CorrelationID = "a\x00" }, ErrInvalid},
+		{"traceparent", func(h *Header) { h.TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" }, nil},
+		{"long traceparent", func(h *Header) { h.TraceParent = strings.Repeat("t", maxTraceParentLen+1) }, ErrInvalid},
+		{"traceparent with control", func(h *Header) { h.TraceParent = "00-\n" }, ErrInvalid},
 		{"size over ceiling", func(h *Header) { h.Size = MaxEnvelopePayload + 1 }, ErrTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
