@@ -7,6 +7,10 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/llmgw/budget"
 	"github.com/umbra-mesh/umbra/llmgw/chat"
@@ -66,6 +70,7 @@ type call struct {
 
 	upstreamStatus int
 	routerUsage    *routerUsage // the routing model's own calls, billed to the caller
+	upstreamSpan   trace.Span   // the llm.upstream span of a stream that answered, ended by finish
 }
 
 // routerUsage is what the routing model's embedding and classifier calls for one request used.
@@ -231,6 +236,16 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
+	if c.upstreamSpan != nil {
+		outcome := "ok"
+		if c.errCode != "" {
+			outcome = c.errCode // the stream broke off, or the caller left
+			c.upstreamSpan.SetStatus(codes.Error, c.message)
+		}
+		c.upstreamSpan.SetAttributes(attribute.String("umbra.outcome", outcome))
+		c.upstreamSpan.End()
+	}
+	traceCall(ctx, c)
 	elapsed := time.Since(c.start)
 	caller := "unauthenticated"
 	if c.known {

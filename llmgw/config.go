@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
@@ -75,6 +76,10 @@ type Config struct {
 	MaxRequestBytes int64
 	// Logger receives state changes (endpoints going down and up) and failures to audit. Nil discards.
 	Logger *slog.Logger
+	// TracerProvider receives an llm.request span per chat, embeddings and messages request (a child of the
+	// caller's W3C traceparent, if it sent one) and an llm.upstream span per attempt on an endpoint, whose
+	// traceparent goes upstream with the request. Nil traces nothing, at no cost.
+	TracerProvider trace.TracerProvider
 	// MetricsListen is a HOST:PORT on which ServeMetrics serves the metrics in the Prometheus text format, over
 	// plain HTTP, to anyone who can reach it. It must be a loopback address unless MetricsAllowRemote is set.
 	// Empty serves them only at /metrics of Handler, to administrators.

@@ -39,6 +39,7 @@ type Gateway struct {
 	gatherer prometheus.Gatherer
 	identify func(*http.Request) (spiffeid.ID, error)
 	grant    gatewayadmin.Grant
+	trace    tracing
 }
 
 // New checks cfg and builds a Gateway. With cfg.State set it opens the usage bucket.
@@ -56,7 +57,8 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify,
-		grant: gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs}}
+		grant: gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs},
+		trace: newTracing(cfg.TracerProvider)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -86,7 +88,8 @@ func New(cfg Config) (*Gateway, error) {
 				hc = client
 			}
 			ep := &endpoint{cfg: ec, label: endpointLabel(ec), p: &provider.Endpoint{
-				Kind: provider.Kind(ec.Provider), BaseURL: ec.BaseURL, APIKey: ec.APIKey, Model: ec.Model, Client: hc,
+				Kind: provider.Kind(ec.Provider), BaseURL: ec.BaseURL, APIKey: ec.APIKey, Model: ec.Model,
+				Client: g.trace.tracedClient(hc),
 			}}
 			ep.healthy.Store(true)
 			g.metrics.endpointUp.WithLabelValues(m.Name, ep.label).Set(1)
@@ -136,11 +139,11 @@ func New(cfg Config) (*Gateway, error) {
 //	GET  /metrics              Prometheus metrics (administrators)
 func (g *Gateway) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/chat/completions", g.serveChat)
-	mux.HandleFunc("POST /v1/embeddings", g.serveEmbeddings)
+	mux.HandleFunc("POST /v1/chat/completions", g.traced(g.serveChat))
+	mux.HandleFunc("POST /v1/embeddings", g.traced(g.serveEmbeddings))
 	mux.HandleFunc("GET /v1/models", g.serveModels)
 	mux.HandleFunc("GET /v1/models/{model...}", g.serveModel)
-	mux.HandleFunc("POST /v1/messages", g.serveMessages)
+	mux.HandleFunc("POST /v1/messages", g.traced(g.serveMessages))
 	mux.HandleFunc("GET /v1/usage", g.serveUsage)
 	mux.HandleFunc("GET /metrics", g.serveMetrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -114,7 +114,13 @@ func attempt[T any](ctx context.Context, g *Gateway, c *call, m *model, fn func(
 			}
 		}
 		c.attempts++
-		res, err := fn(ctx, ep)
+		actx, span := g.startUpstream(ctx, m, ep, c.attempts)
+		res, err := fn(actx, ep)
+		if err == nil && c.stream && g.trace.on {
+			c.upstreamSpan = span // ends with the stream, in finish
+		} else {
+			g.endUpstream(span, err)
+		}
 		if err == nil {
 			g.metrics.attempts.WithLabelValues(m.Name, ep.cfg.Provider, ep.label, "ok").Inc()
 			return res, ep, nil
