@@ -16,6 +16,7 @@ import (
 	"github.com/openziti/sdk-golang/ziti"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/pki"
@@ -37,6 +38,8 @@ type options struct {
 	handshakeTTL time.Duration
 	// relayConn, when set, wraps every relay connection (WithRelayConnHook).
 	relayConn func(mode string, c net.Conn) net.Conn
+	// tracerProvider, when set, traces envelopes and HTTP requests (WithTracerProvider).
+	tracerProvider trace.TracerProvider
 }
 
 // Option varies Connect.
@@ -71,6 +74,7 @@ func WithServiceRefresh(d time.Duration) Option { return func(o *options) { o.re
 // that noticed carries on.
 type Agent struct {
 	opts   options
+	tracer tracer
 	runCtx context.Context
 	cancel context.CancelFunc
 	// loops counts the agent's background loops; Close waits for them.
@@ -123,7 +127,7 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	a := &Agent{opts: o, runCtx: runCtx, cancel: cancel, switching: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+	a := &Agent{opts: o, tracer: newTracer(o.tracerProvider), runCtx: runCtx, cancel: cancel, switching: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}, revoked: newRevocations()}
 	if a.opts.renewer == nil {
 		a.opts.renewer = a.renewWithController
@@ -402,9 +406,10 @@ func (a *Agent) bindListener(ctx context.Context, l *listener) error {
 }
 
 // HTTPClient returns a client whose requests travel over the overlay: the host of the URL is the service
-// name, e.g. http://my-service/path.
+// name, e.g. http://my-service/path. With WithTracerProvider, every request records a span and carries its W3C
+// traceparent header.
 func (a *Agent) HTTPClient() *http.Client {
-	return &http.Client{Transport: &http.Transport{
+	var rt http.RoundTripper = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
@@ -414,7 +419,11 @@ func (a *Agent) HTTPClient() *http.Client {
 		},
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
-	}}
+	}
+	if a.tracer.on {
+		rt = &tracingTransport{base: rt, t: a.tracer.t}
+	}
+	return &http.Client{Transport: rt}
 }
 
 // Services lists the services this identity may dial or host, as the overlay currently sees them.

@@ -130,7 +130,15 @@ func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts
 }
 
 // SendEnvelope sends a prepared envelope (its ID is kept: resending one is how a retry looks to the relay).
+// With WithTracerProvider its header carries the traceparent of the send's span, replacing any it had.
 func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload []byte) (uint64, error) {
+	h, span := s.a.tracer.startSend(ctx, h)
+	seq, err := s.sendEnvelope(ctx, h, payload)
+	endSend(span, seq, err)
+	return seq, err
+}
+
+func (s *Session) sendEnvelope(ctx context.Context, h workgroups.Header, payload []byte) (uint64, error) {
 	frame, err := workgroups.AppendFrame(nil, h, payload)
 	if err != nil {
 		return 0, fmt.Errorf("agentsdk: send: %w", err)
@@ -210,6 +218,7 @@ func (s *Session) Receive(ctx context.Context) (Envelope, error) {
 			continue
 		}
 		s.seen[env.Header.ID] = true
+		s.a.tracer.received(ctx, env)
 		return env, nil
 	}
 }
