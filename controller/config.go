@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
@@ -102,6 +103,9 @@ type Config struct {
 	// MetricsRegistry receives the metrics. Default: a registry of the controller's own when MetricsListen is
 	// set, and no metrics at all when neither is. With MetricsListen it must also be a prometheus.Gatherer.
 	MetricsRegistry prometheus.Registerer
+	// TracerProvider traces the relay: one span per envelope, joined to the sender's trace (docs/tracing.md).
+	// Default: no tracing.
+	TracerProvider trace.TracerProvider
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller/relay"
@@ -47,8 +48,17 @@ func (s *Server) newRelay() (*relay.Relay, error) {
 		PeerIdentity: agentsdk.PeerIdentity,
 		Controller:   s.controllerID,
 		Observer:     s.observer(),
+		Tracer:       s.tracer(),
 		Logger:       s.log,
 	})
+}
+
+// tracer is what the relay traces with: none unless Config names a provider.
+func (s *Server) tracer() trace.Tracer {
+	if s.cfg.TracerProvider == nil {
+		return nil
+	}
+	return s.cfg.TracerProvider.Tracer("github.com/umbra-mesh/umbra/controller/relay")
 }
 
 // observer is what the relay tells what it did: the metrics, if any are kept.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
@@ -125,6 +127,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Observer is told what the relay did. Default: nobody.
 	Observer Observer
+	// Tracer records a span umbra.relay.envelope per envelope, a child of the sender's span named by the
+	// envelope's traceparent. Default: no tracing.
+	Tracer trace.Tracer
 	// Logger receives what operators must see. Default: discard.
 	Logger *slog.Logger
 }
@@ -133,6 +138,8 @@ type Config struct {
 type Relay struct {
 	cfg Config
 	log *slog.Logger
+	// tracing is whether Config named a Tracer: without one the hot path starts no span at all.
+	tracing bool
 }
 
 // maxLine bounds a hello or receipt line.
@@ -156,10 +163,14 @@ func New(cfg Config) (*Relay, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = noObserver{}
 	}
+	tracing := cfg.Tracer != nil
+	if !tracing {
+		cfg.Tracer = noop.NewTracerProvider().Tracer("")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{cfg: cfg, log: cfg.Logger}, nil
+	return &Relay{cfg: cfg, log: cfg.Logger, tracing: tracing}, nil
 }
 
 // Serve accepts connections on ln until ctx ends or ln fails, serving each on a goroutine of its own. When ctx

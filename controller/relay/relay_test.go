@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/relay"
@@ -239,6 +240,12 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
+	return newTracedWorld(t, nil)
+}
+
+// newTracedWorld is newWorld with a relay that traces with tr (none if nil).
+func newTracedWorld(t *testing.T, tr trace.Tracer) *world {
+	t.Helper()
 	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -264,7 +271,7 @@ func newWorld(t *testing.T) *world {
 		ln: &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}, served: make(chan error, 1)}
 	r, err := relay.New(relay.Config{Sessions: w.sessions, Envelopes: envelopes{store}, Records: w.gate, Refusals: w.refusals,
 		Memberships: w.members, Identities: identities{}, Authorizer: mustAuthorizer(t), PeerIdentity: peerIdentity,
-		Controller: ctrlID, RecordTimeout: 500 * time.Millisecond})
+		Controller: ctrlID, RecordTimeout: 500 * time.Millisecond, Tracer: tr})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func (r *Relay) send(ctx context.Context, conn net.Conn, br *bufio.Reader, sende
 		if len(counts) > maxCounts {
 			clear(counts)
 		}
-		ack := r.one(ctx, sender, h, payload, counts)
+		ack := r.traced(ctx, sender, h, payload, counts)
 		err = writeJSONLine(conn, ack)
 		r.cfg.Observer.Answered(ack, time.Since(read))
 		if err != nil {
