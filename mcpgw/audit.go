@@ -106,6 +106,7 @@ func diagJSON(d *policy.Diagnostic) json.RawMessage {
 
 // refuse records a refusal and returns the error the caller sees.
 func (o *op) refuse(ctx context.Context, metricReason, reason string, err error) error {
+	traceRefused(ctx, o, metricReason, reason)
 	o.g.metrics.denied.WithLabelValues(o.caller.String(), metricReason).Inc()
 	o.g.record(ctx, audit.Record{Kind: KindDenied, Actor: o.caller.String(), Decision: audit.DecisionDeny,
 		Reason: reason, PolicyVersion: o.version, Diagnostic: diagJSON(o.diag), Data: o.data(nil)})
@@ -118,6 +119,7 @@ func (o *op) refuse(ctx context.Context, metricReason, reason string, err error)
 func (o *op) begin(ctx context.Context) error {
 	g := o.g
 	if g.cfg.Auditor == nil {
+		traceAllowed(ctx, o)
 		return nil
 	}
 	r := audit.Record{Time: time.Now().UTC(), Kind: forwardKinds[o.kind], Actor: o.caller.String(),
@@ -128,12 +130,14 @@ func (o *op) begin(ctx context.Context) error {
 		return o.refuse(ctx, "audit_unavailable", "audit record could not be written",
 			rpcError(CodeAuditUnavailable, o.ref, "", "the call was refused: its audit record could not be written; try again later"))
 	}
+	traceAllowed(ctx, o)
 	return nil
 }
 
 // done records how a forwarded request ended. The request has happened, so a record that cannot be written
 // is counted and logged, not returned.
 func (o *op) done(ctx context.Context, status, detail string) {
+	traceDone(ctx, o, status)
 	o.g.metrics.call(o, status)
 	d := map[string]any{"ref": o.ref, o.kind: o.name, "status": status,
 		"latency_ms": float64(time.Since(o.start).Microseconds()) / 1000}

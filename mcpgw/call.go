@@ -130,7 +130,9 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 	defer leave()
 	cctx, cancel := g.callContext(ctx)
 	defer cancel()
-	res, err := cs.CallTool(cctx, params)
+	bctx, span := g.startBackend(cctx, o, "tools/call")
+	res, err := cs.CallTool(bctx, params)
+	g.endBackend(span, err, err == nil && res.IsError)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
@@ -203,6 +205,7 @@ func (g *Gateway) approve(ctx context.Context, req *mcp.CallToolRequest, o *op, 
 	}
 	refuse := func(id, reason string) *jsonrpc.Error {
 		g.metrics.denied.WithLabelValues(o.caller.String(), "approval").Inc()
+		traceRefused(ctx, o, "approval", reason)
 		record(audit.DecisionDeny, reason, id)
 		return rpcError(CodeApproval, o.ref, id, "%s", reason)
 	}
@@ -239,10 +242,13 @@ func (g *Gateway) approve(ctx context.Context, req *mcp.CallToolRequest, o *op, 
 			Message: "awaiting approval " + r.ID})
 	}
 	id := r.ID
+	waitStart := time.Now()
 	r, err = g.approvals.Wait(ctx, id)
 	if err != nil {
+		traceApproval(ctx, id, time.Since(waitStart), "pending")
 		return refuse(id, "no decision yet on approval "+id+"; retry naming it in _meta."+MetaApproval)
 	}
+	traceApproval(ctx, id, time.Since(waitStart), string(r.Status))
 	switch r.Status {
 	case approval.Approved:
 		// The binding must still hold: policies replaced during the wait void the approval.
@@ -289,7 +295,9 @@ func (g *Gateway) promptHandler(c *caller, name string) mcp.PromptHandler {
 		}
 		cctx, cancel := g.callContext(ctx)
 		defer cancel()
-		res, err := cs.GetPrompt(cctx, &mcp.GetPromptParams{Name: o.original, Arguments: req.Params.Arguments})
+		bctx, span := g.startBackend(cctx, o, "prompts/get")
+		res, err := cs.GetPrompt(bctx, &mcp.GetPromptParams{Name: o.original, Arguments: req.Params.Arguments})
+		g.endBackend(span, err, false)
 		if err != nil {
 			return nil, g.forwardError(ctx, o, e.backend, cs, cctx, err)
 		}
@@ -339,7 +347,9 @@ func (g *Gateway) readHandler(c *caller, key string) mcp.ResourceHandler {
 		}
 		cctx, cancel := g.callContext(ctx)
 		defer cancel()
-		res, err := cs.ReadResource(cctx, &mcp.ReadResourceParams{URI: original})
+		bctx, span := g.startBackend(cctx, o, "resources/read")
+		res, err := cs.ReadResource(bctx, &mcp.ReadResourceParams{URI: original})
+		g.endBackend(span, err, false)
 		if err != nil {
 			return nil, g.forwardError(ctx, o, e.backend, cs, cctx, err)
 		}

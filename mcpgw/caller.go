@@ -57,7 +57,7 @@ func (g *Gateway) newCaller(id spiffeid.ID) *caller {
 			Resources: &mcp.ResourceCapabilities{ListChanged: true},
 		},
 	})
-	c.server.AddReceivingMiddleware(g.guard(c))
+	c.server.AddReceivingMiddleware(g.traced(c), g.guard(c))
 	c.lastUsed.Store(time.Now().UnixNano())
 	return c
 }

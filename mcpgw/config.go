@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
@@ -87,6 +88,10 @@ type Config struct {
 	StartTimeout time.Duration
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
+	// TracerProvider receives an mcp.<method> span per JSON-RPC request (a child of the W3C traceparent of the
+	// HTTP request that carried it, if any), with a child span per call forwarded to a backend. Nil traces
+	// nothing, at no cost.
+	TracerProvider trace.TracerProvider
 	// Registry receives the gateway's metrics. Default: a private registry, served by Handler at /metrics (to
 	// administrators), by MetricsHandler and on MetricsListen.
 	Registry prometheus.Registerer

@@ -67,6 +67,8 @@ type Gateway struct {
 	auditOn bool
 	audits  chan audit.Record
 
+	trace tracing
+
 	ready   chan struct{}
 	upCh    chan struct{} // a backend connected
 	running atomic.Bool
@@ -106,6 +108,7 @@ func New(cfg Config) (*Gateway, error) {
 	if !cfg.Self.IsZero() {
 		g.self = cfg.Self.String()
 	}
+	g.trace = newTracing(cfg.TracerProvider)
 	g.policy.Store(eng)
 	g.grant = gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs}
 	reg := cfg.Registry
