@@ -14,8 +14,12 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/tracing"
 	"github.com/umbra-mesh/umbra/internal/zitictrl"
 	"github.com/umbra-mesh/umbra/router"
 )
@@ -49,6 +53,32 @@ func controllerFlags(f *flags) *controller.Config {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics, a loopback address unless --metrics-allow-remote (default: none)")
 	f.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics-listen be an address other hosts can reach; anyone who reaches it reads the metrics")
 	return cfg
+}
+
+// otlpFlag registers --otlp-endpoint.
+func otlpFlag(f *flags) *string {
+	return f.String("otlp-endpoint", "", "send OpenTelemetry traces to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: $"+
+		tracing.EnvEndpoint+", else no tracing)")
+}
+
+// startTracing returns the tracer provider for endpoint (or $OTEL_EXPORTER_OTLP_ENDPOINT), nil when tracing is
+// off, and the function that flushes its spans at exit.
+func startTracing(ctx context.Context, cmd, endpoint, service string, log *slog.Logger) (trace.TracerProvider, func(), error) {
+	tp, shutdown, err := tracing.Setup(ctx, tracing.Config{Endpoint: endpoint, UseEnv: true, Service: service, Logger: log})
+	if err != nil {
+		return nil, nil, usagef(cmd, "%s", err)
+	}
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdown(sctx); err != nil {
+			log.Warn("traces not all sent", "err", err)
+		}
+	}
+	if _, off := tp.(noop.TracerProvider); off {
+		return nil, stop, nil
+	}
+	return tp, stop, nil
 }
 
 // checkControllerPorts fails early, naming the flag, if a port the controller would listen on is taken.
@@ -98,6 +128,7 @@ func startController(ctx context.Context, cfg controller.Config) (*controller.Se
 func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("controller", stderr)
 	cfg := controllerFlags(f)
+	otlp := otlpFlag(f)
 	var routerToken, adminCopy string
 	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
 	f.StringVar(&adminCopy, "admin-copy", "", "also keep the platform administrator's identity at FILE, for a setup job that must not see the data directory")
@@ -116,6 +147,12 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	cfg.Logger = log
+	tp, stopTracing, err := startTracing(ctx, "controller", *otlp, "umbra-controller", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	cfg.TracerProvider = tp
 	srv, errc, err := startController(ctx, *cfg)
 	if err != nil {
 		return err
@@ -236,6 +273,7 @@ func cmdRouter(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("dev", stderr)
 	cfg := controllerFlags(f)
+	otlp := otlpFlag(f)
 	var edge, link string
 	f.StringVar(&edge, "edge", "127.0.0.1:3022", "HOST:PORT of the embedded router's edge listener")
 	f.StringVar(&link, "link", "", "HOST:PORT where the embedded router accepts links from other routers (default: none)")
@@ -260,6 +298,12 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 		return err
 	}
 	cfg.Logger = log
+	tp, stopTracing, err := startTracing(ctx, "dev", *otlp, "umbra-controller", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	cfg.TracerProvider = tp
 	start := time.Now()
 	// The router stops first, then the controller: the other way round the router logs every terminator it
 	// can no longer deregister.

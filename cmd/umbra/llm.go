@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ type llmgwFile struct {
 	LogPrompts    bool     `yaml:"log_prompts"`
 	MetricsListen string   `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only
 	MetricsRemote bool     `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
+	OTLPEndpoint  string   `yaml:"otlp_endpoint"`        // OTLP/HTTP collector for traces; --otlp-endpoint overrides it
 	Admins        []string `yaml:"admins"`               // SPIFFE IDs that administer the gateway fully
 	AdminOrgs     []string `yaml:"admin_orgs"`           // organisations whose administrators read their own organisation's usage
 	Models        []struct {
@@ -125,7 +127,7 @@ func (d llmDirectory) Lookup(ctx context.Context, id spiffeid.ID) (llmgw.Princip
 
 func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	var fc llmgwFile
-	host, log, err := gatewaySetup(ctx, "llmgw", args, stderr, func(raw []byte) (string, error) {
+	host, log, otlp, err := gatewaySetup(ctx, "llmgw", args, stderr, func(raw []byte) (string, error) {
 		var err error
 		if fc, err = parseLLMGatewayConfig(raw); err != nil {
 			return "", err
@@ -137,9 +139,14 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	defer host.Close()
+	tp, stopTracing, err := startTracing(ctx, "llmgw", cmp.Or(otlp, fc.OTLPEndpoint), "umbra-llmgw", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
 		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote,
-		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs}
+		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs, TracerProvider: tp}
 	for _, raw := range fc.Admins {
 		cfg.Admins = append(cfg.Admins, spiffeid.RequireFromString(raw)) // checked by parseLLMGatewayConfig
 	}

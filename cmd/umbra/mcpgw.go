@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/gatewayhost"
+	"github.com/umbra-mesh/umbra/internal/tracing"
 	"github.com/umbra-mesh/umbra/mcpgw"
 )
 
@@ -37,6 +39,7 @@ type mcpgwFile struct {
 	AuditArguments bool          `yaml:"audit_arguments"`
 	MetricsListen  string        `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only, to administrators
 	MetricsRemote  bool          `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
+	OTLPEndpoint   string        `yaml:"otlp_endpoint"`        // OTLP/HTTP collector for traces; --otlp-endpoint overrides it
 	StartTimeout   time.Duration `yaml:"start_timeout"`        // how long to wait for a first backend; default 30s
 	Approvals      struct {
 		Timeout time.Duration `yaml:"timeout"`
@@ -194,38 +197,41 @@ func (d mcpDirectory) Lookup(ctx context.Context, id spiffeid.ID) (mcpgw.Princip
 
 // gatewaySetup parses a gateway command's flags, reads its configuration file with parse (which returns the
 // gateway's data directory), and connects the gateway's identity.
-func gatewaySetup(ctx context.Context, name string, args []string, stderr io.Writer, parse func(raw []byte) (string, error)) (*gatewayhost.Host, *slog.Logger, error) {
+// It also returns the --otlp-endpoint flag's value.
+func gatewaySetup(ctx context.Context, name string, args []string, stderr io.Writer, parse func(raw []byte) (string, error)) (*gatewayhost.Host, *slog.Logger, string, error) {
 	f := newFlags(name, stderr)
 	var as, config string
 	f.StringVar(&as, "as", "", "the gateway's identity file (kind gateway)")
 	f.StringVar(&config, "config", name+".yaml", "gateway configuration")
+	otlp := f.String("otlp-endpoint", "", "send OpenTelemetry traces to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: the configuration's otlp_endpoint, else $"+
+		tracing.EnvEndpoint+", else no tracing)")
 	f.require("as", "config")
 	f.args(0, "")
 	if _, err := f.parse(args); err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	log, err := f.logging(stderr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	raw, err := os.ReadFile(config)
 	if err != nil {
-		return nil, nil, usagef(name, "--config %s: %s", config, fileProblem(err))
+		return nil, nil, "", usagef(name, "--config %s: %s", config, fileProblem(err))
 	}
 	data, err := parse(raw)
 	if err != nil {
-		return nil, nil, usagef(name, "--config %s: %s", config, err)
+		return nil, nil, "", usagef(name, "--config %s: %s", config, err)
 	}
 	host, err := gatewayhost.Start(ctx, as, data, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
-	return host, log, nil
+	return host, log, *otlp, nil
 }
 
 func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	var fc mcpgwFile
-	host, log, err := gatewaySetup(ctx, "mcpgw", args, stderr, func(raw []byte) (string, error) {
+	host, log, otlp, err := gatewaySetup(ctx, "mcpgw", args, stderr, func(raw []byte) (string, error) {
 		var err error
 		if fc, err = parseMCPGatewayConfig(raw); err != nil {
 			return "", err
@@ -239,9 +245,14 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	defer host.Close()
 	ctx, cancel := context.WithCancel(ctx) // whatever fails stops the rest before the host closes
 	defer cancel()
+	tp, stopTracing, err := startTracing(ctx, "mcpgw", cmp.Or(otlp, fc.OTLPEndpoint), "umbra-mcpgw", log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	cfg := mcpgw.Config{Separator: fc.Separator, Policies: fc.Policies, Sensitive: fc.Sensitive, AuditArguments: fc.AuditArguments,
 		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
-		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote}
+		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote, TracerProvider: tp}
 	cfg.Approvals.Timeout, cfg.Approvals.TTL = fc.Approvals.Timeout, fc.Approvals.TTL
 	cfg.AdminOrgs = fc.AdminOrgs
 	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
