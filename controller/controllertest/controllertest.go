@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
@@ -38,6 +39,8 @@ type Options struct {
 	ProposalsPerMinute int
 	// MetricsListen of the controller (Env.Server.MetricsAddr tells the port of "127.0.0.1:0"). Default: none.
 	MetricsListen string
+	// TracerProvider of the controller (its relay's spans). Default: no tracing.
+	TracerProvider trace.TracerProvider
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -87,7 +90,8 @@ func Start(opts Options) (*Env, error) {
 	}
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
 		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge,
-		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, MetricsListen: opts.MetricsListen, Logger: log}
+		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, MetricsListen: opts.MetricsListen,
+		TracerProvider: opts.TracerProvider, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err
