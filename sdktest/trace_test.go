@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -170,6 +172,40 @@ func TestTraceEnvelopeAcrossAgentRelayRecipient(t *testing.T) {
 	}
 	if a := attrs(send); a["umbra.relay.code"].AsString() != re.Code || send.Status.Code != codes.Error {
 		t.Errorf("refused send span: attributes %v status %v", send.Attributes, send.Status)
+	}
+
+	limit.Step("an HTTP request over the overlay carries the client span's traceparent")
+	service := fmt.Sprintf("traced-http-%d", n)
+	e.Grant(t, service, []spiffeid.ID{quoter.ID()}, []spiffeid.ID{buyer.ID()})
+	ln, err := quoter.Listen(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.Header.Get("traceparent"):
+		default:
+		}
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	buyerSpans.Reset()
+	hctx, hcancel := context.WithTimeout(ctx, time.Minute)
+	req, _ := http.NewRequestWithContext(hctx, http.MethodGet, "http://"+service+"/price", nil)
+	resp, err := buyer.HTTPClient().Do(req)
+	hcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	client := onlySpan(t, buyerSpans, "umbra.http.client")
+	want := "00-" + client.SpanContext.TraceID().String() + "-" + client.SpanContext.SpanID().String() + "-01"
+	if tp := <-got; tp != want {
+		t.Errorf("the service got traceparent %q, want the client span's %q", tp, want)
+	}
+	if a := attrs(client); a["server.address"].AsString() != service || a["http.response.status_code"].AsInt64() != http.StatusOK {
+		t.Errorf("client span attributes %v", client.Attributes)
 	}
 }
 
