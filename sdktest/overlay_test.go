@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller/controllertest"
@@ -19,6 +21,10 @@ import (
 )
 
 var env *controllertest.Env
+
+// relaySpans holds the spans the shared controller's relay records: only for envelopes whose sender traces (its
+// sampler follows the sender's decision and samples nothing else).
+var relaySpans = tracetest.NewInMemoryExporter()
 
 // testMaxIdentityAge is the shared controller's maximum identity age: short enough for
 // TestIdentityMaxAgeAndReenroll to wait it out, long enough for every test that renews to do so well before its
@@ -34,7 +40,9 @@ func TestMain(m *testing.M) {
 		// The attack tests count every refusal of their raw peers in the audit trail.
 		RefusalRecordsPerMinute: 1000,
 		// The session cap and record path tests propose far more than a minute's share from one identity.
-		ProposalsPerMinute: 10000})
+		ProposalsPerMinute: 10000,
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSyncer(relaySpans),
+			sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start test network:", err)
 		os.Exit(1)

@@ -13,10 +13,10 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
-	"github.com/umbra-mesh/umbra/controller/controllertest"
 	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -30,18 +30,16 @@ func TestTraceEnvelopeAcrossAgentRelayRecipient(t *testing.T) {
 	limit := testlimit.Start(t, 6*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	relaySpans, buyerSpans, quoterSpans := tracetest.NewInMemoryExporter(), tracetest.NewInMemoryExporter(), tracetest.NewInMemoryExporter()
+	buyerSpans, quoterSpans := tracetest.NewInMemoryExporter(), tracetest.NewInMemoryExporter()
 	provider := func(exp *tracetest.InMemoryExporter) *sdktrace.TracerProvider {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 		t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 		return tp
 	}
-	limit.Step("a controller that traces its relay")
-	e, err := controllertest.Start(controllertest.Options{TracerProvider: provider(relaySpans)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	// The shared controller traces its relay into relaySpans, recording only envelopes whose sender traces (a
+	// second controller in this process would share OpenZiti's process-wide registries with the first).
+	e := env
+	relaySpans.Reset()
 
 	limit.Step("two organisations, a workgroup and a session")
 	orgAdmin := func(org string) *agentsdk.Agent {
@@ -125,7 +123,7 @@ func TestTraceEnvelopeAcrossAgentRelayRecipient(t *testing.T) {
 	}
 
 	send := onlySpan(t, buyerSpans, "umbra.envelope.send")
-	rel := onlySpan(t, relaySpans, relay.SpanEnvelope)
+	rel := onlySpanOfTrace(t, relaySpans, relay.SpanEnvelope, send.SpanContext.TraceID())
 	rcv := onlySpan(t, quoterSpans, "umbra.envelope.receive")
 	trace := send.SpanContext.TraceID()
 	for _, sp := range []tracetest.SpanStub{send, rel, rcv} {
@@ -160,7 +158,7 @@ func TestTraceEnvelopeAcrossAgentRelayRecipient(t *testing.T) {
 		t.Fatalf("sending a type the contract does not allow: %v", err)
 	}
 	send = onlySpan(t, buyerSpans, "umbra.envelope.send")
-	rel = onlySpan(t, relaySpans, relay.SpanEnvelope)
+	rel = onlySpanOfTrace(t, relaySpans, relay.SpanEnvelope, send.SpanContext.TraceID())
 	if rel.SpanContext.TraceID() != send.SpanContext.TraceID() || rel.Parent.SpanID() != send.SpanContext.SpanID() {
 		t.Errorf("the refused envelope's relay span is not the child of its send span")
 	}
@@ -220,6 +218,21 @@ func onlySpan(t *testing.T, exp *tracetest.InMemoryExporter, name string) tracet
 	}
 	if len(found) != 1 {
 		t.Fatalf("%d spans named %s, want 1 (all: %v)", len(found), name, spanNames(exp))
+	}
+	return found[0]
+}
+
+// onlySpanOfTrace returns the one span named name in trace that exp holds, failing if there is not exactly one.
+func onlySpanOfTrace(t *testing.T, exp *tracetest.InMemoryExporter, name string, trace oteltrace.TraceID) tracetest.SpanStub {
+	t.Helper()
+	var found []tracetest.SpanStub
+	for _, sp := range exp.GetSpans() {
+		if sp.Name == name && sp.SpanContext.TraceID() == trace {
+			found = append(found, sp)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d spans named %s in trace %s, want 1 (all: %v)", len(found), name, trace, spanNames(exp))
 	}
 	return found[0]
 }
