@@ -165,7 +165,13 @@ func waitBroken(t *testing.T, what string, conn net.Conn) {
 // dialEcho dials a serveEcho service and checks the greeting names the caller.
 func dialEcho(t *testing.T, ctx context.Context, a *agentsdk.Agent, service string) net.Conn {
 	t.Helper()
+	// A listener is hosted once its router has the bind; the router then registers the terminator with the
+	// controller, so a dial at once may find none yet: that answer is retried, briefly.
 	conn, err := a.Dial(ctx, service)
+	for deadline := time.Now().Add(15 * time.Second); err != nil && strings.Contains(err.Error(), "has no terminators") && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		conn, err = a.Dial(ctx, service)
+	}
 	if err != nil {
 		t.Fatalf("dial %s: %v", service, err)
 	}
