@@ -72,6 +72,12 @@ type Config struct {
 	// every controller sharing the store agrees. Default 60. Past it, propose is refused with HTTP 429, code
 	// proposal_rate_limited and a Retry-After header. Negative means no limit.
 	ProposalsPerMinute int
+	// AuditBytesPerIdentityDay is how many bytes of audit records one identity's actions may cause in a UTC day,
+	// counted in JetStream so that every controller sharing the store agrees. Default 8 MiB (8 members spending
+	// all of theirs every day fill the default 2 GiB trail in 32 days). Past it, the identity's proposals and
+	// envelopes are refused with HTTP 429, code audit_budget_exhausted, until the day ends. Negative means no
+	// limit.
+	AuditBytesPerIdentityDay int64
 	// ClosedSessionRetention is how long a session that ended (closed, expired, rejected or withdrawn) stays in
 	// the session table; then a controller loop removes it, and its history stays in the audit trail. Default
 	// 7 days. Negative is refused.
@@ -176,6 +182,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ProposalsPerMinute == 0 {
 		c.ProposalsPerMinute = defaultProposalsPerMinute
+	}
+	if c.AuditBytesPerIdentityDay == 0 {
+		c.AuditBytesPerIdentityDay = defaultAuditBytesPerIdentityDay
 	}
 	if c.ClosedSessionRetention == 0 {
 		c.ClosedSessionRetention = defaultClosedSessionRetention

@@ -47,6 +47,7 @@ type governance struct {
 	// ended session from it at once (retention.go).
 	sessionStream jetstream.Stream
 	rates         table[proposalRate] // proposals per identity and window (ratelimit.go)
+	budget        *auditBudget        // audit bytes per identity and day (auditbudget.go); budget.run is the caller's
 	keepEnded     int                 // ended sessions kept per consumer within the retention: endedPerConsumer
 
 	mu        sync.Mutex
@@ -86,7 +87,12 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	if g.rates, err = openProposalRates(ctx, js); err != nil {
 		return nil, err
 	}
-	if g.audit, err = audit.Open(ctx, js, cfg.auditOptions()); err != nil {
+	if g.budget, err = openAuditBudgets(ctx, js, cfg.AuditBytesPerIdentityDay, controllerID, log); err != nil {
+		return nil, err
+	}
+	aopts := cfg.auditOptions()
+	aopts.Stored = g.budget.stored
+	if g.audit, err = audit.Open(ctx, js, aopts); err != nil {
 		return nil, err
 	}
 	if g.env, err = envstore.Open(ctx, js, cfg.envelopeOptions(envelopeStream)); err != nil {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/relay"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
@@ -30,6 +31,7 @@ var (
 	_ relay.Memberships = (*workgroupCache)(nil)
 	_ relay.Identities  = relayIdentities{}
 	_ relay.Authorizer  = (*workgroups.Authorizer)(nil)
+	_ relay.Budget      = relayBudget{}
 )
 
 // relayLimits bound what the controller decodes of a stored frame, the same as the relay's.
@@ -45,6 +47,7 @@ func (s *Server) newRelay() (*relay.Relay, error) {
 		Memberships:  s.gov.wgCache,
 		Identities:   relayIdentities{s.ids},
 		Authorizer:   s.gov.authz,
+		Budget:       relayBudget{s},
 		PeerIdentity: agentsdk.PeerIdentity,
 		Controller:   s.controllerID,
 		Observer:     s.observer(),
@@ -121,6 +124,21 @@ type relayRefusals struct{ s *Server }
 
 func (r relayRefusals) Refuse(ctx context.Context, code string, rec audit.Record) {
 	r.s.recordRefusal(ctx, code, rec)
+}
+
+type relayBudget struct{ s *Server }
+
+func (r relayBudget) Admit(ctx context.Context, sender spiffeid.ID, session, id string) (string, string, bool) {
+	err := r.s.admitAuditBytes(ctx, sender, "envelope.rejected", session, map[string]any{"envelope": id}, true)
+	if err == nil {
+		return "", "", false
+	}
+	var f *fault
+	if errors.As(err, &f) && f.code == api.CodeAuditBudgetExhausted {
+		return f.code, f.message, true
+	}
+	r.s.log.Error("reading an audit budget failed", "sender", sender.String(), "err", err)
+	return api.CodeInternal, "internal error; send it again", true
 }
 
 type relayIdentities struct{ ids *identityStore }

@@ -117,6 +117,11 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 	if err := s.admitProposal(ctx, c.id, req.Advertisement); err != nil {
 		return api.ProposeResponse{}, err
 	}
+	// And against its audit budget (auditbudget.go); what the controller records for it is charged to it.
+	if err := s.admitAuditBytes(ctx, c.id, "session.propose", "", map[string]any{"advertisement": req.Advertisement}, false); err != nil {
+		return api.ProposeResponse{}, err
+	}
+	ctx = withPayer(ctx, c.id)
 	adID, err := workgroups.ParseAdvertisementID(req.Advertisement)
 	if err != nil {
 		return api.ProposeResponse{}, notFoundAd(req.Advertisement)

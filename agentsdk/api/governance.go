@@ -21,6 +21,7 @@ const (
 	PathAuditExport      = "/v1/audit/export"
 	PathAuditSession     = "/v1/audit/sessions/"
 	PathAuditKey         = "/v1/audit/key"
+	PathAuditArchive     = "/v1/audit/archive"
 	// AuditAfterParam is the query parameter of PathAuditVerify naming a kept checkpoint, "SEQ:HASH".
 	AuditAfterParam = "after"
 	// RelayService is the dark service through which every envelope travels.
@@ -121,6 +122,24 @@ type AuditReport struct {
 	LastCheckpoint *AuditCheckpoint `json:"last_checkpoint,omitempty"`
 }
 
+// AuditArchiveRequest asks the controller to trim the audit trail through a record a verified export holds
+// (platform admin only): Through is "SEQ:HASH" as `umbra audit verify` printed it for that export.
+type AuditArchiveRequest struct {
+	Through string `json:"through"`
+}
+
+// AuditArchived answers an archive: the archived head (Seq, Hash), the checkpoint record that signs it, and the
+// audit.archived record that now names them; the trail starts at FirstSeq.
+type AuditArchived struct {
+	Seq            uint64 `json:"seq"`
+	Hash           string `json:"hash"`
+	CheckpointSeq  uint64 `json:"checkpoint_seq"`
+	CheckpointHash string `json:"checkpoint_hash"`
+	RecordSeq      uint64 `json:"record_seq"`
+	RecordHash     string `json:"record_hash"`
+	FirstSeq       uint64 `json:"first_seq"`
+}
+
 // AuditCheckpoint is a verified checkpoint: the record at Seq had hash Hash at the controller's Time.
 type AuditCheckpoint struct {
 	Seq  uint64    `json:"seq"`
@@ -178,6 +197,11 @@ const (
 // CodeProposalRateLimited refuses a proposal beyond the proposals one identity may make in a minute (HTTP 429,
 // with a Retry-After header giving the seconds until the identity's window ends).
 const CodeProposalRateLimited = "proposal_rate_limited"
+
+// CodeAuditBudgetExhausted refuses a proposal or an envelope of an identity whose actions already wrote the
+// audit bytes one identity may cause in a UTC day (HTTP 429, with a Retry-After header giving the seconds until
+// the day ends).
+const CodeAuditBudgetExhausted = "audit_budget_exhausted"
 
 // CodeSessionPurged answers a session that ended and was removed from the session table after the controller's
 // retention (HTTP 404); its history stays in the audit trail (PathAuditSession).

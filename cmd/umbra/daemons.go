@@ -45,6 +45,14 @@ func controllerFlags(f *flags) *controller.Config {
 		cfg.ProposalsPerMinute = cmp.Or(n, -1) // Config: zero is the default, negative no limit
 		return nil
 	})
+	f.Func("audit-bytes-per-identity-day", "bytes of audit records one identity's actions may cause in a UTC day; past it, its proposals and envelopes are refused with audit_budget_exhausted; 0: no limit (default 8388608, 8 MiB)", func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return fmt.Errorf("want a number of bytes, 0 for no limit")
+		}
+		cfg.AuditBytesPerIdentityDay = cmp.Or(n, -1) // Config: zero is the default, negative no limit
+		return nil
+	})
 	f.DurationVar(&cfg.ClosedSessionRetention, "closed-session-retention", 0, "how long an ended session stays in the session table before it is removed (its history stays in the audit trail) (default 168h)")
 	f.Int64Var(&cfg.AuditMaxBytes, "audit-max-bytes", 0, "size bound of the audit trail on disk; when full, actions needing a record are refused, nothing is dropped (default 2 GiB)")
 	f.Int64Var(&cfg.EnvelopeMaxBytes, "envelope-max-bytes", 0, "size bound of the envelope stream on disk; when full, new envelopes are refused, nothing is dropped (default 2 GiB)")

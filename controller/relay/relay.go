@@ -67,6 +67,14 @@ type Refusals interface {
 	Refuse(ctx context.Context, code string, r audit.Record)
 }
 
+// Budget tells whether an identity may still cause audit records (the controller's audit bytes per identity
+// and day).
+type Budget interface {
+	// Admit tells whether sender may send the envelope id of session; if not, the code and one-line message to
+	// answer with. It records the refusal itself.
+	Admit(ctx context.Context, sender spiffeid.ID, session, id string) (code, msg string, refused bool)
+}
+
 // Memberships tells which workgroups an identity belongs to.
 type Memberships interface {
 	// Cached may answer from a copy that lags the store by a moment.
@@ -114,6 +122,8 @@ type Config struct {
 	Memberships Memberships
 	Identities  Identities
 	Authorizer  Authorizer
+	// Budget, if set, is asked before each envelope is appended; a refused envelope is not stored. Default: none.
+	Budget Budget
 	// PeerIdentity returns the SPIFFE ID a connection proved (agentsdk.PeerIdentity in production). Required.
 	PeerIdentity func(net.Conn) (spiffeid.ID, error)
 	// Controller is the identity sessions are closed by, on expiry and at their message limit. Required.

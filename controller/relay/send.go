@@ -99,6 +99,11 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 		}
 		return reject(string(workgroups.ViolationSessionMismatch), "no such session", nil)
 	}
+	if r.cfg.Budget != nil {
+		if code, msg, refused := r.cfg.Budget.Admit(ctx, sender, sid, h.ID.String()); refused {
+			return api.RelayAck{ID: h.ID.String(), Code: code, Error: msg}
+		}
+	}
 	var (
 		app     envstore.Appended
 		d       workgroups.Decision

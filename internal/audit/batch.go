@@ -84,6 +84,7 @@ func (l *Log) AppendBatch(ctx context.Context, rs []Record) ([]Record, error) {
 			first := last - uint64(len(out)) + 1
 			for i := range out {
 				out[i].Seq = first + uint64(i)
+				l.notifyStored(ctx, out[i], msgs[i].Subject, msgs[i].Data)
 			}
 			l.lastSeq, l.lastHash, l.lastKind = last, prev, out[len(out)-1].Kind
 			return out, nil

@@ -177,8 +177,12 @@ func VerifyAnchored(rs []Record, pub ed25519.PublicKey, opts AnchorOptions) (Anc
 	if err := VerifyRecords(rs); err != nil {
 		return AnchorReport{}, err
 	}
-	// VerifyRecords proved rs[i].Seq == i+1.
-	a := newAnchorCheck(pub, opts, func(seq uint64) (string, error) { return rs[seq-1].Hash, nil })
+	// VerifyRecords proved rs[i].Seq == first+i.
+	var first uint64
+	if len(rs) > 0 {
+		first = rs[0].Seq
+	}
+	a := newAnchorCheck(pub, opts, func(seq uint64) (string, error) { return rs[seq-first].Hash, nil })
 	for _, r := range rs {
 		if err := a.add(r); err != nil {
 			return AnchorReport{}, err
@@ -193,6 +197,9 @@ type anchorCheck struct {
 	opts   AnchorOptions
 	hashAt func(seq uint64) (string, error) // the hash of an earlier record of the chain
 	rep    AnchorReport
+	// base and baseHash are the archived head a chain that starts after record 1 links to.
+	base     uint64
+	baseHash string
 }
 
 func newAnchorCheck(pub ed25519.PublicKey, opts AnchorOptions, hashAt func(uint64) (string, error)) *anchorCheck {
@@ -201,6 +208,10 @@ func newAnchorCheck(pub ed25519.PublicKey, opts AnchorOptions, hashAt func(uint6
 
 // add takes the next record of the chain, already known to be intact and linked.
 func (a *anchorCheck) add(r Record) error {
+	if a.rep.Records == 0 && r.Seq > 1 {
+		a.base, a.baseHash = r.Seq-1, r.Prev
+		a.rep.LastSeq, a.rep.LastHash = a.base, a.baseHash
+	}
 	prevSeq, prevHash := a.rep.LastSeq, a.rep.LastHash
 	a.rep.Records++
 	a.rep.LastSeq, a.rep.LastHash = r.Seq, r.Hash
@@ -224,7 +235,14 @@ func (a *anchorCheck) add(r Record) error {
 		return fmt.Errorf("%w: record %d covers seq %d, which does not come before it", ErrCheckpoint, r.Seq, c.Seq)
 	}
 	h := prevHash
-	if c.Seq != prevSeq {
+	switch {
+	case c.Seq == prevSeq:
+	case c.Seq == a.base:
+		h = a.baseHash
+	case c.Seq < a.base:
+		// It covers an archived record: its signature is checked, the record is the archive's to check.
+		h = c.Hash
+	default:
 		if h, err = a.hashAt(c.Seq); err != nil {
 			return err
 		}
@@ -238,6 +256,16 @@ func (a *anchorCheck) add(r Record) error {
 }
 
 func (a *anchorCheck) finish() (AnchorReport, error) {
+	for _, k := range a.opts.After {
+		switch {
+		case k.Seq == a.base && k.Hash != a.baseHash:
+			return AnchorReport{}, fmt.Errorf("%w: the trail starts after record %d with hash %.16s..., the kept checkpoint says %.16s...: the chain was rewritten or rolled back",
+				ErrAnchor, a.base, a.baseHash, k.Hash)
+		case k.Seq < a.base:
+			return AnchorReport{}, fmt.Errorf("%w: the kept checkpoint %d is in the archived part of the trail (records up to %d): verify the archive export and this one together (--file OLD --file NEW)",
+				ErrAnchor, k.Seq, a.base)
+		}
+	}
 	for _, k := range a.opts.After {
 		if k.Seq > a.rep.LastSeq {
 			return AnchorReport{}, fmt.Errorf("%w: the chain ends at seq %d, before the kept checkpoint %d: it was truncated or rolled back",
@@ -270,6 +298,9 @@ func (l *Log) VerifyAnchored(ctx context.Context, pub ed25519.PublicKey, opts An
 	})
 	if err == nil && last > c.seq {
 		err = missing(c.seq+1, last)
+	}
+	if err == nil {
+		err = c.finish()
 	}
 	if err != nil {
 		return AnchorReport{}, err

@@ -41,8 +41,12 @@ type Options struct {
 	// new records are refused with ErrFull; old ones are never dropped to make room (discard new), and records
 	// have no maximum age: the trail is removed only by an operator, after an export.
 	MaxBytes int64
+	// Stored, if set, is called for every record once it is stored, with the context of the append and the
+	// bytes the record costs the stream (StoredSize), under the append lock: it must return at once. The
+	// controller counts each identity's audit bytes with it.
+	Stored func(ctx context.Context, r Record, size int)
 
-	// allowDelete leaves DenyDelete and DenyPurge off, so that tests can cut holes in a chain.
+	// allowDelete leaves DenyDelete off, so that tests can cut holes in a chain.
 	allowDelete bool
 }
 
@@ -60,6 +64,24 @@ type Log struct {
 	lastHash  string
 	lastKind  string
 	conflicts uint64 // appends that found another writer had got in first
+
+	onStored func(ctx context.Context, r Record, size int)
+}
+
+// storeOverhead is what JetStream's file store adds to a message besides its subject and payload (record
+// header, checksum, the expected-sequence headers and index), rounded up: StoredSize is never below a record's
+// real cost.
+const storeOverhead = 160
+
+// StoredSize is what a record costs the stream: its stored encoding and subject plus the store's overhead.
+func StoredSize(subject string, payload []byte) int {
+	return len(subject) + len(payload) + storeOverhead
+}
+
+func (l *Log) notifyStored(ctx context.Context, r Record, subject string, payload []byte) {
+	if l.onStored != nil {
+		l.onStored(ctx, r, StoredSize(subject, payload))
+	}
 }
 
 // Open creates the audit stream, or updates it to the required configuration, and loads its last
@@ -108,8 +130,16 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		MaxMsgSize:        maxLine,
 		// AppendBatch stores a batch of records as one atomic write.
 		AllowAtomicPublish: true,
-		DenyDelete:         !opts.allowDelete,
-		DenyPurge:          !opts.allowDelete,
+		// No record is ever deleted one by one. Purges are allowed, for Archive: it trims the beginning of the
+		// trail, through a record an export holds and a checkpoint signs, after recording an audit.archived
+		// record naming it. Any other purge leaves a trail whose beginning is missing with no audit.archived
+		// record naming it, which Verify reports as a truncation.
+		DenyDelete: !opts.allowDelete,
+	}
+	// A stream created before archiving existed refuses purges, and JetStream cannot lift that: keep it so
+	// (Archive then says what to do).
+	if old, err := js.Stream(ctx, name); err == nil && old.CachedInfo().Config.DenyPurge {
+		cfg.DenyPurge = true
 	}
 	stream, err := js.CreateOrUpdateStream(ctx, cfg)
 	var apiErr *jetstream.APIError
@@ -119,7 +149,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if err != nil {
 		return nil, fmt.Errorf("audit: stream %s: %w", name, err)
 	}
-	l := &Log{js: js, stream: stream, name: name, prefix: prefix}
+	l := &Log{js: js, stream: stream, name: name, prefix: prefix, onStored: opts.Stored}
 	if err := l.loadTail(ctx); err != nil {
 		return nil, err
 	}
@@ -180,11 +210,13 @@ func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash
 		if err != nil {
 			return Record{}, false, err
 		}
-		ack, err := l.js.Publish(ctx, l.subjectFor(r), payload,
+		subject := l.subjectFor(r)
+		ack, err := l.js.Publish(ctx, subject, payload,
 			jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
 		if err == nil {
 			r.Seq = ack.Sequence
 			l.lastSeq, l.lastHash, l.lastKind = ack.Sequence, r.Hash, r.Kind
+			l.notifyStored(ctx, r, subject, payload)
 			return r, true, nil
 		}
 		if !isWrongLastSeq(err) {

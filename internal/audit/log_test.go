@@ -243,7 +243,7 @@ func TestAppendRejectsInvalidRecords(t *testing.T) {
 	mustVerify(t, ctx, l, 3)
 }
 
-func TestStreamRefusesDeleteAndPurge(t *testing.T) {
+func TestStreamRefusesDeletesAndVerifyCatchesPurges(t *testing.T) {
 	ctx := testCtx(t)
 	l, js := newLog(t, Options{Stream: "AUDIT_X"})
 	appendN(t, ctx, l, 3)
@@ -252,15 +252,12 @@ func TestStreamRefusesDeleteAndPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := s.CachedInfo().Config
-	if !cfg.DenyDelete || !cfg.DenyPurge || cfg.Storage != jetstream.FileStorage ||
+	if !cfg.DenyDelete || cfg.DenyPurge || cfg.Storage != jetstream.FileStorage ||
 		cfg.Subjects[0] != "audit_x.>" || cfg.MaxMsgs != -1 || cfg.MaxAge != 0 {
 		t.Fatalf("stream config: %+v", cfg)
 	}
 	if err := s.DeleteMsg(ctx, 2); err == nil {
 		t.Fatal("delete allowed")
-	}
-	if err := s.Purge(ctx); err == nil {
-		t.Fatal("purge allowed")
 	}
 	// Loosening the stream is refused too.
 	cfg.DenyDelete = false
@@ -268,6 +265,15 @@ func TestStreamRefusesDeleteAndPurge(t *testing.T) {
 		t.Fatal("update to allow deletes accepted")
 	}
 	mustVerify(t, ctx, l, 3)
+	// A purge that is not an archive (no audit.archived record names what it removed) is a truncation.
+	if err := s.Purge(ctx, jetstream.WithPurgeSequence(2)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.Verify(ctx)
+	var be *BreakError
+	if !errors.As(err, &be) || be.Problem != ProblemGap || !strings.Contains(err.Error(), "truncated, not archived") {
+		t.Fatalf("verify after a rogue purge: %v, want a truncation", err)
+	}
 }
 
 func TestVerifyDetectsDeletedRecords(t *testing.T) {

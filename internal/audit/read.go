@@ -39,6 +39,9 @@ func (l *Log) Verify(ctx context.Context) (Report, error) {
 	if err == nil && last > c.seq {
 		err = missing(c.seq+1, last)
 	}
+	if err == nil {
+		err = c.finish()
+	}
 	if err != nil {
 		return Report{}, err
 	}
@@ -212,4 +215,22 @@ func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (ui
 			return last, nil
 		}
 	}
+}
+
+// Stats is the state of the audit stream.
+type Stats struct {
+	Records  uint64 // records held
+	Bytes    uint64 // bytes on disk as JetStream counts them
+	FirstSeq uint64 // sequence of the first record held (after an archive, the one after the archived head)
+	LastSeq  uint64
+}
+
+// Stats reads the stream's state.
+func (l *Log) Stats(ctx context.Context) (Stats, error) {
+	info, err := l.stream.Info(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("audit: stream info: %w", err)
+	}
+	st := info.State
+	return Stats{Records: st.Msgs, Bytes: st.Bytes, FirstSeq: st.FirstSeq, LastSeq: st.LastSeq}, nil
 }

@@ -261,14 +261,25 @@ func intact(r Record) error {
 }
 
 // chain follows a chain record by record: expect(seq) before looking at a record, link(r) once it is
-// known to be intact.
+// known to be intact, finish() at the end.
+//
+// A chain may start after record 1 when the records before were archived: its first record then links to
+// the archived head (base, baseHash), and the chain must hold an audit.archived record naming that head.
+// Without one, the missing beginning is a truncation.
 type chain struct {
-	records int
-	seq     uint64
-	hash    string
+	records  int
+	seq      uint64
+	hash     string
+	base     uint64
+	baseHash string
+	archived map[uint64]string // the heads audit.archived records name
 }
 
 func (c *chain) expect(seq uint64) error {
+	if c.records == 0 && c.seq == 0 && seq > 1 {
+		c.base = seq - 1 // the records before were archived, or lost: finish tells which
+		c.seq = c.base
+	}
 	want := c.seq + 1
 	switch {
 	case seq > want:
@@ -280,19 +291,49 @@ func (c *chain) expect(seq uint64) error {
 }
 
 func (c *chain) link(r Record) error {
+	if c.records == 0 && c.base > 0 {
+		c.hash, c.baseHash = r.Prev, r.Prev
+		if r.Prev == "" {
+			return broken(r.Seq, ProblemPrev, "first record %d has no prev, but records before it are missing", r.Seq)
+		}
+	}
 	if r.Prev != c.hash {
 		if c.seq == 0 {
 			return broken(r.Seq, ProblemPrev, "first record has prev %.16s..., want empty", r.Prev)
 		}
 		return broken(r.Seq, ProblemPrev, "prev %.16s... is not the hash %.16s... of seq %d", r.Prev, c.hash, c.seq)
 	}
+	if r.Kind == KindArchived {
+		a, err := ParseArchived(r)
+		if err != nil {
+			return err
+		}
+		if c.archived == nil {
+			c.archived = map[uint64]string{}
+		}
+		c.archived[a.Seq] = a.Hash
+	}
 	c.records++
 	c.seq, c.hash = r.Seq, r.Hash
 	return nil
 }
 
+// finish checks that a chain starting after record 1 says why: an audit.archived record names the record
+// right before its first.
+func (c *chain) finish() error {
+	if c.base == 0 {
+		return nil
+	}
+	if h, ok := c.archived[c.base]; !ok || h != c.baseHash {
+		return broken(1, ProblemGap, "records 1 to %d missing, and no audit.archived record names record %d with the hash the first record links to: the trail was truncated, not archived",
+			c.base, c.base)
+	}
+	return nil
+}
+
 // VerifyRecords checks a complete chain, as Export writes it without a filter: sequences 1, 2, 3, ...,
-// each record intact and linked to the one before. The error, if any, wraps ErrBroken and names the
+// each record intact and linked to the one before; or, after an archive, sequences from the one after the
+// archived head, the first linked to it, and an audit.archived record naming it. The error, if any, wraps ErrBroken and names the
 // first break. An empty list is a valid (empty) chain.
 func VerifyRecords(rs []Record) error {
 	var c chain
@@ -307,5 +348,5 @@ func VerifyRecords(rs []Record) error {
 			return err
 		}
 	}
-	return nil
+	return c.finish()
 }
