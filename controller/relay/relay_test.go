@@ -225,6 +225,27 @@ func (e envelopes) Receiver(ctx context.Context, session, to string) (relay.Curs
 	return c, nil
 }
 
+// fakeBudget refuses the identities marked spent.
+type fakeBudget struct {
+	mu    sync.Mutex
+	spent map[string]bool
+}
+
+func (b *fakeBudget) Admit(_ context.Context, sender spiffeid.ID, _, _ string) (string, string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.spent[sender.String()] {
+		return api.CodeAuditBudgetExhausted, "audit budget spent", true
+	}
+	return "", "", false
+}
+
+func (b *fakeBudget) spend(id spiffeid.ID) {
+	b.mu.Lock()
+	b.spent[id.String()] = true
+	b.mu.Unlock()
+}
+
 type world struct {
 	t        *testing.T
 	ctx      context.Context
@@ -233,6 +254,7 @@ type world struct {
 	gate     *gate
 	refusals *fakeRefusals
 	members  *members
+	budget   *fakeBudget
 	ln       *chanListener
 	served   chan error
 	stop     context.CancelFunc
@@ -267,10 +289,10 @@ func newTracedWorld(t *testing.T, tr trace.Tracer) *world {
 		t.Fatal(err)
 	}
 	w := &world{t: t, ctx: ctx, store: store, sessions: &fakeSessions{byID: map[string]workgroups.Session{}},
-		gate: &gate{upTo: math.MaxUint64, ch: make(chan struct{})}, refusals: &fakeRefusals{}, members: &members{},
+		gate: &gate{upTo: math.MaxUint64, ch: make(chan struct{})}, refusals: &fakeRefusals{}, members: &members{}, budget: &fakeBudget{spent: map[string]bool{}},
 		ln: &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}, served: make(chan error, 1)}
 	r, err := relay.New(relay.Config{Sessions: w.sessions, Envelopes: envelopes{store}, Records: w.gate, Refusals: w.refusals,
-		Memberships: w.members, Identities: identities{}, Authorizer: mustAuthorizer(t), PeerIdentity: peerIdentity,
+		Memberships: w.members, Identities: identities{}, Authorizer: mustAuthorizer(t), PeerIdentity: peerIdentity, Budget: w.budget,
 		Controller: ctrlID, RecordTimeout: 500 * time.Millisecond, Tracer: tr})
 	if err != nil {
 		t.Fatal(err)
@@ -441,6 +463,27 @@ func TestSendIsStoredAndAcknowledgedWithItsPosition(t *testing.T) {
 	}
 	if st, _ := w.sessions.Get(w.ctx, s.ID.String()); st.State != workgroups.StateActive {
 		t.Fatalf("session %s after its first envelope, want active", st.State)
+	}
+}
+
+func TestSpentAuditBudgetRefusesOnlyItsSender(t *testing.T) {
+	w := newWorld(t)
+	s := w.session(contract())
+	c := w.dial(consumer, api.RelayHello{Mode: "send"})
+	payload := []byte(`{"q":1}`)
+	if ack := c.send(header(s, consumer, provider, "quote.request", payload), payload); !ack.OK {
+		t.Fatalf("first envelope: %+v", ack)
+	}
+	w.budget.spend(consumer)
+	if ack := c.send(header(s, consumer, provider, "quote.request", payload), payload); ack.OK || ack.Code != api.CodeAuditBudgetExhausted {
+		t.Fatalf("envelope over the budget: %+v", ack)
+	}
+	p := w.dial(provider, api.RelayHello{Mode: "send"})
+	if ack := p.send(header(s, provider, consumer, "quote.response", payload), payload); !ack.OK || ack.Seq != 2 {
+		t.Fatalf("the provider's envelope: %+v", ack)
+	}
+	if got := w.stored(s); len(got) != 2 {
+		t.Fatalf("%d envelopes stored, want 2 (the refused one is not)", len(got))
 	}
 }
 
