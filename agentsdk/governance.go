@@ -128,6 +128,19 @@ func (c *Controller) AuditVerify(ctx context.Context, opts ...AuditVerifyOption)
 	return out, nil
 }
 
+// AuditArchive trims the audit trail through the record at seq with hash hash (platform admin only): the
+// controller checks that one of its checkpoints signs that record, records an audit.archived record naming it,
+// and removes every record up to it. Export and verify the trail first, and keep that export: it is then the
+// only copy of the records removed.
+func (c *Controller) AuditArchive(ctx context.Context, seq uint64, hash string) (api.AuditArchived, error) {
+	var out api.AuditArchived
+	req := api.AuditArchiveRequest{Through: strconv.FormatUint(seq, 10) + ":" + hash}
+	if err := c.post(ctx, api.PathAuditArchive, req, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: audit archive: %w", err)
+	}
+	return out, nil
+}
+
 // AuditKey returns the Ed25519 public key the controller signs audit checkpoints with. Fetched over the
 // overlay it is only as trustworthy as the controller at that moment: compare it once, out of band, and keep it.
 func (c *Controller) AuditKey(ctx context.Context) (ed25519.PublicKey, error) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
@@ -103,4 +104,32 @@ func (s *Server) auditKeyView() (api.AuditKey, error) {
 		return api.AuditKey{}, internal(err)
 	}
 	return api.AuditKey{KeyID: audit.KeyID(s.AuditPublicKey()), PublicKey: string(b)}, nil
+}
+
+// archiveAudit trims the audit trail through the record through names ("SEQ:HASH", as a verified export printed
+// it), which a checkpoint signed with the controller's key must cover; c, the platform administrator, is the
+// audit.archived record's actor.
+func (s *Server) archiveAudit(ctx context.Context, c caller, through string) (api.AuditArchived, error) {
+	a, err := audit.ParseAnchor(through)
+	if err != nil {
+		return api.AuditArchived{}, failf(http.StatusBadRequest, api.CodeBadRequest, "through: %v", err)
+	}
+	rec, err := s.gov.audit.Archive(ctx, c.id.String(), s.AuditPublicKey(), a)
+	switch {
+	case errors.Is(err, audit.ErrNotCheckpointed), errors.Is(err, audit.ErrAlreadyArchived), errors.Is(err, audit.ErrPurgeDenied):
+		return api.AuditArchived{}, failf(http.StatusConflict, api.CodeConflict, "%s", strings.TrimPrefix(err.Error(), "audit: "))
+	case err != nil:
+		return api.AuditArchived{}, internal(fmt.Errorf("archive the audit trail through %s: %w", a, err))
+	}
+	d, err := audit.ParseArchived(rec)
+	if err != nil {
+		return api.AuditArchived{}, internal(err)
+	}
+	s.log.Info("audit trail archived", "through", a.Seq, "by", c.id.String(), "record", rec.Seq)
+	// Sign the new beginning at once, so that the audit.archived record is anchored before anything else.
+	if err := s.checkpoint(ctx); err != nil {
+		s.log.Warn("audit checkpoint after the archive failed", "err", err)
+	}
+	return api.AuditArchived{Seq: d.Seq, Hash: d.Hash, CheckpointSeq: d.CheckpointSeq, CheckpointHash: d.CheckpointHash,
+		RecordSeq: rec.Seq, RecordHash: rec.Hash, FirstSeq: d.Seq + 1}, nil
 }

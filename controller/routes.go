@@ -154,6 +154,16 @@ func (s *Server) governanceRoutes(mux *http.ServeMux) {
 			s.log.Warn("audit export failed", "err", err)
 		}
 	})
+	mux.HandleFunc("POST "+api.PathAuditArchive, body(func(ctx context.Context, c caller, b []byte) (any, error) {
+		if !isPlatformAdmin(c) {
+			return nil, failf(http.StatusForbidden, api.CodeForbidden, "only the platform administrator archives the audit trail")
+		}
+		var req api.AuditArchiveRequest
+		if err := decodeInto(b, &req); err != nil {
+			return nil, err
+		}
+		return s.archiveAudit(ctx, c, req.Through)
+	}))
 	mux.HandleFunc("GET "+api.PathAuditKey, body(func(context.Context, caller, []byte) (any, error) {
 		return s.auditKeyView()
 	}))
