@@ -84,8 +84,9 @@ type Config struct {
 	ClosedSessionRetention time.Duration
 	// AuditMaxBytes bounds the audit stream on disk. Default audit.DefaultMaxBytes (2 GiB). When the trail is
 	// full, new records are refused (and with them every action that needs one): nothing recorded is ever
-	// dropped to make room. Export, verify and archive the trail, then raise the limit (docs/record-path.md,
-	// "Retention and archive"). Negative is refused.
+	// dropped to make room. Export and verify the trail, then archive it (umbra audit archive trims it through
+	// the export's checkpoint) or raise the limit (docs/record-path.md, "Retention and archive"). Negative is
+	// refused.
 	AuditMaxBytes int64
 	// EnvelopeMaxBytes bounds the envelope stream on disk. Default envstore.DefaultMaxBytes (2 GiB). When it is
 	// full, new envelopes are refused; stored envelopes are never dropped to make room. Negative is refused.
