@@ -22,10 +22,14 @@ import (
 // warning unless --require-checkpoint.
 func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	f := newFlags("audit verify", stderr)
-	var as, file, keyFile, after string
+	var as, keyFile, after string
+	var files []string
 	var require bool
 	f.StringVar(&as, "as", "", "identity file (online verification through the controller)")
-	f.StringVar(&file, "file", "", "exported audit file to verify offline, as `umbra audit export` writes it")
+	f.Func("file", "exported audit file to verify offline, as `umbra audit export` writes it; repeat it, oldest first, to join the export an archive kept to later ones", func(v string) error {
+		files = append(files, v)
+		return nil
+	})
 	f.StringVar(&keyFile, "key", "", "the controller's checkpoint public key (PEM, as `umbra audit key` prints it); required with --file")
 	f.StringVar(&after, "after", "", "SEQ:HASH of a checkpoint kept from an earlier verification; fail unless the chain still holds it")
 	f.BoolVar(&require, "require-checkpoint", false, "fail a chain with no signed checkpoint instead of warning")
@@ -33,13 +37,13 @@ func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, std
 	var opts audit.AnchorOptions
 	f.check(func([]string) error {
 		switch {
-		case file != "" && as != "":
+		case len(files) > 0 && as != "":
 			return errors.New("give --file (offline) or --as (online), not both")
-		case file == "" && as == "":
+		case len(files) == 0 && as == "":
 			return errors.New("give --as ID.json (online) or --file FILE --key KEY.pem (offline)")
-		case file != "" && keyFile == "":
+		case len(files) > 0 && keyFile == "":
 			return errors.New("--key is required with --file: give the controller's public key as `umbra audit key` printed it")
-		case file == "" && keyFile != "":
+		case len(files) == 0 && keyFile != "":
 			return errors.New("--key goes with --file; online, the controller checks checkpoints with its own key")
 		}
 		if after != "" {
@@ -55,8 +59,8 @@ func cmdAuditVerify(ctx context.Context, args []string, _ io.Reader, stdout, std
 		return err
 	}
 	opts.RequireCheckpoint = require
-	if file != "" {
-		return verifyFile(file, keyFile, opts, stdout, stderr)
+	if len(files) > 0 {
+		return verifyFiles(files, keyFile, opts, stdout, stderr)
 	}
 	a, err := connect(ctx, f, as, stderr)
 	if err != nil {
@@ -97,30 +101,85 @@ func brokenChain(detail string) error {
 
 var reBreakSeq = regexp.MustCompile(`chain broken at seq (\d+)`)
 
-func verifyFile(file, keyFile string, opts audit.AnchorOptions, stdout, stderr io.Writer) error {
+// verifyFiles verifies exports of one trail, oldest first, joined into one chain: an export taken after an
+// archive starts after the archived head, and joined to the export that holds the head it verifies from record 1.
+func verifyFiles(files []string, keyFile string, opts audit.AnchorOptions, stdout, stderr io.Writer) error {
 	pub, err := readPublicKey(keyFile)
 	if err != nil {
 		return err
 	}
-	fh, err := os.Open(file)
-	if err != nil {
-		return usagef("audit verify", "--file %s: %s", file, fileProblem(err))
+	lists := make([][]audit.Record, len(files))
+	for i, file := range files {
+		if lists[i], err = readExport(file); err != nil {
+			return err
+		}
 	}
-	defer fh.Close()
-	rs, err := audit.ReadJSONLines(fh)
+	what := files[0]
+	if len(files) > 1 {
+		what = strings.Join(files, " + ")
+	}
+	rs, err := audit.JoinExports(lists...)
 	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+		return fmt.Errorf("%s do not join: %w", what, brokenChain(err.Error()))
 	}
 	rep, err := audit.VerifyAnchored(rs, pub, opts)
 	if err != nil {
-		return fmt.Errorf("%s does not verify: %w", file, brokenChain(err.Error()))
+		return fmt.Errorf("%s does not verify: %w", what, brokenChain(err.Error()))
+	}
+	from := uint64(1)
+	if len(rs) > 0 {
+		from = rs[0].Seq
 	}
 	fmt.Fprintf(stdout, "audit file verified: %d records, last %d %s\n", rep.Records, rep.LastSeq, rep.LastHash)
+	if from > 1 {
+		fmt.Fprintf(stdout, "starts after the archived head %d %s, which an audit.archived record names; keep the export that holds it\n", from-1, rs[0].Prev)
+	}
 	if rep.Checkpoints == 0 {
 		return noCheckpoint(opts.RequireCheckpoint, rep.Records, stderr)
 	}
 	printCheckpoint(stdout, rep.Checkpoints, rep.Last.Seq, rep.Last.Hash, rep.Last.Time, rep.Unanchored())
 	return nil
+}
+
+func readExport(file string) ([]audit.Record, error) {
+	fh, err := os.Open(file)
+	if err != nil {
+		return nil, usagef("audit verify", "--file %s: %s", file, fileProblem(err))
+	}
+	defer fh.Close()
+	rs, err := audit.ReadJSONLines(fh)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return rs, nil
+}
+
+// cmdAuditArchive trims the audit trail through the checkpoint a verified export printed.
+func cmdAuditArchive(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var through string
+	var at audit.Anchor
+	return withAgent(ctx, "audit archive", args, stderr, func(f *flags) {
+		f.StringVar(&through, "through", "", "SEQ:HASH that `umbra audit verify --file` printed for the export you keep: every record up to SEQ is removed")
+		f.require("through")
+		f.args(0, "")
+		f.check(func([]string) error {
+			a, err := audit.ParseAnchor(through)
+			if err != nil {
+				return fmt.Errorf("--through %q: want SEQ:HASH as `umbra audit verify --file` printed it for the export you keep", through)
+			}
+			at = a
+			return nil
+		})
+	}, func(a *agentsdk.Agent, _ []string) error {
+		out, err := a.Controller().AuditArchive(ctx, at.Seq, at.Hash)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "audit trail archived through %d %s (signed by checkpoint record %d); recorded as audit.archived record %d; the trail now starts at %d\n",
+			out.Seq, out.Hash, out.CheckpointSeq, out.RecordSeq, out.FirstSeq)
+		fmt.Fprintf(stdout, "keep for the next verification: --after %d:%s\n", out.Seq, out.Hash)
+		return nil
+	})
 }
 
 func readPublicKey(path string) (ed25519.PublicKey, error) {

@@ -468,6 +468,39 @@ func TestCLIGovernance(t *testing.T) {
 		t.Fatalf("export: %d lines", strings.Count(export, "\n"))
 	}
 	verifyExportOffline(t, c, acme, export)
+	archiveThroughCLI(t, c, admin, acme, export)
+}
+
+// archiveThroughCLI archives the trail through the checkpoint a verified export printed, then verifies the trail
+// live from the archived head, the new export alone and joined to the old one.
+func archiveThroughCLI(t *testing.T, c *cli, admin, member, export string) {
+	t.Helper()
+	old, key := filepath.Join(c.dir, "old.jsonl"), filepath.Join(c.dir, "audit-key.pem")
+	if err := os.WriteFile(old, []byte(export), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := c.must("", "audit", "verify", "--file", old, "--key", key, "--require-checkpoint")
+	_, kept, _ := strings.Cut(out, "--after ")
+	kept = strings.TrimSpace(kept)
+	if _, errs, err := c.run("", "audit", "archive", "--as", member, "--through", kept); err == nil || !strings.Contains(errs, "platform administrator") {
+		t.Fatalf("a member archived the trail: err=%v %s", err, errs)
+	}
+	if out := c.must("", "audit", "archive", "--as", admin, "--through", kept); !strings.Contains(out, "audit trail archived through") {
+		t.Fatalf("archive: %s", out)
+	}
+	if out := c.must("", "audit", "verify", "--as", admin, "--after", kept); !strings.Contains(out, "audit chain verified") {
+		t.Fatalf("verify after the archive: %s", out)
+	}
+	cur := filepath.Join(c.dir, "new.jsonl")
+	if err := os.WriteFile(cur, []byte(c.must("", "audit", "export", "--as", admin)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := c.must("", "audit", "verify", "--file", cur, "--key", key, "--require-checkpoint", "--after", kept); !strings.Contains(out, "archived head") {
+		t.Fatalf("verify the export after the archive: %s", out)
+	}
+	if out := c.must("", "audit", "verify", "--file", old, "--file", cur, "--key", key, "--require-checkpoint"); !strings.Contains(out, "audit file verified") {
+		t.Fatalf("verify old and new joined: %s", out)
+	}
 }
 
 // verifyExportOffline checks a real export with no controller, against the key `umbra audit key` printed, and

@@ -54,7 +54,8 @@ Usage:
   umbra audit session|export --as ID.json [S]      export ends in a checkpoint signed by the controller
   umbra audit key    --as ID.json                  prints the controller's checkpoint public key (PEM)
   umbra audit verify --as ADMIN.json [--after SEQ:HASH] [--require-checkpoint]
-  umbra audit verify --file audit.jsonl --key KEY.pem [--after SEQ:HASH] [--require-checkpoint]
+  umbra audit verify --file audit.jsonl [--file LATER.jsonl] --key KEY.pem [--after SEQ:HASH] [--require-checkpoint]
+  umbra audit archive --as ADMIN.json --through SEQ:HASH
       offline, no controller; --after is the checkpoint the last verification printed: fails if the chain
       no longer holds it (truncated, rolled back, rewritten); without a checkpoint a file is only a warning
 
@@ -127,7 +128,7 @@ func groups() map[string]map[string]command {
 			"backends": cmdMCPBackends, "sample-server": cmdMCPSampleServer},
 		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
 		"a2a":   {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
-		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey},
+		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey, "archive": cmdAuditArchive},
 	}
 }
 
