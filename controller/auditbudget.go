@@ -88,6 +88,9 @@ func openAuditBudgets(ctx context.Context, js jetstream.JetStream, limit int64, 
 	if err != nil {
 		return nil, fmt.Errorf("bucket %s: %w", auditBudgetBucket, noRoom(err, tableMaxBytes))
 	}
+	if limit == 0 {
+		limit = defaultAuditBytesPerIdentityDay // Config's zero value, when it was not through withDefaults
+	}
 	return &auditBudget{table: table[auditSpend]{kv: kv}, limit: limit, self: self, log: log,
 		pending: map[string]int64{}, cached: map[string]cachedSpend{}, kick: make(chan struct{}, 1)}, nil
 }
