@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -24,10 +25,17 @@ permit (principal in Umbra::Org::"acme", action == Umbra::Action::"call_tool", r
 
 func approvalEnv(t *testing.T, a Approvals) (*env, *client) {
 	t.Helper()
-	srv, _ := newTestServer("notes")
+	e, c, _ := approvalEnvEvents(t, a)
+	return e, c
+}
+
+// approvalEnvEvents is approvalEnv that also returns what the backend saw.
+func approvalEnvEvents(t *testing.T, a Approvals) (*env, *client, *events) {
+	t.Helper()
+	srv, ev := newTestServer("notes")
 	b, _ := inMemory("notes", srv, true)
 	e := start(t, Config{Backends: []Backend{b}, Policies: approvalPolicies, Approvals: a, Sensitive: []string{"notes__ech?"}})
-	return e, e.connect(t, alice)
+	return e, e.connect(t, alice), ev
 }
 
 // pendingCall waits for exactly one pending approval request and returns it.
@@ -50,24 +58,19 @@ func (e *env) decide(t *testing.T, verb, id, digest string) int {
 	return e.adminDo(t, adminID, "POST", "/admin/approvals/"+id+"/"+verb, map[string]string{"digest": digest}, nil)
 }
 
-// giveUp starts a sensitive call and abandons it while it waits, leaving its request pending.
+// giveUp makes a sensitive call that the gateway stops holding before a decision (Approvals.Hold): the answer
+// names the request, which stays pending.
 func giveUp(t *testing.T, e *env, c *client, args map[string]any) approval.Request {
 	t.Helper()
-	ctx, cancel := context.WithCancel(ctxT(t))
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.cs.CallTool(ctx, &mcp.CallToolParams{Name: "notes__write", Arguments: args})
-		errc <- err
-	}()
-	r := e.pendingCall(t)
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Fatalf("abandoned call: %v", err)
+	_, err := c.call(t, "notes__write", args)
+	code, d := approvalCode(err)
+	if code != CodeApproval || d.Approval == "" || !strings.Contains(err.Error(), "no decision yet on approval "+d.Approval) {
+		t.Fatalf("a call held past Approvals.Hold: %v", err)
 	}
-	// The gateway has seen the cancellation once it records that the wait ended without a decision.
-	e.rec.find(t, "the abandoned wait", func(rec audit.Record) bool {
-		return rec.Kind == KindApproval && strings.Contains(rec.Reason, "no decision yet on approval "+r.ID)
-	})
+	r := e.pendingCall(t)
+	if r.ID != d.Approval {
+		t.Fatalf("pending request %s, the answer named %s", r.ID, d.Approval)
+	}
 	return r
 }
 
@@ -159,7 +162,7 @@ func TestApprovals(t *testing.T) {
 	})
 
 	t.Run("changed arguments are refused", func(t *testing.T) {
-		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second})
+		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second, Hold: 200 * time.Millisecond})
 		r := giveUp(t, e, c, args)
 		if code := e.decide(t, "approve", r.ID, ""); code != http.StatusOK {
 			t.Fatalf("approve: %d", code)
@@ -182,7 +185,7 @@ func TestApprovals(t *testing.T) {
 	})
 
 	t.Run("a retry with the same arguments waits for the same request", func(t *testing.T) {
-		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second})
+		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second, Hold: 3 * time.Second})
 		r := giveUp(t, e, c, args)
 		errc := make(chan error, 1)
 		go func() {
@@ -216,7 +219,7 @@ func TestApprovals(t *testing.T) {
 	})
 
 	t.Run("expired approvals are refused", func(t *testing.T) {
-		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second, TTL: 200 * time.Millisecond})
+		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second, TTL: 200 * time.Millisecond, Hold: 200 * time.Millisecond})
 		r := giveUp(t, e, c, args)
 		if code := e.decide(t, "approve", r.ID, ""); code != http.StatusOK {
 			t.Fatalf("approve: %d", code)
@@ -228,7 +231,7 @@ func TestApprovals(t *testing.T) {
 	})
 
 	t.Run("a policy change voids approvals", func(t *testing.T) {
-		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second})
+		e, c := approvalEnv(t, Approvals{Timeout: 15 * time.Second, Hold: 200 * time.Millisecond})
 		r := giveUp(t, e, c, args)
 		if code := e.decide(t, "approve", r.ID, ""); code != http.StatusOK {
 			t.Fatalf("approve: %d", code)
@@ -270,6 +273,132 @@ func TestApprovals(t *testing.T) {
 		}
 		if res, err := c.call(t, "notes__fail", map[string]any{}); err != nil || !res.IsError {
 			t.Fatalf("a tool that is not sensitive must not wait: %v %v", res, err)
+		}
+	})
+}
+
+// requestStatus reads one approval request's status through the administration API.
+func (e *env) requestStatus(t *testing.T, id string) approval.Status {
+	t.Helper()
+	var out struct{ Approvals []approval.Request }
+	if code := e.adminDo(t, adminID, "GET", "/admin/approvals?all=1", nil, &out); code != http.StatusOK {
+		t.Fatalf("list approvals: %d", code)
+	}
+	for _, r := range out.Approvals {
+		if r.ID == id {
+			return r.Status
+		}
+	}
+	t.Fatalf("approval %s not listed", id)
+	return ""
+}
+
+// A held call that is cancelled, or whose client goes away, withdraws its request: an approval given afterwards
+// is refused and nothing runs; the audit trail says the call was cancelled.
+func TestApprovalOfCancelledCall(t *testing.T) {
+	args := map[string]any{"text": "pay 10 EUR"}
+	withdrawn := func(t *testing.T, e *env, ev *events, r approval.Request) {
+		t.Helper()
+		eventually(t, "the request withdrawn", func() bool { return e.requestStatus(t, r.ID) == approval.Cancelled })
+		e.rec.find(t, "the cancellation", func(rec audit.Record) bool {
+			return rec.Kind == KindApproval && dataOf(rec)["approval"] == r.ID && strings.Contains(rec.Reason, "cancelled")
+		})
+		if code := e.decide(t, "approve", r.ID, ""); code != http.StatusConflict {
+			t.Fatalf("approving a withdrawn request: %d", code)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if n := ev.writes.Load(); n != 0 {
+			t.Fatalf("the backend wrote %d notes for a cancelled call", n)
+		}
+		for _, rec := range e.rec.records() {
+			if rec.Kind == KindCall && dataOf(rec)["tool"] == "notes__write" {
+				t.Fatalf("a call record for the cancelled call: %+v", rec)
+			}
+		}
+	}
+
+	t.Run("cancelled by the client", func(t *testing.T) {
+		e, c, ev := approvalEnvEvents(t, Approvals{Timeout: 30 * time.Second})
+		ctx, cancel := context.WithCancel(ctxT(t))
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.cs.CallTool(ctx, &mcp.CallToolParams{Name: "notes__write", Arguments: args})
+			errc <- err
+		}()
+		r := e.pendingCall(t)
+		cancel()
+		if err := <-errc; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled call: %v", err)
+		}
+		withdrawn(t, e, ev, r)
+		// The session goes on, and the same call asks anew.
+		errc2 := make(chan error, 1)
+		go func() { _, err := c.call(t, "notes__write", args); errc2 <- err }()
+		var again approval.Request
+		eventually(t, "a new request", func() bool {
+			var out struct{ Approvals []approval.Request }
+			e.adminDo(t, adminID, "GET", "/admin/approvals", nil, &out)
+			if len(out.Approvals) == 1 && out.Approvals[0].ID != r.ID {
+				again = out.Approvals[0]
+				return true
+			}
+			return false
+		})
+		if code := e.decide(t, "approve", again.ID, ""); code != http.StatusOK {
+			t.Fatalf("approve: %d", code)
+		}
+		if err := <-errc2; err != nil || ev.writes.Load() != 1 {
+			t.Fatalf("the new call: %v, writes %d", err, ev.writes.Load())
+		}
+	})
+
+	t.Run("the client ends its session", func(t *testing.T) {
+		e, c, ev := approvalEnvEvents(t, Approvals{Timeout: 30 * time.Second})
+		// The call itself would wait longer than the checks below: only the end of the session can withdraw it.
+		long, stop := context.WithTimeout(context.Background(), time.Minute)
+		t.Cleanup(stop)
+		go func() { _, _ = c.cs.CallTool(long, &mcp.CallToolParams{Name: "notes__write", Arguments: args}) }()
+		r := e.pendingCall(t)
+		// The session ends as a transport closing it ends it (DELETE), without cancelling the call first.
+		req, _ := http.NewRequestWithContext(ctxT(t), http.MethodDelete, e.url, nil)
+		req.Header.Set("Mcp-Session-Id", c.cs.ID())
+		resp, err := httpClient(alice).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			t.Fatalf("DELETE of the session: %s", resp.Status)
+		}
+		withdrawn(t, e, ev, r)
+	})
+
+	t.Run("the client's connection goes away", func(t *testing.T) {
+		e, c, ev := approvalEnvEvents(t, Approvals{Timeout: 30 * time.Second})
+		// A raw POST on the client's session, abandoned while the call is held: no cancellation is sent and the
+		// session stays open; only the HTTP exchange ends.
+		body := `{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"notes__write","arguments":{"text":"pay 10 EUR"}}}`
+		ctx, cancel := context.WithCancel(ctxT(t))
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Session-Id", c.cs.ID())
+		req.Header.Set(headerCarrier, "forged") // a client cannot name a carrier of its own
+		errc := make(chan error, 1)
+		go func() {
+			resp, err := httpClient(alice).Do(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			errc <- err
+		}()
+		r := e.pendingCall(t)
+		cancel()
+		<-errc
+		withdrawn(t, e, ev, r)
+		if err := c.cs.Ping(ctxT(t), nil); err != nil {
+			t.Fatalf("the session after the abandoned exchange: %v", err)
 		}
 	})
 }

@@ -243,7 +243,24 @@ func (g *Gateway) approve(ctx context.Context, req *mcp.CallToolRequest, o *op, 
 	}
 	id := r.ID
 	waitStart := time.Now()
-	r, err = g.approvals.Wait(ctx, id)
+	wctx, stop := ctx, context.CancelFunc(func() {})
+	if hold := g.cfg.Approvals.Hold; hold > 0 {
+		wctx, stop = context.WithTimeout(ctx, hold)
+	}
+	r, err = g.approvals.Wait(wctx, id)
+	stop()
+	if err != nil && ctx.Err() != nil {
+		// The call was cancelled, or its client went away, before a decision: withdraw the request, so that
+		// an approval given from now on runs nothing.
+		traceApproval(ctx, id, time.Since(waitStart), string(approval.Cancelled))
+		actx := context.WithoutCancel(ctx)
+		if _, withdrawn, err := g.approvals.Cancel(actx, id); err != nil {
+			g.log.Warn("mcpgw: cannot withdraw the approval request of a cancelled call", "approval", id, "ref", o.ref, "err", err)
+		} else if withdrawn {
+			record(audit.DecisionDeny, "call cancelled by the caller before a decision; approval request withdrawn", id)
+		}
+		return rpcError(CodeApproval, o.ref, id, "call cancelled; approval request %s withdrawn", id)
+	}
 	if err != nil {
 		traceApproval(ctx, id, time.Since(waitStart), "pending")
 		return refuse(id, "no decision yet on approval "+id+"; retry naming it in _meta."+MetaApproval)
@@ -256,6 +273,8 @@ func (g *Gateway) approve(ctx context.Context, req *mcp.CallToolRequest, o *op, 
 		return redeem(r.ID)
 	case approval.Denied:
 		return refuse(r.ID, "call denied by "+r.DecidedBy)
+	case approval.Cancelled:
+		return refuse(r.ID, "approval "+r.ID+" was withdrawn: a call waiting on it was cancelled; call again to ask anew")
 	default:
 		return refuse(r.ID, fmt.Sprintf("no decision within %s: denied", r.Deadline.Sub(r.Created).Round(time.Millisecond)))
 	}

@@ -57,7 +57,7 @@ func (g *Gateway) newCaller(id spiffeid.ID) *caller {
 			Resources: &mcp.ResourceCapabilities{ListChanged: true},
 		},
 	})
-	c.server.AddReceivingMiddleware(g.traced(c), g.guard(c))
+	c.server.AddReceivingMiddleware(g.traced(c), g.guard(c), g.carried)
 	c.lastUsed.Store(time.Now().UnixNano())
 	return c
 }
@@ -417,6 +417,7 @@ func (g *Gateway) serveMCP(w http.ResponseWriter, r *http.Request) {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 	}
+	defer g.carry(r)()
 	g.mcp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 }
 

@@ -135,6 +135,11 @@ const (
 type Approvals struct {
 	Timeout time.Duration // how long a sensitive call waits for a decision; then it is denied. Default 2 minutes.
 	TTL     time.Duration // how long an approval may be used after it is given. Default 10 minutes.
+	// Hold is how long a sensitive call is held open for the decision. A call still undecided then is answered
+	// "no decision yet" with the request's ID, which stays pending: a retry naming it (in _meta
+	// "umbra/approval") or with the same arguments goes on with the decision. Default (0): held until decided
+	// or Timeout. A call cancelled while held withdraws its request whatever Hold says.
+	Hold time.Duration
 }
 
 // Limits bound each caller. Zero values select the defaults; negative values disable a limit.

@@ -92,9 +92,12 @@
 // A call is sensitive when a @sensitive permit allowed it or its tool matches Config.Sensitive. It opens an
 // approval request bound to {caller, tool, canonical arguments digest, policy version} and waits up to
 // Approvals.Timeout; no decision is a denial. An approval is usable once, until Approvals.TTL after the
-// decision. A client that gave up waiting retries with the same arguments (the approval is found), or names
-// the request in _meta[MetaApproval]; changed arguments, another caller, replaced policies, a used or an
-// expired approval are refused (CodeApproval). Who decides is the gateway's own grant (package
+// decision. A call held longer than Approvals.Hold (if set) is answered "no decision yet" with the request's
+// ID; the client then retries with the same arguments (the approval is found), or names the request in
+// _meta[MetaApproval]; changed arguments, another caller, replaced policies, a used or an expired approval are
+// refused (CodeApproval). A held call that is cancelled (notifications/cancelled, the session ended, or the
+// HTTP request that carried it gone) withdraws its request: it is marked cancelled, recorded, and an approval
+// given afterwards is refused, so nothing runs on it. Who decides is the gateway's own grant (package
 // gatewayadmin): Config.Admins and the platform administrator decide every call; administrators of Self's
 // organisation and of Config.AdminOrgs only their own organisation's callers' calls; nobody approves a call of
 // their own. Tool versions, backends and metrics are for Config.Admins, the platform administrator and Self's

@@ -56,6 +56,7 @@ type Gateway struct {
 	approvals *approval.Manager
 
 	progress progressTable
+	carriers carriers
 
 	dirMu sync.Mutex
 	dir   map[string]dirEntry

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,7 +56,8 @@ func TestMain(m *testing.M) {
 
 // events reports what happened inside an in-process test server.
 type events struct {
-	cancelled chan string // names of calls cancelled by their caller
+	cancelled chan string  // names of calls cancelled by their caller
+	writes    atomic.Int64 // notes written: the side effect of "write"
 }
 
 type echoIn struct {
@@ -90,6 +92,7 @@ func newTestServer(name string) (*mcp.Server, *events) {
 		})
 	mcp.AddTool(srv, &mcp.Tool{Name: "write", Description: "Writes a note.", Annotations: &mcp.ToolAnnotations{DestructiveHint: yes()}},
 		func(ctx context.Context, req *mcp.CallToolRequest, in map[string]any) (*mcp.CallToolResult, any, error) {
+			ev.writes.Add(1)
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprint("wrote ", in["text"])}}}, nil, nil
 		})
 	mcp.AddTool(srv, &mcp.Tool{Name: "fail", Description: "Always fails."},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -57,7 +58,8 @@ func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 }
 
 // cmdMCPConnect is a stdio MCP server for desktop clients that forwards everything to the MCP gateway on the
-// overlay: the client needs no network access and no key but the identity file.
+// overlay: the client needs no network access and no key but the identity file. Requests are forwarded
+// concurrently, cancellations end to end, and the gateway's own notifications reach the client.
 func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var service, path string
 	return withAgent(ctx, "mcp connect", args, stderr, func(f *flags) {
@@ -67,7 +69,9 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	}, func(a *agentsdk.Agent, _ []string) error {
 		server := &mcp.StreamableClientTransport{Endpoint: "http://" + service + path, HTTPClient: a.HTTPClient()}
 		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
-		return mcpbridge.Join(ctx, client, server)
+		// stdout carries the protocol: what the bridge has to say goes to stderr.
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		return mcpbridge.Join(ctx, client, server, log)
 	})
 }
 

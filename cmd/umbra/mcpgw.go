@@ -44,6 +44,7 @@ type mcpgwFile struct {
 	Approvals      struct {
 		Timeout time.Duration `yaml:"timeout"`
 		TTL     time.Duration `yaml:"ttl"`
+		Hold    time.Duration `yaml:"hold"`
 	} `yaml:"approvals"`
 	Limits struct {
 		CallsPerMinute int           `yaml:"calls_per_minute"`
@@ -253,7 +254,7 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	cfg := mcpgw.Config{Separator: fc.Separator, Policies: fc.Policies, Sensitive: fc.Sensitive, AuditArguments: fc.AuditArguments,
 		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
 		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote, TracerProvider: tp}
-	cfg.Approvals.Timeout, cfg.Approvals.TTL = fc.Approvals.Timeout, fc.Approvals.TTL
+	cfg.Approvals.Timeout, cfg.Approvals.TTL, cfg.Approvals.Hold = fc.Approvals.Timeout, fc.Approvals.TTL, fc.Approvals.Hold
 	cfg.AdminOrgs = fc.AdminOrgs
 	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
 		CallTimeout: fc.Limits.CallTimeout, MaxRequest: fc.Limits.MaxRequest, MaxResponse: fc.Limits.MaxResponse}

@@ -2,9 +2,11 @@
 //
 // A call that policy marks sensitive opens a request bound to {caller, tool, arguments digest, policy
 // version}; the call then waits. An administrator approves or denies it; no decision before the deadline is a
-// denial. An approval is valid until its expiry and for one call only: the call that waited for it, or, if that
-// call gave up, one retry with the same binding. A call whose binding differs in anything (another caller,
-// another tool, changed arguments, a policy changed since) or that comes after the expiry is refused.
+// denial. An approval is valid until its expiry and for one call only: the call that waited for it, or, if the
+// gateway stopped holding that call before the decision, one retry with the same binding. A call whose binding
+// differs in anything (another caller, another tool, changed arguments, a policy changed since) or that comes
+// after the expiry is refused. A request whose call was cancelled (by its caller, or because the caller went
+// away) is withdrawn: it can no longer be approved, and nothing runs on it.
 package approval
 
 import (
@@ -31,6 +33,9 @@ const (
 	Denied   Status = "denied"
 	Expired  Status = "expired" // no decision before the deadline: a denial
 	Used     Status = "used"    // approved, and a call has gone through on it
+	// Cancelled: the call was cancelled before it went through (its caller cancelled it or went away); the
+	// request is withdrawn and can be neither approved nor used.
+	Cancelled Status = "cancelled"
 )
 
 // Errors that name why a request cannot be decided or used.
@@ -208,6 +213,31 @@ func (m *Manager) expire(ctx context.Context, id string) (Request, error) {
 	return r, err
 }
 
+// Cancel withdraws request id because its call was cancelled: a pending request, or an approval not used
+// yet, becomes Cancelled. It reports whether it withdrew anything (false when the request was already
+// decided otherwise, expired or used).
+func (m *Manager) Cancel(ctx context.Context, id string) (Request, bool, error) {
+	var withdrawn bool
+	r, err := m.t.Update(ctx, id, func(r *Request, exists bool) error {
+		withdrawn = false
+		if !exists {
+			return ErrNotFound
+		}
+		if r.Status == Pending || r.Status == Approved {
+			r.Status, r.DecidedAt, withdrawn = Cancelled, time.Now().UTC(), true
+		}
+		return nil
+	})
+	if errors.Is(err, kv.ErrNotFound) {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return r, false, err
+	}
+	m.notify(id)
+	return r, withdrawn, nil
+}
+
 // Decide approves or denies request id; by names who decided. If digest is set, it must be the request's
 // arguments digest: the decision is about the arguments the reviewer saw.
 func (m *Manager) Decide(ctx context.Context, id string, approve bool, by, digest string) (Request, error) {
@@ -221,6 +251,8 @@ func (m *Manager) Decide(ctx context.Context, id string, approve bool, by, diges
 		case r.Status == Pending && !now.Before(r.Deadline):
 			r.Status, late = Expired, true
 			return nil
+		case r.Status == Cancelled:
+			return fmt.Errorf("%w: the call was cancelled by its caller and the request withdrawn", ErrDecided)
 		case r.Status != Pending:
 			return fmt.Errorf("%w (%s)", ErrDecided, r.Status)
 		case digest != "" && digest != r.ArgsDigest:

@@ -172,3 +172,60 @@ func TestRetention(t *testing.T) {
 		}
 	})
 }
+
+// A cancelled call's request is withdrawn: a waiter wakes, it leaves the pending list, and neither an approval
+// given afterwards nor a retry can use it.
+func TestCancelWithdraws(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		m := New(kv.Memory(), Config{Timeout: time.Minute, TTL: 5 * time.Minute})
+		r, err := m.Open(ctx, bind, "bank", nil, "sensitive")
+		if err != nil {
+			t.Fatal(err)
+		}
+		woke := make(chan Status, 1)
+		go func() {
+			got, _ := m.Wait(ctx, r.ID)
+			woke <- got.Status
+		}()
+		synctest.Wait()
+		got, withdrawn, err := m.Cancel(ctx, r.ID)
+		if err != nil || !withdrawn || got.Status != Cancelled {
+			t.Fatalf("Cancel = %+v, %v, %v", got, withdrawn, err)
+		}
+		if st := <-woke; st != Cancelled {
+			t.Fatalf("the waiter saw %s", st)
+		}
+		if pending, _ := m.List(ctx, true); len(pending) != 0 {
+			t.Fatalf("a withdrawn request is still pending: %+v", pending)
+		}
+		if _, err := m.Decide(ctx, r.ID, true, "admin", ""); !errors.Is(err, ErrDecided) {
+			t.Fatalf("approving a withdrawn request: %v", err)
+		}
+		if _, err := m.Redeem(ctx, r.ID, bind); !errors.Is(err, ErrNotValid) {
+			t.Fatalf("redeeming a withdrawn request: %v", err)
+		}
+		if _, ok, _ := m.Find(ctx, bind); ok {
+			t.Fatal("Find offered a withdrawn request")
+		}
+		if _, withdrawn, err := m.Cancel(ctx, r.ID); err != nil || withdrawn {
+			t.Fatalf("second Cancel: %v %v", withdrawn, err)
+		}
+		// An approval not used yet is withdrawn too; a used one is history and stays.
+		r2, _ := m.Open(ctx, bind, "bank", nil, "sensitive")
+		if _, err := m.Decide(ctx, r2.ID, true, "admin", ""); err != nil {
+			t.Fatal(err)
+		}
+		if got, withdrawn, _ := m.Cancel(ctx, r2.ID); !withdrawn || got.Status != Cancelled {
+			t.Fatalf("Cancel of an unused approval: %+v %v", got, withdrawn)
+		}
+		r3, _ := m.Open(ctx, bind, "bank", nil, "sensitive")
+		m.Decide(ctx, r3.ID, true, "admin", "")
+		if _, err := m.Redeem(ctx, r3.ID, bind); err != nil {
+			t.Fatal(err)
+		}
+		if got, withdrawn, _ := m.Cancel(ctx, r3.ID); withdrawn || got.Status != Used {
+			t.Fatalf("Cancel of a used approval: %+v %v", got, withdrawn)
+		}
+	})
+}
