@@ -251,9 +251,11 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !toolName.MatchString(p.Name) {
 				continue
 			}
-			name := g.exposedName(b.cfg.Name, p.Name)
-			it.prompts[name] = &promptEntry{backend: b, name: name, def: p,
-				item: promptItem(b.cfg.Name, name, p.Name)}
+			e, err := b.promptEntry(ctx, cs, p)
+			if err != nil {
+				return err
+			}
+			it.prompts[e.name] = e
 		}
 	}
 	if caps.Resources != nil {
@@ -264,8 +266,11 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !uriScheme.MatchString(r.URI) {
 				continue
 			}
-			uri := exposedURI(b.cfg.Name, r.URI)
-			it.resources[uri] = &resourceEntry{backend: b, uri: uri, res: r, item: resourceItem(b.cfg.Name, uri, r.URI, false)}
+			e, err := b.resourceEntry(ctx, cs, r)
+			if err != nil {
+				return err
+			}
+			it.resources[e.uri] = e
 		}
 		for r, err := range cs.ResourceTemplates(ctx, nil) {
 			if err != nil {
@@ -274,8 +279,8 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !uriScheme.MatchString(r.URITemplate) {
 				continue
 			}
-			uri := exposedURI(b.cfg.Name, r.URITemplate)
-			it.resources[uri] = &resourceEntry{backend: b, uri: uri, tmpl: r, item: resourceItem(b.cfg.Name, uri, r.URITemplate, true)}
+			e := b.templateEntry(ctx, r)
+			it.resources[e.uri] = e
 		}
 	}
 	g.catalog.set(b.cfg.Name, it)
@@ -298,7 +303,7 @@ func (b *backendConn) toolEntry(ctx context.Context, t *mcp.Tool) *toolEntry {
 		return e
 	}
 	e.findings = g.scanner.Definition(def)
-	obs, err := g.pins.Observe(ctx, b.cfg.Name, t.Name, def, e.findings, b.cfg.Trusted)
+	obs, err := g.pins.Observe(ctx, pin.Ref{Kind: pin.Tool, Backend: b.cfg.Name, Name: t.Name}, def, e.findings, b.cfg.Trusted)
 	if err != nil {
 		// Fail closed: a tool whose pin cannot be checked stays hidden.
 		g.log.Error("mcpgw: cannot check tool pin", "backend", b.cfg.Name, "tool", t.Name, "err", err)
@@ -521,7 +526,7 @@ func (b *backendConn) status(pins []pin.Record) BackendStatus {
 		st.Prompts, st.Resources = len(it.prompts), len(it.resources)
 	}
 	for _, r := range pins {
-		if r.Backend != b.cfg.Name {
+		if r.Backend != b.cfg.Name || r.Ref().Kind != pin.Tool {
 			continue
 		}
 		if r.Approved != "" {

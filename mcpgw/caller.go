@@ -163,14 +163,18 @@ func (c *caller) sync(ctx context.Context) {
 	for name, e := range snap.prompts {
 		if allowed(policy.ListPrompt, e.item) {
 			granted = true
-			prompts[name] = e
+			if e.state == pin.Approved {
+				prompts[name] = e
+			}
 		}
 	}
 	resources := map[string]*resourceEntry{}
 	for uri, e := range snap.resources {
 		if allowed(policy.ListResource, e.item) {
 			granted = true
-			resources[uri] = e
+			if e.state == pin.Approved {
+				resources[uri] = e
+			}
 		}
 	}
 	c.granted.Store(granted)
@@ -211,7 +215,7 @@ func (c *caller) applyPrompts(want map[string]*promptEntry) {
 	versions := map[string]string{}
 	var gone []string
 	for name, e := range want {
-		versions[name] = jsonString(e.def)
+		versions[name] = e.digest + jsonString(e.def)
 	}
 	for name, v := range c.prompts {
 		if versions[name] != v {
@@ -237,9 +241,9 @@ func (c *caller) applyResources(want map[string]*resourceEntry) {
 	versions := map[string]string{}
 	for uri, e := range want {
 		if e.res != nil {
-			versions[uri] = "r" + jsonString(e.res)
+			versions[uri] = "r" + e.digest + jsonString(e.res)
 		} else {
-			versions[uri] = "t" + jsonString(e.tmpl)
+			versions[uri] = "t" + e.digest + jsonString(e.tmpl)
 		}
 	}
 	var goneRes, goneTmpl []string

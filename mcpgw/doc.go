@@ -87,6 +87,13 @@
 // are listed again on list_changed notifications and every Config.RefreshInterval, which also catches changes
 // a backend does not announce. A backend spawned per client is checked on every spawn.
 //
+// Prompts and resources are pinned the same way, and decided through the same administration API (with
+// "kind"): a prompt over its listing and the messages it returns with a placeholder for each argument, a
+// static resource over its listing and the hash of its contents, a template over its listing. Messages and
+// contents are checked again at every get and read, so a backend that changes them without changing its
+// listing is caught at the next request, which is refused. A backend spawned per client has only its tools
+// checked per spawn.
+//
 // # Approvals
 //
 // A call is sensitive when a @sensitive permit allowed it or its tool matches Config.Sensitive. It opens an
