@@ -65,8 +65,10 @@ func newBackend(g *Gateway, cfg Backend) *backendConn {
 		ResourceListChangedHandler:  func(context.Context, *mcp.ResourceListChangedRequest) { b.poke() },
 		ProgressNotificationHandler: b.onProgress,
 		LoggingMessageHandler:       b.onLog,
+		CreateMessageHandler:        b.onCreateMessage, // forwarded to the caller whose call caused it (backendreq.go)
+		ElicitationHandler:          b.onElicit,
 		KeepAlive:                   keepAlive,
-		Capabilities:                &mcp.ClientCapabilities{}, // no roots, sampling or elicitation through the gateway
+		Capabilities:                &mcp.ClientCapabilities{}, // no roots; sampling and elicitation inferred from the handlers
 	})
 	return b
 }
