@@ -50,6 +50,8 @@ func (g *Gateway) newCaller(id spiffeid.ID) *caller {
 	c.server = mcp.NewServer(&mcp.Implementation{Name: "umbra-mcpgw", Title: "Umbra MCP gateway", Version: version}, &mcp.ServerOptions{
 		Logger:       g.sdkLog,
 		Instructions: "Tools of several MCP servers, as this identity may use them. Names are <server>" + g.cfg.Separator + "<tool>.",
+		// Completions are forwarded under the caller's policy (complete.go); the capability is inferred.
+		CompletionHandler: g.completionHandler(c),
 		Capabilities: &mcp.ServerCapabilities{
 			Logging:   &mcp.LoggingCapabilities{},
 			Tools:     &mcp.ToolCapabilities{ListChanged: true},
