@@ -94,6 +94,15 @@
 // listing is caught at the next request, which is refused. A backend spawned per client has only its tools
 // checked per spawn.
 //
+// # Requests from backends, and completions
+//
+// A backend's sampling/createMessage and elicitation/create, sent while it serves a tool call, go to the one
+// caller whose call caused them: the owner of a per-client backend session, or on a shared session the only
+// client session with calls in flight (with several, the request cannot be attributed and is refused). A
+// caller whose client did not declare the capability is not asked. Each is an mcp.backend_request record.
+// completion/complete is forwarded to the backend of the prompt or resource template it names, when the
+// caller's policy lets it get or read that item. Resource subscriptions are not forwarded yet.
+//
 // # Approvals
 //
 // A call is sensitive when a @sensitive permit allowed it or its tool matches Config.Sensitive. It opens an
