@@ -44,6 +44,7 @@ type backendConn struct {
 	perClient map[*mcp.ServerSession]*spawned
 	flights   map[uint64]flight // calls in flight, for log forwarding
 	nflight   uint64
+	subs      map[string]int // resource subscriptions on the shared session: callers' subscriptions by backend URI
 }
 
 type flight struct {
@@ -53,7 +54,7 @@ type flight struct {
 
 func newBackend(g *Gateway, cfg Backend) *backendConn {
 	b := &backendConn{g: g, cfg: cfg, refreshCh: make(chan struct{}, 1),
-		perClient: map[*mcp.ServerSession]*spawned{}, flights: map[uint64]flight{}}
+		perClient: map[*mcp.ServerSession]*spawned{}, flights: map[uint64]flight{}, subs: map[string]int{}}
 	keepAlive := g.cfg.KeepAlive
 	if keepAlive < 0 {
 		keepAlive = 0
@@ -67,6 +68,7 @@ func newBackend(g *Gateway, cfg Backend) *backendConn {
 		LoggingMessageHandler:       b.onLog,
 		CreateMessageHandler:        b.onCreateMessage, // forwarded to the caller whose call caused it (backendreq.go)
 		ElicitationHandler:          b.onElicit,
+		ResourceUpdatedHandler:      b.onResourceUpdated, // subscribe.go
 		KeepAlive:                   keepAlive,
 		Capabilities:                &mcp.ClientCapabilities{}, // no roots; sampling and elicitation inferred from the handlers
 	})
@@ -133,6 +135,7 @@ func (b *backendConn) run(ctx context.Context, first func()) {
 			continue
 		}
 		backoff = minBackoff
+		b.resubscribe(ctx, cs)
 		b.mu.Lock()
 		b.listed = true
 		b.mu.Unlock()

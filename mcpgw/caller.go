@@ -47,16 +47,19 @@ type caller struct {
 func (g *Gateway) newCaller(id spiffeid.ID) *caller {
 	c := &caller{g: g, id: id, tools: map[string]*mcp.Tool{}, digests: map[string]string{},
 		prompts: map[string]string{}, resources: map[string]string{}}
+	subscribe, unsubscribe := g.subscriptionHandlers(c)
 	c.server = mcp.NewServer(&mcp.Implementation{Name: "umbra-mcpgw", Title: "Umbra MCP gateway", Version: version}, &mcp.ServerOptions{
 		Logger:       g.sdkLog,
 		Instructions: "Tools of several MCP servers, as this identity may use them. Names are <server>" + g.cfg.Separator + "<tool>.",
 		// Completions are forwarded under the caller's policy (complete.go); the capability is inferred.
-		CompletionHandler: g.completionHandler(c),
+		CompletionHandler:  g.completionHandler(c),
+		SubscribeHandler:   subscribe, // subscribe.go
+		UnsubscribeHandler: unsubscribe,
 		Capabilities: &mcp.ServerCapabilities{
 			Logging:   &mcp.LoggingCapabilities{},
 			Tools:     &mcp.ToolCapabilities{ListChanged: true},
 			Prompts:   &mcp.PromptCapabilities{ListChanged: true},
-			Resources: &mcp.ResourceCapabilities{ListChanged: true},
+			Resources: &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
 		},
 	})
 	c.server.AddReceivingMiddleware(g.traced(c), g.guard(c))

@@ -101,7 +101,8 @@
 // client session with calls in flight (with several, the request cannot be attributed and is refused). A
 // caller whose client did not declare the capability is not asked. Each is an mcp.backend_request record.
 // completion/complete is forwarded to the backend of the prompt or resource template it names, when the
-// caller's policy lets it get or read that item. Resource subscriptions are not forwarded yet.
+// caller's policy lets it get or read that item. A caller may subscribe to a static resource it may read; the
+// backend's resources/updated reaches the subscribed sessions of callers that may still see it.
 //
 // # Approvals
 //
