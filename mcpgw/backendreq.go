@@ -35,38 +35,35 @@ var (
 )
 
 // requester returns the client session of the one caller a request arriving on the backend session cs may
-// reach, with the context of its call.
-func (b *backendConn) requester(cs *mcp.ClientSession) (*mcp.ServerSession, context.Context, error) {
+// reach.
+func (b *backendConn) requester(cs *mcp.ClientSession) (*mcp.ServerSession, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for ss, sp := range b.perClient {
 		if sp.cs == cs {
-			return ss, context.Background(), nil
+			return ss, nil
 		}
 	}
 	if cs != b.cs {
-		return nil, nil, errNoCaller
+		return nil, errNoCaller
 	}
-	var (
-		ss  *mcp.ServerSession
-		ctx context.Context
-	)
+	var ss *mcp.ServerSession
 	for _, f := range b.flights {
 		switch {
 		case ss == nil:
-			ss, ctx = f.ss, f.ctx
+			ss = f.ss
 		case f.ss != ss:
-			return nil, nil, errAmbiguous
+			return nil, errAmbiguous
 		}
 	}
 	if ss == nil {
-		return nil, nil, errNoCaller
+		return nil, errNoCaller
 	}
-	return ss, ctx, nil
+	return ss, nil
 }
 
 func (b *backendConn) onCreateMessage(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
-	ss, _, err := b.requester(req.Session)
+	ss, err := b.requester(req.Session)
 	if err == nil {
 		if caps := clientCaps(ss); caps == nil || caps.Sampling == nil {
 			err = errNoSampling
@@ -80,7 +77,7 @@ func (b *backendConn) onCreateMessage(ctx context.Context, req *mcp.CreateMessag
 }
 
 func (b *backendConn) onElicit(ctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
-	ss, _, err := b.requester(req.Session)
+	ss, err := b.requester(req.Session)
 	if err == nil {
 		if caps := clientCaps(ss); caps == nil || caps.Elicitation == nil {
 			err = errNoElicitation
