@@ -23,20 +23,24 @@ import (
 //
 //	GET  /admin/tools                         the tools the caller may see (any caller)
 //	GET  /admin/backends                      backend states (administrators)
-//	GET  /admin/tool-versions                 tool versions awaiting a decision (administrators)
-//	POST /admin/tool-versions/approve         {"backend","tool","digest"} approve a version (administrators)
-//	POST /admin/tool-versions/deny            {"backend","tool","digest"} refuse it (administrators)
+//	GET  /admin/tool-versions                 tool, prompt and resource versions awaiting a decision (administrators)
+//	POST /admin/tool-versions/approve         {"kind"?,"backend","tool","digest"} approve a version (administrators)
+//	POST /admin/tool-versions/deny            {"kind"?,"backend","tool","digest"} refuse it (administrators)
+//
+// "kind" is "tool" (the default), "prompt" or "resource"; "tool" is then the prompt's name or the resource's
+// URI (template) on the backend.
 //	GET  /admin/approvals[?all=1]             call approval requests (administrators)
 //	POST /admin/approvals/{id}/approve        {"digest"?} approve a held call (administrators)
 //	POST /admin/approvals/{id}/deny           deny it (administrators)
 //
 // Errors are {"error":{"code","message","ref"}}.
 
-// ToolVersion is a tool definition awaiting an administrator's decision.
+// ToolVersion is a definition of a tool, prompt or resource awaiting an administrator's decision.
 type ToolVersion struct {
-	Name       string          `json:"name"` // exposed name
+	Kind       pin.Kind        `json:"kind"` // tool, prompt or resource
+	Name       string          `json:"name"` // exposed name (for a resource its exposed URI)
 	Backend    string          `json:"backend"`
-	Tool       string          `json:"tool"` // name on the backend
+	Tool       string          `json:"tool"` // name on the backend (for a resource its URI)
 	State      pin.State       `json:"state"`
 	Digest     string          `json:"digest"` // of the version awaiting a decision
 	Approved   string          `json:"approved,omitempty"`
@@ -67,15 +71,19 @@ func (g *Gateway) routes() http.Handler {
 	for _, verb := range []string{"approve", "deny"} {
 		// DecideTool and DecideCall check the administrator themselves, for callers of the Go API too.
 		mux.HandleFunc("POST /admin/tool-versions/"+verb, g.admin(anyCaller, verb+" tool versions", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, r *http.Request) (any, error) {
-			var req struct{ Backend, Tool, Digest string }
+			var req struct{ Kind, Backend, Tool, Digest string }
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
-			rec, err := g.DecideTool(ctx, id, req.Backend, req.Tool, req.Digest, verb == "approve")
+			kind, err := pin.ParseKind(req.Kind)
+			if err != nil {
+				return nil, &adminError{status: http.StatusBadRequest, code: "bad_request", msg: err.Error()}
+			}
+			rec, err := g.DecideVersion(ctx, id, pin.Ref{Kind: kind, Backend: req.Backend, Name: req.Tool}, req.Digest, verb == "approve")
 			if err != nil {
 				return nil, err
 			}
-			return map[string]any{"backend": rec.Backend, "tool": rec.Tool, "approved": rec.Approved}, nil
+			return map[string]any{"kind": kind, "backend": rec.Backend, "tool": rec.Tool, "approved": rec.Approved}, nil
 		}))
 	}
 	mux.HandleFunc("GET /admin/approvals", g.admin(scoped, "list held calls", func(ctx context.Context, _ spiffeid.ID, acc gatewayadmin.Access, r *http.Request) (any, error) {
@@ -235,7 +243,8 @@ func (g *Gateway) PendingTools(ctx context.Context) ([]ToolVersion, error) {
 		if r.Pending == "" {
 			continue
 		}
-		out = append(out, ToolVersion{Name: g.exposedName(r.Backend, r.Tool), Backend: r.Backend, Tool: r.Tool,
+		ref := r.Ref()
+		out = append(out, ToolVersion{Kind: ref.Kind, Name: g.exposed(ref), Backend: r.Backend, Tool: r.Tool,
 			State: r.StateOf(r.Pending), Digest: r.Pending, Approved: r.Approved, Definition: r.PendingDef,
 			Previous: r.ApprovedDef, Findings: r.Findings, Since: r.PendingSince})
 	}
@@ -243,8 +252,26 @@ func (g *Gateway) PendingTools(ctx context.Context) ([]ToolVersion, error) {
 	return out, nil
 }
 
+// exposed is the name callers see an item under.
+func (g *Gateway) exposed(ref pin.Ref) string {
+	if ref.Kind == pin.Resource {
+		return exposedURI(ref.Backend, ref.Name)
+	}
+	return g.exposedName(ref.Backend, ref.Name)
+}
+
 // DecideTool approves or refuses the version with digest of a tool, as the administrator admin.
 func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, tool, digest string, approve bool) (pin.Record, error) {
+	return g.DecideVersion(ctx, admin, pin.Ref{Kind: pin.Tool, Backend: backend, Name: tool}, digest, approve)
+}
+
+// DecideVersion approves or refuses the version with digest of a tool, prompt or resource, as the
+// administrator admin.
+func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.Ref, digest string, approve bool) (pin.Record, error) {
+	if ref.Kind == "" {
+		ref.Kind = pin.Tool
+	}
+	backend := ref.Backend
 	if err := g.started(); err != nil {
 		return pin.Record{}, err
 	}
@@ -257,20 +284,24 @@ func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, to
 		return pin.Record{}, err
 	}
 	var rec pin.Record
-	decision, reason := audit.DecisionDeny, "tool version refused"
+	decision, reason := audit.DecisionDeny, string(ref.Kind)+" version refused"
 	if approve {
-		rec, err = g.pins.Approve(ctx, backend, tool, digest, admin.String())
-		decision, reason = audit.DecisionAllow, "tool version approved"
+		rec, err = g.pins.Approve(ctx, ref, digest, admin.String())
+		decision, reason = audit.DecisionAllow, string(ref.Kind)+" version approved"
 	} else {
-		rec, err = g.pins.Deny(ctx, backend, tool, digest, admin.String())
+		rec, err = g.pins.Deny(ctx, ref, digest, admin.String())
 	}
 	if err != nil {
 		return rec, err
 	}
-	data, _ := json.Marshal(map[string]string{"tool": g.exposedName(backend, tool), "backend": backend, "digest": digest,
-		"admin_basis": acc.Basis})
-	g.record(ctx, audit.Record{Kind: KindToolDecided, Actor: admin.String(), Decision: decision, Reason: reason, Data: data})
-	g.log.Info("mcpgw: "+reason, "tool", g.exposedName(backend, tool), "by", admin, "digest", digest)
+	kind, d := KindToolDecided, map[string]string{"tool": g.exposed(ref), "backend": backend, "digest": digest, "admin_basis": acc.Basis}
+	if ref.Kind != pin.Tool {
+		kind, d = KindItemDecided, map[string]string{"item": string(ref.Kind), "name": g.exposed(ref), "backend": backend,
+			"backend_name": ref.Name, "digest": digest, "admin_basis": acc.Basis}
+	}
+	data, _ := json.Marshal(d)
+	g.record(ctx, audit.Record{Kind: kind, Actor: admin.String(), Decision: decision, Reason: reason, Data: data})
+	g.log.Info("mcpgw: "+reason, "name", g.exposed(ref), "by", admin, "digest", digest)
 	for _, b := range g.backs { // the catalog learns the new state on the backend's next listing: now
 		if b.cfg.Name == backend {
 			b.poke()

@@ -49,12 +49,16 @@ func (p *probe) server() *mcp.Server {
 		})
 	srv.AddPrompt(&mcp.Prompt{Name: "greet", Description: "Greets someone."},
 		func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
-			p.saw()
+			if req.Params.Meta[pinCheckMeta] == nil { // the gateway's own pin checks are no caller's requests
+				p.saw()
+			}
 			return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "Say hello"}}}}, nil
 		})
 	srv.AddResource(&mcp.Resource{Name: "readme", URI: "mem://probe/readme", MIMEType: "text/plain"},
 		func(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
-			p.saw()
+			if req.Params.Meta[pinCheckMeta] == nil {
+				p.saw()
+			}
 			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, Text: "readme"}}}, nil
 		})
 	return srv

@@ -44,6 +44,7 @@ type backendConn struct {
 	perClient map[*mcp.ServerSession]*spawned
 	flights   map[uint64]flight // calls in flight, for log forwarding
 	nflight   uint64
+	subs      map[string]int // resource subscriptions on the shared session: callers' subscriptions by backend URI
 }
 
 type flight struct {
@@ -53,7 +54,7 @@ type flight struct {
 
 func newBackend(g *Gateway, cfg Backend) *backendConn {
 	b := &backendConn{g: g, cfg: cfg, refreshCh: make(chan struct{}, 1),
-		perClient: map[*mcp.ServerSession]*spawned{}, flights: map[uint64]flight{}}
+		perClient: map[*mcp.ServerSession]*spawned{}, flights: map[uint64]flight{}, subs: map[string]int{}}
 	keepAlive := g.cfg.KeepAlive
 	if keepAlive < 0 {
 		keepAlive = 0
@@ -65,8 +66,11 @@ func newBackend(g *Gateway, cfg Backend) *backendConn {
 		ResourceListChangedHandler:  func(context.Context, *mcp.ResourceListChangedRequest) { b.poke() },
 		ProgressNotificationHandler: b.onProgress,
 		LoggingMessageHandler:       b.onLog,
+		CreateMessageHandler:        b.onCreateMessage, // forwarded to the caller whose call caused it (backendreq.go)
+		ElicitationHandler:          b.onElicit,
+		ResourceUpdatedHandler:      b.onResourceUpdated, // subscribe.go
 		KeepAlive:                   keepAlive,
-		Capabilities:                &mcp.ClientCapabilities{}, // no roots, sampling or elicitation through the gateway
+		Capabilities:                &mcp.ClientCapabilities{}, // no roots; sampling and elicitation inferred from the handlers
 	})
 	return b
 }
@@ -131,6 +135,7 @@ func (b *backendConn) run(ctx context.Context, first func()) {
 			continue
 		}
 		backoff = minBackoff
+		b.resubscribe(ctx, cs)
 		b.mu.Lock()
 		b.listed = true
 		b.mu.Unlock()
@@ -251,9 +256,11 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !toolName.MatchString(p.Name) {
 				continue
 			}
-			name := g.exposedName(b.cfg.Name, p.Name)
-			it.prompts[name] = &promptEntry{backend: b, name: name, def: p,
-				item: promptItem(b.cfg.Name, name, p.Name)}
+			e, err := b.promptEntry(ctx, cs, p)
+			if err != nil {
+				return err
+			}
+			it.prompts[e.name] = e
 		}
 	}
 	if caps.Resources != nil {
@@ -264,8 +271,11 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !uriScheme.MatchString(r.URI) {
 				continue
 			}
-			uri := exposedURI(b.cfg.Name, r.URI)
-			it.resources[uri] = &resourceEntry{backend: b, uri: uri, res: r, item: resourceItem(b.cfg.Name, uri, r.URI, false)}
+			e, err := b.resourceEntry(ctx, cs, r)
+			if err != nil {
+				return err
+			}
+			it.resources[e.uri] = e
 		}
 		for r, err := range cs.ResourceTemplates(ctx, nil) {
 			if err != nil {
@@ -274,8 +284,8 @@ func (b *backendConn) refresh(ctx context.Context, cs *mcp.ClientSession) error 
 			if !uriScheme.MatchString(r.URITemplate) {
 				continue
 			}
-			uri := exposedURI(b.cfg.Name, r.URITemplate)
-			it.resources[uri] = &resourceEntry{backend: b, uri: uri, tmpl: r, item: resourceItem(b.cfg.Name, uri, r.URITemplate, true)}
+			e := b.templateEntry(ctx, r)
+			it.resources[e.uri] = e
 		}
 	}
 	g.catalog.set(b.cfg.Name, it)
@@ -298,7 +308,7 @@ func (b *backendConn) toolEntry(ctx context.Context, t *mcp.Tool) *toolEntry {
 		return e
 	}
 	e.findings = g.scanner.Definition(def)
-	obs, err := g.pins.Observe(ctx, b.cfg.Name, t.Name, def, e.findings, b.cfg.Trusted)
+	obs, err := g.pins.Observe(ctx, pin.Ref{Kind: pin.Tool, Backend: b.cfg.Name, Name: t.Name}, def, e.findings, b.cfg.Trusted)
 	if err != nil {
 		// Fail closed: a tool whose pin cannot be checked stays hidden.
 		g.log.Error("mcpgw: cannot check tool pin", "backend", b.cfg.Name, "tool", t.Name, "err", err)
@@ -521,7 +531,7 @@ func (b *backendConn) status(pins []pin.Record) BackendStatus {
 		st.Prompts, st.Resources = len(it.prompts), len(it.resources)
 	}
 	for _, r := range pins {
-		if r.Backend != b.cfg.Name {
+		if r.Backend != b.cfg.Name || r.Ref().Kind != pin.Tool {
 			continue
 		}
 		if r.Approved != "" {

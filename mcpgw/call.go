@@ -284,7 +284,7 @@ func (g *Gateway) promptHandler(c *caller, name string) mcp.PromptHandler {
 	return func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		o := g.newOp("prompt", c, req.Session.ID(), name)
 		e, ok := g.catalog.prompt(name)
-		if !ok {
+		if !ok || e.state != pin.Approved {
 			return nil, o.refuse(ctx, "hidden", "no such prompt", unknownPrompt(name))
 		}
 		o.backend, o.original = e.backend.cfg.Name, e.def.Name
@@ -320,6 +320,19 @@ func (g *Gateway) promptHandler(c *caller, name string) mcp.PromptHandler {
 		if err != nil {
 			return nil, g.forwardError(ctx, o, e.backend, cs, cctx, err)
 		}
+		// The messages must be the pinned ones: checked on this result when the prompt takes no arguments,
+		// else on a get with the placeholders the pin was taken with.
+		probe, perr := res, error(nil)
+		if len(e.def.Arguments) > 0 || len(req.Params.Arguments) > 0 {
+			probe, perr = promptProbe(cctx, cs, e.def)
+			if perr != nil && !isRPCError(perr) {
+				return nil, g.forwardError(ctx, o, e.backend, cs, cctx, perr)
+			}
+		}
+		if err := g.verifyItem(ctx, o, e.backend, pin.Ref{Kind: pin.Prompt, Backend: o.backend, Name: o.original}, name, e.digest,
+			promptDef(e.def, probe, perr)); err != nil {
+			return nil, err
+		}
 		o.size = encodedSize(res)
 		if n := o.size; g.cfg.Limits.MaxResponse > 0 && n > g.cfg.Limits.MaxResponse {
 			o.done(ctx, statusTooLarge, fmt.Sprintf("%d bytes", n))
@@ -337,7 +350,7 @@ func (g *Gateway) readHandler(c *caller, key string) mcp.ResourceHandler {
 		o := g.newOp("resource", c, req.Session.ID(), uri)
 		e, ok := g.catalog.resource(key)
 		backend, original, okURI := backendURI(uri)
-		if !ok || !okURI || backend != e.backend.cfg.Name {
+		if !ok || !okURI || backend != e.backend.cfg.Name || e.state != pin.Approved {
 			return nil, o.refuse(ctx, "hidden", "no such resource", mcp.ResourceNotFoundError(uri))
 		}
 		o.backend, o.original = backend, original
@@ -371,6 +384,12 @@ func (g *Gateway) readHandler(c *caller, key string) mcp.ResourceHandler {
 		g.endBackend(span, err, false)
 		if err != nil {
 			return nil, g.forwardError(ctx, o, e.backend, cs, cctx, err)
+		}
+		if e.res != nil { // a static resource's contents are pinned
+			if err := g.verifyItem(ctx, o, e.backend, pin.Ref{Kind: pin.Resource, Backend: backend, Name: e.res.URI}, e.uri, e.digest,
+				resourceDef(e.res, res, nil)); err != nil {
+				return nil, err
+			}
 		}
 		for _, rc := range res.Contents {
 			if rc != nil && rc.URI != "" {

@@ -47,14 +47,19 @@ type caller struct {
 func (g *Gateway) newCaller(id spiffeid.ID) *caller {
 	c := &caller{g: g, id: id, tools: map[string]*mcp.Tool{}, digests: map[string]string{},
 		prompts: map[string]string{}, resources: map[string]string{}}
+	subscribe, unsubscribe := g.subscriptionHandlers(c)
 	c.server = mcp.NewServer(&mcp.Implementation{Name: "umbra-mcpgw", Title: "Umbra MCP gateway", Version: version}, &mcp.ServerOptions{
 		Logger:       g.sdkLog,
 		Instructions: "Tools of several MCP servers, as this identity may use them. Names are <server>" + g.cfg.Separator + "<tool>.",
+		// Completions are forwarded under the caller's policy (complete.go); the capability is inferred.
+		CompletionHandler:  g.completionHandler(c),
+		SubscribeHandler:   subscribe, // subscribe.go
+		UnsubscribeHandler: unsubscribe,
 		Capabilities: &mcp.ServerCapabilities{
 			Logging:   &mcp.LoggingCapabilities{},
 			Tools:     &mcp.ToolCapabilities{ListChanged: true},
 			Prompts:   &mcp.PromptCapabilities{ListChanged: true},
-			Resources: &mcp.ResourceCapabilities{ListChanged: true},
+			Resources: &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
 		},
 	})
 	c.server.AddReceivingMiddleware(g.traced(c), g.guard(c), g.carried)
@@ -163,14 +168,18 @@ func (c *caller) sync(ctx context.Context) {
 	for name, e := range snap.prompts {
 		if allowed(policy.ListPrompt, e.item) {
 			granted = true
-			prompts[name] = e
+			if e.state == pin.Approved {
+				prompts[name] = e
+			}
 		}
 	}
 	resources := map[string]*resourceEntry{}
 	for uri, e := range snap.resources {
 		if allowed(policy.ListResource, e.item) {
 			granted = true
-			resources[uri] = e
+			if e.state == pin.Approved {
+				resources[uri] = e
+			}
 		}
 	}
 	c.granted.Store(granted)
@@ -211,7 +220,7 @@ func (c *caller) applyPrompts(want map[string]*promptEntry) {
 	versions := map[string]string{}
 	var gone []string
 	for name, e := range want {
-		versions[name] = jsonString(e.def)
+		versions[name] = e.digest + jsonString(e.def)
 	}
 	for name, v := range c.prompts {
 		if versions[name] != v {
@@ -237,9 +246,9 @@ func (c *caller) applyResources(want map[string]*resourceEntry) {
 	versions := map[string]string{}
 	for uri, e := range want {
 		if e.res != nil {
-			versions[uri] = "r" + jsonString(e.res)
+			versions[uri] = "r" + e.digest + jsonString(e.res)
 		} else {
-			versions[uri] = "t" + jsonString(e.tmpl)
+			versions[uri] = "t" + e.digest + jsonString(e.tmpl)
 		}
 	}
 	var goneRes, goneTmpl []string

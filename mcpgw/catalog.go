@@ -48,20 +48,27 @@ type toolEntry struct {
 	item     policy.Item
 }
 
+// promptEntry is one prompt a backend serves, with its pin state.
 type promptEntry struct {
-	backend *backendConn
-	name    string
-	def     *mcp.Prompt
-	item    policy.Item
+	backend  *backendConn
+	name     string
+	def      *mcp.Prompt
+	digest   string // of the pinned definition: listing and placeholder messages
+	state    pin.State
+	findings []scan.Finding
+	item     policy.Item
 }
 
 // resourceEntry is a resource or a resource template (exactly one of res, tmpl set).
 type resourceEntry struct {
-	backend *backendConn
-	uri     string // exposed URI or URI template
-	res     *mcp.Resource
-	tmpl    *mcp.ResourceTemplate
-	item    policy.Item
+	backend  *backendConn
+	uri      string // exposed URI or URI template
+	res      *mcp.Resource
+	tmpl     *mcp.ResourceTemplate
+	digest   string // of the pinned definition: listing and, for a static resource, its contents' hash
+	state    pin.State
+	findings []scan.Finding
+	item     policy.Item
 }
 
 // items is what one backend serves.

@@ -109,8 +109,9 @@ type Backend struct {
 	// Name is [a-z][a-z0-9-]*, at most 32 characters. Tools appear as "<name><sep><tool>", resources as
 	// "<name>+<uri>".
 	Name string
-	// Trusted backends have their tool definitions approved on first sight, unless the scanner flags them.
-	// A change after that is always held for an administrator.
+	// Trusted backends have their tool, prompt and resource definitions approved on first sight, unless the
+	// scanner flags them. The default, false, holds every new definition for an administrator. A change after
+	// approval is always held.
 	Trusted bool
 	// Connect returns a fresh transport to the server, once per connection attempt: an mcp.CommandTransport
 	// for a stdio server, an mcp.StreamableClientTransport for an HTTP one (with an http.Client that dials the

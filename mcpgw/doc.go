@@ -87,6 +87,23 @@
 // are listed again on list_changed notifications and every Config.RefreshInterval, which also catches changes
 // a backend does not announce. A backend spawned per client is checked on every spawn.
 //
+// Prompts and resources are pinned the same way, and decided through the same administration API (with
+// "kind"): a prompt over its listing and the messages it returns with a placeholder for each argument, a
+// static resource over its listing and the hash of its contents, a template over its listing. Messages and
+// contents are checked again at every get and read, so a backend that changes them without changing its
+// listing is caught at the next request, which is refused. A backend spawned per client has only its tools
+// checked per spawn.
+//
+// # Requests from backends, and completions
+//
+// A backend's sampling/createMessage and elicitation/create, sent while it serves a tool call, go to the one
+// caller whose call caused them: the owner of a per-client backend session, or on a shared session the only
+// client session with calls in flight (with several, the request cannot be attributed and is refused). A
+// caller whose client did not declare the capability is not asked. Each is an mcp.backend_request record.
+// completion/complete is forwarded to the backend of the prompt or resource template it names, when the
+// caller's policy lets it get or read that item. A caller may subscribe to a static resource it may read; the
+// backend's resources/updated reaches the subscribed sessions of callers that may still see it.
+//
 // # Approvals
 //
 // A call is sensitive when a @sensitive permit allowed it or its tool matches Config.Sensitive. It opens an

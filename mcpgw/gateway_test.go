@@ -227,7 +227,8 @@ func TestStateInJetStream(t *testing.T) {
 	if got := e2.connect(t, alice).toolNames(t); len(got) != 1 || got[0] != "ext__echo" {
 		t.Fatalf("the second gateway sees %v", got)
 	}
-	if n := len(pendingVersions(t, e2)); n != 5 {
-		t.Fatalf("%d versions pending on the second gateway, want 5", n)
+	// Five tools, one prompt, one resource and one resource template still wait.
+	if n := len(pendingVersions(t, e2)); n != 8 {
+		t.Fatalf("%d versions pending on the second gateway, want 8", n)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/mcpgw/approval"
+	"github.com/umbra-mesh/umbra/mcpgw/pin"
 )
 
 // Identities of the gateway administration tests: acme runs the gateway, globex is named in its admin_orgs,
@@ -135,7 +136,13 @@ func TestGatewayAdministration(t *testing.T) {
 		t.Fatalf("the gateway's organisation's administrator lists tool versions: %d %s", code, msg)
 	}
 	v := versions.Versions[0]
-	toolBody := map[string]string{"backend": v.Backend, "tool": v.Tool, "digest": v.Digest}
+	for _, tv := range versions.Versions {
+		if tv.Kind == pin.Tool {
+			v = tv
+			break
+		}
+	}
+	toolBody := map[string]string{"kind": string(v.Kind), "backend": v.Backend, "tool": v.Tool, "digest": v.Digest}
 
 	t.Run("another organisation's administrator is refused everything", func(t *testing.T) {
 		for _, req := range []struct {

@@ -409,14 +409,15 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 		return usagef("mcp approvals", "unknown subcommand %q: want list, approve or deny", args[0])
 	}
 	verb := args[0]
-	var service, digest, backend, tool string
+	var service, digest, backend, tool, kind string
 	var versions bool
 	return withAgent(ctx, "mcp approvals "+verb, args[1:], stderr, func(f *flags) {
 		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
 		f.BoolVar(&versions, "tools", false, "tool versions awaiting approval instead of calls")
 		f.StringVar(&digest, "digest", "", "the digest being decided (from list)")
 		f.StringVar(&backend, "backend", "", "with --tools: the backend")
-		f.StringVar(&tool, "tool", "", "with --tools: the tool")
+		f.StringVar(&tool, "tool", "", "with --tools: the tool (the prompt's name or the resource's URI with --kind)")
+		f.StringVar(&kind, "kind", "tool", "with --tools: tool, prompt or resource (from list --tools)")
 		f.check(func(pos []string) error {
 			switch {
 			case verb == "list" && len(pos) > 0:
@@ -442,7 +443,7 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 			}
 		case (verb == "approve" || verb == "deny") && versions:
 			if err := gatewayCall(ctx, a, http.MethodPost, base+"tool-versions/"+verb,
-				map[string]string{"Backend": backend, "Tool": tool, "Digest": digest}, &out); err != nil {
+				map[string]string{"Kind": kind, "Backend": backend, "Tool": tool, "Digest": digest}, &out); err != nil {
 				return err
 			}
 		case verb == "approve" || verb == "deny":

@@ -1,12 +1,14 @@
-// Package pin remembers tool definitions by digest, the gateway's defence against rug pulls (a server that
-// changes what a tool says or does after it was approved) and tool poisoning (instructions for the model hidden
-// in a definition).
+// Package pin remembers definitions by digest, the gateway's defence against rug pulls (a server that
+// changes what a tool, prompt or resource says or does after it was approved) and poisoning (instructions for
+// the model hidden in a definition).
 //
-// The first time a tool definition is seen its SHA-256 over the canonical JSON of the whole definition (name,
-// title, description, input and output schemas, annotations, icons, _meta) is pinned. It is approved at once
-// only if its backend is trusted and the scanner found nothing; otherwise it waits for an administrator. When a
-// backend later serves a different definition under the same name, the tool is quarantined: hidden and refused
-// until an administrator approves the new version (or the backend goes back to the approved one).
+// The first time a definition is seen its SHA-256 over the canonical JSON of the whole definition is pinned:
+// for a tool its name, title, description, input and output schemas, annotations, icons and _meta; for a
+// prompt its listing and the messages it returns; for a resource its listing and, for a static resource, the
+// hash of its content. It is approved at once only if its backend is trusted and the scanner found nothing;
+// otherwise it waits for an administrator. When a backend later serves a different definition under the same
+// name, the item is quarantined: hidden and refused until an administrator approves the new version (or the
+// backend goes back to the approved one).
 package pin
 
 import (
@@ -23,7 +25,44 @@ import (
 	"github.com/umbra-mesh/umbra/mcpgw/scan"
 )
 
-// State is where a tool definition stands.
+// Kind is what sort of item a record pins.
+type Kind string
+
+// The kinds. The zero value is a tool: records written before prompts and resources were pinned have no kind.
+const (
+	Tool     Kind = "tool"
+	Prompt   Kind = "prompt"
+	Resource Kind = "resource" // a resource or a resource template, named by its URI (template)
+)
+
+// ParseKind accepts "tool", "prompt", "resource" and "" (a tool).
+func ParseKind(s string) (Kind, error) {
+	switch Kind(s) {
+	case "", Tool:
+		return Tool, nil
+	case Prompt, Resource:
+		return Kind(s), nil
+	}
+	return "", fmt.Errorf("pin: unknown kind %q: use tool, prompt or resource", s)
+}
+
+// Ref names one item of one backend.
+type Ref struct {
+	Kind    Kind
+	Backend string
+	Name    string // the name on the backend: a tool's or prompt's name, a resource's URI or URI template
+}
+
+func (r Ref) kind() Kind {
+	if r.Kind == "" {
+		return Tool
+	}
+	return r.Kind
+}
+
+func (r Ref) String() string { return string(r.kind()) + " " + r.Backend + "/" + r.Name }
+
+// State is where a definition stands.
 type State string
 
 // The states. Only Approved tools are shown and callable.
@@ -49,15 +88,16 @@ const (
 // ErrStale is returned when an approval or denial names a version that is not the one waiting.
 var ErrStale = errors.New("pin: that version is not the one awaiting a decision")
 
-// ErrNotFound is returned for tools never seen.
-var ErrNotFound = errors.New("pin: no such tool")
+// ErrNotFound is returned for items never seen.
+var ErrNotFound = errors.New("pin: no such item")
 
 const maxDenied = 16
 
-// Record is what is known about one tool of one backend.
+// Record is what is known about one item of one backend.
 type Record struct {
+	Kind        Kind            `json:"kind,omitempty"` // "" for a tool
 	Backend     string          `json:"backend"`
-	Tool        string          `json:"tool"` // the name on the backend
+	Tool        string          `json:"tool"` // the name on the backend (for a resource its URI)
 	FirstSeen   time.Time       `json:"first_seen"`
 	Approved    string          `json:"approved,omitempty"` // digest of the approved version
 	ApprovedDef json.RawMessage `json:"approved_def,omitempty"`
@@ -69,6 +109,15 @@ type Record struct {
 	PendingSince time.Time       `json:"pending_since,omitzero"`
 	Findings     []scan.Finding  `json:"findings,omitempty"` // of the pending version
 	Denied       []string        `json:"denied,omitempty"`   // digests refused, most recent last
+}
+
+// Ref names the item the record is about.
+func (r Record) Ref() Ref {
+	k := r.Kind
+	if k == "" {
+		k = Tool
+	}
+	return Ref{Kind: k, Backend: r.Backend, Name: r.Tool}
 }
 
 // StateOf returns the state of the version with digest d.
@@ -110,25 +159,35 @@ type Store struct {
 // NewStore returns a store over b.
 func NewStore(b kv.Bucket) *Store { return &Store{t: kv.Table[Record]{B: b}} }
 
-func key(backend, tool string) string {
-	return backend + "." + base64.RawURLEncoding.EncodeToString([]byte(tool))
+// key: "<backend>.<name>" for a tool (as before prompts and resources were pinned), "<backend>.<kind>.<name>"
+// otherwise, with the name base64url-encoded (no dots, so the two forms never collide).
+func key(r Ref) string {
+	name := base64.RawURLEncoding.EncodeToString([]byte(r.Name))
+	if r.kind() == Tool {
+		return r.Backend + "." + name
+	}
+	return r.Backend + "." + string(r.Kind) + "." + name
 }
 
 var errNoChange = errors.New("no change")
 
-// Observe records that backend serves def (a tool definition as JSON) under the name tool. findings are the
+// Observe records that the backend serves def (a definition as JSON) as the item ref. findings are the
 // scanner's on def; trusted says whether a first sight may be approved without an administrator.
-func (s *Store) Observe(ctx context.Context, backend, tool string, def json.RawMessage, findings []scan.Finding, trusted bool) (Observation, error) {
+func (s *Store) Observe(ctx context.Context, ref Ref, def json.RawMessage, findings []scan.Finding, trusted bool) (Observation, error) {
 	d, c, err := Digest(def)
 	if err != nil {
 		return Observation{}, err
 	}
 	now := time.Now().UTC()
 	obs := Observation{Digest: d}
-	r, err := s.t.Update(ctx, key(backend, tool), func(r *Record, exists bool) error {
+	kind := ref.kind()
+	if kind == Tool {
+		kind = ""
+	}
+	r, err := s.t.Update(ctx, key(ref), func(r *Record, exists bool) error {
 		obs.Event = NoChange
 		if !exists {
-			*r = Record{Backend: backend, Tool: tool, FirstSeen: now}
+			*r = Record{Kind: kind, Backend: ref.Backend, Tool: ref.Name, FirstSeen: now}
 			if trusted && len(findings) == 0 {
 				r.Approved, r.ApprovedDef, r.ApprovedBy, r.ApprovedAt = d, c, "trusted backend", now
 				obs.Event = Pinned
@@ -177,17 +236,17 @@ func (r *Record) clearPending() {
 	r.Pending, r.PendingDef, r.PendingSince, r.Findings = "", nil, time.Time{}, nil
 }
 
-// Approve approves the waiting version with digest d of a tool; by names the administrator.
-func (s *Store) Approve(ctx context.Context, backend, tool, d, by string) (Record, error) {
-	return s.decide(ctx, backend, tool, d, func(r *Record) {
+// Approve approves the waiting version with digest d of an item; by names the administrator.
+func (s *Store) Approve(ctx context.Context, ref Ref, d, by string) (Record, error) {
+	return s.decide(ctx, ref, d, func(r *Record) {
 		r.Approved, r.ApprovedDef, r.ApprovedBy, r.ApprovedAt = r.Pending, r.PendingDef, by, time.Now().UTC()
 		r.Denied = slices.DeleteFunc(r.Denied, func(x string) bool { return x == d })
 	})
 }
 
-// Deny refuses the waiting version with digest d of a tool. The tool stays hidden while the backend serves it.
-func (s *Store) Deny(ctx context.Context, backend, tool, d, by string) (Record, error) {
-	return s.decide(ctx, backend, tool, d, func(r *Record) {
+// Deny refuses the waiting version with digest d of an item. It stays hidden while the backend serves it.
+func (s *Store) Deny(ctx context.Context, ref Ref, d, by string) (Record, error) {
+	return s.decide(ctx, ref, d, func(r *Record) {
 		r.Denied = append(r.Denied, d)
 		if len(r.Denied) > maxDenied {
 			r.Denied = r.Denied[len(r.Denied)-maxDenied:]
@@ -195,8 +254,8 @@ func (s *Store) Deny(ctx context.Context, backend, tool, d, by string) (Record, 
 	})
 }
 
-func (s *Store) decide(ctx context.Context, backend, tool, d string, apply func(*Record)) (Record, error) {
-	r, err := s.t.Update(ctx, key(backend, tool), func(r *Record, exists bool) error {
+func (s *Store) decide(ctx context.Context, ref Ref, d string, apply func(*Record)) (Record, error) {
+	r, err := s.t.Update(ctx, key(ref), func(r *Record, exists bool) error {
 		if !exists {
 			return ErrNotFound
 		}
@@ -208,14 +267,14 @@ func (s *Store) decide(ctx context.Context, backend, tool, d string, apply func(
 		return nil
 	})
 	if err != nil {
-		return Record{}, fmt.Errorf("pin: %s/%s: %w", backend, tool, err)
+		return Record{}, fmt.Errorf("pin: %s: %w", ref, err)
 	}
 	return r, nil
 }
 
-// Get returns the record of a tool.
-func (s *Store) Get(ctx context.Context, backend, tool string) (Record, error) {
-	r, err := s.t.Get(ctx, key(backend, tool))
+// Get returns the record of an item.
+func (s *Store) Get(ctx context.Context, ref Ref) (Record, error) {
+	r, err := s.t.Get(ctx, key(ref))
 	if errors.Is(err, kv.ErrNotFound) {
 		return Record{}, ErrNotFound
 	}

@@ -89,7 +89,7 @@ func TestLifecycle(t *testing.T) {
 				switch st.op {
 				case "observe":
 					var obs Observation
-					obs, err = s.Observe(ctx, "files", "read", json.RawMessage(st.def), st.findings, st.trusted)
+					obs, err = s.Observe(ctx, Ref{Backend: "files", Name: "read"}, json.RawMessage(st.def), st.findings, st.trusted)
 					if err == nil {
 						state = obs.State
 						if obs.Event != st.event {
@@ -102,9 +102,9 @@ func TestLifecycle(t *testing.T) {
 				case "approve", "deny":
 					var r Record
 					if st.op == "approve" {
-						r, err = s.Approve(ctx, "files", "read", d, "spiffe://acme.test/acme/user/admin")
+						r, err = s.Approve(ctx, Ref{Backend: "files", Name: "read"}, d, "spiffe://acme.test/acme/user/admin")
 					} else {
-						r, err = s.Deny(ctx, "files", "read", d, "spiffe://acme.test/acme/user/admin")
+						r, err = s.Deny(ctx, Ref{Backend: "files", Name: "read"}, d, "spiffe://acme.test/acme/user/admin")
 					}
 					state = r.StateOf(d)
 				}
@@ -122,10 +122,10 @@ func TestLifecycle(t *testing.T) {
 func TestPendingKeepsDefinitionAndFindings(t *testing.T) {
 	ctx := context.Background()
 	s := NewStore(kv.Memory())
-	if _, err := s.Observe(ctx, "web", "fetch", json.RawMessage(v2), flagged, true); err != nil {
+	if _, err := s.Observe(ctx, Ref{Backend: "web", Name: "fetch"}, json.RawMessage(v2), flagged, true); err != nil {
 		t.Fatal(err)
 	}
-	r, err := s.Get(ctx, "web", "fetch")
+	r, err := s.Get(ctx, Ref{Backend: "web", Name: "fetch"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,44 @@ func TestPendingKeepsDefinitionAndFindings(t *testing.T) {
 	if err != nil || len(all) != 1 {
 		t.Fatalf("All = %v, %v", all, err)
 	}
-	if _, err := s.Observe(ctx, "web", "bad", json.RawMessage(`{"a":1,"a":2}`), nil, true); err == nil {
+	if _, err := s.Observe(ctx, Ref{Backend: "web", Name: "bad"}, json.RawMessage(`{"a":1,"a":2}`), nil, true); err == nil {
 		t.Fatal("a definition with duplicate members was pinned")
+	}
+}
+
+// A tool, a prompt and a resource of one backend under the same name are three records, each with its own
+// state; records of tools keep their old keys.
+func TestKindsAreSeparate(t *testing.T) {
+	ctx := context.Background()
+	s := NewStore(kv.Memory())
+	refs := []Ref{{Backend: "web", Name: "fetch"}, {Kind: Prompt, Backend: "web", Name: "fetch"}, {Kind: Resource, Backend: "web", Name: "fetch"}}
+	for i, ref := range refs {
+		trusted := i != 1
+		if _, err := s.Observe(ctx, ref, json.RawMessage(v1), nil, trusted); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []State{Approved, Pending, Approved}
+	for i, ref := range refs {
+		r, err := s.Get(ctx, ref)
+		if err != nil {
+			t.Fatalf("%s: %v", ref, err)
+		}
+		if got := r.StateOf(r.Approved + r.Pending); got != want[i] || r.Ref().Kind != ref.kind() {
+			t.Fatalf("%s: state %s kind %q, want %s", ref, got, r.Kind, want[i])
+		}
+	}
+	if key(refs[0]) != "web."+"ZmV0Y2g" {
+		t.Fatalf("tool key changed: %s", key(refs[0]))
+	}
+	obs, err := s.Observe(ctx, refs[2], json.RawMessage(v3), nil, true)
+	if err != nil || obs.Event != Changed || obs.State != Quarantined {
+		t.Fatalf("changed resource: %+v %v", obs, err)
+	}
+	if r, _ := s.Get(ctx, refs[0]); r.Pending != "" {
+		t.Fatalf("the tool of the same name changed with the resource: %+v", r)
+	}
+	if _, err := ParseKind("widget"); err == nil {
+		t.Fatal("ParseKind accepted widget")
 	}
 }

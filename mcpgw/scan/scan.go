@@ -4,11 +4,16 @@
 // letters from other scripts).
 //
 // A finding does not prove malice; it means a human should read the definition before any model does.
-// The scanner is deliberately simple and fast: lower-cased text, look-alike letters folded to Latin,
-// whitespace collapsed, then a table of patterns.
+// The scanner is deliberately simple and fast: the text is normalised (NFKC, which folds full-width and
+// mathematical letters; invisible and bidirectional characters and Arabic diacritics removed; look-alike
+// letters folded within words that mix scripts; lower-cased; whitespace collapsed), base64 that decodes to
+// text is decoded and scanned too, then a table of patterns runs: English, and German, French, Spanish,
+// Russian, Chinese, Japanese and Arabic (lang.go). What it catches and misses, measured over the corpus in
+// testdata/multilingual, is in docs/mcp-gateway.md.
 package scan
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -16,6 +21,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // Rule names what a finding matched.
@@ -69,6 +76,8 @@ func New() *Scanner {
 		`<\s*/?\s*(important|system|instructions?|secret|hidden|admin)\s*>`,
 		`\[\s*/?\s*(inst|system)\s*\]`,
 		`<!--`,
+		`\[(//|comment|hidden)\]: ?#`, // a markdown comment: not rendered, read by the model
+		`\b(developer|god|dan|jailbreak) mode\b|\bno (restrictions|limits|filters)\b`,
 		`\b(do not|don't|never)\b.{0,20}\b(tell|inform|mention|reveal|notify|alert|show)\b.{0,20}\b(the )?(user|human|operator)\b`,
 		`\bwithout\b.{0,15}\b(telling|informing|asking|notifying|alerting)\b.{0,15}\b(the )?(user|human|operator)\b`,
 		`\b(the )?user (must|should) not (know|see|be told)\b`,
@@ -92,6 +101,7 @@ func New() *Scanner {
 		`\b(include|put|place|embed|append|pass|add)\b.{0,50}\b(contents?|conversation|chat history|previous messages|file|secrets?|keys?)\b.{0,50}\b(in|into|as)\b.{0,20}\b(the )?(argument|parameter|field|sidenote|note|notes|metadata|query|url)\b`,
 		`\b(conversation|chat) history\b`,
 		`\bexfiltrat`,
+		`\b(entire|whole|full) (conversation|chat)\b`,
 	)
 	add(ToolShadowing,
 		`\bwhen (the )?(user|you|assistant|agent|model) (calls?|uses?|invokes?|runs?)\b.{0,40}\btool\b`,
@@ -99,7 +109,16 @@ func New() *Scanner {
 		`\b(all|any|every) (other )?(emails?|messages?|requests?|calls?)\b.{0,40}\b(must|should) (be )?(sent|redirected|forwarded|bcc)`,
 		`\b(change|modify|replace|redirect) the (recipient|destination|address|account|url)\b`,
 		`\bother tools?\b.{0,30}\b(must|should|will)\b`,
+		`\b(redirect|forward|send|bcc) (all|every) (emails?|messages?|mail)\b`,
 	)
+	for _, l := range multilingual {
+		for _, e := range l.exprs {
+			if !hasCJK(e) { // a word starts after a non-letter: "lis" is no verb inside "réinitialise"
+				e = `(?:^|[^\p{L}])(?:` + e + `)`
+			}
+			add(l.rule, e)
+		}
+	}
 	return s
 }
 
@@ -107,6 +126,15 @@ var (
 	blobRE  = regexp.MustCompile(`[A-Za-z0-9+/]{120,}={0,2}|\b[0-9a-fA-F]{128,}\b`)
 	spaceRE = regexp.MustCompile(`\s+`)
 )
+
+func hasCJK(s string) bool {
+	for _, r := range s {
+		if unicode.In(r, unicode.Han, unicode.Hiragana, unicode.Katakana) {
+			return true
+		}
+	}
+	return false
+}
 
 // Text scans one piece of text. field names it in findings.
 func (s *Scanner) Text(field, text string) []Finding {
@@ -133,18 +161,62 @@ func (s *Scanner) Text(field, text string) []Finding {
 	if m := blobRE.FindString(text); m != "" {
 		add(EncodedPayload, fmt.Sprintf("%d-character encoded blob", len(m)))
 	}
-	norm := normalize(text)
+	s.match(normalize(text), "", add)
+	for _, d := range decodedBase64(text) {
+		add(EncodedPayload, fmt.Sprintf("base64 that decodes to text: %q", clip(d)))
+		s.match(normalize(d), "in base64: ", add)
+	}
+	return out
+}
+
+func (s *Scanner) match(norm, prefix string, add func(Rule, string)) {
 	for _, p := range s.patterns {
 		if m := p.re.FindString(norm); m != "" {
-			add(p.rule, fmt.Sprintf("matched %q", clip(m)))
+			add(p.rule, fmt.Sprintf("%smatched %q", prefix, clip(m)))
+		}
+	}
+}
+
+var b64RE = regexp.MustCompile(`[A-Za-z0-9+/_-]{20,}={0,2}`)
+
+// decodedBase64 returns the runs of base64 in text that decode to readable text: an instruction so wrapped is
+// hidden from a reviewer, not from a model, which decodes base64 readily.
+func decodedBase64(text string) []string {
+	var out []string
+	for _, m := range b64RE.FindAllString(stripInvisible(norm.NFKC.String(text)), 8) {
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			b, err := enc.DecodeString(m)
+			if err != nil || !readable(b) {
+				continue
+			}
+			out = append(out, string(b))
+			break
 		}
 	}
 	return out
 }
 
+// readable reports whether b is UTF-8 text with letters, nearly all of it printable.
+func readable(b []byte) bool {
+	if len(b) < 8 || !utf8.Valid(b) {
+		return false
+	}
+	n, printable, letters := 0, 0, 0
+	for _, r := range string(b) {
+		n++
+		if unicode.IsPrint(r) || unicode.IsSpace(r) {
+			printable++
+		}
+		if unicode.IsLetter(r) {
+			letters++
+		}
+	}
+	return printable*10 >= n*9 && letters*2 >= n
+}
+
 // Definition scans a tool (or prompt, or resource) definition given as JSON: every string under the keys
-// "title", "description" and "name" anywhere in it, which covers the tool's own text, its annotations and the
-// descriptions of its schema properties. Property names in schemas are scanned too: they reach the model.
+// "title", "description", "name" and "text" anywhere in it, which covers the tool's own text, its annotations,
+// the descriptions of its schema properties and the text of a prompt's messages. Property names in schemas are scanned too: they reach the model.
 func (s *Scanner) Definition(def json.RawMessage) []Finding {
 	var v any
 	if err := json.Unmarshal(def, &v); err != nil {
@@ -177,7 +249,7 @@ func walk(v any, path string, depth int, visit func(field, text string)) {
 			switch child := t[k].(type) {
 			case string:
 				switch k {
-				case "title", "description", "name", "const", "default", "examples", "pattern":
+				case "title", "description", "name", "const", "default", "examples", "pattern", "text":
 					visit(p, child)
 				}
 			default:
@@ -273,24 +345,96 @@ func mixedScriptWord(text string) string {
 	return ""
 }
 
-// normalize lower-cases text, folds look-alike letters and full-width forms to ASCII, drops invisible
-// characters and collapses whitespace, so that the patterns see what a model would read.
+// normalize turns text into what the patterns match: NFKC (full-width forms, ligatures, mathematical letters
+// to their plain forms), invisible characters and Arabic diacritics dropped, look-alike letters folded to the
+// script of the word they hide in, lower-cased, whitespace collapsed: what a model would read.
 func normalize(text string) string {
+	text = foldConfusables(stripInvisible(norm.NFKC.String(text)))
+	return spaceRE.ReplaceAllString(strings.ToLower(text), " ")
+}
+
+// stripInvisible drops format characters (zero-width, bidirectional controls, tags), variation selectors and
+// Arabic diacritics.
+func stripInvisible(text string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case unicode.Is(unicode.Cf, r), r >= 0xE0000 && r <= 0xE01EF, r >= 0xFE00 && r <= 0xFE0F,
+			r >= 0x064B && r <= 0x065F, r == 0x0670:
+			return -1
+		}
+		return r
+	}, text)
+}
+
+// toCyrillic maps Latin letters to the Cyrillic ones they look like, for words written mostly in Cyrillic.
+var toCyrillic = map[rune]rune{
+	'a': 'а', 'c': 'с', 'e': 'е', 'o': 'о', 'p': 'р', 'x': 'х', 'y': 'у', 'k': 'к', 'm': 'м', 't': 'т',
+	'A': 'А', 'B': 'В', 'C': 'С', 'E': 'Е', 'H': 'Н', 'K': 'К', 'M': 'М', 'O': 'О', 'P': 'Р', 'T': 'Т', 'X': 'Х',
+}
+
+// foldConfusables rewrites each word that mixes Latin letters with look-alikes from another script into one
+// script: Latin when every other letter in it looks Latin (and the text is mostly Latin, or the word has no
+// Cyrillic letter that could not be Latin), else Cyrillic for a word otherwise Cyrillic. In a text mostly in
+// Latin letters, a word made only of look-alikes is folded to Latin too. Words of one script are left alone:
+// Russian stays Russian.
+func foldConfusables(text string) string {
+	latin, letters := 0, 0
+	for _, r := range text {
+		if unicode.IsLetter(r) {
+			letters++
+			if unicode.Is(unicode.Latin, r) {
+				latin++
+			}
+		}
+	}
+	latinText := latin*2 > letters
 	var b strings.Builder
 	b.Grow(len(text))
+	word := make([]rune, 0, 32)
+	flush := func() {
+		lat, other, looks, cyrillic := 0, 0, 0, 0
+		for _, r := range word {
+			switch {
+			case unicode.Is(unicode.Latin, r):
+				lat++
+			default:
+				other++
+				if confusables[r] != 0 {
+					looks++
+				}
+				if unicode.Is(unicode.Cyrillic, r) {
+					cyrillic++
+				}
+			}
+		}
+		toLatin := looks > 0 && looks == other && (lat > 0 || latinText) && (latinText || cyrillic == 0)
+		switch {
+		case toLatin:
+			for i, r := range word {
+				if c, ok := confusables[r]; ok {
+					word[i] = c
+				}
+			}
+		case lat > 0 && other > 0 && cyrillic == other:
+			for i, r := range word {
+				if c, ok := toCyrillic[r]; ok {
+					word[i] = c
+				}
+			}
+		}
+		b.WriteString(string(word))
+		word = word[:0]
+	}
 	for _, r := range text {
-		if c, ok := confusables[r]; ok {
-			r = c
-		}
-		if r >= 0xFF01 && r <= 0xFF5E { // full-width ASCII
-			r -= 0xFEE0
-		}
-		if unicode.Is(unicode.Cf, r) || r >= 0xE0000 && r <= 0xE007F {
+		if unicode.IsLetter(r) {
+			word = append(word, r)
 			continue
 		}
-		b.WriteRune(unicode.ToLower(r))
+		flush()
+		b.WriteRune(r)
 	}
-	return spaceRE.ReplaceAllString(b.String(), " ")
+	flush()
+	return b.String()
 }
 
 func clip(s string) string {
