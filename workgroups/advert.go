@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Bounds on advertisements.
@@ -159,7 +161,7 @@ func (c AgentCard) Validate() error {
 
 // Validate checks the skill's fields and their sizes.
 func (s Skill) Validate() error {
-	if s.ID == "" || len(s.ID) > maxSkillIDLen || !validPolicyName(s.ID) {
+	if s.ID == "" || len(s.ID) > maxSkillIDLen || !authz.ValidPolicyID(s.ID) {
 		return fmt.Errorf("%w: skill id %q: want 1-%d of [A-Za-z0-9._-]", ErrInvalid, clip(s.ID), maxSkillIDLen)
 	}
 	if err := checkText("skill "+s.ID+" name", s.Name, maxCardNameLen, true, false); err != nil {

@@ -3,24 +3,24 @@ package workgroups
 import (
 	"errors"
 	"fmt"
-	"iter"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cedar-policy/cedar-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Cedar entity types and actions of the built-in, schema-free model.
 const (
-	EntityIdentity      = "Umbra::Identity"      // id: the SPIFFE ID
-	EntityOrg           = "Umbra::Org"           // id: the organisation name
-	EntityWorkgroup     = "Umbra::Workgroup"     // id: "<org>/<name>"
+	EntityIdentity      = authz.TypeIdentity     // id: the SPIFFE ID
+	EntityOrg           = authz.TypeOrg          // id: the organisation name
+	EntityWorkgroup     = authz.TypeWorkgroup    // id: "<org>/<name>"
 	EntityAdvertisement = "Umbra::Advertisement" // id: "ad_..."
 	EntitySession       = "Umbra::Session"       // id: "ses_..."
-	EntityAction        = "Umbra::Action"
+	EntityAction        = authz.TypeAction
 )
 
 // Action is what a principal asks to do.
@@ -120,50 +120,21 @@ type Request struct {
 	Conditions Conditions
 }
 
-// Decision is the answer. Its zero value denies.
-type Decision struct {
-	Allow      bool       `json:"allow"`
-	Diagnostic Diagnostic `json:"diagnostic"`
-}
+// Decision is the answer: the one decision type of every surface ([authz.Decision]). Its zero value denies.
+type Decision = authz.Decision
 
-// Diagnostic explains a decision for the audit record.
-type Diagnostic struct {
-	// Policies that determined the decision: the permits that matched when
-	// allowed, the forbids that matched when denied by a forbid.
-	Policies []string `json:"policies,omitempty"`
-	Reasons  []string `json:"reasons,omitempty"`
-	// Errors met while evaluating; any error denies.
-	Errors []string `json:"errors,omitempty"`
-}
-
-// Err returns nil when d allows, otherwise an error wrapping
-// [ErrNotAuthorized] with the reasons.
-func (d Decision) Err() error {
-	if d.Allow {
-		return nil
-	}
-	msg := strings.Join(slices.Concat(d.Diagnostic.Reasons, d.Diagnostic.Errors), "; ")
-	if msg == "" {
-		msg = "denied"
-	}
-	return fmt.Errorf("%w: %s", ErrNotAuthorized, msg)
-}
+// Diagnostic explains a decision for the audit record ([authz.Diagnostic]).
+type Diagnostic = authz.Diagnostic
 
 // Conditions is a parsed set of forbid-only Cedar policies, as found in a
 // contract. The zero value holds none.
 type Conditions struct {
-	set *cedar.PolicySet
+	set *authz.Policies
 }
 
 // Len returns the number of policies.
 func (c Conditions) Len() int {
-	n := 0
-	if c.set != nil {
-		for range c.set.All() {
-			n++
-		}
-	}
-	return n
+	return c.set.Len()
 }
 
 // ParseConditions parses contract conditions: Cedar policies that may only
@@ -196,18 +167,18 @@ type OrgPolicy struct {
 // policies and per-request contract conditions. It is immutable and safe for
 // concurrent use.
 type Authorizer struct {
-	builtin *cedar.PolicySet
-	orgs    map[string]*cedar.PolicySet
+	builtin *authz.Policies
+	orgs    map[string][]*authz.Policies
 }
 
 // NewAuthorizer parses the built-in policies and orgPolicies. Errors name the
 // organisation and policy, and carry Cedar's position.
 func NewAuthorizer(orgPolicies ...OrgPolicy) (*Authorizer, error) {
-	builtin, err := parsePolicies("builtin", "umbra", builtinPolicies, false)
+	builtin, err := authz.Parse("builtin", builtinPolicies, authz.Options{Prefix: "umbra"})
 	if err != nil {
 		return nil, fmt.Errorf("workgroups: built-in policies: %w", err)
 	}
-	a := &Authorizer{builtin: builtin, orgs: make(map[string]*cedar.PolicySet)}
+	a := &Authorizer{builtin: builtin, orgs: make(map[string][]*authz.Policies)}
 	seen := make(map[[2]string]bool)
 	for _, op := range orgPolicies {
 		if err := ValidateName(op.Org); err != nil {
@@ -227,82 +198,17 @@ func NewAuthorizer(orgPolicies ...OrgPolicy) (*Authorizer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("organisation %s: %w", op.Org, err)
 		}
-		dst := a.orgs[op.Org]
-		if dst == nil {
-			dst = cedar.NewPolicySet()
-			a.orgs[op.Org] = dst
-		}
-		for id, p := range set.All() {
-			dst.Add(id, p)
-		}
+		a.orgs[op.Org] = append(a.orgs[op.Org], set)
 	}
 	return a, nil
 }
 
-func parseForbidOnly(file, prefix, text string) (*cedar.PolicySet, error) {
-	set, err := parsePolicies(file, prefix, text, true)
+func parseForbidOnly(file, prefix, text string) (*authz.Policies, error) {
+	set, err := authz.Parse(file, text, authz.Options{Prefix: prefix, ForbidOnly: true})
 	if err != nil {
-		return nil, fmt.Errorf("%w: policy %s: %w", ErrInvalid, file, err)
+		return nil, fmt.Errorf("%w: policy %w", ErrInvalid, err)
 	}
 	return set, nil
-}
-
-// parsePolicies parses text into a set whose IDs are prefix + "/" + the @id
-// annotation, or the policy's index when it has none.
-func parsePolicies(file, prefix, text string, forbidOnly bool) (*cedar.PolicySet, error) {
-	list, err := cedar.NewPolicyListFromBytes(file, []byte(text))
-	if err != nil {
-		return nil, err
-	}
-	set := cedar.NewPolicySet()
-	for i, p := range list {
-		pos := p.Position()
-		if forbidOnly && p.Effect() != cedar.Forbid {
-			return nil, fmt.Errorf("line %d: only forbid policies may be added; the built-in policies grant every permission", pos.Line)
-		}
-		name := strconv.Itoa(i)
-		if v, ok := p.Annotations()["id"]; ok {
-			name = string(v)
-			if !validPolicyName(name) {
-				return nil, fmt.Errorf("line %d: @id %q: want 1-64 of [A-Za-z0-9._-]", pos.Line, clip(name))
-			}
-		}
-		if !set.Add(cedar.PolicyID(prefix+"/"+name), p) {
-			return nil, fmt.Errorf("line %d: policy id %q used twice", pos.Line, name)
-		}
-	}
-	return set, nil
-}
-
-func validPolicyName(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// policyChain evaluates several policy sets as one without copying them.
-type policyChain []*cedar.PolicySet
-
-func (c policyChain) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
-	return func(yield func(cedar.PolicyID, *cedar.Policy) bool) {
-		for _, s := range c {
-			if s == nil {
-				continue
-			}
-			for id, p := range s.All() {
-				if !yield(id, p) {
-					return
-				}
-			}
-		}
-	}
 }
 
 // Decide answers r. It never panics on bad input and fails closed: a
@@ -312,67 +218,45 @@ func (a *Authorizer) Decide(r Request) Decision {
 	if a == nil || a.builtin == nil {
 		return denied(errors.New("no authorizer"))
 	}
-	creq, entities, orgs, err := buildRequest(r)
+	q, orgs, err := buildRequest(r)
 	if err != nil {
 		return denied(err)
 	}
-	chain := policyChain{a.builtin}
+	chain := []*authz.Policies{a.builtin}
 	for _, org := range orgs {
-		chain = append(chain, a.orgs[org])
+		chain = append(chain, a.orgs[org]...)
 	}
-	chain = append(chain, r.Conditions.set)
-
-	dec, diag := cedar.Authorize(chain, entities, creq)
-	var d Decision
-	for _, e := range diag.Errors {
-		d.Diagnostic.Errors = append(d.Diagnostic.Errors, e.String())
+	if r.Conditions.set != nil {
+		chain = append(chain, r.Conditions.set)
 	}
-	for _, reason := range diag.Reasons {
-		d.Diagnostic.Policies = append(d.Diagnostic.Policies, string(reason.PolicyID))
-	}
-	slices.Sort(d.Diagnostic.Errors)
-	slices.Sort(d.Diagnostic.Policies)
-	what := fmt.Sprintf("%s on %s", r.Action, creq.Resource.ID)
-	switch {
-	case len(diag.Errors) > 0:
-		d.Diagnostic.Reasons = []string{"policy evaluation failed, denying " + what}
-	case dec == cedar.Allow:
-		d.Allow = true
-		d.Diagnostic.Reasons = []string{"permitted " + what + " by " + strings.Join(d.Diagnostic.Policies, ", ")}
-	case len(d.Diagnostic.Policies) > 0:
-		d.Diagnostic.Reasons = []string{"forbade " + what + " by " + strings.Join(d.Diagnostic.Policies, ", ")}
-	default:
-		d.Diagnostic.Reasons = []string{"no policy permits " + what}
-	}
-	return d
+	q.What = fmt.Sprintf("%s on %s", r.Action, q.Resource.UID.ID)
+	return authz.Decide(q, chain...)
 }
 
-func denied(err error) Decision {
-	return Decision{Diagnostic: Diagnostic{Reasons: []string{"invalid request, denying"}, Errors: []string{err.Error()}}}
-}
+func denied(err error) Decision { return authz.Denied(err) }
 
 // buildRequest turns r into Cedar's request and entities, and lists the
 // organisations whose policies apply.
-func buildRequest(r Request) (cedar.Request, cedar.EntityMap, []string, error) {
-	var zero cedar.Request
+func buildRequest(r Request) (authz.Query, []string, error) {
+	var zero authz.Query
 	pid, err := ParseIdentity(r.Principal.ID)
 	if err != nil {
-		return zero, nil, nil, fmt.Errorf("principal: %w", err)
+		return zero, nil, fmt.Errorf("principal: %w", err)
 	}
 	if !r.Action.valid() {
-		return zero, nil, nil, fmt.Errorf("action %q", clip(string(r.Action)))
+		return zero, nil, fmt.Errorf("action %q", clip(string(r.Action)))
 	}
 	res := r.Resource
 	prov, err := ParseIdentity(res.Provider)
 	if err != nil {
-		return zero, nil, nil, fmt.Errorf("resource provider: %w", err)
+		return zero, nil, fmt.Errorf("resource provider: %w", err)
 	}
 	if len(res.Workgroups) == 0 {
-		return zero, nil, nil, errors.New("resource has no workgroup")
+		return zero, nil, errors.New("resource has no workgroup")
 	}
 	for _, wg := range slices.Concat(res.Workgroups, r.Principal.Workgroups) {
 		if err := wg.Validate(); err != nil {
-			return zero, nil, nil, err
+			return zero, nil, err
 		}
 	}
 	orgs := []string{pid.Org, prov.Org}
@@ -386,16 +270,16 @@ func buildRequest(r Request) (cedar.Request, cedar.EntityMap, []string, error) {
 	switch {
 	case !res.Advertisement.IsZero() && res.Session.IsZero():
 		if !res.Consumer.IsZero() {
-			return zero, nil, nil, errors.New("an advertisement resource has no consumer")
+			return zero, nil, errors.New("an advertisement resource has no consumer")
 		}
 		resUID = cedar.NewEntityUID(EntityAdvertisement, cedar.String(res.Advertisement.String()))
 	case !res.Session.IsZero() && res.Advertisement.IsZero():
 		cons, err := ParseIdentity(res.Consumer)
 		if err != nil {
-			return zero, nil, nil, fmt.Errorf("resource consumer: %w", err)
+			return zero, nil, fmt.Errorf("resource consumer: %w", err)
 		}
 		if len(res.Workgroups) != 1 {
-			return zero, nil, nil, errors.New("a session resource has exactly one workgroup")
+			return zero, nil, errors.New("a session resource has exactly one workgroup")
 		}
 		orgs = append(orgs, cons.Org)
 		resUID = cedar.NewEntityUID(EntitySession, cedar.String(res.Session.String()))
@@ -404,66 +288,48 @@ func buildRequest(r Request) (cedar.Request, cedar.EntityMap, []string, error) {
 		attrs["workgroup"] = workgroupUID(res.Workgroups[0])
 		parents = append(parents, workgroupUID(res.Workgroups[0]))
 	default:
-		return zero, nil, nil, errors.New("resource must be exactly one of advertisement or session")
+		return zero, nil, errors.New("resource must be exactly one of advertisement or session")
 	}
 
 	ctx := make(cedar.RecordMap, len(r.Context)+1)
 	for k, v := range r.Context {
 		if v == nil {
-			return zero, nil, nil, fmt.Errorf("context %q has no value", clip(string(k)))
+			return zero, nil, fmt.Errorf("context %q has no value", clip(string(k)))
 		}
 		ctx[k] = v
 	}
 	if !r.At.IsZero() {
 		if _, clash := ctx["now"]; clash {
-			return zero, nil, nil, errors.New(`context key "now" is reserved for the request time`)
+			return zero, nil, errors.New(`context key "now" is reserved for the request time`)
 		}
 		ctx["now"] = cedar.NewDatetime(r.At)
 	}
 
-	principalUID := identityUID(r.Principal.ID)
-	principalParents := []cedar.EntityUID{cedar.NewEntityUID(EntityOrg, cedar.String(pid.Org))}
-	for _, wg := range r.Principal.Workgroups {
-		principalParents = append(principalParents, workgroupUID(wg))
+	wgs := make([]string, len(r.Principal.Workgroups))
+	for i, wg := range r.Principal.Workgroups {
+		wgs[i] = wg.String()
 	}
-	entities := cedar.EntityMap{
-		principalUID: {
-			UID:     principalUID,
-			Parents: cedar.NewEntityUIDSet(principalParents...),
-			Attributes: cedar.NewRecord(cedar.RecordMap{
-				"org":          cedar.String(pid.Org),
-				"kind":         cedar.String(pid.Kind),
-				"name":         cedar.String(pid.Name),
-				"trust_domain": cedar.String(r.Principal.ID.TrustDomain().Name()),
-				"workgroups":   workgroupSet(r.Principal.Workgroups),
-			}),
-		},
-	}
-	entities[resUID] = cedar.Entity{UID: resUID, Parents: cedar.NewEntityUIDSet(parents...), Attributes: cedar.NewRecord(attrs)}
+	principal := authz.Principal{ID: r.Principal.ID, Org: pid.Org, Workgroups: wgs}.Entity()
 	slices.Sort(orgs)
-	req := cedar.Request{
-		Principal: principalUID,
-		Action:    cedar.NewEntityUID(EntityAction, cedar.String(r.Action)),
-		Resource:  resUID,
-		Context:   cedar.NewRecord(ctx),
+	q := authz.Query{
+		Principal: principal,
+		Action:    string(r.Action),
+		Resource:  cedar.Entity{UID: resUID, Parents: cedar.NewEntityUIDSet(parents...), Attributes: cedar.NewRecord(attrs)},
+		Context:   ctx,
 	}
-	return req, entities, slices.Compact(orgs), nil
+	return q, slices.Compact(orgs), nil
 }
 
-func identityUID(id spiffeid.ID) cedar.EntityUID {
-	return cedar.NewEntityUID(EntityIdentity, cedar.String(id.String()))
-}
+func identityUID(id spiffeid.ID) cedar.EntityUID { return authz.IdentityUID(id) }
 
-func workgroupUID(wg WorkgroupID) cedar.EntityUID {
-	return cedar.NewEntityUID(EntityWorkgroup, cedar.String(wg.String()))
-}
+func workgroupUID(wg WorkgroupID) cedar.EntityUID { return authz.WorkgroupUID(wg.String()) }
 
 func workgroupSet(wgs []WorkgroupID) cedar.Set {
-	vs := make([]cedar.Value, len(wgs))
+	ss := make([]string, len(wgs))
 	for i, wg := range wgs {
-		vs[i] = workgroupUID(wg)
+		ss[i] = wg.String()
 	}
-	return cedar.NewSet(vs...)
+	return authz.WorkgroupSet(ss)
 }
 
 // EnvelopeContext is the Cedar context for a send request: message_type,

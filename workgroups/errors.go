@@ -1,6 +1,10 @@
 package workgroups
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
+)
 
 // Sentinel errors. Every error returned by this package wraps exactly one of
 // these (a [*Violation] matches [ErrContractViolation], and also
@@ -23,7 +27,8 @@ var (
 	ErrUnsupportedVersion = errors.New("workgroups: unsupported frame version")
 
 	// ErrNotAuthorized: the acting identity may not do this.
-	ErrNotAuthorized = errors.New("workgroups: not authorized")
+	// It is [authz.ErrNotAuthorized], which every denying [Decision] wraps.
+	ErrNotAuthorized = authz.ErrNotAuthorized
 
 	// ErrNotFound: the member or invitation does not exist.
 	ErrNotFound = errors.New("workgroups: not found")
