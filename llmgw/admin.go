@@ -91,7 +91,11 @@ const KindAdminRefused = "llm.admin_refused"
 
 // access says what p may administer here (package gatewayadmin).
 func (g *Gateway) access(p Principal) gatewayadmin.Access {
-	return g.grant.Decide(gatewayadmin.Caller{ID: p.ID, Org: p.Org, Admin: p.Admin})
+	return g.grant.Access(g.adminCaller(p))
+}
+
+func (g *Gateway) adminCaller(p Principal) gatewayadmin.Caller {
+	return gatewayadmin.Caller{ID: p.ID, Org: p.Org, Admin: p.Admin}
 }
 
 // refuseAdmin records an administration request refused to p. A record that cannot be written is logged: the
@@ -153,12 +157,16 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 			g.fail(w, invalid("identity %q is not a SPIFFE ID", who))
 			return
 		}
+		d := g.grant.Decide(g.adminCaller(p), gatewayadmin.ActionReadUsage, g.usageTarget("id:"+id.String()))
 		switch {
 		case id == p.ID:
 			own = true
-		case acc.CoversID(id):
+		case d.Allow:
+		case len(d.Diagnostic.Policies) > 0 || len(d.Diagnostic.Errors) > 0: // an operator's forbid, or an error
+			refuse(d.Reason())
+			return
 		case acc.Granted():
-			refuse("that identity is outside the organisation you administer here")
+			refuse("that identity is outside the organisation you administer here (" + d.Reason() + ")")
 			return
 		case !p.Admin:
 			refuse("only administrators read others' usage")
@@ -168,15 +176,11 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		match = func(s string) bool { return s == "id:"+id.String() }
-	case acc.All:
-		match = func(string) bool { return true }
 	case acc.Granted():
+		// Each subject is decided on its own: an operator's forbid may take some away.
+		caller := g.adminCaller(p)
 		match = func(s string) bool {
-			if org, ok := strings.CutPrefix(s, "org:"); ok {
-				return org == acc.Org
-			}
-			id, err := spiffeid.FromString(strings.TrimPrefix(s, "id:"))
-			return err == nil && acc.CoversID(id)
+			return g.grant.Decide(caller, gatewayadmin.ActionReadUsage, g.usageTarget(s)).Allow
 		}
 	case p.Admin:
 		refuse(acc.Reason + " (identity=<your SPIFFE ID> reads your own usage)")
@@ -213,6 +217,18 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	b, _ := json.Marshal(map[string]any{"object": "list", "data": entries})
 	writeJSON(w, http.StatusOK, b)
+}
+
+// usageTarget is the usage subject s ("id:<SPIFFE ID>" or "org:<org>") as the administration policies see it.
+func (g *Gateway) usageTarget(s string) gatewayadmin.Target {
+	if org, ok := strings.CutPrefix(s, "org:"); ok {
+		return g.grant.UsageTarget(s, spiffeid.ID{}, org)
+	}
+	id, err := spiffeid.FromString(strings.TrimPrefix(s, "id:"))
+	if err != nil {
+		return g.grant.UsageTarget(s, spiffeid.ID{}, "")
+	}
+	return g.grant.UsageTarget(s, id, gatewayadmin.OrgOf(id))
 }
 
 func toEntry(rec budget.Record) usageEntry {

@@ -191,7 +191,7 @@ func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
 	rec := audit.Record{Time: time.Now().UTC(), Kind: KindCall, Actor: c.principal.ID.String(),
 		Decision: audit.DecisionAllow, PolicyVersion: g.authz.version}
 	if c.decision != nil {
-		rec.Diagnostic, _ = json.Marshal(c.decision)
+		rec.Diagnostic = c.decision.JSON()
 	}
 	rec.Data, _ = json.Marshal(data)
 	if err := g.appendAudit(ctx, rec); err != nil {
@@ -310,7 +310,7 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 	} else {
 		rec.Kind, rec.Decision = c.kind, audit.DecisionDeny
 		if c.decision != nil {
-			rec.Diagnostic, _ = json.Marshal(c.decision)
+			rec.Diagnostic = c.decision.JSON()
 		}
 	}
 	rec.Data, _ = json.Marshal(data)

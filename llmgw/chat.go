@@ -401,7 +401,8 @@ func (g *Gateway) permitModel(c *call, model string) *apiError {
 	if d.Allow {
 		return nil
 	}
-	e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s", c.principal.ID, model)
+	e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s: %s",
+		c.principal.ID, model, d.Reason())
 	e.Param = "model"
 	c.fail(KindDenied, e)
 	return e

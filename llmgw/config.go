@@ -52,6 +52,9 @@ type Config struct {
 	// AdminOrgs are further organisations whose administrators read the usage of their own organisation's
 	// identities here (not the metrics). Nil means none.
 	AdminOrgs []string
+	// AdminPolicies is Cedar text added to the built-in administration policies (package gatewayadmin): a forbid
+	// takes a default grant away (say, approve_call of one tool), a permit adds one. Default: none.
+	AdminPolicies string
 	// Auditor receives the calls' records. A call goes upstream only after the Auditor has confirmed its
 	// llm.call record; one whose record cannot be written is refused with 503 audit_unavailable. Nil means
 	// calls are not audited (and none is refused for want of a record).

@@ -179,7 +179,8 @@
 // model and route chosen, and what the routing model's calls used (router_usage), are in its llm.outcome. Administrators reading others' usage
 // give llm.usage_read, written before the answer; refused administration requests give llm.admin_refused. Who
 // administers the gateway, and over whose usage, is its own grant (Config.Self, Admins, AdminOrgs; package
-// gatewayadmin). Unidentified callers are only
+// gatewayadmin), decided by Cedar (action read_usage on Umbra::Usage, one decision per subject read) with
+// Config.AdminPolicies added to the built-in grants. Unidentified callers are only
 // counted in metrics.
 //
 // Metrics follow the OpenTelemetry GenAI conventions: gen_ai_client_token_usage (by gen_ai_token_type),

@@ -40,8 +40,8 @@ func (g *Gateway) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 	d := g.authz.decide(c.principal, req.Model, "embeddings")
 	c.decision = &d
 	if !d.Allow {
-		e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s",
-			c.principal.ID, req.Model)
+		e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s: %s",
+			c.principal.ID, req.Model, d.Reason())
 		e.Param = "model"
 		fail(KindDenied, e)
 		return

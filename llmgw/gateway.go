@@ -38,7 +38,7 @@ type Gateway struct {
 	metrics  *metrics
 	gatherer prometheus.Gatherer
 	identify func(*http.Request) (spiffeid.ID, error)
-	grant    gatewayadmin.Grant
+	grant    *gatewayadmin.Authorizer
 	trace    tracing
 }
 
@@ -57,7 +57,6 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify,
-		grant: gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs},
 		trace: newTracing(cfg.TracerProvider)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -100,6 +99,10 @@ func New(cfg Config) (*Gateway, error) {
 		g.names = append(g.names, m.Name)
 	}
 	if g.authz, err = newAuthorizer(cfg.Policies); err != nil {
+		return nil, fmt.Errorf("llmgw: %w", err)
+	}
+	if g.grant, err = gatewayadmin.NewAuthorizer(gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs,
+		Policies: cfg.AdminPolicies}); err != nil {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
 	gr := cfg.Guardrails

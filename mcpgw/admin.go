@@ -283,6 +283,15 @@ func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.
 	if err != nil {
 		return pin.Record{}, err
 	}
+	action := gatewayadmin.ActionRefuseTool
+	if approve {
+		action = gatewayadmin.ActionReleaseTool
+	}
+	pd := g.grant.Decide(g.adminCaller(ctx, admin), action, g.grant.ToolTarget(g.exposed(ref), backend, digest))
+	if !pd.Allow {
+		return pin.Record{}, g.refuseAdmin(ctx, admin, verb+" tool versions", pd.Reason(),
+			map[string]any{"name": g.exposed(ref), "item": string(ref.Kind), "policies": pd.Diagnostic.Policies})
+	}
 	var rec pin.Record
 	decision, reason := audit.DecisionDeny, string(ref.Kind)+" version refused"
 	if approve {
@@ -300,7 +309,8 @@ func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.
 			"backend_name": ref.Name, "digest": digest, "admin_basis": acc.Basis}
 	}
 	data, _ := json.Marshal(d)
-	g.record(ctx, audit.Record{Kind: kind, Actor: admin.String(), Decision: decision, Reason: reason, Data: data})
+	g.record(ctx, audit.Record{Kind: kind, Actor: admin.String(), Decision: decision, Reason: reason,
+		Diagnostic: pd.JSON(), Data: data})
 	g.log.Info("mcpgw: "+reason, "name", g.exposed(ref), "by", admin, "digest", digest)
 	for _, b := range g.backs { // the catalog learns the new state on the backend's next listing: now
 		if b.cfg.Name == backend {
@@ -331,13 +341,23 @@ func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, 
 		return held, err
 	}
 	about := map[string]any{"approval": held.ID, "caller": held.Caller, "tool": held.Tool}
-	switch {
-	case !acc.Covers(g.orgOf(ctx, held.Caller)):
-		return approval.Request{}, g.refuseAdmin(ctx, admin, verb+" a held call",
-			"this held call is by a caller outside the organisation you administer here", about)
-	case approve && held.Caller == admin.String():
-		return approval.Request{}, g.refuseAdmin(ctx, admin, verb+" a held call",
-			"you cannot approve your own held call: another administrator must", about)
+	action := gatewayadmin.ActionDenyCall
+	if approve {
+		action = gatewayadmin.ActionApproveCall
+	}
+	callerID, _ := spiffeid.FromString(held.Caller)
+	d := g.grant.Decide(g.adminCaller(ctx, admin), action,
+		g.grant.HeldCallTarget(held.ID, callerID, g.orgOf(ctx, held.Caller), held.Tool))
+	if !d.Allow {
+		about["policies"] = d.Diagnostic.Policies
+		reason := d.Reason()
+		switch {
+		case slices.Contains(d.Diagnostic.Policies, gatewayadmin.PolicyNoSelfApproval):
+			reason = "you cannot approve your own held call: another administrator must (policy " + gatewayadmin.PolicyNoSelfApproval + ")"
+		case len(d.Diagnostic.Policies) == 0 && len(d.Diagnostic.Errors) == 0:
+			reason = "this held call is by a caller outside the organisation you administer here (" + reason + ")"
+		}
+		return approval.Request{}, g.refuseAdmin(ctx, admin, verb+" a held call", reason, about)
 	}
 	r, err := g.approvals.Decide(ctx, id, approve, admin.String(), digest)
 	if err != nil {
@@ -350,7 +370,7 @@ func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, 
 	data, _ := json.Marshal(map[string]any{"approval": r.ID, "caller": r.Caller, "tool": r.Tool, "args_digest": r.ArgsDigest,
 		"valid_until": r.ValidUntil, "admin_basis": acc.Basis})
 	g.record(ctx, audit.Record{Kind: KindApproval, Actor: admin.String(), Decision: decision, Reason: reason,
-		PolicyVersion: r.PolicyVersion, Data: data})
+		PolicyVersion: r.PolicyVersion, Diagnostic: d.JSON(), Data: data})
 	return r, nil
 }
 

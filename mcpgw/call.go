@@ -90,8 +90,8 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 	d = eng.Decide(policy.Request{Principal: pp, Action: policy.CallTool, Item: e.item, Arguments: args})
 	o.diag = &d.Diagnostic
 	if !d.Allow {
-		return nil, o.refuse(ctx, "policy", "call not permitted",
-			rpcError(CodeNotAuthorized, o.ref, "", "not authorised to call %s with these arguments", name))
+		return nil, o.refuse(ctx, "policy", "call not permitted: "+d.Reason(),
+			rpcError(CodeNotAuthorized, o.ref, "", "not authorised to call %s with these arguments: %s", name, d.Reason()))
 	}
 
 	release, code := g.limits.acquire(c.id.String())
@@ -426,7 +426,7 @@ func (g *Gateway) authorize(ctx context.Context, o *op, c *caller, see, use poli
 	d = eng.Decide(policy.Request{Principal: toPolicy(p), Action: use, Item: asked, Arguments: args})
 	o.diag = &d.Diagnostic
 	if !d.Allow {
-		return o.refuse(ctx, "policy", "not permitted", rpcError(CodeNotAuthorized, o.ref, "", "not authorised"))
+		return o.refuse(ctx, "policy", "not permitted: "+d.Reason(), rpcError(CodeNotAuthorized, o.ref, "", "not authorised: %s", d.Reason()))
 	}
 	return nil
 }

@@ -72,6 +72,9 @@ type Config struct {
 	// AdminOrgs are further organisations whose administrators administer this gateway, each for the held calls
 	// of its own organisation's callers only (not tool versions, backends or metrics). Default: none.
 	AdminOrgs []string
+	// AdminPolicies is Cedar text added to the built-in administration policies (package gatewayadmin): a forbid
+	// takes a default grant away (say, approve_call of one tool), a permit adds one. Default: none.
+	AdminPolicies string
 	// RefreshInterval is how often every backend's lists are fetched again, which catches definitions changed
 	// without a list_changed notification. Default 1 minute.
 	RefreshInterval time.Duration

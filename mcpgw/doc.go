@@ -73,8 +73,10 @@
 //	@id("payments") @sensitive
 //	permit (principal in Umbra::Workgroup::"acme/finance", action, resource == Umbra::Tool::"bank__pay");
 //
-// Any evaluation error denies. Each decision's diagnostic (policies, reasons, errors, policy version) goes
-// into the audit record. SetPolicies replaces the policies at run time.
+// Any evaluation error denies. Each decision's diagnostic (effect, policies, reasons, errors, policy version: the
+// one shape of every surface, package workgroups/authz) goes into the audit record, and a call, prompt or read
+// refused by policy tells the caller the policies and the reason in one line (an item the caller may not see
+// stays indistinguishable from one that does not exist). SetPolicies replaces the policies at run time.
 //
 // # Pinning
 //
@@ -118,8 +120,9 @@
 // gatewayadmin): Config.Admins and the platform administrator decide every call; administrators of Self's
 // organisation and of Config.AdminOrgs only their own organisation's callers' calls; nobody approves a call of
 // their own. Tool versions, backends and metrics are for Config.Admins, the platform administrator and Self's
-// organisation's administrators. Every decision and every refusal (KindAdminRefused) is audited with the
-// administrator's SPIFFE ID.
+// organisation's administrators. These grants are Cedar policies (actions approve_call, deny_call, release_tool,
+// refuse_tool, read_gateway), and Config.AdminPolicies may add a forbid or a permit. Every decision and every
+// refusal (KindAdminRefused) is audited with the administrator's SPIFFE ID and the policies that decided.
 //
 // # Limits and errors
 //

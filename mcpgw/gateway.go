@@ -47,7 +47,7 @@ type Gateway struct {
 	limits  *limiter
 	metrics *metrics
 	promReg *prometheus.Registry // private registry, or nil
-	grant   gatewayadmin.Grant
+	grant   *gatewayadmin.Authorizer
 	mcp     *mcp.StreamableHTTPHandler
 	handler http.Handler
 
@@ -111,7 +111,10 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.trace = newTracing(cfg.TracerProvider)
 	g.policy.Store(eng)
-	g.grant = gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs}
+	if g.grant, err = gatewayadmin.NewAuthorizer(gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs,
+		Policies: cfg.AdminPolicies}); err != nil {
+		return nil, fmt.Errorf("mcpgw: %w", err)
+	}
 	reg := cfg.Registry
 	if reg == nil {
 		g.promReg = prometheus.NewRegistry()
@@ -299,7 +302,17 @@ func (g *Gateway) access(ctx context.Context, id spiffeid.ID) gatewayadmin.Acces
 	if err != nil {
 		return gatewayadmin.Access{Reason: "the administrator cannot be looked up now; try again"}
 	}
-	return g.grant.Decide(gatewayadmin.Caller{ID: id, Org: p.Org, Admin: p.Admin, Revoked: p.Revoked})
+	return g.grant.Access(gatewayadmin.Caller{ID: id, Org: p.Org, Admin: p.Admin, Revoked: p.Revoked})
+}
+
+// adminCaller is what the directory says of id, for the administration policies; the zero Org and Admin when it
+// cannot tell (which the policies grant nothing).
+func (g *Gateway) adminCaller(ctx context.Context, id spiffeid.ID) gatewayadmin.Caller {
+	p, err := g.principal(ctx, id)
+	if err != nil {
+		return gatewayadmin.Caller{ID: id}
+	}
+	return gatewayadmin.Caller{ID: id, Org: p.Org, Admin: p.Admin, Revoked: p.Revoked}
 }
 
 // orgOf is the organisation of a caller, from the directory; "" (which no access covers) when it cannot tell.

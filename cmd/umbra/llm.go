@@ -35,6 +35,7 @@ type llmgwFile struct {
 	OTLPEndpoint  string   `yaml:"otlp_endpoint"`        // OTLP/HTTP collector for traces; --otlp-endpoint overrides it
 	Admins        []string `yaml:"admins"`               // SPIFFE IDs that administer the gateway fully
 	AdminOrgs     []string `yaml:"admin_orgs"`           // organisations whose administrators read their own organisation's usage
+	AdminPolicies string   `yaml:"admin_policies"`       // Cedar text added to the built-in administration policies
 	Models        []struct {
 		Name           string        `yaml:"name"`
 		Retries        int           `yaml:"retries"`
@@ -146,7 +147,7 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	defer stopTracing()
 	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
 		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote,
-		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs, TracerProvider: tp}
+		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs, AdminPolicies: fc.AdminPolicies, TracerProvider: tp}
 	for _, raw := range fc.Admins {
 		cfg.Admins = append(cfg.Admins, spiffeid.RequireFromString(raw)) // checked by parseLLMGatewayConfig
 	}
@@ -202,7 +203,9 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 // upstream (normally on loopback), or, with --sample, answers with the built-in deterministic model.
 func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	var service, upstream, sample string
+	var delay time.Duration
 	return withAgent(ctx, "llm serve", args, stderr, func(f *flags) {
+		f.DurationVar(&delay, "delay", 0, "with --sample, hold every request this long first, as an upstream of fixed latency (for benchmarks)")
 		f.StringVar(&service, "service", "", "overlay service to host")
 		f.StringVar(&upstream, "upstream", "", "URL of the model server to make dark, e.g. http://127.0.0.1:11434")
 		f.StringVar(&sample, "sample", "", "serve the built-in deterministic model under this name instead of an upstream")
@@ -220,7 +223,7 @@ func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 	}, func(a *agentsdk.Agent, _ []string) error {
 		var h http.Handler
 		if sample != "" {
-			h = samplemodel.Handler(sample)
+			h = samplemodel.WithDelay(samplemodel.Handler(sample), delay)
 		} else {
 			u, _ := url.Parse(upstream)
 			h = httputil.NewSingleHostReverseProxy(u)

@@ -34,8 +34,9 @@ type mcpgwFile struct {
 	Policies       string        `yaml:"policies"`    // Cedar text
 	PolicyFile     string        `yaml:"policy_file"` // or a file of Cedar text
 	Sensitive      []string      `yaml:"sensitive"`
-	Admins         []string      `yaml:"admins"`     // SPIFFE IDs that administer the gateway fully
-	AdminOrgs      []string      `yaml:"admin_orgs"` // organisations whose administrators decide their own callers' held calls
+	Admins         []string      `yaml:"admins"`         // SPIFFE IDs that administer the gateway fully
+	AdminOrgs      []string      `yaml:"admin_orgs"`     // organisations whose administrators decide their own callers' held calls
+	AdminPolicies  string        `yaml:"admin_policies"` // Cedar text added to the built-in administration policies
 	AuditArguments bool          `yaml:"audit_arguments"`
 	MetricsListen  string        `yaml:"metrics_listen"`       // loopback HOST:PORT for Prometheus; default: /metrics on the overlay only, to administrators
 	MetricsRemote  bool          `yaml:"metrics_allow_remote"` // let metrics_listen be a non-loopback address
@@ -255,7 +256,7 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
 		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote, TracerProvider: tp}
 	cfg.Approvals.Timeout, cfg.Approvals.TTL, cfg.Approvals.Hold = fc.Approvals.Timeout, fc.Approvals.TTL, fc.Approvals.Hold
-	cfg.AdminOrgs = fc.AdminOrgs
+	cfg.AdminOrgs, cfg.AdminPolicies = fc.AdminOrgs, fc.AdminPolicies
 	cfg.Limits = mcpgw.Limits{CallsPerMinute: fc.Limits.CallsPerMinute, Burst: fc.Limits.Burst, Concurrent: fc.Limits.Concurrent,
 		CallTimeout: fc.Limits.CallTimeout, MaxRequest: fc.Limits.MaxRequest, MaxResponse: fc.Limits.MaxResponse}
 	for _, raw := range fc.Admins {

@@ -319,6 +319,12 @@ func TestSchemaRejects(t *testing.T) {
 			delete(m["data"].(map[string]any), "sig")
 		}),
 		"accepted envelope without session": mutate("envelope.accepted", func(m map[string]any) { delete(m, "session") }),
+		"diagnostic effect neither": mutate("mcp.denied", func(m map[string]any) {
+			m["diagnostic"].(map[string]any)["effect"] = "maybe"
+		}),
+		"diagnostic policy not a string": mutate("mcp.denied", func(m map[string]any) {
+			m["diagnostic"].(map[string]any)["policies"] = []any{map[string]any{"id": "p"}}
+		}),
 		"llm outcome without request id": mutate("llm.outcome", func(m map[string]any) {
 			delete(m["data"].(map[string]any), "request_id")
 		}),

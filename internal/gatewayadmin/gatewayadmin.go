@@ -2,7 +2,14 @@
 // (mcpgw, llmgw) ask it the same question with what their directory says of the caller; the answer is a pure,
 // total function of the gateway's Grant and the caller, and its zero value grants nothing.
 //
-// Who administers a gateway:
+// The decisions are Cedar decisions of every surface's policy language (package authz): the administration
+// actions read_gateway, release_tool, refuse_tool, approve_call, deny_call and read_usage, on the resources
+// Umbra::Gateway, Umbra::Tool, Umbra::HeldCall and Umbra::Usage, decided by built-in policies that express the
+// default grants below and by the operator's Grant.Policies, which may forbid (or permit) any of them; see
+// builtinPolicies in policies.go for the entities and context they see. [Authorizer.Decide] answers one action on
+// one target; [Authorizer.Access] sums up what a caller may administer, for listing.
+//
+// Who administers a gateway by default:
 //
 //   - an identity the gateway's configuration lists in Grant.Admins: everything, for every organisation;
 //   - the platform administrator (an administrator of organisation "umbra"): the same;
@@ -21,6 +28,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // PlatformOrg is the organisation of the platform administrator (the controller's api.PlatformAdminOrg).
@@ -36,6 +45,9 @@ type Grant struct {
 	// Orgs are organisations whose administrators may administer this gateway for their own organisation's
 	// callers: decide their held calls, read their usage.
 	Orgs []string
+	// Policies is Cedar text the operator adds to the built-in administration policies (file name
+	// "admin_policies" in errors): a forbid takes a default grant away, a permit adds one. Empty: the defaults.
+	Policies string
 }
 
 var orgName = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,62}$`)
@@ -95,25 +107,76 @@ func (a Access) Covers(org string) bool { return a.All || a.Org != "" && a.Org =
 // CoversID reports whether a extends to the identity id.
 func (a Access) CoversID(id spiffeid.ID) bool { return a.Covers(OrgOf(id)) }
 
-// Decide says what c may administer at the gateway g.
+// Decide says what c may administer at the gateway g: [Authorizer.Access] with g's policies. A Grant whose
+// Policies do not parse grants nothing, and says so.
 func (g Grant) Decide(c Caller) Access {
+	a, err := NewAuthorizer(g)
+	if err != nil {
+		return Access{Reason: err.Error()}
+	}
+	return a.Access(c)
+}
+
+// probeOrg is an organisation name no identity has (names start with a letter): access to its usage is access to
+// every organisation's.
+const probeOrg = "*"
+
+// Access says what c may administer here, as the policies decide: Gateway when read_gateway on the gateway is
+// allowed; All when read_usage of an organisation no policy names is; else Org when read_usage of c's own
+// organisation is. Acting on one item is decided again, by [Authorizer.Decide] on that item.
+func (a *Authorizer) Access(c Caller) Access {
+	gw := a.Decide(c, ActionReadGateway, a.GatewayTarget())
+	all := a.Decide(c, ActionReadUsage, a.UsageTarget("org:"+probeOrg, spiffeid.ID{}, probeOrg))
+	acc := Access{Gateway: gw.Allow, All: all.Allow}
+	basisOf := all
+	if !acc.All && c.Org != "" {
+		own := a.Decide(c, ActionReadUsage, a.UsageTarget("org:"+c.Org, spiffeid.ID{}, c.Org))
+		if own.Allow {
+			acc.Org, basisOf = c.Org, own
+		}
+	}
+	if !acc.Granted() {
+		if acc.Gateway { // an operator's policy grants the gateway and no organisation: keep the zero Access
+			acc.Gateway = false
+		}
+		acc.Reason = a.refusal(c, all)
+		return acc
+	}
+	acc.Basis = a.basis(c, basisOf)
+	return acc
+}
+
+// basis says, for the audit record, why d granted c access.
+func (a *Authorizer) basis(c Caller, d authz.Decision) string {
+	words := ""
+	switch {
+	case slices.Contains(d.Diagnostic.Policies, PolicyGatewayAdmins):
+		words = "named in the gateway's admins"
+	case slices.Contains(d.Diagnostic.Policies, PolicyPlatformAdmin):
+		words = "platform administrator"
+	case c.Org == a.grant.Org():
+		words = "administrator of the gateway's organisation " + c.Org
+	case slices.Contains(a.grant.Orgs, c.Org):
+		words = "administrator of " + c.Org + ", named in the gateway's admin_orgs"
+	default:
+		words = "granted by the administration policies"
+	}
+	return words + " (policy " + strings.Join(d.Diagnostic.Policies, ", ") + ")"
+}
+
+// refusal says, in one line, why c administers nothing here.
+func (a *Authorizer) refusal(c Caller, d authz.Decision) string {
 	switch {
 	case c.ID.IsZero():
-		return Access{Reason: "no verified identity"}
+		return "no verified identity"
 	case c.Revoked:
-		return Access{Reason: "the identity is revoked"}
-	case slices.Contains(g.Admins, c.ID):
-		return Access{All: true, Gateway: true, Basis: "named in the gateway's admins"}
+		return "the identity is revoked"
+	case len(d.Diagnostic.Policies) > 0 || len(d.Diagnostic.Errors) > 0: // an operator's forbid, or an error
+		return d.Reason()
 	case !c.Admin:
-		return Access{Reason: "administrators only"}
+		return "administrators only"
 	case c.Org == "":
-		return Access{Reason: "the administrator's organisation is unknown"}
-	case c.Org == PlatformOrg:
-		return Access{All: true, Gateway: true, Basis: "platform administrator"}
-	case c.Org == g.Org():
-		return Access{Org: c.Org, Gateway: true, Basis: "administrator of the gateway's organisation " + c.Org}
-	case slices.Contains(g.Orgs, c.Org):
-		return Access{Org: c.Org, Basis: "administrator of " + c.Org + ", named in the gateway's admin_orgs"}
+		return "the administrator's organisation is unknown"
 	}
-	return Access{Reason: fmt.Sprintf("an administrator of organisation %s does not administer this gateway unless its admins or admin_orgs name them", c.Org)}
+	return fmt.Sprintf("an administrator of organisation %s does not administer this gateway unless its admins or admin_orgs name them", c.Org)
 }

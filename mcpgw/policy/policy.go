@@ -1,8 +1,10 @@
 // Package policy decides, with Cedar, what a caller of the MCP gateway may see and do.
 //
-// The principal is the caller's verified SPIFFE ID, Umbra::Identity::"spiffe://...", with attributes org,
-// admin, workgroups (a set of "org/name" strings), trust_domain, kind and name, and as parents its
-// Umbra::Org::"<org>" and every Umbra::Workgroup::"<org>/<name>" it is an active member of.
+// The language, the principal and the decision are those of every Umbra surface (package
+// github.com/umbra-mesh/umbra/workgroups/authz): the principal is the caller's verified SPIFFE ID,
+// Umbra::Identity::"spiffe://...", with attributes org, admin, workgroups (a set of Umbra::Workgroup entities),
+// trust_domain, kind and name, and as parents its Umbra::Org::"<org>" and every Umbra::Workgroup::"<org>/<name>"
+// it is an active member of.
 //
 // Resources are the gateway's items, each a child of Umbra::Backend::"<backend>":
 //
@@ -18,36 +20,35 @@
 //
 // A permit annotated @sensitive that allows a call_tool marks that call sensitive: it needs a human approval.
 //
-// Every decision fails closed: any evaluation error denies, and the Diagnostic says which policies decided and
-// why.
+// Every decision fails closed: any evaluation error denies, and the Diagnostic (the shape every audit record
+// carries) says which policies decided and why.
 package policy
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/cedar-policy/cedar-go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Entity types.
 const (
-	TypeIdentity  = "Umbra::Identity"
-	TypeOrg       = "Umbra::Org"
-	TypeWorkgroup = "Umbra::Workgroup"
+	TypeIdentity  = authz.TypeIdentity
+	TypeOrg       = authz.TypeOrg
+	TypeWorkgroup = authz.TypeWorkgroup
 	TypeBackend   = "Umbra::Backend"
 	TypeTool      = "Umbra::Tool"
 	TypePrompt    = "Umbra::Prompt"
 	TypeResource  = "Umbra::Resource"
-	TypeAction    = "Umbra::Action"
+	TypeAction    = authz.TypeAction
 )
 
 // Action is what a caller asks to do with an item.
@@ -109,113 +110,72 @@ type Request struct {
 	Arguments json.RawMessage // call_tool and get_prompt: a JSON object, or empty
 }
 
-// Decision is an answer. Its zero value denies.
+// Decision is an answer: the decision of every surface ([authz.Decision]), and whether an allowed call needs a
+// human approval. Its zero value denies.
 type Decision struct {
-	Allow bool `json:"allow"`
+	authz.Decision
 	// Sensitive is set on an allowed call that needs a human approval.
-	Sensitive  bool       `json:"sensitive,omitempty"`
-	Diagnostic Diagnostic `json:"diagnostic"`
+	Sensitive bool `json:"sensitive,omitempty"`
 }
 
-// Diagnostic explains a decision, for the audit record.
-type Diagnostic struct {
-	Policies []string `json:"policies,omitempty"` // the permits that allowed, or the forbids that denied
-	Reasons  []string `json:"reasons,omitempty"`
-	Errors   []string `json:"errors,omitempty"` // any error denies
-	Version  string   `json:"policy_version,omitempty"`
-}
+// Diagnostic explains a decision, for the audit record ([authz.Diagnostic]).
+type Diagnostic = authz.Diagnostic
 
 // Engine holds a parsed policy text. It is immutable and safe for concurrent use.
 type Engine struct {
-	set       *cedar.PolicySet
-	sensitive map[cedar.PolicyID]bool
-	version   string
+	set *authz.Policies
 }
 
 // Parse parses Cedar policy text. Policy IDs are the @id annotation when present, else "policy<index>".
-// An empty text permits nothing.
+// An empty text permits nothing. Errors are one line naming policies:<line>.
 func Parse(text string) (*Engine, error) {
-	list, err := cedar.NewPolicyListFromBytes("policies", []byte(text))
+	set, err := authz.Parse("policies", text, authz.Options{Check: func(p *cedar.Policy) error {
+		if _, ok := p.Annotations()[SensitiveAnnotation]; ok && p.Effect() != cedar.Permit {
+			return fmt.Errorf("@%s only makes sense on a permit", SensitiveAnnotation)
+		}
+		return nil
+	}})
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	e := &Engine{set: cedar.NewPolicySet(), sensitive: make(map[cedar.PolicyID]bool)}
-	for i, p := range list {
-		id := cedar.PolicyID("policy" + strconv.Itoa(i))
-		if v, ok := p.Annotations()["id"]; ok {
-			id = cedar.PolicyID(v)
-		}
-		if !e.set.Add(id, p) {
-			return nil, fmt.Errorf("policy: line %d: policy id %q used twice", p.Position().Line, id)
-		}
-		if _, ok := p.Annotations()[SensitiveAnnotation]; ok {
-			if p.Effect() != cedar.Permit {
-				return nil, fmt.Errorf("policy: line %d: @%s only makes sense on a permit", p.Position().Line, SensitiveAnnotation)
-			}
-			e.sensitive[id] = true
-		}
-	}
-	sum := sha256.Sum256([]byte(text))
-	e.version = "sha256:" + hex.EncodeToString(sum[:12])
-	return e, nil
+	return &Engine{set: set}, nil
 }
 
 // Version names the policy text: it changes whenever the text does.
-func (e *Engine) Version() string { return e.version }
+func (e *Engine) Version() string { return e.set.Version() }
 
 // Decide answers r.
 func (e *Engine) Decide(r Request) Decision {
 	if e == nil {
-		return deny("", errors.New("no policies"))
+		return Decision{Decision: authz.Denied(errors.New("no policies"))}
 	}
-	req, entities, err := build(r)
+	q, err := build(r)
 	if err != nil {
-		return deny(e.version, err)
+		d := Decision{Decision: authz.Denied(err)}
+		d.Diagnostic.Version = e.Version()
+		return d
 	}
-	dec, diag := cedar.Authorize(e.set, entities, req)
-	d := Decision{Diagnostic: Diagnostic{Version: e.version}}
-	for _, de := range diag.Errors {
-		d.Diagnostic.Errors = append(d.Diagnostic.Errors, de.String())
-	}
-	for _, reason := range diag.Reasons {
-		d.Diagnostic.Policies = append(d.Diagnostic.Policies, string(reason.PolicyID))
-	}
-	slices.Sort(d.Diagnostic.Policies)
-	what := fmt.Sprintf("%s on %s", r.Action, r.Item.Name)
-	switch {
-	case len(diag.Errors) > 0:
-		d.Diagnostic.Reasons = []string{"policy evaluation failed, denying " + what}
-	case dec == cedar.Allow:
-		d.Allow = true
-		d.Diagnostic.Reasons = []string{"permitted " + what + " by " + strings.Join(d.Diagnostic.Policies, ", ")}
-		if r.Action == CallTool {
-			d.Sensitive = r.Item.Sensitive
-			for _, reason := range diag.Reasons {
-				if e.sensitive[reason.PolicyID] {
-					d.Sensitive = true
-					d.Diagnostic.Reasons = append(d.Diagnostic.Reasons, "policy "+string(reason.PolicyID)+" requires approval")
-				}
-			}
-			if r.Item.Sensitive {
-				d.Diagnostic.Reasons = append(d.Diagnostic.Reasons, "tool is configured as sensitive")
+	d := Decision{Decision: authz.Decide(q, e.set)}
+	d.Diagnostic.Version = e.Version()
+	if d.Allow && r.Action == CallTool {
+		d.Sensitive = r.Item.Sensitive
+		for _, id := range d.Diagnostic.Policies {
+			if _, ok := e.set.Annotation(id, SensitiveAnnotation); ok {
+				d.Sensitive = true
+				d.Diagnostic.Reasons = append(d.Diagnostic.Reasons, "policy "+id+" requires approval")
 			}
 		}
-	case len(d.Diagnostic.Policies) > 0:
-		d.Diagnostic.Reasons = []string{"forbade " + what + " by " + strings.Join(d.Diagnostic.Policies, ", ")}
-	default:
-		d.Diagnostic.Reasons = []string{"no policy permits " + what}
+		if r.Item.Sensitive {
+			d.Diagnostic.Reasons = append(d.Diagnostic.Reasons, "tool is configured as sensitive")
+		}
 	}
 	return d
 }
 
-func deny(version string, err error) Decision {
-	return Decision{Diagnostic: Diagnostic{Reasons: []string{"invalid request, denying"}, Errors: []string{err.Error()}, Version: version}}
-}
-
-func build(r Request) (cedar.Request, cedar.EntityMap, error) {
-	var zero cedar.Request
+func build(r Request) (authz.Query, error) {
+	var zero authz.Query
 	if r.Principal.ID.IsZero() {
-		return zero, nil, errors.New("principal has no SPIFFE ID")
+		return zero, errors.New("principal has no SPIFFE ID")
 	}
 	var resType cedar.EntityType
 	var argsAllowed bool
@@ -227,38 +187,14 @@ func build(r Request) (cedar.Request, cedar.EntityMap, error) {
 	case r.Item.Kind == Resource && (r.Action == ListResource || r.Action == ReadResource):
 		resType = TypeResource
 	default:
-		return zero, nil, fmt.Errorf("action %q does not apply to this item", r.Action)
+		return zero, fmt.Errorf("action %q does not apply to this item", r.Action)
 	}
 	if r.Item.Name == "" || r.Item.Backend == "" {
-		return zero, nil, errors.New("item has no name or backend")
+		return zero, errors.New("item has no name or backend")
 	}
 
 	p := r.Principal
-	wgs := make([]cedar.Value, 0, len(p.Workgroups))
-	parents := []cedar.EntityUID{}
-	if p.Org != "" {
-		parents = append(parents, cedar.NewEntityUID(TypeOrg, cedar.String(p.Org)))
-	}
-	for _, wg := range p.Workgroups {
-		wgs = append(wgs, cedar.String(wg))
-		parents = append(parents, cedar.NewEntityUID(TypeWorkgroup, cedar.String(wg)))
-	}
-	kind, name := "", ""
-	if segs := strings.Split(strings.TrimPrefix(p.ID.Path(), "/"), "/"); len(segs) == 3 {
-		kind, name = segs[1], segs[2]
-	}
-	principal := cedar.Entity{
-		UID:     cedar.NewEntityUID(TypeIdentity, cedar.String(p.ID.String())),
-		Parents: cedar.NewEntityUIDSet(parents...),
-		Attributes: cedar.NewRecord(cedar.RecordMap{
-			"org":          cedar.String(p.Org),
-			"admin":        cedar.Boolean(p.Admin),
-			"workgroups":   cedar.NewSet(wgs...),
-			"trust_domain": cedar.String(p.ID.TrustDomain().Name()),
-			"kind":         cedar.String(kind),
-			"name":         cedar.String(name),
-		}),
-	}
+	principal := authz.Principal{ID: p.ID, Org: p.Org, Admin: p.Admin, Workgroups: p.Workgroups}.Entity()
 
 	it := r.Item
 	attrs := cedar.RecordMap{"backend": cedar.String(it.Backend)}
@@ -282,26 +218,21 @@ func build(r Request) (cedar.Request, cedar.EntityMap, error) {
 	ctx := cedar.RecordMap{
 		"org":        cedar.String(p.Org),
 		"admin":      cedar.Boolean(p.Admin),
-		"workgroups": cedar.NewSet(wgs...),
+		"workgroups": authz.WorkgroupSet(p.Workgroups),
 	}
 	if argsAllowed {
 		args := cedar.RecordMap{}
 		if len(r.Arguments) > 0 {
 			v, err := Arguments(r.Arguments)
 			if err != nil {
-				return zero, nil, err
+				return zero, err
 			}
 			args = v
 		}
 		ctx["arguments"] = cedar.NewRecord(args)
 	}
-	entities := cedar.EntityMap{principal.UID: principal, resource.UID: resource}
-	return cedar.Request{
-		Principal: principal.UID,
-		Action:    cedar.NewEntityUID(TypeAction, cedar.String(r.Action)),
-		Resource:  resource.UID,
-		Context:   cedar.NewRecord(ctx),
-	}, entities, nil
+	return authz.Query{Principal: principal, Action: string(r.Action), Resource: resource, Context: ctx,
+		What: fmt.Sprintf("%s on %s", r.Action, r.Item.Name)}, nil
 }
 
 // Arguments converts a JSON object to the Cedar record policies see as context.arguments.
