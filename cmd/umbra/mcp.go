@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -79,12 +80,14 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 func cmdMCPSampleServer(ctx context.Context, args []string, _ io.Reader, _, stderr io.Writer) error {
 	f := newFlags("mcp sample-server", stderr)
 	var name string
+	var delay time.Duration
 	f.StringVar(&name, "name", "umbra-sample", "server name")
+	f.DurationVar(&delay, "delay", 0, "hold every tool call this long first, as an upstream of fixed latency (for benchmarks)")
 	f.args(0, "")
 	if _, err := f.parse(args); err != nil {
 		return err
 	}
-	return sampletools.ServeStdio(ctx, name)
+	return sampletools.ServeStdio(ctx, name, delay)
 }
 
 type nopWriteCloser struct{ io.Writer }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -80,7 +81,32 @@ func NewServer(name string) *mcp.Server {
 	return s
 }
 
-// ServeStdio serves the sample server on stdin/stdout until the client goes away or ctx ends.
-func ServeStdio(ctx context.Context, name string) error {
-	return NewServer(name).Run(ctx, &mcp.StdioTransport{})
+// ServeStdio serves the sample server on stdin/stdout until the client goes away or ctx ends. Each tool call
+// takes at least delay (0: none), for benchmarks against an upstream of fixed latency.
+func ServeStdio(ctx context.Context, name string, delay time.Duration) error {
+	s := NewServer(name)
+	Delay(s, delay)
+	return s.Run(ctx, &mcp.StdioTransport{})
+}
+
+// Delay makes every tools/call that s answers wait d first (d <= 0: no change). A call cancelled meanwhile ends
+// with its context's error.
+func Delay(s *mcp.Server, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	s.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if method == "tools/call" {
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return nil, ctx.Err()
+				}
+			}
+			return next(ctx, method, req)
+		}
+	})
 }
