@@ -66,7 +66,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	client := cfg.HTTPClient
 	if client == nil {
-		client = &http.Client{}
+		client = &http.Client{Transport: upstreamTransport()}
 	}
 	reg := cfg.Registry
 	if reg == nil {
@@ -232,4 +232,14 @@ func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	promhttp.HandlerFor(g.gatherer, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+}
+
+// upstreamTransport is the default transport to model providers: Go's default, keeping as many idle connections
+// per provider as the gateway may have calls in flight to it (the default of 2 makes most concurrent calls open a
+// new connection, and a TLS handshake, to the same provider).
+func upstreamTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
 }
