@@ -80,6 +80,26 @@ func (c *Controller) Revoke(ctx context.Context, id spiffeid.ID, reason string) 
 	return out, nil
 }
 
+// Suspend is the kill switch (admin only): the overlay drops the identity and its live connections, its open
+// sessions close, and the controller, the relay, the gateways and every host refuse it until Resume. Unlike
+// Revoke it keeps the identity's certificates, grants and memberships.
+func (c *Controller) Suspend(ctx context.Context, id spiffeid.ID, reason string) (api.SuspendResponse, error) {
+	var out api.SuspendResponse
+	if err := c.post(ctx, api.PathSuspend, api.SuspendRequest{SPIFFEID: id.String(), Reason: reason}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: suspend %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// Resume lifts a suspension (admin only): the identity connects again with the identity file it holds.
+func (c *Controller) Resume(ctx context.Context, id spiffeid.ID, reason string) (api.SuspendResponse, error) {
+	var out api.SuspendResponse
+	if err := c.post(ctx, api.PathResume, api.SuspendRequest{SPIFFEID: id.String(), Reason: reason}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: resume %s: %w", id, err)
+	}
+	return out, nil
+}
+
 // Grant lets identities host (bind) or use (dial) a service (admin only), creating the service if needed.
 func (c *Controller) Grant(ctx context.Context, req api.GrantRequest) error {
 	if err := c.post(ctx, api.PathGrant, req, nil); err != nil {

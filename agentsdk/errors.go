@@ -10,7 +10,8 @@ import (
 
 // Sentinel errors callers branch on.
 var (
-	// ErrNotAuthorized: the controller or the overlay refused this identity (unknown, revoked, or not allowed).
+	// ErrNotAuthorized: the controller or the overlay refused this identity (unknown, revoked, suspended, or not
+	// allowed).
 	ErrNotAuthorized = errors.New("not authorized")
 	// ErrServiceNotFound: the service does not exist or this identity may not use it; the two are
 	// indistinguishable by design.
@@ -39,7 +40,7 @@ func (e *APIError) Error() string {
 func (e *APIError) Is(target error) bool {
 	if target == ErrNotAuthorized {
 		switch e.Code {
-		case api.CodeUnauthenticated, api.CodeForbidden, api.CodeRevoked, api.CodeReenrollRequired:
+		case api.CodeUnauthenticated, api.CodeForbidden, api.CodeRevoked, api.CodeSuspended, api.CodeReenrollRequired:
 			return true
 		}
 	}

@@ -362,3 +362,37 @@ func (c *Controller) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityIn
 	}
 	return out, nil
 }
+
+// Inventory lists what exists on the platform (administrators only; an organisation administrator sees its own
+// organisation's).
+func (c *Controller) Inventory(ctx context.Context) (api.Inventory, error) {
+	var out api.Inventory
+	if err := c.get(ctx, api.PathInventory, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: inventory: %w", err)
+	}
+	return out, nil
+}
+
+// Posture returns the posture findings and the drift since the recorded baseline (administrators only). query
+// may override the policy the findings hold the state to (see docs/posture.md); nil keeps the defaults.
+func (c *Controller) Posture(ctx context.Context, query url.Values) (api.PostureReport, error) {
+	var out api.PostureReport
+	path := api.PathPosture
+	if len(query) > 0 {
+		path += "?" + query.Encode()
+	}
+	if err := c.get(ctx, path, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: posture: %w", err)
+	}
+	return out, nil
+}
+
+// RecordBaseline records the current inventory as the baseline later posture reports compare with
+// (administrators only; an organisation administrator records its organisation's).
+func (c *Controller) RecordBaseline(ctx context.Context) (api.BaselineResponse, error) {
+	var out api.BaselineResponse
+	if err := c.post(ctx, api.PathPostureBase, struct{}{}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: record posture baseline: %w", err)
+	}
+	return out, nil
+}

@@ -19,35 +19,62 @@ import (
 // ErrRevoked is a peer certificate the controller has revoked, refused in the mutual-TLS handshake.
 var ErrRevoked = errors.New("agentsdk: peer certificate revoked")
 
+// ErrSuspended is a peer certificate of an identity an administrator has suspended, refused in the mutual-TLS
+// handshake until the identity is resumed.
+var ErrSuspended = errors.New("agentsdk: peer identity suspended")
+
 // revocations is what an agent knows of revoked certificates: their serial numbers, until they expire. The
 // controller pushes them on its revocation feed, which the agent follows for as long as it is connected
 // (catching up from its last revision after a reconnect), so a host refuses a revoked peer within about a
-// second of the revocation even though the certificate itself is still valid.
+// second of the revocation even though the certificate itself is still valid. The same feed names the
+// certificates of suspended identities, refused the same way until the feed says they were resumed.
 type revocations struct {
-	mu       sync.RWMutex
-	serials  map[string]time.Time // serial (hex) → not after
-	epoch    string
-	revision int
+	mu        sync.RWMutex
+	serials   map[string]time.Time // serial (hex) → not after
+	suspended map[string]time.Time // serial (hex) → not after
+	epoch     string
+	revision  int
 }
 
-func newRevocations() *revocations { return &revocations{serials: map[string]time.Time{}} }
+func newRevocations() *revocations {
+	return &revocations{serials: map[string]time.Time{}, suspended: map[string]time.Time{}}
+}
 
-func (r *revocations) revoked(c *x509.Certificate) bool {
+// refused returns ErrRevoked or ErrSuspended for a certificate the feed named, nil for any other.
+func (r *revocations) refused(c *x509.Certificate) error {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	_, ok := r.serials[c.SerialNumber.Text(16)]
-	return ok
+	serial := c.SerialNumber.Text(16)
+	if _, ok := r.serials[serial]; ok {
+		return ErrRevoked
+	}
+	if _, ok := r.suspended[serial]; ok {
+		return ErrSuspended
+	}
+	return nil
 }
 
 func (r *revocations) merge(feed api.RevocationFeed, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if feed.Epoch != r.epoch {
+		// A new run of the feed starts over from the beginning and names every suspension still in force.
+		clear(r.suspended)
+	}
 	for _, c := range feed.Revoked {
 		r.serials[c.Serial] = c.NotAfter
 	}
-	for s, notAfter := range r.serials {
-		if !notAfter.After(now) {
-			delete(r.serials, s) // expired: the handshake refuses it anyway
+	for _, c := range feed.Suspended {
+		r.suspended[c.Serial] = c.NotAfter
+	}
+	for _, serial := range feed.Resumed {
+		delete(r.suspended, serial)
+	}
+	for _, m := range []map[string]time.Time{r.serials, r.suspended} {
+		for s, notAfter := range m {
+			if !notAfter.After(now) {
+				delete(m, s) // expired: the handshake refuses it anyway
+			}
 		}
 	}
 	r.epoch, r.revision = feed.Epoch, feed.Revision
@@ -64,8 +91,11 @@ func (r *revocations) query() string {
 func (a *Agent) notRevoked(authorize tlsconfig.Authorizer) tlsconfig.Authorizer {
 	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
 		for _, chain := range chains {
-			if len(chain) > 0 && a.revoked.revoked(chain[0]) {
-				return fmt.Errorf("%w: %s (serial %s)", ErrRevoked, id, chain[0].SerialNumber.Text(16))
+			if len(chain) == 0 {
+				continue
+			}
+			if err := a.revoked.refused(chain[0]); err != nil {
+				return fmt.Errorf("%w: %s (serial %s)", err, id, chain[0].SerialNumber.Text(16))
 			}
 		}
 		return authorize(id, chains)

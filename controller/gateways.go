@@ -75,7 +75,7 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 			return nil, internal(err)
 		}
 		info := api.IdentityInfo{SPIFFEID: rec.SPIFFEID, Org: rec.Org, Kind: rec.Kind, Name: rec.Name, Admin: rec.Admin,
-			Revoked: rec.State == stateRevoked, Workgroups: []string{}}
+			Revoked: rec.State == stateRevoked, Suspended: rec.Suspended, Workgroups: []string{}}
 		for _, wg := range workgroups.ActiveWorkgroups(ms) {
 			info.Workgroups = append(info.Workgroups, wg.String())
 		}

@@ -46,9 +46,10 @@ type governance struct {
 	// sessionStream is the stream under the sessions bucket: the retention removes every revision of an
 	// ended session from it at once (retention.go).
 	sessionStream jetstream.Stream
-	rates         table[proposalRate] // proposals per identity and window (ratelimit.go)
-	budget        *auditBudget        // audit bytes per identity and day (auditbudget.go); budget.run is the caller's
-	keepEnded     int                 // ended sessions kept per consumer within the retention: endedPerConsumer
+	rates         table[proposalRate]    // proposals per identity and window (ratelimit.go)
+	budget        *auditBudget           // audit bytes per identity and day (auditbudget.go); budget.run is the caller's
+	baselines     table[postureBaseline] // recorded posture baselines by scope (inventory.go)
+	keepEnded     int                    // ended sessions kept per consumer within the retention: endedPerConsumer
 
 	mu        sync.Mutex
 	deadlines map[string]time.Time // open sessions by id, for expiry
@@ -85,6 +86,9 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 		return nil, fmt.Errorf("sessions stream: %w", err)
 	}
 	if g.rates, err = openProposalRates(ctx, js); err != nil {
+		return nil, err
+	}
+	if g.baselines, err = openTable[postureBaseline](ctx, js, "umbra_posture_baselines"); err != nil {
 		return nil, err
 	}
 	if g.budget, err = openAuditBudgets(ctx, js, cfg.AuditBytesPerIdentityDay, controllerID, log); err != nil {

@@ -129,6 +129,8 @@ func (s *Server) apiHandler() http.Handler {
 		return api.CreateRouterResponse{Name: req.Name, Token: tok}, nil
 	}))
 	s.lifecycleRoutes(mux)
+	s.suspendRoutes(mux)
+	s.postureRoutes(mux)
 	s.governanceRoutes(mux)
 	s.gatewayRoutes(mux)
 	return s.authenticate(mux)
@@ -155,6 +157,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		case rec.State == stateRevoked:
 			s.fail(w, r, failf(http.StatusForbidden, api.CodeRevoked, "%s has been revoked", id))
+			return
+		case rec.Suspended:
+			s.fail(w, r, failf(http.StatusForbidden, api.CodeSuspended, "%s is suspended: ask an administrator to resume it (umbra identity resume)", id))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{id: id, rec: rec})))

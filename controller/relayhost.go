@@ -151,6 +151,9 @@ func (r relayIdentities) Usable(ctx context.Context, id spiffeid.ID) error {
 	if rec.State == stateRevoked {
 		return errors.New("revoked")
 	}
+	if rec.Suspended {
+		return errors.New("suspended")
+	}
 	return nil
 }
 

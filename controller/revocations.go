@@ -56,33 +56,64 @@ func (s *Server) issueSVID(ctx context.Context, id spiffeid.ID, csr []byte) (*x5
 	return leaf, nil
 }
 
-// revocationFeed is the list of revoked certificates in the order this controller learnt them.
+// revocationFeed is the list of revoked certificates, and of suspensions and resumptions, in the order this
+// controller learnt them.
 type revocationFeed struct {
-	epoch   string // a new one each start: revisions of another run do not count here
-	mu      sync.Mutex
-	known   map[string]bool
-	list    []api.RevokedCert
-	changed chan struct{} // closed and replaced whenever list grows
+	epoch     string // a new one each start: revisions of another run do not count here
+	mu        sync.Mutex
+	known     map[string]bool // revoked serials published
+	suspended map[string]bool // serials published as suspended and not resumed since
+	events    []feedEvent
+	changed   chan struct{} // closed and replaced whenever events grows
 }
+
+// feedEvent is one step of the feed: a certificate revoked, suspended or resumed.
+type feedEvent struct {
+	cert api.RevokedCert
+	kind feedEventKind
+}
+
+type feedEventKind int
+
+const (
+	eventRevoked feedEventKind = iota
+	eventSuspended
+	eventResumed
+)
 
 func newRevocationFeed() *revocationFeed {
-	return &revocationFeed{epoch: rand.Text(), known: map[string]bool{}, changed: make(chan struct{})}
+	return &revocationFeed{epoch: rand.Text(), known: map[string]bool{}, suspended: map[string]bool{}, changed: make(chan struct{})}
 }
 
-// add publishes the unexpired certificates of a revoked record not published yet.
+// add publishes what changed in a record: the unexpired certificates of a revoked record not published yet, those
+// of a suspended record not published as suspended, and the resumption of those of a record no longer suspended.
 func (f *revocationFeed) add(r identityRecord, now time.Time) {
-	if r.State != stateRevoked {
-		return
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	grew := false
 	for _, c := range r.Certs {
-		if f.known[c.Serial] || !c.NotAfter.After(now) {
-			continue
+		cert := api.RevokedCert{Serial: c.Serial, NotAfter: c.NotAfter}
+		switch {
+		case r.State == stateRevoked:
+			delete(f.suspended, c.Serial) // revoked wins; hosts check the revoked list first
+			if f.known[c.Serial] || !c.NotAfter.After(now) {
+				continue
+			}
+			f.known[c.Serial] = true
+			f.events = append(f.events, feedEvent{cert, eventRevoked})
+		case r.Suspended:
+			if f.suspended[c.Serial] || !c.NotAfter.After(now) {
+				continue
+			}
+			f.suspended[c.Serial] = true
+			f.events = append(f.events, feedEvent{cert, eventSuspended})
+		default:
+			if !f.suspended[c.Serial] {
+				continue
+			}
+			delete(f.suspended, c.Serial)
+			f.events = append(f.events, feedEvent{cert, eventResumed})
 		}
-		f.known[c.Serial] = true
-		f.list = append(f.list, api.RevokedCert{Serial: c.Serial, NotAfter: c.NotAfter})
 		grew = true
 	}
 	if grew {
@@ -91,14 +122,33 @@ func (f *revocationFeed) add(r identityRecord, now time.Time) {
 	}
 }
 
-// since returns what was published after revision of epoch, and a channel closed at the next change.
+// since returns what was published after revision of epoch, and a channel closed at the next change. A serial
+// suspended and resumed within that span is reported by its last state only.
 func (f *revocationFeed) since(epoch string, after int) (api.RevocationFeed, <-chan struct{}) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if epoch != f.epoch || after < 0 || after > len(f.list) {
+	if epoch != f.epoch || after < 0 || after > len(f.events) {
 		after = 0 // a revision of another controller or of an earlier run: start over
 	}
-	out := api.RevocationFeed{Epoch: f.epoch, Revision: len(f.list), Revoked: append([]api.RevokedCert{}, f.list[after:]...)}
+	out := api.RevocationFeed{Epoch: f.epoch, Revision: len(f.events), Revoked: []api.RevokedCert{}}
+	last := map[string]int{} // serial → index of its last suspension or resumption after `after`
+	for i, e := range f.events[after:] {
+		if e.kind == eventRevoked {
+			out.Revoked = append(out.Revoked, e.cert)
+		} else {
+			last[e.cert.Serial] = after + i
+		}
+	}
+	for i, e := range f.events[after:] {
+		if e.kind == eventRevoked || last[e.cert.Serial] != after+i {
+			continue
+		}
+		if e.kind == eventSuspended {
+			out.Suspended = append(out.Suspended, e.cert)
+		} else {
+			out.Resumed = append(out.Resumed, e.cert.Serial)
+		}
+	}
 	return out, f.changed
 }
 
@@ -151,7 +201,7 @@ func (s *Server) serveRevocations(w http.ResponseWriter, r *http.Request) {
 	wait = min(wait, maxRevocationWait)
 	epoch := r.URL.Query().Get("epoch")
 	feed, changed := s.revoked.since(epoch, after)
-	if len(feed.Revoked) == 0 && wait > 0 {
+	if len(feed.Revoked)+len(feed.Suspended)+len(feed.Resumed) == 0 && wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		select {

@@ -36,6 +36,11 @@ type identityRecord struct {
 	RevokedAt    time.Time     `json:"revoked_at,omitzero"`
 	RevokedBy    string        `json:"revoked_by,omitempty"`
 	RevokeReason string        `json:"revoke_reason,omitempty"`
+	// Suspended is the kill switch (suspend.go): refused everywhere, as if revoked, until resumed.
+	Suspended     bool      `json:"suspended,omitempty"`
+	SuspendedAt   time.Time `json:"suspended_at,omitzero"`
+	SuspendedBy   string    `json:"suspended_by,omitempty"`
+	SuspendReason string    `json:"suspend_reason,omitempty"`
 	// Certs are the certificates issued to the identity that have not expired yet: once it is revoked, the
 	// revocation feed lists them.
 	Certs []certEntry `json:"certs,omitempty"`

@@ -59,6 +59,7 @@ const (
 	CloseExpired           CloseReason = "expired"
 	CloseMembershipRemoved CloseReason = "membership_removed"
 	CloseIdentityRevoked   CloseReason = "identity_revoked"
+	CloseIdentitySuspended CloseReason = "identity_suspended"
 	CloseWorkgroupDeleted  CloseReason = "workgroup_deleted"
 	CloseAdmin             CloseReason = "admin"
 )
@@ -66,7 +67,7 @@ const (
 func (r CloseReason) valid() bool {
 	switch r {
 	case CloseByConsumer, CloseByProvider, CloseMaxMessages, CloseExpired,
-		CloseMembershipRemoved, CloseIdentityRevoked, CloseWorkgroupDeleted, CloseAdmin:
+		CloseMembershipRemoved, CloseIdentityRevoked, CloseIdentitySuspended, CloseWorkgroupDeleted, CloseAdmin:
 		return true
 	}
 	return false

@@ -168,7 +168,7 @@ func TestSessionActors(t *testing.T) {
 
 func TestSessionCloseReasons(t *testing.T) {
 	for _, r := range []CloseReason{CloseByConsumer, CloseByProvider, CloseMaxMessages, CloseExpired,
-		CloseMembershipRemoved, CloseIdentityRevoked, CloseWorkgroupDeleted, CloseAdmin} {
+		CloseMembershipRemoved, CloseIdentityRevoked, CloseIdentitySuspended, CloseWorkgroupDeleted, CloseAdmin} {
 		t.Run(string(r), func(t *testing.T) {
 			s := sessionIn(t, StateActive)
 			actor := controller

@@ -23,6 +23,8 @@ const (
 	PathRenew          = "/v1/svid/renew"
 	PathIdentities     = "/v1/identities"
 	PathRevoke         = "/v1/identities/revoke"
+	PathSuspend        = "/v1/identities/suspend"
+	PathResume         = "/v1/identities/resume"
 	PathGrant          = "/v1/services/grant"
 	PathRouters        = "/v1/routers"
 	MaxRequestBytes    = 64 << 10
@@ -103,6 +105,22 @@ type RevokeResponse struct {
 	CircuitsClosed int    `json:"circuits_closed"`
 }
 
+// SuspendRequest suspends or resumes an identity (PathSuspend, PathResume): the kill switch. Suspension cuts
+// the identity from the overlay and the controller like a revocation, but keeps its certificates and records, so
+// that resuming restores it without re-enrollment.
+type SuspendRequest struct {
+	SPIFFEID string `json:"spiffe_id"`
+	Reason   string `json:"reason"`
+}
+
+// SuspendResponse reports what a suspension cut (nothing, for a resume) and the identity's state after it.
+type SuspendResponse struct {
+	SPIFFEID       string `json:"spiffe_id"`
+	Suspended      bool   `json:"suspended"`
+	CircuitsClosed int    `json:"circuits_closed"`
+	SessionsClosed int    `json:"sessions_closed"`
+}
+
 // GrantRequest lets identities host (bind) or use (dial) a service, creating the service if needed.
 type GrantRequest struct {
 	Service string   `json:"service"`
@@ -147,6 +165,7 @@ const (
 	CodeTokenUsed       = "token_used"
 	CodeCSRMismatch     = "csr_mismatch"
 	CodeRevoked         = "revoked"
+	CodeSuspended       = "suspended" // the identity is suspended (HTTP 403) until an administrator resumes it
 	CodeInternal        = "internal"
 )
 

@@ -228,6 +228,7 @@ type IdentityInfo struct {
 	Name       string   `json:"name"`
 	Admin      bool     `json:"admin"`
 	Revoked    bool     `json:"revoked"`
+	Suspended  bool     `json:"suspended,omitempty"`
 	Workgroups []string `json:"workgroups"`
 }
 
@@ -243,6 +244,10 @@ type RevocationFeed struct {
 	Epoch    string        `json:"epoch"`
 	Revision int           `json:"revision"`
 	Revoked  []RevokedCert `json:"revoked"`
+	// Suspended are certificates of identities suspended since revision, to refuse until they are resumed;
+	// Resumed are serials to accept again. A serial is in at most one of them: its state as of Revision.
+	Suspended []RevokedCert `json:"suspended,omitempty"`
+	Resumed   []string      `json:"resumed,omitempty"`
 }
 
 // RevokedCert is an unexpired certificate of a revoked identity.

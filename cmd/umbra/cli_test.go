@@ -66,6 +66,9 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"whoami", "--as", missing}, []string{"--as", "no such"}},
 		{[]string{"whoami", "--as", id}, []string{"--as", "not a usable identity file"}},
 		{[]string{"whoami", "--as", id, "extra"}, []string{`"extra"`}},
+		{[]string{"posture", "--as", id, "--fail-on", "urgent"}, []string{"--fail-on", `"urgent"`, "critical"}},
+		{[]string{"identity", "suspend", "--as", id, "spiffe://umbra.local/acme/agent/a"}, []string{"--reason"}},
+		{[]string{"identity", "resume", "--as", id, "--reason", "ok", "not-an-id"}, []string{`"not-an-id"`, "SPIFFE ID"}},
 		{[]string{"dev", "--log-level", "loud"}, []string{"--log-level", `"loud"`, "debug"}},
 		{[]string{"dev", "--ctrl-port", "abc"}, []string{"--ctrl-port", "whole number"}},
 		{[]string{"dev", "--data", filepath.Join(dir, "dev"), "--api-port", heldPort}, []string{"--api-port", heldAddr, "in use"}},
@@ -191,7 +194,8 @@ func TestCommandErrors(t *testing.T) {
 func TestCommandHelp(t *testing.T) {
 	paths := [][]string{{}, {"router", "create"}, {"workgroup", "member"}, {"workgroup", "member", "add"},
 		{"workgroup", "member", "remove"}, {"mcp", "approvals"}, {"mcp", "approvals", "list"}, {"mcp", "approvals", "approve"},
-		{"demo", "setup"}, {"demo", "agent"}, {"demo", "exec"}, {"demo", "serve-mcp"}, {"demo", "sockets"}, {"demo", "probe"}}
+		{"demo", "setup"}, {"demo", "agent"}, {"demo", "exec"}, {"demo", "serve-mcp"}, {"demo", "sockets"}, {"demo", "probe"},
+		{"posture", "baseline"}}
 	for name := range commands() {
 		paths = append(paths, []string{name})
 	}

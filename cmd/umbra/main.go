@@ -31,6 +31,10 @@ Usage:
   umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]
   umbra identity revoke --as ADMIN.json SPIFFE-ID [--reason R]
   umbra identity reenroll --as ADMIN.json SPIFFE-ID [--token-ttl D]   prints a new enrollment token for it
+  umbra identity suspend|resume --as ADMIN.json SPIFFE-ID --reason R   the kill switch (docs/posture.md)
+  umbra inventory --as ADMIN.json [--json]          identities, services, workgroups, advertisements
+  umbra posture   --as ADMIN.json [--json] [--fail-on SEVERITY]   findings and drift; exit 1 at or above SEVERITY
+  umbra posture baseline --as ADMIN.json            records the baseline later posture runs compare with
   umbra admin rotate --as ADMIN.json [--out FILE]   new platform administrator; the old one is revoked
   umbra enroll     --token FILE --out FILE
   umbra whoami     --as ID.json
@@ -109,16 +113,19 @@ func commands() map[string]command {
 		"mcpgw":      cmdMCPGateway,
 		"llmgw":      cmdLLMGateway,
 		"demo":       cmdDemo,
+		"inventory":  cmdInventory,
+		"posture":    cmdPosture,
 	}
 }
 
 // groups are the top-level commands made of subcommands.
 func groups() map[string]map[string]command {
 	return map[string]map[string]command{
-		"identity": {"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke, "reenroll": cmdIdentityReenroll},
-		"admin":    {"rotate": cmdAdminRotate},
-		"service":  {"grant": cmdServiceGrant, "serve": cmdServiceServe, "dial": cmdServiceDial, "list": cmdServiceList},
-		"org":      {"create": cmdOrgCreate},
+		"identity": {"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke, "reenroll": cmdIdentityReenroll,
+			"suspend": cmdIdentitySuspend(true), "resume": cmdIdentitySuspend(false)},
+		"admin":   {"rotate": cmdAdminRotate},
+		"service": {"grant": cmdServiceGrant, "serve": cmdServiceServe, "dial": cmdServiceDial, "list": cmdServiceList},
+		"org":     {"create": cmdOrgCreate},
 		"workgroup": {"create": cmdWorkgroupCreate, "accept": cmdWorkgroupAnswer(false), "decline": cmdWorkgroupAnswer(true),
 			"member": cmdWorkgroupMember, "list": cmdWorkgroupList, "delete": cmdWorkgroupDelete},
 		"session": {"propose": cmdSessionPropose, "send": cmdSessionSend, "recv": cmdSessionRecv,

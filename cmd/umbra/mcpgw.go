@@ -194,7 +194,7 @@ func (d mcpDirectory) Lookup(ctx context.Context, id spiffeid.ID) (mcpgw.Princip
 	if err != nil {
 		return mcpgw.Principal{}, err
 	}
-	return mcpgw.Principal{ID: id, Org: info.Org, Admin: info.Admin, Revoked: info.Revoked, Workgroups: info.Workgroups}, nil
+	return mcpgw.Principal{ID: id, Org: info.Org, Admin: info.Admin, Revoked: info.Revoked || info.Suspended, Workgroups: info.Workgroups}, nil
 }
 
 // gatewaySetup parses a gateway command's flags, reads its configuration file with parse (which returns the

@@ -168,6 +168,9 @@ func (h *Host) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityInfo, er
 	if info.Revoked {
 		return api.IdentityInfo{}, fmt.Errorf("%s has been revoked", id)
 	}
+	if info.Suspended {
+		return api.IdentityInfo{}, fmt.Errorf("%s is suspended", id)
+	}
 	h.mu.Lock()
 	if len(h.cache) > 10000 {
 		h.cache = map[spiffeid.ID]cached{}

@@ -310,6 +310,14 @@ func (m *Mgmt) DisableIdentity(id string) error {
 	})
 }
 
+// EnableIdentity lifts a DisableIdentity: the identity may authenticate again.
+func (m *Mgmt) EnableIdentity(id string) error {
+	return m.do("enable identity", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.Identity.EnableIdentity(&identity.EnableIdentityParams{ID: id}, nil)
+		return err
+	})
+}
+
 // EnsureService creates a service (encrypted end to end) carrying the given role attributes, if absent.
 func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
 	var id string

@@ -1,0 +1,209 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/controller/posture"
+	"github.com/umbra-mesh/umbra/internal/audit"
+)
+
+// The posture API (inventory, findings, baseline) is a thin layer over package posture: the controller takes
+// a snapshot of its state and the package does the rest. Administrators only; an organisation administrator is
+// answered for its own organisation.
+
+// postureBaseline is a recorded baseline: the inventory's item digests (posture.Items), per scope.
+type postureBaseline struct {
+	Scope      string            `json:"scope"`
+	RecordedAt time.Time         `json:"recorded_at"`
+	RecordedBy string            `json:"recorded_by"`
+	Items      map[string]string `json:"items"`
+}
+
+func scopeOf(c caller) posture.Scope {
+	if isPlatformAdmin(c) {
+		return posture.Scope{}
+	}
+	return posture.Scope{Org: c.rec.Org}
+}
+
+func (s *Server) postureRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET "+api.PathInventory, s.admin(func(ctx context.Context, c caller, _ []byte) (any, error) {
+		st, err := s.postureState(ctx)
+		if err != nil {
+			return nil, internal(err)
+		}
+		return posture.Inventory(st, scopeOf(c)), nil
+	}))
+	mux.HandleFunc("GET "+api.PathPosture, func(w http.ResponseWriter, r *http.Request) {
+		c := r.Context().Value(callerKey{}).(caller)
+		if !c.rec.Admin {
+			s.fail(w, r, failf(http.StatusForbidden, api.CodeForbidden, "%s is not an administrator", c.id))
+			return
+		}
+		p, err := policyFrom(r.URL.Query())
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		out, err := s.postureReport(r.Context(), scopeOf(c), p)
+		if err != nil {
+			s.fail(w, r, internal(err))
+			return
+		}
+		reply(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("POST "+api.PathPostureBase, s.admin(func(ctx context.Context, c caller, _ []byte) (any, error) {
+		st, err := s.postureState(ctx)
+		if err != nil {
+			return nil, internal(err)
+		}
+		scope := scopeOf(c)
+		b := postureBaseline{Scope: scope.String(), RecordedAt: st.Now.UTC(), RecordedBy: c.id.String(),
+			Items: posture.Items(posture.Inventory(st, scope))}
+		raw, err := json.Marshal(b)
+		if err != nil {
+			return nil, internal(err)
+		}
+		if len(raw) > tableMaxValueSize {
+			return nil, failf(http.StatusRequestEntityTooLarge, api.CodeBadRequest,
+				"the inventory has %d items, too many for one baseline record (%d bytes, limit %d)", len(b.Items), len(raw), tableMaxValueSize)
+		}
+		if _, err := s.gov.baselines.kv.Put(ctx, b.Scope, raw); err != nil {
+			return nil, internal(err)
+		}
+		s.record(ctx, audit.Record{Kind: "posture.baseline", Actor: c.id.String(), Decision: "allow",
+			Data: jsonRaw(map[string]any{"scope": b.Scope, "items": len(b.Items)})})
+		return api.BaselineResponse{Scope: b.Scope, RecordedAt: b.RecordedAt, Items: len(b.Items)}, nil
+	}))
+}
+
+// postureReport computes the findings and, if a baseline of the scope was recorded, the drift since it.
+func (s *Server) postureReport(ctx context.Context, scope posture.Scope, p posture.Policy) (api.PostureReport, error) {
+	st, err := s.postureState(ctx)
+	if err != nil {
+		return api.PostureReport{}, err
+	}
+	out := api.PostureReport{GeneratedAt: st.Now.UTC(), Scope: scope.String(), Findings: posture.Findings(st, scope, p)}
+	if out.Findings == nil {
+		out.Findings = []api.Finding{}
+	}
+	b, _, err := s.gov.baselines.get(ctx, scope.String())
+	switch {
+	case errors.Is(err, errNotFound):
+	case err != nil:
+		return out, err
+	default:
+		d := posture.Diff(b.Items, b.RecordedAt, posture.Items(posture.Inventory(st, scope)))
+		out.Drift = &d
+	}
+	return out, nil
+}
+
+// policyFrom reads policy overrides from a query: max_svid_lifetime, max_duration and stale_after as durations,
+// max_messages and max_admins as counts. Absent ones keep their defaults.
+func policyFrom(q url.Values) (posture.Policy, error) {
+	var p posture.Policy
+	for _, d := range []struct {
+		name string
+		into *time.Duration
+	}{{"max_svid_lifetime", &p.MaxSVIDLifetime}, {"max_duration", &p.MaxAdvertisedDuration}, {"stale_after", &p.StaleAfter}} {
+		if v := q.Get(d.name); v != "" {
+			x, err := time.ParseDuration(v)
+			if err != nil || x <= 0 {
+				return p, failf(http.StatusBadRequest, api.CodeBadRequest, "%s must be a positive duration such as 720h, not %q", d.name, v)
+			}
+			*d.into = x
+		}
+	}
+	if v := q.Get("max_messages"); v != "" {
+		x, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || x == 0 {
+			return p, failf(http.StatusBadRequest, api.CodeBadRequest, "max_messages must be a positive count, not %q", v)
+		}
+		p.MaxAdvertisedMessages = x
+	}
+	if v := q.Get("max_admins"); v != "" {
+		x, err := strconv.Atoi(v)
+		if err != nil || x <= 0 {
+			return p, failf(http.StatusBadRequest, api.CodeBadRequest, "max_admins must be a positive count, not %q", v)
+		}
+		p.MaxAdmins = x
+	}
+	return p, nil
+}
+
+// postureState takes a snapshot of the controller's state for package posture.
+func (s *Server) postureState(ctx context.Context) (posture.State, error) {
+	st := posture.State{Now: time.Now(), SVIDLifetime: s.cfg.SVIDTTL, PlatformOrg: api.PlatformAdminOrg}
+	orgs, err := s.gov.orgs.all(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, o := range orgs {
+		st.Orgs = append(st.Orgs, posture.Org{Name: o.Name, CreatedAt: o.CreatedAt})
+	}
+	ids, err := s.ids.ids.all(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, r := range ids {
+		st.Identities = append(st.Identities, s.postureIdentity(r))
+	}
+	if st.Workgroups, err = s.gov.wgs.all(ctx); err != nil {
+		return st, err
+	}
+	if st.Advertisements, err = s.gov.ads.all(ctx); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+func (s *Server) postureIdentity(r identityRecord) posture.Identity {
+	id := posture.Identity{Org: r.Org, Kind: r.Kind, Name: r.Name, Admin: r.Admin, CreatedAt: r.CreatedAt,
+		EnrolledAt: r.EnrolledAt, LastSeen: r.EnrolledAt}
+	if parsed, err := spiffeid.FromString(r.SPIFFEID); err == nil {
+		id.ID = parsed
+	}
+	switch {
+	case r.State == stateRevoked:
+		id.State = posture.StateRevoked
+	case r.Suspended:
+		id.State, id.SuspendReason = posture.StateSuspended, r.SuspendReason
+	case r.State == statePending:
+		id.State = posture.StatePending
+	default:
+		id.State = posture.StateEnrolled
+	}
+	// A certificate is issued at its enrollment or renewal, SVIDTTL before it expires: the latest is when the
+	// identity last proved itself to the controller.
+	for _, c := range r.Certs {
+		if c.NotAfter.After(id.SVIDExpiresAt) {
+			id.SVIDExpiresAt = c.NotAfter
+		}
+	}
+	if issued := id.SVIDExpiresAt.Add(-s.cfg.SVIDTTL); !id.SVIDExpiresAt.IsZero() && issued.After(id.LastSeen) {
+		id.LastSeen = issued
+	}
+	for _, a := range r.Attributes {
+		name, ok := strings.CutPrefix(a, api.ServiceAttrPrefix)
+		if !ok {
+			continue
+		}
+		if svc, ok := strings.CutSuffix(name, api.DialAttrSuffix); ok {
+			id.Dial = append(id.Dial, svc)
+		} else if svc, ok := strings.CutSuffix(name, api.BindAttrSuffix); ok {
+			id.Bind = append(id.Bind, svc)
+		}
+	}
+	return id
+}
