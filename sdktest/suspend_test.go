@@ -56,14 +56,6 @@ func TestSuspendAndResume(t *testing.T) {
 	if !resp.Suspended || resp.SessionsClosed != 1 {
 		t.Fatalf("suspend answered %+v, want suspended with 1 session closed", resp)
 	}
-	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = sess.Send(sctx, "quote.request", []byte(`{"sku":"w-2"}`))
-	scancel()
-	if err == nil || errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("a send after the suspension: %v, want a refusal", err)
-	}
-	t.Logf("the next send failed %s after the suspension: %v", time.Since(suspended).Round(time.Millisecond), err)
-	waitBroken(t, "the suspended agent's live connection", live)
 	for {
 		ok, got := presents(t, raw, svc, cert)
 		if !ok {
@@ -75,6 +67,15 @@ func TestSuspendAndResume(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	sendAt := time.Now()
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = sess.Send(sctx, "quote.request", []byte(`{"sku":"w-2"}`))
+	scancel()
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a send after the suspension: %v, want a refusal", err)
+	}
+	t.Logf("the next send failed after %s: %v", time.Since(sendAt).Round(time.Millisecond), err)
+	waitBroken(t, "the suspended agent's live connection", live)
 	dctx, dcancel := context.WithTimeout(ctx, 20*time.Second)
 	if c, err := w.buyer.Dial(dctx, svc); err == nil {
 		c.Close()
