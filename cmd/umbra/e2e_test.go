@@ -454,6 +454,28 @@ func TestCLIGovernance(t *testing.T) {
 	if _, _, err := c.run("", "session", "show", "--as", initech, sid); err == nil {
 		t.Fatal("an unrelated organisation's administrator saw the session")
 	}
+	// Posture and the kill switch, as an organisation administrator.
+	buyerID := "spiffe://umbra.local/globex/agent/buyer"
+	c.must("", "posture", "baseline", "--as", globex)
+	if inv := c.must("", "inventory", "--as", globex, "--json"); !strings.Contains(inv, `"spiffe_id": "`+buyerID+`"`) ||
+		strings.Contains(inv, `"spiffe_id": "spiffe://umbra.local/acme/agent/quoter"`) {
+		t.Fatalf("globex's inventory lacks its buyer or lists acme's quoter among its identities:\n%s", inv)
+	}
+	if out := c.must("", "identity", "suspend", "--as", globex, buyerID, "--reason", "drill"); !strings.Contains(out, "suspended "+buyerID) {
+		t.Fatalf("suspend: %s", out)
+	}
+	if _, _, err := c.run("", "whoami", "--as", buyer); err == nil {
+		t.Fatal("a suspended identity was answered")
+	}
+	out, _, err := c.run("", "posture", "--as", globex, "--fail-on", "info")
+	if err == nil || !strings.Contains(out, "identity-suspended") || !strings.Contains(out, "~ identity:"+buyerID) {
+		t.Fatalf("posture --fail-on info with a suspended identity: err=%v\n%s", err, out)
+	}
+	c.must("", "posture", "--as", globex) // nothing at or above high
+	c.must("", "identity", "resume", "--as", globex, buyerID, "--reason", "drill over")
+	if out := c.must("", "whoami", "--as", buyer); !strings.Contains(out, buyerID) {
+		t.Fatalf("whoami after the resume: %s", out)
+	}
 	trail := c.must("", "audit", "session", "--as", acme, sid)
 	for _, want := range []string{"envelope.accepted", "envelope.rejected", "type_not_allowed", "session.transition", `"type": "quote.response"`} {
 		if !strings.Contains(trail, want) {
