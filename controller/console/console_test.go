@@ -147,6 +147,10 @@ func TestConsoleCSRF(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, body := do(t, ctx, "GET", srv.URL+"/audit", "platform", nil, nil, nil)
+	// A browser sends a form POST's Origin only when the referrer policy lets it: "no-referrer" makes it "null".
+	if rp := resp.Header.Get("Referrer-Policy"); rp != "same-origin" {
+		t.Fatalf("Referrer-Policy %q, want same-origin", rp)
+	}
 	m := reCSRF.FindStringSubmatch(body)
 	if resp.StatusCode != 200 || m == nil || len(resp.Cookies()) != 1 {
 		t.Fatalf("audit page: %d, token %v, cookies %v", resp.StatusCode, m, resp.Cookies())
@@ -168,6 +172,7 @@ func TestConsoleCSRF(t *testing.T) {
 		{"no cookie", "platform", url.Values{"csrf": {token}}, nil, nil, http.StatusForbidden},
 		{"other viewer's token", "org", url.Values{"csrf": {token}}, []*http.Cookie{ck}, nil, http.StatusForbidden},
 		{"cross-origin", "platform", url.Values{"csrf": {token}}, []*http.Cookie{ck}, map[string]string{"Origin": "http://evil.example"}, http.StatusForbidden},
+		{"opaque origin", "platform", url.Values{"csrf": {token}}, []*http.Cookie{ck}, map[string]string{"Origin": "null"}, http.StatusForbidden},
 		{"valid", "platform", url.Values{"csrf": {token}}, []*http.Cookie{ck}, nil, http.StatusOK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
