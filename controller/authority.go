@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/controller/console"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -114,6 +115,9 @@ func (s *Server) registerIdentity(ctx context.Context, id spiffeid.ID, org, kind
 	attrs := []string{api.AllIdentitiesAttr}
 	if kind == api.ControllerAPIKind && org == api.ControllerAPIOrg {
 		attrs = append(attrs, api.ControllerBindAttr)
+	}
+	if admin {
+		attrs = append(attrs, console.DialAttr)
 	}
 	overlay, found, err := s.zc.Mgmt().FindIdentity(id.String())
 	if err != nil {

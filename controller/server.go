@@ -22,6 +22,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/controller/console"
 	"github.com/umbra-mesh/umbra/internal/enrolltoken"
 	"github.com/umbra-mesh/umbra/internal/natsd"
 	"github.com/umbra-mesh/umbra/internal/pki"
@@ -334,6 +335,16 @@ func (s *Server) prepareOverlay() error {
 	if _, err := m.EnsureService(api.RelayService, []string{api.ServiceName}); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	// The console: only administrators may dial it (and it checks again), only the controller hosts it.
+	if _, err := m.EnsureService(console.ServiceName, []string{console.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := m.EnsureServicePolicy("umbra-console-dial", "Dial", []string{"#" + console.DialAttr}, []string{"#" + console.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if err := m.EnsureServicePolicy("umbra-console-bind", "Bind", []string{"#" + api.ControllerBindAttr}, []string{"#" + console.ServiceName}); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
 	return nil
 }
 
@@ -446,7 +457,7 @@ func (s *Server) startAPI(ctx context.Context) error {
 			s.log.Error("relay stopped", "err", err)
 		}
 	})
-	return nil
+	return s.startConsole(ctx, self)
 }
 
 // CreateRouterToken registers an edge router and returns its one-time enrollment token.

@@ -148,6 +148,8 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"llm", "serve", "--as", id, "--service", "s", "--upstream", "localhost"}, []string{"--upstream"}},
 		{[]string{"llm", "bridge", "--as", id, "--listen", "0.0.0.0:8089"}, []string{"--listen", "loopback"}},
 		{[]string{"llm", "bridge", "--as", id, "--listen", heldAddr}, []string{"--listen", "in use"}},
+		{[]string{"ui", "--as", id, "--listen", "0.0.0.0:8088"}, []string{"--listen", "only loopback"}},
+		{[]string{"ui", "--as", id, "--listen", heldAddr}, []string{"--listen", "in use"}},
 		{[]string{"llm", "usage", "--as", id, "--since", "yesterday"}, []string{"--since", `"yesterday"`}},
 		{[]string{"demo", "--rounds", "-1"}, []string{"--rounds"}},
 		{[]string{"demo", "--pace", "slow"}, []string{"--pace", "duration"}},

@@ -75,6 +75,8 @@ Usage:
   umbra llm bridge --as ID.json [--listen 127.0.0.1:8089]        loopback bridge for non-Go clients
   umbra llm usage  --as ID.json [--identity ID] [--since 24h]
 
+  umbra ui --as ADMIN.json [--listen 127.0.0.1:8088]             the web console, bridged over the overlay to loopback
+
   umbra a2a bridge --as ID.json --ad AD [--session S] [--listen 127.0.0.1:8090]   a provider's A2A agent for A2A clients
   umbra a2a serve  --as ID.json --endpoint URL               answers A2A calls with an A2A JSON-RPC server
 
@@ -115,6 +117,7 @@ func commands() map[string]command {
 		"demo":       cmdDemo,
 		"inventory":  cmdInventory,
 		"posture":    cmdPosture,
+		"ui":         cmdUI,
 	}
 }
 
