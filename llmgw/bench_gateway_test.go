@@ -7,11 +7,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/umbra-mesh/umbra/internal/loadbench"
 	"github.com/umbra-mesh/umbra/internal/samplemodel"
 	"github.com/umbra-mesh/umbra/llmgw"
 )
@@ -69,48 +68,6 @@ func (t idTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return t.base.RoundTrip(r)
 }
 
-// loadRun makes b.N requests from clients concurrent clients and reports throughput and latency percentiles.
-func loadRun(b *testing.B, clients int, do func() error) {
-	b.Helper()
-	var (
-		mu   sync.Mutex
-		lat  = make([]time.Duration, 0, b.N)
-		next atomic.Int64
-		wg   sync.WaitGroup
-		fail atomic.Value
-	)
-	b.ResetTimer()
-	start := time.Now()
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			mine := make([]time.Duration, 0, b.N/clients+1)
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if err := do(); err != nil {
-					fail.Store(err)
-					return
-				}
-				mine = append(mine, time.Since(t0))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if err, _ := fail.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(lat[len(lat)*50/100].Microseconds()), "p50-us")
-	b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-us")
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
-}
-
 // BenchmarkChatLoad sends chat completions from 32 concurrent clients, directly to the sample model and through
 // the gateway, with the sample model holding each request 1 ms (an upstream of fixed latency) and with no delay
 // (the gateway's own ceiling): delay=1ms/direct and delay=1ms/gateway side by side give the throughput ratio.
@@ -138,10 +95,10 @@ func BenchmarkChatLoad(b *testing.B) {
 		}
 		name := "delay=" + delay.String()
 		b.Run(name+"/direct", func(b *testing.B) {
-			loadRun(b, clients, post(&http.Client{Transport: pool, Timeout: 30 * time.Second}, upstream.URL+"/v1/chat/completions"))
+			loadbench.Run(b, "req", loadbench.Same(clients, post(&http.Client{Transport: pool, Timeout: 30 * time.Second}, upstream.URL+"/v1/chat/completions")))
 		})
 		b.Run(name+"/gateway", func(b *testing.B) {
-			loadRun(b, clients, post(&http.Client{Transport: idTransport{alice, pool}, Timeout: 30 * time.Second}, h.srv.URL+"/v1/chat/completions"))
+			loadbench.Run(b, "req", loadbench.Same(clients, post(&http.Client{Transport: idTransport{alice, pool}, Timeout: 30 * time.Second}, h.srv.URL+"/v1/chat/completions")))
 		})
 		upstream.Close()
 	}

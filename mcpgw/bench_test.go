@@ -6,14 +6,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"sort"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/umbra-mesh/umbra/internal/loadbench"
 	"github.com/umbra-mesh/umbra/internal/sampletools"
 )
 
@@ -52,51 +50,22 @@ func BenchmarkCallThroughGateway(b *testing.B) {
 	benchCall(b, e.connect(b, alice).cs, "local__echo")
 }
 
-// loadRun makes b.N calls spread over the sessions, one client goroutine per session, and reports throughput and
-// latency percentiles.
-func loadRun(b *testing.B, sessions []*mcp.ClientSession, name string) {
-	b.Helper()
-	var (
-		mu   sync.Mutex
-		lat  = make([]time.Duration, 0, b.N)
-		next atomic.Int64
-		wg   sync.WaitGroup
-		fail atomic.Value
-	)
+// calls makes, for each session, a worker that calls the tool name on it.
+func calls(sessions []*mcp.ClientSession, name string) []func() error {
 	args := map[string]any{"text": "hello"}
-	b.ResetTimer()
-	start := time.Now()
-	for _, cs := range sessions {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			mine := make([]time.Duration, 0, b.N/len(sessions)+1)
-			for next.Add(1) <= int64(b.N) {
-				ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
-				t0 := time.Now()
-				res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: args})
-				cancel()
-				if err != nil || res.IsError {
-					fail.Store(fmt.Errorf("call: %v %v", res, err))
-					return
-				}
-				mine = append(mine, time.Since(t0))
+	ws := make([]func() error, len(sessions))
+	for i, cs := range sessions {
+		ws[i] = func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+			defer cancel()
+			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: args})
+			if err != nil || res.IsError {
+				return fmt.Errorf("call: %v %v", res, err)
 			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
+			return nil
+		}
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if err, _ := fail.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(lat[len(lat)*50/100].Microseconds()), "p50-us")
-	b.ReportMetric(float64(lat[min(len(lat)-1, len(lat)*99/100)].Microseconds()), "p99-us")
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
+	return ws
 }
 
 // BenchmarkCallLoad makes tools/call from 32 concurrent client sessions to the sample MCP server (streamable
@@ -129,14 +98,14 @@ func BenchmarkCallLoad(b *testing.B) {
 				defer cs.Close()
 				sessions = append(sessions, cs)
 			}
-			loadRun(b, sessions, "echo")
+			loadbench.Run(b, "req", calls(sessions, "echo"))
 		})
 		b.Run(name+"/gateway", func(b *testing.B) {
 			var sessions []*mcp.ClientSession
 			for range clients {
 				sessions = append(sessions, e.connect(b, alice).cs)
 			}
-			loadRun(b, sessions, "sample__echo")
+			loadbench.Run(b, "req", calls(sessions, "sample__echo"))
 		})
 		ts.Close()
 	}

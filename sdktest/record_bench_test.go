@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/internal/loadbench"
 	"github.com/umbra-mesh/umbra/internal/natsd"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
@@ -18,7 +19,7 @@ import (
 // sender each, 512-byte payloads, through the real relay on the overlay (contract checks, the envelope appended
 // with fsync, its audit record written by the recorder with fsync, then the acknowledgement), and the embedded
 // store's own fsync-always appends at the same concurrency on the same disk. Each reports envelopes/s and the
-// p50/p99 from send to acknowledgement.
+// p50/p99 from send to acknowledgement (p50-us, p99-us).
 func BenchmarkRecordPath(b *testing.B) {
 	payload := make([]byte, 512)
 	for i := range payload {
@@ -46,7 +47,7 @@ func BenchmarkRecordPath(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			runSenders(b, sends)
+			loadbench.Run(b, "envelopes", sends)
 		})
 		b.Run(fmt.Sprintf("store/sessions-%d", n), func(b *testing.B) {
 			ctx := context.Background()
@@ -73,45 +74,9 @@ func BenchmarkRecordPath(b *testing.B) {
 					return err
 				}
 			}
-			runSenders(b, sends)
+			loadbench.Run(b, "envelopes", sends)
 		})
 	}
-}
-
-// runSenders calls each send from a goroutine of its own until b.N calls are made in all, and reports the
-// aggregate rate and the latency percentiles.
-func runSenders(b *testing.B, sends []func() error) {
-	per := (b.N + len(sends) - 1) / len(sends)
-	lats := make([][]time.Duration, len(sends))
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for i, send := range sends {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lat := make([]time.Duration, 0, per)
-			for range per {
-				t0 := time.Now()
-				if err := send(); err != nil {
-					b.Error(err)
-					return
-				}
-				lat = append(lat, time.Since(t0))
-			}
-			lats[i] = lat
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-	var all []time.Duration
-	for _, l := range lats {
-		all = append(all, l...)
-	}
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "envelopes/s")
-	b.ReportMetric(micros(percentile(all, 50)), "p50-us/ack")
-	b.ReportMetric(micros(percentile(all, 99)), "p99-us/ack")
 }
 
 func mustJetStream(b *testing.B, ns *natsd.Server) jetstream.JetStream {

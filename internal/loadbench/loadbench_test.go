@@ -1,0 +1,58 @@
+package loadbench_test
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/internal/loadbench"
+)
+
+func TestPercentile(t *testing.T) {
+	lat := []time.Duration{1 * time.Microsecond, 2 * time.Microsecond, 3 * time.Microsecond, 4 * time.Microsecond}
+	if got := loadbench.Percentile(lat, 50); got != 3 {
+		t.Errorf("p50 = %v, want 3", got)
+	}
+	if got := loadbench.Percentile(lat, 99); got != 4 {
+		t.Errorf("p99 = %v, want 4", got)
+	}
+	if got := loadbench.Percentile(nil, 50); got != 0 {
+		t.Errorf("p50 of none = %v, want 0", got)
+	}
+}
+
+// TestRunMakesExactlyN runs Run inside testing.Benchmark: b.N calls are made in all, however many workers.
+func TestRunMakesExactlyN(t *testing.T) {
+	var calls atomic.Int64
+	var last int
+	res := testing.Benchmark(func(b *testing.B) {
+		calls.Store(0)
+		last = b.N
+		loadbench.Run(b, "req", loadbench.Same(7, func() error { calls.Add(1); return nil }))
+	})
+	if got := calls.Load(); got != int64(last) {
+		t.Fatalf("%d calls for b.N = %d", got, last)
+	}
+	if res.Extra["req/s"] <= 0 {
+		t.Fatalf("no rate reported: %v", res.Extra)
+	}
+}
+
+func TestRunStopsOnFailure(t *testing.T) {
+	var calls atomic.Int64
+	res := testing.Benchmark(func(b *testing.B) {
+		loadbench.Run(b, "req", loadbench.Same(4, func() error {
+			if calls.Add(1) > 3 {
+				return errors.New("refused")
+			}
+			return nil
+		}))
+	})
+	if res.N != 0 && res.Extra["req/s"] != 0 {
+		t.Fatalf("a failing run reported figures: %+v", res)
+	}
+	if calls.Load() > 1000 {
+		t.Fatalf("%d calls after the first failure", calls.Load())
+	}
+}
