@@ -23,7 +23,7 @@ type Summary struct {
 	Envelopes   int
 	EnvelopeIDs []string
 	// Refusals counts what the network refused, by surface and reason: "a2a type_not_allowed",
-	// "a2a max_messages", "a2a expired", "a2a propose: not visible to the caller", "mcp call not permitted",
+	// "a2a max_messages", "a2a expired", "a2a propose: not visible to the caller", "mcp call not permitted: forbade … by POLICY",
 	// "mcp tool quarantined", "mcp definition changed after approval; quarantined", "llm budget_exceeded", ...
 	Refusals map[string]int
 	// MCPCalls and LLMCalls are the tool and model calls forwarded to a backend, each counted once, by the record

@@ -68,14 +68,14 @@ var (
 		{"northwind/safety", "meridian/forecaster"}:    {2, 0, "by_consumer"},
 	}
 	wantRefusals = map[string]int{
-		"envelope.rejected type_not_allowed":              1, // a payment in a charter contract
-		"envelope.rejected session_closed (max_messages)": 1, // a third reservation under a four-message contract
-		"envelope.rejected session_closed (expired)":      1, // a revised bid after the bidding window
-		"session.propose not visible to the caller":       1, // Tidewater proposing on Keelson's advertisement
-		"mcp.denied call not permitted":                   1, // a remote restart by Helix
-		"mcp.denied tool quarantined":                     1, // the changed sea_state tool
-		"mcp.tool_quarantined":                            1, // the change itself
-		"llm.budget_exceeded":                             1, // Meridian's second model call of the day
+		"envelope.rejected type_not_allowed":                                                       1, // a payment in a charter contract
+		"envelope.rejected session_closed (max_messages)":                                          1, // a third reservation under a four-message contract
+		"envelope.rejected session_closed (expired)":                                               1, // a revised bid after the bidding window
+		"session.propose not visible to the caller":                                                1, // Tidewater proposing on Keelson's advertisement
+		"mcp.denied call not permitted: forbade call_tool on scada__set_mode by no-remote-restart": 1, // a remote restart by Helix, with the policy that forbade it
+		"mcp.denied tool quarantined":                                                              1, // the changed sea_state tool
+		"mcp.tool_quarantined":                                                                     1, // the change itself
+		"llm.budget_exceeded":                                                                      1, // Meridian's second model call of the day
 	}
 )
 
@@ -333,8 +333,9 @@ func TestDemoCompose(t *testing.T) {
 	}
 	c := &compose{t: t, cmd: cmdline, project: "umbra" + strings.NewReplacer("-", "", "_", "").Replace(suffix),
 		file: filepath.Join(root, "docker-compose.yml"), env: []string{"UMBRA_IMAGE=" + image, "UMBRA_DEMO_PACE=2s"}}
-	for _, v := range []string{"UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT", "UMBRA_EDGE1_PORT", "UMBRA_EDGE2_PORT"} {
-		c.env = append(c.env, v+"="+strconv.Itoa(freePort(t)))
+	free := freePorts(t, 5)
+	for i, v := range []string{"UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT", "UMBRA_EDGE1_PORT", "UMBRA_EDGE2_PORT"} {
+		c.env = append(c.env, v+"="+free[i])
 	}
 	t.Cleanup(func() {
 		if t.Failed() {

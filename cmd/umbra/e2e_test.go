@@ -53,12 +53,24 @@ func umbraBinary(t *testing.T) string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	p, _ := strconv.Atoi(freePorts(t, 1)[0])
+	return p
+}
+
+// freePorts returns n distinct free loopback ports as strings for a command line: each is held until all are
+// chosen, so that the kernel cannot hand the same port out twice (one daemon given one port for two listeners).
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	ports := make([]string, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 type cli struct {
@@ -227,9 +239,10 @@ func listeningSockets(t *testing.T, pid int) int {
 }
 
 func devArgs(t *testing.T, data string) ([]string, int) {
-	edge := freePort(t)
-	return []string{"dev", "--data", data, "--ctrl-port", strconv.Itoa(freePort(t)), "--api-port", strconv.Itoa(freePort(t)),
-		"--enroll-port", strconv.Itoa(freePort(t)), "--edge", "127.0.0.1:" + strconv.Itoa(edge)}, edge
+	p := freePorts(t, 4)
+	edge, _ := strconv.Atoi(p[3])
+	return []string{"dev", "--data", data, "--ctrl-port", p[0], "--api-port", p[1], "--enroll-port", p[2],
+		"--edge", "127.0.0.1:" + p[3]}, edge
 }
 
 // TestCLISequence runs the README's command sequence end to end against `umbra dev`, checks that a served
@@ -318,11 +331,13 @@ func TestCLISequence(t *testing.T) {
 // reachable after one router is killed.
 func TestRouterFailover(t *testing.T) {
 	c := newCLI(t, 5*time.Minute)
-	ctrl := []string{"controller", "--data", "ctrl", "--ctrl-port", strconv.Itoa(freePort(t)), "--api-port", strconv.Itoa(freePort(t)),
-		"--enroll-port", strconv.Itoa(freePort(t)), "--router-token", "r1:r1.token"}
+	p, next := freePorts(t, 7), 2
+	rp := func() string { next++; return p[next] }
+	ctrl := []string{"controller", "--data", "ctrl", "--ctrl-port", p[0], "--api-port", p[1], "--enroll-port", p[2],
+		"--router-token", "r1:r1.token"}
 	c.start("umbra controller ready", ctrl...)
-	r1 := c.start("umbra router ready", "router", "--data", "r1", "--token", "r1.token", "--edge", "127.0.0.1:"+strconv.Itoa(freePort(t)),
-		"--link", "127.0.0.1:"+strconv.Itoa(freePort(t)))
+	r1 := c.start("umbra router ready", "router", "--data", "r1", "--token", "r1.token", "--edge", "127.0.0.1:"+rp(),
+		"--link", "127.0.0.1:"+rp())
 	admin := "ctrl/admin.json"
 	// The controller API comes up on the overlay once the first router is online.
 	var tok string
@@ -341,8 +356,8 @@ func TestRouterFailover(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(c.dir, "r2.token"), []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.start("umbra router ready", "router", "--data", "r2", "--token", "r2.token", "--edge", "127.0.0.1:"+strconv.Itoa(freePort(t)),
-		"--link", "127.0.0.1:"+strconv.Itoa(freePort(t)))
+	c.start("umbra router ready", "router", "--data", "r2", "--token", "r2.token", "--edge", "127.0.0.1:"+rp(),
+		"--link", "127.0.0.1:"+rp())
 
 	for _, name := range []string{"client", "host"} {
 		tok := c.must("", "identity", "create", "--as", admin, "--org", "acme", "--kind", "agent", "--name", name)

@@ -95,8 +95,9 @@ func (n *lossNet) retryStep(name string, limit, attempt time.Duration, fn func(c
 
 // startRouter starts router name with an edge and a link listener on free loopback ports.
 func (n *lossNet) startRouter(name, tokenFile string) {
+	p := freePorts(n.t, 2)
 	n.routers[name] = n.c.start("umbra router ready", "router", "--data", name, "--token", tokenFile,
-		"--edge", "127.0.0.1:"+strconv.Itoa(freePort(n.t)), "--link", "127.0.0.1:"+strconv.Itoa(freePort(n.t)))
+		"--edge", "127.0.0.1:"+p[0], "--link", "127.0.0.1:"+p[1])
 }
 
 // enroll creates an identity with admin's client, enrolls it and connects it.
@@ -188,8 +189,9 @@ func pause(ctx context.Context, d time.Duration) {
 
 func routerLoss(t *testing.T, victim string, settle time.Duration) {
 	n := &lossNet{t: t, c: &cli{t: t, bin: umbraBinary(t), dir: t.TempDir()}, routers: map[string]*daemon{}}
-	n.c.start("umbra controller ready", "controller", "--data", "ctrl", "--ctrl-port", strconv.Itoa(freePort(t)),
-		"--api-port", strconv.Itoa(freePort(t)), "--enroll-port", strconv.Itoa(freePort(t)), "--router-token", "r1:r1.token")
+	p := freePorts(t, 3)
+	n.c.start("umbra controller ready", "controller", "--data", "ctrl", "--ctrl-port", p[0], "--api-port", p[1],
+		"--enroll-port", p[2], "--router-token", "r1:r1.token")
 	n.startRouter("r1", "r1.token")
 	admin := connectFile(t, n.path("ctrl/admin.json"))
 	// The controller's API is on the overlay: it answers once the first router is online.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,7 +200,8 @@ func TestAgentsSurviveControllerRestart(t *testing.T) {
 func TestDevRestartOtherPorts(t *testing.T) {
 	r := &restartRun{t: t, c: newCLI(t, 5*time.Minute)}
 	c := r.c
-	port := func() string { return strconv.Itoa(freePort(t)) }
+	free, next := freePorts(t, 9), 0
+	port := func() string { next++; return free[next-1] }
 	api, enroll := port(), port()
 	dev := func(ctrl, api, edge string) []string {
 		return []string{"dev", "--data", "data", "--ctrl-port", ctrl, "--api-port", api, "--enroll-port", enroll, "--edge", "127.0.0.1:" + edge}
