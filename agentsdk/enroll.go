@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
@@ -132,7 +133,11 @@ func doJSON(client *http.Client, req *http.Request, out any) error {
 		if json.Unmarshal(data, &e) != nil || e.Code == "" {
 			return fmt.Errorf("controller answered %s", resp.Status)
 		}
-		return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message, ID: e.ID}
+		ae := &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message, ID: e.ID}
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			ae.RetryAfter = time.Duration(secs) * time.Second
+		}
+		return ae
 	}
 	if out == nil {
 		return nil

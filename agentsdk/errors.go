@@ -3,6 +3,7 @@ package agentsdk
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -30,6 +31,8 @@ type APIError struct {
 	Code    string
 	Message string
 	ID      string
+	// RetryAfter is the controller's Retry-After (a rate or a budget that resets), zero when it sent none.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -187,6 +189,45 @@ func (c *Controller) AuditExport(ctx context.Context) (*http.Response, error) {
 		return nil, fmt.Errorf("agentsdk: audit export: controller answered %s", resp.Status)
 	}
 	return resp, nil
+}
+
+// EnvelopesExport starts an export of the envelopes of sessions that have left the session table (platform
+// admin only): JSON lines of api.ExportedEnvelope in stream order, ending with an api.EnvelopeExportEnd whose
+// manifest names each session with its count and digest. An export without that last line is incomplete. The
+// caller reads and closes the body.
+func (c *Controller) EnvelopesExport(ctx context.Context, maxSessions int) (*http.Response, error) {
+	u := "http://" + api.ServiceName + api.PathEnvelopesExport
+	if maxSessions > 0 {
+		u += "?" + api.EnvelopesMaxSessionsParam + "=" + strconv.Itoa(maxSessions)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: envelopes export: %w", err)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("agentsdk: envelopes export: %w", ctxError(ctx, err))
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		var e api.Error
+		if json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e) == nil && e.Code != "" {
+			return nil, fmt.Errorf("agentsdk: envelopes export: %w", &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message, ID: e.ID})
+		}
+		return nil, fmt.Errorf("agentsdk: envelopes export: controller answered %s", resp.Status)
+	}
+	return resp, nil
+}
+
+// EnvelopesArchive removes from the envelope stream the envelopes of the sessions req names, as an export's
+// manifest gave them (platform admin only, at most api.MaxArchiveSessions at once): the controller checks each
+// session's stored envelopes against its count and digest and records the archive before removing them.
+func (c *Controller) EnvelopesArchive(ctx context.Context, req api.EnvelopeArchiveRequest) (api.EnvelopesArchived, error) {
+	var out api.EnvelopesArchived
+	if err := c.post(ctx, api.PathEnvelopesArchive, req, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: envelopes archive: %w", err)
+	}
+	return out, nil
 }
 
 // Advertise publishes this agent's card and the contract terms it offers, in workgroups it is a member of.

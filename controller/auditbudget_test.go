@@ -136,6 +136,41 @@ func TestAuditBudgetStopsOnlyTheSpender(t *testing.T) {
 		t.Fatalf("another member's proposal: %v", err)
 	}
 
+	// Through a gateway: the record that would begin the spender's tool or model call is refused, so the gateway
+	// refuses the call; the gateway's records of the refusals that follow are limited like the relay's; another
+	// member's calls and the outcome of a call under way are recorded.
+	for _, id := range []caller{w.consumer, other} {
+		if err := w.s.ids.create(ctx, identityRecord{SPIFFEID: id.id.String(), Org: "acme", Kind: "agent", Name: id.id.Path()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw := caller{id: spiffeid.RequireFromSegments(worldTD, "acme", "gateway", "mcp"),
+		rec: identityRecord{SPIFFEID: "spiffe://umbra.local/acme/gateway/mcp", Org: "acme", Kind: api.GatewayKind, Name: "mcp"}}
+	for _, kind := range []string{"mcp.call", "mcp.prompt", "mcp.read", "llm.call"} {
+		_, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: kind, Actor: worldConsumer.String(), Decision: audit.DecisionAllow})
+		refusedWith(t, err, api.CodeAuditBudgetExhausted)
+	}
+	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.outcome", Actor: worldConsumer.String()}); err != nil {
+		t.Fatalf("the outcome of a call under way: %v", err)
+	}
+	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.call", Actor: other.id.String(), Decision: audit.DecisionAllow}); err != nil {
+		t.Fatalf("another member's tool call: %v", err)
+	}
+	grown := w.trailBytes(ctx)
+	for range 500 {
+		out, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.denied", Actor: worldConsumer.String(),
+			Decision: audit.DecisionDeny, Reason: "audit_budget_exhausted"})
+		if err != nil {
+			t.Fatalf("a gateway's refusal record: %v", err)
+		}
+		if out["limited"] != true {
+			t.Fatalf("a gateway's refusal record of the spender was appended as is: %v", out)
+		}
+	}
+	if g := w.trailBytes(ctx) - grown; g > 100<<10 {
+		t.Fatalf("500 gateway refusals of the spender grew the trail by %d bytes, want the limiter's few records", g)
+	}
+
 	// The count is in the table, where another controller would read it.
 	if err := w.s.gov.budget.flush(ctx); err != nil {
 		t.Fatal(err)

@@ -29,27 +29,7 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 		if err := strict(b, &r); err != nil {
 			return nil, err
 		}
-		if !strings.HasPrefix(r.Kind, "mcp.") && !strings.HasPrefix(r.Kind, "llm.") {
-			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "gateway records are of kind mcp.* or llm.*")
-		}
-		actor, err := spiffeid.FromString(r.Actor)
-		if err != nil {
-			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor must be the caller's SPIFFE ID")
-		}
-		if _, _, err := s.ids.get(ctx, actor); err != nil {
-			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a registered identity", actor)
-		}
-		if err := s.checkGatewayRecordScope(ctx, actor, r); err != nil {
-			return nil, err
-		}
-		// The controller's clock times the record (a gateway keeps its own times in the detail); Append sets it.
-		r.Seq, r.Prev, r.Hash, r.Time = 0, "", "", time.Time{}
-		r.Data = jsonRaw(map[string]json.RawMessage{"via": jsonRaw(c.id.String()), "detail": orNull(r.Data)})
-		out, err := s.gov.audit.Append(ctx, r)
-		if err != nil {
-			return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "audit record refused: %v", err)
-		}
-		return map[string]any{"seq": out.Seq, "hash": out.Hash}, nil
+		return s.appendGatewayRecord(ctx, c, r)
 	}))
 	mux.HandleFunc("POST "+api.PathIdentityLookup, s.anyone(func(ctx context.Context, c caller, b []byte) (any, error) {
 		if !isGateway(c) && !c.rec.Admin {
@@ -85,6 +65,56 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 
 // checkGatewayRecordScope refuses a gateway record that ties its actor to a session or workgroup the actor is
 // not a party to: a gateway speaks for the callers it served, not for anyone's sessions.
+// gatewayBegins are the kinds of the record a gateway writes, and waits for, before it forwards a call: refusing
+// one refuses the call.
+var gatewayBegins = map[string]bool{"mcp.call": true, "mcp.prompt": true, "mcp.read": true, "llm.call": true}
+
+// appendGatewayRecord appends a record a gateway wrote about one of its callers (c is the gateway).
+//
+// An actor that has spent its day's audit budget may not start anything more through a gateway either: the record
+// that begins a call is refused (429 audit_budget_exhausted), so the gateway refuses the call, and the gateway's
+// records of the refusals that follow go through the same per-identity limiter as the relay's, so a spender
+// hammering a gateway costs a few records a minute. Records of calls already under way (outcomes) are kept.
+func (s *Server) appendGatewayRecord(ctx context.Context, c caller, r audit.Record) (map[string]any, error) {
+	if !strings.HasPrefix(r.Kind, "mcp.") && !strings.HasPrefix(r.Kind, "llm.") {
+		return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "gateway records are of kind mcp.* or llm.*")
+	}
+	actor, err := spiffeid.FromString(r.Actor)
+	if err != nil {
+		return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor must be the caller's SPIFFE ID")
+	}
+	if _, _, err := s.ids.get(ctx, actor); err != nil {
+		return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "actor %s is not a registered identity", actor)
+	}
+	if err := s.checkGatewayRecordScope(ctx, actor, r); err != nil {
+		return nil, err
+	}
+	// The controller's clock times the record (a gateway keeps its own times in the detail); Append sets it.
+	r.Seq, r.Prev, r.Hash, r.Time = 0, "", "", time.Time{}
+	r.Data = jsonRaw(map[string]json.RawMessage{"via": jsonRaw(c.id.String()), "detail": orNull(r.Data)})
+	switch {
+	case gatewayBegins[r.Kind] && r.Decision == audit.DecisionAllow:
+		denied := strings.SplitN(r.Kind, ".", 2)[0] + ".denied"
+		if err := s.admitAuditBytes(ctx, actor, denied, r.Session, map[string]any{"via": c.id.String(), "refused": r.Kind}, true); err != nil {
+			return nil, err
+		}
+	case r.Decision == audit.DecisionDeny:
+		f, err := s.gov.budget.refusal(ctx, actor, true)
+		if err != nil {
+			return nil, internal(err)
+		}
+		if f != nil {
+			s.recordRefusal(ctx, api.CodeAuditBudgetExhausted, r)
+			return map[string]any{"limited": true}, nil
+		}
+	}
+	out, err := s.gov.audit.Append(ctx, r)
+	if err != nil {
+		return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "audit record refused: %v", err)
+	}
+	return map[string]any{"seq": out.Seq, "hash": out.Hash}, nil
+}
+
 func (s *Server) checkGatewayRecordScope(ctx context.Context, actor spiffeid.ID, r audit.Record) error {
 	if r.Session != "" {
 		sess, _, err := s.gov.sessions.get(ctx, r.Session)

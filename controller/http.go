@@ -133,6 +133,7 @@ func (s *Server) apiHandler() http.Handler {
 	s.postureRoutes(mux)
 	s.governanceRoutes(mux)
 	s.gatewayRoutes(mux)
+	s.envelopeArchiveRoutes(mux)
 	return s.authenticate(mux)
 }
 

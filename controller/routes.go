@@ -204,5 +204,11 @@ func (s *Server) sessionAudit(ctx context.Context, sess workgroups.Session) (api
 		}
 		out.Envelopes = append(out.Envelopes, h)
 	}
+	if len(msgs) == 0 {
+		// Archived envelopes (or none): their headers are in their audit records.
+		if hs := archivedHeaders(recs); len(hs) > 0 {
+			out.Envelopes = hs
+		}
+	}
 	return out, nil
 }

@@ -195,3 +195,42 @@ func TestAuditBeforeForward(t *testing.T) {
 		t.Errorf("%v audit failures with a healthy audit trail", n)
 	}
 }
+
+// TestAuditBudgetRefusesCalls checks that a call whose llm.call record the controller refuses because the caller
+// has spent its day's audit budget is refused with 429 audit_budget_exhausted and the controller's reason, and
+// never reaches a model.
+func TestAuditBudgetRefusesCalls(t *testing.T) {
+	up := newUpstream(t, "openai")
+	auditor := &faultyAuditor{}
+	h := newHarness(t, llmgw.Config{Models: []llmgw.Model{oneModel("gpt-test", up)}, Auditor: auditor,
+		AuditTimeout: 300 * time.Millisecond})
+	const spent = "your actions wrote 9000 bytes of audit records today, over the budget of 8192 bytes per identity and day"
+	auditor.failWith(func(_ context.Context, r audit.Record) error {
+		if r.Kind == llmgw.KindCall {
+			return &audit.BudgetError{Message: spent, RetryAfter: 90 * time.Minute}
+		}
+		return nil
+	})
+	for _, mc := range modelCalls {
+		status, body, hdr := h.do(alice, http.MethodPost, mc.path, mc.body)
+		if status != http.StatusTooManyRequests || hdr.Get("Retry-After") != "5400" || !strings.Contains(body, spent) {
+			t.Errorf("%s: %d Retry-After %q %s", mc.name, status, hdr.Get("Retry-After"), body)
+		}
+		if !mc.anthropic {
+			var e struct {
+				Error struct{ Type, Code, Message string }
+			}
+			if json.Unmarshal([]byte(body), &e) != nil || e.Error.Code != "audit_budget_exhausted" {
+				t.Errorf("%s: error body %s", mc.name, body)
+			}
+		}
+	}
+	if n := up.chats.Load(); n != 0 {
+		t.Fatalf("the model received %d requests whose record was refused", n)
+	}
+	_, err := h.client(alice).Chat.Completions.New(testCtx(t), openai.ChatCompletionNewParams{Model: "gpt-test",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+	if e := apiError(t, err); e.StatusCode != http.StatusTooManyRequests || e.Code != "audit_budget_exhausted" {
+		t.Errorf("client saw %d %s", e.StatusCode, e.Code)
+	}
+}

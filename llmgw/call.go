@@ -3,6 +3,7 @@ package llmgw
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -195,6 +196,13 @@ func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
 	}
 	rec.Data, _ = json.Marshal(data)
 	if err := g.appendAudit(ctx, rec); err != nil {
+		var be *audit.BudgetError
+		if errors.As(err, &be) {
+			e := errorf(http.StatusTooManyRequests, "rate_limit_error", codeAuditBudget, "the call was refused: %s", be.Message)
+			e.RetryAfter = be.RetryAfter
+			c.fail(KindDenied, e)
+			return e
+		}
 		g.log.Error("llmgw: call refused: its audit record could not be written", "request_id", c.id, "err", err)
 		e := errorf(http.StatusServiceUnavailable, "server_error", codeAuditUnavailable,
 			"the call was refused: its audit record could not be written; try again later")

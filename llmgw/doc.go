@@ -165,7 +165,9 @@
 //     redaction). It is written before anything goes upstream, and the gateway waits until the Auditor has
 //     confirmed it (at most Config.AuditTimeout). If it cannot be written the call is refused, never sent:
 //     503 audit_unavailable with Retry-After ("the call was refused: its audit record could not be written;
-//     try again later"), and an llm.unavailable record is attempted.
+//     try again later"), and an llm.unavailable record is attempted. When the Auditor refuses it with an
+//     *audit.BudgetError (the controller's per-identity audit budget is spent), the answer is 429
+//     audit_budget_exhausted with the controller's reason and Retry-After, and an llm.denied record.
 //   - llm.outcome, after the answer: status and error code, provider, upstream model and endpoint, attempts,
 //     tokens, cost, latency, time to first token, all guardrail findings, the upstream status of a failed
 //     attempt and, with LogPrompts, the answer. The call has then happened, so an outcome that cannot be

@@ -41,6 +41,7 @@ const (
 	codeUpstreamRate     = "upstream_rate_limited"
 	codeInternal         = "internal_error"
 	codeAuditUnavailable = "audit_unavailable"
+	codeAuditBudget      = "audit_budget_exhausted" // the caller's actions already wrote its day's audit budget
 	codeNotFound         = "not_found"
 )
 

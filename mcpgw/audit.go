@@ -3,6 +3,7 @@ package mcpgw
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -125,6 +126,11 @@ func (o *op) begin(ctx context.Context) error {
 	r := audit.Record{Time: time.Now().UTC(), Kind: forwardKinds[o.kind], Actor: o.caller.String(),
 		Decision: audit.DecisionAllow, PolicyVersion: o.version, Diagnostic: diagJSON(o.diag), Data: o.data(nil)}
 	if err := g.appendAudit(ctx, r); err != nil {
+		var be *audit.BudgetError
+		if errors.As(err, &be) {
+			return o.refuse(ctx, "audit_budget_exhausted", "audit_budget_exhausted: "+be.Message,
+				rpcError(CodeAuditBudget, o.ref, "", "the call was refused: %s", be.Message))
+		}
 		g.log.Error("mcpgw: request refused: its audit record could not be written", "ref", o.ref, "kind", r.Kind,
 			"caller", o.caller, "err", redact.String(err.Error()))
 		return o.refuse(ctx, "audit_unavailable", "audit record could not be written",

@@ -209,3 +209,42 @@ func counted(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestAuditBudgetRefusesCalls checks that a request whose record the controller refuses because the caller has
+// spent its day's audit budget is refused with that reason, not as an unavailable trail, and never forwarded.
+func TestAuditBudgetRefusesCalls(t *testing.T) {
+	e, p, c := probeEnv(t)
+	const spent = "your actions wrote 9000 bytes of audit records today, over the budget of 8192 bytes per identity and day"
+	e.rec.failWith(func(_ context.Context, r audit.Record) error {
+		if r.Decision == audit.DecisionAllow {
+			return &audit.BudgetError{Message: spent, RetryAfter: time.Hour}
+		}
+		return nil
+	})
+	for _, req := range forwarded {
+		err := req.do(t, c)
+		var we *jsonrpc.Error
+		if !errors.As(err, &we) || we.Code != CodeAuditBudget {
+			t.Fatalf("%s: got %v, want a JSON-RPC error with code %d", req.name, err, CodeAuditBudget)
+		}
+		var data ErrorData
+		if json.Unmarshal(we.Data, &data) != nil || data.Code != "audit_budget_exhausted" || !strings.Contains(we.Message, spent) {
+			t.Errorf("%s: error %q data %s", req.name, we.Message, we.Data)
+		}
+	}
+	if n := len(p.requests()); n != 0 {
+		t.Fatalf("the backend received %d requests whose record was refused", n)
+	}
+	denied := 0
+	for deadline := time.Now().Add(5 * time.Second); denied < len(forwarded) && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		denied = 0
+		for _, r := range e.rec.records() {
+			if r.Kind == KindDenied && strings.Contains(r.Reason, "audit_budget_exhausted") {
+				denied++
+			}
+		}
+	}
+	if denied != len(forwarded) {
+		t.Errorf("%d denial records name the audit budget, want %d", denied, len(forwarded))
+	}
+}

@@ -141,7 +141,9 @@
 //     approval used. It is written before the backend sees anything, and the gateway waits until the Auditor
 //     has confirmed it (at most Config.AuditTimeout). If it cannot be written the request is refused, never
 //     forwarded: a JSON-RPC error with CodeAuditUnavailable ("the call was refused: its audit record could not
-//     be written; try again later"), and a KindDenied record is attempted.
+//     be written; try again later"), and a KindDenied record is attempted. When the Auditor refuses it with an
+//     *audit.BudgetError (the controller's per-identity audit budget is spent), the error is CodeAuditBudget
+//     with the controller's reason instead.
 //   - KindOutcome, after the backend answered: status, latency, result size and error detail. The request has
 //     then happened, so an outcome that cannot be written is counted in audit_failures_total and logged, and
 //     the caller still gets the result.

@@ -20,6 +20,7 @@ const (
 	CodeTooLarge         = -32064 // request too large
 	CodeUnavailable      = -32065 // the gateway cannot decide now (directory or state unavailable)
 	CodeAuditUnavailable = -32066 // the request's audit record could not be written, so it was not forwarded
+	CodeAuditBudget      = -32067 // the caller's actions already wrote its day's audit budget (the controller's)
 )
 
 // ErrNotAuthorized is wrapped by errors about callers refused outright.
@@ -33,6 +34,7 @@ var codeNames = map[int64]string{
 	CodeTooLarge:         "too_large",
 	CodeUnavailable:      "unavailable",
 	CodeAuditUnavailable: "audit_unavailable",
+	CodeAuditBudget:      "audit_budget_exhausted",
 }
 
 // ErrorData is the data of the gateway's JSON-RPC errors.

@@ -22,6 +22,11 @@ const (
 	PathAuditSession     = "/v1/audit/sessions/"
 	PathAuditKey         = "/v1/audit/key"
 	PathAuditArchive     = "/v1/audit/archive"
+	PathEnvelopesExport  = "/v1/envelopes/export"
+	PathEnvelopesArchive = "/v1/envelopes/archive"
+	// EnvelopesMaxSessionsParam is the query parameter of PathEnvelopesExport bounding how many sessions one
+	// export holds.
+	EnvelopesMaxSessionsParam = "max_sessions"
 	// AuditAfterParam is the query parameter of PathAuditVerify naming a kept checkpoint, "SEQ:HASH".
 	AuditAfterParam = "after"
 	// RelayService is the dark service through which every envelope travels.
@@ -138,6 +143,60 @@ type AuditArchived struct {
 	RecordSeq      uint64 `json:"record_seq"`
 	RecordHash     string `json:"record_hash"`
 	FirstSeq       uint64 `json:"first_seq"`
+}
+
+// ExportedEnvelope is one line of an envelope export (JSON lines, in stream order): an envelope as the
+// envelope stream holds it. Frame is the encoded envelope (header and payload) as the relay stored it.
+type ExportedEnvelope struct {
+	StreamSeq uint64            `json:"stream_seq"`
+	Session   string            `json:"session"`
+	ID        string            `json:"id"`
+	To        string            `json:"to"`
+	Meta      map[string]string `json:"meta,omitempty"`
+	Frame     []byte            `json:"frame"`
+}
+
+// EnvelopeExportEnd is the last line of an envelope export.
+type EnvelopeExportEnd struct {
+	Manifest *EnvelopeManifest `json:"manifest"`
+}
+
+// EnvelopeManifest names what an envelope export holds: every envelope, up to stream sequence Through, of the
+// sessions listed, each with the SHA-256 of its lines of the export (each line with its newline, in order).
+// Complete is false when more removed sessions' envelopes remain than one export takes: archive this one and
+// export again.
+type EnvelopeManifest struct {
+	Through   uint64            `json:"through"`
+	Sessions  []ArchivedSession `json:"sessions"`
+	Envelopes int               `json:"envelopes"`
+	Bytes     int64             `json:"bytes"`
+	Complete  bool              `json:"complete"`
+}
+
+// ArchivedSession is one session of an envelope export or archive.
+type ArchivedSession struct {
+	Session   string `json:"session"`
+	Envelopes int    `json:"envelopes"`
+	SHA256    string `json:"sha256"`
+}
+
+// MaxArchiveSessions is the most sessions one EnvelopeArchiveRequest names (so that it fits MaxRequestBytes); an
+// export's manifest is archived in parts of at most this many.
+const MaxArchiveSessions = 256
+
+// EnvelopeArchiveRequest asks the controller to remove the envelopes of sessions an export holds (platform admin
+// only), naming each session with its count and digest as the export's manifest gave them.
+type EnvelopeArchiveRequest struct {
+	Sessions []ArchivedSession `json:"sessions"`
+}
+
+// EnvelopesArchived answers an envelope archive: how many sessions and envelopes were removed, and how many of
+// those sessions had been archived before (an interrupted archive, completed now).
+type EnvelopesArchived struct {
+	Sessions  int   `json:"sessions"`
+	Envelopes int   `json:"envelopes"`
+	Bytes     int64 `json:"bytes"`
+	Completed int   `json:"completed"`
 }
 
 // AuditCheckpoint is a verified checkpoint: the record at Seq had hash Hash at the controller's Time.

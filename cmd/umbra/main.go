@@ -62,6 +62,10 @@ Usage:
   umbra audit archive --as ADMIN.json --through SEQ:HASH
       offline, no controller; --after is the checkpoint the last verification printed: fails if the chain
       no longer holds it (truncated, rolled back, rewritten); without a checkpoint a file is only a warning
+  umbra envelopes export  --as ADMIN.json --out FILE [--max-sessions N]
+      the envelopes of sessions removed after the retention of ended sessions, ending in a manifest
+  umbra envelopes archive --as ADMIN.json --file FILE
+      removes from the controller the envelopes an export holds, once each session is checked and recorded
 
   umbra mcp serve   --as ID.json --service S -- COMMAND [ARGS]   makes a stdio MCP server dark
   umbra mcp connect --as ID.json [--service mcpgw]               stdio bridge to the MCP gateway
@@ -136,9 +140,10 @@ func groups() map[string]map[string]command {
 			"withdraw": cmdSessionAction("withdraw"), "show": cmdSessionShow, "list": cmdSessionList},
 		"mcp": {"serve": cmdMCPServe, "connect": cmdMCPConnect, "tools": cmdMCPTools, "approvals": cmdMCPApprovals,
 			"backends": cmdMCPBackends, "sample-server": cmdMCPSampleServer},
-		"llm":   {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
-		"a2a":   {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
-		"audit": {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey, "archive": cmdAuditArchive},
+		"llm":       {"serve": cmdLLMServe, "bridge": cmdLLMBridge, "usage": cmdLLMUsage},
+		"a2a":       {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
+		"audit":     {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey, "archive": cmdAuditArchive},
+		"envelopes": {"export": cmdEnvelopesExport, "archive": cmdEnvelopesArchive},
 	}
 }
 

@@ -82,6 +82,8 @@ type Store struct {
 	opts   Options
 	prefix string // "<lower(stream)>."
 
+	commit *committer
+
 	mu       sync.Mutex
 	sessions map[string]*list.Element // of *sessionState
 	lru      *list.List               // front: most recently used
@@ -155,7 +157,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		MaxMsgsPerSubject: -1,
 		Duplicates:        opts.DuplicateWindow,
 		Replicas:          opts.Replicas,
-		MaxMsgSize:        int32(opts.MaxData + headerRoom),
+		// Concurrent appends are committed together (commit.go).
+		AllowAtomicPublish: true,
+		MaxMsgSize:         int32(opts.MaxData + headerRoom),
 	})
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10047 { // insufficient resources
@@ -165,6 +169,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		return nil, fmt.Errorf("envstore: stream %s: %w", opts.Stream, err)
 	}
 	return &Store{
+		commit:   &committer{js: js},
 		js:       js,
 		stream:   stream,
 		opts:     opts,
@@ -270,17 +275,18 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		for k, v := range e.Meta {
 			msg.Header.Set(hdrMetaPrefix+k, v)
 		}
-		ack, err := s.js.PublishMsg(ctx, msg,
-			// Fast path for a retry racing its original: JetStream answers it from memory.
-			jetstream.WithMsgID(e.Session+"/"+e.ID),
-			// The compare-and-set is on the whole session, while the envelope goes to its own subject.
-			jetstream.WithExpectLastSequenceForSubject(st.expect, s.sessionWildcard(e.Session)))
+		// The compare-and-set is on the whole session, while the envelope goes to its own subject.
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(st.expect, 10))
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, s.sessionWildcard(e.Session))
+		// Published with other sessions' envelopes ready at the same moment (one fsync for all); alone, with the
+		// message id as a fast path for a retry racing its original, which JetStream answers from memory.
+		ack, err := s.commit.publish(ctx, msg, e.Session+"/"+e.ID)
 		if err == nil {
-			if ack.Duplicate {
-				return Appended{StreamSeq: ack.Sequence, Count: st.count, Duplicate: true}, nil
+			if ack.dup {
+				return Appended{StreamSeq: ack.seq, Count: st.count, Duplicate: true}, nil
 			}
-			st.expect, st.count = ack.Sequence, st.count+1
-			return Appended{StreamSeq: ack.Sequence, Count: st.count}, nil
+			st.expect, st.count = ack.seq, st.count+1
+			return Appended{StreamSeq: ack.seq, Count: st.count}, nil
 		}
 		// Whatever happened, what is stored is now unknown here: the write may even have succeeded after a
 		// timeout. The next attempt, or the next Append, re-reads the session.

@@ -149,8 +149,15 @@ func (h *Host) ServeListener(ctx context.Context, ln net.Listener, handler http.
 }
 
 // Append writes r into the controller's audit stream.
+// A refusal because the actor spent its day's audit budget is an *audit.BudgetError, which the gateways turn into
+// a refusal of the call that says so.
 func (h *Host) Append(ctx context.Context, r audit.Record) error {
-	return h.Agent.Controller().AppendAudit(ctx, r)
+	err := h.Agent.Controller().AppendAudit(ctx, r)
+	var ae *agentsdk.APIError
+	if errors.As(err, &ae) && ae.Code == api.CodeAuditBudgetExhausted {
+		return &audit.BudgetError{Message: ae.Message, RetryAfter: ae.RetryAfter}
+	}
+	return err
 }
 
 // Lookup returns the controller's view of a caller, cached briefly.

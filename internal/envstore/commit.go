@@ -1,0 +1,220 @@
+package envstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Group commit: appends to different sessions that are ready at the same moment are published together, as one
+// JetStream atomic batch. With the server fsyncing every write, the batch costs one fsync, shared by every
+// envelope in it, where separate publishes pay one each. Each envelope keeps its own compare-and-set on its
+// session (a batch never holds two envelopes of one session: a process's appends to a session are serialised),
+// and JetStream stores the whole batch or none of it. A batch refused as a whole (one envelope's session moved,
+// the stream is full) is published again envelope by envelope, so that each append learns its own answer; a
+// batch whose answer is lost (a timeout) is reported to each of its appends as an error, exactly like a single
+// publish whose answer is lost: the append does not know whether it was stored and re-reads the session.
+//
+// There is no goroutine of its own: the first append to find nothing being committed commits what is queued,
+// until its own is answered, then hands on to the first append still queued, if any, and returns. Envelopes queue while
+// a batch is on its way to the disk, so the batches grow with the load.
+
+const (
+	// maxCommitBatch and maxCommitBytes bound one batch; a larger envelope is published alone.
+	maxCommitBatch = 64
+	maxCommitBytes = 1 << 20
+	// commitTimeout bounds one publish (alone or a batch), whoever's context is waiting on it.
+	commitTimeout = 10 * time.Second
+)
+
+// Headers of JetStream's atomic batch publish: every message of a batch names it and its place in it, and the
+// last one commits it.
+const (
+	hdrBatchID     = "Nats-Batch-Id"
+	hdrBatchSeq    = "Nats-Batch-Sequence"
+	hdrBatchCommit = "Nats-Batch-Commit"
+)
+
+// pendingPublish is one append waiting to be published.
+type pendingPublish struct {
+	msg   *nats.Msg
+	msgID string        // JetStream de-duplication id, used when the envelope is published alone
+	done  chan pubDone  // its result, exactly once
+	lead  chan struct{} // closed when this append is to commit what is queued
+}
+
+type pubDone struct {
+	seq uint64
+	dup bool // JetStream answered it as a duplicate of its message id
+	err error
+}
+
+// committer queues publishes and commits them in batches.
+type committer struct {
+	js jetstream.JetStream
+
+	mu         sync.Mutex
+	queue      []*pendingPublish
+	committing bool
+
+	batches, batched uint64 // batches of more than one envelope published, and the envelopes in them (tests)
+}
+
+// publish stores msg with the headers already set for its compare-and-set, and returns its stream sequence.
+func (c *committer) publish(ctx context.Context, msg *nats.Msg, msgID string) (pubDone, error) {
+	p := &pendingPublish{msg: msg, msgID: msgID, done: make(chan pubDone, 1), lead: make(chan struct{})}
+	c.mu.Lock()
+	c.queue = append(c.queue, p)
+	leading := !c.committing
+	if leading {
+		c.committing = true
+	}
+	c.mu.Unlock()
+	if !leading {
+		// Wait for the result even if ctx ends: the envelope may be stored, and the caller must learn which.
+		select {
+		case r := <-p.done:
+			return r, r.err
+		case <-p.lead:
+		}
+	}
+	// Commit batches from the head of the queue until this publish is answered (it may be behind a full batch),
+	// then hand on.
+	for {
+		c.commitHead(ctx)
+		select {
+		case r := <-p.done:
+			c.handOn()
+			return r, r.err
+		default:
+		}
+	}
+}
+
+// commitHead publishes the head of the queue as one batch.
+func (c *committer) commitHead(ctx context.Context) {
+	c.mu.Lock()
+	// At most one envelope of a session per batch: JetStream checks each envelope's compare-and-set against the
+	// stream as it was before the batch, so a second one of the same session would pass the same check.
+	var batch, rest []*pendingPublish
+	sessions := map[string]bool{}
+	size := 0
+	for i, p := range c.queue {
+		if len(batch) == maxCommitBatch || len(batch) > 0 && size+len(p.msg.Data) > maxCommitBytes {
+			rest = append(rest, c.queue[i:]...)
+			break
+		}
+		key := p.msg.Header.Get(jetstream.ExpectedLastSubjSeqSubjHeader)
+		if sessions[key] {
+			rest = append(rest, p)
+			continue
+		}
+		sessions[key] = true
+		batch = append(batch, p)
+		size += len(p.msg.Data)
+	}
+	c.queue = rest
+	c.mu.Unlock()
+
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	c.publishBatch(pctx, batch)
+	cancel()
+}
+
+// handOn makes the first queued publish the committer, or stops committing when none is queued.
+func (c *committer) handOn() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		c.committing = false
+		return
+	}
+	close(c.queue[0].lead)
+}
+
+// publishBatch publishes batch and answers each of its publishes.
+func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
+	if len(batch) == 1 {
+		c.publishAlone(ctx, batch[0])
+		return
+	}
+	last, err := c.atomic(ctx, batch)
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		c.batches++
+		c.batched += uint64(len(batch))
+		first := last - uint64(len(batch)) + 1
+		for i, p := range batch {
+			p.done <- pubDone{seq: first + uint64(i)}
+		}
+	case errors.As(err, &apiErr):
+		// Refused as a whole, so none of it is stored: each learns its own answer alone.
+		for _, p := range batch {
+			for _, h := range []string{hdrBatchID, hdrBatchSeq, hdrBatchCommit} {
+				p.msg.Header.Del(h)
+			}
+			c.publishAlone(ctx, p)
+		}
+	default:
+		for _, p := range batch {
+			p.done <- pubDone{err: fmt.Errorf("batch of %d envelopes: %w", len(batch), err)}
+		}
+	}
+}
+
+func (c *committer) publishAlone(ctx context.Context, p *pendingPublish) {
+	ack, err := c.js.PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.msgID))
+	if err != nil {
+		p.done <- pubDone{err: err}
+		return
+	}
+	p.done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate}
+}
+
+// atomic sends batch as one atomic batch and returns the stream sequence of its last message. An error that is a
+// *jetstream.APIError is JetStream's refusal of the whole batch: nothing of it is stored.
+func (c *committer) atomic(ctx context.Context, batch []*pendingPublish) (uint64, error) {
+	nc := c.js.Conn()
+	id := fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64())
+	for i, p := range batch {
+		m := p.msg
+		m.Header.Set(hdrBatchID, id)
+		m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
+		if i < len(batch)-1 {
+			if err := nc.PublishMsg(m); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		m.Header.Set(hdrBatchCommit, "1")
+		resp, err := nc.RequestMsgWithContext(ctx, m)
+		if err != nil {
+			return 0, err
+		}
+		var ack struct {
+			Seq   uint64              `json:"seq"`
+			Count int                 `json:"count"`
+			Error *jetstream.APIError `json:"error"`
+		}
+		if err := json.Unmarshal(resp.Data, &ack); err != nil {
+			return 0, fmt.Errorf("batch acknowledgement: %w", err)
+		}
+		switch {
+		case ack.Error != nil:
+			return 0, ack.Error
+		case ack.Count != len(batch) || ack.Seq < uint64(len(batch)):
+			return 0, fmt.Errorf("batch acknowledgement for %d messages at %d does not match a batch of %d", ack.Count, ack.Seq, len(batch))
+		}
+		return ack.Seq, nil
+	}
+	return 0, errors.New("empty batch")
+}

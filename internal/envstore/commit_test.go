@@ -1,0 +1,114 @@
+package envstore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestGroupCommitKeepsCountsExact has many writers append at once, two per session and sessions over their limit:
+// appends are committed in batches, and every session still holds exactly its limit, each id once.
+func TestGroupCommitKeepsCountsExact(t *testing.T) {
+	ctx := testContext(t)
+	s := newStore(t, Options{})
+	const sessions, writers, each, limit = 16, 2, 20, 30
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stored := map[string]int{}
+	for i := range sessions * writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			session := fmt.Sprintf("s%d", i%sessions)
+			for j := range each {
+				app, err := s.Append(ctx, Envelope{ID: fmt.Sprintf("w%d-%d", i, j), Session: session, To: recipientA, Data: []byte("x")}, limit)
+				switch {
+				case err == ErrLimit:
+				case err != nil:
+					t.Error(err)
+					return
+				case app.Duplicate:
+					t.Errorf("a fresh id answered as a duplicate: %+v", app)
+				default:
+					mu.Lock()
+					stored[session]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range sessions {
+		session := fmt.Sprintf("s%d", i)
+		msgs, err := s.All(ctx, session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != limit || stored[session] != limit {
+			t.Fatalf("session %s holds %d envelopes, %d appends succeeded; want %d", session, len(msgs), stored[session], limit)
+		}
+		for k, m := range msgs {
+			if got := m.Meta; got != nil {
+				t.Fatalf("unexpected meta %v", got)
+			}
+			raw, err := s.stream.GetMsg(ctx, m.StreamSeq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, _ := strconv.Atoi(raw.Header.Get(hdrCount)); n != k+1 {
+				t.Fatalf("session %s envelope %d records count %d", session, k+1, n)
+			}
+		}
+	}
+	s.commit.mu.Lock()
+	batches, batched := s.commit.batches, s.commit.batched
+	s.commit.mu.Unlock()
+	t.Logf("%d envelopes stored in %d batches of more than one (%d envelopes)", sessions*limit, batches, batched)
+	if batches == 0 {
+		t.Error("no batch of more than one envelope: appends were not committed together")
+	}
+}
+
+// TestGroupCommitBatchRefused publishes a batch in which one envelope's compare-and-set fails: nothing of the batch
+// is stored by it, and each envelope is then answered alone, the others stored, the stale one refused.
+func TestGroupCommitBatchRefused(t *testing.T) {
+	ctx := testContext(t)
+	s := newStore(t, Options{})
+	if _, err := s.Append(ctx, Envelope{ID: "first", Session: "moved", To: recipientA, Data: []byte("x")}, 0); err != nil {
+		t.Fatal(err)
+	}
+	var batch []*pendingPublish
+	for _, session := range []string{"a", "moved", "b"} {
+		msg := &nats.Msg{Subject: s.envelopeSubject(session, "id-"+session), Data: []byte("y"), Header: nats.Header{}}
+		msg.Header.Set(hdrID, "id-"+session)
+		msg.Header.Set(hdrCount, "1")
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0") // stale for "moved"
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, s.sessionWildcard(session))
+		batch = append(batch, &pendingPublish{msg: msg, msgID: session + "/id-" + session, done: make(chan pubDone, 1), lead: make(chan struct{})})
+	}
+	before := streamMsgs(t, s)
+	s.commit.publishBatch(context.Background(), batch)
+	for i, p := range batch {
+		r := <-p.done
+		if i == 1 {
+			if !wrongLastSeq(r.err) {
+				t.Fatalf("the stale envelope: %+v, want a wrong-last-sequence refusal", r)
+			}
+			continue
+		}
+		if r.err != nil || r.seq == 0 {
+			t.Fatalf("envelope %d: %+v, want stored alone after the batch was refused", i, r)
+		}
+	}
+	if n := streamMsgs(t, s); n != before+2 {
+		t.Fatalf("the stream holds %d messages, want %d", n, before+2)
+	}
+	if s.commit.batches != 0 {
+		t.Fatalf("%d batches counted as committed", s.commit.batches)
+	}
+}
