@@ -108,7 +108,7 @@ func gatewayFindings(st State, scope Scope, add func(check, severity, subject, s
 			slices.Sort(direct)
 			who := strings.Join(direct, ", ")
 			if len(hidden) > 0 {
-				who = strings.TrimPrefix(who+fmt.Sprintf(", and %d identities of other organisations", len(hidden)), ", ")
+				who = strings.TrimPrefix(who+fmt.Sprintf(", and identities of other organisations: %d", len(hidden)), ", ")
 			}
 			add(CheckUngated, api.SeverityHigh, g.SPIFFEID+"/"+service,
 				fmt.Sprintf("%s %s behind gateway %s is reachable without the gateway", kind, name, g.SPIFFEID),

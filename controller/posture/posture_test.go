@@ -368,3 +368,18 @@ func TestUsageFromAuditRecords(t *testing.T) {
 		t.Fatalf("last: %v", u.Last)
 	}
 }
+
+// TestUngatedScoped: an organisation's administrator sees the finding about its gateway's model endpoint, with
+// the other organisation's dialer counted, not named.
+func TestUngatedScoped(t *testing.T) {
+	st := clean(t)
+	st.Identities[0].Dial = append(st.Identities[0].Dial, "ollama") // acme's quoter may dial globex's model server
+	fs := posture.Findings(st, posture.Scope{Org: "globex"}, posture.Policy{})
+	if len(fs) != 1 || fs[0].Check != posture.CheckUngated || strings.Contains(fs[0].Evidence, "quoter") ||
+		!strings.Contains(fs[0].Evidence, "identities of other organisations: 1") {
+		t.Fatalf("globex's findings %+v: want the ungated model endpoint with acme's dialer counted, not named", fs)
+	}
+	if fs := posture.Findings(st, posture.Scope{Org: "acme"}, posture.Policy{}); len(fs) != 0 {
+		t.Fatalf("acme sees findings about globex's gateway: %v", checks(fs))
+	}
+}
