@@ -63,6 +63,30 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 	}))
 }
 
+// gatewayReport is a gateway's newest report (api.GatewayReport), kept for the inventory and the findings.
+type gatewayReport struct {
+	Gateway string            `json:"gateway"`
+	Kind    string            `json:"kind"` // "mcp" or "llm"
+	At      time.Time         `json:"at"`   // of its audit record
+	Report  api.GatewayReport `json:"report"`
+}
+
+// gatewayReportOf reads the report a gateway record carries, if it is one: a gateway reports on itself only.
+func gatewayReportOf(c caller, r audit.Record) (gatewayReport, bool, error) {
+	kind, ok := map[string]string{api.KindGatewayReportMCP: "mcp", api.KindGatewayReportLLM: "llm"}[r.Kind]
+	if !ok {
+		return gatewayReport{}, false, nil
+	}
+	if r.Actor != c.id.String() {
+		return gatewayReport{}, false, failf(http.StatusBadRequest, api.CodeBadRequest, "a gateway reports on itself: the actor of a %s record must be %s", r.Kind, c.id)
+	}
+	out := gatewayReport{Gateway: c.id.String(), Kind: kind}
+	if err := json.Unmarshal(r.Data, &out.Report); err != nil {
+		return out, false, failf(http.StatusBadRequest, api.CodeBadRequest, "%s record: data is not a gateway report: %v", r.Kind, err)
+	}
+	return out, true, nil
+}
+
 // checkGatewayRecordScope refuses a gateway record that ties its actor to a session or workgroup the actor is
 // not a party to: a gateway speaks for the callers it served, not for anyone's sessions.
 // gatewayBegins are the kinds of the record a gateway writes, and waits for, before it forwards a call: refusing
@@ -89,6 +113,10 @@ func (s *Server) appendGatewayRecord(ctx context.Context, c caller, r audit.Reco
 	if err := s.checkGatewayRecordScope(ctx, actor, r); err != nil {
 		return nil, err
 	}
+	report, isReport, err := gatewayReportOf(c, r)
+	if err != nil {
+		return nil, err
+	}
 	// The controller's clock times the record (a gateway keeps its own times in the detail); Append sets it.
 	r.Seq, r.Prev, r.Hash, r.Time = 0, "", "", time.Time{}
 	r.Data = jsonRaw(map[string]json.RawMessage{"via": jsonRaw(c.id.String()), "detail": orNull(r.Data)})
@@ -111,6 +139,16 @@ func (s *Server) appendGatewayRecord(ctx context.Context, c caller, r audit.Reco
 	out, err := s.gov.audit.Append(ctx, r)
 	if err != nil {
 		return nil, failf(http.StatusBadRequest, api.CodeBadRequest, "audit record refused: %v", err)
+	}
+	if isReport {
+		report.At = out.Time
+		raw, err := json.Marshal(report)
+		if err != nil {
+			return nil, internal(err)
+		}
+		if _, err := s.gov.reports.kv.Put(ctx, idKey(c.id), raw); err != nil {
+			return nil, internal(err)
+		}
 	}
 	return map[string]any{"seq": out.Seq, "hash": out.Hash}, nil
 }

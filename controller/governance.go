@@ -49,6 +49,7 @@ type governance struct {
 	rates         table[proposalRate]    // proposals per identity and window (ratelimit.go)
 	budget        *auditBudget           // audit bytes per identity and day (auditbudget.go); budget.run is the caller's
 	baselines     table[postureBaseline] // recorded posture baselines by scope (inventory.go)
+	reports       table[gatewayReport]   // each gateway's newest report, by idKey (gateways.go)
 	keepEnded     int                    // ended sessions kept per consumer within the retention: endedPerConsumer
 
 	mu        sync.Mutex
@@ -89,6 +90,9 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 		return nil, err
 	}
 	if g.baselines, err = openTable[postureBaseline](ctx, js, "umbra_posture_baselines"); err != nil {
+		return nil, err
+	}
+	if g.reports, err = openTable[gatewayReport](ctx, js, "umbra_gateway_reports"); err != nil {
 		return nil, err
 	}
 	if g.budget, err = openAuditBudgets(ctx, js, cfg.AuditBytesPerIdentityDay, controllerID, log); err != nil {

@@ -38,7 +38,7 @@ func scopeOf(c caller) posture.Scope {
 
 func (s *Server) postureRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+api.PathInventory, s.admin(func(ctx context.Context, c caller, _ []byte) (any, error) {
-		st, err := s.postureState(ctx)
+		st, err := s.postureState(ctx, false)
 		if err != nil {
 			return nil, internal(err)
 		}
@@ -63,7 +63,7 @@ func (s *Server) postureRoutes(mux *http.ServeMux) {
 		reply(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST "+api.PathPostureBase, s.admin(func(ctx context.Context, c caller, _ []byte) (any, error) {
-		st, err := s.postureState(ctx)
+		st, err := s.postureState(ctx, false)
 		if err != nil {
 			return nil, internal(err)
 		}
@@ -89,14 +89,11 @@ func (s *Server) postureRoutes(mux *http.ServeMux) {
 
 // postureReport computes the findings and, if a baseline of the scope was recorded, the drift since it.
 func (s *Server) postureReport(ctx context.Context, scope posture.Scope, p posture.Policy) (api.PostureReport, error) {
-	st, err := s.postureState(ctx)
+	st, err := s.postureState(ctx, true)
 	if err != nil {
 		return api.PostureReport{}, err
 	}
-	out := api.PostureReport{GeneratedAt: st.Now.UTC(), Scope: scope.String(), Findings: posture.Findings(st, scope, p)}
-	if out.Findings == nil {
-		out.Findings = []api.Finding{}
-	}
+	out := api.PostureReport{GeneratedAt: st.Now.UTC(), Scope: scope.String()}
 	b, _, err := s.gov.baselines.get(ctx, scope.String())
 	switch {
 	case errors.Is(err, errNotFound):
@@ -105,18 +102,24 @@ func (s *Server) postureReport(ctx context.Context, scope posture.Scope, p postu
 	default:
 		d := posture.Diff(b.Items, b.RecordedAt, posture.Items(posture.Inventory(st, scope)))
 		out.Drift = &d
+		st.Baseline = b.Items // for the findings that compare with it
+	}
+	if out.Findings = posture.Findings(st, scope, p); out.Findings == nil {
+		out.Findings = []api.Finding{}
 	}
 	return out, nil
 }
 
-// policyFrom reads policy overrides from a query: max_svid_lifetime, max_duration and stale_after as durations,
-// max_messages and max_admins as counts. Absent ones keep their defaults.
+// policyFrom reads policy overrides from a query: max_svid_lifetime, max_duration, stale_after and unused_after
+// as durations, max_messages, max_admins and reach_min_peers as counts, reach_factor as a number. Absent ones
+// keep their defaults.
 func policyFrom(q url.Values) (posture.Policy, error) {
 	var p posture.Policy
 	for _, d := range []struct {
 		name string
 		into *time.Duration
-	}{{"max_svid_lifetime", &p.MaxSVIDLifetime}, {"max_duration", &p.MaxAdvertisedDuration}, {"stale_after", &p.StaleAfter}} {
+	}{{"max_svid_lifetime", &p.MaxSVIDLifetime}, {"max_duration", &p.MaxAdvertisedDuration}, {"stale_after", &p.StaleAfter},
+		{"unused_after", &p.UnusedAfter}} {
 		if v := q.Get(d.name); v != "" {
 			x, err := time.ParseDuration(v)
 			if err != nil || x <= 0 {
@@ -132,18 +135,31 @@ func policyFrom(q url.Values) (posture.Policy, error) {
 		}
 		p.MaxAdvertisedMessages = x
 	}
-	if v := q.Get("max_admins"); v != "" {
-		x, err := strconv.Atoi(v)
-		if err != nil || x <= 0 {
-			return p, failf(http.StatusBadRequest, api.CodeBadRequest, "max_admins must be a positive count, not %q", v)
+	for _, c := range []struct {
+		name string
+		into *int
+	}{{"max_admins", &p.MaxAdmins}, {"reach_min_peers", &p.ReachMinPeers}} {
+		if v := q.Get(c.name); v != "" {
+			x, err := strconv.Atoi(v)
+			if err != nil || x <= 0 {
+				return p, failf(http.StatusBadRequest, api.CodeBadRequest, "%s must be a positive count, not %q", c.name, v)
+			}
+			*c.into = x
 		}
-		p.MaxAdmins = x
+	}
+	if v := q.Get("reach_factor"); v != "" {
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(x >= 1) || x > 1e6 {
+			return p, failf(http.StatusBadRequest, api.CodeBadRequest, "reach_factor must be a number of at least 1 such as 3, not %q", v)
+		}
+		p.ReachFactor = x
 	}
 	return p, nil
 }
 
-// postureState takes a snapshot of the controller's state for package posture.
-func (s *Server) postureState(ctx context.Context) (posture.State, error) {
+// postureState takes a snapshot of the controller's state for package posture; withUsage adds the summary of
+// the newest audit records, which only the findings need (it takes seconds: see postureUsageWindow).
+func (s *Server) postureState(ctx context.Context, withUsage bool) (posture.State, error) {
 	st := posture.State{Now: time.Now(), SVIDLifetime: s.cfg.SVIDTTL, PlatformOrg: api.PlatformAdminOrg}
 	orgs, err := s.gov.orgs.all(ctx)
 	if err != nil {
@@ -165,7 +181,53 @@ func (s *Server) postureState(ctx context.Context) (posture.State, error) {
 	if st.Advertisements, err = s.gov.ads.all(ctx); err != nil {
 		return st, err
 	}
+	reports, err := s.gov.reports.all(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.Reports = map[string]posture.GatewayReport{}
+	for _, r := range reports {
+		st.Reports[r.Gateway] = posture.GatewayReport{Kind: r.Kind, At: r.At, GatewayReport: r.Report}
+	}
+	routers, err := s.zc.Mgmt().EdgeRouters()
+	if err != nil {
+		return st, err
+	}
+	for _, r := range routers {
+		st.Routers = append(st.Routers, api.InventoryRouter{Name: r.Name, Online: r.Online, Enrolled: r.Verified,
+			Disabled: r.Disabled, Version: r.Version, CreatedAt: r.CreatedAt.UTC()})
+	}
+	if withUsage {
+		if st.Usage, err = s.postureUsage(ctx); err != nil {
+			return st, err
+		}
+	}
 	return st, nil
+}
+
+// postureUsageWindow bounds the audit records the posture reads to judge grant use: the newest ones. When they
+// do not reach back the policy's --unused-after, the findings say so instead of judging. Reading and summarising
+// 100,000 records took 3.7 to 4.6 s on a busy 2-core machine (each record's hash is checked as it is read).
+const postureUsageWindow = 100000
+
+// postureUsage summarises the newest postureUsageWindow audit records for package posture.
+func (s *Server) postureUsage(ctx context.Context) (posture.Usage, error) {
+	var u posture.Usage
+	stats, err := s.gov.audit.Stats(ctx)
+	if err != nil {
+		return u, err
+	}
+	from := uint64(0)
+	if stats.LastSeq > postureUsageWindow {
+		from = stats.LastSeq - postureUsageWindow
+	}
+	// Nothing older exists when the read starts at the trail's first record and none was archived away.
+	u.FromStart = from == 0 && stats.FirstSeq <= 1
+	_, err = s.gov.audit.Scan(ctx, from, func(r audit.Record) error {
+		u.Add(r)
+		return nil
+	})
+	return u, err
 }
 
 func (s *Server) postureIdentity(r identityRecord) posture.Identity {

@@ -115,10 +115,10 @@ func runMCPGateway(ctx context.Context, identityFile, dataDir string, log *slog.
 	}
 	defer host.Close()
 	cfg := mcpgw.Config{Policies: MCPPolicies, Directory: mcpDirectory{hostDirectory{host}}, Auditor: host, State: host.JS,
-		Self: host.Agent.ID(), Logger: log}
+		Self: host.Agent.ID(), Service: ServiceMCPGateway, Logger: log}
 	for _, b := range MCPBackends {
 		service := b.Service
-		cfg.Backends = append(cfg.Backends, mcpgw.Backend{Name: b.Name, Trusted: true,
+		cfg.Backends = append(cfg.Backends, mcpgw.Backend{Name: b.Name, Trusted: true, Kind: "overlay", Service: service,
 			Connect: func(ctx context.Context) (mcp.Transport, error) {
 				conn, err := host.Agent.Dial(ctx, service)
 				if err != nil {
@@ -163,7 +163,7 @@ func runLLMGateway(ctx context.Context, identityFile, dataDir string, td spiffei
 	}
 	defer host.Close()
 	ep := llmgw.Endpoint{Provider: "openai-compatible", BaseURL: "http://" + ServiceModel + "/v1", Model: SampleModel,
-		HTTPClient: host.Agent.HTTPClient()}
+		HTTPClient: host.Agent.HTTPClient(), Service: ServiceModel}
 	if up != nil {
 		ep = llmgw.Endpoint{Provider: up.Provider, BaseURL: up.BaseURL, APIKey: up.APIKey, Model: up.Model}
 	}
@@ -174,6 +174,7 @@ func runLLMGateway(ctx context.Context, identityFile, dataDir string, td spiffei
 			{Org: OrgNorthwind, TokensPerDay: 200000, RequestsPerMinute: 120}, {Org: OrgHelix, TokensPerDay: 200000, RequestsPerMinute: 120}},
 		Guardrails: llmgw.Guardrails{PII: guard.Redact, Secrets: guard.Block, Injection: guard.Log},
 		Directory:  llmDirectory{hostDirectory{host}}, Auditor: host, State: host.JS, Logger: log, Self: host.Agent.ID(),
+		Service: ServiceLLMGateway,
 	})
 	if err != nil {
 		return err

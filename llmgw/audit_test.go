@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -12,9 +13,11 @@ import (
 
 	"github.com/openai/openai-go/v3"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/llmgw"
 	"github.com/umbra-mesh/umbra/llmgw/chat"
+	"github.com/umbra-mesh/umbra/llmgw/guard"
 )
 
 // faultyAuditor keeps records in memory, unless a fault set with failWith refuses them.
@@ -232,5 +235,38 @@ func TestAuditBudgetRefusesCalls(t *testing.T) {
 		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
 	if e := apiError(t, err); e.StatusCode != http.StatusTooManyRequests || e.Code != "audit_budget_exhausted" {
 		t.Errorf("client saw %d %s", e.StatusCode, e.Code)
+	}
+}
+
+// TestReportAtRun: Run reports the models, budgets and guardrails to the audit trail, for the controller's
+// posture, without any key or URL path.
+func TestReportAtRun(t *testing.T) {
+	h := newHarness(t, llmgw.Config{Service: "llmgw",
+		Models: []llmgw.Model{{Name: "small", HealthInterval: -1, Endpoints: []llmgw.Endpoint{
+			{Provider: "openai-compatible", BaseURL: "http://user:pw@10.0.0.7:11434/v1", APIKey: "sk-secret", Model: "llama"},
+			{Provider: "openai-compatible", BaseURL: "http://ollama/v1", Service: "ollama"}}}},
+		Budgets:    []llmgw.Budget{{Org: "acme", TokensPerDay: 1000}},
+		Guardrails: llmgw.Guardrails{PII: guard.Redact, Responses: true}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- h.gw.Run(ctx) }()
+	r := h.auditor.wait(t, func(r audit.Record) bool { return r.Kind == api.KindGatewayReportLLM })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(r.Data), "sk-secret") || strings.Contains(string(r.Data), "pw@") || r.Actor != gatewayID {
+		t.Fatalf("report %s by %s: leaks a key or credentials, or is not the gateway's own", r.Data, r.Actor)
+	}
+	var rep api.GatewayReport
+	if err := json.Unmarshal(r.Data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	want := api.GatewayReport{Service: "llmgw", Models: []api.GatewayModel{{Name: "small", Endpoints: []api.GatewayEndpoint{
+		{Provider: "openai-compatible", Model: "llama", Host: "10.0.0.7:11434"}, {Provider: "openai-compatible", Model: "small", Service: "ollama"}}}},
+		Limits: []string{"organisation acme: 1000 tokens/day"}, Guardrails: []string{"pii:redact", "responses"}}
+	if !reflect.DeepEqual(rep, want) {
+		t.Fatalf("report %+v\nwant   %+v", rep, want)
 	}
 }

@@ -42,6 +42,9 @@ type Config struct {
 	// Directory tells the caller's organisation, workgroups and admin flag. Nil means the organisation is the
 	// first path segment of the SPIFFE ID, with no workgroups and no administrators.
 	Directory Directory
+	// Service is the overlay service callers reach the gateway by, for its report to the controller (posture
+	// judges the use of dial grants of it). Empty: not reported.
+	Service string
 	// Self is the gateway's own SPIFFE ID. Administrators (as the Directory marks them) of its organisation, the
 	// first path segment, administer the gateway: the usage of their organisation's identities, and the metrics.
 	// Zero means the gateway has no organisation of its own.
@@ -128,6 +131,9 @@ type Endpoint struct {
 	// HTTPClient reaches this endpoint. Nil means Config.HTTPClient. A model server that is itself a dark
 	// service on the overlay is reached with the overlay's HTTP client here.
 	HTTPClient *http.Client
+	// Service names the overlay service of such a dark model server, for the gateway's report (posture checks
+	// who else may dial it). Empty for an endpoint reached otherwise.
+	Service string
 }
 
 // Budget limits an identity, an organisation's identities together, or (neither set) each identity that has

@@ -156,9 +156,11 @@ func (g *Gateway) markDown(m *model, ep *endpoint, cause error) {
 
 // Run probes every endpoint at its model's HealthInterval until ctx is cancelled. An endpoint that fails a
 // probe is tried last until a probe passes; a probe that passes also ends a cooldown after failed requests.
-// Run returns nil when ctx is cancelled.
+// Run returns nil when ctx is cancelled. It first reports the gateway's models, budgets and guardrails to the
+// audit trail (api.KindGatewayReportLLM), for the controller's posture.
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
+	wg.Go(func() { g.report(ctx) })
 	for _, m := range g.models {
 		if m.HealthInterval <= 0 {
 			continue

@@ -100,6 +100,7 @@ func (g *Gateway) changed() {
 	g.callersMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	g.report(ctx)
 	for _, c := range cs {
 		c.sync(ctx)
 	}

@@ -81,6 +81,9 @@ type Config struct {
 	// KeepAlive is the interval of pings to backends; a backend that misses one is reconnected. Default 15
 	// seconds; negative disables.
 	KeepAlive time.Duration
+	// Service is the overlay service callers reach the gateway by, for its report to the controller (posture
+	// judges the use of dial grants of it). Default none.
+	Service string
 	// Self is the gateway's own SPIFFE ID, the actor of the records it makes on its own account (tool pins); its
 	// organisation's administrators administer the gateway (see Admins). Default spiffe://umbra.invalid/mcpgw,
 	// with no organisation of its own: only Admins, AdminOrgs and the platform administrator administer it.
@@ -127,6 +130,9 @@ type Backend struct {
 	// Kind says how the server is reached, for operators ("stdio", "http", "overlay"); the gateway only
 	// reports it. Default "custom".
 	Kind string
+	// Service is the overlay service of a dark server (Kind "overlay"), for the gateway's report to the
+	// controller (posture checks who else may dial it). Default none.
+	Service string
 }
 
 // Spawn modes.

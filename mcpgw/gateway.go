@@ -68,6 +68,9 @@ type Gateway struct {
 	auditOn bool
 	audits  chan audit.Record
 
+	reportMu sync.Mutex
+	reported [32]byte // digest of the last inventory reported
+
 	trace tracing
 
 	ready   chan struct{}

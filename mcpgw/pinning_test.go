@@ -2,13 +2,16 @@ package mcpgw
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/mcpgw/pin"
 	"github.com/umbra-mesh/umbra/mcpgw/scan"
@@ -143,5 +146,44 @@ func TestUntrustedBackendWaits(t *testing.T) {
 	waitSignal(t, a.toolsChange, "tools/list_changed after approval")
 	if got := a.toolNames(t); len(got) != 1 || got[0] != "ext__echo" {
 		t.Fatalf("after approval: %v", got)
+	}
+}
+
+// The gateway reports its servers, tools (pinned digest, pin state), limits and guardrails to the audit trail
+// when it starts and again when a pin changes state, for the controller's posture.
+func TestInventoryReport(t *testing.T) {
+	srv, _ := newTestServer("ext")
+	b, _ := inMemory("ext", srv, false)
+	b.Kind, b.Service = "overlay", "ext-mcp"
+	e := start(t, Config{Backends: []Backend{b}, Policies: allowAcme, Service: "mcpgw"})
+	report := func(state string) api.GatewayReport {
+		t.Helper()
+		var rep api.GatewayReport
+		e.rec.find(t, "inventory report with ext__echo "+state, func(r audit.Record) bool {
+			rep = api.GatewayReport{}
+			return r.Kind == api.KindGatewayReportMCP && json.Unmarshal(r.Data, &rep) == nil &&
+				slices.ContainsFunc(rep.Tools, func(tl api.GatewayTool) bool { return tl.Name == "ext__echo" && tl.State == state })
+		})
+		return rep
+	}
+	rep := report("pending")
+	if rep.Service != "mcpgw" || len(rep.Servers) != 1 || rep.Servers[0] != (api.GatewayServer{Name: "ext", Kind: "overlay", Service: "ext-mcp"}) ||
+		len(rep.Limits) == 0 || len(rep.Guardrails) == 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	var echo ToolVersion
+	for _, v := range pendingVersions(t, e) {
+		if v.Name == "ext__echo" {
+			echo = v
+		}
+	}
+	if code := decideTool(t, e, "approve", echo, echo.Digest); code != http.StatusOK {
+		t.Fatalf("approve: %d", code)
+	}
+	rep = report("approved")
+	for _, tl := range rep.Tools {
+		if tl.Name == "ext__echo" && tl.Digest != echo.Digest {
+			t.Fatalf("reported digest %s, approved %s", tl.Digest, echo.Digest)
+		}
 	}
 }

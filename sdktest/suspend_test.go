@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/posture"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -172,6 +173,54 @@ func TestPostureThroughTheAPI(t *testing.T) {
 	}
 	if _, err := w.acme.Controller().Posture(ctx, url.Values{"stale_after": {"soon"}}); err == nil {
 		t.Fatal("a malformed policy override was accepted")
+	}
+
+	// A gateway reports what it holds (as mcpgw does at start and on change); the inventory and the findings show
+	// it, and a gateway reports on itself only.
+	gw := env.NewAgent(t, inv.Scope, api.GatewayKind, uniq("gw"))
+	report := api.GatewayReport{Service: uniq("mcpgw"), Servers: []api.GatewayServer{{Name: "crm", Kind: "overlay", Service: uniq("crm")}},
+		Tools: []api.GatewayTool{{Name: "crm__lookup", Server: "crm", Digest: "d1", State: "quarantined"}}}
+	rec := map[string]any{"kind": api.KindGatewayReportMCP, "actor": buyer, "decision": "allow", "data": report}
+	if err := gw.Controller().AppendAudit(ctx, rec); err == nil {
+		t.Fatal("a gateway's report on another identity was accepted")
+	}
+	rec["actor"] = gw.ID().String()
+	if err := gw.Controller().AppendAudit(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if inv, err = w.globex.Controller().Inventory(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Gateways) != 1 || inv.Gateways[0].Kind != "mcp" || inv.Gateways[0].ReportedAt.IsZero() || len(inv.Tools) != 1 ||
+		inv.Tools[0].Digest != "d1" || len(inv.Routers) != 0 {
+		t.Fatalf("globex's inventory after its gateway reported: gateways %+v, tools %+v, routers %+v", inv.Gateways, inv.Tools, inv.Routers)
+	}
+	if rep, err = w.globex.Controller().Posture(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{posture.CheckToolChanged: false, posture.CheckGatewayNoLimits: false, posture.CheckGatewayNoGuardrails: false}
+	for _, f := range rep.Findings {
+		if _, ok := want[f.Check]; ok && strings.HasPrefix(f.Subject, gw.ID().String()) {
+			want[f.Check] = true
+		}
+	}
+	for check, found := range want {
+		if !found {
+			t.Fatalf("no %s finding for the gateway that reported a quarantined tool, no limits and no guardrails: %+v", check, rep.Findings)
+		}
+	}
+	platform, err := env.Admin().Controller().Inventory(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	online := 0
+	for _, r := range platform.Routers {
+		if r.Online && r.Enrolled {
+			online++
+		}
+	}
+	if online == 0 {
+		t.Fatalf("the platform's inventory shows no enrolled router online: %+v", platform.Routers)
 	}
 
 	if _, err := w.globex.Controller().RecordBaseline(ctx); err != nil {

@@ -25,6 +25,10 @@ type Inventory struct {
 	Services       []InventoryService       `json:"services"`
 	Workgroups     []InventoryWorkgroup     `json:"workgroups"`
 	Advertisements []InventoryAdvertisement `json:"advertisements"`
+	Gateways       []InventoryGateway       `json:"gateways"` // as each last reported itself
+	Tools          []InventoryTool          `json:"tools"`    // behind the MCP gateways
+	Models         []InventoryModel         `json:"models"`   // behind the LLM gateways
+	Routers        []InventoryRouter        `json:"routers"`  // the platform's only; none for an organisation
 }
 
 // InventoryOrg is an organisation.
@@ -78,6 +82,91 @@ type InventoryAdvertisement struct {
 	MaxDuration     time.Duration `json:"max_duration"`
 	AllowedTypes    []string      `json:"allowed_message_types"`
 	HoldForProvider bool          `json:"hold_for_provider,omitempty"`
+}
+
+// InventoryGateway is an MCP or LLM gateway identity and what it last reported (GatewayReport). ReportedAt is
+// zero for a gateway that never reported: what it holds is then unknown.
+type InventoryGateway struct {
+	SPIFFEID   string          `json:"spiffe_id"`
+	Kind       string          `json:"kind,omitempty"` // "mcp" or "llm", from its report
+	State      string          `json:"state"`
+	ReportedAt time.Time       `json:"reported_at,omitzero"`
+	Service    string          `json:"service,omitempty"`
+	Servers    []GatewayServer `json:"servers,omitempty"`
+	Limits     []string        `json:"limits,omitempty"`
+	Guardrails []string        `json:"guardrails,omitempty"`
+}
+
+// InventoryTool is a tool an MCP gateway exposes (or holds back), with the digest of its pinned definition.
+type InventoryTool struct {
+	Gateway string `json:"gateway"`
+	GatewayTool
+}
+
+// InventoryModel is a model an LLM gateway serves.
+type InventoryModel struct {
+	Gateway string `json:"gateway"`
+	GatewayModel
+}
+
+// InventoryRouter is an OpenZiti edge router the controller knows.
+type InventoryRouter struct {
+	Name      string    `json:"name"`
+	Online    bool      `json:"online"`
+	Enrolled  bool      `json:"enrolled"`
+	Disabled  bool      `json:"disabled,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// Audit record kinds of gateway reports: an MCP or LLM gateway writes one (through PathAuditRecords, actor its
+// own SPIFFE ID, data a GatewayReport) when it starts and whenever what it holds changes. The controller keeps
+// each gateway's newest report for the inventory and the findings.
+const (
+	KindGatewayReportMCP = "mcp.inventory"
+	KindGatewayReportLLM = "llm.inventory"
+)
+
+// GatewayReport is what a gateway holds, from its own configuration and pin store.
+type GatewayReport struct {
+	Service    string          `json:"service,omitempty"`    // the overlay service callers reach the gateway by
+	Servers    []GatewayServer `json:"servers,omitempty"`    // MCP servers behind an MCP gateway
+	Tools      []GatewayTool   `json:"tools,omitempty"`      // their tools
+	Models     []GatewayModel  `json:"models,omitempty"`     // models behind an LLM gateway
+	Limits     []string        `json:"limits,omitempty"`     // what bounds callers (rates, budgets); none: unbounded
+	Guardrails []string        `json:"guardrails,omitempty"` // what content is checked (e.g. "pii:redact"); none: nothing
+}
+
+// GatewayServer is an MCP server behind a gateway. Service is the overlay service of a dark server (Kind
+// "overlay"), empty for one reached otherwise (stdio, http).
+type GatewayServer struct {
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Service string `json:"service,omitempty"`
+}
+
+// GatewayTool is a tool as the gateway pinned it: Digest is its definition's, State one of approved, pending,
+// quarantined (changed after approval), denied, or unpinned (the pin could not be checked).
+type GatewayTool struct {
+	Name   string `json:"name"` // as callers see it
+	Server string `json:"server"`
+	Digest string `json:"digest,omitempty"`
+	State  string `json:"state"`
+}
+
+// GatewayModel is a model and the endpoints that serve it.
+type GatewayModel struct {
+	Name      string            `json:"name"`
+	Endpoints []GatewayEndpoint `json:"endpoints"`
+}
+
+// GatewayEndpoint is one upstream of a model: Service for a dark model server on the overlay, else Host (of its
+// base URL, without credentials or path; empty for the provider's public API).
+type GatewayEndpoint struct {
+	Provider string `json:"provider"`
+	Model    string `json:"model,omitempty"`
+	Service  string `json:"service,omitempty"`
+	Host     string `json:"host,omitempty"`
 }
 
 // Finding is one thing in the inventory that is riskier than policy allows, with the evidence and the fix.

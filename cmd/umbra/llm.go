@@ -147,7 +147,7 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	defer stopTracing()
 	cfg := llmgw.Config{Policies: fc.Policies, Directory: llmDirectory{host}, Auditor: host, State: host.JS,
 		LogPrompts: fc.LogPrompts, Logger: log, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote,
-		Self: host.Agent.ID(), AdminOrgs: fc.AdminOrgs, AdminPolicies: fc.AdminPolicies, TracerProvider: tp}
+		Self: host.Agent.ID(), Service: fc.Service, AdminOrgs: fc.AdminOrgs, AdminPolicies: fc.AdminPolicies, TracerProvider: tp}
 	for _, raw := range fc.Admins {
 		cfg.Admins = append(cfg.Admins, spiffeid.RequireFromString(raw)) // checked by parseLLMGatewayConfig
 	}
@@ -160,7 +160,7 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 				ep.APIKey = os.Getenv(e.APIKeyEnv)
 			}
 			if e.Overlay != "" {
-				ep.BaseURL, ep.HTTPClient = "http://"+e.Overlay+"/v1", host.Agent.HTTPClient()
+				ep.BaseURL, ep.HTTPClient, ep.Service = "http://"+e.Overlay+"/v1", host.Agent.HTTPClient(), e.Overlay
 			}
 			model.Endpoints = append(model.Endpoints, ep)
 		}

@@ -173,6 +173,23 @@ backends:
 	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "verified") {
 		t.Fatal(out)
 	}
+
+	// 5. The gateway reported what it holds: the inventory lists its servers and pinned tools, and the posture
+	// finds the dark server reachable without the gateway once an agent may dial it directly.
+	inv := c.must("", "inventory", "--as", admin, "--json")
+	for _, want := range []string{`"kind": "mcp"`, `"service": "mcp-files"`, `"name": "dark__catalogue_lookup"`, `"state": "approved"`, `"digest": "`} {
+		if !strings.Contains(inv, want) {
+			t.Fatalf("the inventory lacks %s:\n%s", want, inv)
+		}
+	}
+	if out, _, err := c.run("", "posture", "--as", admin, "--json"); strings.Contains(out, "reachable-without-gateway") {
+		t.Fatalf("posture (err %v) finds the dark server reachable while only the gateway may dial it:\n%s", err, out)
+	}
+	c.must("", "service", "grant", "--as", admin, "--service", "mcp-files", "--dial", intern)
+	out, _, err := c.run("", "posture", "--as", admin)
+	if err == nil || !strings.Contains(out, "reachable-without-gateway") || !strings.Contains(out, intern) {
+		t.Fatalf("posture after the intern may dial the dark server: err=%v\n%s", err, out)
+	}
 }
 
 // TestMCPGatewayLifecycle: the gateway refuses an identity that is not a gateway, says why when it cannot host

@@ -170,7 +170,7 @@ func mcpBackend(i int, f *mcpgwFile, host *gatewayhost.Host) (mcpgw.Backend, err
 		}
 	case b.Overlay != nil:
 		kinds++
-		out.Kind = "overlay"
+		out.Kind, out.Service = "overlay", b.Overlay.Service
 		// A dark MCP server hosted with `umbra mcp serve`: the MCP stdio transport inside an overlay connection.
 		out.Connect = func(ctx context.Context) (mcp.Transport, error) {
 			conn, err := host.Agent.Dial(ctx, b.Overlay.Service)
@@ -253,7 +253,7 @@ func cmdMCPGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	}
 	defer stopTracing()
 	cfg := mcpgw.Config{Separator: fc.Separator, Policies: fc.Policies, Sensitive: fc.Sensitive, AuditArguments: fc.AuditArguments,
-		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Logger: log,
+		Directory: mcpDirectory{host}, Auditor: host, State: host.JS, Self: host.Agent.ID(), Service: fc.Service, Logger: log,
 		StartTimeout: fc.StartTimeout, MetricsListen: fc.MetricsListen, MetricsAllowRemote: fc.MetricsRemote, TracerProvider: tp}
 	cfg.Approvals.Timeout, cfg.Approvals.TTL, cfg.Approvals.Hold = fc.Approvals.Timeout, fc.Approvals.TTL, fc.Approvals.Hold
 	cfg.AdminOrgs, cfg.AdminPolicies = fc.AdminOrgs, fc.AdminPolicies

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"net/url"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -46,6 +48,35 @@ func cmdInventory(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		for _, ad := range inv.Advertisements {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", ad.ID, ad.Name, ad.Provider, ad.MaxMessages, ad.MaxDuration)
 		}
+		fmt.Fprintln(tw, "\nGATEWAY\tKIND\tSTATE\tREPORTED\tSERVICE\tLIMITS\tGUARDRAILS")
+		for _, g := range inv.Gateways {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", g.SPIFFEID, cmp.Or(g.Kind, "-"), g.State, when(g.ReportedAt),
+				cmp.Or(g.Service, "-"), len(g.Limits), len(g.Guardrails))
+		}
+		fmt.Fprintln(tw, "\nMCP SERVER\tGATEWAY\tKIND\tOVERLAY SERVICE")
+		for _, g := range inv.Gateways {
+			for _, s := range g.Servers {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, g.SPIFFEID, s.Kind, cmp.Or(s.Service, "-"))
+			}
+		}
+		fmt.Fprintln(tw, "\nTOOL\tGATEWAY\tSTATE\tPINNED DIGEST")
+		for _, t := range inv.Tools {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Gateway, t.State, cmp.Or(t.Digest, "-"))
+		}
+		fmt.Fprintln(tw, "\nMODEL\tGATEWAY\tENDPOINTS")
+		for _, m := range inv.Models {
+			var eps []string
+			for _, e := range m.Endpoints {
+				eps = append(eps, e.Provider+" "+cmp.Or(e.Service, e.Host, "public API"))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", m.Name, m.Gateway, strings.Join(eps, "; "))
+		}
+		if inv.Scope == "platform" {
+			fmt.Fprintln(tw, "\nROUTER\tONLINE\tENROLLED\tVERSION")
+			for _, r := range inv.Routers {
+				fmt.Fprintf(tw, "%s\t%t\t%t\t%s\n", r.Name, r.Online, r.Enrolled, cmp.Or(r.Version, "-"))
+			}
+		}
 		return tw.Flush()
 	})
 }
@@ -78,9 +109,10 @@ func cmdPosture(ctx context.Context, args []string, stdin io.Reader, stdout, std
 			})
 	}
 	var asJSON bool
-	var failOn, maxSVID, maxDuration, staleAfter string
+	var failOn, maxSVID, maxDuration, staleAfter, unusedAfter string
 	var maxMessages uint64
-	var maxAdmins int
+	var maxAdmins, reachMinPeers int
+	var reachFactor float64
 	return withAgent(ctx, "posture", args, stderr, func(f *flags) {
 		f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 		f.StringVar(&failOn, "fail-on", "high", "exit with status 1 if a finding of this severity or above exists (info, low, medium, high, critical)")
@@ -89,6 +121,9 @@ func cmdPosture(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		f.StringVar(&staleAfter, "stale-after", "", "policy: an identity not seen for this long is reported (default 720h)")
 		f.Uint64Var(&maxMessages, "max-messages", 0, "policy: most messages an advertisement may offer per session (default 10000)")
 		f.IntVar(&maxAdmins, "max-admins", 0, "policy: most administrators per organisation (default 3)")
+		f.StringVar(&unusedAfter, "unused-after", "", "policy: a grant with no audit record of use for this long is reported (default 720h)")
+		f.Float64Var(&reachFactor, "reach-factor", 0, "policy: an identity reaching more services than this many times the median of its kind is reported (default 3)")
+		f.IntVar(&reachMinPeers, "reach-min-peers", 0, "policy: identities of a kind needed before their reach is compared (default 5)")
 		f.args(0, "")
 		f.check(func([]string) error {
 			if _, err := posture.ParseSeverity(failOn); err != nil {
@@ -98,7 +133,7 @@ func cmdPosture(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		q := url.Values{}
-		for name, v := range map[string]string{"max_svid_lifetime": maxSVID, "max_duration": maxDuration, "stale_after": staleAfter} {
+		for name, v := range map[string]string{"max_svid_lifetime": maxSVID, "max_duration": maxDuration, "stale_after": staleAfter, "unused_after": unusedAfter} {
 			if v != "" {
 				q.Set(name, v)
 			}
@@ -108,6 +143,12 @@ func cmdPosture(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		}
 		if maxAdmins > 0 {
 			q.Set("max_admins", strconv.Itoa(maxAdmins))
+		}
+		if reachMinPeers > 0 {
+			q.Set("reach_min_peers", strconv.Itoa(reachMinPeers))
+		}
+		if reachFactor > 0 {
+			q.Set("reach_factor", strconv.FormatFloat(reachFactor, 'g', -1, 64))
 		}
 		rep, err := a.Controller().Posture(ctx, q)
 		if err != nil {

@@ -1,6 +1,7 @@
 package posture
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,8 +12,10 @@ import (
 )
 
 // Items are an inventory's items by key ("identity:<spiffe-id>", "service:<name>", "workgroup:<id>",
-// "advertisement:<id>", "org:<name>"), each with a digest of what it is. Times that change by themselves (last
-// seen, SVID expiry) are left out, so only what someone changed counts as drift.
+// "advertisement:<id>", "org:<name>", "gateway:<spiffe-id>", "tool:<gateway>/<tool>", "model:<gateway>/<model>",
+// "router:<name>"), each with a digest of what it is; a tool's is the digest of its pinned definition. Times and
+// states that change by themselves (last seen, SVID expiry, a report's time, a router being online) are left out,
+// so only what someone changed counts as drift.
 func Items(inv api.Inventory) map[string]string {
 	out := map[string]string{}
 	put := func(key string, v any) {
@@ -35,6 +38,20 @@ func Items(inv api.Inventory) map[string]string {
 	}
 	for _, a := range inv.Advertisements {
 		put("advertisement:"+a.ID, a)
+	}
+	for _, g := range inv.Gateways {
+		g.ReportedAt = time.Time{}
+		put("gateway:"+g.SPIFFEID, g)
+	}
+	for _, t := range inv.Tools {
+		out[toolKey(t)] = cmp.Or(t.Digest, "unpinned")
+	}
+	for _, m := range inv.Models {
+		put("model:"+m.Gateway+"/"+m.Name, m)
+	}
+	for _, r := range inv.Routers {
+		r.Online, r.Version = false, ""
+		put("router:"+r.Name, r)
 	}
 	return out
 }

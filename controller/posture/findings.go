@@ -13,15 +13,24 @@ import (
 
 // Check names, as findings carry them.
 const (
-	CheckSVIDLifetime   = "svid-lifetime"
-	CheckAdMessages     = "advertisement-messages"
-	CheckAdDuration     = "advertisement-duration"
-	CheckStaleIdentity  = "identity-not-seen"
-	CheckNeverEnrolled  = "identity-never-enrolled"
-	CheckTooManyAdmins  = "too-many-admins"
-	CheckForeignMember  = "workgroup-member-without-org"
-	CheckRevokedMember  = "workgroup-member-revoked"
-	CheckStillSuspended = "identity-suspended"
+	CheckSVIDLifetime        = "svid-lifetime"
+	CheckAdMessages          = "advertisement-messages"
+	CheckAdDuration          = "advertisement-duration"
+	CheckStaleIdentity       = "identity-not-seen"
+	CheckNeverEnrolled       = "identity-never-enrolled"
+	CheckTooManyAdmins       = "too-many-admins"
+	CheckForeignMember       = "workgroup-member-without-org"
+	CheckRevokedMember       = "workgroup-member-revoked"
+	CheckStillSuspended      = "identity-suspended"
+	CheckUnusedGrant         = "grant-unused"
+	CheckUsageUnknown        = "grant-use-unknown"
+	CheckReachOutlier        = "reach-above-peers"
+	CheckToolUnpinned        = "tool-not-pinned"
+	CheckToolChanged         = "tool-definition-changed"
+	CheckUngated             = "reachable-without-gateway"
+	CheckGatewayNoLimits     = "gateway-without-limits"
+	CheckGatewayNoGuardrails = "gateway-without-guardrails"
+	CheckGatewayUnreported   = "gateway-not-reported"
 )
 
 // rank orders severities; an unknown one is -1.
@@ -141,6 +150,15 @@ func Findings(st State, scope Scope, p Policy) []api.Finding {
 			}
 		}
 	}
+	memberOf := map[string][]string{}
+	for _, w := range st.Workgroups {
+		for _, m := range w.Members {
+			memberOf[m.Identity.String()] = append(memberOf[m.Identity.String()], w.ID.String())
+		}
+	}
+	unusedGrants(st, scope, p, memberOf, add)
+	reachOutliers(st, scope, p, add)
+	gatewayFindings(st, scope, add)
 	slices.SortFunc(out, func(a, b api.Finding) int {
 		if c := cmp.Compare(rank(b.Severity), rank(a.Severity)); c != 0 {
 			return c

@@ -9,7 +9,8 @@ import (
 )
 
 // Inventory lists what the scope sees: its organisations, identities (with their grants and workgroups),
-// services (with the scope's grantees), workgroups and advertisements. Lists are sorted, so two inventories of
+// services (with the scope's grantees), workgroups, advertisements, gateways with their tools and models, and
+// (for the platform) routers. Lists are sorted, so two inventories of
 // the same state are equal.
 func Inventory(st State, scope Scope) api.Inventory {
 	inv := api.Inventory{GeneratedAt: st.Now.UTC(), Scope: scope.String(), Organisations: []api.InventoryOrg{},
@@ -82,6 +83,7 @@ func Inventory(st State, scope Scope) api.Inventory {
 		}
 		inv.Advertisements = append(inv.Advertisements, ia)
 	}
+	gatewayInventory(st, scope, &inv)
 	slices.SortFunc(inv.Organisations, func(a, b api.InventoryOrg) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(inv.Identities, func(a, b api.InventoryIdentity) int { return cmp.Compare(a.SPIFFEID, b.SPIFFEID) })
 	slices.SortFunc(inv.Services, func(a, b api.InventoryService) int { return cmp.Compare(a.Name, b.Name) })

@@ -5,6 +5,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -17,6 +18,17 @@ type State struct {
 	Identities     []Identity
 	Workgroups     []workgroups.Workgroup
 	Advertisements []workgroups.Advertisement
+	Reports        map[string]GatewayReport // each gateway's newest report, by its SPIFFE ID
+	Routers        []api.InventoryRouter    // the OpenZiti edge routers
+	Usage          Usage                    // what the audit trail says identities used
+	Baseline       map[string]string        // the items (Items) of the scope's recorded baseline; nil if none
+}
+
+// GatewayReport is a gateway's newest report (api.GatewayReport) and when the controller received it.
+type GatewayReport struct {
+	Kind string // "mcp" or "llm"
+	At   time.Time
+	api.GatewayReport
 }
 
 // Org is an organisation.
@@ -59,6 +71,9 @@ type Policy struct {
 	MaxAdvertisedDuration time.Duration // default 24h per session
 	StaleAfter            time.Duration // an identity not seen for this long; default 30 days (720h)
 	MaxAdmins             int           // administrators per organisation; default 3
+	UnusedAfter           time.Duration // a grant with no recorded use for this long; default 30 days (720h)
+	ReachFactor           float64       // an identity reaching more than this many times its kind's median; default 3
+	ReachMinPeers         int           // identities of a kind needed before reach is compared; default 5
 }
 
 // DefaultPolicy is the policy with every default.
@@ -79,6 +94,15 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.MaxAdmins <= 0 {
 		p.MaxAdmins = 3
+	}
+	if p.UnusedAfter <= 0 {
+		p.UnusedAfter = 30 * 24 * time.Hour
+	}
+	if p.ReachFactor <= 0 {
+		p.ReachFactor = 3
+	}
+	if p.ReachMinPeers <= 0 {
+		p.ReachMinPeers = 5
 	}
 	return p
 }

@@ -433,3 +433,46 @@ func (m *Mgmt) AnyRouterOnline() (bool, error) {
 	})
 	return online, err
 }
+
+// EdgeRouter is an edge router as the OpenZiti controller knows it.
+type EdgeRouter struct {
+	Name      string
+	Online    bool // connected to the controller now
+	Verified  bool // enrolled
+	Disabled  bool
+	Version   string // the software version it reported, if online once
+	CreatedAt time.Time
+}
+
+// EdgeRouters lists every edge router, a page of 500 at a time.
+func (m *Mgmt) EdgeRouters() ([]EdgeRouter, error) {
+	var out []EdgeRouter
+	err := m.do("list edge routers", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		out = out[:0]
+		const page = 500
+		for offset := int64(0); ; offset += page {
+			resp, err := c.EdgeRouter.ListEdgeRouters(&edge_router.ListEdgeRoutersParams{Limit: ptr(int64(page)), Offset: ptr(offset)}, nil)
+			if err != nil {
+				return err
+			}
+			for _, r := range resp.Payload.Data {
+				er := EdgeRouter{Online: r.IsOnline != nil && *r.IsOnline, Verified: r.IsVerified != nil && *r.IsVerified,
+					Disabled: r.Disabled != nil && *r.Disabled}
+				if r.Name != nil {
+					er.Name = *r.Name
+				}
+				if r.VersionInfo != nil && r.VersionInfo.Version != nil {
+					er.Version = *r.VersionInfo.Version
+				}
+				if r.CreatedAt != nil {
+					er.CreatedAt = time.Time(*r.CreatedAt)
+				}
+				out = append(out, er)
+			}
+			if len(resp.Payload.Data) < page {
+				return nil
+			}
+		}
+	})
+	return out, err
+}
