@@ -146,14 +146,6 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 		if in := req.Proposal.Intent; in != nil {
 			rec.Data = jsonRaw(map[string]any{"advertisement": adID.String(), "intent": in})
 		}
-		// A caller that may see the advertisement learns that a policy refused its declared intent; any
-		// other is told what it would be told of an advertisement that does not exist.
-		if req.Proposal.Intent != nil && s.gov.authz.Decide(workgroups.Request{Principal: p, Action: workgroups.ActionDiscover,
-			Resource: workgroups.AdvertisementResource(ad), At: time.Now()}).Allow {
-			rec.Reason = "declared intent refused: " + d.Reason()
-			s.record(ctx, rec)
-			return api.ProposeResponse{}, failf(http.StatusForbidden, api.CodeForbidden, "proposal on %s refused for its declared intent: %s", adID, d.Reason())
-		}
 		s.record(ctx, rec)
 		return api.ProposeResponse{}, notFoundAd(req.Advertisement)
 	}
