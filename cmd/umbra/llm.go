@@ -257,10 +257,8 @@ func cmdLLMBridge(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		f.StringVar(&category, "intent-category", os.Getenv("UMBRA_INTENT_CATEGORY"), "and this intent category (default $UMBRA_INTENT_CATEGORY)")
 		f.args(0, "")
 		f.check(func([]string) error {
-			if purpose != "" || category != "" {
-				if err := (authz.Intent{Purpose: purpose, Category: category}).Validate(); err != nil {
-					return fmt.Errorf("--intent: %w", err)
-				}
+			if err := checkIntentFlags(purpose, category); err != nil {
+				return err
 			}
 			host, _, err := net.SplitHostPort(listen)
 			if err != nil {

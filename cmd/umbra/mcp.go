@@ -70,6 +70,7 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		f.StringVar(&purpose, "intent", os.Getenv("UMBRA_INTENT"), "declare this purpose on every tool call that has none (default $UMBRA_INTENT)")
 		f.StringVar(&category, "intent-category", os.Getenv("UMBRA_INTENT_CATEGORY"), "and this intent category (default $UMBRA_INTENT_CATEGORY)")
 		f.args(0, "")
+		f.check(func([]string) error { return checkIntentFlags(purpose, category) })
 	}, func(a *agentsdk.Agent, _ []string) error {
 		server := &mcp.StreamableClientTransport{Endpoint: "http://" + service + path, HTTPClient: a.HTTPClient()}
 		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
@@ -78,11 +79,7 @@ func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		if purpose == "" && category == "" {
 			return mcpbridge.Join(ctx, client, server, log)
 		}
-		in := authz.Intent{Purpose: purpose, Category: category}
-		if err := in.Validate(); err != nil {
-			return fmt.Errorf("mcp connect: --intent: %w", err)
-		}
-		return mcpbridge.JoinDeclaring(ctx, client, server, log, in)
+		return mcpbridge.JoinDeclaring(ctx, client, server, log, authz.Intent{Purpose: purpose, Category: category})
 	})
 }
 
