@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
@@ -148,4 +149,51 @@ func TestAuthorizerIntent(t *testing.T) {
 	if d := send(&Intent{Purpose: "dump it", Category: "exfiltration"}); d.Allow || len(d.Diagnostic.Errors) > 0 {
 		t.Fatalf("exfiltration envelope: %+v", d)
 	}
+}
+
+// BenchmarkIntentEnvelope is what a declared intent costs the relay per envelope: decoding a 256-byte frame
+// that carries one, the contract's check, and a decision with a policy that tests it. Compare with
+// BenchmarkDecodeFrame/256B, BenchmarkCheckSend and BenchmarkDecideSend.
+func BenchmarkIntentEnvelope(b *testing.B) {
+	s := acceptedSession(b)
+	s.Contract.RequireIntent, s.Contract.IntentCategories = true, []string{"procurement"}
+	payload := bytes.Repeat([]byte("x"), 256)
+	h := sampleHeader(b, s, payload)
+	h.Intent = &Intent{Purpose: "restock widgets for the Lyon shop", Category: "procurement"}
+	frame, err := AppendFrame(nil, h, payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		r := bytes.NewReader(frame)
+		for b.Loop() {
+			r.Reset(frame)
+			if _, _, err := DecodeFrame(r, FrameLimits{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("checksend", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := CheckSend(s, h, acmeAgent, 5, t0.Add(time.Minute)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	a, err := NewAuthorizer(OrgPolicy{Org: "globex", Name: "intent", Text: `forbid (principal, action, resource)
+		when { context has intent && context.intent.category == "exfiltration" };`})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := Request{Principal: principal(acmeAgent, "acme/trade"), Action: ActionSend, Resource: SessionResource(s), Context: EnvelopeContext(h, 5), At: t0}
+	b.Run("decide", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if !a.Decide(req).Allow {
+				b.Fatal("denied")
+			}
+		}
+	})
 }

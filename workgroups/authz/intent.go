@@ -61,6 +61,12 @@ func validatePurpose(p string) error {
 		return fmt.Errorf("%w: purpose is only white space", ErrInvalidIntent)
 	}
 	for _, r := range p {
+		if r < utf8.RuneSelf {
+			if r < 0x20 || r == 0x7f {
+				return fmt.Errorf("%w: purpose contains the control character %U; write it on one line", ErrInvalidIntent, r)
+			}
+			continue
+		}
 		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			return fmt.Errorf("%w: purpose contains the control or format character %U; write it on one line", ErrInvalidIntent, r)
 		}
@@ -74,10 +80,16 @@ func ValidateIntentCategory(c string) error {
 	if c == "" || len(c) > MaxIntentCategory {
 		return fmt.Errorf("%w: category must be 1 to %d bytes", ErrInvalidIntent, MaxIntentCategory)
 	}
-	for _, word := range strings.Split(c, ".") {
-		ok := word != "" && word[0] >= 'a' && word[0] <= 'z'
-		for j := 0; ok && j < len(word); j++ {
-			b := word[j]
+	wordStart := true
+	for j := 0; j < len(c); j++ {
+		b := c[j]
+		var ok bool
+		switch {
+		case wordStart:
+			ok, wordStart = b >= 'a' && b <= 'z', false
+		case b == '.':
+			ok, wordStart = j < len(c)-1, true
+		default:
 			ok = b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-'
 		}
 		if !ok {
