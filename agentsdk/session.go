@@ -108,10 +108,17 @@ func WithCorrelationID(id string) SendOption {
 	return func(h *workgroups.Header) { h.CorrelationID = id }
 }
 
+// WithIntent declares the purpose of this envelope (by default the session's own intent, as its proposal
+// declared it). Policies see it as context.intent; a contract with require_intent refuses envelopes without one.
+func WithIntent(purpose, category string) SendOption {
+	return func(h *workgroups.Header) { h.Intent = &workgroups.Intent{Purpose: purpose, Category: category} }
+}
+
 // Send sends one envelope to the other party through the relay and returns its sequence number in the session
 // once the relay has recorded it durably. A refusal is a *RelayError (errors.Is ErrContractViolation). If the
 // connection breaks before the answer, Send retries with the same envelope ID, which the relay never records twice.
-// Send returns by ctx's deadline with an error wrapping ctx.Err().
+// Send returns by ctx's deadline with an error wrapping ctx.Err(). The envelope declares the session's intent, if
+// its proposal declared one (see WithIntent).
 func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts ...SendOption) (uint64, error) {
 	id, err := workgroups.NewEnvelopeID(rand.Reader)
 	if err != nil {
@@ -122,7 +129,7 @@ func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts
 		return 0, fmt.Errorf("agentsdk: send: %s is not a party of session %s", s.a.ID(), s.info.ID)
 	}
 	h := workgroups.Header{ID: id, Session: s.info.ID, From: s.a.ID(), To: peer, Type: msgType, Time: time.Now().UTC(),
-		ContentType: "application/json"}
+		ContentType: "application/json", Intent: s.info.Intent}
 	for _, o := range opts {
 		o(&h)
 	}

@@ -137,11 +137,16 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 		return api.ProposeResponse{}, internal(err)
 	}
 	p := workgroups.PrincipalFor(c.id, ms)
-	d := s.gov.authz.Decide(workgroups.Request{Principal: p, Action: workgroups.ActionPropose, Resource: workgroups.AdvertisementResource(ad), At: time.Now()})
+	d := s.gov.authz.Decide(workgroups.Request{Principal: p, Action: workgroups.ActionPropose, Resource: workgroups.AdvertisementResource(ad),
+		Context: workgroups.ProposalContext(req.Proposal), At: time.Now()})
 	decision, diag := decisionRecord(d)
 	if !d.Allow {
-		s.record(ctx, audit.Record{Kind: "session.propose", Actor: c.id.String(), Decision: decision, Diagnostic: diag,
-			Reason: "not visible to the caller", Data: jsonRaw(map[string]string{"advertisement": adID.String()})})
+		rec := audit.Record{Kind: "session.propose", Actor: c.id.String(), Decision: decision, Diagnostic: diag,
+			Reason: "not visible to the caller", Data: jsonRaw(map[string]any{"advertisement": adID.String()})}
+		if in := req.Proposal.Intent; in != nil {
+			rec.Data = jsonRaw(map[string]any{"advertisement": adID.String(), "intent": in})
+		}
+		s.record(ctx, rec)
 		return api.ProposeResponse{}, notFoundAd(req.Advertisement)
 	}
 	// The session runs in a workgroup both parties are active members of.
@@ -189,11 +194,15 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 // recordTransitions writes the session's transitions from index from on as audit records.
 func (s *Server) recordTransitions(ctx context.Context, sess workgroups.Session, from int, decision string, diag []byte) {
 	for _, t := range sess.History[from:] {
+		data := map[string]any{
+			"from": t.From, "to": t.To, "at": t.At, "consumer": sess.Consumer.String(), "provider": sess.Provider.String(),
+			"advertisement": sess.Advertisement.String(), "contract": sess.Contract, "close_reason": sess.CloseReason,
+		}
+		if sess.Intent != nil {
+			data["intent"] = sess.Intent
+		}
 		r := audit.Record{Kind: "session.transition", Actor: t.Actor.String(), Session: sess.ID.String(), Workgroup: sess.Workgroup.String(),
-			Decision: decision, Diagnostic: diag, Reason: t.Reason, Data: jsonRaw(map[string]any{
-				"from": t.From, "to": t.To, "at": t.At, "consumer": sess.Consumer.String(), "provider": sess.Provider.String(),
-				"advertisement": sess.Advertisement.String(), "contract": sess.Contract, "close_reason": sess.CloseReason,
-			})}
+			Decision: decision, Diagnostic: diag, Reason: t.Reason, Data: jsonRaw(data)}
 		if r.Decision == "" {
 			r.Decision = "allow"
 		}

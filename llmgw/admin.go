@@ -28,7 +28,7 @@ func (g *Gateway) visible(p Principal) []modelInfo {
 	}
 	out := []modelInfo{}
 	for _, n := range names {
-		if g.allowed(p, n, "chat") || g.allowed(p, n, "embeddings") {
+		if g.allowed(p, n, "chat", nil) || g.allowed(p, n, "embeddings", nil) {
 			out = append(out, modelInfo{ID: n, Object: "model", OwnedBy: "umbra"})
 		}
 	}

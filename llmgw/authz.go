@@ -32,8 +32,16 @@ func newAuthorizer(text string) (*authorizer, error) {
 	return &authorizer{set: set, version: set.Version()}, nil
 }
 
-// decide answers whether p may use model for operation ("chat" or "embeddings"). It fails closed.
-func (a *authorizer) decide(p Principal, model, operation string) decision {
+// The request headers in which a caller declares the intent of a call (see authz.Intent): the purpose,
+// percent-encoded UTF-8, and an optional category. Policies see it as context.intent.
+const (
+	HeaderIntent         = "Umbra-Intent"
+	HeaderIntentCategory = "Umbra-Intent-Category"
+)
+
+// decide answers whether p may use model for operation ("chat" or "embeddings") with intent in (nil: none
+// declared). It fails closed.
+func (a *authorizer) decide(p Principal, model, operation string, in *authz.Intent) decision {
 	d := authz.Decide(authz.Query{
 		Principal: authz.Principal{ID: p.ID, Org: p.Org, Admin: p.Admin, Workgroups: p.Workgroups}.Entity(),
 		Action:    actionUse,
@@ -42,7 +50,7 @@ func (a *authorizer) decide(p Principal, model, operation string) decision {
 			Parents:    cedar.NewEntityUIDSet(),
 			Attributes: cedar.NewRecord(cedar.RecordMap{"name": cedar.String(model)}),
 		},
-		Context: cedar.RecordMap{"operation": cedar.String(operation)},
+		Context: authz.WithIntent(cedar.RecordMap{"operation": cedar.String(operation)}, in),
 		What:    "use of model " + model,
 	}, a.set)
 	d.Diagnostic.Version = a.version

@@ -17,6 +17,7 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw/chat"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/route"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Audit record kinds.
@@ -45,8 +46,9 @@ type call struct {
 	ingress   string // "openai" or "anthropic"
 	start     time.Time
 	principal Principal
-	known     bool // principal identified
-	begun     bool // its KindCall record is written: it may go upstream, and its end is a KindOutcome record
+	known     bool          // principal identified
+	intent    *authz.Intent // declared in the request's Umbra-Intent headers, if any
+	begun     bool          // its KindCall record is written: it may go upstream, and its end is a KindOutcome record
 
 	kind       string
 	status     int
@@ -126,6 +128,7 @@ type startData struct {
 	Guardrails     []finding       `json:"guardrails,omitempty"` // in the request
 	Prompt         json.RawMessage `json:"prompt,omitempty"`
 	PromptOmitted  bool            `json:"prompt_omitted,omitempty"` // longer than the audit record allows
+	Intent         *authz.Intent   `json:"intent,omitempty"`         // as the caller declared it
 	// Routing: written before the routing model's own model calls, so model and route are not chosen yet
 	// (they are in the llm.outcome record).
 	Routing bool `json:"routing,omitempty"`
@@ -158,6 +161,7 @@ type callData struct {
 	Completion     string          `json:"completion,omitempty"`
 	UpstreamStatus int             `json:"upstream_status,omitempty"` // of the last failed attempt
 	RouterUsage    *routerUsage    `json:"router_usage,omitempty"`    // billed to the caller on top of the call's own
+	Intent         *authz.Intent   `json:"intent,omitempty"`          // as the caller declared it
 }
 
 type limitData struct {
@@ -180,7 +184,7 @@ func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
 		return nil
 	}
 	data := startData{RequestID: c.id, Operation: c.operation, Ingress: c.ingress, ModelRequested: c.requested,
-		Model: c.model, Stream: c.stream, Route: c.route, Guardrails: c.findings,
+		Model: c.model, Stream: c.stream, Route: c.route, Guardrails: c.findings, Intent: c.intent,
 		Routing: c.model == "" && c.requested == g.cfg.Router.Name}
 	if g.cfg.LogPrompts {
 		if len(c.prompt) <= maxLoggedPrompt {
@@ -290,6 +294,7 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		InputTokens: c.usage.Input, OutputTokens: c.usage.Output, CostUSD: float64(c.costNanos) / 1e9,
 		LatencyMS: float64(elapsed.Microseconds()) / 1000, TTFTMS: float64(c.ttft.Microseconds()) / 1000,
 		Route: c.route, Guardrails: c.findings, UpstreamStatus: c.upstreamStatus, RouterUsage: c.routerUsage,
+		Intent: c.intent,
 	}
 	if c.limit != nil {
 		data.Limit = &limitData{Subject: c.limit.Subject, Limit: c.limit.Limit}

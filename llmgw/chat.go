@@ -13,6 +13,7 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw/provider"
 	"github.com/umbra-mesh/umbra/llmgw/route"
 	"github.com/umbra-mesh/umbra/llmgw/sse"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // responder writes a call's outcome in the shape of the API the caller used. The core works in the OpenAI
@@ -118,6 +119,14 @@ func (g *Gateway) admit(r *http.Request, c *call, out responder) bool {
 		out.fail(c, aerr)
 		return false
 	}
+	in, err := authz.ParseIntentHeader(r.Header.Get(HeaderIntent), r.Header.Get(HeaderIntentCategory))
+	if err != nil {
+		e := invalid("%s header: %v", HeaderIntent, err)
+		c.fail(KindInvalid, e)
+		out.fail(c, e)
+		return false
+	}
+	c.intent = in
 	return true
 }
 
@@ -154,7 +163,7 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 			c.prompt, _ = json.Marshal(req.Messages)
 		}
 		bill := &routeBill{c: c}
-		dec, err := g.router.Decide(withRouteBill(ctx, bill), routeInput(req), func(name string) bool { return g.allowed(p, name, "chat") })
+		dec, err := g.router.Decide(withRouteBill(ctx, bill), routeInput(req), func(name string) bool { return g.allowed(p, name, "chat", c.intent) })
 		c.route = &dec
 		if bill.usage != (chat.Usage{}) || bill.cost != 0 {
 			c.routerUsage = &routerUsage{InputTokens: bill.usage.Input, OutputTokens: bill.usage.Output,
@@ -172,7 +181,7 @@ func (g *Gateway) chat(ctx context.Context, c *call, req *chat.Request, out resp
 		}
 		g.metrics.routes.WithLabelValues(string(dec.Layer), dec.Model).Inc()
 		m = g.models[dec.Model]
-		d := g.authz.decide(p, m.Name, "chat")
+		d := g.authz.decide(p, m.Name, "chat", c.intent)
 		c.decision = &d
 	}
 	c.model = m.Name
@@ -396,7 +405,7 @@ func (g *Gateway) settle(ctx context.Context, c *call, res *budget.Reservation) 
 // permitModel asks the policy whether the caller may use model for chat, keeps the decision with the call, and
 // returns the refusal (already recorded on the call) when it may not.
 func (g *Gateway) permitModel(c *call, model string) *apiError {
-	d := g.authz.decide(c.principal, model, "chat")
+	d := g.authz.decide(c.principal, model, "chat", c.intent)
 	c.decision = &d
 	if d.Allow {
 		return nil

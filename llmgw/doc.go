@@ -88,6 +88,8 @@
 //	Umbra::Action::"use"
 //	Umbra::Model::"<name>"           attribute name; the routing model ("auto") is a model too
 //	context.operation                "chat" or "embeddings"
+//	context.intent                   {purpose, category} when the call declares one in the Umbra-Intent and
+//	                                 Umbra-Intent-Category headers (docs/intent.md); test it with `context has intent`
 //
 // For example:
 //

@@ -37,7 +37,7 @@ func (g *Gateway) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 		fail(KindInvalid, e)
 		return
 	}
-	d := g.authz.decide(c.principal, req.Model, "embeddings")
+	d := g.authz.decide(c.principal, req.Model, "embeddings", c.intent)
 	c.decision = &d
 	if !d.Allow {
 		e := errorf(http.StatusForbidden, "permission_error", codeNotPermitted, "identity %s may not use model %s: %s",

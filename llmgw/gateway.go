@@ -22,6 +22,7 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/provider"
 	"github.com/umbra-mesh/umbra/llmgw/route"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Gateway is the LLM gateway. Build it with New, serve Handler, and run Run for health checks.
@@ -207,9 +208,10 @@ func (g *Gateway) readBody(r *http.Request) ([]byte, *apiError) {
 	return b, nil
 }
 
-// allowed reports whether p may use a model (the routing model included), without recording anything.
-func (g *Gateway) allowed(p Principal, name, operation string) bool {
-	return g.authz.decide(p, name, operation).Allow
+// allowed reports whether p may use a model (the routing model included) with intent in, without recording
+// anything.
+func (g *Gateway) allowed(p Principal, name, operation string, in *authz.Intent) bool {
+	return g.authz.decide(p, name, operation, in).Allow
 }
 
 func (g *Gateway) serveMetrics(w http.ResponseWriter, r *http.Request) {

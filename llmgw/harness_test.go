@@ -132,6 +132,10 @@ type callData struct {
 	Prompt         json.RawMessage `json:"prompt"`
 	Completion     string          `json:"completion"`
 	UpstreamStatus int             `json:"upstream_status"`
+	Intent         *struct {
+		Purpose  string `json:"purpose"`
+		Category string `json:"category"`
+	} `json:"intent"`
 }
 
 type guardFinding struct {

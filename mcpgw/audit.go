@@ -12,6 +12,7 @@ import (
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/mcpgw/policy"
 	"github.com/umbra-mesh/umbra/mcpgw/redact"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // Audit record kinds.
@@ -59,7 +60,8 @@ type op struct {
 	approval string
 	version  string
 	diag     *policy.Diagnostic
-	size     int64 // bytes of the result as JSON, once known
+	size     int64         // bytes of the result as JSON, once known
+	intent   *authz.Intent // declared in the request's _meta, if any
 }
 
 // forwardKinds are the record kinds of a forwarded request, by op kind.
@@ -89,6 +91,9 @@ func (o *op) data(extra map[string]any) json.RawMessage {
 	}
 	if o.approval != "" {
 		d["approval"] = o.approval
+	}
+	if o.intent != nil {
+		d["intent"] = o.intent
 	}
 	for k, v := range extra {
 		d[k] = v

@@ -18,11 +18,34 @@ import (
 	"github.com/umbra-mesh/umbra/mcpgw/pin"
 	"github.com/umbra-mesh/umbra/mcpgw/policy"
 	"github.com/umbra-mesh/umbra/mcpgw/redact"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // MetaApproval is the _meta key under which a client names an approval request when it retries a sensitive
 // call after giving up waiting (the request ID is in the error data of the first attempt).
 const MetaApproval = "umbra/approval"
+
+// MetaIntent is the _meta key under which a client declares the intent of a tool call: an object
+// {"purpose": "...", "category": "..."} (see authz.Intent). Policies see it as context.intent; the call's
+// records keep it.
+const MetaIntent = "umbra/intent"
+
+// metaIntent reads the declared intent of a request's _meta: nil when there is none.
+func metaIntent(meta mcp.Meta) (*authz.Intent, error) {
+	v, ok := meta[MetaIntent]
+	if !ok {
+		return nil, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not JSON", authz.ErrInvalidIntent)
+	}
+	in, err := authz.ParseIntentJSON(b)
+	if err != nil {
+		return nil, err
+	}
+	return &in, nil
+}
 
 // The order of checks for a tool call: arguments are canonicalised (what policy sees, what an approval is
 // bound to and what the backend receives are the same bytes); the tool must exist, be approved and be visible
@@ -60,6 +83,10 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 			&jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "invalid arguments: " + msg})
 	}
 	o.digest, o.args = digest, args
+	if o.intent, err = metaIntent(req.Params.Meta); err != nil {
+		msg := "_meta." + MetaIntent + ": " + err.Error()
+		return nil, o.refuse(ctx, "invalid_intent", msg, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: msg})
+	}
 
 	e, ok := g.catalog.tool(name)
 	if !ok || e.state != pin.Approved {
@@ -87,7 +114,7 @@ func (g *Gateway) callTool(ctx context.Context, c *caller, name string, req *mcp
 		o.diag = &d.Diagnostic
 		return nil, o.refuse(ctx, "hidden", "tool not visible to caller", unknownTool(name))
 	}
-	d = eng.Decide(policy.Request{Principal: pp, Action: policy.CallTool, Item: e.item, Arguments: args})
+	d = eng.Decide(policy.Request{Principal: pp, Action: policy.CallTool, Item: e.item, Arguments: args, Intent: o.intent})
 	o.diag = &d.Diagnostic
 	if !d.Allow {
 		return nil, o.refuse(ctx, "policy", "call not permitted: "+d.Reason(),
@@ -423,7 +450,7 @@ func (g *Gateway) authorize(ctx context.Context, o *op, c *caller, see, use poli
 		o.diag = &d.Diagnostic
 		return o.refuse(ctx, "hidden", "not visible to caller", hidden)
 	}
-	d = eng.Decide(policy.Request{Principal: toPolicy(p), Action: use, Item: asked, Arguments: args})
+	d = eng.Decide(policy.Request{Principal: toPolicy(p), Action: use, Item: asked, Arguments: args, Intent: o.intent})
 	o.diag = &d.Diagnostic
 	if !d.Allow {
 		return o.refuse(ctx, "policy", "not permitted: "+d.Reason(), rpcError(CodeNotAuthorized, o.ref, "", "not authorised: %s", d.Reason()))

@@ -60,7 +60,8 @@
 // Config.Policies is Cedar; package policy documents the model. In short: principal Umbra::Identity (with
 // its org, admin flag and workgroups, and as parents Umbra::Org and Umbra::Workgroup), resources
 // Umbra::Tool, Umbra::Prompt and Umbra::Resource under Umbra::Backend, actions list_tool/call_tool,
-// list_prompt/get_prompt and list_resource/read_resource, and context.arguments for calls. For example:
+// list_prompt/get_prompt and list_resource/read_resource, context.arguments for calls, and context.intent for a
+// tool call whose _meta[MetaIntent] declares one ({purpose, category}; docs/intent.md). For example:
 //
 //	@id("analysts-read")
 //	permit (principal in Umbra::Workgroup::"acme/analysts", action, resource in Umbra::Backend::"files")

@@ -333,16 +333,22 @@ func workgroupSet(wgs []WorkgroupID) cedar.Set {
 }
 
 // EnvelopeContext is the Cedar context for a send request: message_type,
-// content_type, size (payload bytes), seq and the number of envelopes the
-// session has accepted so far.
+// content_type, size (payload bytes), seq, the number of envelopes the
+// session has accepted so far, and intent when the envelope declares one.
 func EnvelopeContext(h Header, accepted uint64) cedar.RecordMap {
-	return cedar.RecordMap{
+	return authz.WithIntent(cedar.RecordMap{
 		"message_type": cedar.String(h.Type),
 		"content_type": cedar.String(h.ContentType),
 		"size":         cedar.Long(clampInt64(h.Size)),
 		"seq":          cedar.Long(clampInt64(h.Seq)),
 		"accepted":     cedar.Long(clampInt64(accepted)),
-	}
+	}, h.Intent)
+}
+
+// ProposalContext is the Cedar context for a propose request: intent when
+// the proposal declares one.
+func ProposalContext(p Proposal) cedar.RecordMap {
+	return authz.WithIntent(cedar.RecordMap{}, p.Intent)
 }
 
 func clampInt64(v uint64) int64 {

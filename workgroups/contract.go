@@ -6,7 +6,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
+
+// Intent is the purpose a caller declares ([authz.Intent]): on a proposal,
+// which the session then keeps, and on each envelope.
+type Intent = authz.Intent
 
 // Bounds on contracts, terms and proposals.
 const (
@@ -15,6 +21,7 @@ const (
 	MaxAllowedTypes      = 64
 	MaxRequiredGroups    = 32
 	MaxConditionsBytes   = 16 << 10 // Cedar text in terms or in a proposal
+	MaxIntentCategories  = 32
 	maxContractJSONBytes = 64 << 10
 )
 
@@ -58,6 +65,11 @@ type Contract struct {
 	// Conditions is Cedar text of forbid policies evaluated on every request
 	// about the session (see [ParseConditions]).
 	Conditions string `json:"conditions,omitempty"`
+	// RequireIntent: every envelope must declare an intent.
+	RequireIntent bool `json:"require_intent,omitempty"`
+	// IntentCategories, when set, lists the only categories a declared
+	// intent may name (one without a category is refused too).
+	IntentCategories []string `json:"intent_categories,omitempty"`
 }
 
 // Terms is what a provider offers in an advertisement: the maxima it accepts,
@@ -72,6 +84,12 @@ type Terms struct {
 	// HoldForProvider: a proposal outside the terms is held for the provider
 	// to decide instead of being rejected.
 	HoldForProvider bool `json:"hold_for_provider,omitempty"`
+	// RequireIntent: the proposal and every envelope of the session must
+	// declare an intent (see [Intent]).
+	RequireIntent bool `json:"require_intent,omitempty"`
+	// IntentCategories, when set, lists the only categories a declared
+	// intent may name, on the proposal and on every envelope.
+	IntentCategories []string `json:"intent_categories,omitempty"`
 }
 
 // Proposal is what a consumer asks for. A field left zero takes the offered
@@ -85,6 +103,9 @@ type Proposal struct {
 	MaxEnvelopeBytes    int64         `json:"max_envelope_bytes,omitempty"`
 	RequiredWorkgroups  []WorkgroupID `json:"required_workgroups,omitempty"`
 	Conditions          string        `json:"conditions,omitempty"`
+	// Intent is the purpose the consumer declares for the session. The
+	// session keeps it, and the SDK stamps it on the envelopes it sends.
+	Intent *Intent `json:"intent,omitempty"`
 }
 
 // ParseContract decodes and validates a contract (strict JSON).
@@ -184,21 +205,73 @@ func (l limits) validate() error {
 // Validate checks every field is set and within bounds, type patterns are
 // valid and unique, and conditions parse.
 func (c Contract) Validate() error {
-	return limits{"contract", c.MaxDuration, c.MaxMessages, c.AllowedMessageTypes, c.MaxEnvelopeBytes,
-		c.RequiredWorkgroups, c.Conditions, 2 * MaxConditionsBytes, true}.validate()
+	if err := (limits{"contract", c.MaxDuration, c.MaxMessages, c.AllowedMessageTypes, c.MaxEnvelopeBytes,
+		c.RequiredWorkgroups, c.Conditions, 2 * MaxConditionsBytes, true}).validate(); err != nil {
+		return err
+	}
+	return validateIntentCategories("contract", c.IntentCategories)
 }
 
 // Validate checks every field is set and within bounds, type patterns are
 // valid and unique, and conditions parse.
 func (t Terms) Validate() error {
-	return limits{"terms", t.MaxDuration, t.MaxMessages, t.AllowedMessageTypes, t.MaxEnvelopeBytes,
-		t.RequiredWorkgroups, t.Conditions, MaxConditionsBytes, true}.validate()
+	if err := (limits{"terms", t.MaxDuration, t.MaxMessages, t.AllowedMessageTypes, t.MaxEnvelopeBytes,
+		t.RequiredWorkgroups, t.Conditions, MaxConditionsBytes, true}).validate(); err != nil {
+		return err
+	}
+	return validateIntentCategories("terms", t.IntentCategories)
 }
 
 // Validate checks the fields that are set.
 func (p Proposal) Validate() error {
-	return limits{"proposal", p.MaxDuration, p.MaxMessages, p.AllowedMessageTypes, p.MaxEnvelopeBytes,
-		p.RequiredWorkgroups, p.Conditions, MaxConditionsBytes, false}.validate()
+	if err := (limits{"proposal", p.MaxDuration, p.MaxMessages, p.AllowedMessageTypes, p.MaxEnvelopeBytes,
+		p.RequiredWorkgroups, p.Conditions, MaxConditionsBytes, false}).validate(); err != nil {
+		return err
+	}
+	if p.Intent != nil {
+		if err := p.Intent.Validate(); err != nil {
+			return fmt.Errorf("%w: proposal: intent: %w", ErrInvalid, err)
+		}
+	}
+	return nil
+}
+
+func validateIntentCategories(what string, cats []string) error {
+	if len(cats) > MaxIntentCategories {
+		return fmt.Errorf("%w: %s: more than %d intent_categories", ErrInvalid, what, MaxIntentCategories)
+	}
+	for i, c := range cats {
+		if err := authz.ValidateIntentCategory(c); err != nil {
+			return fmt.Errorf("%w: %s: intent_categories: %w", ErrInvalid, what, err)
+		}
+		if slices.Contains(cats[:i], c) {
+			return fmt.Errorf("%w: %s: intent_categories lists %q twice", ErrInvalid, what, c)
+		}
+	}
+	return nil
+}
+
+// CheckIntent reports whether declared intent i (nil: none) satisfies the
+// contract's intent terms: present when RequireIntent, and naming one of
+// IntentCategories when they are set. It returns nil or a [*Violation].
+func (c Contract) CheckIntent(i *Intent) error {
+	return checkIntent(c.RequireIntent, c.IntentCategories, i)
+}
+
+func checkIntent(required bool, cats []string, i *Intent) error {
+	if i == nil {
+		if !required {
+			return nil
+		}
+		if len(cats) == 0 {
+			return violation(ViolationIntentRequired, "the contract requires a declared intent; declare a purpose")
+		}
+		return violation(ViolationIntentRequired, "the contract requires a declared intent; declare a purpose and one of the categories %s", strings.Join(cats, ", "))
+	}
+	if len(cats) > 0 && !slices.Contains(cats, i.Category) {
+		return violation(ViolationIntentCategory, "intent category %q is not one the contract allows; use one of %s", i.Category, strings.Join(cats, ", "))
+	}
+	return nil
 }
 
 // Allows reports whether the contract allows the concrete message type t.
@@ -275,6 +348,8 @@ func (t Terms) Admit(p Proposal) Admission {
 		MaxEnvelopeBytes:    cmpOr(p.MaxEnvelopeBytes, t.MaxEnvelopeBytes),
 		RequiredWorkgroups:  unionWorkgroups(t.RequiredWorkgroups, p.RequiredWorkgroups),
 		Conditions:          joinConditions(t.Conditions, p.Conditions),
+		RequireIntent:       t.RequireIntent,
+		IntentCategories:    slices.Clone(t.IntentCategories),
 	}
 	if len(p.AllowedMessageTypes) > 0 {
 		c.AllowedMessageTypes = slices.Clone(p.AllowedMessageTypes)
@@ -302,6 +377,13 @@ func (t Terms) Admit(p Proposal) Admission {
 		if !patternCovered(t.AllowedMessageTypes, req) {
 			devs = append(devs, Deviation{"allowed_message_types", strconv.Quote(req), offered})
 		}
+	}
+	if err := c.CheckIntent(p.Intent); err != nil {
+		d := Deviation{"require_intent", "no intent", "a declared intent"}
+		if p.Intent != nil {
+			d = Deviation{"intent_categories", strconv.Quote(p.Intent.Category), strings.Join(t.IntentCategories, ",")}
+		}
+		devs = append(devs, d)
 	}
 	if len(devs) == 0 {
 		return Admission{Verdict: VerdictAccept, Contract: c}

@@ -35,6 +35,9 @@ type Header struct {
 	// TraceParent is the sender's W3C trace context (a traceparent value), carried only so that tracing can
 	// link the sender's, the relay's and the recipient's spans. Nothing but tracing may act on it; optional.
 	TraceParent string `json:"traceparent,omitempty"`
+	// Intent is the purpose the sender declares for this envelope; optional
+	// unless the contract requires it. Policies see it as context.intent.
+	Intent *Intent `json:"intent,omitempty"`
 }
 
 const (
@@ -81,6 +84,11 @@ func (h Header) Validate() error {
 	}
 	if len(h.TraceParent) > maxTraceParentLen || !printableASCII(h.TraceParent) {
 		return fmt.Errorf("%w: header: traceparent: want at most %d printable ASCII bytes", ErrInvalid, maxTraceParentLen)
+	}
+	if h.Intent != nil {
+		if err := h.Intent.Validate(); err != nil {
+			return fmt.Errorf("%w: header: intent: %w", ErrInvalid, err)
+		}
 	}
 	return nil
 }

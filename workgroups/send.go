@@ -23,6 +23,8 @@ const (
 	ViolationMaxMessages      ViolationCode = "max_messages"       // the message budget is spent
 	ViolationTypeNotAllowed   ViolationCode = "type_not_allowed"   // the contract does not allow the type
 	ViolationTooLarge         ViolationCode = "envelope_too_large" // payload over max_envelope_bytes
+	ViolationIntentRequired   ViolationCode = "intent_required"    // the contract requires an intent; none declared
+	ViolationIntentCategory   ViolationCode = "intent_category"    // the intent's category is not one the contract allows
 )
 
 // Violation is why an envelope was refused. It matches
@@ -92,5 +94,5 @@ func CheckSend(s Session, h Header, verifiedSender spiffeid.ID, accepted uint64,
 	if s.Contract.MaxEnvelopeBytes < 0 || h.Size > uint64(s.Contract.MaxEnvelopeBytes) {
 		return violation(ViolationTooLarge, "payload %d bytes, contract allows %d", h.Size, s.Contract.MaxEnvelopeBytes)
 	}
-	return nil
+	return s.Contract.CheckIntent(h.Intent)
 }

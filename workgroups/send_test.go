@@ -45,6 +45,17 @@ func TestCheckSend(t *testing.T) {
 		{name: "type not allowed", header: func(h *Header) { h.Type = "order.cancel" }, want: ViolationTypeNotAllowed},
 		{name: "type prefix without dot", header: func(h *Header) { h.Type = "quotes" }, want: ViolationTypeNotAllowed},
 		{name: "payload too large", header: func(h *Header) { h.Size = 64<<10 + 1 }, want: ViolationTooLarge},
+		{name: "intent declared, none required", header: func(h *Header) { h.Intent = &Intent{Purpose: "price check"} }, want: ""},
+		{name: "intent required and declared", session: func(s *Session) { s.Contract.RequireIntent = true },
+			header: func(h *Header) { h.Intent = &Intent{Purpose: "price check"} }, want: ""},
+		{name: "intent required, none declared", session: func(s *Session) { s.Contract.RequireIntent = true }, want: ViolationIntentRequired},
+		{name: "intent category allowed", session: func(s *Session) { s.Contract.IntentCategories = []string{"procurement"} },
+			header: func(h *Header) { h.Intent = &Intent{Purpose: "buy", Category: "procurement"} }, want: ""},
+		{name: "intent category not allowed", session: func(s *Session) { s.Contract.IntentCategories = []string{"procurement"} },
+			header: func(h *Header) { h.Intent = &Intent{Purpose: "copy the price list", Category: "exfiltration"} }, want: ViolationIntentCategory},
+		{name: "intent without a category where categories are listed", session: func(s *Session) { s.Contract.IntentCategories = []string{"procurement"} },
+			header: func(h *Header) { h.Intent = &Intent{Purpose: "buy"} }, want: ViolationIntentCategory},
+		{name: "intent malformed", header: func(h *Header) { h.Intent = &Intent{Purpose: "line\nbreak"} }, want: ViolationHeaderInvalid},
 	} {
 		covered[tc.want] = true
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,7 +98,7 @@ func TestCheckSend(t *testing.T) {
 	}
 	for _, code := range []ViolationCode{ViolationHeaderInvalid, ViolationSessionMismatch, ViolationSessionNotActive,
 		ViolationSessionClosed, ViolationSenderForged, ViolationNotParty, ViolationWrongRecipient, ViolationExpired,
-		ViolationMaxMessages, ViolationTypeNotAllowed, ViolationTooLarge} {
+		ViolationMaxMessages, ViolationTypeNotAllowed, ViolationTooLarge, ViolationIntentRequired, ViolationIntentCategory} {
 		if !covered[code] {
 			t.Errorf("no case for violation code %s", code)
 		}

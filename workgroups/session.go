@@ -118,7 +118,9 @@ type Session struct {
 	Workgroup     WorkgroupID     `json:"workgroup"`
 	// Contract is what was asked while proposed or held, and frozen once
 	// accepted.
-	Contract    Contract     `json:"contract"`
+	Contract Contract `json:"contract"`
+	// Intent is the purpose the consumer declared in its proposal, if any.
+	Intent      *Intent      `json:"intent,omitempty"`
 	State       State        `json:"state"`
 	AcceptedAt  time.Time    `json:"accepted_at,omitzero"`
 	CloseReason CloseReason  `json:"close_reason,omitempty"`
@@ -172,6 +174,10 @@ func Propose(id SessionID, ad Advertisement, consumer spiffeid.ID, wg WorkgroupI
 	s, err := NewSession(id, ad.ID, consumer, ad.Provider, wg, adm.Contract, now)
 	if err != nil {
 		return Session{}, Admission{}, err
+	}
+	if p.Intent != nil && p.Validate() == nil {
+		in := *p.Intent
+		s.Intent = &in
 	}
 	switch adm.Verdict {
 	case VerdictAccept:
@@ -342,6 +348,11 @@ func (s Session) Validate() error {
 	}
 	if err := s.Workgroup.Validate(); err != nil {
 		return fmt.Errorf("session %s: %w", s.ID, err)
+	}
+	if s.Intent != nil {
+		if err := s.Intent.Validate(); err != nil {
+			return fmt.Errorf("%w: session %s: intent: %w", ErrInvalid, s.ID, err)
+		}
 	}
 	var from State
 	accepted := false

@@ -444,7 +444,7 @@ func TestCLIGovernance(t *testing.T) {
 		t.Fatalf("outsider propose: err=%v %s", err, errs)
 	}
 	sid := strings.TrimSpace(c.must("", "session", "propose", "--as", buyer, "--ad", ad, "--max-messages", "3",
-		"--types", "quote.request,quote.response", "--duration", "5m"))
+		"--types", "quote.request,quote.response", "--duration", "5m", "--intent", "price check for the Lyon shop", "--intent-category", "procurement"))
 
 	c.must(`{"sku":"w-1"}`, "session", "send", "--as", buyer, "--session", sid, "--type", "quote.request")
 	if _, errs, err := c.run(`{}`, "session", "send", "--as", buyer, "--session", sid, "--type", "order.place"); err == nil || !strings.Contains(errs, "type_not_allowed") {
@@ -492,7 +492,8 @@ func TestCLIGovernance(t *testing.T) {
 		t.Fatalf("whoami after the resume: %s", out)
 	}
 	trail := c.must("", "audit", "session", "--as", acme, sid)
-	for _, want := range []string{"envelope.accepted", "envelope.rejected", "type_not_allowed", "session.transition", `"type": "quote.response"`} {
+	for _, want := range []string{"envelope.accepted", "envelope.rejected", "type_not_allowed", "session.transition", `"type": "quote.response"`,
+		`"purpose": "price check for the Lyon shop"`, `"category": "procurement"`} {
 		if !strings.Contains(trail, want) {
 			t.Fatalf("audit session lacks %q:\n%s", want, trail)
 		}

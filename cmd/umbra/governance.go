@@ -281,11 +281,13 @@ func cmdDiscover(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 }
 
 func cmdSessionPropose(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	var ad, types string
+	var ad, types, purpose, category string
 	var p workgroups.Proposal
 	var dur time.Duration
 	return withAgent(ctx, "session propose", args, stderr, func(f *flags) {
 		f.StringVar(&ad, "ad", "", "advertisement id")
+		f.StringVar(&purpose, "intent", "", "the purpose the session is for, kept by the session and declared on its envelopes")
+		f.StringVar(&category, "intent-category", "", "the intent's category, e.g. procurement")
 		f.Uint64Var(&p.MaxMessages, "max-messages", 0, "messages for the session, both directions (default: the offered maximum)")
 		f.StringVar(&types, "types", "", "comma-separated message types (default: the offered ones)")
 		f.DurationVar(&dur, "duration", 0, "session duration (default: the offered maximum)")
@@ -296,10 +298,13 @@ func cmdSessionPropose(ctx context.Context, args []string, _ io.Reader, stdout, 
 			if dur < 0 || p.MaxEnvelopeBytes < 0 {
 				return errors.New("--duration and --max-bytes cannot be negative")
 			}
-			return nil
+			return checkIntentFlags(purpose, category)
 		})
 	}, func(a *agentsdk.Agent, _ []string) error {
 		p.MaxDuration = workgroups.Duration(dur)
+		if purpose != "" {
+			p.Intent = &workgroups.Intent{Purpose: purpose, Category: category}
+		}
 		if types != "" {
 			p.AllowedMessageTypes = strings.Split(types, ",")
 		}
@@ -318,14 +323,17 @@ func cmdSessionPropose(ctx context.Context, args []string, _ io.Reader, stdout, 
 }
 
 func cmdSessionSend(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	var id, typ, ct, corr string
+	var id, typ, ct, corr, purpose, category string
 	return withAgent(ctx, "session send", args, stderr, func(f *flags) {
 		f.StringVar(&id, "session", "", "session id")
 		f.StringVar(&typ, "type", "", "message type")
 		f.StringVar(&ct, "content-type", "application/json", "payload content type")
 		f.StringVar(&corr, "correlation", "", "correlation id (the envelope this answers)")
+		f.StringVar(&purpose, "intent", "", "the purpose of this envelope (default: the session's)")
+		f.StringVar(&category, "intent-category", "", "the intent's category")
 		f.require("session", "type")
 		f.args(0, "")
+		f.check(func([]string) error { return checkIntentFlags(purpose, category) })
 	}, func(a *agentsdk.Agent, _ []string) error {
 		payload, err := io.ReadAll(io.LimitReader(stdin, 16<<20))
 		if err != nil {
@@ -339,6 +347,9 @@ func cmdSessionSend(ctx context.Context, args []string, stdin io.Reader, stdout,
 		if corr != "" {
 			opts = append(opts, agentsdk.WithCorrelationID(corr))
 		}
+		if purpose != "" {
+			opts = append(opts, agentsdk.WithIntent(purpose, category))
+		}
 		seq, err := s.Send(ctx, typ, payload, opts...)
 		if err != nil {
 			return err
@@ -346,6 +357,17 @@ func cmdSessionSend(ctx context.Context, args []string, stdin io.Reader, stdout,
 		fmt.Fprintf(stdout, "sent %s as envelope %d of session %s\n", typ, seq, id)
 		return nil
 	})
+}
+
+// checkIntentFlags checks --intent and --intent-category: both absent, or a valid intent.
+func checkIntentFlags(purpose, category string) error {
+	if purpose == "" && category == "" {
+		return nil
+	}
+	if err := (workgroups.Intent{Purpose: purpose, Category: category}).Validate(); err != nil {
+		return fmt.Errorf("--intent: %w", err)
+	}
+	return nil
 }
 
 func cmdSessionRecv(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
 	"github.com/umbra-mesh/umbra/llmgw/route"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // llmgwFile is the LLM gateway's configuration file.
@@ -248,12 +249,17 @@ func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 // cmdLLMBridge serves the gateway's API on a loopback port for programs that cannot embed agentsdk. It is opt-in
 // and refuses any address that is not loopback.
 func cmdLLMBridge(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	var listen, service string
+	var listen, service, purpose, category string
 	return withAgent(ctx, "llm bridge", args, stderr, func(f *flags) {
 		f.StringVar(&listen, "listen", "127.0.0.1:8089", "loopback HOST:PORT to serve on")
 		f.StringVar(&service, "service", "llmgw", "the gateway's overlay service")
+		f.StringVar(&purpose, "intent", os.Getenv("UMBRA_INTENT"), "declare this purpose on every call that has none (default $UMBRA_INTENT)")
+		f.StringVar(&category, "intent-category", os.Getenv("UMBRA_INTENT_CATEGORY"), "and this intent category (default $UMBRA_INTENT_CATEGORY)")
 		f.args(0, "")
 		f.check(func([]string) error {
+			if err := checkIntentFlags(purpose, category); err != nil {
+				return err
+			}
 			host, _, err := net.SplitHostPort(listen)
 			if err != nil {
 				return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8089", listen)
@@ -268,6 +274,20 @@ func cmdLLMBridge(ctx context.Context, args []string, _ io.Reader, stdout, stder
 		proxy := httputil.NewSingleHostReverseProxy(target)
 		proxy.Transport = a.HTTPClient().Transport
 		proxy.FlushInterval = -1 // stream server-sent events as they come
+		if purpose != "" {
+			in := authz.Intent{Purpose: purpose, Category: category}
+			direct := proxy.Director
+			proxy.Director = func(r *http.Request) {
+				direct(r)
+				// A caller's own declaration is kept as it is.
+				if r.Header.Get(llmgw.HeaderIntent) == "" && r.Header.Get(llmgw.HeaderIntentCategory) == "" {
+					r.Header.Set(llmgw.HeaderIntent, in.HeaderValue())
+					if in.Category != "" {
+						r.Header.Set(llmgw.HeaderIntentCategory, in.Category)
+					}
+				}
+			}
+		}
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
 			return listenError("llm bridge", "listen", listen, err)

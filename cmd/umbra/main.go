@@ -51,7 +51,8 @@ Usage:
   umbra advertise --as ID.json --card CARD.json --terms TERMS.json --workgroup WG
   umbra discover  --as ID.json [--skill S] [--text T] [--json]
   umbra session propose --as ID.json --ad AD [--max-messages N] [--types a,b] [--duration D] [--max-bytes N]
-  umbra session send    --as ID.json --session S --type T < payload
+                        [--intent PURPOSE [--intent-category C]]
+  umbra session send    --as ID.json --session S --type T [--intent PURPOSE [--intent-category C]] < payload
   umbra session recv    --as ID.json [--session S] [--follow]
   umbra session accept|reject|close|withdraw|show --as ID.json S [--reason R]
   umbra session list    --as ID.json [--state STATE]

@@ -17,6 +17,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/mcpbridge"
 	"github.com/umbra-mesh/umbra/internal/sampletools"
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 // cmdMCPServe makes a local stdio MCP server dark: it hosts a service on the overlay and runs the command once
@@ -62,17 +63,23 @@ func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 // overlay: the client needs no network access and no key but the identity file. Requests are forwarded
 // concurrently, cancellations end to end, and the gateway's own notifications reach the client.
 func cmdMCPConnect(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	var service, path string
+	var service, path, purpose, category string
 	return withAgent(ctx, "mcp connect", args, stderr, func(f *flags) {
 		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
 		f.StringVar(&path, "path", "/mcp", "the gateway's MCP endpoint path")
+		f.StringVar(&purpose, "intent", os.Getenv("UMBRA_INTENT"), "declare this purpose on every tool call that has none (default $UMBRA_INTENT)")
+		f.StringVar(&category, "intent-category", os.Getenv("UMBRA_INTENT_CATEGORY"), "and this intent category (default $UMBRA_INTENT_CATEGORY)")
 		f.args(0, "")
+		f.check(func([]string) error { return checkIntentFlags(purpose, category) })
 	}, func(a *agentsdk.Agent, _ []string) error {
 		server := &mcp.StreamableClientTransport{Endpoint: "http://" + service + path, HTTPClient: a.HTTPClient()}
 		client := &mcp.IOTransport{Reader: io.NopCloser(stdin), Writer: nopWriteCloser{stdout}}
 		// stdout carries the protocol: what the bridge has to say goes to stderr.
 		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		return mcpbridge.Join(ctx, client, server, log)
+		if purpose == "" && category == "" {
+			return mcpbridge.Join(ctx, client, server, log)
+		}
+		return mcpbridge.JoinDeclaring(ctx, client, server, log, authz.Intent{Purpose: purpose, Category: category})
 	})
 }
 

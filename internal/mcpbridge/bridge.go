@@ -7,6 +7,7 @@
 // and also aborts the request's own HTTP exchange; and with a streamable HTTP server the bridge opens the
 // standalone SSE stream once the session is initialised, so that what the server sends unprompted
 // (notifications/tools/list_changed and the like, logging messages, server requests) reaches the client.
+// With [JoinDeclaring] it also declares an intent on every tools/call that does not carry one of its own.
 package mcpbridge
 
 import (
@@ -25,12 +26,17 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/umbra-mesh/umbra/workgroups/authz"
 )
 
 const (
 	methodInitialize  = "initialize"
 	methodInitialized = "notifications/initialized"
 	methodCancelled   = "notifications/cancelled"
+	methodCallTool    = "tools/call"
+	// metaIntent is the _meta key of a request's declared intent (mcpgw.MetaIntent).
+	metaIntent = "umbra/intent"
 
 	// maxEvent bounds one server-sent event on the standalone stream.
 	maxEvent = 16 << 20
@@ -46,6 +52,23 @@ const (
 // forwarded in the order they came. When server is a *mcp.StreamableClientTransport, the bridge also listens
 // on the session's standalone SSE stream for messages the server sends unprompted.
 func Join(ctx context.Context, client, server mcp.Transport, log *slog.Logger) error {
+	return join(ctx, client, server, log, nil)
+}
+
+// JoinDeclaring is [Join] that declares intent in the _meta of every tools/call the client sends without an
+// intent of its own (a client's own _meta["umbra/intent"] is kept as it is).
+func JoinDeclaring(ctx context.Context, client, server mcp.Transport, log *slog.Logger, intent authz.Intent) error {
+	if err := intent.Validate(); err != nil {
+		return fmt.Errorf("mcpbridge: %w", err)
+	}
+	b, err := json.Marshal(intent)
+	if err != nil {
+		return fmt.Errorf("mcpbridge: %w", err)
+	}
+	return join(ctx, client, server, log, b)
+}
+
+func join(ctx context.Context, client, server mcp.Transport, log *slog.Logger, intent json.RawMessage) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -59,7 +82,7 @@ func Join(ctx context.Context, client, server mcp.Transport, log *slog.Logger) e
 		return fmt.Errorf("mcpbridge: server side: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	b := &bridge{ctx: ctx, log: log, cconn: cconn, sconn: sconn, calls: map[jsonrpc.ID]context.CancelFunc{}}
+	b := &bridge{ctx: ctx, log: log, cconn: cconn, sconn: sconn, calls: map[jsonrpc.ID]context.CancelFunc{}, intent: intent}
 	if st, ok := server.(*mcp.StreamableClientTransport); ok {
 		b.stream = st
 	}
@@ -81,6 +104,7 @@ type bridge struct {
 	cconn  mcp.Connection
 	sconn  mcp.Connection
 	stream *mcp.StreamableClientTransport // nil unless the server side is streamable HTTP
+	intent json.RawMessage                // declared on tools/call requests without one; nil: none
 	wg     sync.WaitGroup                 // forwarded calls and the standalone stream
 
 	mu       sync.Mutex
@@ -110,6 +134,9 @@ func (b *bridge) fromClient() error {
 			b.mu.Unlock()
 			b.forwardCall(req)
 		case ok && req.IsCall():
+			if req.Method == methodCallTool && b.intent != nil {
+				req.Params = declareIntent(req.Params, b.intent)
+			}
 			b.wg.Add(1)
 			go func() {
 				defer b.wg.Done()
@@ -132,6 +159,36 @@ func (b *bridge) fromClient() error {
 			}
 		}
 	}
+}
+
+// declareIntent returns params with intent under _meta["umbra/intent"], unless it has one there already, or
+// is not an object (then it is forwarded as it is, for the server to refuse).
+func declareIntent(params, intent json.RawMessage) json.RawMessage {
+	var obj map[string]json.RawMessage
+	if len(params) == 0 || string(params) == "null" {
+		obj = map[string]json.RawMessage{}
+	} else if json.Unmarshal(params, &obj) != nil || obj == nil {
+		return params
+	}
+	meta := map[string]json.RawMessage{}
+	if raw, ok := obj["_meta"]; ok && string(raw) != "null" {
+		if json.Unmarshal(raw, &meta) != nil || meta == nil {
+			return params
+		}
+	}
+	if _, ok := meta[metaIntent]; ok {
+		return params
+	}
+	meta[metaIntent] = intent
+	var err error
+	if obj["_meta"], err = json.Marshal(meta); err != nil {
+		return params
+	}
+	out, err := json.Marshal(obj)
+	if err != nil {
+		return params
+	}
+	return out
 }
 
 // forwardCall sends one client request to the server. The answer comes back through fromServer. A request the

@@ -108,6 +108,8 @@ type Request struct {
 	Action    Action
 	Item      Item
 	Arguments json.RawMessage // call_tool and get_prompt: a JSON object, or empty
+	// Intent is what the caller declared for this request, if anything; policies see it as context.intent.
+	Intent *authz.Intent
 }
 
 // Decision is an answer: the decision of every surface ([authz.Decision]), and whether an allowed call needs a
@@ -230,6 +232,12 @@ func build(r Request) (authz.Query, error) {
 			args = v
 		}
 		ctx["arguments"] = cedar.NewRecord(args)
+	}
+	if r.Intent != nil {
+		if err := r.Intent.Validate(); err != nil {
+			return zero, err
+		}
+		ctx = authz.WithIntent(ctx, r.Intent)
 	}
 	return authz.Query{Principal: principal, Action: string(r.Action), Resource: resource, Context: ctx,
 		What: fmt.Sprintf("%s on %s", r.Action, r.Item.Name)}, nil
