@@ -151,11 +151,11 @@ func TestConsoleInBrowser(t *testing.T) {
 	wantAll("posture findings after the suspension", text("#findings"), "identity is suspended")
 	shot("posture")
 	step("resume the auditor", chromedp.SendKeys(chromedp.CSS(auditor+` input[name="reason"]`), "key rotated"),
-		chromedp.Click(chromedp.CSS(auditor+` form.kill button`)), chromedp.WaitVisible(chromedp.CSS("#notice")))
+		chromedp.Click(chromedp.CSS(auditor+` form.kill button`)), chromedp.WaitVisible(chromedp.CSS(auditor+` form[action="/posture/suspend"]`)))
 	wantAll("resumed auditor", text(auditor), "enrolled", "Suspend")
-	export := c.must("", "audit", "export", "--as", admin)
+	trail := c.must("", "audit", "export", "--as", admin)
 	for _, kind := range []string{`"kind":"identity.suspended"`, `"kind":"identity.resumed"`} {
-		if !regexp.MustCompile(kind + `[^\n]*"actor":"spiffe://umbra.local/umbra/admin/root"`).MatchString(export) {
+		if !regexp.MustCompile(kind + `[^\n]*"actor":"spiffe://umbra.local/umbra/admin/root"`).MatchString(trail) {
 			t.Fatalf("no %s record under the platform administrator", kind)
 		}
 	}
