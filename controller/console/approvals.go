@@ -167,7 +167,8 @@ type diffLine struct {
 // old removed and the new added.
 const maxDiffLines = 2000
 
-// lineDiff is the line diff of a and b (a longest common subsequence of lines).
+// lineDiff is the line diff of a and b (a longest common subsequence of lines). Lines are compared without a
+// trailing comma, so that a JSON member that became the last one, or stopped being it, is not a change.
 func lineDiff(a, b string) []diffLine {
 	split := func(s string) []string {
 		if s == "" {
@@ -186,6 +187,7 @@ func lineDiff(a, b string) []diffLine {
 		}
 		return out
 	}
+	same := func(i, j int) bool { return strings.TrimSuffix(x[i], ",") == strings.TrimSuffix(y[j], ",") }
 	// lcs[i][j] is the length of the longest common subsequence of x[i:] and y[j:].
 	lcs := make([][]int, len(x)+1)
 	for i := range lcs {
@@ -193,7 +195,7 @@ func lineDiff(a, b string) []diffLine {
 	}
 	for i := len(x) - 1; i >= 0; i-- {
 		for j := len(y) - 1; j >= 0; j-- {
-			if x[i] == y[j] {
+			if same(i, j) {
 				lcs[i][j] = lcs[i+1][j+1] + 1
 			} else {
 				lcs[i][j] = max(lcs[i+1][j], lcs[i][j+1])
@@ -204,8 +206,8 @@ func lineDiff(a, b string) []diffLine {
 	i, j := 0, 0
 	for i < len(x) && j < len(y) {
 		switch {
-		case x[i] == y[j]:
-			out = append(out, diffLine{" ", x[i]})
+		case same(i, j):
+			out = append(out, diffLine{" ", y[j]})
 			i, j = i+1, j+1
 		case lcs[i+1][j] >= lcs[i][j+1]:
 			out = append(out, diffLine{"-", x[i]})

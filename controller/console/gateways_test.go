@@ -230,6 +230,13 @@ func TestLineDiff(t *testing.T) {
 	if b.String() != " a,-b,+x, c,+d," {
 		t.Fatalf("diff %s", b.String())
 	}
+	b.Reset()
+	for _, l := range lineDiff("{\n  \"a\": 1,\n  \"b\": 2\n}", "{\n  \"a\": 1\n}") {
+		b.WriteString(l.Op + l.Text + ",")
+	}
+	if b.String() != ` {,   "a": 1,-  "b": 2, },` {
+		t.Fatalf("a member that became the last: %s", b.String())
+	}
 	if n := len(lineDiff("", "a\nb")); n != 2 {
 		t.Fatalf("new definition: %d lines", n)
 	}
