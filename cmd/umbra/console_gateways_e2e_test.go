@@ -22,7 +22,8 @@ import (
 // against a real network with both gateways: a held MCP call is approved in the browser, with a reason, and
 // the caller's call completes; a tool whose definition changed at its backend is shown quarantined with the diff
 // of what changed; after an LLM call through the gateway, the usage page draws its chart against the caller's
-// budget. Every decision is the platform administrator's own, recorded in the audit under it.
+// budget; another organisation's administrator is refused both pages by the gateways, in their words. Every
+// decision is the platform administrator's own, recorded in the audit under it.
 func TestConsoleGatewaysInBrowser(t *testing.T) {
 	chromiumPath(t)
 	c := newCLI(t, 6*time.Minute)
@@ -191,6 +192,27 @@ budgets:
 		t.Fatalf("no spend on the usage page:\n%s", got)
 	}
 	b.shot("usage")
+
+	// 4. Another organisation's administrator is refused by the gateways, and sees their refusal in one line.
+	tok := c.must("", "org", "create", "--as", admin, "--name", "initech")
+	write("initech-admin.token", tok)
+	c.must("", "enroll", "--token", "initech-admin.token", "--out", "initech-admin.json")
+	for _, svc := range []string{"mcpgw", "llmgw"} {
+		c.must("", "service", "grant", "--as", admin, "--service", svc, "--dial", "spiffe://umbra.local/initech/admin/admin")
+	}
+	orgPort := freePort(t)
+	orgBase := "http://127.0.0.1:" + strconv.Itoa(orgPort)
+	c.start("umbra console on", "ui", "--as", "initech-admin.json", "--listen", "127.0.0.1:"+strconv.Itoa(orgPort))
+	b.step("org admin approvals", chromedp.Navigate(orgBase+"/approvals"), chromedp.WaitVisible(chromedp.CSS("#refusal")))
+	b.wantAll("org admin approvals", b.text("#refusal"), "403", "administrator of organisation initech does not administer this gateway")
+	if b.exists("article.held") {
+		t.Fatal("initech's administrator sees acme's held calls")
+	}
+	b.step("org admin usage", chromedp.Navigate(orgBase+"/usage"), chromedp.WaitVisible(chromedp.CSS("#refusal")))
+	b.wantAll("org admin usage", b.text("#refusal"), "403", "initech")
+	if b.exists("#usage-table") {
+		t.Fatal("initech's administrator sees acme's usage")
+	}
 
 	// Every decision and read is the administrator's own, in the one audit trail.
 	export := c.must("", "audit", "export", "--as", admin)
