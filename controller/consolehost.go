@@ -17,6 +17,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/console"
+	"github.com/umbra-mesh/umbra/controller/posture"
 	"github.com/umbra-mesh/umbra/internal/audit"
 )
 
@@ -123,6 +124,8 @@ func consoleErr(err error) error {
 			return fmt.Errorf("%w: %s", console.ErrNotFound, f.message)
 		case http.StatusForbidden:
 			return fmt.Errorf("%w: %s", console.ErrForbidden, f.message)
+		case http.StatusBadRequest, http.StatusConflict, http.StatusRequestEntityTooLarge:
+			return fmt.Errorf("%w: %s", console.ErrInvalid, f.message)
 		}
 	}
 	return err
@@ -292,4 +295,55 @@ func (cs consoleSource) Export(ctx context.Context, v console.Viewer, w io.Write
 	}
 	_, err := cs.s.gov.audit.Export(ctx, w, nil)
 	return err
+}
+
+// Posture answers as `umbra posture` (default policy) and `umbra inventory` do, for the viewer's scope.
+func (cs consoleSource) Posture(ctx context.Context, v console.Viewer) (console.PostureView, error) {
+	c, err := cs.caller(ctx, v)
+	if err != nil {
+		return console.PostureView{}, err
+	}
+	rep, err := cs.s.postureReport(ctx, scopeOf(c), posture.Policy{})
+	if err != nil {
+		return console.PostureView{}, err
+	}
+	st, err := cs.s.postureState(ctx, false)
+	if err != nil {
+		return console.PostureView{}, err
+	}
+	return console.PostureView{Report: rep, Inventory: posture.Inventory(st, scopeOf(c))}, nil
+}
+
+func (cs consoleSource) RecordBaseline(ctx context.Context, v console.Viewer) (api.BaselineResponse, error) {
+	c, err := cs.caller(ctx, v)
+	if err != nil {
+		return api.BaselineResponse{}, err
+	}
+	out, err := cs.s.recordBaseline(ctx, c)
+	return out, consoleErr(err)
+}
+
+// Suspend is the kill switch as `umbra identity suspend|resume`: the same checks (an organisation's
+// administrator suspends its own organisation's identities, not gateways, not itself), the same audit record
+// under the viewer.
+func (cs consoleSource) Suspend(ctx context.Context, v console.Viewer, id, reason string, suspend bool) (api.SuspendResponse, error) {
+	c, err := cs.caller(ctx, v)
+	if err != nil {
+		return api.SuspendResponse{}, err
+	}
+	verb := "resume"
+	if suspend {
+		verb = "suspend"
+	}
+	target, err := cs.s.suspendTarget(ctx, c, verb, api.SuspendRequest{SPIFFEID: id, Reason: reason})
+	if err != nil {
+		return api.SuspendResponse{}, consoleErr(err)
+	}
+	var out api.SuspendResponse
+	if suspend {
+		out, err = cs.s.suspend(ctx, c.id, target, reason)
+	} else {
+		out, err = cs.s.resume(ctx, c.id, target, reason)
+	}
+	return out, consoleErr(err)
 }

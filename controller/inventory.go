@@ -63,28 +63,33 @@ func (s *Server) postureRoutes(mux *http.ServeMux) {
 		reply(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST "+api.PathPostureBase, s.admin(func(ctx context.Context, c caller, _ []byte) (any, error) {
-		st, err := s.postureState(ctx, false)
-		if err != nil {
-			return nil, internal(err)
-		}
-		scope := scopeOf(c)
-		b := postureBaseline{Scope: scope.String(), RecordedAt: st.Now.UTC(), RecordedBy: c.id.String(),
-			Items: posture.Items(posture.Inventory(st, scope))}
-		raw, err := json.Marshal(b)
-		if err != nil {
-			return nil, internal(err)
-		}
-		if len(raw) > tableMaxValueSize {
-			return nil, failf(http.StatusRequestEntityTooLarge, api.CodeBadRequest,
-				"the inventory has %d items, too many for one baseline record (%d bytes, limit %d)", len(b.Items), len(raw), tableMaxValueSize)
-		}
-		if _, err := s.gov.baselines.kv.Put(ctx, b.Scope, raw); err != nil {
-			return nil, internal(err)
-		}
-		s.record(ctx, audit.Record{Kind: "posture.baseline", Actor: c.id.String(), Decision: "allow",
-			Data: jsonRaw(map[string]any{"scope": b.Scope, "items": len(b.Items)})})
-		return api.BaselineResponse{Scope: b.Scope, RecordedAt: b.RecordedAt, Items: len(b.Items)}, nil
+		return s.recordBaseline(ctx, c)
 	}))
+}
+
+// recordBaseline records the inventory of c's scope as the baseline later drift is measured against.
+func (s *Server) recordBaseline(ctx context.Context, c caller) (api.BaselineResponse, error) {
+	st, err := s.postureState(ctx, false)
+	if err != nil {
+		return api.BaselineResponse{}, internal(err)
+	}
+	scope := scopeOf(c)
+	b := postureBaseline{Scope: scope.String(), RecordedAt: st.Now.UTC(), RecordedBy: c.id.String(),
+		Items: posture.Items(posture.Inventory(st, scope))}
+	raw, err := json.Marshal(b)
+	if err != nil {
+		return api.BaselineResponse{}, internal(err)
+	}
+	if len(raw) > tableMaxValueSize {
+		return api.BaselineResponse{}, failf(http.StatusRequestEntityTooLarge, api.CodeBadRequest,
+			"the inventory has %d items, too many for one baseline record (%d bytes, limit %d)", len(b.Items), len(raw), tableMaxValueSize)
+	}
+	if _, err := s.gov.baselines.kv.Put(ctx, b.Scope, raw); err != nil {
+		return api.BaselineResponse{}, internal(err)
+	}
+	s.record(ctx, audit.Record{Kind: "posture.baseline", Actor: c.id.String(), Decision: "allow",
+		Data: jsonRaw(map[string]any{"scope": b.Scope, "items": len(b.Items)})})
+	return api.BaselineResponse{Scope: b.Scope, RecordedAt: b.RecordedAt, Items: len(b.Items)}, nil
 }
 
 // postureReport computes the findings and, if a baseline of the scope was recorded, the drift since it.

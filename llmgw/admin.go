@@ -117,7 +117,8 @@ func (g *Gateway) refuseAdmin(r *http.Request, p Principal, action, reason strin
 }
 
 // serveUsage answers GET /v1/usage[?identity=<SPIFFE ID>][&since=<duration or YYYY-MM-DD>]: daily usage per
-// identity (and per organisation with an organisation budget). since defaults to 24h. Every caller reads its
+// identity (and per organisation with an organisation budget), and the day and month budgets of the subjects
+// listed ("budgets", by subject). since defaults to 24h. Every caller reads its
 // own. An administrator of this gateway (package gatewayadmin) reads that of the identities its access covers:
 // every identity's for the platform administrator and those named in Config.Admins, else those of its own
 // organisation (and that organisation's total), all of them when no identity is given. Such a read is audited
@@ -215,8 +216,50 @@ func (g *Gateway) serveUsage(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	b, _ := json.Marshal(map[string]any{"object": "list", "data": entries})
+	b, _ := json.Marshal(map[string]any{"object": "list", "data": entries, "budgets": g.budgetsOf(entries)})
 	writeJSON(w, http.StatusOK, b)
+}
+
+// usageBudget is the day and month budget a usage subject is counted against.
+type usageBudget struct {
+	TokensPerDay   int64   `json:"tokens_per_day,omitempty"`
+	TokensPerMonth int64   `json:"tokens_per_month,omitempty"`
+	CostPerDay     float64 `json:"cost_per_day,omitempty"`
+	CostPerMonth   float64 `json:"cost_per_month,omitempty"`
+}
+
+// budgetsOf says, for each subject in entries that has a day or month budget, what it is: an identity's own
+// (else the default one), an organisation's, as claims counts them.
+func (g *Gateway) budgetsOf(entries []usageEntry) map[string]usageBudget {
+	out := map[string]usageBudget{}
+	for _, e := range entries {
+		if _, done := out[e.Subject]; done {
+			continue
+		}
+		var own, def budget.Limits
+		hasOwn := false
+		org, isOrg := strings.CutPrefix(e.Subject, "org:")
+		id := strings.TrimPrefix(e.Subject, "id:")
+		for _, b := range g.cfg.Budgets {
+			lim := budget.Limits{TokensPerDay: b.TokensPerDay, TokensPerMonth: b.TokensPerMonth, CostPerDay: b.CostPerDay,
+				CostPerMonth: b.CostPerMonth}
+			switch {
+			case isOrg && b.Org == org, !isOrg && b.Identity != "" && b.Identity == id:
+				own, hasOwn = own.Tighter(lim), true
+			case !isOrg && b.Identity == "" && b.Org == "":
+				def = def.Tighter(lim)
+			}
+		}
+		if !hasOwn {
+			own = def
+		}
+		ub := usageBudget{TokensPerDay: own.TokensPerDay, TokensPerMonth: own.TokensPerMonth, CostPerDay: own.CostPerDay,
+			CostPerMonth: own.CostPerMonth}
+		if ub != (usageBudget{}) {
+			out[e.Subject] = ub
+		}
+	}
+	return out
 }
 
 // usageTarget is the usage subject s ("id:<SPIFFE ID>" or "org:<org>") as the administration policies see it.

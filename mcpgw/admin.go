@@ -24,14 +24,16 @@ import (
 //	GET  /admin/tools                         the tools the caller may see (any caller)
 //	GET  /admin/backends                      backend states (administrators)
 //	GET  /admin/tool-versions                 tool, prompt and resource versions awaiting a decision (administrators)
-//	POST /admin/tool-versions/approve         {"kind"?,"backend","tool","digest"} approve a version (administrators)
-//	POST /admin/tool-versions/deny            {"kind"?,"backend","tool","digest"} refuse it (administrators)
+//	POST /admin/tool-versions/approve         {"kind"?,"backend","tool","digest","reason"?} approve a version (administrators)
+//	POST /admin/tool-versions/deny            {"kind"?,"backend","tool","digest","reason"?} refuse it (administrators)
 //
 // "kind" is "tool" (the default), "prompt" or "resource"; "tool" is then the prompt's name or the resource's
 // URI (template) on the backend.
 //	GET  /admin/approvals[?all=1]             call approval requests (administrators)
-//	POST /admin/approvals/{id}/approve        {"digest"?} approve a held call (administrators)
-//	POST /admin/approvals/{id}/deny           deny it (administrators)
+//	POST /admin/approvals/{id}/approve        {"digest"?,"reason"?} approve a held call (administrators)
+//	POST /admin/approvals/{id}/deny           {"digest"?,"reason"?} deny it (administrators)
+//
+// "reason" is the administrator's own words for the decision; it goes into the decision's audit record.
 //
 // Errors are {"error":{"code","message","ref"}}.
 
@@ -71,7 +73,7 @@ func (g *Gateway) routes() http.Handler {
 	for _, verb := range []string{"approve", "deny"} {
 		// DecideTool and DecideCall check the administrator themselves, for callers of the Go API too.
 		mux.HandleFunc("POST /admin/tool-versions/"+verb, g.admin(anyCaller, verb+" tool versions", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, r *http.Request) (any, error) {
-			var req struct{ Kind, Backend, Tool, Digest string }
+			var req struct{ Kind, Backend, Tool, Digest, Reason string }
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
@@ -79,7 +81,10 @@ func (g *Gateway) routes() http.Handler {
 			if err != nil {
 				return nil, &adminError{status: http.StatusBadRequest, code: "bad_request", msg: err.Error()}
 			}
-			rec, err := g.DecideVersion(ctx, id, pin.Ref{Kind: kind, Backend: req.Backend, Name: req.Tool}, req.Digest, verb == "approve")
+			if err := checkNote(req.Reason); err != nil {
+				return nil, err
+			}
+			rec, err := g.decideVersion(ctx, id, pin.Ref{Kind: kind, Backend: req.Backend, Name: req.Tool}, req.Digest, verb == "approve", req.Reason)
 			if err != nil {
 				return nil, err
 			}
@@ -101,11 +106,14 @@ func (g *Gateway) routes() http.Handler {
 	}))
 	for _, verb := range []string{"approve", "deny"} {
 		mux.HandleFunc("POST /admin/approvals/{id}/"+verb, g.admin(anyCaller, verb+" held calls", func(ctx context.Context, id spiffeid.ID, _ gatewayadmin.Access, r *http.Request) (any, error) {
-			var req struct{ Digest string }
+			var req struct{ Digest, Reason string }
 			if err := decodeBody(r, &req); err != nil {
 				return nil, err
 			}
-			return g.DecideCall(ctx, id, r.PathValue("id"), verb == "approve", req.Digest)
+			if err := checkNote(req.Reason); err != nil {
+				return nil, err
+			}
+			return g.decideCall(ctx, id, r.PathValue("id"), verb == "approve", req.Digest, req.Reason)
 		}))
 	}
 	if g.promReg != nil {
@@ -168,6 +176,22 @@ func (g *Gateway) adminAs(ctx context.Context, admin spiffeid.ID, n need, action
 		return acc, g.refuseAdmin(ctx, admin, action, "only administrators of the gateway's own organisation, and identities its admins name, may "+action, nil)
 	}
 	return acc, nil
+}
+
+// checkNote refuses an administrator's reason too long for an audit record.
+func checkNote(note string) error {
+	if len(note) > 500 {
+		return &adminError{status: http.StatusBadRequest, code: "bad_request", msg: "the reason is too long: keep it under 500 bytes"}
+	}
+	return nil
+}
+
+// withNote adds the administrator's own reason to a decision's audit reason.
+func withNote(reason, note string) string {
+	if note = strings.TrimSpace(note); note != "" {
+		return reason + ": " + note
+	}
+	return reason
 }
 
 func decodeBody(r *http.Request, v any) error {
@@ -268,6 +292,11 @@ func (g *Gateway) DecideTool(ctx context.Context, admin spiffeid.ID, backend, to
 // DecideVersion approves or refuses the version with digest of a tool, prompt or resource, as the
 // administrator admin.
 func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.Ref, digest string, approve bool) (pin.Record, error) {
+	return g.decideVersion(ctx, admin, ref, digest, approve, "")
+}
+
+// decideVersion is DecideVersion with the administrator's reason, which goes into the audit record.
+func (g *Gateway) decideVersion(ctx context.Context, admin spiffeid.ID, ref pin.Ref, digest string, approve bool, note string) (pin.Record, error) {
 	if ref.Kind == "" {
 		ref.Kind = pin.Tool
 	}
@@ -309,7 +338,7 @@ func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.
 			"backend_name": ref.Name, "digest": digest, "admin_basis": acc.Basis}
 	}
 	data, _ := json.Marshal(d)
-	g.record(ctx, audit.Record{Kind: kind, Actor: admin.String(), Decision: decision, Reason: reason,
+	g.record(ctx, audit.Record{Kind: kind, Actor: admin.String(), Decision: decision, Reason: withNote(reason, note),
 		Diagnostic: pd.JSON(), Data: data})
 	g.log.Info("mcpgw: "+reason, "name", g.exposed(ref), "by", admin, "digest", digest)
 	for _, b := range g.backs { // the catalog learns the new state on the backend's next listing: now
@@ -325,6 +354,11 @@ func (g *Gateway) DecideVersion(ctx context.Context, admin spiffeid.ID, ref pin.
 // decides only the calls of the organisations its access covers (package gatewayadmin) and never approves a
 // call of its own; a refusal wraps ErrNotAuthorized and is recorded.
 func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, approve bool, digest string) (approval.Request, error) {
+	return g.decideCall(ctx, admin, id, approve, digest, "")
+}
+
+// decideCall is DecideCall with the administrator's reason, which goes into the audit record.
+func (g *Gateway) decideCall(ctx context.Context, admin spiffeid.ID, id string, approve bool, digest, note string) (approval.Request, error) {
 	if err := g.started(); err != nil {
 		return approval.Request{}, err
 	}
@@ -369,7 +403,7 @@ func (g *Gateway) DecideCall(ctx context.Context, admin spiffeid.ID, id string, 
 	}
 	data, _ := json.Marshal(map[string]any{"approval": r.ID, "caller": r.Caller, "tool": r.Tool, "args_digest": r.ArgsDigest,
 		"valid_until": r.ValidUntil, "admin_basis": acc.Basis})
-	g.record(ctx, audit.Record{Kind: KindApproval, Actor: admin.String(), Decision: decision, Reason: reason,
+	g.record(ctx, audit.Record{Kind: KindApproval, Actor: admin.String(), Decision: decision, Reason: withNote(reason, note),
 		PolicyVersion: r.PolicyVersion, Diagnostic: d.JSON(), Data: data})
 	return r, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,7 +37,7 @@ func chromiumPath(t *testing.T) string {
 // organisation; an agent identity cannot reach the console; the bridge refuses a foreign Host.
 // UMBRA_CONSOLE_SCREENSHOTS=DIR writes the pages' screenshots there (docs/console holds the committed ones).
 func TestConsoleInBrowser(t *testing.T) {
-	chromium := chromiumPath(t)
+	chromiumPath(t)
 	c := newCLI(t, 8*time.Minute)
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
@@ -65,7 +66,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	c.must("", "workgroup", "member", "add", "--as", globex, "acme/pricing", "spiffe://umbra.local/globex/agent/buyer")
 	c.must("", "workgroup", "create", "--as", initech, "--name", "internal")
 	write("card.json", `{"name":"Quoter","description":"prices widgets","version":"1.0","skills":[{"id":"quote","name":"Quote"}],"message_types":["quote.*"]}`)
-	write("terms.json", `{"max_duration":"1h","max_messages":20,"allowed_message_types":["quote.request","quote.response"],"max_envelope_bytes":4096}`)
+	write("terms.json", `{"max_duration":"48h","max_messages":20,"allowed_message_types":["quote.request","quote.response"],"max_envelope_bytes":4096}`)
 	ad := strings.TrimSpace(c.must("", "advertise", "--as", quoter, "--card", "card.json", "--terms", "terms.json", "--workgroup", "pricing"))
 	sid := strings.TrimSpace(c.must("", "session", "propose", "--as", buyer, "--ad", ad, "--max-messages", "10",
 		"--types", "quote.request,quote.response", "--duration", "30m"))
@@ -79,76 +80,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	c.start("umbra console on", "ui", "--as", admin, "--listen", "127.0.0.1:"+strconv.Itoa(port))
 
-	shots := os.Getenv("UMBRA_CONSOLE_SCREENSHOTS")
-	if shots != "" {
-		if abs, err := filepath.Abs(shots); err == nil {
-			shots = abs
-		}
-	}
-
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
-		chromedp.WindowSize(1360, 900), chromedp.Flag("disable-dev-shm-usage", true))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelBrowser()
-	c.limit.Step("start chromium")
-	// The first Do starts the browser, which lives as long as the context of that call: it gets bctx, with no
-	// deadline of its own, and is bounded by cancelling bctx if it takes too long. Every later step runs under
-	// its own deadline.
-	started := make(chan error, 1)
-	go func() { started <- chromedp.Do(bctx) }()
-	select {
-	case err := <-started:
-		if err != nil {
-			t.Fatalf("starting chromium: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		cancelBrowser()
-		t.Fatal("chromium did not start within 60s")
-	}
-	step := func(name string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		c.limit.Step("browser: %s", name)
-		ctx, cancel := context.WithTimeout(bctx, 45*time.Second)
-		defer cancel()
-		if err := chromedp.Do(ctx, steps...); err != nil {
-			t.Fatalf("browser: %s: %v", name, err)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("browser: text of %s: %v", sel, err)
-		}
-		return s
-	}
-	shot := func(name string) {
-		t.Helper()
-		if shots == "" {
-			return
-		}
-		ctx, cancel := context.WithTimeout(bctx, 30*time.Second)
-		defer cancel()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wantAll := func(page, got string, want ...string) {
-		t.Helper()
-		for _, w := range want {
-			if !strings.Contains(got, w) {
-				t.Fatalf("%s lacks %q:\n%s", page, w, got)
-			}
-		}
-	}
+	b := newConsoleBrowser(t, c)
+	step, text, shot, wantAll := b.step, b.text, b.shot, b.wantAll
+	bctx := b.ctx
 
 	// Overview: organisations, workgroups with invitations, identities.
 	step("overview", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#ids-h")))
@@ -204,8 +138,31 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.WithPollingTimeout(30*time.Second)))
 	shot("live")
 
-	// Not yet built pages say so.
-	step("approvals", chromedp.Navigate(base+"/approvals"), chromedp.WaitVisible(chromedp.CSS("#later-h")))
+	// Posture: the advertisement offers sessions longer than policy allows, a finding with evidence and fix.
+	// The kill switch: initech's auditor suspended from the page, with a reason, then resumed.
+	step("posture", chromedp.Navigate(base+"/posture"), chromedp.WaitVisible(chromedp.CSS("#findings")))
+	wantAll("posture findings", text("#findings"), "medium", ad, "48h")
+	wantAll("posture inventory", text("#inventory"), "spiffe://umbra.local/initech/agent/auditor", "enrolled")
+	auditor := `tr[data-id="spiffe://umbra.local/initech/agent/auditor"]`
+	step("suspend the auditor", chromedp.SendKeys(chromedp.CSS(auditor+` input[name="reason"]`), "key found in a public repository"),
+		chromedp.Click(chromedp.CSS(auditor+` form.kill button`)), chromedp.WaitVisible(chromedp.CSS("#notice")))
+	wantAll("suspension notice", text("#notice"), "Suspended spiffe://umbra.local/initech/agent/auditor")
+	wantAll("suspended auditor", text(auditor), "suspended", "key found in a public repository", "Resume")
+	wantAll("posture findings after the suspension", text("#findings"), "identity is suspended")
+	shot("posture")
+	step("resume the auditor", chromedp.SendKeys(chromedp.CSS(auditor+` input[name="reason"]`), "key rotated"),
+		chromedp.Click(chromedp.CSS(auditor+` form.kill button`)), chromedp.WaitVisible(chromedp.CSS(auditor+` form[action="/posture/suspend"]`)))
+	wantAll("resumed auditor", text(auditor), "enrolled", "Suspend")
+	trail := c.must("", "audit", "export", "--as", admin)
+	for _, kind := range []string{`"kind":"identity.suspended"`, `"kind":"identity.resumed"`} {
+		if !regexp.MustCompile(kind + `[^\n]*"actor":"spiffe://umbra.local/umbra/admin/root"`).MatchString(trail) {
+			t.Fatalf("no %s record under the platform administrator", kind)
+		}
+	}
+
+	// Without an MCP gateway to reach, the approvals page says so in one line.
+	step("approvals without a gateway", chromedp.Navigate(base+"/approvals"), chromedp.WaitVisible(chromedp.CSS("#refusal")))
+	wantAll("approvals without a gateway", text("#refusal"), "MCP gateway mcpgw")
 
 	// An organisation's administrator sees only its organisation.
 	orgPort := freePort(t)
@@ -258,5 +215,110 @@ func TestConsoleInBrowser(t *testing.T) {
 	// Non-loopback listen addresses are refused before anything starts.
 	if _, errs, err := c.run("", "ui", "--as", admin, "--listen", "0.0.0.0:0"); err == nil || !strings.Contains(errs, "only loopback") {
 		t.Fatalf("ui --listen 0.0.0.0:0: err=%v %s", err, errs)
+	}
+}
+
+// consoleBrowser is headless Chromium driven by chromedp, with each step under its own deadline; the console
+// tests share it.
+type consoleBrowser struct {
+	t     *testing.T
+	c     *cli
+	ctx   context.Context
+	shots string // UMBRA_CONSOLE_SCREENSHOTS, absolute
+}
+
+// newConsoleBrowser starts Chromium (skipping the test without one); it is stopped when the test ends.
+func newConsoleBrowser(t *testing.T, c *cli) *consoleBrowser {
+	t.Helper()
+	chromium := chromiumPath(t)
+	b := &consoleBrowser{t: t, c: c, shots: os.Getenv("UMBRA_CONSOLE_SCREENSHOTS")}
+	if b.shots != "" {
+		if abs, err := filepath.Abs(b.shots); err == nil {
+			b.shots = abs
+		}
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.NoSandbox,
+		chromedp.WindowSize(1360, 900), chromedp.Flag("disable-dev-shm-usage", true))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	bctx, cancelBrowser := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(cancelBrowser)
+	b.ctx = bctx
+	c.limit.Step("start chromium")
+	// The first Do starts the browser, which lives as long as the context of that call: it gets bctx, with no
+	// deadline of its own, and is bounded by cancelling bctx if it takes too long. Every later step runs under
+	// its own deadline.
+	started := make(chan error, 1)
+	go func() { started <- chromedp.Do(bctx) }()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("starting chromium: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		cancelBrowser()
+		t.Fatal("chromium did not start within 60s")
+	}
+	return b
+}
+
+// step runs actions under a 45 s deadline.
+func (b *consoleBrowser) step(name string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	b.c.limit.Step("browser: %s", name)
+	ctx, cancel := context.WithTimeout(b.ctx, 45*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, steps...); err != nil {
+		b.t.Fatalf("browser: %s: %v", name, err)
+	}
+}
+
+// text is the text of the first element sel selects.
+func (b *consoleBrowser) text(sel string) string {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Fatalf("browser: text of %s: %v", sel, err)
+	}
+	return s
+}
+
+// exists reports whether sel selects something on the page now.
+func (b *consoleBrowser) exists(sel string) bool {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector(`+strconv.Quote(sel)+`) !== null`))
+	if err != nil {
+		b.t.Fatalf("browser: looking for %s: %v", sel, err)
+	}
+	return ok
+}
+
+// shot writes a full-page screenshot to the screenshots directory, if one was given.
+func (b *consoleBrowser) shot(name string) {
+	b.t.Helper()
+	if b.shots == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(b.shots, name+".png"), png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *consoleBrowser) wantAll(page, got string, want ...string) {
+	b.t.Helper()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			b.t.Fatalf("%s lacks %q:\n%s", page, w, got)
+		}
 	}
 }

@@ -73,14 +73,15 @@ Usage:
   umbra mcpgw --as GATEWAY.json --config mcpgw.yaml              hosts the MCP gateway as a dark service
   umbra mcp tools --as ID.json                                   what this identity may see and call
   umbra mcp backends --as ADMIN.json [--json]                    each backend: kind, state, last error, tools, pins
-  umbra mcp approvals list|approve|deny --as ADMIN.json [--tools] [ID] [--digest D]
+  umbra mcp approvals list|approve|deny --as ADMIN.json [--tools] [ID] [--digest D] [--reason R]
 
   umbra llmgw --as GATEWAY.json --config llmgw.yaml              hosts the LLM gateway as a dark service
   umbra llm serve  --as ID.json --service S (--upstream URL | --sample NAME)   makes a model server dark
   umbra llm bridge --as ID.json [--listen 127.0.0.1:8089]        loopback bridge for non-Go clients
   umbra llm usage  --as ID.json [--identity ID] [--since 24h]
 
-  umbra ui --as ADMIN.json [--listen 127.0.0.1:8088]             the web console, bridged over the overlay to loopback
+  umbra ui --as ADMIN.json [--listen 127.0.0.1:8088] [--mcp-gateway mcpgw] [--llm-gateway llmgw]
+      the web console, bridged over the overlay to loopback; approvals and usage from the gateways, as ADMIN
 
   umbra a2a bridge --as ID.json --ad AD [--session S] [--listen 127.0.0.1:8090]   a provider's A2A agent for A2A clients
   umbra a2a serve  --as ID.json --endpoint URL               answers A2A calls with an A2A JSON-RPC server

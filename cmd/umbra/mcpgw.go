@@ -410,7 +410,7 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 		return usagef("mcp approvals", "unknown subcommand %q: want list, approve or deny", args[0])
 	}
 	verb := args[0]
-	var service, digest, backend, tool, kind string
+	var service, digest, backend, tool, kind, reason string
 	var versions bool
 	return withAgent(ctx, "mcp approvals "+verb, args[1:], stderr, func(f *flags) {
 		f.StringVar(&service, "service", "mcpgw", "the gateway's overlay service")
@@ -419,6 +419,7 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 		f.StringVar(&backend, "backend", "", "with --tools: the backend")
 		f.StringVar(&tool, "tool", "", "with --tools: the tool (the prompt's name or the resource's URI with --kind)")
 		f.StringVar(&kind, "kind", "tool", "with --tools: tool, prompt or resource (from list --tools)")
+		f.StringVar(&reason, "reason", "", "why you decide so (recorded in the audit trail)")
 		f.check(func(pos []string) error {
 			switch {
 			case verb == "list" && len(pos) > 0:
@@ -444,7 +445,7 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 			}
 		case (verb == "approve" || verb == "deny") && versions:
 			if err := gatewayCall(ctx, a, http.MethodPost, base+"tool-versions/"+verb,
-				map[string]string{"Kind": kind, "Backend": backend, "Tool": tool, "Digest": digest}, &out); err != nil {
+				map[string]string{"Kind": kind, "Backend": backend, "Tool": tool, "Digest": digest, "Reason": reason}, &out); err != nil {
 				return err
 			}
 		case verb == "approve" || verb == "deny":
@@ -452,7 +453,7 @@ func cmdMCPApprovals(ctx context.Context, args []string, _ io.Reader, stdout, st
 			if err != nil {
 				return err
 			}
-			if err := gatewayCall(ctx, a, http.MethodPost, base+"approvals/"+id+"/"+verb, map[string]string{"Digest": digest}, &out); err != nil {
+			if err := gatewayCall(ctx, a, http.MethodPost, base+"approvals/"+id+"/"+verb, map[string]string{"Digest": digest, "Reason": reason}, &out); err != nil {
 				return err
 			}
 		default:

@@ -19,6 +19,11 @@ type BridgeConfig struct {
 	Addr string
 	// Logger defaults to discarding.
 	Logger *slog.Logger
+	// Gateways, when set, serves the approvals and LLM usage pages in the bridge itself: they read and decide at
+	// the gateways as Viewer, the bridge's own identity (the controller's console never speaks for a viewer).
+	Gateways Gateways
+	// Viewer is the bridge's identity, as the pages it serves name it.
+	Viewer Viewer
 }
 
 // CheckLoopback refuses a listen address that is not loopback: the console must never be served to a network.
@@ -71,11 +76,27 @@ func NewBridge(cfg BridgeConfig) (http.Handler, error) {
 			fmt.Fprintf(w, "<!doctype html><title>Umbra console unreachable</title><h1>Console unreachable</h1><p>The overlay did not connect this identity to the console: %s.</p><p>Only administrators may dial it; check the identity given to <code>umbra ui --as</code>, and that the controller is running.</p>", html.EscapeString(err.Error()))
 		},
 	}
+	var local http.Handler = proxy
+	if cfg.Gateways != nil {
+		viewer := cfg.Viewer
+		pages, err := New(Config{Gateways: cfg.Gateways, Logger: cfg.Logger,
+			Viewer: func(*http.Request) (Viewer, error) { return viewer, nil }})
+		if err != nil {
+			return nil, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/", proxy)
+		h := pages.Handler()
+		for _, p := range []string{"/approvals", "/approvals/", "/usage"} {
+			mux.Handle(p, h)
+		}
+		local = mux
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !slices.Contains(allowed, r.Host) {
 			http.Error(w, fmt.Sprintf("Host %q is not this console bridge's address (%s): open http://%s/", r.Host, allowed[0], allowed[0]), http.StatusMisdirectedRequest)
 			return
 		}
-		proxy.ServeHTTP(w, r)
+		local.ServeHTTP(w, r)
 	}), nil
 }

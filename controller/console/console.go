@@ -36,6 +36,10 @@ var ErrNotFound = errors.New("console: not found")
 // organisation's administrator verifying the whole chain).
 var ErrForbidden = errors.New("console: forbidden")
 
+// ErrInvalid is what a Source answers for a request it cannot carry out as asked (a reason missing, an identity
+// that cannot suspend itself); its message says what to change.
+var ErrInvalid = errors.New("console: invalid request")
+
 // Viewer is the administrator a request comes from, as its SVID proved.
 type Viewer struct {
 	ID       string // SPIFFE ID
@@ -98,11 +102,28 @@ type Source interface {
 	Verify(ctx context.Context, v Viewer) (api.AuditReport, error)
 	// Export writes the audit stream as JSON lines, ending in a signed checkpoint.
 	Export(ctx context.Context, v Viewer, w io.Writer) error
+	// Posture is the findings, the drift since the baseline and the inventory of what v administers (as
+	// `umbra posture` and `umbra inventory`).
+	Posture(ctx context.Context, v Viewer) (PostureView, error)
+	// RecordBaseline records the inventory as the baseline later drift is measured against.
+	RecordBaseline(ctx context.Context, v Viewer) (api.BaselineResponse, error)
+	// Suspend suspends (or, with suspend false, resumes) the identity id: the kill switch, with a reason.
+	Suspend(ctx context.Context, v Viewer, id, reason string, suspend bool) (api.SuspendResponse, error)
+}
+
+// PostureView is the posture page's data.
+type PostureView struct {
+	Report    api.PostureReport
+	Inventory api.Inventory
 }
 
 // Config configures a Console.
 type Config struct {
+	// Source is the controller's state: the overview, sessions, live view, audit and posture pages.
 	Source Source
+	// Gateways, when set, serves the approvals and LLM usage pages (in the bridge, `umbra ui`, which reaches the
+	// gateways as the viewer). Without it those pages say where they are served.
+	Gateways Gateways
 	// Viewer names the administrator behind a request, from the SVID it presented; an error refuses the request
 	// (403) with the error's message.
 	Viewer func(*http.Request) (Viewer, error)
@@ -133,8 +154,8 @@ var staticFS embed.FS
 
 // New checks cfg and parses the templates.
 func New(cfg Config) (*Console, error) {
-	if cfg.Source == nil || cfg.Viewer == nil {
-		return nil, errors.New("console: Config needs a Source and a Viewer function")
+	if cfg.Source == nil && cfg.Gateways == nil || cfg.Viewer == nil {
+		return nil, errors.New("console: Config needs a Source or Gateways, and a Viewer function")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -150,7 +171,7 @@ func New(cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("console: csrf key: %w", err)
 	}
 	c := &Console{cfg: cfg, log: cfg.Logger, key: key, pages: map[string]*template.Template{}, live: map[string]int{}}
-	for _, p := range []string{"overview", "sessions", "session", "audit", "verify", "live", "later", "error"} {
+	for _, p := range []string{"overview", "sessions", "session", "audit", "verify", "live", "later", "error", "approvals", "usage", "posture"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", p, err)
@@ -165,17 +186,29 @@ func (c *Console) Handler() http.Handler {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(staticFS, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
-	mux.HandleFunc("GET /{$}", c.overview)
-	mux.HandleFunc("GET /sessions", c.sessions)
-	mux.HandleFunc("GET /sessions/{id}", c.session)
-	mux.HandleFunc("GET /audit", c.auditSearch)
-	mux.HandleFunc("POST /audit/verify", c.verify)
-	mux.HandleFunc("GET /audit/export", c.export)
-	mux.HandleFunc("GET /live", c.livePage)
-	mux.HandleFunc("GET /live/events", c.liveEvents)
-	mux.HandleFunc("GET /approvals", c.later("Approvals", "Held MCP calls and quarantined tool definitions live at the MCP gateway; the console does not reach the gateways yet. Until it does, use `umbra mcp approvals` against the gateway."))
-	mux.HandleFunc("GET /usage", c.later("LLM usage", "Usage per identity and model is kept by the LLM gateway; the console does not reach the gateways yet. Until it does, use `umbra llm usage`."))
-	mux.HandleFunc("GET /posture", c.later("Posture", "Inventory, drift and findings will show here once the posture library lands."))
+	if c.cfg.Source != nil {
+		mux.HandleFunc("GET /{$}", c.overview)
+		mux.HandleFunc("GET /sessions", c.sessions)
+		mux.HandleFunc("GET /sessions/{id}", c.session)
+		mux.HandleFunc("GET /audit", c.auditSearch)
+		mux.HandleFunc("POST /audit/verify", c.verify)
+		mux.HandleFunc("GET /audit/export", c.export)
+		mux.HandleFunc("GET /live", c.livePage)
+		mux.HandleFunc("GET /live/events", c.liveEvents)
+		mux.HandleFunc("GET /posture", c.posture)
+		mux.HandleFunc("POST /posture/baseline", c.baseline)
+		mux.HandleFunc("POST /posture/suspend", c.suspend(true))
+		mux.HandleFunc("POST /posture/resume", c.suspend(false))
+	}
+	if c.cfg.Gateways != nil {
+		mux.HandleFunc("GET /approvals", c.approvals)
+		mux.HandleFunc("POST /approvals/calls/{id}/{verb}", c.decideCall)
+		mux.HandleFunc("POST /approvals/versions/{verb}", c.decideVersion)
+		mux.HandleFunc("GET /usage", c.usage)
+	} else {
+		mux.HandleFunc("GET /approvals", c.later("Approvals", "Held MCP calls and quarantined definitions live at the MCP gateway, which this page reaches as you: open the console through `umbra ui`, whose bridge serves this page."))
+		mux.HandleFunc("GET /usage", c.later("LLM usage", "Usage and budgets are kept by the LLM gateway, which this page reaches as you: open the console through `umbra ui`, whose bridge serves this page."))
+	}
 	return c.guard(mux)
 }
 
@@ -281,6 +314,8 @@ func (c *Console) sourceFail(w http.ResponseWriter, r *http.Request, err error) 
 		c.fail(w, r, v, http.StatusNotFound, "not found (or not yours to see)")
 	case errors.Is(err, ErrForbidden):
 		c.fail(w, r, v, http.StatusForbidden, err.Error())
+	case errors.Is(err, ErrInvalid):
+		c.fail(w, r, v, http.StatusBadRequest, err.Error())
 	case r.Context().Err() != nil:
 	default:
 		b := make([]byte, 6)

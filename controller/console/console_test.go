@@ -27,8 +27,10 @@ import (
 // pages are tested against a real network in cmd/umbra (TestConsoleInBrowser). These tests check the console's
 // own rules: who may do what, CSRF, the bridge's Host check, the live stream.
 type memSource struct {
-	mu      sync.Mutex
-	records []audit.Record
+	mu        sync.Mutex
+	records   []audit.Record
+	suspended bool
+	reason    string
 }
 
 func (m *memSource) add(r audit.Record) {
@@ -71,6 +73,35 @@ func (m *memSource) Verify(_ context.Context, v Viewer) (api.AuditReport, error)
 func (m *memSource) Export(_ context.Context, _ Viewer, w io.Writer) error {
 	_, err := io.WriteString(w, "{}\n")
 	return err
+}
+
+func (m *memSource) Posture(context.Context, Viewer) (PostureView, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	state := "enrolled"
+	if m.suspended {
+		state = "suspended"
+	}
+	return PostureView{
+		Report: api.PostureReport{Scope: "platform", Findings: []api.Finding{{ID: "admin-without-mfa/acme", Check: "admin-without-mfa",
+			Severity: "high", Subject: "acme", Summary: "too many administrators", Evidence: "4 administrators", Fix: "revoke one"}}},
+		Inventory: api.Inventory{Identities: []api.InventoryIdentity{{SPIFFEID: "spiffe://umbra.local/acme/agent/quoter", State: state, Kind: "agent"}}},
+	}, nil
+}
+
+func (m *memSource) RecordBaseline(context.Context, Viewer) (api.BaselineResponse, error) {
+	return api.BaselineResponse{Scope: "platform", Items: 1}, nil
+}
+
+func (m *memSource) Suspend(_ context.Context, v Viewer, id, reason string, suspend bool) (api.SuspendResponse, error) {
+	if id == v.ID {
+		return api.SuspendResponse{}, fmt.Errorf("%w: an identity cannot suspend itself", ErrInvalid)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.suspended = suspend
+	m.reason = reason
+	return api.SuspendResponse{SPIFFEID: id, Suspended: suspend, SessionsClosed: 1}, nil
 }
 
 var (
@@ -220,7 +251,8 @@ func TestConsolePages(t *testing.T) {
 		{"/sessions/" + sid.String(), 404, []string{"not yours to see"}},
 		{"/sessions/nope", 400, []string{"is not a session ID"}},
 		{"/live", 200, []string{`data-cursor="1"`, "type_not_allowed: nope", "/static/live.js"}},
-		{"/approvals", 200, []string{"Not yet in the console"}},
+		{"/approvals", 200, []string{"Served by the console bridge", "umbra ui"}},
+		{"/posture", 200, []string{"high", "admin-without-mfa", "spiffe://umbra.local/acme/agent/quoter", `action="/posture/suspend"`}},
 		{"/static/console.css", 200, []string{"--bg"}},
 	} {
 		t.Run(tc.path, func(t *testing.T) {

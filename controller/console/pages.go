@@ -7,6 +7,7 @@ import (
 	"html/template"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +32,23 @@ var funcs = template.FuncMap{
 		return b.String()
 	},
 	"refused": func(r audit.Record) bool { return r.Decision == audit.DecisionDeny },
+	"until":   untilNow,
+	"sevs":    func() []string { return []string{"critical", "high", "medium", "low", "info"} },
+	"f":       func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) },
+	"usd":     func(v float64) string { return "$" + strconv.FormatFloat(v, 'f', 4, 64) },
+	"ratio":   func(used, limit any) float64 { return ratio(toFloat(used), toFloat(limit)) },
+}
+
+func toFloat(v any) float64 {
+	switch x := v.(type) {
+	case int64:
+		return float64(x)
+	case float64:
+		return x
+	case int:
+		return float64(x)
+	}
+	return 0
 }
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
