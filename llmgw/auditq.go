@@ -63,9 +63,17 @@ func (g *Gateway) auditWorker(ctx context.Context) {
 			g.auditMu.Lock()
 			g.auditOn = false
 			g.auditMu.Unlock()
+			// The drain is bounded: with the audit trail unreachable, a full queue must not hold the
+			// shutdown for one AuditTimeout per record.
+			deadline := time.Now().Add(g.cfg.AuditTimeout)
 			for {
 				select {
 				case q := <-g.audits:
+					if time.Now().After(deadline) {
+						g.metrics.auditFailures.Inc()
+						g.log.Error("llmgw: audit record lost: shutting down", "kind", q.r.Kind, "actor", q.r.Actor)
+						continue
+					}
 					g.appendLogged(q.ctx, q.r)
 				default:
 					return
