@@ -243,7 +243,7 @@ func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) error {
 	return nil
 }
 
-// finish writes the call's metrics and audit record.
+// finish writes the call's metrics and hands its audit record to record (auditq.go).
 func (g *Gateway) finish(ctx context.Context, c *call) {
 	if c.status == 0 {
 		c.status = http.StatusOK
@@ -327,7 +327,5 @@ func (g *Gateway) finish(ctx context.Context, c *call) {
 		}
 	}
 	rec.Data, _ = json.Marshal(data)
-	if err := g.appendAudit(ctx, rec); err != nil {
-		g.log.Error("llmgw: audit record lost", "request_id", c.id, "kind", rec.Kind, "err", err)
-	}
+	g.record(ctx, rec)
 }

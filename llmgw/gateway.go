@@ -23,6 +23,7 @@ import (
 	"github.com/umbra-mesh/umbra/llmgw/provider"
 	"github.com/umbra-mesh/umbra/llmgw/route"
 	"github.com/umbra-mesh/umbra/workgroups/authz"
+	"sync"
 )
 
 // Gateway is the LLM gateway. Build it with New, serve Handler, and run Run for health checks.
@@ -41,6 +42,10 @@ type Gateway struct {
 	identify func(*http.Request) (spiffeid.ID, error)
 	grant    *gatewayadmin.Authorizer
 	trace    tracing
+
+	audits  chan queuedRecord // outcome records for the worker (auditq.go)
+	auditMu sync.RWMutex      // guards auditOn against the worker stopping
+	auditOn bool              // Run's worker takes records from audits
 }
 
 // New checks cfg and builds a Gateway. With cfg.State set it opens the usage bucket.
@@ -58,7 +63,7 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify,
-		trace: newTracing(cfg.TracerProvider)}
+		trace: newTracing(cfg.TracerProvider), audits: make(chan queuedRecord, auditQueueLen)}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}

@@ -156,11 +156,16 @@ func (g *Gateway) markDown(m *model, ep *endpoint, cause error) {
 
 // Run probes every endpoint at its model's HealthInterval until ctx is cancelled. An endpoint that fails a
 // probe is tried last until a probe passes; a probe that passes also ends a cooldown after failed requests.
-// Run returns nil when ctx is cancelled. It first reports the gateway's models, budgets and guardrails to the
-// audit trail (api.KindGatewayReportLLM), for the controller's posture.
+// Run returns nil when ctx is cancelled, once the records queued by then are written. It first reports the
+// gateway's models, budgets and guardrails to the audit trail (api.KindGatewayReportLLM), for the controller's
+// posture. While Run runs, the records of how calls ended are written by a worker of its own instead of by the
+// handlers (auditq.go).
 func (g *Gateway) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { g.report(ctx) })
+	if g.cfg.Auditor != nil {
+		wg.Go(func() { g.auditWorker(ctx) })
+	}
 	for _, m := range g.models {
 		if m.HealthInterval <= 0 {
 			continue

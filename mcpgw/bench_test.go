@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"testing"
 	"time"
 
@@ -68,45 +70,63 @@ func calls(sessions []*mcp.ClientSession, name string) []func() error {
 	return ws
 }
 
-// BenchmarkCallLoad makes tools/call from 32 concurrent client sessions to the sample MCP server (streamable
-// HTTP on loopback), directly and through the gateway, with the server holding each call 1 ms (an upstream of
-// fixed latency) and with no delay (the gateway's own ceiling): delay=1ms/direct and delay=1ms/gateway side by
-// side give the throughput ratio.
+// BenchmarkCallLoad makes tools/call to the sample MCP server (streamable HTTP on loopback) directly and through
+// a plain HTTP reverse proxy and the gateway, side by side, in three cases: 32 concurrent client sessions with the server holding each call
+// 1 ms (an upstream of fixed latency: the throughput ratio), 32 sessions with no delay (the ceiling of the whole
+// process) and one session with no delay (the latency the gateway adds to one call). The overlay is not in the
+// path: the gateway's handler is served on loopback HTTP, so what the gateway adds is measured apart from the
+// overlay hop. The reverse proxy (net/http/httputil, no MCP awareness) is the floor for anything that terminates
+// HTTP in front of the server: a second hop's worth of HTTP work on the same cores.
 func BenchmarkCallLoad(b *testing.B) {
-	const clients = 32
-	for _, delay := range []time.Duration{time.Millisecond, 0} {
+	for _, c := range loadCases {
 		srv := sampletools.NewServer("sample")
-		sampletools.Delay(srv, delay)
+		sampletools.Delay(srv, c.delay)
 		ts := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil))
-		ts.Client().Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * clients
+		ts.Client().Transport.(*http.Transport).MaxIdleConnsPerHost = 2 * c.clients
 		backend := Backend{Name: "sample", Trusted: true, Connect: func(ctx context.Context) (mcp.Transport, error) {
 			return &mcp.StreamableClientTransport{Endpoint: ts.URL, HTTPClient: ts.Client(), MaxRetries: -1}, nil
 		}}
 		e := start(b, Config{Backends: []Backend{backend}, Policies: allowAcme,
-			Limits: Limits{CallsPerMinute: -1, Concurrent: 4 * clients}, Logger: slog.New(slog.DiscardHandler)})
-		name := "delay=" + delay.String()
-		b.Run(name+"/direct", func(b *testing.B) {
-			var sessions []*mcp.ClientSession
-			for range clients {
-				ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
-				cs, err := mcp.NewClient(&mcp.Implementation{Name: "bench"}, nil).Connect(ctx,
-					&mcp.StreamableClientTransport{Endpoint: ts.URL, HTTPClient: ts.Client(), MaxRetries: -1}, nil)
-				cancel()
-				if err != nil {
-					b.Fatal(err)
+			Limits: Limits{CallsPerMinute: -1, Concurrent: 4 * c.clients}, Logger: slog.New(slog.DiscardHandler)})
+		target, _ := url.Parse(ts.URL)
+		rp := httputil.NewSingleHostReverseProxy(target)
+		rp.Transport = &http.Transport{MaxIdleConnsPerHost: 2 * c.clients}
+		proxy := httptest.NewServer(rp)
+		for _, via := range []struct{ name, url string }{{"direct", ts.URL}, {"proxy", proxy.URL}} {
+			b.Run(c.name()+"/"+via.name, func(b *testing.B) {
+				var sessions []*mcp.ClientSession
+				for range c.clients {
+					ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+					cs, err := mcp.NewClient(&mcp.Implementation{Name: "bench"}, nil).Connect(ctx,
+						&mcp.StreamableClientTransport{Endpoint: via.url, HTTPClient: ts.Client(), MaxRetries: -1}, nil)
+					cancel()
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer cs.Close()
+					sessions = append(sessions, cs)
 				}
-				defer cs.Close()
-				sessions = append(sessions, cs)
-			}
-			loadbench.Run(b, "req", calls(sessions, "echo"))
-		})
-		b.Run(name+"/gateway", func(b *testing.B) {
+				loadbench.Run(b, "req", calls(sessions, "echo"))
+			})
+		}
+		b.Run(c.name()+"/gateway", func(b *testing.B) {
 			var sessions []*mcp.ClientSession
-			for range clients {
+			for range c.clients {
 				sessions = append(sessions, e.connect(b, alice).cs)
 			}
 			loadbench.Run(b, "req", calls(sessions, "sample__echo"))
 		})
+		proxy.Close()
 		ts.Close()
 	}
 }
+
+// loadCases are the cases of BenchmarkCallLoad.
+var loadCases = []loadCase{{time.Millisecond, 32}, {0, 32}, {0, 1}}
+
+type loadCase struct {
+	delay   time.Duration
+	clients int
+}
+
+func (c loadCase) name() string { return fmt.Sprintf("delay=%s/clients=%d", c.delay, c.clients) }

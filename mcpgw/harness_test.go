@@ -353,23 +353,23 @@ func httpClient(id string) *http.Client {
 
 // client records what the gateway sends a client session.
 type client struct {
-	cs          *mcp.ClientSession
-	toolsChange chan struct{}
-	mu          sync.Mutex
-	progress    []*mcp.ProgressNotificationParams
-	logs        []*mcp.LoggingMessageParams
+	cs              *mcp.ClientSession
+	toolsChange     chan struct{}
+	promptsChange   chan struct{}
+	resourcesChange chan struct{}
+	mu              sync.Mutex
+	progress        []*mcp.ProgressNotificationParams
+	logs            []*mcp.LoggingMessageParams
 }
 
 func (e *env) connect(t testing.TB, id string) *client {
 	t.Helper()
-	c := &client{toolsChange: make(chan struct{}, 16)}
+	c := &client{toolsChange: make(chan struct{}, 16), promptsChange: make(chan struct{}, 16),
+		resourcesChange: make(chan struct{}, 16)}
 	mc := mcp.NewClient(&mcp.Implementation{Name: "test-client", Version: "1"}, &mcp.ClientOptions{
-		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
-			select {
-			case c.toolsChange <- struct{}{}:
-			default:
-			}
-		},
+		ToolListChangedHandler:     func(context.Context, *mcp.ToolListChangedRequest) { signal(c.toolsChange) },
+		PromptListChangedHandler:   func(context.Context, *mcp.PromptListChangedRequest) { signal(c.promptsChange) },
+		ResourceListChangedHandler: func(context.Context, *mcp.ResourceListChangedRequest) { signal(c.resourcesChange) },
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			c.mu.Lock()
 			c.progress = append(c.progress, req.Params)
@@ -390,6 +390,25 @@ func (e *env) connect(t testing.TB, id string) *client {
 	t.Cleanup(func() { cs.Close() })
 	c.cs = cs
 	return c
+}
+
+// signal notes an event on ch without blocking the client's reader.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// drain forgets the events noted on ch so far.
+func drain(ch chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
 }
 
 func (c *client) toolNames(t *testing.T) []string {

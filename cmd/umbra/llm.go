@@ -192,12 +192,20 @@ func cmdLLMGateway(ctx context.Context, args []string, _ io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
-	errc := make(chan error, 2)
-	go func() { errc <- g.Run(ctx) }()
-	go func() { errc <- host.ServeListener(ctx, ln, g.Handler()) }()
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(runCtx) }()
+	served := make(chan error, 1)
+	go func() { served <- host.ServeListener(ctx, ln, g.Handler()) }()
 	fmt.Fprintf(stdout, "umbra llmgw ready: %d models as %s on overlay service %s (no listening socket)\n",
 		len(cfg.Models), host.Agent.ID(), fc.Service)
-	return <-errc
+	err = <-served
+	stopRun() // Run writes the audit records still queued before it returns, while the controller is reachable
+	if rerr := <-ran; err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // cmdLLMServe makes a private model server dark: it hosts an overlay service and forwards each request to the

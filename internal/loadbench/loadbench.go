@@ -1,6 +1,6 @@
-// Package loadbench runs a benchmark's calls from concurrent workers and reports throughput and latency
-// percentiles, the same way for every surface (the relay, the MCP gateway, the LLM gateway), so that their
-// figures in docs/benchmarks.md compare.
+// Package loadbench runs a benchmark's calls from concurrent workers and reports throughput, latency
+// percentiles and the process's CPU time per call, the same way for every surface (the relay, the MCP gateway,
+// the LLM gateway), so that their figures in docs/benchmarks.md compare.
 package loadbench
 
 import (
@@ -12,8 +12,11 @@ import (
 )
 
 // Run calls the workers, each from a goroutine of its own and one call at a time, until b.N calls are made in
-// all. It reports the aggregate rate as "<unit>/s" and the latency of a call at the 50th and 99th percentiles
-// ("p50-us", "p99-us"). The first failed call fails the benchmark once the others have stopped.
+// all. It reports the aggregate rate as "<unit>/s", the latency of a call at the 50th and 99th percentiles
+// ("p50-us", "p99-us") and the CPU time the whole process (clients, servers, everything in it) spent per call
+// ("cpu-us/<unit>", user plus system; omitted where the platform does not report it). Unlike the rate, CPU time
+// per call barely moves when other jobs compete for the machine, so it compares runs on a shared machine. The
+// first failed call fails the benchmark once the others have stopped.
 func Run(b *testing.B, unit string, workers []func() error) {
 	b.Helper()
 	if len(workers) == 0 {
@@ -27,6 +30,7 @@ func Run(b *testing.B, unit string, workers []func() error) {
 		wg   sync.WaitGroup
 	)
 	b.ResetTimer()
+	cpu0, cpuOK := processCPU()
 	start := time.Now()
 	for _, call := range workers {
 		wg.Add(1)
@@ -48,6 +52,7 @@ func Run(b *testing.B, unit string, workers []func() error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu1, _ := processCPU()
 	b.StopTimer()
 	if err, _ := fail.Load().(error); err != nil {
 		b.Fatal(err)
@@ -56,6 +61,9 @@ func Run(b *testing.B, unit string, workers []func() error) {
 	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), unit+"/s")
 	b.ReportMetric(Percentile(lat, 50), "p50-us")
 	b.ReportMetric(Percentile(lat, 99), "p99-us")
+	if cpuOK && len(lat) > 0 {
+		b.ReportMetric(float64(cpu1-cpu0)/float64(time.Microsecond)/float64(len(lat)), "cpu-us/"+unit)
+	}
 }
 
 // Same returns n workers that all make the same call.

@@ -56,3 +56,21 @@ func TestRunStopsOnFailure(t *testing.T) {
 		t.Fatalf("%d calls after the first failure", calls.Load())
 	}
 }
+
+// TestRunReportsCPU: calls that each burn about 200 µs of CPU are reported as costing CPU time per call.
+func TestRunReportsCPU(t *testing.T) {
+	res := testing.Benchmark(func(b *testing.B) {
+		loadbench.Run(b, "req", loadbench.Same(2, func() error {
+			for end := time.Now().Add(200 * time.Microsecond); time.Now().Before(end); {
+			}
+			return nil
+		}))
+	})
+	got, ok := res.Extra["cpu-us/req"]
+	if !ok {
+		t.Skip("the platform does not report CPU time")
+	}
+	if got < 50 {
+		t.Fatalf("cpu-us/req = %v for calls that burn about 200 µs each", got)
+	}
+}

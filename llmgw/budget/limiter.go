@@ -122,6 +122,8 @@ type Limiter struct {
 
 	mu       sync.Mutex
 	subjects map[string]*state
+
+	writes usageWrites // settles' additions to stored records, merged per record (writes.go)
 }
 
 // state is one subject's counters in memory. Minute windows live only here; day and month totals are loaded
@@ -139,7 +141,8 @@ type state struct {
 
 // NewLimiter returns a limiter keeping counters in store. Minutes, days and months are UTC.
 func NewLimiter(store Store) *Limiter {
-	return &Limiter{store: store, now: time.Now, subjects: map[string]*state{}}
+	return &Limiter{store: store, now: time.Now, subjects: map[string]*state{},
+		writes: usageWrites{pending: map[string]*usageWrite{}}}
 }
 
 func periods(t time.Time) (day, month string) {
@@ -390,7 +393,7 @@ func (l *Limiter) settle(ctx context.Context, r *Reservation, model string, used
 	var errs []error
 	for _, c := range r.claims {
 		for _, p := range []struct{ kind, period string }{{"d", day}, {"m", month}} {
-			rec, err := l.add(ctx, p.kind, p.period, c.Subject, model, used)
+			rec, err := l.addShared(ctx, p.kind, p.period, c.Subject, model, used)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -416,20 +419,20 @@ func maxCounts(a, b Counts) Counts {
 		OutputTokens: max(a.OutputTokens, b.OutputTokens), CostNanos: max(a.CostNanos, b.CostNanos)}
 }
 
-// add adds used to a stored record, retrying on conflicting writes.
-func (l *Limiter) add(ctx context.Context, kind, period, subject, model string, used Counts) (Record, error) {
+// add adds used, and per model the counts in models, to a stored record, retrying on conflicting writes.
+func (l *Limiter) add(ctx context.Context, kind, period, subject string, used Counts, models map[string]Counts) (Record, error) {
 	for attempt := 0; ; attempt++ {
 		rec, rev, err := l.load(ctx, kind, period, subject)
 		if err != nil {
 			return Record{}, err
 		}
 		rec.Counts.add(used)
-		if model != "" {
+		for model, n := range models {
 			if rec.Models == nil {
 				rec.Models = map[string]Counts{}
 			}
 			m := rec.Models[model]
-			m.add(used)
+			m.add(n)
 			rec.Models[model] = m
 		}
 		b, err := json.Marshal(rec)
