@@ -28,7 +28,10 @@ import (
 // a batch is on its way to the disk, so the batches grow with the load.
 
 const (
-	// maxCommitBatch and maxCommitBytes bound one batch; a larger envelope is published alone.
+	// maxCommitBatch and maxCommitBytes bound one batch; a larger envelope is published alone. Fewer than
+	// minCommitBatch envelopes ready at once are published each on its own (pipelined): JetStream stages an atomic
+	// batch of a one-replica stream in a file store of its own, which costs more than a few fsyncs.
+	minCommitBatch = 8
 	maxCommitBatch = 64
 	maxCommitBytes = 1 << 20
 	// commitTimeout bounds one publish (alone or a batch), whoever's context is waiting on it.
@@ -65,7 +68,9 @@ type committer struct {
 	queue      []*pendingPublish
 	committing bool
 
-	batches, batched uint64 // batches of more than one envelope published, and the envelopes in them (tests)
+	// batches and batched count the atomic batches stored and the envelopes in them, refused the batches
+	// JetStream refused as a whole (for tests).
+	batches, batched, refused uint64
 }
 
 // publish stores msg with the headers already set for its compare-and-set, and returns its stream sequence.
@@ -142,8 +147,8 @@ func (c *committer) handOn() {
 
 // publishBatch publishes batch and answers each of its publishes.
 func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
-	if len(batch) == 1 {
-		c.publishAlone(ctx, batch[0])
+	if len(batch) < minCommitBatch {
+		c.publishEach(ctx, batch)
 		return
 	}
 	last, err := c.atomic(ctx, batch)
@@ -158,12 +163,13 @@ func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
 		}
 	case errors.As(err, &apiErr):
 		// Refused as a whole, so none of it is stored: each learns its own answer alone.
+		c.refused++
 		for _, p := range batch {
 			for _, h := range []string{hdrBatchID, hdrBatchSeq, hdrBatchCommit} {
 				p.msg.Header.Del(h)
 			}
-			c.publishAlone(ctx, p)
 		}
+		c.publishEach(ctx, batch)
 	default:
 		for _, p := range batch {
 			p.done <- pubDone{err: fmt.Errorf("batch of %d envelopes: %w", len(batch), err)}
@@ -171,13 +177,30 @@ func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
 	}
 }
 
-func (c *committer) publishAlone(ctx context.Context, p *pendingPublish) {
-	ack, err := c.js.PublishMsg(ctx, p.msg, jetstream.WithMsgID(p.msgID))
-	if err != nil {
-		p.done <- pubDone{err: err}
-		return
+// publishEach publishes each of batch on its own, all at once, and answers each.
+func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
+	futures := make([]jetstream.PubAckFuture, len(batch))
+	for i, p := range batch {
+		f, err := c.js.PublishMsgAsync(p.msg, jetstream.WithMsgID(p.msgID))
+		if err != nil {
+			p.done <- pubDone{err: err}
+			continue
+		}
+		futures[i] = f
 	}
-	p.done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate}
+	for i, f := range futures {
+		if f == nil {
+			continue
+		}
+		select {
+		case ack := <-f.Ok():
+			batch[i].done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate}
+		case err := <-f.Err():
+			batch[i].done <- pubDone{err: err}
+		case <-ctx.Done():
+			batch[i].done <- pubDone{err: fmt.Errorf("no acknowledgement: %w", ctx.Err())}
+		}
+	}
 }
 
 // atomic sends batch as one atomic batch and returns the stream sequence of its last message. An error that is a

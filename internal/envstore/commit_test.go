@@ -74,7 +74,8 @@ func TestGroupCommitKeepsCountsExact(t *testing.T) {
 	}
 }
 
-// TestGroupCommitBatchRefused publishes a batch in which one envelope's compare-and-set fails: nothing of the batch
+// TestGroupCommitBatchRefused publishes a batch (large enough to be sent as one) in which one envelope's
+// compare-and-set fails: nothing of the batch
 // is stored by it, and each envelope is then answered alone, the others stored, the stale one refused.
 func TestGroupCommitBatchRefused(t *testing.T) {
 	ctx := testContext(t)
@@ -83,7 +84,7 @@ func TestGroupCommitBatchRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	var batch []*pendingPublish
-	for _, session := range []string{"a", "moved", "b"} {
+	for _, session := range []string{"a", "moved", "b", "c", "d", "e", "f", "g", "h"} {
 		msg := &nats.Msg{Subject: s.envelopeSubject(session, "id-"+session), Data: []byte("y"), Header: nats.Header{}}
 		msg.Header.Set(hdrID, "id-"+session)
 		msg.Header.Set(hdrCount, "1")
@@ -105,10 +106,10 @@ func TestGroupCommitBatchRefused(t *testing.T) {
 			t.Fatalf("envelope %d: %+v, want stored alone after the batch was refused", i, r)
 		}
 	}
-	if n := streamMsgs(t, s); n != before+2 {
-		t.Fatalf("the stream holds %d messages, want %d", n, before+2)
+	if n := streamMsgs(t, s); n != before+uint64(len(batch)-1) {
+		t.Fatalf("the stream holds %d messages, want %d", n, before+uint64(len(batch)-1))
 	}
-	if s.commit.batches != 0 {
-		t.Fatalf("%d batches counted as committed", s.commit.batches)
+	if s.commit.batches != 0 || s.commit.refused != 1 {
+		t.Fatalf("%d batches counted as committed, %d as refused; want 0 and 1", s.commit.batches, s.commit.refused)
 	}
 }

@@ -67,7 +67,9 @@
 //
 // # Durability
 //
-// Append returns only after JetStream acknowledged the write. Whether an acknowledged write survives power loss
+// Append returns only after JetStream acknowledged the write. Appends to different sessions that are ready at
+// the same moment are committed together, as one atomic batch (one fsync for all) when there are enough of them
+// (commit.go). Whether an acknowledged write survives power loss
 // is a server setting: run the server with SyncAlways (natsd.Config.SyncAlways) so that it fsyncs before it
 // acknowledges.
 package envstore
