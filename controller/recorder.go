@@ -174,7 +174,7 @@ func (r *envelopeRecorder) recordBatch(ctx context.Context, batch []envstore.Msg
 	if len(recs) == 0 {
 		return nil
 	}
-	stored, err := r.trail.AppendBatch(ctx, recs)
+	stored, err := r.trail.AppendRecords(ctx, recs)
 	if err != nil {
 		// The records may be stored even so: the next follow finds out from the trail before writing again.
 		return fmt.Errorf("audit records of envelopes up to %d: %w", last, err)

@@ -108,6 +108,27 @@ func (l *Log) AppendBatch(ctx context.Context, rs []Record) ([]Record, error) {
 	}
 }
 
+// AppendRecords appends rs in order, each linked to the one before, in the cheapest durable way the stream
+// allows: on a replicated stream as one atomic batch (AppendBatch: JetStream stages it in memory and stores it
+// with one sync), on a single-replica stream one record at a time, because there JetStream stages an atomic batch
+// in a file store created for it, which costs far more than an fsync per record (BenchmarkAppendBatch: about
+// 22 ms a batch of 1 to 64 records against 0.2 to 0.5 ms a record). One at a time, a failure part-way leaves the
+// records before it stored; the records returned are those stored, with the error.
+func (l *Log) AppendRecords(ctx context.Context, rs []Record) ([]Record, error) {
+	if l.replicas > 1 {
+		return l.AppendBatch(ctx, rs)
+	}
+	out := make([]Record, 0, len(rs))
+	for i, r := range rs {
+		stored, err := l.Append(ctx, r)
+		if err != nil {
+			return out, fmt.Errorf("audit: record %d of %d: %w", i+1, len(rs), err)
+		}
+		out = append(out, stored)
+	}
+	return out, nil
+}
+
 // publishBatch sends msgs as one atomic batch whose first message expects the stream's last sequence to be
 // lastSeq, and returns the stream sequence of the batch's last message.
 func (l *Log) publishBatch(ctx context.Context, msgs []*nats.Msg, lastSeq uint64) (uint64, error) {

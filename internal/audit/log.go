@@ -53,10 +53,11 @@ type Options struct {
 // Log appends to and reads the audit stream. It is safe for concurrent use; several Logs, in one
 // process or many, may append to the same stream and still form one chain.
 type Log struct {
-	js     jetstream.JetStream
-	stream jetstream.Stream
-	name   string
-	prefix string // subject prefix: the lower-cased stream name
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	name     string
+	prefix   string // subject prefix: the lower-cased stream name
+	replicas int
 
 	mu        sync.Mutex // serialises appends and guards the tail below
 	tailKnown bool
@@ -149,7 +150,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if err != nil {
 		return nil, fmt.Errorf("audit: stream %s: %w", name, err)
 	}
-	l := &Log{js: js, stream: stream, name: name, prefix: prefix, onStored: opts.Stored}
+	l := &Log{js: js, stream: stream, name: name, prefix: prefix, replicas: replicas, onStored: opts.Stored}
 	if err := l.loadTail(ctx); err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 func TestGroupCommitKeepsCountsExact(t *testing.T) {
 	ctx := testContext(t)
 	s := newStore(t, Options{})
+	s.commit.atomic = true // as on a replicated stream: the batch path is what is tested here
 	const sessions, writers, each, limit = 16, 2, 20, 30
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -80,6 +81,7 @@ func TestGroupCommitKeepsCountsExact(t *testing.T) {
 func TestGroupCommitBatchRefused(t *testing.T) {
 	ctx := testContext(t)
 	s := newStore(t, Options{})
+	s.commit.atomic = true
 	if _, err := s.Append(ctx, Envelope{ID: "first", Session: "moved", To: recipientA, Data: []byte("x")}, 0); err != nil {
 		t.Fatal(err)
 	}

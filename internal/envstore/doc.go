@@ -68,8 +68,8 @@
 // # Durability
 //
 // Append returns only after JetStream acknowledged the write. Appends to different sessions that are ready at
-// the same moment are committed together, as one atomic batch (one fsync for all) when there are enough of them
-// (commit.go). Whether an acknowledged write survives power loss
+// the same moment are published together: pipelined, or on a replicated stream as one atomic batch (one sync for
+// all) when there are enough of them (commit.go). Whether an acknowledged write survives power loss
 // is a server setting: run the server with SyncAlways (natsd.Config.SyncAlways) so that it fsyncs before it
 // acknowledges.
 package envstore
