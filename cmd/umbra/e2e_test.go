@@ -394,7 +394,8 @@ func TestRouterFailover(t *testing.T) {
 func TestCLIGovernance(t *testing.T) {
 	c := newCLI(t, 5*time.Minute)
 	args, _ := devArgs(t, "data")
-	c.start("umbra dev ready", args...)
+	// Ended sessions leave the session table soon, so that their envelopes can be archived below.
+	c.start("umbra dev ready", append(args, "--closed-session-retention", "30s")...)
 	admin := "data/admin.json"
 	write := func(name, content string) {
 		if err := os.WriteFile(filepath.Join(c.dir, name), []byte(content), 0o600); err != nil {
@@ -498,6 +499,8 @@ func TestCLIGovernance(t *testing.T) {
 			t.Fatalf("audit session lacks %q:\n%s", want, trail)
 		}
 	}
+	// Before the audit trail is archived below: the session's history must still be in the trail.
+	archiveEnvelopesThroughCLI(t, c, admin, acme, sid)
 	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "audit chain verified") {
 		t.Fatalf("verify: %s", out)
 	}
@@ -507,6 +510,51 @@ func TestCLIGovernance(t *testing.T) {
 	}
 	verifyExportOffline(t, c, acme, export)
 	archiveThroughCLI(t, c, admin, acme, export)
+}
+
+// archiveEnvelopesThroughCLI waits until the closed session sid has left the session table, exports its
+// envelopes, archives them, and checks that its audit still shows them and the archive.
+func archiveEnvelopesThroughCLI(t *testing.T, c *cli, admin, member, sid string) {
+	t.Helper()
+	if _, errs, err := c.run("", "envelopes", "export", "--as", member, "--out", filepath.Join(c.dir, "member.jsonl")); err == nil || !strings.Contains(errs, "platform administrator") {
+		t.Fatalf("a member exported envelopes: err=%v %s", err, errs)
+	}
+	file := filepath.Join(c.dir, "envelopes.jsonl")
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		out := c.must("", "envelopes", "export", "--as", admin, "--out", file)
+		if b, err := os.ReadFile(file); err == nil && strings.Contains(string(b), sid) {
+			if !strings.Contains(out, "exported 2 envelopes") {
+				t.Fatalf("export: %s", out)
+			}
+			break
+		}
+		if err := os.Remove(file); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session %s still not exported 90 s after it closed (retention 30 s): %s", sid, out)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if _, errs, err := c.run("", "envelopes", "export", "--as", admin, "--out", file); err == nil || !strings.Contains(errs, "already exists") {
+		t.Fatalf("export over an existing file: err=%v %s", err, errs)
+	}
+	if out := c.must("", "envelopes", "archive", "--as", admin, "--file", file); !strings.Contains(out, "archived 2 envelopes") {
+		t.Fatalf("archive: %s", out)
+	}
+	if out := c.must("", "envelopes", "archive", "--as", admin, "--file", file); !strings.Contains(out, "removal is now complete") {
+		t.Fatalf("archive again: %s", out)
+	}
+	trail := c.must("", "audit", "session", "--as", member, sid)
+	for _, want := range []string{"envelopes.archived", `"type": "quote.response"`, `"type": "quote.request"`} {
+		if !strings.Contains(trail, want) {
+			t.Fatalf("audit session after the archive lacks %q:\n%s", want, trail)
+		}
+	}
+	if out := c.must("", "audit", "verify", "--as", admin); !strings.Contains(out, "audit chain verified") {
+		t.Fatalf("verify after the envelope archive: %s", out)
+	}
 }
 
 // archiveThroughCLI archives the trail through the checkpoint a verified export printed, then verifies the trail
