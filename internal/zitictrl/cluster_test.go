@@ -3,6 +3,7 @@ package zitictrl
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -168,6 +170,33 @@ func (n *clusterNode) members(client *http.Client) ([]ClusterMember, error) {
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
+// capabilities reads the capabilities the member's public client API advertises to SDKs.
+func (n *clusterNode) capabilities(client *http.Client) ([]string, error) {
+	caPEM, err := os.ReadFile(filepath.Join(n.spec.Dir, "pki", "ca.cert"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	c := &http.Client{Timeout: client.Timeout, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(fmt.Sprintf("https://127.0.0.1:%d/edge/client/v1/version", n.spec.APIPort))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Data struct {
+			Capabilities []string `json:"capabilities"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return nil, fmt.Errorf("version document: %w", err)
+	}
+	return v.Data.Capabilities, nil
+}
+
 func (n *clusterNode) mgmt(t *testing.T) *Mgmt {
 	t.Helper()
 	secret, err := os.ReadFile(filepath.Join(n.spec.Dir, "admin.secret"))
@@ -279,6 +308,20 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 		t.Fatalf("no agreed leader among three connected voters: %v", err)
 	}
 	t.Logf("leader: c%d", leader+1)
+
+	limit.Step("read each member's version document")
+	for i, n := range nodes {
+		caps, err := n.capabilities(client)
+		if err != nil {
+			t.Fatalf("c%d: %v", i+1, err)
+		}
+		// HA_CONTROLLER: the member runs raft; OIDC_AUTH: SDKs get JWT sessions good at every member.
+		for _, want := range []string{"HA_CONTROLLER", "OIDC_AUTH"} {
+			if !slices.Contains(caps, want) {
+				t.Errorf("c%d advertises %v, want %s among them", i+1, caps, want)
+			}
+		}
+	}
 
 	mgmts := make([]*Mgmt, 3)
 	for i, n := range nodes {
