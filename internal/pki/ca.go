@@ -141,12 +141,18 @@ func (ca *CA) CertPEM() []byte {
 // both server and client authentication. Its subject CN is the first DNS name,
 // or "umbra" when there is none.
 func (ca *CA) IssueServer(pub crypto.PublicKey, dnsNames []string, ips []net.IP, uris []*url.URL, ttl time.Duration, now time.Time) (*x509.Certificate, error) {
-	if err := checkPublicKey(pub); err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
-	}
 	cn := "umbra"
 	if len(dnsNames) > 0 {
 		cn = dnsNames[0]
+	}
+	return ca.IssueServerCN(pub, cn, dnsNames, ips, uris, ttl, now)
+}
+
+// IssueServerCN is IssueServer with the subject CN given: an OpenZiti controller in a cluster must carry its
+// cluster member id both as its CN and in its spiffe://TD/controller/ID URI SAN.
+func (ca *CA) IssueServerCN(pub crypto.PublicKey, cn string, dnsNames []string, ips []net.IP, uris []*url.URL, ttl time.Duration, now time.Time) (*x509.Certificate, error) {
+	if err := checkPublicKey(pub); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: cn},

@@ -144,16 +144,25 @@ func TestIssueServer(t *testing.T) {
 		dns    []string
 		ips    []net.IP
 		uris   []*url.URL
+		cn     string // given to IssueServerCN; empty: IssueServer
 		wantCN string
 		verify string // host name to verify, empty: skip
 	}{
-		{"DNS names", []string{"controller.umbra.test", "ctl.umbra.test"}, nil, nil, "controller.umbra.test", "ctl.umbra.test"},
-		{"IP only", nil, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}, nil, "umbra", "127.0.0.1"},
-		{"URI", nil, nil, []*url.URL{mustURL(t, "spiffe://example.org/umbra/controller")}, "umbra", ""},
+		{"DNS names", []string{"controller.umbra.test", "ctl.umbra.test"}, nil, nil, "", "controller.umbra.test", "ctl.umbra.test"},
+		{"IP only", nil, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}, nil, "", "umbra", "127.0.0.1"},
+		{"URI", nil, nil, []*url.URL{mustURL(t, "spiffe://example.org/umbra/controller")}, "", "umbra", ""},
+		{"CN given", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")},
+			[]*url.URL{mustURL(t, "spiffe://overlay.example.org/controller/a1b2c3")}, "a1b2c3", "a1b2c3", "localhost"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cert, err := ca.IssueServer(key.Public(), tt.dns, tt.ips, tt.uris, time.Hour, t0)
+			issue := ca.IssueServer
+			if tt.cn != "" {
+				issue = func(pub crypto.PublicKey, dns []string, ips []net.IP, uris []*url.URL, ttl time.Duration, now time.Time) (*x509.Certificate, error) {
+					return ca.IssueServerCN(pub, tt.cn, dns, ips, uris, ttl, now)
+				}
+			}
+			cert, err := issue(key.Public(), tt.dns, tt.ips, tt.uris, time.Hour, t0)
 			if err != nil {
 				t.Fatalf("IssueServer: %v", err)
 			}

@@ -49,6 +49,9 @@ type Config struct {
 	MgmtPort int
 	// TrustDomain names the overlay's own trust domain (distinct from the workloads' SPIFFE trust domain).
 	TrustDomain spiffeid.TrustDomain
+	// Cluster, when set, makes this controller a member of an OpenZiti controller cluster (raft) instead of a
+	// lone controller on its own bbolt database. docs/cluster.md explains the topology.
+	Cluster *Cluster
 }
 
 // Controller is a running embedded OpenZiti controller.
@@ -88,6 +91,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		}
 		cfg.MgmtPort = port
 	}
+	if err := checkJoinable(cfg); err != nil {
+		return nil, err
+	}
 	ca, err := ensurePKI(cfg)
 	if err != nil {
 		return nil, err
@@ -125,7 +131,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		edge.Shutdown()
 		return nil, fmt.Errorf("zitictrl: read default admin: %w", err)
 	}
-	if admin == nil {
+	joining := cfg.Cluster != nil && cfg.Cluster.Join != ""
+	// A member that joins gets the administrator (and everything else) from the cluster; initialising one here
+	// would bootstrap a cluster of its own.
+	if admin == nil && !joining {
+		// In a cluster this also bootstraps raft with this controller as its only voter
+		// (IdentityManager.InitializeDefaultAdmin calls the dispatcher's Bootstrap).
 		if err := edge.AppEnv.Managers.Identity.InitializeDefaultAdmin(adminUser, password, "Umbra controller"); err != nil {
 			edge.Shutdown()
 			return nil, fmt.Errorf("zitictrl: initialise admin: %w", err)
@@ -139,6 +150,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}()
 	c := &Controller{cfg: cfg, log: log, edge: edge, fabric: fabric, ca: ca, pool: x509.NewCertPool()}
 	c.pool.AddCert(ca.Cert)
+	if joining {
+		if err := c.join(ctx, cfg.Cluster.Join); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
 	if err := c.waitReady(ctx); err != nil {
 		c.Stop()
 		return nil, err
@@ -234,7 +251,16 @@ func ensurePKI(cfg Config) (*pki.CA, error) {
 		if err != nil {
 			return nil, fmt.Errorf("zitictrl: %w", err)
 		}
+		if cfg.Cluster != nil {
+			if err := ensureMemberCert(cfg, ca); err != nil {
+				return nil, err
+			}
+		}
 		return ca, nil
+	}
+	if cfg.Cluster != nil && cfg.Cluster.Join != "" {
+		return nil, fmt.Errorf("zitictrl: %s has no overlay CA; a controller joins a cluster with the cluster's CA and "+
+			"admin secret: copy them from a member's overlay directory first (zitictrl.CopyClusterSecrets)", cfg.Dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("zitictrl: %w", err)
@@ -244,9 +270,29 @@ func ensurePKI(cfg Config) (*pki.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: %w", err)
 	}
+	id := randomHex(6)
+	cn := "" // a lone controller keeps IssueServer's CN; a cluster member's CN is its member id
+	if cfg.Cluster != nil {
+		cn = id
+	}
+	if err := issueControllerCert(cfg, ca, id, cn); err != nil {
+		return nil, err
+	}
+	// The CA files go last: their presence marks the PKI as complete.
+	if err := ca.Save(caCert, caKey); err != nil {
+		return nil, fmt.Errorf("zitictrl: %w", err)
+	}
+	return ca, nil
+}
+
+// issueControllerCert writes a new key and certificate for the controller, with spiffe://TD/controller/ID as
+// its URI SAN and cn as its subject CN (IssueServer's default when empty).
+func issueControllerCert(cfg Config, ca *pki.CA, id, cn string) error {
+	dir := filepath.Join(cfg.Dir, "pki")
+	now := time.Now()
 	key, err := pki.NewKey()
 	if err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
 	dns := []string{"localhost"}
 	ips := []net.IP{net.ParseIP("127.0.0.1")}
@@ -263,29 +309,30 @@ func ensurePKI(cfg Config) (*pki.CA, error) {
 	if td.IsZero() {
 		td = spiffeid.RequireTrustDomainFromString("overlay.umbra")
 	}
-	uri, err := url.Parse(fmt.Sprintf("spiffe://%s/controller/%s", td.Name(), randomHex(6)))
+	uri, err := url.Parse(fmt.Sprintf("spiffe://%s/controller/%s", td.Name(), id))
 	if err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
-	leaf, err := ca.IssueServer(key.Public(), dns, ips, []*url.URL{uri}, 10*365*24*time.Hour, now)
+	var leaf *x509.Certificate
+	if cn == "" {
+		leaf, err = ca.IssueServer(key.Public(), dns, ips, []*url.URL{uri}, 10*365*24*time.Hour, now)
+	} else {
+		leaf, err = ca.IssueServerCN(key.Public(), cn, dns, ips, []*url.URL{uri}, 10*365*24*time.Hour, now)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
 	keyPEM, err := pki.EncodeECKeyPEM(key)
 	if err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "ctrl.key"), keyPEM, 0o600); err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "ctrl.chain.pem"), pki.EncodeCertsPEM(leaf, ca.Cert), 0o644); err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
+		return fmt.Errorf("zitictrl: %w", err)
 	}
-	// The CA files go last: their presence marks the PKI as complete.
-	if err := ca.Save(caCert, caKey); err != nil {
-		return nil, fmt.Errorf("zitictrl: %w", err)
-	}
-	return ca, nil
+	return nil
 }
 
 func ensureSecret(path string) (string, error) {
@@ -308,14 +355,23 @@ func randomHex(n int) string {
 }
 
 var configTemplate = template.Must(template.New("ctrl").Parse(`v: 3
-db: "{{.Dir}}/ctrl.db"
-identity:
+{{if .DB}}db: "{{.Dir}}/ctrl.db"
+{{end}}{{if .Cluster}}cluster:
+  dataDir: "{{.Dir}}/raft"
+  heartbeatTimeout: 2s
+  electionTimeout: 2s
+  leaderLeaseTimeout: 2s
+{{end}}identity:
   cert: "{{.Dir}}/pki/ctrl.chain.pem"
   server_cert: "{{.Dir}}/pki/ctrl.chain.pem"
   key: "{{.Dir}}/pki/ctrl.key"
   ca: "{{.Dir}}/pki/ca.cert"
 ctrl:
   listener: tls:{{.Bind}}:{{.CtrlPort}}
+{{- if .Cluster}}
+  options:
+    advertiseAddress: tls:{{.Advertise}}:{{.CtrlPort}}
+{{- end}}
 healthChecks:
   boltCheck:
     interval: 30s
@@ -342,6 +398,9 @@ web:
       minTLSVersion: TLS1.2
     apis:
       - binding: edge-client
+{{- if .Cluster}}
+      - binding: edge-oidc
+{{- end}}
   - name: overlay-management
     bindPoints:
       - interface: 127.0.0.1:{{.MgmtPort}}
@@ -400,6 +459,7 @@ func writeConfig(cfg Config) (string, error) {
 	err = configTemplate.Execute(f, map[string]any{
 		"Dir": dir, "Bind": cfg.BindHost, "Advertise": cfg.AdvertiseHost,
 		"CtrlPort": cfg.CtrlPort, "APIPort": cfg.APIPort, "MgmtPort": cfg.MgmtPort,
+		"Cluster": cfg.Cluster != nil, "DB": cfg.Cluster == nil || migrateIntoCluster(cfg, dir),
 	})
 	if cerr := f.Close(); err == nil {
 		err = cerr
