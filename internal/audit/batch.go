@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -13,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsbatch"
 )
 
 // MaxBatch is the most records AppendBatch takes at once.
@@ -132,41 +132,6 @@ func (l *Log) AppendRecords(ctx context.Context, rs []Record) ([]Record, error) 
 // publishBatch sends msgs as one atomic batch whose first message expects the stream's last sequence to be
 // lastSeq, and returns the stream sequence of the batch's last message.
 func (l *Log) publishBatch(ctx context.Context, msgs []*nats.Msg, lastSeq uint64) (uint64, error) {
-	nc := l.js.Conn()
-	id := fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64())
-	for i, m := range msgs {
-		m.Header.Set(hdrBatchID, id)
-		m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
-		if i == 0 {
-			m.Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(lastSeq, 10))
-		}
-		if i < len(msgs)-1 {
-			if err := nc.PublishMsg(m); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		m.Header.Set(hdrBatchCommit, "1")
-		resp, err := nc.RequestMsgWithContext(ctx, m)
-		if err != nil {
-			return 0, err
-		}
-		var ack struct {
-			Stream string              `json:"stream"`
-			Seq    uint64              `json:"seq"`
-			Count  int                 `json:"count"`
-			Error  *jetstream.APIError `json:"error"`
-		}
-		if err := json.Unmarshal(resp.Data, &ack); err != nil {
-			return 0, fmt.Errorf("batch acknowledgement: %w", err)
-		}
-		switch {
-		case ack.Error != nil:
-			return 0, ack.Error
-		case ack.Stream != l.name || ack.Count != len(msgs) || ack.Seq < uint64(len(msgs)):
-			return 0, errors.New("batch acknowledgement does not match the batch")
-		}
-		return ack.Seq, nil
-	}
-	return 0, errors.New("empty batch")
+	msgs[0].Header.Set(jetstream.ExpectedLastSeqHeader, strconv.FormatUint(lastSeq, 10))
+	return jsbatch.Publish(ctx, l.js.Conn(), l.name, msgs)
 }

@@ -2,16 +2,15 @@ package envstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsbatch"
 )
 
 // Group commit: appends to different sessions that are ready at the same moment are published together, as one
@@ -38,14 +37,6 @@ const (
 	commitTimeout = 10 * time.Second
 )
 
-// Headers of JetStream's atomic batch publish: every message of a batch names it and its place in it, and the
-// last one commits it.
-const (
-	hdrBatchID     = "Nats-Batch-Id"
-	hdrBatchSeq    = "Nats-Batch-Sequence"
-	hdrBatchCommit = "Nats-Batch-Commit"
-)
-
 // pendingPublish is one append waiting to be published.
 type pendingPublish struct {
 	msg   *nats.Msg
@@ -62,7 +53,8 @@ type pubDone struct {
 
 // committer queues publishes and commits them in batches.
 type committer struct {
-	js jetstream.JetStream
+	js     jetstream.JetStream
+	stream string
 	// atomic enables atomic batches; off for a single-replica stream, where JetStream stages each batch in a file
 	// store created for it (far slower than the fsyncs it saves: audit.BenchmarkAppendBatch), so that publishes
 	// are only pipelined.
@@ -169,9 +161,7 @@ func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
 		// Refused as a whole, so none of it is stored: each learns its own answer alone.
 		c.refused++
 		for _, p := range batch {
-			for _, h := range []string{hdrBatchID, hdrBatchSeq, hdrBatchCommit} {
-				p.msg.Header.Del(h)
-			}
+			jsbatch.Strip(p.msg)
 		}
 		c.publishEach(ctx, batch)
 	default:
@@ -207,41 +197,12 @@ func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
 	}
 }
 
-// publishAtomic sends batch as one atomic batch and returns the stream sequence of its last message. An error that is a
-// *jetstream.APIError is JetStream's refusal of the whole batch: nothing of it is stored.
+// publishAtomic sends batch as one atomic batch and returns the stream sequence of its last message. An error
+// that is a *jetstream.APIError is JetStream's refusal of the whole batch: nothing of it is stored.
 func (c *committer) publishAtomic(ctx context.Context, batch []*pendingPublish) (uint64, error) {
-	nc := c.js.Conn()
-	id := fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64())
+	msgs := make([]*nats.Msg, len(batch))
 	for i, p := range batch {
-		m := p.msg
-		m.Header.Set(hdrBatchID, id)
-		m.Header.Set(hdrBatchSeq, strconv.Itoa(i+1))
-		if i < len(batch)-1 {
-			if err := nc.PublishMsg(m); err != nil {
-				return 0, err
-			}
-			continue
-		}
-		m.Header.Set(hdrBatchCommit, "1")
-		resp, err := nc.RequestMsgWithContext(ctx, m)
-		if err != nil {
-			return 0, err
-		}
-		var ack struct {
-			Seq   uint64              `json:"seq"`
-			Count int                 `json:"count"`
-			Error *jetstream.APIError `json:"error"`
-		}
-		if err := json.Unmarshal(resp.Data, &ack); err != nil {
-			return 0, fmt.Errorf("batch acknowledgement: %w", err)
-		}
-		switch {
-		case ack.Error != nil:
-			return 0, ack.Error
-		case ack.Count != len(batch) || ack.Seq < uint64(len(batch)):
-			return 0, fmt.Errorf("batch acknowledgement for %d messages at %d does not match a batch of %d", ack.Count, ack.Seq, len(batch))
-		}
-		return ack.Seq, nil
+		msgs[i] = p.msg
 	}
-	return 0, errors.New("empty batch")
+	return jsbatch.Publish(ctx, c.js.Conn(), c.stream, msgs)
 }
