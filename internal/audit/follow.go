@@ -1,0 +1,52 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Follow calls fn for every record after sequence after, in stream order, as the records are stored, until ctx
+// ends (it then returns ctx's error) or fn or the reading fails. With after 0 and since set, it starts at the
+// first record stored at or after since instead; with both zero, at the beginning. Each record is checked on
+// its own, as Scan checks it; a record that does not check stops the follow with an error wrapping ErrBroken.
+func (l *Log) Follow(ctx context.Context, after uint64, since time.Time, fn func(Record) error) error {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: 15 * time.Second}
+	switch {
+	case after > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+	case !since.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	cons, err := l.stream.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("audit: follow stream: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("audit: follow stream: %w", err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("audit: follow stream: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("audit: follow stream: %w", err)
+		}
+		r, err := l.check(meta.Sequence.Stream, msg.Subject(), msg.Data())
+		if err != nil {
+			return err
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+}
