@@ -428,6 +428,21 @@ func (c *Controller) Posture(ctx context.Context, query url.Values) (api.Posture
 	return out, nil
 }
 
+// Alerts returns anomaly alerts, oldest first (administrators only; an organisation administrator gets its
+// organisation's): with after 0 the latest ones, otherwise those after the cursor an earlier answer gave, waiting
+// up to wait (the controller caps it at 20 s) for one to come.
+func (c *Controller) Alerts(ctx context.Context, after uint64, wait time.Duration) (api.Alerts, error) {
+	var out api.Alerts
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	if err := c.get(ctx, api.PathAlerts+"?"+q.Encode(), &out); err != nil {
+		return out, fmt.Errorf("agentsdk: alerts: %w", err)
+	}
+	return out, nil
+}
+
 // RecordBaseline records the current inventory as the baseline later posture reports compare with
 // (administrators only; an organisation administrator records its organisation's).
 func (c *Controller) RecordBaseline(ctx context.Context) (api.BaselineResponse, error) {

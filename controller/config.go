@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/umbra-mesh/umbra/controller/anomaly"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
 )
@@ -113,11 +115,24 @@ type Config struct {
 	// TracerProvider traces the relay: one span per envelope, joined to the sender's trace (docs/tracing.md).
 	// Default: no tracing.
 	TracerProvider trace.TracerProvider
+	// Anomaly sets the thresholds of the anomaly detector and the policy of automatic suspension
+	// (docs/posture.md, "Anomalies"). Its zero value selects the defaults of package anomaly, with automatic
+	// suspension off.
+	Anomaly anomaly.Config
+	// AnomalyOff turns the anomaly detector off: no baselines, no alerts. Default false.
+	AnomalyOff bool
+	// AlertWebhook, if set (an http or https URL), receives every anomaly alert as a signed JSON POST, queued
+	// and retried a few times off the detector's path. Default: none.
+	AlertWebhook string
+	// AlertWebhookSecret signs the webhook's bodies with HMAC-SHA256. Default empty: they are signed with the
+	// controller's audit checkpoint key (Ed25519), whose public half `umbra audit key` prints.
+	AlertWebhookSecret string
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() (Config, error) {
+	var err error
 	if c.DataDir == "" {
 		return c, errors.New("controller: DataDir is required")
 	}
@@ -204,6 +219,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.EnvelopeMaxBytes < 0 {
 		return c, fmt.Errorf("controller: EnvelopeMaxBytes %d is negative; give a size in bytes (default %d)", c.EnvelopeMaxBytes, int64(envstore.DefaultMaxBytes))
+	}
+	if c.Anomaly, err = c.Anomaly.WithDefaults(); err != nil {
+		return c, fmt.Errorf("controller: %w", err)
+	}
+	if c.AlertWebhook != "" {
+		if u, err := url.Parse(c.AlertWebhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, fmt.Errorf("controller: alert webhook %q is not an http or https URL", c.AlertWebhook)
+		}
 	}
 	if err := checkMetricsListen(c.MetricsListen, c.MetricsAllowRemote); err != nil {
 		return c, err

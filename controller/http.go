@@ -131,6 +131,7 @@ func (s *Server) apiHandler() http.Handler {
 	s.lifecycleRoutes(mux)
 	s.suspendRoutes(mux)
 	s.postureRoutes(mux)
+	mux.HandleFunc("GET "+api.PathAlerts, s.serveAlerts)
 	s.governanceRoutes(mux)
 	s.gatewayRoutes(mux)
 	s.envelopeArchiveRoutes(mux)

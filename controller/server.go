@@ -50,6 +50,7 @@ type Server struct {
 	revoked    *revocationFeed
 	gov        *governance
 	events     *sessionEvents // the session event feed (events.go)
+	alerts     *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
 	zc         *zitictrl.Controller
 	authPolicy string
 	self       *agentsdk.Agent
@@ -195,6 +196,9 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.gov.wgCache.run(ctx) })
 	s.events = newSessionEvents(s.gov.sessions, s.gov.sessionStream, s.log)
 	s.tasks.spawn(func() { s.events.run(ctx) })
+	if s.alerts, err = s.newAlerts(ctx); err != nil {
+		return err
+	}
 	if err := s.startMetrics(ctx, js); err != nil {
 		return err
 	}
@@ -227,6 +231,8 @@ func (s *Server) start(ctx context.Context) error {
 			s.log.Error("revocation feed stopped", "err", err)
 		}
 	})
+	// Last: an automatic suspension needs the overlay.
+	s.startAlerts(ctx)
 	return nil
 }
 

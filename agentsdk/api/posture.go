@@ -202,3 +202,32 @@ type BaselineResponse struct {
 	RecordedAt time.Time `json:"recorded_at"`
 	Items      int       `json:"items"`
 }
+
+// PathAlerts answers the anomaly alerts: GET ?after=<cursor>[&wait=<duration>][&limit=<n>]. With after 0 it
+// answers the latest alerts (limit, default 100); otherwise those after the cursor, waiting up to wait (at most
+// 20 s) for one to come. An organisation administrator is answered its organisation's alerts only.
+const PathAlerts = "/v1/posture/alerts"
+
+// Alert is an anomaly alert: an identity deviated from the baseline the controller learned from the audit trail
+// (docs/posture.md, "Anomalies").
+type Alert struct {
+	Cursor    uint64    `json:"cursor,omitempty"` // the audit sequence of its anomaly.alert record
+	Time      time.Time `json:"time"`             // the time of the record that raised it
+	SPIFFEID  string    `json:"spiffe_id"`
+	Org       string    `json:"org"`
+	Rule      string    `json:"rule"` // rate, refusals, new_peer, new_message_type, new_tool, new_model, auto_suspend
+	Severity  string    `json:"severity"`
+	Observed  float64   `json:"observed"`          // records or refusals in the window; 1 for something new
+	Baseline  float64   `json:"baseline"`          // the usual number per window
+	Threshold float64   `json:"threshold"`         // where the rule alerts
+	Item      string    `json:"item,omitempty"`    // the new peer, message type, tool or model
+	Suspend   bool      `json:"suspend,omitempty"` // the automatic suspension policy suspends the identity
+	Message   string    `json:"message"`           // one line for a human
+	Window    string    `json:"window,omitempty"`  // the window the rule counts over
+}
+
+// Alerts is an answer of PathAlerts, oldest first. Cursor is what to pass as after for the next ones.
+type Alerts struct {
+	Cursor uint64  `json:"cursor"`
+	Alerts []Alert `json:"alerts"`
+}
