@@ -60,7 +60,26 @@ func controllerFlags(f *flags) *controller.Config {
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics, a loopback address unless --metrics-allow-remote (default: none)")
 	f.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics-listen be an address other hosts can reach; anyone who reaches it reads the metrics")
+	anomalyFlags(f, cfg)
 	return cfg
+}
+
+// anomalyFlags registers the anomaly detector's thresholds, the automatic suspension policy and the alert
+// webhook (docs/posture.md, "Anomalies").
+func anomalyFlags(f *flags, cfg *controller.Config) {
+	a := &cfg.Anomaly
+	f.BoolVar(&cfg.AnomalyOff, "anomaly-off", false, "turn the anomaly detector off: no baselines, no alerts")
+	f.DurationVar(&a.Window, "anomaly-window", 0, "period rates and refusals are counted over (default 1m)")
+	f.DurationVar(&a.Learn, "anomaly-learn", 0, "how long an identity's behaviour is learned before rate and novelty alerts (default 10m)")
+	f.IntVar(&a.LearnRecords, "anomaly-learn-records", 0, "how many of an identity's records are learned, at the least, before rate and novelty alerts (default 100)")
+	f.Float64Var(&a.RateFactor, "anomaly-rate-factor", 0, "alert when an identity's records or refusals in a window reach this many times its usual (default 10)")
+	f.IntVar(&a.MinRate, "anomaly-min-rate", 0, "fewest records in a window that raise a rate alert; -1: no rate alerts (default 60)")
+	f.IntVar(&a.MinRefusals, "anomaly-min-refusals", 0, "fewest refusals in a window that raise a refusals alert; -1: no refusal alerts (default 10)")
+	f.BoolVar(&a.IgnoreNew, "anomaly-ignore-new", false, "no alerts on a new peer, message type, tool or model")
+	f.IntVar(&a.AutoSuspendRefusals, "auto-suspend-refusals", 0, "suspend an identity refused this many times within --auto-suspend-window (default 0: never)")
+	f.DurationVar(&a.AutoSuspendWindow, "auto-suspend-window", 0, "the period --auto-suspend-refusals are counted over (default 1m)")
+	f.StringVar(&cfg.AlertWebhook, "alert-webhook", "", "POST every anomaly alert, signed, to this http(s) URL (default: none)")
+	f.StringVar(&cfg.AlertWebhookSecret, "alert-webhook-secret", "", "sign webhook bodies with HMAC-SHA256 and this secret (default: Ed25519 with the controller's audit key)")
 }
 
 // otlpFlag registers --otlp-endpoint.

@@ -35,6 +35,7 @@ Usage:
   umbra inventory --as ADMIN.json [--json]          identities, services, workgroups, advertisements
   umbra posture   --as ADMIN.json [--json] [--fail-on SEVERITY]   findings and drift; exit 1 at or above SEVERITY
   umbra posture baseline --as ADMIN.json            records the baseline later posture runs compare with
+  umbra alerts    --as ADMIN.json [--follow] [--json]   anomaly alerts, and with --follow the new ones as they come
   umbra admin rotate --as ADMIN.json [--out FILE]   new platform administrator; the old one is revoked
   umbra enroll     --token FILE --out FILE
   umbra whoami     --as ID.json
@@ -123,6 +124,7 @@ func commands() map[string]command {
 		"demo":       cmdDemo,
 		"inventory":  cmdInventory,
 		"posture":    cmdPosture,
+		"alerts":     cmdAlerts,
 		"ui":         cmdUI,
 	}
 }
