@@ -58,12 +58,15 @@ type identity struct {
 	refusals    int       // refusals in the current window
 	rateAlerted bool      // the current window raised its rate alert
 	refAlerted  bool      // the current window raised its refusals alert
-	windows     int       // windows closed
-	meanEvents  float64
-	meanRefused float64
-	items       map[Rule]map[string]struct{}
-	refusedAt   []time.Time // the latest refusals, at most AutoSuspendRefusals
-	suspendedAt time.Time   // when the policy last asked for a suspension
+	// The window before the current one, if it is the one right before: its counts, and whether it alerted.
+	prevEvents, prevRefusals    int
+	prevRateAlert, prevRefAlert bool
+	windows                     int // windows closed
+	meanEvents                  float64
+	meanRefused                 float64
+	items                       map[Rule]map[string]struct{}
+	refusedAt                   []time.Time // the latest refusals, at most AutoSuspendRefusals
+	suspendedAt                 time.Time   // when the policy last asked for a suspension
 }
 
 // New returns a Detector with cfg (zero fields take their defaults).
@@ -120,11 +123,11 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 		out = append(out, a)
 	}
 	id.events += n
-	if thr := d.rateThreshold(id); learned && d.cfg.MinRate > 0 && !id.rateAlerted && float64(id.events) >= thr {
+	if thr, seen := d.rateThreshold(id), id.recent(at, d.cfg.Window, id.events, id.prevEvents, id.prevRateAlert); learned && d.cfg.MinRate > 0 && !id.rateAlerted && seen >= thr {
 		id.rateAlerted = true
-		alert(Alert{Rule: RuleRate, Severity: SeverityMedium, Observed: float64(id.events), Baseline: id.meanEvents,
-			Threshold: thr, Message: fmt.Sprintf("%d records within %s where it usually has %.1f (alerts at %.0f)",
-				id.events, d.cfg.Window, id.meanEvents, thr)})
+		alert(Alert{Rule: RuleRate, Severity: SeverityMedium, Observed: seen, Baseline: id.meanEvents,
+			Threshold: thr, Message: fmt.Sprintf("%.0f records within the last %s where it usually has %.1f (alerts at %.0f)",
+				seen, d.cfg.Window, id.meanEvents, thr)})
 	}
 	if !refused {
 		if learned && !d.cfg.IgnoreNew {
@@ -137,11 +140,11 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 		return out
 	}
 	id.refusals += n
-	if thr := d.refusalThreshold(id); d.cfg.MinRefusals > 0 && !id.refAlerted && float64(id.refusals) >= thr {
+	if thr, seen := d.refusalThreshold(id, learned), id.recent(at, d.cfg.Window, id.refusals, id.prevRefusals, id.prevRefAlert); d.cfg.MinRefusals > 0 && !id.refAlerted && seen >= thr {
 		id.refAlerted = true
-		alert(Alert{Rule: RuleRefusals, Severity: SeverityMedium, Observed: float64(id.refusals), Baseline: id.meanRefused,
-			Threshold: thr, Message: fmt.Sprintf("%d refusals within %s, usually %.1f (alerts at %.0f); the last: %s",
-				id.refusals, d.cfg.Window, id.meanRefused, thr, clip(r.Reason))})
+		alert(Alert{Rule: RuleRefusals, Severity: SeverityMedium, Observed: seen, Baseline: id.meanRefused,
+			Threshold: thr, Message: fmt.Sprintf("%.0f refusals within the last %s where it usually has %.1f (alerts at %.0f); the last: %s",
+				seen, d.cfg.Window, id.meanRefused, thr, clip(r.Reason))})
 	}
 	if n := d.cfg.AutoSuspendRefusals; n > 0 {
 		for i := 0; i < min(n, refusalsOf(r, n)); i++ {
@@ -179,7 +182,12 @@ func (d *Detector) rateThreshold(id *identity) float64 {
 	return max(float64(d.cfg.MinRate), d.cfg.RateFactor*id.meanEvents)
 }
 
-func (d *Detector) refusalThreshold(id *identity) float64 {
+// refusalThreshold: while an identity is learning, its few windows are no baseline (its first refusals would
+// raise the bar they are judged by), so MinRefusals alone applies.
+func (d *Detector) refusalThreshold(id *identity, learned bool) float64 {
+	if !learned {
+		return float64(d.cfg.MinRefusals)
+	}
 	return max(float64(d.cfg.MinRefusals), d.cfg.RateFactor*id.meanRefused)
 }
 
@@ -219,14 +227,31 @@ func (d *Detector) advance(id *identity, at time.Time) {
 		events = min(events, d.rateThreshold(id))
 	}
 	if id.refAlerted {
-		refused = min(refused, d.refusalThreshold(id))
+		refused = min(refused, d.refusalThreshold(id, true))
 	}
 	id.learn(events, refused)
 	empty := int(start.Sub(id.window)/d.cfg.Window) - 1
 	for i := 0; i < min(empty, maxEmptyWindows); i++ {
 		id.learn(0, 0)
 	}
+	if empty == 0 {
+		id.prevEvents, id.prevRefusals, id.prevRateAlert, id.prevRefAlert = id.events, id.refusals, id.rateAlerted, id.refAlerted
+	} else {
+		id.prevEvents, id.prevRefusals, id.prevRateAlert, id.prevRefAlert = 0, 0, false, false
+	}
 	id.window, id.events, id.refusals, id.rateAlerted, id.refAlerted = start, 0, 0, false, false
+}
+
+// recent estimates the count over the last window at at (a sliding window): the current window's count plus the
+// previous window's, weighted by the part of it still within the last window, so that a burst across the border
+// of two windows is seen whole. After a window that alerted only the current window counts, so that one burst
+// does not alert twice.
+func (id *identity) recent(at time.Time, window time.Duration, cur, prev int, prevAlerted bool) float64 {
+	if prevAlerted || prev == 0 {
+		return float64(cur)
+	}
+	left := 1 - float64(at.Sub(id.window))/float64(window)
+	return float64(cur) + float64(prev)*max(left, 0)
 }
 
 // learn adds a closed window to the averages: the first windows weigh alike, then each new one a twentieth.

@@ -108,11 +108,13 @@ func TestRateBurst(t *testing.T) {
 		t.Fatalf("a burst raised %+v, want one rate alert", alerts)
 	}
 	a := alerts[0]
-	if a.Identity != agent || a.Observed != a.Threshold || a.Threshold != DefaultMinRate || a.Baseline < 2 || a.Baseline > 6 {
+	if a.Identity != agent || a.Observed < a.Threshold || a.Observed >= a.Threshold+1 || a.Threshold != DefaultMinRate || a.Baseline < 2 || a.Baseline > 6 {
 		t.Fatalf("rate alert %+v: want the agent, raised on reaching the threshold of %d, a baseline of about 4", a, DefaultMinRate)
 	}
-	if want := burst.Add(time.Duration(DefaultMinRate-1) * 500 * time.Millisecond); !a.Time.Equal(want) {
-		t.Fatalf("raised at %s, want at the record that reached the threshold (%s)", a.Time, want)
+	// The previous window's few records count in part (the window slides), so the alert may come a record or two
+	// before the burst alone reaches the threshold, never after.
+	if last := burst.Add(time.Duration(DefaultMinRate-1) * 500 * time.Millisecond); a.Time.After(last) || a.Time.Before(last.Add(-5*time.Second)) {
+		t.Fatalf("raised at %s, want at the record that reached the threshold (%s, or a few records before)", a.Time, last)
 	}
 	// The burst going on raises one alert per window, not one per record.
 	next := burst.Add(time.Minute).Truncate(time.Minute)
@@ -175,7 +177,7 @@ func TestRefusalsAlert(t *testing.T) {
 	for i := range 15 {
 		got = append(got, d.Observe(refusal(at.Add(time.Duration(i)*time.Second)))...)
 	}
-	if len(got) != 1 || got[0].Rule != RuleRefusals || got[0].Observed != DefaultMinRefusals || got[0].Suspend {
+	if len(got) != 1 || got[0].Rule != RuleRefusals || got[0].Observed < DefaultMinRefusals || got[0].Suspend {
 		t.Fatalf("15 refusals within a minute raised %+v, want one refusals alert at %d, no suspension (the policy is off)", got, DefaultMinRefusals)
 	}
 
@@ -187,6 +189,28 @@ func TestRefusalsAlert(t *testing.T) {
 		Decision: audit.DecisionDeny, Data: summary}})
 	if len(got) != 1 || got[0].Rule != RuleRefusals || got[0].Observed != 41 {
 		t.Fatalf("a refusal and a summary of 40 raised %+v, want one refusals alert of 41", got)
+	}
+}
+
+// TestBurstAcrossWindows: refusals split over the border of two windows, none holding enough of them, still
+// alert: the window slides.
+func TestBurstAcrossWindows(t *testing.T) {
+	d := detector(t, Config{MinRefusals: 5, Window: 2 * time.Second})
+	var got []Alert
+	for i := range 8 { // 150 ms apart, the fifth on the border
+		got = append(got, d.Observe(refusal(t0.Add(1400*time.Millisecond+time.Duration(i)*150*time.Millisecond)))...)
+	}
+	if len(got) != 1 || got[0].Rule != RuleRefusals {
+		t.Fatalf("eight refusals within 1.2s across two windows of 2s raised %+v, want one refusals alert", got)
+	}
+	// Spread evenly, the same number over twice the window is no burst.
+	d = detector(t, Config{MinRefusals: 5, Window: 2 * time.Second})
+	got = nil
+	for i := range 8 {
+		got = append(got, d.Observe(refusal(t0.Add(time.Duration(i)*600*time.Millisecond)))...)
+	}
+	if len(got) != 0 {
+		t.Fatalf("eight refusals over 4.8s raised %+v under 5 in 2s", got)
 	}
 }
 

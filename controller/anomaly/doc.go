@@ -5,7 +5,8 @@
 // feed it scripted record streams.
 //
 // What an identity does is read from the records it is the actor of:
-//   - its rate is the number of such records in a window (Config.Window), outcomes of calls not counted twice;
+//   - its rate is the number of such records within the last window (Config.Window; the current window's count
+//     plus the previous one's, weighted by the part of it still within), outcomes of calls not counted twice;
 //   - its refusals are those records with the decision "deny" (an envelope.rejected.summary counts as the
 //     refusals it summarises);
 //   - its peers and message types come from the envelopes it sent (envelope.accepted), its tools from the MCP
