@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/controller/anomaly"
 	"github.com/umbra-mesh/umbra/router"
 )
 
@@ -32,6 +33,11 @@ type childNetwork struct {
 	APIPort  int    `json:"api_port"`
 	Enroll   int    `json:"enroll_port"`
 	Edge     int    `json:"edge_port"`
+	// Anomaly, AlertWebhook and AlertWebhookSecret configure the controller's anomaly detector
+	// (TestAnomalyAlertsAndAutoSuspend); zero values leave the defaults.
+	Anomaly            anomaly.Config `json:"anomaly"`
+	AlertWebhook       string         `json:"alert_webhook,omitempty"`
+	AlertWebhookSecret string         `json:"alert_webhook_secret,omitempty"`
 }
 
 // runChildController runs the network described by the environment until stdin closes or a signal comes,
@@ -50,7 +56,8 @@ func runChildController(spec string) int {
 		stop()
 	}()
 	srv, err := controller.New(controller.Config{DataDir: filepath.Join(n.Dir, "controller"), CtrlPort: n.CtrlPort,
-		OverlayAPIPort: n.APIPort, EnrollPort: n.Enroll, Logger: log})
+		OverlayAPIPort: n.APIPort, EnrollPort: n.Enroll, Logger: log,
+		Anomaly: n.Anomaly, AlertWebhook: n.AlertWebhook, AlertWebhookSecret: n.AlertWebhookSecret})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -488,6 +488,10 @@ func TestCLIGovernance(t *testing.T) {
 		t.Fatalf("posture --fail-on info with a suspended identity: err=%v\n%s", err, out)
 	}
 	c.must("", "posture", "--as", globex) // nothing at or above high
+	// One refusal and a few minutes of activity are no anomaly (the thresholds are the defaults).
+	if out := c.must("", "alerts", "--as", globex); strings.TrimSpace(out) != "no alerts" {
+		t.Fatalf("alerts: %s", out)
+	}
 	c.must("", "identity", "resume", "--as", globex, buyerID, "--reason", "drill over")
 	if out := c.must("", "whoami", "--as", buyer); !strings.Contains(out, buyerID) {
 		t.Fatalf("whoami after the resume: %s", out)
