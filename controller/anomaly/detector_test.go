@@ -285,3 +285,22 @@ func TestConfig(t *testing.T) {
 		t.Fatalf("defaults %+v %v", c, err)
 	}
 }
+
+// BenchmarkObserve is the detector's cost per record, for a thousand identities sending envelopes.
+func BenchmarkObserve(b *testing.B) {
+	d, err := New(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs := make([]audit.Record, 1000)
+	for i := range rs {
+		rs[i] = envelope(t0, peerA, "quote.request")
+		rs[i].Actor = fmt.Sprintf("spiffe://umbra.local/acme/agent/a%d", i)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		r := rs[i%len(rs)]
+		r.Time = t0.Add(time.Duration(i) * time.Millisecond)
+		d.Observe(r)
+	}
+}
