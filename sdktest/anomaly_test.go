@@ -263,7 +263,6 @@ func TestAnomalyAlertsAndAutoSuspend(t *testing.T) {
 		if refused+1 == 8 {
 			eighth = time.Now()
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	await("refusals", 30*time.Second, func(a api.Alert) bool {
 		return a.Rule == string(anomaly.RuleRefusals) && a.SPIFFEID == bad.ID().String()
