@@ -53,6 +53,7 @@ type alerter struct {
 	hook    *webhook.Sender // nil: no webhook
 	self    string          // the controller's SPIFFE ID: its own records are not an identity's behaviour
 	suspend func(ctx context.Context, id spiffeid.ID, reason string) error
+	counted func(rule string) // counts an alert raised; nil: not counted
 	log     *slog.Logger
 
 	suspending sync.WaitGroup // automatic suspensions under way
@@ -73,9 +74,10 @@ func (s *Server) newAlerts(ctx context.Context) (*alerter, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	a := &alerter{det: det, trail: s.gov.audit, nc: s.nc, self: s.controllerID.String(), log: s.log,
-		changed: make(chan struct{}), suspend: s.autoSuspend}
+		changed: make(chan struct{}), suspend: s.autoSuspend, counted: s.metrics.alerted}
 	if s.cfg.AlertWebhook != "" {
-		wc := webhook.Config{URL: s.cfg.AlertWebhook, Secret: []byte(s.cfg.AlertWebhookSecret), Key: s.auditKey, Logger: s.log}
+		wc := webhook.Config{URL: s.cfg.AlertWebhook, Secret: []byte(s.cfg.AlertWebhookSecret), Key: s.auditKey, Logger: s.log,
+			Outcome: s.metrics.hooked}
 		if a.hook, err = webhook.New(wc); err != nil {
 			return nil, fmt.Errorf("controller: alert webhook: %w", err)
 		}
@@ -86,7 +88,8 @@ func (s *Server) newAlerts(ctx context.Context) (*alerter, error) {
 
 func (s *Server) startAlerts(ctx context.Context) {
 	if a := s.alerts; a != nil {
-		s.tasks.spawn(func() { a.run(ctx, time.Now()) })
+		replayed, since := a.replayUntil(ctx, time.Now())
+		s.tasks.spawn(func() { a.run(ctx, replayed, since) })
 	}
 }
 
@@ -104,18 +107,24 @@ func (s *Server) autoSuspend(ctx context.Context, id spiffeid.ID, reason string)
 	return err
 }
 
-// run follows the trail until ctx ends, starting again after a failure where it stopped.
-func (a *alerter) run(ctx context.Context, start time.Time) {
-	defer a.suspending.Wait()
+// replayUntil reads where the trail ends now: the records up to it were stored before the alerter started, and
+// are learned from, not alerted on. It also says where to start reading: one learning period (plus a window)
+// back, or now if the trail's state cannot be read.
+func (a *alerter) replayUntil(ctx context.Context, now time.Time) (last uint64, since time.Time) {
 	cfg := a.det.Config()
-	since := start.Add(-cfg.Learn - cfg.Window)
-	var replayed, done uint64 // replayed: records up to it were seen before this start; done: the last one fed
-	if st, err := a.trail.Stats(ctx); err == nil {
-		replayed = st.LastSeq
-	} else {
+	st, err := a.trail.Stats(ctx)
+	if err != nil {
 		a.log.Warn("anomaly detector: reading the audit trail's state failed; learning from new records only", "err", err)
-		since = start
+		return 0, now
 	}
+	return st.LastSeq, now.Add(-cfg.Learn - cfg.Window)
+}
+
+// run follows the trail from since until ctx ends, starting again after a failure where it stopped. Records up
+// to replayed are learned from only.
+func (a *alerter) run(ctx context.Context, replayed uint64, since time.Time) {
+	defer a.suspending.Wait()
+	var done uint64 // the last record fed
 	for failed := 0; ctx.Err() == nil; {
 		err := a.trail.Follow(ctx, done, since, func(r audit.Record) error {
 			done = r.Seq
@@ -178,6 +187,9 @@ func (a *alerter) raise(ctx context.Context, al anomaly.Alert) {
 		out.Cursor = rec.Seq
 	}
 	a.log.Warn("anomaly alert", "spiffe_id", al.Identity, "rule", al.Rule, "message", al.Message)
+	if a.counted != nil {
+		a.counted(string(al.Rule))
+	}
 	body := jsonRaw(out)
 	if err := a.nc.Publish(AlertSubjectPrefix+"."+out.Org, body); err != nil {
 		a.log.Warn("anomaly alert not published on NATS", "err", err)

@@ -72,8 +72,13 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
-	var suspended []string
+	var suspended, counted []string
 	a := &alerter{det: det, trail: trail, nc: nc, self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
+		counted: func(rule string) {
+			mu.Lock()
+			defer mu.Unlock()
+			counted = append(counted, rule)
+		},
 		suspend: func(_ context.Context, id spiffeid.ID, reason string) error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -82,7 +87,8 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 		}}
 	rctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { defer close(done); a.run(rctx, time.Now()) }()
+	replayed, since := a.replayUntil(ctx, time.Now())
+	go func() { defer close(done); a.run(rctx, replayed, since) }()
 	defer func() { stop(); <-done }()
 
 	for range 5 {
@@ -139,6 +145,9 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	if strings.Join(counted, ",") != "refusals,auto_suspend" {
+		t.Fatalf("alerts counted for the metrics: %q, want refusals and auto_suspend", counted)
+	}
 	if len(suspended) != 1 || !strings.HasPrefix(suspended[0], bad.String()+" automatic suspension, rule auto-suspend-refusals: 5 refusals") {
 		t.Fatalf("suspensions asked: %q, want the bad identity's, naming the rule", suspended)
 	}

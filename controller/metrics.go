@@ -42,6 +42,8 @@ type metrics struct {
 	revocations prometheus.Counter
 	enrollments *prometheus.CounterVec
 	suppressed  *prometheus.CounterVec
+	alerts      *prometheus.CounterVec
+	webhook     *prometheus.CounterVec
 	stores      *storeCollector
 }
 
@@ -79,10 +81,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "umbra_controller_refusal_records_suppressed_total",
 			Help: "Refusals past an identity's per-minute share that were counted into a summary record instead of recorded one by one, by reason.",
 		}, []string{"reason"}),
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "umbra_controller_anomaly_alerts_total",
+			Help: "Anomaly alerts this controller raised, by rule.",
+		}, []string{"rule"}),
+		webhook: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "umbra_controller_alert_webhook_total",
+			Help: "Alert webhook deliveries by outcome: delivered, failed (given up) or dropped (the queue was full).",
+		}, []string{"outcome"}),
 		stores: newStoreCollector(),
 	}
 	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.delivered, m.appendTime, m.ackTime, m.revocations,
-		m.enrollments, m.suppressed, m.stores} {
+		m.enrollments, m.suppressed, m.alerts, m.webhook, m.stores} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("controller: metrics: %w", err)
 		}
@@ -158,6 +168,20 @@ func (m *metrics) enrolled(err error) {
 func (m *metrics) suppressedRefusal(code string) {
 	if m != nil {
 		m.suppressed.WithLabelValues(code).Inc()
+	}
+}
+
+// alerted counts an anomaly alert of rule.
+func (m *metrics) alerted(rule string) {
+	if m != nil {
+		m.alerts.WithLabelValues(rule).Inc()
+	}
+}
+
+// hooked counts an alert webhook delivery's outcome.
+func (m *metrics) hooked(outcome string) {
+	if m != nil {
+		m.webhook.WithLabelValues(outcome).Inc()
 	}
 }
 

@@ -53,6 +53,9 @@ type Config struct {
 	Client *http.Client
 	// Logger receives deliveries given up. Default: discard.
 	Logger *slog.Logger
+	// Outcome, if set, is told what became of each body: "delivered", "failed" or "dropped" (Stats counts the
+	// same). It must return at once.
+	Outcome func(outcome string)
 }
 
 // Stats counts what happened to the bodies sent.
@@ -96,6 +99,9 @@ func New(cfg Config) (*Sender, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Outcome == nil {
+		cfg.Outcome = func(string) {}
+	}
 	return &Sender{cfg: cfg, queue: make(chan []byte, cfg.Queue)}, nil
 }
 
@@ -106,6 +112,7 @@ func (s *Sender) Send(body []byte) bool {
 		return true
 	default:
 		s.stats.dropped.Add(1)
+		s.cfg.Outcome("dropped")
 		return false
 	}
 }
@@ -127,10 +134,12 @@ func (s *Sender) Run(ctx context.Context) {
 					return
 				}
 				s.stats.failed.Add(1)
+				s.cfg.Outcome("failed")
 				s.cfg.Logger.Warn("webhook delivery given up", "url", s.cfg.URL, "err", err)
 				continue
 			}
 			s.stats.delivered.Add(1)
+			s.cfg.Outcome("delivered")
 		}
 	}
 }
