@@ -186,7 +186,7 @@ func (a *alerter) raise(ctx context.Context, al anomaly.Alert) {
 	} else {
 		out.Cursor = rec.Seq
 	}
-	a.log.Warn("anomaly alert", "spiffe_id", al.Identity, "rule", al.Rule, "message", al.Message)
+	a.log.Info("anomaly alert", "spiffe_id", al.Identity, "rule", al.Rule, "message", al.Message)
 	if a.counted != nil {
 		a.counted(string(al.Rule))
 	}
