@@ -129,7 +129,15 @@ func (t table[T]) all(ctx context.Context) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer w.Stop()
+	defer func() {
+		w.Stop()
+		// The watcher's delivery may be blocked on a full channel (writes during the pass, or an early return):
+		// reading it to its close lets the subscription end.
+		go func() {
+			for range w.Updates() {
+			}
+		}()
+	}()
 	var out []T
 	at := map[string]int{} // a key written during the pass may come twice: its latest value wins
 	for {
