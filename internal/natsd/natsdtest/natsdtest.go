@@ -115,6 +115,34 @@ func (c *Cluster) waitFor(what string, ok func(*natsd.Server) bool) int {
 	return -1
 }
 
+// LeadStream makes server i the leader of stream's replicas (asking the current leader to step down in its
+// favour), waiting up to 10 s.
+func (c *Cluster) LeadStream(stream string, i int) {
+	c.tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c.servers[i].StreamLeader(stream) {
+			return
+		}
+		leader := c.StreamLeader(stream)
+		nc, err := c.servers[leader].Connect("stepdown")
+		if err != nil {
+			c.tb.Fatal(err)
+		}
+		body := fmt.Sprintf(`{"placement":{"preferred":%q}}`, c.servers[i].Name())
+		_, err = nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(body), 2*time.Second)
+		nc.Close()
+		if err != nil {
+			c.tb.Logf("stream %s leader stepdown: %v", stream, err)
+		}
+		wait := time.Now().Add(2 * time.Second)
+		for time.Now().Before(wait) && !c.servers[i].StreamLeader(stream) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	c.tb.Fatalf("server n%d did not become leader of stream %s within 10 s", i, stream)
+}
+
 // JetStream opens a client connection to server i, closed at the end of the test.
 func (c *Cluster) JetStream(i int) jetstream.JetStream {
 	c.tb.Helper()
