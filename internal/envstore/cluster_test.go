@@ -14,7 +14,7 @@ import (
 	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 )
 
-// TestClusterAppendsSurviveStreamLeaderLoss runs the envelope store and the audit trail R3 on a three-server
+// TestClusterAppendsSurviveStreamLeaderLoss runs the envelope store and the audit trail (single records and atomic batches) R3 on a three-server
 // cluster, with writers racing through two of the servers, and kills the server leading both streams midway.
 // Every acknowledged envelope is stored exactly once with exact per-session counts, every acknowledged audit
 // record is in the trail once, and the chain verifies.
@@ -92,20 +92,29 @@ func TestClusterAppendsSurviveStreamLeaderLoss(t *testing.T) {
 					envelope[session][id] = true
 					mu.Unlock()
 					acked.Add(1)
-					var r audit.Record
+					// Store n0's writers append one record at a time, n1's two per atomic batch (as the recorder does).
+					var rs []audit.Record
 					ok = retry("audit "+id, func() error {
 						actx, acancel := context.WithTimeout(ctx, 3*time.Second)
 						defer acancel()
+						r := audit.Record{Kind: "envelope.accepted", Actor: recipientA, Session: session,
+							Decision: audit.DecisionAllow, Data: json.RawMessage(strconv.Quote(id))}
+						if si == 0 {
+							stored, err := logs[si].Append(actx, r)
+							rs = []audit.Record{stored}
+							return err
+						}
 						var err error
-						r, err = logs[si].Append(actx, audit.Record{Kind: "envelope.accepted", Actor: recipientA, Session: session,
-							Decision: audit.DecisionAllow, Data: json.RawMessage(strconv.Quote(id))})
+						rs, err = logs[si].AppendBatch(actx, []audit.Record{r, r})
 						return err
 					})
 					if !ok {
 						return
 					}
 					mu.Lock()
-					records[r.Hash] = true
+					for _, r := range rs {
+						records[r.Hash] = true
+					}
 					mu.Unlock()
 				}
 			})
