@@ -100,6 +100,29 @@ type Config struct {
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
 	NATSListen string
+	// NATSClusterListen, if set (host:port), makes the embedded NATS server one of a NATS cluster of controllers:
+	// it accepts routes from the other controllers' servers here, with mutual TLS (the same certificates and
+	// admission as NATSListen: a controller SVID of this trust domain and CA, so the controllers of a cluster
+	// share the SPIFFE CA). JetStream then replicates the streams and buckets Replicas times over the cluster
+	// (docs/cluster.md). Default: no cluster.
+	NATSClusterListen string
+	// NATSRoutes are the other controllers' NATSClusterListen addresses (host:port); required with
+	// NATSClusterListen. A server learns the rest of the cluster from any of them.
+	NATSRoutes []string
+	// NATSClusterName is the NATS cluster's name, the same on every controller. Default "umbra".
+	NATSClusterName string
+	// NATSClusterAdvertise is the host:port the other controllers reach this one's routes at, when it is not
+	// NATSClusterListen. Default: NATS gossips the listen address (the interfaces' addresses for a wildcard).
+	NATSClusterAdvertise string
+	// NATSServerName names this controller's NATS server in the cluster: unique among the controllers, the
+	// same across restarts. Default: a name chosen at the first start and kept in the data directory.
+	NATSServerName string
+	// Replicas is how many copies JetStream keeps of every stream and key-value bucket the controller creates
+	// (identities, governance tables, envelopes, audit trail): 1 to 5, at most the number of controllers, and
+	// above 1 only with NATSClusterListen. Use 3 in a cluster of three or more: each write then needs two of
+	// the three copies. Default 1. Changing it on an existing data directory rescales the streams at the next
+	// start.
+	Replicas int
 	// NATSLazySync turns off fsync-before-acknowledge in JetStream. Default false: every acknowledged write
 	// has reached the disk.
 	NATSLazySync bool
@@ -228,6 +251,9 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("controller: alert webhook %q is not an http or https URL", c.AlertWebhook)
 		}
 	}
+	if err := c.checkCluster(); err != nil {
+		return c, err
+	}
 	if err := checkMetricsListen(c.MetricsListen, c.MetricsAllowRemote); err != nil {
 		return c, err
 	}
@@ -238,9 +264,11 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // auditOptions are the options the audit trail is opened with.
-func (c Config) auditOptions() audit.Options { return audit.Options{MaxBytes: c.AuditMaxBytes} }
+func (c Config) auditOptions() audit.Options {
+	return audit.Options{MaxBytes: c.AuditMaxBytes, Replicas: c.Replicas}
+}
 
 // envelopeOptions are the options the envelope stream is opened with.
 func (c Config) envelopeOptions(stream string) envstore.Options {
-	return envstore.Options{Stream: stream, MaxBytes: c.EnvelopeMaxBytes}
+	return envstore.Options{Stream: stream, MaxBytes: c.EnvelopeMaxBytes, Replicas: c.Replicas}
 }

@@ -172,18 +172,33 @@ func (s *Server) start(ctx context.Context) error {
 			return err
 		}
 	}
+	var err error
+	if ncfg.ServerName, err = natsServerName(s.cfg); err != nil {
+		return err
+	}
+	if ncfg.Cluster, err = s.natsCluster(); err != nil {
+		return err
+	}
 	ns, err := natsd.Start(ncfg)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	s.ns = ns
+	if ncfg.Cluster != nil {
+		s.log.Info("waiting for the NATS cluster: a majority of its controllers must be up", "server", ns.Name(), "routes", s.cfg.NATSRoutes)
+		if err := ns.WaitJetStream(ctx); err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+	}
 	if s.nc, err = ns.Connect("umbra-controller"); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	js, err := jetstream.New(s.nc)
+	njs, err := jetstream.New(s.nc)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	// Every bucket and stream is created with the configured replica count.
+	js := jetstream.JetStream(replicated{JetStream: njs, n: s.cfg.Replicas})
 	if s.ids, err = openIdentityStore(ctx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}

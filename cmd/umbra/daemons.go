@@ -58,6 +58,19 @@ func controllerFlags(f *flags) *controller.Config {
 	f.Int64Var(&cfg.EnvelopeMaxBytes, "envelope-max-bytes", 0, "size bound of the envelope stream on disk; when full, new envelopes are refused, nothing is dropped (default 2 GiB)")
 	f.BoolVar(&cfg.ResetAdmin, "reset-admin", false, "break-glass: issue a new platform administrator into the data directory and revoke every earlier one (use once)")
 	f.StringVar(&cfg.NATSListen, "nats-listen", "", "also serve NATS on HOST:PORT, mutual TLS for controller SVIDs of this deployment only (default: no listener)")
+	f.StringVar(&cfg.NATSClusterListen, "nats-cluster-listen", "", "join a NATS cluster of controllers: accept routes from the other controllers on HOST:PORT, mutual TLS for controller SVIDs of this deployment (docs/cluster.md) (default: no cluster)")
+	f.Func("nats-routes", "the other controllers' --nats-cluster-listen addresses, HOST:PORT,... (required with --nats-cluster-listen)", func(v string) error {
+		for _, r := range strings.Split(v, ",") {
+			if r = strings.TrimSpace(r); r != "" {
+				cfg.NATSRoutes = append(cfg.NATSRoutes, r)
+			}
+		}
+		return nil
+	})
+	f.StringVar(&cfg.NATSClusterName, "nats-cluster-name", "", "the NATS cluster's name, the same on every controller (default umbra)")
+	f.StringVar(&cfg.NATSClusterAdvertise, "nats-cluster-advertise", "", "HOST:PORT the other controllers reach this one's routes at, if not --nats-cluster-listen")
+	f.StringVar(&cfg.NATSServerName, "nats-server-name", "", "this controller's name in the NATS cluster, unique and stable (default: chosen at the first start, kept in the data directory)")
+	f.IntVar(&cfg.Replicas, "replicas", 0, "copies JetStream keeps of every stream and bucket, 1 to 5; 3 in a cluster of three controllers; above 1 needs --nats-cluster-listen (default 1)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics, a loopback address unless --metrics-allow-remote (default: none)")
 	f.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics-listen be an address other hosts can reach; anyone who reaches it reads the metrics")
 	anomalyFlags(f, cfg)
@@ -120,6 +133,11 @@ func checkControllerPorts(cmd string, cfg *controller.Config) error {
 	}
 	if cfg.NATSListen != "" {
 		if err := checkListen(cmd, "nats-listen", cfg.NATSListen); err != nil {
+			return err
+		}
+	}
+	if cfg.NATSClusterListen != "" {
+		if err := checkListen(cmd, "nats-cluster-listen", cfg.NATSClusterListen); err != nil {
 			return err
 		}
 	}

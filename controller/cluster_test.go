@@ -1,0 +1,90 @@
+package controller
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
+)
+
+func TestClusterConfig(t *testing.T) {
+	cluster := func(c Config) Config {
+		c.NATSClusterListen, c.NATSRoutes = "127.0.0.1:7422", []string{"127.0.0.1:7423"}
+		return c
+	}
+	for name, tc := range map[string]struct {
+		cfg          Config
+		wantReplicas int
+		wantErr      string
+	}{
+		"default":            {cfg: Config{}, wantReplicas: 1},
+		"cluster R3":         {cfg: cluster(Config{Replicas: 3}), wantReplicas: 3},
+		"R3 without cluster": {cfg: Config{Replicas: 3}, wantErr: "need a NATS cluster listener"},
+		"routes only":        {cfg: Config{NATSRoutes: []string{"127.0.0.1:1"}}, wantErr: "need a NATS cluster listener"},
+		"R6":                 {cfg: cluster(Config{Replicas: 6}), wantErr: "Replicas 6: want 1 to 5"},
+		"negative":           {cfg: cluster(Config{Replicas: -1}), wantErr: "Replicas -1"},
+		"no routes":          {cfg: Config{NATSClusterListen: "127.0.0.1:7422"}, wantErr: "at least one other controller"},
+		"bad route":          {cfg: Config{NATSClusterListen: "127.0.0.1:7422", NATSRoutes: []string{"nohost"}}, wantErr: `route "nohost"`},
+		"bad listen":         {cfg: Config{NATSClusterListen: "7422", NATSRoutes: []string{"127.0.0.1:1"}}, wantErr: "want HOST:PORT"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tc.cfg.DataDir = "x"
+			got, err := tc.cfg.withDefaults()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got.Replicas != tc.wantReplicas {
+				t.Fatalf("replicas %d, err %v; want %d", got.Replicas, err, tc.wantReplicas)
+			}
+		})
+	}
+}
+
+// TestEveryStoreReplicated opens the controller's stores on a three-server cluster with Replicas 3: every stream
+// and bucket it creates has three replicas.
+func TestEveryStoreReplicated(t *testing.T) {
+	c := natsdtest.StartCluster(t, 3)
+	cfg, err := Config{DataDir: t.TempDir(), NATSClusterListen: "127.0.0.1:7422", NATSRoutes: []string{"127.0.0.1:7423"},
+		Replicas: 3, AuditMaxBytes: 64 << 20, EnvelopeMaxBytes: 64 << 20}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 45*time.Second)
+	defer cancel()
+	njs := c.JetStream(0)
+	js := replicated{JetStream: njs, n: cfg.Replicas}
+	if _, err := openIdentityStore(ctx, js); err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromSegments(spiffeid.RequireTrustDomainFromString("umbra.test"), "umbra", "controller", "api")
+	if _, err := openGovernance(ctx, js, slog.New(slog.DiscardHandler), id.String(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	names := njs.StreamNames(ctx)
+	n := 0
+	for name := range names.Name() {
+		s, err := njs.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas, want 3", name, r)
+		}
+		n++
+	}
+	if err := names.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d streams and buckets, all R3", n)
+	if n < 12 {
+		t.Fatalf("only %d streams and buckets", n)
+	}
+}
