@@ -1,8 +1,10 @@
 package controller
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -107,5 +109,68 @@ func TestNATSListenerIsSealed(t *testing.T) {
 	limit.Step("connect with the controller's own kind of SVID")
 	if err := connect(withCert(svidCert(t, ca, "spiffe://umbra.local/umbra/controller/replica-2"))); err != nil {
 		t.Fatalf("a controller SVID of this deployment was refused: %v", err)
+	}
+}
+
+// TestNATSClusterRoutesAreSealed runs three controllers' NATS servers as a cluster with the controller's route
+// TLS: they route to each other and elect a JetStream meta leader; a fourth server holding a controller
+// certificate of another CA is refused by all of them.
+func TestNATSClusterRoutesAreSealed(t *testing.T) {
+	limit := testlimit.Start(t, 2*time.Minute)
+	td := spiffeid.RequireTrustDomainFromString("umbra.local")
+	ca, rogueCA := newTestCA(t, td), newTestCA(t, td)
+	var addrs []string
+	for range 4 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, l.Addr().String())
+		l.Close()
+	}
+	start := func(i int, ca *pki.CA) *natsd.Server {
+		t.Helper()
+		cfg, err := Config{DataDir: t.TempDir(), NATSClusterListen: addrs[i], NATSRoutes: addrs[:3], Replicas: 3}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &Server{cfg: cfg, ca: ca, controllerID: spiffeid.RequireFromSegments(td, "umbra", "controller", fmt.Sprintf("c%d", i))}
+		cl, err := s.natsCluster()
+		if err != nil {
+			t.Fatal(err)
+		}
+		name, err := natsServerName(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir(), ServerName: name, Cluster: cl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		return ns
+	}
+	limit.Step("start three controllers' NATS servers routed over TLS")
+	var servers []*natsd.Server
+	for i := range 3 {
+		servers = append(servers, start(i, ca))
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.WaitJetStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit.Step("a server with a controller certificate of another CA tries to join")
+	rogue := start(3, rogueCA)
+	time.Sleep(3 * time.Second)
+	if n := rogue.Routes(); n != 0 {
+		t.Fatalf("the rogue server holds %d routes into the cluster", n)
+	}
+	for i, s := range servers {
+		if n := s.Routes(); n == 0 {
+			t.Errorf("server %d has no routes", i)
+		}
 	}
 }

@@ -185,6 +185,9 @@ func (s *Server) Name() string { return s.ns.Name() }
 // ClusterAddr is the address the route listener is bound to, or nil without a cluster.
 func (s *Server) ClusterAddr() *net.TCPAddr { return s.ns.ClusterAddr() }
 
+// Routes is the number of route connections to other servers of the cluster (a pool of several per server).
+func (s *Server) Routes() int { return s.ns.NumRoutes() }
+
 // MetaLeader reports whether this server leads the cluster's JetStream meta group (false for a single server).
 func (s *Server) MetaLeader() bool { return s.ns.JetStreamIsLeader() }
 
