@@ -100,6 +100,18 @@ func (c *Cluster) StreamLeader(stream string) int {
 	return c.waitFor("a leader of stream "+stream, func(s *natsd.Server) bool { return s.StreamLeader(stream) })
 }
 
+// WaitStreamCurrent waits up to 10 s until server i's replica of stream has caught up with the leader.
+func (c *Cluster) WaitStreamCurrent(stream string, i int) {
+	c.tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.servers[i].StreamCurrent(stream) {
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("server n%d's replica of stream %s has not caught up after 10 s", i, stream)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (c *Cluster) waitFor(what string, ok func(*natsd.Server) bool) int {
 	c.tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
