@@ -196,6 +196,10 @@ func (s *Server) StreamLeader(stream string) bool {
 	return s.ns.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream)
 }
 
+// ClusterPeers names the servers with JetStream that the meta group sees online; only the meta leader answers
+// (nil elsewhere).
+func (s *Server) ClusterPeers() []string { return s.ns.JetStreamClusterPeers() }
+
 // StreamCurrent reports whether this server's replica of stream has caught up with its leader.
 func (s *Server) StreamCurrent(stream string) bool {
 	return s.ns.JetStreamIsStreamCurrent(server.DEFAULT_GLOBAL_ACCOUNT, stream)

@@ -61,7 +61,16 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 			tb.Fatal(err)
 		}
 	}
-	return c
+	// A stream of n replicas can be placed once the meta leader sees every server online with JetStream.
+	for {
+		if peers := c.servers[c.MetaLeader()].ClusterPeers(); len(peers) == n {
+			return c
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("the meta leader does not see all %d servers after 30 s", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Server is server i, nil while it is killed.
