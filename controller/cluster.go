@@ -6,12 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,8 +19,6 @@ import (
 // maxReplicas is JetStream's largest replica count.
 const maxReplicas = 5
 
-// jsNoSuitablePeers is JetStream's error code for a stream it cannot place: fewer servers online than replicas.
-const jsNoSuitablePeers jetstream.ErrorCode = 10005
 
 // checkCluster validates and defaults the NATS cluster settings.
 func (c *Config) checkCluster() error {
@@ -103,66 +99,42 @@ func natsServerName(cfg Config) (string, error) {
 }
 
 // replicated creates every stream and key-value bucket that does not name its replica count with n replicas.
-// While fewer servers than that are online (the first start of a cluster), JetStream refuses to place them: the
-// creation is tried again every second until ctx ends.
 type replicated struct {
 	jetstream.JetStream
-	n   int
-	log *slog.Logger
-}
-
-// placed calls create until JetStream finds servers for it, or ctx ends.
-func placed[T any](ctx context.Context, r replicated, what string, create func() (T, error)) (T, error) {
-	logged := false
-	for {
-		v, err := create()
-		var apiErr *jetstream.APIError
-		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != jsNoSuitablePeers {
-			return v, err
-		}
-		if !logged && r.log != nil {
-			r.log.Warn("waiting for more NATS servers to place replicas", "what", what, "replicas", r.n, "err", err)
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			return v, err
-		case <-time.After(time.Second):
-		}
-	}
+	n int
 }
 
 func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return placed(ctx, r, cfg.Bucket, func() (jetstream.KeyValue, error) { return r.JetStream.CreateKeyValue(ctx, cfg) })
+	return r.JetStream.CreateKeyValue(ctx, cfg)
 }
 
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return placed(ctx, r, cfg.Bucket, func() (jetstream.KeyValue, error) { return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg) })
+	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 }
 
 func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return placed(ctx, r, cfg.Bucket, func() (jetstream.KeyValue, error) { return r.JetStream.UpdateKeyValue(ctx, cfg) })
+	return r.JetStream.UpdateKeyValue(ctx, cfg)
 }
 
 func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return placed(ctx, r, cfg.Name, func() (jetstream.Stream, error) { return r.JetStream.CreateStream(ctx, cfg) })
+	return r.JetStream.CreateStream(ctx, cfg)
 }
 
 func (r replicated) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return placed(ctx, r, cfg.Name, func() (jetstream.Stream, error) { return r.JetStream.CreateOrUpdateStream(ctx, cfg) })
+	return r.JetStream.CreateOrUpdateStream(ctx, cfg)
 }

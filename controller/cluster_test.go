@@ -89,31 +89,3 @@ func TestEveryStoreReplicated(t *testing.T) {
 	}
 }
 
-// TestReplicasWaitForPeers creates an R3 bucket while one of three servers is down: the creation waits for it
-// instead of failing, and succeeds once it is back.
-func TestReplicasWaitForPeers(t *testing.T) {
-	c := natsdtest.StartCluster(t, 3)
-	c.Kill(2)
-	ctx, cancel := context.WithTimeout(t.Context(), 40*time.Second)
-	defer cancel()
-	js := replicated{JetStream: c.JetStream(0), n: 3, log: slog.New(slog.DiscardHandler)}
-	done := make(chan error, 1)
-	go func() {
-		_, err := openTable[orgRecord](ctx, js, "umbra_wait_test")
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		t.Fatalf("an R3 bucket was created (or refused: %v) with two servers of three", err)
-	case <-time.After(2 * time.Second):
-	}
-	c.Restart(2)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the bucket was not created within 40 s of the third server's return")
-	}
-}

@@ -198,7 +198,7 @@ func (s *Server) start(ctx context.Context) error {
 		return fmt.Errorf("controller: %w", err)
 	}
 	// Every bucket and stream is created with the configured replica count.
-	js := jetstream.JetStream(replicated{JetStream: njs, n: s.cfg.Replicas, log: s.log})
+	js := jetstream.JetStream(replicated{JetStream: njs, n: s.cfg.Replicas})
 	if s.ids, err = openIdentityStore(ctx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
