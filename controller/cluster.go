@@ -19,7 +19,6 @@ import (
 // maxReplicas is JetStream's largest replica count.
 const maxReplicas = 5
 
-
 // checkCluster validates and defaults the NATS cluster settings.
 func (c *Config) checkCluster() error {
 	if c.Replicas == 0 {

@@ -88,4 +88,3 @@ func TestEveryStoreReplicated(t *testing.T) {
 		t.Fatalf("only %d streams and buckets", n)
 	}
 }
-
