@@ -23,7 +23,7 @@ import (
 // record is in the trail once, and the chain verifies.
 func TestClusterAppendsSurviveStreamLeaderLoss(t *testing.T) {
 	c := natsdtest.StartCluster(t, 3)
-	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
 	defer cancel()
 	const auditStream = "UMBRA_AUDIT_TEST"
 	var stores []*Store
@@ -183,14 +183,33 @@ func TestClusterAppendsSurviveStreamLeaderLoss(t *testing.T) {
 			}
 		}
 	}
-	rep, err := logs[1].Verify(ctx)
-	if err != nil {
-		t.Fatalf("audit chain: %v", err)
+	// A read just after the failover may have its consumer on the lost server and stall until the client gives
+	// up on it: each read gets a deadline of its own and is tried again.
+	settled := func(what string, read func(context.Context) error) {
+		t.Helper()
+		var err error
+		for attempt := 1; attempt <= 4; attempt++ {
+			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+			err = read(rctx)
+			rcancel()
+			if err == nil {
+				return
+			}
+			t.Logf("%s, attempt %d: %v", what, attempt, err)
+		}
+		t.Fatalf("%s: %v", what, err)
 	}
+	var rep audit.Report
+	settled("audit chain", func(rctx context.Context) (err error) {
+		rep, err = logs[1].Verify(rctx)
+		return err
+	})
 	seen := map[string]int{}
-	if _, err := logs[0].Scan(ctx, 0, func(r audit.Record) error { seen[r.Hash]++; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	settled("audit scan", func(rctx context.Context) error {
+		clear(seen)
+		_, err := logs[0].Scan(rctx, 0, func(r audit.Record) error { seen[r.Hash]++; return nil })
+		return err
+	})
 	for h := range records {
 		if seen[h] != 1 {
 			t.Errorf("acknowledged audit record %s is in the trail %d times", h, seen[h])
