@@ -109,8 +109,17 @@ func TestGivesUpAndNeverBlocks(t *testing.T) {
 	}
 	// With the worker stuck on an endpoint that does not answer, Send still returns at once, and drops past the
 	// queue.
-	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
 	t.Cleanup(hang.Close)
+	// Runs before hang.Close, which waits for every handler: a request the client gave up on may not have been
+	// noticed by the server yet.
+	t.Cleanup(func() { close(release) })
 	sh, _ := New(Config{URL: hang.URL, Key: key, Queue: 2, Timeout: 200 * time.Millisecond})
 	run(t, sh)
 	start := time.Now()
