@@ -3,11 +3,13 @@ package sdktest
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/internal/loadbench"
@@ -19,12 +21,15 @@ import (
 // sender each, 512-byte payloads, through the real relay on the overlay (contract checks, the envelope appended
 // with fsync, its audit record written by the recorder with fsync, then the acknowledgement), and the embedded
 // store's own fsync-always appends at the same concurrency on the same disk. Each reports envelopes/s and the
-// p50/p99 from send to acknowledgement (p50-us, p99-us). A third row runs the envelope store alone.
+// p50/p99 from send to acknowledgement (p50-us, p99-us). A third row runs the envelope store alone. A first row,
+// overlay-rtt, is the raw round trip the one-session goal is judged against: the same payload written by one
+// agent to another over a mutual-TLS overlay connection (as the relay's are) and a short answer read back.
 func BenchmarkRecordPath(b *testing.B) {
 	payload := make([]byte, 512)
 	for i := range payload {
 		payload[i] = 'x'
 	}
+	b.Run("overlay-rtt/sessions-1", func(b *testing.B) { benchOverlayRoundTrip(b, payload) })
 	for _, n := range []int{1, 8, 32, 128} {
 		b.Run(fmt.Sprintf("relay/sessions-%d", n), func(b *testing.B) {
 			ctx := context.Background()
@@ -102,6 +107,52 @@ func BenchmarkRecordPath(b *testing.B) {
 			loadbench.Run(b, "envelopes", sends)
 		})
 	}
+}
+
+// benchOverlayRoundTrip measures writing payload from one agent to another over the overlay and reading a short
+// answer, the shape of a send and its acknowledgement without the relay.
+func benchOverlayRoundTrip(b *testing.B, payload []byte) {
+	ctx := context.Background()
+	w := newPricingWorld(b, defaultTerms())
+	env.Grant(b, "bench-rtt", []spiffeid.ID{w.quoter.ID()}, []spiffeid.ID{w.buyer.ID()})
+	ln, err := w.quoter.Listen("bench-rtt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	answer := make([]byte, 64)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, len(payload))
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(answer); err != nil {
+				return
+			}
+		}
+	}()
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := w.buyer.Dial(dctx, "bench-rtt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, len(answer))
+	loadbench.Run(b, "round-trips", []func() error{func() error {
+		_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := conn.Write(payload); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(conn, buf)
+		return err
+	}})
 }
 
 func mustJetStream(b *testing.B, ns *natsd.Server) jetstream.JetStream {

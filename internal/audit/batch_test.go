@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -100,4 +101,116 @@ func TestAppendBatchRacesOtherWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustVerify(t, ctx, a, 60+40)
+}
+
+// TestAppendRecordsPipelined: on a single-replica stream AppendRecords pipelines its records, which continue the
+// chain after single appends and are stored contiguous and in order, each with the sequence returned.
+func TestAppendRecordsPipelined(t *testing.T) {
+	ctx := testCtx(t)
+	l, _ := newLog(t, Options{})
+	appendN(t, ctx, l, 2)
+	batch := make([]Record, MaxBatch)
+	for i := range batch {
+		batch[i] = record(100+i, fmt.Sprintf("ses_p%d", i%3))
+	}
+	got, err := l.AppendRecords(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(batch) {
+		t.Fatalf("%d records stored, want %d", len(got), len(batch))
+	}
+	for i, r := range got {
+		if r.Seq != uint64(3+i) || r.Reason != batch[i].Reason {
+			t.Fatalf("record %d stored as seq %d %q", i, r.Seq, r.Reason)
+		}
+	}
+	if _, err := l.Append(ctx, record(999, "")); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, ctx, l, 2+MaxBatch+1)
+}
+
+// TestAppendRecordsPipelinedStoresOnlyAPrefix fills a small trail with pipelined writes whose records alternate
+// large and small: when a large record is refused, the small ones sent after it would still fit, and each must be
+// refused all the same, since it links to the refused one. What is stored is exactly what was returned, and the
+// chain verifies.
+func TestAppendRecordsPipelinedStoresOnlyAPrefix(t *testing.T) {
+	ctx := testCtx(t)
+	srv := startServer(t, t.TempDir())
+	t.Cleanup(srv.Shutdown)
+	l, err := Open(ctx, connect(t, srv, t.Name()), Options{MaxBytes: 24 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for round := range 100 {
+		batch := make([]Record, 8)
+		for i := range batch {
+			batch[i] = record(round*8+i, "ses_full")
+			if i%2 == 0 {
+				batch[i].Reason = strings.Repeat("r", 1500)
+			}
+		}
+		got, err := l.AppendRecords(ctx, batch)
+		stored += len(got)
+		if errors.Is(err, ErrFull) {
+			if len(got) == len(batch) {
+				t.Fatalf("round %d: ErrFull with every record stored", round)
+			}
+			mustVerify(t, ctx, l, stored)
+			return
+		}
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	t.Fatal("a 24 KiB trail never filled")
+}
+
+// TestAppendRecordsPipelinedRacesOtherWriters: pipelined writes and single appends from two Logs at once keep one
+// chain, with nothing stored twice or lost.
+func TestAppendRecordsPipelinedRacesOtherWriters(t *testing.T) {
+	ctx := testCtx(t)
+	srv := startServer(t, t.TempDir())
+	t.Cleanup(srv.Shutdown)
+	a, err := Open(ctx, connect(t, srv, "a"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, connect(t, srv, "b"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	pipelined := 0
+	wg.Go(func() {
+		for i := range 40 {
+			batch := []Record{record(i, "ses_x"), record(i, "ses_y"), record(i, ""), record(i, "ses_x")}
+			got, err := a.AppendRecords(ctx, batch)
+			pipelined += len(got)
+			if err != nil && len(got) == 0 {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := range 80 {
+			if _, err := b.Append(ctx, record(i, "ses_x")); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if pipelined == 0 {
+		t.Fatal("no pipelined record stored")
+	}
+	mustVerify(t, ctx, a, pipelined+80)
 }

@@ -69,10 +69,13 @@ type Log struct {
 	onStored func(ctx context.Context, r Record, size int)
 }
 
+// DedupWindow is how long the stream remembers the de-duplication IDs of records sent by pipelined appends.
+const DedupWindow = 10 * time.Second
+
 // storeOverhead is what JetStream's file store adds to a message besides its subject and payload (record
-// header, checksum, the expected-sequence headers and index), rounded up: StoredSize is never below a record's
-// real cost.
-const storeOverhead = 160
+// header, checksum, the expected-sequence or expected-last-ID headers, a pipelined record's de-duplication ID,
+// and index), rounded up: StoredSize is never below a record's real cost.
+const storeOverhead = 256
 
 // StoredSize is what a record costs the stream: its stored encoding and subject plus the store's overhead.
 func StoredSize(subject string, payload []byte) int {
@@ -129,6 +132,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		MaxMsgsPerSubject: -1,
 		Discard:           jetstream.DiscardNew,
 		MaxMsgSize:        maxLine,
+		// Pipelined appends (AppendRecords) name each record's predecessor by its de-duplication ID; the stream
+		// needs to remember those IDs only while the write is in flight.
+		Duplicates: DedupWindow,
 		// AppendBatch stores a batch of records as one atomic write.
 		AllowAtomicPublish: true,
 		// No record is ever deleted one by one. Purges are allowed, for Archive: it trims the beginning of the
