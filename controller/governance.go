@@ -41,7 +41,10 @@ type governance struct {
 	rec      *envelopeRecorder
 	refusals *refusalLimiter
 	authz    *workgroups.Authorizer
-	wgCache  *workgroupCache // the relay's copy of wgs
+	// wgCopy and adCopy are wgs and ads in memory, kept current by watches, for the reads of every record
+	// (memberships, discovery, overlay attributes) that would otherwise list a whole bucket per request.
+	wgCopy *tableCopy[workgroups.Workgroup]
+	adCopy *tableCopy[workgroups.Advertisement]
 
 	// sessionStream is the stream under the sessions bucket: the retention removes every revision of an
 	// ended session from it at once (retention.go).
@@ -66,7 +69,7 @@ type sessionLock struct {
 const envelopeStream = "UMBRA_ENVELOPES"
 
 // openGovernance opens the stores. The envelope recorder (rec.run), the refusal summariser (summariseRefusals)
-// and the relay's workgroup copy (wgCache.run) are the caller's to run.
+// and the copies of the workgroups and advertisements (wgCopy.run, adCopy.run) are the caller's to run.
 func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, cfg Config) (*governance, error) {
 	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{}, keepEnded: endedPerConsumer,
 		refusals: newRefusalLimiter(refusalWindow, cfg.RefusalRecordsPerMinute)}
@@ -128,7 +131,8 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 			g.deadlines[s.ID.String()] = s.Deadline()
 		}
 	}
-	g.wgCache = newWorkgroupCache(g.wgs, log)
+	g.wgCopy = newTableCopy(g.wgs, "workgroups", log)
+	g.adCopy = newTableCopy(g.ads, "advertisements", log)
 	return g, nil
 }
 
@@ -224,7 +228,7 @@ func (s *Server) createOrg(ctx context.Context, c caller, req api.CreateOrgReque
 
 // memberships returns id's memberships over every workgroup.
 func (s *Server) memberships(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, []workgroups.Workgroup, error) {
-	all, err := s.gov.wgs.all(ctx)
+	all, err := s.gov.wgCopy.current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -417,7 +421,7 @@ func (s *Server) deleteWorkgroup(ctx context.Context, c caller, req api.DeleteWo
 
 // listWorkgroups returns the workgroups the caller is a member of, or whose invitation its organisation holds.
 func (s *Server) listWorkgroups(ctx context.Context, c caller) ([]api.WorkgroupView, error) {
-	all, err := s.gov.wgs.all(ctx)
+	all, err := s.gov.wgCopy.current(ctx)
 	if err != nil {
 		return nil, internal(err)
 	}
@@ -434,7 +438,7 @@ func (s *Server) listWorkgroups(ctx context.Context, c caller) ([]api.WorkgroupV
 
 // retractAds removes workgroup wg from the scope of matching advertisements, deleting those left with none.
 func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertisement) bool, wg workgroups.WorkgroupID) {
-	ads, err := s.gov.ads.all(ctx)
+	ads, err := s.gov.adCopy.current(ctx)
 	if err != nil {
 		s.log.Error("listing advertisements failed", "err", err)
 		return
@@ -469,11 +473,11 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	all, err := s.gov.wgs.all(ctx)
+	all, err := s.gov.wgCopy.current(ctx)
 	if err != nil {
 		return err
 	}
-	ads, err := s.gov.ads.all(ctx)
+	ads, err := s.gov.adCopy.current(ctx)
 	if err != nil {
 		return err
 	}

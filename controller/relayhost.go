@@ -2,14 +2,9 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"log/slog"
-	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/trace"
 
@@ -28,7 +23,7 @@ var (
 	_ relay.Envelopes   = relayEnvelopes{}
 	_ relay.RecordGate  = (*envelopeRecorder)(nil)
 	_ relay.Refusals    = relayRefusals{}
-	_ relay.Memberships = (*workgroupCache)(nil)
+	_ relay.Memberships = relayMemberships{}
 	_ relay.Identities  = relayIdentities{}
 	_ relay.Authorizer  = (*workgroups.Authorizer)(nil)
 	_ relay.Budget      = relayBudget{}
@@ -44,7 +39,7 @@ func (s *Server) newRelay() (*relay.Relay, error) {
 		Envelopes:    relayEnvelopes{s.gov.env},
 		Records:      s.gov.rec,
 		Refusals:     relayRefusals{s},
-		Memberships:  s.gov.wgCache,
+		Memberships:  relayMemberships{s.gov.wgCopy},
 		Identities:   relayIdentities{s.ids},
 		Authorizer:   s.gov.authz,
 		Budget:       relayBudget{s},
@@ -157,93 +152,25 @@ func (r relayIdentities) Usable(ctx context.Context, id spiffeid.ID) error {
 	return nil
 }
 
-// workgroupCache is a copy of the workgroups bucket that a watch keeps current, so that the relay does not list
-// the bucket for every envelope. Until the watch has delivered the bucket's contents, and whenever it is down,
-// answers come from the bucket itself.
-type workgroupCache struct {
-	wgs table[workgroups.Workgroup]
-	log *slog.Logger
-	all atomic.Pointer[[]workgroups.Workgroup] // nil: not current
-}
-
-func newWorkgroupCache(wgs table[workgroups.Workgroup], log *slog.Logger) *workgroupCache {
-	return &workgroupCache{wgs: wgs, log: log}
+// relayMemberships gives the relay the members of workgroups from the governance's copy of them.
+type relayMemberships struct {
+	wgs *tableCopy[workgroups.Workgroup]
 }
 
 // Cached answers from the copy; it may lag the bucket by the time a watch update takes to arrive.
-func (c *workgroupCache) Cached(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
-	if all := c.all.Load(); all != nil {
-		return workgroups.MembershipsOf(id, *all), nil
-	}
-	return c.Current(ctx, id)
-}
-
-// Current reads the bucket.
-func (c *workgroupCache) Current(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
-	all, err := c.wgs.all(ctx)
+func (m relayMemberships) Cached(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
+	all, err := m.wgs.cached(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return workgroups.MembershipsOf(id, all), nil
 }
 
-// run keeps the copy current until ctx ends, watching again after a failure.
-func (c *workgroupCache) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		err := c.watch(ctx)
-		c.all.Store(nil)
-		if ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("watching workgroups failed; the relay reads them from the store meanwhile", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (c *workgroupCache) watch(ctx context.Context) error {
-	w, err := c.wgs.kv.WatchAll(ctx)
+// Current answers with every write the bucket had stored when it was called.
+func (m relayMemberships) Current(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
+	all, err := m.wgs.current(ctx)
 	if err != nil {
-		return fmt.Errorf("watch workgroups: %w", err)
+		return nil, err
 	}
-	defer w.Stop()
-	byKey := map[string]workgroups.Workgroup{}
-	current := false
-	publish := func() {
-		all := make([]workgroups.Workgroup, 0, len(byKey))
-		for _, wg := range byKey {
-			all = append(all, wg)
-		}
-		c.all.Store(&all)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("watch workgroups: updates ended")
-			}
-			if e == nil { // the end of the initial values
-				current = true
-				publish()
-				continue
-			}
-			switch e.Operation() {
-			case jetstream.KeyValuePut:
-				var wg workgroups.Workgroup
-				if err := json.Unmarshal(e.Value(), &wg); err != nil {
-					return fmt.Errorf("workgroup %s: %w", e.Key(), err)
-				}
-				byKey[e.Key()] = wg
-			default:
-				delete(byKey, e.Key())
-			}
-			if current {
-				publish()
-			}
-		}
-	}
+	return workgroups.MembershipsOf(id, all), nil
 }

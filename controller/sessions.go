@@ -71,7 +71,7 @@ func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.A
 	if err != nil {
 		return nil, nil, err
 	}
-	ads, err := s.gov.ads.all(ctx)
+	ads, err := s.gov.adCopy.current(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,0 +1,192 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// copyCatchUp bounds how long tableCopy.current waits for its watch to deliver what the bucket held when it was
+// called, before it reads the bucket instead.
+const copyCatchUp = 2 * time.Second
+
+// tableCopy is a table's records in memory, kept current by a watch on its bucket, for reads that would
+// otherwise list the whole bucket on every request: discovery reads every advertisement, the relay and the
+// governance API every workgroup. A revision of the bucket is the sequence of its stream, so the copy knows how
+// far it has got: current answers only once the copy holds every write the bucket had stored when current was
+// called, which makes it as fresh as a read of the bucket itself (a write acknowledged before the call is always
+// seen), at the cost of one stream-info request instead of a pass over every record. cached answers at once from
+// whatever the copy holds, which may lag the bucket by the time a watch update takes to arrive. While the watch is
+// down, both read the bucket.
+//
+// With several controllers sharing the bucket, each keeps its own copy from the same stream, so a write through
+// one controller is seen by current on every other.
+type tableCopy[T any] struct {
+	t    table[T]
+	what string // for log lines: "workgroups", "advertisements"
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	live    bool          // the watch has delivered the bucket's contents and is running
+	byKey   map[string]T  // the records, while live
+	applied uint64        // the highest revision applied, while live
+	list    []T           // byKey's values, built on demand; nil after a change
+	moved   chan struct{} // closed and replaced whenever applied moves or live changes
+}
+
+func newTableCopy[T any](t table[T], what string, log *slog.Logger) *tableCopy[T] {
+	return &tableCopy[T]{t: t, what: what, log: log, moved: make(chan struct{})}
+}
+
+// cached is every record in the copy, or in the bucket while the copy is not live.
+func (c *tableCopy[T]) cached(ctx context.Context) ([]T, error) {
+	if list, ok := c.snapshot(0); ok {
+		return list, nil
+	}
+	return c.t.all(ctx)
+}
+
+// current is every record the bucket holds, as of this call or later.
+func (c *tableCopy[T]) current(ctx context.Context) ([]T, error) {
+	c.mu.Lock()
+	live := c.live
+	c.mu.Unlock()
+	if !live {
+		return c.t.all(ctx)
+	}
+	st, err := c.t.kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: bucket status: %w", c.what, err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return c.t.all(ctx)
+	}
+	want := bs.StreamInfo().State.LastSeq
+	wait := time.NewTimer(copyCatchUp)
+	defer wait.Stop()
+	for {
+		c.mu.Lock()
+		moved := c.moved
+		c.mu.Unlock()
+		if list, ok := c.snapshot(want); ok {
+			return list, nil
+		}
+		if !c.isLive() {
+			return c.t.all(ctx)
+		}
+		select {
+		case <-moved:
+		case <-wait.C:
+			// The last message of the stream may be one the watch never delivers (a purged delete marker):
+			// the bucket answers for certain.
+			return c.t.all(ctx)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (c *tableCopy[T]) isLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live
+}
+
+// snapshot is the copy's records if it is live and has applied revision want, in a slice of the caller's own
+// (the records' own slices are shared with the copy: not to be changed in place).
+func (c *tableCopy[T]) snapshot(want uint64) ([]T, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.live || c.applied < want {
+		return nil, false
+	}
+	if c.list == nil {
+		c.list = make([]T, 0, len(c.byKey))
+		for _, v := range c.byKey {
+			c.list = append(c.list, v)
+		}
+	}
+	return slices.Clone(c.list), true
+}
+
+// run keeps the copy current until ctx ends, watching again after a failure.
+func (c *tableCopy[T]) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := c.watch(ctx)
+		c.set(func() { c.live, c.byKey, c.list = false, nil, nil })
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Warn("watching a bucket failed; reading it directly meanwhile", "bucket", c.what, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// set changes the copy under its lock and wakes whoever waits for it to move.
+func (c *tableCopy[T]) set(change func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	change()
+	close(c.moved)
+	c.moved = make(chan struct{})
+}
+
+func (c *tableCopy[T]) watch(ctx context.Context) error {
+	w, err := c.t.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", c.what, err)
+	}
+	defer w.Stop()
+	byKey := map[string]T{}
+	var applied uint64
+	live := false
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watch " + c.what + ": updates ended")
+			}
+			if e == nil { // the end of the bucket's contents
+				live = true
+				c.set(func() { c.live, c.byKey, c.applied, c.list = true, byKey, applied, nil })
+				continue
+			}
+			var v T
+			put := e.Operation() == jetstream.KeyValuePut
+			if put {
+				if err := json.Unmarshal(e.Value(), &v); err != nil {
+					return fmt.Errorf("%s %s: %w", c.what, e.Key(), err)
+				}
+			}
+			apply := func() {
+				if put {
+					byKey[e.Key()] = v
+				} else {
+					delete(byKey, e.Key())
+				}
+				applied = max(applied, e.Revision())
+			}
+			if !live {
+				apply()
+				continue
+			}
+			c.set(func() {
+				apply()
+				c.applied, c.list = applied, nil
+			})
+		}
+	}
+}

@@ -1,0 +1,185 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/natsd"
+)
+
+type copyRec struct {
+	Key string `json:"key"`
+	N   int    `json:"n"`
+}
+
+// openCopyTables starts an embedded NATS server and opens one bucket through two connections, as two controllers
+// sharing it would.
+func openCopyTables(t *testing.T) (table[copyRec], table[copyRec]) {
+	t.Helper()
+	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir(), SyncAlways: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func(name string) table[copyRec] {
+		nc, err := ns.Connect(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, err := openTable[copyRec](ctx, js, "umbra_copy_test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	return open("a"), open("b")
+}
+
+func keysOf(rs []copyRec) []string {
+	var ks []string
+	for _, r := range rs {
+		ks = append(ks, r.Key)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// TestTableCopyIsCurrent: what current returns holds every write acknowledged before the call, through this
+// connection or another one (another controller), deletes included, before the copy is live, while it is, and
+// after its watch has stopped.
+func TestTableCopyIsCurrent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mine, theirs := openCopyTables(t)
+	for i := range 20 {
+		if err := mine.create(ctx, fmt.Sprintf("k%03d", i), copyRec{Key: fmt.Sprintf("k%03d", i), N: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newTableCopy(mine, "test records", slog.New(slog.DiscardHandler))
+	if got, err := c.current(ctx); err != nil || len(got) != 20 {
+		t.Fatalf("before the watch runs: %d records, %v; want 20 from the bucket", len(got), err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.run(runCtx) })
+	want := map[string]bool{}
+	for i := range 20 {
+		want[fmt.Sprintf("k%03d", i)] = true
+	}
+	for i := 20; i < 220; i++ {
+		key := fmt.Sprintf("k%03d", i)
+		w := mine
+		if i%2 == 1 {
+			w = theirs
+		}
+		if err := w.create(ctx, key, copyRec{Key: key, N: i}); err != nil {
+			t.Fatal(err)
+		}
+		want[key] = true
+		if i%7 == 0 { // and a delete now and then
+			old := fmt.Sprintf("k%03d", i-10)
+			if err := theirs.kv.Delete(ctx, old); err != nil {
+				t.Fatal(err)
+			}
+			delete(want, old)
+		}
+		got, err := c.current(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ks := keysOf(got); len(ks) != len(want) || !allIn(ks, want) {
+			t.Fatalf("after write %d: current has %d records, want %d", i, len(ks), len(want))
+		}
+	}
+	if !c.isLive() {
+		t.Fatal("the copy never went live")
+	}
+	// The cached view catches up too.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := c.cached(ctx)
+		if err == nil && len(got) == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cached: %d records, %v; want %d", len(got), err, len(want))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	wg.Wait()
+	if err := theirs.create(ctx, "late", copyRec{Key: "late"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.current(ctx); err != nil || len(got) != len(want)+1 {
+		t.Fatalf("after the watch stopped: %d records, %v; want %d from the bucket", len(got), err, len(want)+1)
+	}
+}
+
+func allIn(ks []string, want map[string]bool) bool {
+	for _, k := range ks {
+		if !want[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestTableCopyReadersAndWriters: readers of the copy race writers and the watch without a data race, and each
+// reader owns the slice it is given.
+func TestTableCopyReadersAndWriters(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mine, theirs := openCopyTables(t)
+	c := newTableCopy(mine, "test records", slog.New(slog.DiscardHandler))
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.run(runCtx) })
+	var writers sync.WaitGroup
+	for w, tb := range []table[copyRec]{mine, theirs} {
+		writers.Go(func() {
+			for i := range 100 {
+				key := fmt.Sprintf("w%d-%03d", w, i)
+				if err := tb.create(ctx, key, copyRec{Key: key}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	var readers sync.WaitGroup
+	for range 4 {
+		readers.Go(func() {
+			for range 100 {
+				got, err := c.current(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				slices.Reverse(got) // the caller's own slice
+			}
+		})
+	}
+	writers.Wait()
+	readers.Wait()
+	if got, err := c.current(ctx); err != nil || len(got) != 200 {
+		t.Fatalf("%d records, %v; want 200", len(got), err)
+	}
+	stop()
+	wg.Wait()
+}
