@@ -81,6 +81,9 @@ func unusedGrants(st State, scope Scope, p Policy, memberOf map[string][]string,
 		}
 	}
 	auditRead := "no audit records read"
+	if u.Records == 0 && u.FromStart {
+		auditRead = "the whole audit trail, which holds no records yet"
+	}
 	if u.Records > 0 {
 		auditRead = fmt.Sprintf("%d audit records read from %s", u.Records, u.From.UTC().Format(time.RFC3339))
 		if u.FromStart {
@@ -109,10 +112,10 @@ func unusedGrants(st State, scope Scope, p Policy, memberOf map[string][]string,
 		subject := c.id.ID.String()
 		var last []string
 		if t := g.last(subject); !t.IsZero() {
-			last = append(last, "newest overlay use recorded "+t.UTC().Format(time.RFC3339))
+			last = append(last, "its newest overlay use of any service recorded "+t.UTC().Format(time.RFC3339))
 		}
 		if t := u.Last[subject]; !t.IsZero() {
-			last = append(last, "newest audit record of use "+t.UTC().Format(time.RFC3339))
+			last = append(last, "its newest audit record of use "+t.UTC().Format(time.RFC3339))
 		}
 		if len(last) == 0 {
 			last = append(last, "no recorded use at all")
