@@ -32,7 +32,7 @@ func TestGrantUse(t *testing.T) {
 	conn := dialEcho(t, ctx, dialer, svc)
 
 	limit.Step("the inventory names the dial and the bind as used")
-	const window = 4 * time.Second
+	const window = 6 * time.Second
 	started := time.Now()
 	var last map[string]map[string]time.Time
 	for {
