@@ -150,6 +150,11 @@ type Config struct {
 	// AlertWebhookSecret signs the webhook's bodies with HMAC-SHA256. Default empty: they are signed with the
 	// controller's audit checkpoint key (Ed25519), whose public half `umbra audit key` prints.
 	AlertWebhookSecret string
+	// GrantUseGranularity is how finely the controller records when each identity last dialed or bound each
+	// service it was granted (evidence for the posture's grant-unused check, docs/posture.md): at most one
+	// write per identity, service and dial or bind in this time, and a crash loses at most this much evidence.
+	// Default 1h.
+	GrantUseGranularity time.Duration
 	// Logger receives state changes. Default: discard.
 	Logger *slog.Logger
 }
@@ -200,6 +205,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxIdentityAge < 0 {
 		return c, fmt.Errorf("controller: MaxIdentityAge %s is negative; give a positive duration (default 720h)", c.MaxIdentityAge)
+	}
+	if c.GrantUseGranularity == 0 {
+		c.GrantUseGranularity = time.Hour
+	}
+	if c.GrantUseGranularity < 0 {
+		return c, fmt.Errorf("controller: GrantUseGranularity %s is negative; give a positive duration (default 1h)", c.GrantUseGranularity)
 	}
 	if c.CheckpointInterval == 0 {
 		c.CheckpointInterval = time.Minute

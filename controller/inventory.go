@@ -202,6 +202,9 @@ func (s *Server) postureState(ctx context.Context, withUsage bool) (posture.Stat
 		st.Routers = append(st.Routers, api.InventoryRouter{Name: r.Name, Online: r.Online, Enrolled: r.Verified,
 			Disabled: r.Disabled, Version: r.Version, CreatedAt: r.CreatedAt.UTC()})
 	}
+	if st.GrantUse, err = s.grantUse.snapshot(ctx); err != nil {
+		return st, err
+	}
 	if withUsage {
 		if st.Usage, err = s.postureUsage(ctx); err != nil {
 			return st, err

@@ -52,6 +52,7 @@ type Server struct {
 	events     *sessionEvents // the session event feed (events.go)
 	alerts     *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
 	zc         *zitictrl.Controller
+	grantUse   *grantUses // when identities last dialed or bound their services (grantuse.go)
 	authPolicy string
 	self       *agentsdk.Agent
 
@@ -229,6 +230,10 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.prepareOverlay(); err != nil {
 		return err
 	}
+	if s.grantUse, err = openGrantUses(ctx, js, s.zc, s.cfg.GrantUseGranularity, s.log); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.tasks.spawn(func() { s.grantUse.run(ctx) })
 	if err := s.startEnrollment(ctx); err != nil {
 		return err
 	}

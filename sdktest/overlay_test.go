@@ -41,6 +41,8 @@ func TestMain(m *testing.M) {
 		RefusalRecordsPerMinute: 1000,
 		// The session cap and record path tests propose far more than a minute's share from one identity.
 		ProposalsPerMinute: 10000,
+		// TestGrantUse sees the overlay's uses recorded within seconds.
+		GrantUseGranularity: time.Second,
 		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSyncer(relaySpans),
 			sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))})
 	if err != nil {

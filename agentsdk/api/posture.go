@@ -54,6 +54,9 @@ type InventoryIdentity struct {
 	Bind          []string  `json:"bind,omitempty"`           // services it may host
 	Workgroups    []string  `json:"workgroups,omitempty"`
 	Suspended     string    `json:"suspend_reason,omitempty"`
+	// LastUsed is, per grant it holds ("dial:SERVICE", "bind:SERVICE"), the newest use the overlay showed, as
+	// the controller records it (at most one granularity, default 1h, older than the use); absent if none.
+	LastUsed map[string]time.Time `json:"last_used,omitempty"`
 }
 
 // InventoryService is an overlay service granted to identities.

@@ -41,6 +41,8 @@ type Options struct {
 	MetricsListen string
 	// TracerProvider of the controller (its relay's spans). Default: no tracing.
 	TracerProvider trace.TracerProvider
+	// GrantUseGranularity of the controller's record of grant use. Default the controller's.
+	GrantUseGranularity time.Duration
 	// Logger for the controller, router and OpenZiti. Default: warnings to stderr.
 	Logger *slog.Logger
 }
@@ -91,7 +93,7 @@ func Start(opts Options) (*Env, error) {
 	cfg := controller.Config{DataDir: filepath.Join(dir, "controller"), CtrlPort: ports[0], OverlayAPIPort: ports[1],
 		EnrollPort: ports[2], SVIDTTL: opts.SVIDTTL, MaxIdentityAge: opts.MaxIdentityAge,
 		RefusalRecordsPerMinute: opts.RefusalRecordsPerMinute, ProposalsPerMinute: opts.ProposalsPerMinute, MetricsListen: opts.MetricsListen,
-		TracerProvider: opts.TracerProvider, Logger: log}
+		TracerProvider: opts.TracerProvider, GrantUseGranularity: opts.GrantUseGranularity, Logger: log}
 	srv, err := controller.New(cfg)
 	if err != nil {
 		return nil, err

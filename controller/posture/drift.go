@@ -14,7 +14,7 @@ import (
 // Items are an inventory's items by key ("identity:<spiffe-id>", "service:<name>", "workgroup:<id>",
 // "advertisement:<id>", "org:<name>", "gateway:<spiffe-id>", "tool:<gateway>/<tool>", "model:<gateway>/<model>",
 // "router:<name>"), each with a digest of what it is; a tool's is the digest of its pinned definition. Times and
-// states that change by themselves (last seen, SVID expiry, a report's time, a router being online) are left out,
+// states that change by themselves (last seen, last use, SVID expiry, a report's time, a router being online) are left out,
 // so only what someone changed counts as drift.
 func Items(inv api.Inventory) map[string]string {
 	out := map[string]string{}
@@ -27,7 +27,7 @@ func Items(inv api.Inventory) map[string]string {
 		put("org:"+o.Name, o)
 	}
 	for _, id := range inv.Identities {
-		id.LastSeen, id.SVIDExpiresAt, id.EnrolledAt = time.Time{}, time.Time{}, time.Time{}
+		id.LastSeen, id.SVIDExpiresAt, id.EnrolledAt, id.LastUsed = time.Time{}, time.Time{}, time.Time{}, nil
 		put("identity:"+id.SPIFFEID, id)
 	}
 	for _, s := range inv.Services {

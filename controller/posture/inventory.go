@@ -54,7 +54,8 @@ func Inventory(st State, scope Scope) api.Inventory {
 		ii := api.InventoryIdentity{SPIFFEID: id.ID.String(), Org: id.Org, Kind: id.Kind, Name: id.Name, Admin: id.Admin,
 			State: id.State, CreatedAt: id.CreatedAt.UTC(), EnrolledAt: utc(id.EnrolledAt), LastSeen: utc(id.LastSeen),
 			SVIDExpiresAt: utc(id.SVIDExpiresAt), Dial: sorted(id.Dial), Bind: sorted(id.Bind),
-			Workgroups: sorted(memberOf[id.ID.String()]), Suspended: id.SuspendReason}
+			Workgroups: sorted(memberOf[id.ID.String()]), Suspended: id.SuspendReason,
+			LastUsed: st.GrantUse.lastUsed(id)}
 		inv.Identities = append(inv.Identities, ii)
 		if !id.Live() {
 			continue

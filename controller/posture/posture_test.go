@@ -93,6 +93,24 @@ func clean(t *testing.T) posture.State {
 		u.Add(r)
 	}
 	u.FromStart = true
+	// The overlay showed every dial and bind grant in use this week, and has been recording for 60 days.
+	used := now.Add(-5 * 24 * time.Hour)
+	g := posture.GrantUse{Since: now.Add(-60 * 24 * time.Hour), Granularity: time.Hour,
+		Dial: map[string]map[string]time.Time{}, Bind: map[string]map[string]time.Time{}}
+	for _, id := range []posture.Identity{quoter, buyer, mcpID, llmID} {
+		for _, svc := range id.Dial {
+			if g.Dial[id.ID.String()] == nil {
+				g.Dial[id.ID.String()] = map[string]time.Time{}
+			}
+			g.Dial[id.ID.String()][svc] = used
+		}
+		for _, svc := range id.Bind {
+			if g.Bind[id.ID.String()] == nil {
+				g.Bind[id.ID.String()] = map[string]time.Time{}
+			}
+			g.Bind[id.ID.String()][svc] = used
+		}
+	}
 	return posture.State{Now: now, SVIDLifetime: time.Hour, PlatformOrg: "umbra",
 		Orgs:           []posture.Org{{Name: "acme", CreatedAt: now.Add(-100 * 24 * time.Hour)}, {Name: "globex", CreatedAt: now.Add(-100 * 24 * time.Hour)}},
 		Identities:     []posture.Identity{quoter, buyer, acmeAdmin, globexAdmin, mcpID, llmID},
@@ -100,7 +118,16 @@ func clean(t *testing.T) posture.State {
 		Advertisements: []workgroups.Advertisement{ad(t, quoter.ID, "Quoter", 100, time.Hour, wgID)},
 		Reports:        reports,
 		Routers:        []api.InventoryRouter{{Name: "edge-1", Online: true, Enrolled: true, Version: "v1.7.2"}},
-		Usage:          u}
+		Usage:          u,
+		GrantUse:       g}
+}
+
+// useDial records on the overlay that id dialed svc an hour ago.
+func useDial(st *posture.State, id posture.Identity, svc string) {
+	if st.GrantUse.Dial[id.ID.String()] == nil {
+		st.GrantUse.Dial[id.ID.String()] = map[string]time.Time{}
+	}
+	st.GrantUse.Dial[id.ID.String()][svc] = now.Add(-time.Hour)
 }
 
 // report changes the report of gateway id in st.
@@ -166,18 +193,23 @@ func TestFindings(t *testing.T) {
 		}, posture.CheckStillSuspended, sid("globex", "agent", "buyer").String(), api.SeverityInfo, "odd traffic"},
 		{"workgroup membership unused", func(st *posture.State) { delete(st.Usage.Workgroups, sid("globex", "agent", "buyer").String()) },
 			posture.CheckUnusedGrant, sid("globex", "agent", "buyer").String(), api.SeverityLow, "workgroup acme/pricing"},
-		{"dial grant of a gateway unused", func(st *posture.State) { delete(st.Usage.Gateways, sid("globex", "agent", "buyer").String()) },
-			posture.CheckUnusedGrant, sid("globex", "agent", "buyer").String(), api.SeverityLow, "dial mcpgw (gateway " + mcpGW.String()},
-		{"audit read too short to judge grants", func(st *posture.State) {
+		{"dial grant of a gateway unused", func(st *posture.State) {
+			delete(st.Usage.Gateways, sid("globex", "agent", "buyer").String())
+			delete(st.GrantUse.Dial[sid("globex", "agent", "buyer").String()], "mcpgw")
+		}, posture.CheckUnusedGrant, sid("globex", "agent", "buyer").String(), api.SeverityLow,
+			"dial mcpgw (no circuit dialed on the overlay; no call through gateway " + mcpGW.String()},
+		{"audit read too short to judge workgroup memberships", func(st *posture.State) {
 			st.Usage.FromStart, st.Usage.From = false, now.Add(-10*24*time.Hour)
-		}, posture.CheckUsageUnknown, "platform", api.SeverityInfo, "reach back to 2026-11-24"},
+		}, posture.CheckUsageUnknown, "platform", api.SeverityInfo, "3 workgroup memberships (5 audit records read from 2026-11-24"},
 		{"reach far above the peers' median", func(st *posture.State) {
 			for i := range 4 {
 				a := ident("acme", "agent", "peer"+string(rune('a'+i)), posture.StateEnrolled, now)
+				a.CreatedAt = now // too new for its grants' use to be judged
 				a.Dial = []string{"prices"}
 				st.Identities = append(st.Identities, a)
 			}
 			big := ident("acme", "agent", "octopus", posture.StateEnrolled, now)
+			big.CreatedAt = now
 			for i := range 10 {
 				big.Dial = append(big.Dial, "svc"+string(rune('a'+i)))
 			}
@@ -205,9 +237,15 @@ func TestFindings(t *testing.T) {
 				r.Tools = []api.GatewayTool{{Name: "crm__lookup", Server: "crm", Digest: "d3", State: "approved"}}
 			})
 		}, posture.CheckToolChanged, mcpGW.String() + "/crm__lookup", api.SeverityMedium, "at the baseline d1, now d3"},
-		{"MCP server dialable without the gateway", func(st *posture.State) { st.Identities[1].Dial = append(st.Identities[1].Dial, "crm-mcp") },
+		{"MCP server dialable without the gateway", func(st *posture.State) {
+			st.Identities[1].Dial = append(st.Identities[1].Dial, "crm-mcp")
+			useDial(st, st.Identities[1], "crm-mcp")
+		},
 			posture.CheckUngated, mcpGW.String() + "/crm-mcp", api.SeverityHigh, sid("globex", "agent", "buyer").String()},
-		{"model endpoint dialable without the gateway", func(st *posture.State) { st.Identities[0].Dial = append(st.Identities[0].Dial, "ollama") },
+		{"model endpoint dialable without the gateway", func(st *posture.State) {
+			st.Identities[0].Dial = append(st.Identities[0].Dial, "ollama")
+			useDial(st, st.Identities[0], "ollama")
+		},
 			posture.CheckUngated, llmGW.String() + "/ollama", api.SeverityHigh, sid("acme", "agent", "quoter").String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,6 +412,7 @@ func TestUsageFromAuditRecords(t *testing.T) {
 func TestUngatedScoped(t *testing.T) {
 	st := clean(t)
 	st.Identities[0].Dial = append(st.Identities[0].Dial, "ollama") // acme's quoter may dial globex's model server
+	useDial(&st, st.Identities[0], "ollama")
 	fs := posture.Findings(st, posture.Scope{Org: "globex"}, posture.Policy{})
 	if len(fs) != 1 || fs[0].Check != posture.CheckUngated || strings.Contains(fs[0].Evidence, "quoter") ||
 		!strings.Contains(fs[0].Evidence, "identities of other organisations: 1") {

@@ -21,6 +21,7 @@ type State struct {
 	Reports        map[string]GatewayReport // each gateway's newest report, by its SPIFFE ID
 	Routers        []api.InventoryRouter    // the OpenZiti edge routers
 	Usage          Usage                    // what the audit trail says identities used
+	GrantUse       GrantUse                 // what the overlay showed identities dialing and binding
 	Baseline       map[string]string        // the items (Items) of the scope's recorded baseline; nil if none
 }
 
