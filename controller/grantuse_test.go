@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 	"github.com/umbra-mesh/umbra/internal/zitictrl"
 )
 
@@ -49,21 +49,7 @@ func (f *overlayFeed) Names(identityID, serviceID string) (string, string, bool)
 
 func testJetStream(t *testing.T) jetstream.JetStream {
 	t.Helper()
-	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := ns.Connect("grant-use-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return natsdtest.Connect(t, natsdtest.Start(t), "grant-use-test")
 }
 
 // TestGrantUseWritesCoarsely: a hundred dials in one granularity slot are one write to the bucket, the next slot

@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 )
 
 type copyRec struct {
@@ -23,24 +21,11 @@ type copyRec struct {
 // sharing it would.
 func openCopyTables(t *testing.T) (table[copyRec], table[copyRec]) {
 	t.Helper()
-	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir(), SyncAlways: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := natsdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	open := func(name string) table[copyRec] {
-		nc, err := ns.Connect(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tb, err := openTable[copyRec](ctx, js, "umbra_copy_test")
+		tb, err := openTable[copyRec](ctx, natsdtest.Connect(t, ns, name), "umbra_copy_test")
 		if err != nil {
 			t.Fatal(err)
 		}
