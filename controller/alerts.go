@@ -28,6 +28,14 @@ import (
 // only reads behind). An alert of the automatic suspension policy then suspends the identity through the kill
 // switch, with the controller as the actor and the rule as the reason.
 //
+// Several controllers on one NATS cluster all follow the same trail, and each learns every identity's baseline
+// from it; only the one holding the recorder's lease (leadership.go) raises alerts, so an alert is recorded,
+// published, posted and acted on once, not once per controller. The others' detectors have learned from the same
+// records all along, so the one that takes over the lease raises the next alert as the old holder would have.
+// An alert due in the moment of the handover may be raised by neither (the holder died after reading its record
+// and before raising it) or, rarely, by both (a holder paused past its term): the lease is about who does the
+// work, not a fence. Every controller's API answers every alert, from the anomaly.alert records.
+//
 // The list the API answers is derived from the trail too: the follower keeps the latest anomaly.alert records it
 // reads. On start it reads the trail from one learning period (plus a window) back, learning the baselines
 // again without raising alerts for what it had seen before.
@@ -54,6 +62,7 @@ type alerter struct {
 	self    string          // the controller's SPIFFE ID: its own records are not an identity's behaviour
 	suspend func(ctx context.Context, id spiffeid.ID, reason string) error
 	counted func(rule string) // counts an alert raised; nil: not counted
+	lead    *leadership       // raises alerts only while it leads (nil: always, a lone controller)
 	log     *slog.Logger
 
 	suspending sync.WaitGroup // automatic suspensions under way
@@ -74,7 +83,7 @@ func (s *Server) newAlerts(ctx context.Context) (*alerter, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	a := &alerter{det: det, trail: s.gov.audit, nc: s.nc, self: s.controllerID.String(), log: s.log,
-		changed: make(chan struct{}), suspend: s.autoSuspend, counted: s.metrics.alerted}
+		changed: make(chan struct{}), suspend: s.autoSuspend, counted: s.metrics.alerted, lead: s.gov.lead}
 	if s.cfg.AlertWebhook != "" {
 		wc := webhook.Config{URL: s.cfg.AlertWebhook, Secret: []byte(s.cfg.AlertWebhookSecret), Key: s.auditKey, Logger: s.log,
 			Outcome: s.metrics.hooked}
@@ -144,7 +153,7 @@ func (a *alerter) run(ctx context.Context, replayed uint64, since time.Time) {
 	}
 }
 
-// observe feeds r to the detector and raises its alerts, unless r is replayed.
+// observe feeds r to the detector and raises its alerts, unless r is replayed or another controller raises them.
 func (a *alerter) observe(ctx context.Context, r audit.Record, replay bool) {
 	if r.Kind == kindAnomalyAlert {
 		var al api.Alert
@@ -158,7 +167,7 @@ func (a *alerter) observe(ctx context.Context, r audit.Record, replay bool) {
 		return
 	}
 	alerts := a.det.Observe(r)
-	if replay {
+	if replay || !a.lead.leads() {
 		return
 	}
 	for _, al := range alerts {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/umbra-mesh/umbra/controller/anomaly"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
 // TestAlertsFollowTheTrail runs the alerter on a real audit trail and NATS server: refusals appended to the trail
@@ -165,5 +167,162 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 	}
 	if recorded != 2 {
 		t.Fatalf("%d anomaly.alert records in the trail, want 2 (none for the records before the start, none for the controller)", recorded)
+	}
+}
+
+// TestAlertsRaisedOnceAcrossControllers runs the alerters of two controllers on one trail, each with its lease:
+// an identity's refusals raise each alert once (one anomaly.alert record, one suspension asked), both list it;
+// once the raising controller is killed, the other raises the next identity's alerts, again once each.
+func TestAlertsRaisedOnceAcrossControllers(t *testing.T) {
+	limit := testlimit.Start(t, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	self := spiffeid.RequireFromSegments(worldTD, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName)
+	var mu sync.Mutex
+	suspended := map[string]int{}
+	type node struct {
+		a     *alerter
+		lead  *leadership
+		trail *audit.Log
+		stop  context.CancelFunc
+		done  chan struct{}
+	}
+	var nodes []*node
+	for i := range 2 {
+		nc, err := ns.Connect(fmt.Sprintf("alerts-%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trail, err := audit.Open(ctx, js, audit.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hints, err := openTable[recorderHint](ctx, js, "umbra_recorder")
+		if err != nil {
+			t.Fatal(err)
+		}
+		det, err := anomaly.New(anomaly.Config{Window: time.Minute, MinRefusals: 3, AutoSuspendRefusals: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := &node{trail: trail, lead: newLeadership(hints.kv, self.String(), 500*time.Millisecond, nil), done: make(chan struct{})}
+		n.lead.abandon = true
+		n.a = &alerter{det: det, trail: trail, nc: nc, self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
+			lead: n.lead, suspend: func(_ context.Context, id spiffeid.ID, _ string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				suspended[id.String()]++
+				return nil
+			}}
+		rctx, stop := context.WithCancel(ctx)
+		n.stop = stop
+		replayed, since := n.a.replayUntil(ctx, time.Now())
+		var wg sync.WaitGroup
+		wg.Go(func() { n.lead.run(rctx) })
+		wg.Go(func() { n.a.run(rctx, replayed, since) })
+		go func() { wg.Wait(); close(n.done) }()
+		t.Cleanup(func() { stop(); <-n.done })
+		nodes = append(nodes, n)
+	}
+	leader := func() *node {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			var l []*node
+			for _, n := range nodes {
+				if n.lead.leads() {
+					l = append(l, n)
+				}
+			}
+			if len(l) > 1 {
+				t.Fatal("two alerters lead at once")
+			}
+			if len(l) == 1 {
+				return l[0]
+			}
+		}
+		t.Fatal("no alerter leads after 10 s")
+		return nil
+	}
+	refuse := func(trail *audit.Log, id spiffeid.ID) {
+		t.Helper()
+		for range 5 {
+			if _, err := trail.Append(ctx, audit.Record{Kind: "envelope.rejected", Actor: id.String(), Decision: audit.DecisionDeny,
+				Reason: "type_not_allowed: type \"order.place\" is not allowed by the contract"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// listed waits until every running alerter lists want alerts, then checks the trail holds exactly want.
+	listed := func(want int, running ...*node) {
+		t.Helper()
+		for _, n := range running {
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if page, _ := n.a.visible("", 0, 100); len(page.Alerts) >= want {
+					break
+				}
+				if time.Now().After(deadline) {
+					page, _ := n.a.visible("", 0, 100)
+					t.Fatalf("listed %d alerts, want %d", len(page.Alerts), want)
+				}
+			}
+		}
+		time.Sleep(200 * time.Millisecond) // a second raise, if there were one, would be recorded by now
+		recorded := 0
+		if _, err := running[0].trail.Scan(ctx, 0, func(r audit.Record) error {
+			if r.Kind == kindAnomalyAlert {
+				recorded++
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if recorded != want {
+			t.Fatalf("%d anomaly.alert records in the trail, want %d", recorded, want)
+		}
+	}
+
+	limit.Step("refusals of one identity with two controllers following")
+	first := leader()
+	bad := spiffeid.RequireFromSegments(worldTD, "acme", "agent", "bad")
+	refuse(nodes[1].trail, bad)
+	listed(2, nodes...)
+
+	limit.Step("kill the raising controller; the other raises the next identity's alerts")
+	first.stop()
+	<-first.done
+	var other *node
+	for _, n := range nodes {
+		if n != first {
+			other = n
+		}
+	}
+	if leader() != other {
+		t.Fatal("the surviving alerter does not lead")
+	}
+	worse := spiffeid.RequireFromSegments(worldTD, "acme", "agent", "worse")
+	refuse(other.trail, worse)
+	listed(4, other)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := suspended[worse.String()]
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if suspended[bad.String()] != 1 || suspended[worse.String()] != 1 {
+		t.Fatalf("suspensions asked: %v, want one for each identity", suspended)
 	}
 }

@@ -60,6 +60,11 @@ type Config struct {
 	// CheckpointInterval is how often the controller signs a checkpoint of the audit chain's head, when records
 	// were added since the last one; it also signs one on every export. Default 1 minute.
 	CheckpointInterval time.Duration
+	// RecorderLease is, when controllers share a NATS cluster (NATSClusterListen), how long the lease of the one
+	// that records envelopes in the audit trail and raises anomaly alerts lives unrenewed: it is renewed every
+	// third of it, and another controller takes over about 1 1/3 of it after the holder died (at once after it
+	// stopped). Default 3 s. Unused by a lone controller. Negative is refused.
+	RecorderLease time.Duration
 	// MaxPendingProposals is how many of one identity's proposals may await their providers at once (held, or
 	// proposed and not yet answered). Default 64. Past it, propose is refused with HTTP 429, code
 	// too_many_proposals, until the provider answers one or the consumer closes one. Negative is refused: there
@@ -217,6 +222,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CheckpointInterval < 0 {
 		return c, fmt.Errorf("controller: CheckpointInterval %s is negative; give a positive duration (default 1m)", c.CheckpointInterval)
+	}
+	if c.RecorderLease == 0 {
+		c.RecorderLease = defaultLeaseTerm
+	}
+	if c.RecorderLease < 0 {
+		return c, fmt.Errorf("controller: RecorderLease %s is negative; give a positive duration (default %s)", c.RecorderLease, defaultLeaseTerm)
 	}
 	if c.MaxPendingProposals == 0 {
 		c.MaxPendingProposals = defaultMaxPendingProposals

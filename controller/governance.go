@@ -39,6 +39,7 @@ type governance struct {
 	audit    *audit.Log
 	env      *envstore.Store
 	rec      *envelopeRecorder
+	lead     *leadership // who records and raises alerts among controllers sharing a NATS cluster; nil: alone
 	refusals *refusalLimiter
 	authz    *workgroups.Authorizer
 	// wgCopy and adCopy are wgs and ads in memory, kept current by watches, for the reads of every record
@@ -119,6 +120,11 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	}
 	g.rec = newEnvelopeRecorder(g.env, g.audit, hints, stream)
 	g.rec.log, g.rec.actor = log, controllerID
+	if cfg.NATSClusterListen != "" {
+		// Other controllers may share the trail: one records at a time, all follow (recorder.go).
+		g.lead = newLeadership(hints.kv, controllerID, cfg.RecorderLease, log)
+		g.rec.shared, g.rec.lead = true, g.lead
+	}
 	if g.authz, err = workgroups.NewAuthorizer(); err != nil {
 		return nil, err
 	}

@@ -30,6 +30,16 @@ import (
 // record of N is stored. After a restart it finds where it stopped from the audit trail itself (each derived
 // record names its envelope's stream sequence), starting from a hint it saves now and then so that the scan
 // stays short; the hint may lag, never lead, so nothing is recorded twice.
+//
+// Several controllers on one NATS cluster share the envelope stream and the trail (shared). Then the recorder of
+// the controller holding the lease (leadership.go) writes the records, and every recorder, writing or not,
+// follows the trail and learns from the envelope.accepted records, whoever wrote them, which envelopes are
+// recorded: that is what its wait answers from, so the relay of every controller acknowledges and delivers once
+// the record is stored, without asking anyone per envelope. The writer appends with audit.Log.AppendAfter: each
+// write is conditional on the trail's last record being one the recorder has read, so a record it writes stands
+// for an envelope that no record read so far stands for, and none was stored since. Two recorders writing at
+// once (a lease holder paused past its term, and its successor) therefore never record an envelope twice: the
+// one that loses the race reads the other's records and writes only what is still missing.
 
 const (
 	hintKey = "envelopes"
@@ -54,10 +64,17 @@ type envelopeRecorder struct {
 	log    *slog.Logger
 	actor  string // who a record of an undecodable envelope names
 
+	// shared: other controllers' recorders may write to the same trail; this one writes only while lead leads
+	// (a nil lead always leads) and learns what is recorded by following the trail.
+	shared bool
+	lead   *leadership
+
 	mu       sync.Mutex
 	done     uint64        // every envelope up to this stream sequence has its audit record
 	auditSeq uint64        // audit sequence of the last derived record seen
 	advanced chan struct{} // closed when done moves
+	seen     uint64        // shared: every audit record up to this sequence is read, or written by this recorder
+	seenMore chan struct{} // closed when seen moves
 	hinted   recorderHint
 	hintedAt time.Time
 
@@ -82,14 +99,18 @@ func (r *envelopeRecorder) crash(step string, envSeq uint64) error {
 
 func newEnvelopeRecorder(env *envstore.Store, trail *audit.Log, hints table[recorderHint], stream jetstream.Stream) *envelopeRecorder {
 	return &envelopeRecorder{env: env, trail: trail, hints: hints, stream: stream, log: slog.New(slog.DiscardHandler),
-		advanced: make(chan struct{})}
+		advanced: make(chan struct{}), seenMore: make(chan struct{})}
 }
 
 // run records envelopes until ctx ends, starting over from the audit trail after any failure.
 func (r *envelopeRecorder) run(ctx context.Context) {
 	failed := 0
 	for ctx.Err() == nil {
-		err := r.follow(ctx)
+		follow := r.follow
+		if r.shared {
+			follow = r.followShared
+		}
+		err := follow(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -112,6 +133,54 @@ func (r *envelopeRecorder) follow(ctx context.Context) error {
 	if err := r.recover(ctx); err != nil {
 		return err
 	}
+	return r.record(ctx)
+}
+
+// followShared is follow for a recorder that shares the trail: it follows the trail from where recover read it
+// to, and records envelopes whenever this controller leads.
+func (r *envelopeRecorder) followShared(ctx context.Context) error {
+	if err := r.recover(ctx); err != nil {
+		return err
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	followed := make(chan error, 1)
+	go func() {
+		err := r.trail.Follow(tctx, r.seenThrough(), time.Time{}, func(rec audit.Record) error {
+			if rec.Kind == kindEnvelopeAccepted {
+				if seq, ok := streamSeqOf(rec); ok {
+					r.advance(seq, rec.Seq)
+				}
+			}
+			r.see(rec.Seq)
+			return nil
+		})
+		cancel() // the writer needs the follower (caughtUp)
+		followed <- err
+	}()
+	stop := func(err error) error {
+		cancel()
+		if ferr := <-followed; ctx.Err() == nil && !errors.Is(ferr, context.Canceled) {
+			err = fmt.Errorf("follow the audit trail: %w", ferr)
+		}
+		return err
+	}
+	for {
+		lctx, lcancel, err := r.lead.whileLeading(tctx)
+		if err != nil {
+			return stop(err)
+		}
+		err = r.record(lctx)
+		lost := lctx.Err() != nil && tctx.Err() == nil // leadership lost: follow on, and wait for it again
+		lcancel()
+		if !lost {
+			return stop(err)
+		}
+	}
+}
+
+// record records every envelope after the position, as they come.
+func (r *envelopeRecorder) record(ctx context.Context) error {
 	fctx, cancel := context.WithCancel(ctx)
 	queue := make(chan envstore.Msg, audit.MaxBatch)
 	followed := make(chan error, 1)
@@ -159,6 +228,9 @@ func (r *envelopeRecorder) follow(ctx context.Context) error {
 // recordBatch writes the records of the envelopes in batch not recorded yet, in one atomic write, and moves the
 // position past them.
 func (r *envelopeRecorder) recordBatch(ctx context.Context, batch []envstore.Msg) error {
+	if r.shared {
+		return r.recordShared(ctx, batch)
+	}
 	done := r.position()
 	recs := make([]audit.Record, 0, len(batch))
 	var last uint64
@@ -189,6 +261,90 @@ func (r *envelopeRecorder) recordBatch(ctx context.Context, batch []envstore.Msg
 	return r.saveHint(ctx, false)
 }
 
+// recordShared is recordBatch for a recorder that shares the trail. Each write is conditional on the trail's
+// last record (AppendAfter): before it, the recorder reads the trail up to that record (the follower does), and
+// writes the records of the envelopes of batch that no record read stands for. A write that lost a race with
+// another writer is tried again the same way; one that stored only a part of the records (single-replica
+// stream) is followed by another for the rest.
+func (r *envelopeRecorder) recordShared(ctx context.Context, batch []envstore.Msg) error {
+	for {
+		stored, err := r.trail.AppendAfter(ctx, func(ctx context.Context, lastSeq uint64) ([]audit.Record, error) {
+			if err := r.caughtUp(ctx, lastSeq); err != nil {
+				return nil, err
+			}
+			done := r.position()
+			var recs []audit.Record
+			var last uint64
+			for _, m := range batch {
+				if m.StreamSeq <= done || m.StreamSeq <= last {
+					continue
+				}
+				if err := r.crash(stepRead, m.StreamSeq); err != nil {
+					return nil, err
+				}
+				recs, last = append(recs, r.recordFor(m)), m.StreamSeq
+			}
+			return recs, nil
+		})
+		if err != nil {
+			return fmt.Errorf("audit records of envelopes up to %d: %w", batch[len(batch)-1].StreamSeq, err)
+		}
+		if len(stored) == 0 {
+			return nil
+		}
+		tail := stored[len(stored)-1]
+		last, _ := streamSeqOf(tail)
+		if err := r.crash(stepRecorded, last); err != nil {
+			return err
+		}
+		// The write was conditional on the trail ending at a record already read: the trail is read through
+		// the records just written.
+		r.advance(last, tail.Seq)
+		r.see(tail.Seq)
+		if err := r.crash(stepAdvanced, last); err != nil {
+			return err
+		}
+		if err := r.saveHint(ctx, false); err != nil {
+			return err
+		}
+	}
+}
+
+// see moves the sequence up to which the trail is read.
+func (r *envelopeRecorder) see(auditSeq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if auditSeq <= r.seen {
+		return
+	}
+	r.seen = auditSeq
+	close(r.seenMore)
+	r.seenMore = make(chan struct{})
+}
+
+func (r *envelopeRecorder) seenThrough() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen
+}
+
+// caughtUp returns once the trail is read up to auditSeq.
+func (r *envelopeRecorder) caughtUp(ctx context.Context, auditSeq uint64) error {
+	for {
+		r.mu.Lock()
+		seen, ch := r.seen, r.seenMore
+		r.mu.Unlock()
+		if seen >= auditSeq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("reading the audit trail up to record %d: %w", auditSeq, ctx.Err())
+		}
+	}
+}
+
 // recover sets the position from the hint and the derived records after it.
 func (r *envelopeRecorder) recover(ctx context.Context) error {
 	hint, _, err := r.hints.get(ctx, hintKey)
@@ -198,7 +354,7 @@ func (r *envelopeRecorder) recover(ctx context.Context) error {
 	}
 	done, auditSeq := hint.Envelope, hint.Audit
 	legacy := false
-	if _, err := r.trail.Scan(ctx, hint.Audit, func(rec audit.Record) error {
+	scanned, err := r.trail.Scan(ctx, hint.Audit, func(rec audit.Record) error {
 		if rec.Kind != kindEnvelopeAccepted {
 			return nil
 		}
@@ -209,7 +365,8 @@ func (r *envelopeRecorder) recover(ctx context.Context) error {
 		}
 		done, auditSeq = max(done, seq), rec.Seq
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("find where recording stopped: %w", err)
 	}
 	if first && legacy {
@@ -224,6 +381,10 @@ func (r *envelopeRecorder) recover(ctx context.Context) error {
 			"envelope_seq", done)
 	}
 	r.advance(done, auditSeq)
+	r.see(scanned)
+	if r.shared && !r.lead.leads() {
+		return nil // the hint is the writer's to save
+	}
 	return r.saveHint(ctx, first)
 }
 

@@ -48,12 +48,25 @@ func openRecorderWorld(t *testing.T, dir string) *recorderWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.openStores(js)
+	return w
+}
+
+// openStores opens the envelope stream, the trail and the hints through js, as a controller does.
+func (w *recorderWorld) openStores(js jetstream.JetStream) {
+	t := w.t
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if w.env, err = envstore.Open(ctx, js, envstore.Options{Stream: envelopeStream}); err != nil {
+	replicas := 1
+	if r, ok := js.(replicated); ok {
+		replicas = r.n
+	}
+	var err error
+	if w.env, err = envstore.Open(ctx, js, envstore.Options{Stream: envelopeStream, Replicas: replicas}); err != nil {
 		t.Fatal(err)
 	}
-	if w.trail, err = audit.Open(ctx, js, audit.Options{}); err != nil {
+	if w.trail, err = audit.Open(ctx, js, audit.Options{Replicas: replicas}); err != nil {
 		t.Fatal(err)
 	}
 	if w.hints, err = openTable[recorderHint](ctx, js, "umbra_recorder"); err != nil {
@@ -62,7 +75,6 @@ func openRecorderWorld(t *testing.T, dir string) *recorderWorld {
 	if w.strm, err = js.Stream(ctx, envelopeStream); err != nil {
 		t.Fatal(err)
 	}
-	return w
 }
 
 func (w *recorderWorld) close() {

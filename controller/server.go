@@ -206,6 +206,9 @@ func (s *Server) start(ctx context.Context) error {
 	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
+	if s.gov.lead != nil {
+		s.tasks.spawn(func() { s.gov.lead.run(ctx) })
+	}
 	s.tasks.spawn(func() { s.gov.rec.run(ctx) })
 	s.tasks.spawn(func() { s.gov.summariseRefusals(ctx, s.log) })
 	s.tasks.spawn(func() { s.gov.budget.run(ctx) })

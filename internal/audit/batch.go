@@ -39,22 +39,26 @@ func (l *Log) AppendBatch(ctx context.Context, rs []Record) ([]Record, error) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.retrying(ctx, "batch", func() ([]Record, error) {
-		msgs, err := l.link(out)
-		if err != nil {
-			return nil, err
-		}
-		last, err := l.publishBatch(ctx, msgs, l.lastSeq)
-		if err != nil {
-			return nil, err
-		}
-		first := last - uint64(len(out)) + 1
-		for i := range out {
-			out[i].Seq = first + uint64(i)
-			l.advanceTail(ctx, out[i], msgs[i])
-		}
-		return out, nil
-	})
+	return l.retrying(ctx, "batch", func() ([]Record, error) { return l.batchOnce(ctx, out) })
+}
+
+// batchOnce is one attempt of AppendBatch: out (prepared) linked after the tail and published as one atomic
+// batch expecting the tail as the stream's last record. The caller holds l.mu.
+func (l *Log) batchOnce(ctx context.Context, out []Record) ([]Record, error) {
+	msgs, err := l.link(out)
+	if err != nil {
+		return nil, err
+	}
+	last, err := l.publishBatch(ctx, msgs, l.lastSeq)
+	if err != nil {
+		return nil, err
+	}
+	first := last - uint64(len(out)) + 1
+	for i := range out {
+		out[i].Seq = first + uint64(i)
+		l.advanceTail(ctx, out[i], msgs[i])
+	}
+	return out, nil
 }
 
 // AppendRecords appends rs in order, each linked to the one before, in the cheapest durable way the stream
@@ -86,56 +90,95 @@ func (l *Log) appendPipelined(ctx context.Context, rs []Record) ([]Record, error
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.retrying(ctx, "pipelined append", func() ([]Record, error) {
-		msgs, err := l.link(out)
+	return l.retrying(ctx, "pipelined append", func() ([]Record, error) { return l.pipelineOnce(ctx, out) })
+}
+
+// pipelineOnce is one attempt of appendPipelined. The caller holds l.mu.
+func (l *Log) pipelineOnce(ctx context.Context, out []Record) ([]Record, error) {
+	msgs, err := l.link(out)
+	if err != nil {
+		return nil, err
+	}
+	actx, cancel := context.WithTimeout(ctx, pipelineAckWait)
+	defer cancel()
+	futures := make([]jetstream.PubAckFuture, 0, len(msgs))
+	for i, m := range msgs {
+		opts := []jetstream.PublishOpt{jetstream.WithExpectStream(l.name), jetstream.WithMsgID(pipelineID(out[i]))}
+		if i == 0 {
+			opts = append(opts, jetstream.WithExpectLastSequence(l.lastSeq))
+		} else {
+			opts = append(opts, jetstream.WithExpectLastMsgID(pipelineID(out[i-1])))
+		}
+		f, err := l.js.PublishMsgAsync(m, opts...)
+		if err != nil {
+			break // the records sent so far are awaited; the rest are not stored
+		}
+		futures = append(futures, f)
+	}
+	done := 0
+	var failed error
+await:
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			out[i].Seq = ack.Sequence
+			l.advanceTail(ctx, out[i], msgs[i])
+			done++
+		case err := <-f.Err():
+			failed = err
+			break await
+		case <-actx.Done():
+			failed = fmt.Errorf("no acknowledgement: %w", actx.Err())
+			break await
+		}
+	}
+	switch {
+	case failed == nil && done == len(out):
+		return out, nil
+	case failed == nil:
+		failed = fmt.Errorf("sent %d of %d records", len(futures), len(out))
+	}
+	if done > 0 {
+		// Part of the batch is stored: report it; the caller appends the rest again if it wants to.
+		return out[:done], &partialError{err: failed}
+	}
+	return nil, failed
+}
+
+// AppendAfter appends records that depend on what the trail holds: next is called under the append lock with the
+// sequence of the stream's last record, and returns the records to link after it (none: nothing is appended).
+// They are stored only if no other record was stored after that one meanwhile; when another writer (in another
+// process) got in first, the tail is read again and next is called again with the new last sequence, so that it
+// can look at what was stored in between and say what still needs writing. A writer that derives records from
+// the trail this way never writes one that another writer's record already stands for, whatever the number of
+// writers.
+//
+// The records are written as AppendRecords writes them: one atomic batch on a replicated stream, pipelined on a
+// single-replica one. A pipelined write that stored only a prefix (a record refused part-way) returns that
+// prefix without an error: call again for the rest, which next then decides afresh. As with Append, an error
+// after publishing leaves it unknown whether the records (or some of them) were stored.
+func (l *Log) AppendAfter(ctx context.Context, next func(ctx context.Context, lastSeq uint64) ([]Record, error)) ([]Record, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	stored, err := l.retrying(ctx, "conditional append", func() ([]Record, error) {
+		rs, err := next(ctx, l.lastSeq)
+		if err != nil || len(rs) == 0 {
+			return nil, err
+		}
+		out, err := prepare(rs)
 		if err != nil {
 			return nil, err
 		}
-		actx, cancel := context.WithTimeout(ctx, pipelineAckWait)
-		defer cancel()
-		futures := make([]jetstream.PubAckFuture, 0, len(msgs))
-		for i, m := range msgs {
-			opts := []jetstream.PublishOpt{jetstream.WithExpectStream(l.name), jetstream.WithMsgID(pipelineID(out[i]))}
-			if i == 0 {
-				opts = append(opts, jetstream.WithExpectLastSequence(l.lastSeq))
-			} else {
-				opts = append(opts, jetstream.WithExpectLastMsgID(pipelineID(out[i-1])))
-			}
-			f, err := l.js.PublishMsgAsync(m, opts...)
-			if err != nil {
-				break // the records sent so far are awaited; the rest are not stored
-			}
-			futures = append(futures, f)
+		if l.replicas > 1 {
+			return l.batchOnce(ctx, out)
 		}
-		done := 0
-		var failed error
-	await:
-		for i, f := range futures {
-			select {
-			case ack := <-f.Ok():
-				out[i].Seq = ack.Sequence
-				l.advanceTail(ctx, out[i], msgs[i])
-				done++
-			case err := <-f.Err():
-				failed = err
-				break await
-			case <-actx.Done():
-				failed = fmt.Errorf("no acknowledgement: %w", actx.Err())
-				break await
-			}
-		}
-		switch {
-		case failed == nil && done == len(out):
-			return out, nil
-		case failed == nil:
-			failed = fmt.Errorf("sent %d of %d records", len(futures), len(out))
-		}
-		if done > 0 {
-			// Part of the batch is stored: report it; the caller appends the rest again if it wants to.
-			return out[:done], &partialError{err: failed}
-		}
-		return nil, failed
+		return l.pipelineOnce(ctx, out)
 	})
+	var partial *partialError
+	if errors.As(err, &partial) && len(stored) > 0 {
+		return stored, nil // the tail is unknown: the next call reads it again
+	}
+	return stored, err
 }
 
 // pipelineAckWait bounds how long appendPipelined waits for the server's acknowledgements of one write.

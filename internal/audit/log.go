@@ -197,34 +197,12 @@ func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash
 		if err != nil || !ok {
 			return Record{}, false, err
 		}
-		r.Seq, r.Prev, r.Hash = 0, l.lastHash, ""
-		if err := normalize(&r, time.Now()); err != nil {
-			return Record{}, false, err
-		}
-		if err := validate(r); err != nil {
-			return Record{}, false, fmt.Errorf("audit: invalid record: %w", err)
-		}
-		b, err := canonical(r)
-		if err != nil {
-			return Record{}, false, err
-		}
-		if len(b) > MaxRecordSize {
-			return Record{}, false, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
-		}
-		sum := sha256.Sum256(b)
-		r.Hash = hex.EncodeToString(sum[:])
-		payload, err := stored(r)
-		if err != nil {
-			return Record{}, false, err
-		}
-		subject := l.subjectFor(r)
-		ack, err := l.js.Publish(ctx, subject, payload,
-			jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
+		r, sent, err := l.publishNext(ctx, r)
 		if err == nil {
-			r.Seq = ack.Sequence
-			l.lastSeq, l.lastHash, l.lastKind = ack.Sequence, r.Hash, r.Kind
-			l.notifyStored(ctx, r, subject, payload)
 			return r, true, nil
+		}
+		if !sent {
+			return Record{}, false, err
 		}
 		if !isWrongLastSeq(err) {
 			// A timeout may hide a stored record: find out from the stream next time.
@@ -244,6 +222,42 @@ func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash
 			return Record{}, false, err
 		}
 	}
+}
+
+// publishNext links r to the tail, publishes it on condition that the stream's last record is still the tail,
+// and makes it the tail. The caller holds l.mu. sent says whether the record was published: then an error is the
+// publish's, unwrapped (isWrongLastSeq: another writer got in first); else the record is invalid.
+func (l *Log) publishNext(ctx context.Context, r Record) (_ Record, sent bool, _ error) {
+	r.Seq, r.Prev, r.Hash = 0, l.lastHash, ""
+	if err := normalize(&r, time.Now()); err != nil {
+		return Record{}, false, err
+	}
+	if err := validate(r); err != nil {
+		return Record{}, false, fmt.Errorf("audit: invalid record: %w", err)
+	}
+	b, err := canonical(r)
+	if err != nil {
+		return Record{}, false, err
+	}
+	if len(b) > MaxRecordSize {
+		return Record{}, false, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
+	}
+	sum := sha256.Sum256(b)
+	r.Hash = hex.EncodeToString(sum[:])
+	payload, err := stored(r)
+	if err != nil {
+		return Record{}, false, err
+	}
+	subject := l.subjectFor(r)
+	ack, err := l.js.Publish(ctx, subject, payload,
+		jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
+	if err != nil {
+		return Record{}, true, err
+	}
+	r.Seq = ack.Sequence
+	l.lastSeq, l.lastHash, l.lastKind = ack.Sequence, r.Hash, r.Kind
+	l.notifyStored(ctx, r, subject, payload)
+	return r, true, nil
 }
 
 // stored is the message payload: the canonical encoding with Hash filled in.
