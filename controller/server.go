@@ -402,11 +402,20 @@ func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, nam
 		if _, err := s.registerIdentity(ctx, id, org, kind, name, admin, s.controllerID); err != nil {
 			return nil, err
 		}
-		if _, err := s.ids.update(ctx, id, func(r *identityRecord) error {
-			r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
-			return nil
-		}); err != nil {
-			return nil, err
+		// On replicated buckets a read may come from a copy one write behind: the record just registered can
+		// be missing from it for a moment.
+		for attempt := 1; ; attempt++ {
+			_, err := s.ids.update(ctx, id, func(r *identityRecord) error {
+				r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
+				return nil
+			})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errNoIdentity) || attempt == 50 || ctx.Err() != nil {
+				return nil, err
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	} else if err != nil {
 		return nil, err
