@@ -10,10 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/zitictrl"
 )
 
 // maxReplicas is JetStream's largest replica count.
@@ -26,6 +29,9 @@ func (c *Config) checkCluster() error {
 	}
 	if c.Replicas < 1 || c.Replicas > maxReplicas {
 		return fmt.Errorf("controller: Replicas %d: want 1 to %d (3 in a cluster of three controllers)", c.Replicas, maxReplicas)
+	}
+	if err := c.checkOverlayCluster(); err != nil {
+		return err
 	}
 	if c.NATSClusterListen == "" {
 		if c.Replicas > 1 || len(c.NATSRoutes) > 0 {
@@ -48,6 +54,34 @@ func (c *Config) checkCluster() error {
 		c.NATSClusterName = "umbra"
 	}
 	return nil
+}
+
+// checkOverlayCluster validates ClusterInit and ClusterJoin.
+func (c *Config) checkOverlayCluster() error {
+	if c.ClusterJoin == "" {
+		return nil
+	}
+	if c.ClusterInit {
+		return errors.New("controller: ClusterInit and ClusterJoin exclude each other (--cluster-init starts a new cluster, --cluster-join tls:HOST:PORT joins one)")
+	}
+	hostPort, ok := strings.CutPrefix(c.ClusterJoin, "tls:")
+	if _, port, err := net.SplitHostPort(hostPort); !ok || err != nil || port == "" {
+		return fmt.Errorf("controller: cluster join address %q: want tls:HOST:PORT, a member's overlay control-plane address (its --advertise host and --ctrl-port)", c.ClusterJoin)
+	}
+	// The overlay's members share one governance state: a member on a NATS store of its own would contradict
+	// the others.
+	if c.NATSClusterListen == "" {
+		return errors.New("controller: a controller joining an overlay cluster must share the governance state: give it --nats-cluster-listen and --nats-routes too (NATSClusterListen, NATSRoutes)")
+	}
+	return nil
+}
+
+// overlayCluster is the overlay controller's cluster setting, nil for a lone controller.
+func (c Config) overlayCluster() *zitictrl.Cluster {
+	if !c.ClusterInit && c.ClusterJoin == "" {
+		return nil
+	}
+	return &zitictrl.Cluster{Join: c.ClusterJoin}
 }
 
 // natsCluster is the embedded NATS server's cluster configuration, nil without NATSClusterListen. The routes use
@@ -98,23 +132,59 @@ func natsServerName(cfg Config) (string, error) {
 }
 
 // replicated creates every stream and key-value bucket that does not name its replica count with n replicas.
+// Above one replica, each create gets createAttemptTimeout and is sent again if it got no answer: when controllers
+// starting together create the same stream at once, JetStream may answer only one of them (the others' requests
+// are dropped, seen here at a cluster's first start), while a later request finds the stream and succeeds; and
+// just after the meta leader's election, JetStream answers "temporarily unavailable" for a moment.
 type replicated struct {
 	jetstream.JetStream
 	n int
+}
+
+// createAttemptTimeout bounds one replicated create: the new raft group elects its leader in a few seconds.
+const createAttemptTimeout = 5 * time.Second
+
+// retryUnanswered runs create until it gets an answer, each attempt with its own deadline, as long as ctx lasts.
+func retryUnanswered[T any](ctx context.Context, n int, create func(context.Context) (T, error)) (T, error) {
+	if n <= 1 {
+		return create(ctx)
+	}
+	for {
+		actx, cancel := context.WithTimeout(ctx, createAttemptTimeout)
+		v, err := create(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !unanswered(err) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// unanswered says whether a JetStream request got no answer, or the answer that the cluster is not ready yet
+// (503, as just after a meta leader is elected).
+func unanswered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		(errors.As(err, &apiErr) && apiErr.Code == 503)
 }
 
 func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return r.JetStream.CreateKeyValue(ctx, cfg)
+	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) { return r.JetStream.CreateKeyValue(ctx, cfg) })
 }
 
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+	})
 }
 
 func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
@@ -128,12 +198,14 @@ func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return r.JetStream.CreateStream(ctx, cfg)
+	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.CreateStream(ctx, cfg) })
 }
 
 func (r replicated) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return r.JetStream.CreateOrUpdateStream(ctx, cfg)
+	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.Stream, error) {
+		return r.JetStream.CreateOrUpdateStream(ctx, cfg)
+	})
 }

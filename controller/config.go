@@ -105,6 +105,16 @@ type Config struct {
 	// presents a certificate of the SPIFFE CA and admits only clients holding a controller SVID of this trust
 	// domain and CA (see natsTLS). Default: no listener.
 	NATSListen string
+	// ClusterInit makes the embedded overlay controller the first member of a new OpenZiti controller cluster
+	// (raft) on its first start: its control-plane listener (AdvertiseHost:CtrlPort, tls:) then also carries the
+	// raft mesh, and other controllers join through it (docs/cluster.md). A data directory of a lone controller
+	// is moved into the cluster. Default false: a lone overlay controller.
+	ClusterInit bool
+	// ClusterJoin is the overlay control-plane address (tls:HOST:PORT) of a member of an existing cluster, which
+	// this controller asks to add it. Its data directory must hold the cluster's secrets first
+	// (InstallClusterSecrets). Exclusive with ClusterInit; once joined, later starts need it still (the
+	// controller stays a member) but do not ask again. Default: no cluster.
+	ClusterJoin string
 	// NATSClusterListen, if set (host:port), makes the embedded NATS server one of a NATS cluster of controllers:
 	// it accepts routes from the other controllers' servers here, with mutual TLS (the same certificates and
 	// admission as NATSListen: a controller SVID of this trust domain and CA, so the controllers of a cluster

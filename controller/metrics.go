@@ -45,6 +45,7 @@ type metrics struct {
 	alerts      *prometheus.CounterVec
 	webhook     *prometheus.CounterVec
 	stores      *storeCollector
+	overlay     *overlayCollector
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -89,10 +90,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "umbra_controller_alert_webhook_total",
 			Help: "Alert webhook deliveries by outcome: delivered, failed (given up) or dropped (the queue was full).",
 		}, []string{"outcome"}),
-		stores: newStoreCollector(),
+		stores:  newStoreCollector(),
+		overlay: newOverlayCollector(),
 	}
 	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.delivered, m.appendTime, m.ackTime, m.revocations,
-		m.enrollments, m.suppressed, m.alerts, m.webhook, m.stores} {
+		m.enrollments, m.suppressed, m.alerts, m.webhook, m.stores, m.overlay} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("controller: metrics: %w", err)
 		}

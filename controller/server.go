@@ -29,6 +29,9 @@ import (
 	"github.com/umbra-mesh/umbra/internal/zitictrl"
 )
 
+// storeOpenTimeout bounds opening (and at the first start, creating) the JetStream stores.
+const storeOpenTimeout = 3 * time.Minute
+
 // Server is the Umbra controller. Create it with New, start it with Run.
 type Server struct {
 	cfg   Config
@@ -200,10 +203,14 @@ func (s *Server) start(ctx context.Context) error {
 	}
 	// Every bucket and stream is created with the configured replica count.
 	js := jetstream.JetStream(replicated{JetStream: njs, n: s.cfg.Replicas})
-	if s.ids, err = openIdentityStore(ctx, js); err != nil {
+	// Creating a replicated stream or bucket answers once its raft group has a leader, which on a loaded
+	// machine takes longer than JetStream's default 5 s request timeout: the stores get a deadline of their own.
+	octx, cancelOpen := context.WithTimeout(ctx, storeOpenTimeout)
+	defer cancelOpen()
+	if s.ids, err = openIdentityStore(octx, js); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
-	if s.gov, err = openGovernance(ctx, js, s.log, s.controllerID.String(), s.cfg); err != nil {
+	if s.gov, err = openGovernance(octx, js, s.log, s.controllerID.String(), s.cfg); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	if s.gov.lead != nil {
@@ -222,15 +229,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.startMetrics(ctx, js); err != nil {
 		return err
 	}
-	s.zc, err = zitictrl.Start(ctx, zitictrl.Config{
-		Dir: filepath.Join(dir, "overlay"), BindHost: s.cfg.Host, AdvertiseHost: s.cfg.AdvertiseHost,
-		CtrlPort: s.cfg.CtrlPort, APIPort: s.cfg.OverlayAPIPort,
-		TrustDomain: spiffeid.RequireTrustDomainFromString("overlay." + s.td.Name()),
-	}, s.log)
-	if err != nil {
-		return fmt.Errorf("controller: %w", err)
-	}
-	if err := s.prepareOverlay(); err != nil {
+	if err := s.startOverlay(ctx); err != nil {
 		return err
 	}
 	if s.grantUse, err = openGrantUses(ctx, js, s.zc, s.cfg.GrantUseGranularity, s.log); err != nil {
@@ -303,30 +302,48 @@ func (s *Server) serveHTTP(ctx context.Context, name string, srv *http.Server, l
 // loadAuthority loads (or creates on first start) the SPIFFE CA, the token signing key and the audit checkpoint
 // key, all in DataDir/spiffe.
 func (s *Server) loadAuthority() error {
-	dir := filepath.Join(s.cfg.DataDir, "spiffe")
-	certPath, keyPath := filepath.Join(dir, "ca.cert"), filepath.Join(dir, "ca.key")
-	var err error
-	if _, statErr := os.Stat(certPath); statErr == nil {
-		s.ca, err = pki.LoadCA(certPath, keyPath)
-	} else {
-		s.ca, err = pki.NewCA("Umbra SPIFFE CA "+s.td.Name(), s.td, 5*365*24*time.Hour, time.Now())
-		if err == nil {
-			err = s.ca.Save(certPath, keyPath)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("controller: SPIFFE CA: %w", err)
-	}
-	if caTD, terr := spiffeid.TrustDomainFromURI(s.ca.Cert.URIs[0]); terr != nil || caTD != s.td {
-		return fmt.Errorf("controller: data dir belongs to trust domain %v, not %s", s.ca.Cert.URIs, s.td)
-	}
-	tokenKey, err := loadSeedKey(filepath.Join(dir, "token.key"), "UMBRA TOKEN SIGNING SEED")
+	a, err := loadAuthorityFiles(s.cfg.DataDir, s.td)
 	if err != nil {
 		return err
 	}
-	s.tokens = enrolltoken.NewSigner(tokenKey)
-	s.auditKey, err = loadSeedKey(filepath.Join(dir, "audit.key"), "UMBRA AUDIT CHECKPOINT SEED")
-	return err
+	s.ca, s.tokens, s.auditKey = a.ca, enrolltoken.NewSigner(a.tokenKey), a.auditKey
+	return nil
+}
+
+// authority is the signing material a controller keeps in DATA/spiffe.
+type authority struct {
+	ca                 *pki.CA
+	tokenKey, auditKey ed25519.PrivateKey
+}
+
+// loadAuthorityFiles loads the authority of data directory dir, creating what is missing for trust domain td.
+func loadAuthorityFiles(dataDir string, td spiffeid.TrustDomain) (authority, error) {
+	var a authority
+	dir := filepath.Join(dataDir, "spiffe")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return a, fmt.Errorf("controller: %w", err)
+	}
+	certPath, keyPath := filepath.Join(dir, "ca.cert"), filepath.Join(dir, "ca.key")
+	var err error
+	if _, statErr := os.Stat(certPath); statErr == nil {
+		a.ca, err = pki.LoadCA(certPath, keyPath)
+	} else {
+		a.ca, err = pki.NewCA("Umbra SPIFFE CA "+td.Name(), td, 5*365*24*time.Hour, time.Now())
+		if err == nil {
+			err = a.ca.Save(certPath, keyPath)
+		}
+	}
+	if err != nil {
+		return a, fmt.Errorf("controller: SPIFFE CA: %w", err)
+	}
+	if caTD, terr := spiffeid.TrustDomainFromURI(a.ca.Cert.URIs[0]); terr != nil || caTD != td {
+		return a, fmt.Errorf("controller: data dir belongs to trust domain %v, not %s", a.ca.Cert.URIs, td)
+	}
+	if a.tokenKey, err = loadSeedKey(filepath.Join(dir, "token.key"), "UMBRA TOKEN SIGNING SEED"); err != nil {
+		return a, err
+	}
+	a.auditKey, err = loadSeedKey(filepath.Join(dir, "audit.key"), "UMBRA AUDIT CHECKPOINT SEED")
+	return a, err
 }
 
 // prepareOverlay registers the SPIFFE CA with the overlay and creates the policies everything relies on.
@@ -385,11 +402,20 @@ func (s *Server) issueDirect(ctx context.Context, id spiffeid.ID, org, kind, nam
 		if _, err := s.registerIdentity(ctx, id, org, kind, name, admin, s.controllerID); err != nil {
 			return nil, err
 		}
-		if _, err := s.ids.update(ctx, id, func(r *identityRecord) error {
-			r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
-			return nil
-		}); err != nil {
-			return nil, err
+		// On replicated buckets a read may come from a copy one write behind: the record just registered can
+		// be missing from it for a moment.
+		for attempt := 1; ; attempt++ {
+			_, err := s.ids.update(ctx, id, func(r *identityRecord) error {
+				r.State, r.EnrolledAt = stateEnrolled, time.Now().UTC()
+				return nil
+			})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errNoIdentity) || attempt == 50 || ctx.Err() != nil {
+				return nil, err
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	} else if err != nil {
 		return nil, err

@@ -76,6 +76,17 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"controller", "--data", filepath.Join(dir, "c"), "--enroll-port", heldPort}, []string{"--enroll-port", "in use"}},
 		{[]string{"controller", "--router-token", "r1"}, []string{"--router-token", "NAME:FILE"}},
 		{[]string{"controller", "--svid-ttl", "5"}, []string{"--svid-ttl", "duration"}},
+		{[]string{"controller", "--cluster-init", "--cluster-join", "tls:127.0.0.1:6262"}, []string{"--cluster-init", "--cluster-join", "exclude"}},
+		{[]string{"controller", "--cluster-join", "127.0.0.1:6262"}, []string{"--cluster-join", "tls:HOST:PORT"}},
+		{[]string{"controller", "--cluster-join", "tls:127.0.0.1:6262"}, []string{"--cluster-join", "--nats-cluster-listen"}},
+		{[]string{"controller", "--cluster-secrets", id}, []string{"--cluster-secrets", "--cluster-join"}},
+		{[]string{"controller", "--data", filepath.Join(dir, "j"), "--cluster-join", "tls:127.0.0.1:6262", "--cluster-secrets", missing,
+			"--nats-cluster-listen", "127.0.0.1:0", "--nats-routes", "127.0.0.1:1"}, []string{"--cluster-secrets", "no such"}},
+		{[]string{"controller", "--data", filepath.Join(dir, "j"), "--cluster-join", "tls:127.0.0.1:6262", "--cluster-secrets", id,
+			"--nats-cluster-listen", "127.0.0.1:0", "--nats-routes", "127.0.0.1:1"}, []string{"--cluster-secrets", "not a cluster secrets bundle"}},
+		{[]string{"controller", "secrets"}, []string{"controller secrets", "export"}},
+		{[]string{"controller", "secrets", "export", "--data", filepath.Join(dir, "s")}, []string{"--out"}},
+		{[]string{"controller", "secrets", "export", "--data", filepath.Join(dir, "s"), "--out", id}, []string{"--out", "not overwritten"}},
 		{[]string{"router"}, []string{"--data"}},
 		{[]string{"router", "--data", filepath.Join(dir, "r"), "--edge", heldAddr}, []string{"--edge", "in use"}},
 		{[]string{"router", "create", "--as", id}, []string{"--name"}},
@@ -201,7 +212,7 @@ func TestCommandHelp(t *testing.T) {
 	paths := [][]string{{}, {"router", "create"}, {"workgroup", "member"}, {"workgroup", "member", "add"},
 		{"workgroup", "member", "remove"}, {"mcp", "approvals"}, {"mcp", "approvals", "list"}, {"mcp", "approvals", "approve"},
 		{"demo", "setup"}, {"demo", "agent"}, {"demo", "exec"}, {"demo", "serve-mcp"}, {"demo", "sockets"}, {"demo", "probe"},
-		{"posture", "baseline"}}
+		{"posture", "baseline"}, {"controller", "secrets"}, {"controller", "secrets", "export"}}
 	for name := range commands() {
 		paths = append(paths, []string{name})
 	}

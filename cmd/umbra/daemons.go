@@ -170,9 +170,13 @@ func startController(ctx context.Context, cfg controller.Config) (*controller.Se
 	}
 }
 
-func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+func cmdController(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "secrets" {
+		return cmdControllerSecrets(ctx, args[1:], stdin, stdout, stderr)
+	}
 	f := newFlags("controller", stderr)
 	cfg := controllerFlags(f)
+	cluster := addClusterFlags(f, cfg)
 	otlp := otlpFlag(f)
 	var routerToken, adminCopy string
 	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
@@ -192,6 +196,9 @@ func cmdController(ctx context.Context, args []string, _ io.Reader, stdout, stde
 		return err
 	}
 	cfg.Logger = log
+	if err := cluster.install(cfg); err != nil {
+		return err
+	}
 	tp, stopTracing, err := startTracing(ctx, "controller", *otlp, "umbra-controller", log)
 	if err != nil {
 		return err

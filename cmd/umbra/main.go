@@ -24,8 +24,11 @@ Usage:
   umbra dev        --data DIR                       controller + router + NATS in one process
   umbra demo       [--data DIR] [--loop]            the multi-organisation demo, all on this machine
   umbra controller --data DIR [--router-token NAME:FILE]
+                   [--cluster-init | --cluster-join tls:HOST:PORT --cluster-secrets FILE]
+      a cluster of controllers also takes the NATS cluster flags (docs/cluster.md)
       dev and controller also take --max-identity-age D (renewal refused D after enrollment; default 720h)
       and --reset-admin (break-glass: new platform administrator in DIR/admin.json, every earlier one revoked)
+  umbra controller secrets export --data DIR --out FILE   the keys every controller of a cluster shares
   umbra router     --data DIR [--token FILE] [--edge HOST:PORT] [--link HOST:PORT]
   umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
   umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/openziti/storage/boltz"
 	"github.com/openziti/ziti/common/pb/cmd_pb"
 	"github.com/openziti/ziti/controller/raft"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/pki"
 )
@@ -52,6 +54,34 @@ func CopyClusterSecrets(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// ClusterSecretFiles are the paths, relative to an overlay directory, of the files every member of one cluster
+// shares: the overlay CA certificate and key and the admin secret.
+func ClusterSecretFiles() []string { return slices.Clone(clusterSecrets) }
+
+// EnsureClusterSecrets creates the overlay CA and the admin secret in dir, the overlay directory of a controller
+// that has not started yet, unless they exist: a cluster's secrets can then be handed to the other members
+// before the first one starts. The controller's own certificate is issued at its first start.
+func EnsureClusterSecrets(dir string) error {
+	pkiDir := filepath.Join(dir, "pki")
+	if err := os.MkdirAll(pkiDir, 0o700); err != nil {
+		return fmt.Errorf("zitictrl: %w", err)
+	}
+	caCert, caKey := filepath.Join(pkiDir, "ca.cert"), filepath.Join(pkiDir, "ca.key")
+	if _, err := os.Stat(caCert); errors.Is(err, os.ErrNotExist) {
+		ca, err := pki.NewCA("Umbra overlay root", spiffeid.TrustDomain{}, 10*365*24*time.Hour, time.Now())
+		if err != nil {
+			return fmt.Errorf("zitictrl: %w", err)
+		}
+		if err := ca.Save(caCert, caKey); err != nil {
+			return fmt.Errorf("zitictrl: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("zitictrl: %w", err)
+	}
+	_, err := ensureSecret(filepath.Join(dir, "admin.secret"))
+	return err
 }
 
 // checkJoinable refuses to join a cluster without its secrets: a fresh CA would make this controller a

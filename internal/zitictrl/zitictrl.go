@@ -255,6 +255,12 @@ func ensurePKI(cfg Config) (*pki.CA, error) {
 			if err := ensureMemberCert(cfg, ca); err != nil {
 				return nil, err
 			}
+		} else if _, err := os.Stat(filepath.Join(dir, "ctrl.chain.pem")); errors.Is(err, os.ErrNotExist) {
+			// The CA was made ahead of the first start (EnsureClusterSecrets): the controller's own certificate
+			// is still to issue.
+			if err := issueControllerCert(cfg, ca, randomHex(6), ""); err != nil {
+				return nil, err
+			}
 		}
 		return ca, nil
 	}
