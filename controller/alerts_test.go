@@ -11,13 +11,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/anomaly"
 	"github.com/umbra-mesh/umbra/internal/audit"
-	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
@@ -29,20 +28,8 @@ import (
 func TestAlertsFollowTheTrail(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := ns.Connect("alerts-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := natsdtest.Start(t)
+	js := natsdtest.Connect(t, ns, "alerts-test")
 	trail, err := audit.Open(ctx, js, audit.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +51,7 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 	}
 
 	msgs := make(chan *nats.Msg, 16)
-	sub, err := nc.ChanSubscribe(AlertSubjectPrefix+".>", msgs)
+	sub, err := js.Conn().ChanSubscribe(AlertSubjectPrefix+".>", msgs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +62,7 @@ func TestAlertsFollowTheTrail(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var suspended, counted []string
-	a := &alerter{det: det, trail: trail, nc: nc, self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
+	a := &alerter{det: det, trail: trail, nc: js.Conn(), self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
 		counted: func(rule string) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -177,11 +164,7 @@ func TestAlertsRaisedOnceAcrossControllers(t *testing.T) {
 	limit := testlimit.Start(t, 2*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := natsdtest.Start(t)
 	self := spiffeid.RequireFromSegments(worldTD, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName)
 	var mu sync.Mutex
 	suspended := map[string]int{}
@@ -194,15 +177,7 @@ func TestAlertsRaisedOnceAcrossControllers(t *testing.T) {
 	}
 	var nodes []*node
 	for i := range 2 {
-		nc, err := ns.Connect(fmt.Sprintf("alerts-%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natsdtest.Connect(t, ns, fmt.Sprintf("alerts-%d", i))
 		trail, err := audit.Open(ctx, js, audit.Options{})
 		if err != nil {
 			t.Fatal(err)
@@ -217,7 +192,7 @@ func TestAlertsRaisedOnceAcrossControllers(t *testing.T) {
 		}
 		n := &node{trail: trail, lead: newLeadership(hints.kv, self.String(), 500*time.Millisecond, nil), done: make(chan struct{})}
 		n.lead.abandon = true
-		n.a = &alerter{det: det, trail: trail, nc: nc, self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
+		n.a = &alerter{det: det, trail: trail, nc: js.Conn(), self: self.String(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}),
 			lead: n.lead, suspend: func(_ context.Context, id spiffeid.ID, _ string) error {
 				mu.Lock()
 				defer mu.Unlock()

@@ -158,15 +158,7 @@ func TestRecordersShareOneTrail(t *testing.T) {
 	w := openRecorderWorld(t, t.TempDir())
 	var nodes []*recorderNode
 	for i := range 3 {
-		nc, err := w.ns.Connect(fmt.Sprintf("c%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natsdtest.Connect(t, w.ns, fmt.Sprintf("c%d", i))
 		n := startRecorderNode(t, fmt.Sprintf("c%d", i), js, term)
 		n.run(nil)
 		t.Cleanup(n.kill)
@@ -183,23 +175,7 @@ func TestRecordersShareOneTrail(t *testing.T) {
 	}
 
 	limit.Step("kill %s, which records, while envelopes arrive", leader.name)
-	var survivors []*recorderNode
-	for _, n := range nodes {
-		if n != leader {
-			survivors = append(survivors, n)
-		}
-	}
-	sent := make(chan struct{})
-	go func() {
-		defer close(sent)
-		appendConcurrently(t, ctx, 2, 20, survivors...)
-	}()
-	waitAll(t, ctx, 70, leader)
-	killed := time.Now()
-	leader.kill()
-	next := waitLeader(t, survivors...)
-	t.Logf("%s took over %s after %s was killed (lease term %s)", next.name, time.Since(killed).Round(time.Millisecond), leader.name, term)
-	<-sent
+	survivors := killLeaderWhileSending(t, ctx, nodes, leader, 20, 70, term)
 	waitAll(t, ctx, 100, survivors...)
 	checkTrail(t, ctx, w, 100)
 }
@@ -214,15 +190,7 @@ func TestRecordersWithoutLeaseNeverRecordTwice(t *testing.T) {
 	w := openRecorderWorld(t, t.TempDir())
 	var nodes []*recorderNode
 	for i := range 3 {
-		nc, err := w.ns.Connect(fmt.Sprintf("c%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		js := natsdtest.Connect(t, w.ns, fmt.Sprintf("c%d", i))
 		n := startRecorderNode(t, fmt.Sprintf("c%d", i), js, 0)
 		n.run(nil)
 		t.Cleanup(n.kill)
@@ -247,15 +215,7 @@ func TestSharedRecorderCrashBoundaries(t *testing.T) {
 			var nodes []*recorderNode
 			var crashed atomic.Pointer[recorderNode]
 			for i := range 2 {
-				nc, err := w.ns.Connect(fmt.Sprintf("c%d", i))
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(nc.Close)
-				js, err := jetstream.New(nc)
-				if err != nil {
-					t.Fatal(err)
-				}
+				js := natsdtest.Connect(t, w.ns, fmt.Sprintf("c%d", i))
 				n := startRecorderNode(t, fmt.Sprintf("c%d", i), js, 500*time.Millisecond)
 				n.run(func(at string, seq uint64) error {
 					if at == step && seq >= 7 && crashed.CompareAndSwap(nil, n) {
@@ -322,6 +282,16 @@ func TestRecordersShareOneTrailOnNATSCluster(t *testing.T) {
 	checkTrail(t, ctx, nodes[0].w, 30)
 
 	limit.Step("kill %s while envelopes arrive", leader.name)
+	survivors := killLeaderWhileSending(t, ctx, nodes, leader, 10, 35, term)
+	waitAll(t, ctx, 50, survivors...)
+	checkTrail(t, ctx, survivors[0].w, 50)
+}
+
+// killLeaderWhileSending has the survivors send two batches of perSender envelopes concurrently, kills leader once
+// it has seen the record of envelope seen, waits until a survivor holds the lease and the sends are done, and
+// returns the survivors.
+func killLeaderWhileSending(t *testing.T, ctx context.Context, nodes []*recorderNode, leader *recorderNode, perSender int, seen uint64, term time.Duration) []*recorderNode {
+	t.Helper()
 	var survivors []*recorderNode
 	for _, n := range nodes {
 		if n != leader {
@@ -331,14 +301,13 @@ func TestRecordersShareOneTrailOnNATSCluster(t *testing.T) {
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		appendConcurrently(t, ctx, 2, 10, survivors...)
+		appendConcurrently(t, ctx, 2, perSender, survivors...)
 	}()
-	waitAll(t, ctx, 35, leader)
+	waitAll(t, ctx, seen, leader)
 	killed := time.Now()
 	leader.kill()
 	next := waitLeader(t, survivors...)
 	t.Logf("%s took over %s after %s was killed (lease term %s)", next.name, time.Since(killed).Round(time.Millisecond), leader.name, term)
 	<-sent
-	waitAll(t, ctx, 50, survivors...)
-	checkTrail(t, ctx, survivors[0].w, 50)
+	return survivors
 }

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -61,46 +62,6 @@ func TestAppendBatchRefusesWholeBatch(t *testing.T) {
 	if err != nil || rep.Records != 0 {
 		t.Fatalf("after refused batches: %+v, %v; want an empty chain", rep, err)
 	}
-}
-
-// TestAppendBatchRacesOtherWriters: batches and single appends from two Logs at once keep one chain.
-func TestAppendBatchRacesOtherWriters(t *testing.T) {
-	ctx := testCtx(t)
-	srv := startServer(t, t.TempDir())
-	t.Cleanup(srv.Shutdown)
-	a, err := Open(ctx, connect(t, srv, "a"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Open(ctx, connect(t, srv, "b"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	wg.Go(func() {
-		for i := range 20 {
-			batch := []Record{record(i, "ses_x"), record(i, "ses_y"), record(i, "")}
-			if _, err := a.AppendBatch(ctx, batch); err != nil {
-				errs <- err
-				return
-			}
-		}
-	})
-	wg.Go(func() {
-		for i := range 40 {
-			if _, err := b.Append(ctx, record(i, "ses_x")); err != nil {
-				errs <- err
-				return
-			}
-		}
-	})
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	mustVerify(t, ctx, a, 60+40)
 }
 
 // TestAppendRecordsPipelined: on a single-replica stream AppendRecords pipelines its records, which continue the
@@ -168,49 +129,59 @@ func TestAppendRecordsPipelinedStoresOnlyAPrefix(t *testing.T) {
 	t.Fatal("a 24 KiB trail never filled")
 }
 
-// TestAppendRecordsPipelinedRacesOtherWriters: pipelined writes and single appends from two Logs at once keep one
-// chain, with nothing stored twice or lost.
-func TestAppendRecordsPipelinedRacesOtherWriters(t *testing.T) {
-	ctx := testCtx(t)
-	srv := startServer(t, t.TempDir())
-	t.Cleanup(srv.Shutdown)
-	a, err := Open(ctx, connect(t, srv, "a"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Open(ctx, connect(t, srv, "b"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	pipelined := 0
-	wg.Go(func() {
-		for i := range 40 {
-			batch := []Record{record(i, "ses_x"), record(i, "ses_y"), record(i, ""), record(i, "ses_x")}
-			got, err := a.AppendRecords(ctx, batch)
-			pipelined += len(got)
-			if err != nil && len(got) == 0 {
-				errs <- err
-				return
+// TestWritesOfSeveralRecordsRaceOtherWriters: atomic batches, and pipelined writes, from one Log while another
+// appends single records to the same stream keep one chain, with nothing stored twice or lost. A pipelined write
+// that loses a race part-way stores a prefix, which it returns.
+func TestWritesOfSeveralRecordsRaceOtherWriters(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		write func(*Log, context.Context, []Record) ([]Record, error)
+	}{
+		{"batch", (*Log).AppendBatch},
+		{"pipelined", (*Log).appendPipelined},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			srv := startServer(t, t.TempDir())
+			t.Cleanup(srv.Shutdown)
+			a, err := Open(ctx, connect(t, srv, "a"), Options{})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	})
-	wg.Go(func() {
-		for i := range 80 {
-			if _, err := b.Append(ctx, record(i, "ses_x")); err != nil {
-				errs <- err
-				return
+			b, err := Open(ctx, connect(t, srv, "b"), Options{})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	})
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+			var wg sync.WaitGroup
+			errs := make(chan error, 2)
+			written := 0
+			wg.Go(func() {
+				for i := range 40 {
+					got, err := tc.write(a, ctx, []Record{record(i, "ses_x"), record(i, "ses_y"), record(i, ""), record(i, "ses_x")})
+					written += len(got)
+					if err != nil && len(got) == 0 {
+						errs <- err
+						return
+					}
+				}
+			})
+			wg.Go(func() {
+				for i := range 80 {
+					if _, err := b.Append(ctx, record(i, "ses_x")); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if written == 0 {
+				t.Fatal("no record of the writes of several stored")
+			}
+			mustVerify(t, ctx, a, written+80)
+		})
 	}
-	if pipelined == 0 {
-		t.Fatal("no pipelined record stored")
-	}
-	mustVerify(t, ctx, a, pipelined+80)
 }
