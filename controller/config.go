@@ -237,7 +237,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.RecorderLease = defaultLeaseTerm
 	}
 	if c.RecorderLease < 0 {
-		return c, fmt.Errorf("controller: RecorderLease %s is negative; give a positive duration (default %s)", c.RecorderLease, defaultLeaseTerm)
+		return c, fmt.Errorf("controller: recorder lease (RecorderLease, --recorder-lease) %s is negative; give a positive duration (default %s)", c.RecorderLease, defaultLeaseTerm)
 	}
 	if c.MaxPendingProposals == 0 {
 		c.MaxPendingProposals = defaultMaxPendingProposals

@@ -78,6 +78,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"controller", "--svid-ttl", "5"}, []string{"--svid-ttl", "duration"}},
 		{[]string{"controller", "--cluster-init", "--cluster-join", "tls:127.0.0.1:6262"}, []string{"--cluster-init", "--cluster-join", "exclude"}},
 		{[]string{"controller", "--cluster-join", "127.0.0.1:6262"}, []string{"--cluster-join", "tls:HOST:PORT"}},
+		{[]string{"controller", "--data", filepath.Join(dir, "rl"), "--recorder-lease", "-1s"}, []string{"--recorder-lease", "negative"}},
 		{[]string{"controller", "--cluster-join", "tls:127.0.0.1:6262"}, []string{"--cluster-join", "--nats-cluster-listen"}},
 		{[]string{"controller", "--cluster-secrets", id}, []string{"--cluster-secrets", "--cluster-join"}},
 		{[]string{"controller", "--data", filepath.Join(dir, "j"), "--cluster-join", "tls:127.0.0.1:6262", "--cluster-secrets", missing,

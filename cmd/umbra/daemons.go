@@ -70,6 +70,7 @@ func controllerFlags(f *flags) *controller.Config {
 	f.StringVar(&cfg.NATSClusterName, "nats-cluster-name", "", "the NATS cluster's name, the same on every controller (default umbra)")
 	f.StringVar(&cfg.NATSClusterAdvertise, "nats-cluster-advertise", "", "HOST:PORT the other controllers reach this one's routes at, if not --nats-cluster-listen")
 	f.StringVar(&cfg.NATSServerName, "nats-server-name", "", "this controller's name in the NATS cluster, unique and stable (default: chosen at the first start, kept in the data directory)")
+	f.DurationVar(&cfg.RecorderLease, "recorder-lease", 0, "in a NATS cluster of controllers, how long the lease of the one that writes derived audit records and raises alerts lasts unrenewed before another takes over (default 3s)")
 	f.IntVar(&cfg.Replicas, "replicas", 0, "copies JetStream keeps of every stream and bucket, 1 to 5; 3 in a cluster of three controllers; above 1 needs --nats-cluster-listen (default 1)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://HOST:PORT/metrics, a loopback address unless --metrics-allow-remote (default: none)")
 	f.BoolVar(&cfg.MetricsAllowRemote, "metrics-allow-remote", false, "let --metrics-listen be an address other hosts can reach; anyone who reaches it reads the metrics")
