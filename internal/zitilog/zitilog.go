@@ -146,6 +146,9 @@ var routine = []known{
 	{msg: "write error", err: "broken pipe", level: slog.LevelInfo},
 	{msg: "unable to send close msg to edge client", err: "connection reset by peer", level: slog.LevelDebug},
 	{msg: "unable to send close msg to edge client", err: "broken pipe", level: slog.LevelDebug},
+	// The same close for a workload whose edge channel the router had already closed (the workload closed it
+	// first, or left): there is nobody left to tell.
+	{msg: "unable to send close msg to edge client", err: "channel closed", level: slog.LevelDebug},
 	// A dial with a service session the controller has since replaced or dropped (a policy change, a new API
 	// session, a revocation): the controller refuses the circuit, the router passes the refusal on, and the
 	// workload's SDK authenticates afresh and dials again (agentsdk's isSessionLost). A workload that stays

@@ -160,6 +160,9 @@ func TestRoutineTable(t *testing.T) {
 		{"close message to a workload gone", func() {
 			logrus.WithError(errors.New("write: connection reset by peer")).WithField("connId", 7).Warn("unable to send close msg to edge client")
 		}, slog.LevelDebug},
+		{"close message to a workload whose channel closed", func() {
+			logrus.WithError(errors.New("channel closed")).WithField("connId", 2147483648).Warn("unable to send close msg to edge client")
+		}, slog.LevelDebug},
 		{"dial with a stale service session", func() {
 			logrus.WithError(errors.New("invalid session")).WithField("operation", "create.circuit").Error("responded with error")
 		}, slog.LevelInfo},
