@@ -135,6 +135,7 @@ func (s *Server) apiHandler() http.Handler {
 	s.governanceRoutes(mux)
 	s.gatewayRoutes(mux)
 	s.envelopeArchiveRoutes(mux)
+	s.clusterRoutes(mux)
 	return s.authenticate(mux)
 }
 

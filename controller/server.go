@@ -47,17 +47,20 @@ type Server struct {
 	controllerID spiffeid.ID
 	adminID      spiffeid.ID
 
-	ns         *natsd.Server
-	nc         *nats.Conn
-	ids        *identityStore
-	revoked    *revocationFeed
-	gov        *governance
-	events     *sessionEvents // the session event feed (events.go)
-	alerts     *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
-	zc         *zitictrl.Controller
-	grantUse   *grantUses // when identities last dialed or bound their services (grantuse.go)
-	authPolicy string
-	self       *agentsdk.Agent
+	ns       *natsd.Server
+	nc       *nats.Conn
+	ids      *identityStore
+	revoked  *revocationFeed
+	gov      *governance
+	events   *sessionEvents // the session event feed (events.go)
+	alerts   *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
+	zc       *zitictrl.Controller
+	grantUse *grantUses // when identities last dialed or bound their services (grantuse.go)
+	// clusterMembers maps the cluster's overlay members to their NATS servers (clusterops.go); unset on a lone
+	// controller.
+	clusterMembers table[clusterMemberRecord]
+	authPolicy     string
+	self           *agentsdk.Agent
 
 	platform platformAdmin
 
@@ -230,6 +233,12 @@ func (s *Server) start(ctx context.Context) error {
 		return err
 	}
 	if err := s.startOverlay(ctx); err != nil {
+		return err
+	}
+	// After the overlay: a joining member's start can outlast octx.
+	rctx, cancelRegister := context.WithTimeout(ctx, storeOpenTimeout)
+	defer cancelRegister()
+	if err := s.registerClusterMember(rctx, js); err != nil {
 		return err
 	}
 	if s.grantUse, err = openGrantUses(ctx, js, s.zc, s.cfg.GrantUseGranularity, s.log); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"net"
 	"os"
 	"strings"
+	"text/tabwriter"
 
+	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
 )
 
@@ -121,4 +124,77 @@ func cmdControllerSecrets(_ context.Context, args []string, _ io.Reader, stdout,
 	}
 	fmt.Fprintf(stdout, "cluster secrets of %s written to %s: it holds private keys; copy it to the joining controllers and delete it\n", dataDir, out)
 	return nil
+}
+
+// cmdClusterStatus prints the controller cluster's members as the member that answered sees them.
+func cmdClusterStatus(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var asJSON bool
+	return withAgent(ctx, "cluster status", args, stderr, func(f *flags) {
+		f.BoolVar(&asJSON, "json", false, "print the status as JSON")
+		f.args(0, "")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		st, err := a.Controller().Cluster(ctx)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		if !st.Clustered {
+			fmt.Fprintln(stdout, "a lone controller: not a cluster member")
+			return nil
+		}
+		fmt.Fprintf(stdout, "answered by member %s\n", st.Member)
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "MEMBER\tADDRESS\tROLE\tONLINE\tCONNECTED HERE\tNATS SERVER")
+		for _, m := range st.Members {
+			role := "follower"
+			switch {
+			case m.Leader:
+				role = "leader"
+			case !m.Voter:
+				role = "non-voter"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%s\n", m.ID, m.Addr, role, m.Online, m.Connected, m.NATS)
+		}
+		tw.Flush()
+		fmt.Fprintf(stdout, "NATS meta group: %d servers\n", st.NATSSize)
+		for _, p := range st.NATS {
+			state := "current"
+			switch {
+			case p.Offline:
+				state = "offline"
+			case !p.Current:
+				state = "behind"
+			}
+			if p.Leader {
+				state += ", leader"
+			}
+			fmt.Fprintf(stdout, "  %s\t%s\n", p.Name, state)
+		}
+		return nil
+	})
+}
+
+// cmdClusterRemove removes a member that is gone for good, so that a replacement takes its place.
+func cmdClusterRemove(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	var member string
+	return withAgent(ctx, "cluster remove", args, stderr, func(f *flags) {
+		f.StringVar(&member, "member", "", "the member ID to remove (umbra cluster status lists them); stop that controller for good first")
+		f.require("member")
+		f.args(0, "")
+	}, func(a *agentsdk.Agent, _ []string) error {
+		out, err := a.Controller().RemoveClusterMember(ctx, member)
+		if err != nil {
+			return err
+		}
+		if out.NATS != "" {
+			fmt.Fprintf(stdout, "removed member %s and its NATS server %s from the cluster\n", out.Member, out.NATS)
+		} else {
+			fmt.Fprintf(stdout, "removed member %s from the cluster\n", out.Member)
+		}
+		return nil
+	})
 }

@@ -158,7 +158,7 @@ func enrollAt(ctx context.Context, dataDir, port, token, sid string) (*agentsdk.
 // leader is killed with SIGKILL: the survivors must answer the API within 10 s, and then create an identity
 // and enroll it.
 func TestControllerCluster(t *testing.T) {
-	c := newCLI(t, 4*time.Minute)
+	c := newCLI(t, 7*time.Minute)
 	start := time.Now()
 	c.must("", "controller", "secrets", "export", "--data", "c1", "--out", "secrets.json")
 	if fi, err := os.Stat(filepath.Join(c.dir, "secrets.json")); err != nil || fi.Mode().Perm() != 0o600 {
@@ -390,6 +390,7 @@ func TestControllerCluster(t *testing.T) {
 			t.Logf("new overlay leader: %s", ms[i].name)
 		}
 	}
+	replaceMember(t, c, ms, leader, survivors)
 	t.Logf("test took %s after the build", time.Since(start).Round(time.Millisecond))
 }
 

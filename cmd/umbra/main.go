@@ -29,6 +29,8 @@ Usage:
       dev and controller also take --max-identity-age D (renewal refused D after enrollment; default 720h)
       and --reset-admin (break-glass: new platform administrator in DIR/admin.json, every earlier one revoked)
   umbra controller secrets export --data DIR --out FILE   the keys every controller of a cluster shares
+  umbra cluster status --as ADMIN.json [--json]      the controller cluster's members, as one member sees them
+  umbra cluster remove --as ADMIN.json --member ID   removes a member gone for good (start its replacement first)
   umbra router     --data DIR [--token FILE] [--edge HOST:PORT] [--link HOST:PORT]
   umbra router create   --as ADMIN.json --name NAME  prints a router enrollment token
   umbra identity create --as ADMIN.json --org O --kind K --name N [--admin] [--token-ttl D]
@@ -151,6 +153,7 @@ func groups() map[string]map[string]command {
 		"a2a":       {"bridge": cmdA2ABridge, "serve": cmdA2AServe},
 		"audit":     {"session": cmdAuditSession, "verify": cmdAuditVerify, "export": cmdAuditExport, "key": cmdAuditKey, "archive": cmdAuditArchive},
 		"envelopes": {"export": cmdEnvelopesExport, "archive": cmdEnvelopesArchive},
+		"cluster":   {"status": cmdClusterStatus, "remove": cmdClusterRemove},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -106,6 +107,74 @@ func TestClusterSurvivesLeaderLoss(t *testing.T) {
 	}
 	if len(seen) != acked {
 		t.Fatalf("%d distinct writes stored, %d acknowledged", len(seen), acked)
+	}
+}
+
+// TestRemoveAndReplaceServer replaces a dead server of a three-server cluster: a fourth server joins, the dead one
+// is removed from the meta group through a survivor, and the R3 stream's replicas move to the new server, which
+// catches up; the meta group then knows three servers, none of them the dead one, and writes go on.
+func TestRemoveAndReplaceServer(t *testing.T) {
+	c := natsdtest.StartCluster(t, 3)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	js := c.JetStream(0)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}, Storage: jetstream.FileStorage, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := js.Publish(ctx, "t.x", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Server(0).RemovePeer(ctx, "nowhere", "nowhere1"); !errors.Is(err, natsd.ErrNotMember) {
+		t.Fatalf("removing a server the cluster does not know: %v, want ErrNotMember", err)
+	}
+	dead := 2
+	deadID := c.Server(dead).PeerID()
+	c.Kill(dead)
+	added := c.Add()
+	if err := c.Server(added).WaitJetStream(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Through the new server, which never heard of n2 by name.
+	if err := c.Server(added).RemovePeer(ctx, "n2", deadID); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitStreamCurrent("T", added)
+	t.Logf("n2 removed: the new server n%d holds a current replica of the stream %v later", added, time.Since(start).Round(time.Millisecond))
+	for {
+		size, peers, err := c.Server(c.MetaLeader()).MetaGroup()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := []string{}
+		for _, p := range peers {
+			ids = append(ids, p.ID)
+		}
+		if size == 3 && len(peers) == 3 && !slices.Contains(ids, deadID) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("meta group after the removal: size %d, peers %v; want n0, n1 and n%d, not %s", size, peers, added, deadID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	info, err := func() (*jetstream.StreamInfo, error) {
+		s, err := c.JetStream(added).Stream(ctx, "T")
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.JetStream(added).Publish(ctx, "t.x", []byte("after")); err != nil {
+			return nil, err
+		}
+		return s.Info(ctx)
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 11 {
+		t.Fatalf("the stream holds %d messages, want 11", info.State.Msgs)
 	}
 }
 

@@ -6,7 +6,10 @@ package natsd
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -66,6 +69,9 @@ type Cluster struct {
 // Server is a running embedded NATS server.
 type Server struct {
 	ns *server.Server
+	// sysPass is the password of the system account's user, which only this process's in-process connections
+	// may use; empty without a cluster.
+	sysPass string
 }
 
 // Start starts the server and waits until it accepts connections.
@@ -103,10 +109,16 @@ func Start(cfg Config) (*Server, error) {
 		opts.Host, opts.Port = host, port
 		opts.TLS, opts.TLSVerify, opts.TLSConfig, opts.TLSTimeout = true, true, cfg.TLS, 5
 	}
+	var sysPass string
 	if cfg.Cluster != nil {
 		if err := clusterOptions(opts, cfg.Cluster); err != nil {
 			return nil, err
 		}
+		pass, err := systemAccount(opts)
+		if err != nil {
+			return nil, err
+		}
+		sysPass = pass
 		if cfg.ListenAddr == "" {
 			// The server starts routing only once its client listener is open: without ListenAddr, listen on
 			// a loopback port of the kernel's choice, with the routes' mutual TLS.
@@ -124,7 +136,34 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, errors.New("natsd: server did not become ready")
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, sysPass: sysPass}, nil
+}
+
+// The system account of a cluster's server and its one user. The cluster's servers exchange their system
+// traffic (meta group requests such as removing a server) in this account, so every server names it the same.
+const (
+	systemAccountName = "SYS"
+	systemUser        = "umbra-system"
+	// inProcessOnly is jwt.ConnectionTypeInProcess: a user allowed only that connection type can be used only by
+	// code in the server's own process, never over a listener.
+	inProcessOnly = "IN_PROCESS"
+)
+
+// systemAccount configures the system account with a user that only in-process connections may use, under a
+// random password held in memory. Every other client still lands in the default account without credentials
+// (the server then makes a no-auth user for it, as it does when only the system account has users).
+func systemAccount(opts *server.Options) (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("natsd: system account password: %w", err)
+	}
+	pass := hex.EncodeToString(b[:])
+	sys := server.NewAccount(systemAccountName)
+	opts.Accounts = append(opts.Accounts, sys)
+	opts.SystemAccount = systemAccountName
+	opts.Users = append(opts.Users, &server.User{Username: systemUser, Password: pass, Account: sys,
+		AllowedConnectionTypes: map[string]struct{}{inProcessOnly: {}}})
+	return pass, nil
 }
 
 // clusterOptions sets the server options of cfg.
@@ -203,6 +242,87 @@ func (s *Server) ClusterPeers() []string { return s.ns.JetStreamClusterPeers() }
 // StreamCurrent reports whether this server's replica of stream has caught up with its leader.
 func (s *Server) StreamCurrent(stream string) bool {
 	return s.ns.JetStreamIsStreamCurrent(server.DEFAULT_GLOBAL_ACCOUNT, stream)
+}
+
+// MetaPeer is a server of the cluster's JetStream meta group, as this server sees it.
+type MetaPeer struct {
+	// Name is the server's name, or a placeholder when this server has never heard from it (it joined after
+	// the other left); ID is its raft peer ID, which every server knows.
+	Name, ID string
+	// Leader: it leads the meta group. Current: seen recently and caught up (known on the meta leader).
+	// Offline: no server heard from it recently (every server hears every other's periodic state).
+	Leader, Current, Offline bool
+}
+
+// PeerID is this server's raft peer ID in the meta group and every replicated stream.
+func (s *Server) PeerID() string { return s.ns.Node() }
+
+// MetaGroup is what this server knows of the JetStream meta group: its known size and its servers (this one
+// included). It is empty for a server without a cluster.
+func (s *Server) MetaGroup() (size int, peers []MetaPeer, err error) {
+	info, err := s.ns.Jsz(&server.JSzOptions{})
+	if err != nil {
+		return 0, nil, fmt.Errorf("natsd: JetStream state: %w", err)
+	}
+	if info.Meta == nil {
+		return 0, nil, nil
+	}
+	peers = append(peers, MetaPeer{Name: s.ns.Name(), ID: s.ns.Node(), Leader: info.Meta.Leader == s.ns.Name(), Current: true})
+	for _, r := range info.Meta.Replicas {
+		if r.Peer == s.ns.Node() {
+			continue // listed when the group has no leader
+		}
+		peers = append(peers, MetaPeer{Name: r.Name, ID: r.Peer, Leader: info.Meta.Leader == r.Name, Current: r.Current, Offline: r.Offline})
+	}
+	return info.Meta.Size, peers, nil
+}
+
+// ErrNotMember is returned by RemovePeer for a server the meta group does not hold (any more).
+var ErrNotMember = errors.New("natsd: not a server of the cluster")
+
+// RemovePeer removes the server with raft peer ID id (named name) from the cluster's JetStream meta group for
+// good: the group stops counting it towards its quorum, and the replicas it held of each stream are placed on
+// other servers. Remove only a server that is gone (stopped, its data lost or retired); a server removed while
+// running is refused by the cluster afterwards. The request goes to the meta leader through this server; it
+// names the server by ID, since a meta leader that joined after the server left never learnt its name.
+func (s *Server) RemovePeer(ctx context.Context, name, id string) error {
+	if s.sysPass == "" {
+		return errors.New("natsd: remove a server: this server is not in a cluster")
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(s.ns), nats.Name("umbra system"), nats.UserInfo(systemUser, s.sysPass))
+	if err != nil {
+		return fmt.Errorf("natsd: remove server %s: system connection: %w", name, err)
+	}
+	defer nc.Close()
+	req, _ := json.Marshal(server.JSApiMetaServerRemoveRequest{Server: name, Peer: id})
+	for {
+		msg, err := nc.RequestWithContext(ctx, server.JSApiRemoveServer, req)
+		if err != nil {
+			return fmt.Errorf("natsd: remove server %s: %w", name, err)
+		}
+		var resp server.JSApiMetaServerRemoveResponse
+		if err := json.Unmarshal(msg.Data, &resp); err != nil {
+			return fmt.Errorf("natsd: remove server %s: unreadable answer: %w", name, err)
+		}
+		switch {
+		case resp.Error != nil && strings.Contains(resp.Error.Description, "in progress"):
+			// The meta group takes one membership change at a time: a server that has just joined (the
+			// replacement, typically) is still being added.
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("natsd: remove server %s: %s", name, resp.Error.Description)
+			case <-time.After(250 * time.Millisecond):
+			}
+		case resp.Error != nil && resp.Error.ErrCode == uint16(server.JSClusterServerNotMemberErr):
+			return fmt.Errorf("%w: %s (%s)", ErrNotMember, name, id)
+		case resp.Error != nil:
+			return fmt.Errorf("natsd: remove server %s: %s", name, resp.Error.Description)
+		case !resp.Success:
+			return fmt.Errorf("natsd: remove server %s: not removed", name)
+		default:
+			return nil
+		}
+	}
 }
 
 // Connect opens an in-process client connection.

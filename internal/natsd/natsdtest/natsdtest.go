@@ -73,6 +73,23 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	}
 }
 
+// Add starts one more server, routed to every earlier one, and returns its index. The earlier servers learn its
+// route from it (routes are gossiped), so their configurations stay as they are.
+func (c *Cluster) Add() int {
+	c.tb.Helper()
+	cfg := c.configs[0]
+	addr := freeAddrs(c.tb, 1)[0]
+	routes := append(append([]string{}, cfg.Cluster.Routes...), addr)
+	cl := *cfg.Cluster
+	cl.Listen, cl.Routes = addr, routes
+	cfg.Cluster, cfg.StoreDir, cfg.ServerName = &cl, c.tb.TempDir(), fmt.Sprintf("n%d", len(c.configs))
+	c.configs = append(c.configs, cfg)
+	c.servers = append(c.servers, nil)
+	i := len(c.servers) - 1
+	c.Restart(i)
+	return i
+}
+
 // Server is server i, nil while it is killed.
 func (c *Cluster) Server(i int) *natsd.Server { return c.servers[i] }
 
