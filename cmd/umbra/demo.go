@@ -218,9 +218,10 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	}
 	f := newFlags("demo exec", stderr)
 	var waits multi
-	var token, identity string
+	var token, identity, unless string
 	var watch bool
 	f.Var(&waits, "wait", "wait until this file exists (repeatable)")
+	f.StringVar(&unless, "unless-exists", "", "do nothing if this file exists (a one-time job, run again by a second start)")
 	f.StringVar(&token, "token", "", "enrollment token file to redeem into --identity if that does not exist yet")
 	f.StringVar(&identity, "identity", "", "identity file")
 	f.BoolVar(&watch, "watch-stdin", false, "stop when stdin closes (the parent process went away)")
@@ -233,6 +234,12 @@ func cmdDemoExec(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	})
 	if _, err := f.parse(args); err != nil {
 		return err
+	}
+	if unless != "" {
+		if _, err := os.Lstat(unless); err == nil {
+			fmt.Fprintf(stdout, "%s exists: nothing to do\n", unless)
+			return nil
+		}
 	}
 	if watch {
 		var cancel context.CancelFunc

@@ -269,6 +269,39 @@ func (c *compose) logs() string {
 	return out
 }
 
+// waitLogs waits until what appears n times in the project's logs, and returns them.
+func (c *compose) waitLogs(what string, n int, limit time.Duration) (string, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		logs := c.logs()
+		if strings.Count(logs, what) >= n {
+			return logs, nil
+		}
+		if time.Now().After(deadline) {
+			return logs, fmt.Errorf("%d times %q not in the logs after %s", n, what, limit)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// roundKilling brings the demo up, kills service (SIGKILL) as soon as the planner's first session has started,
+// and waits until every agent has completed the round; it returns the logs.
+func (c *compose) roundKilling(service string) (string, error) {
+	c.t.Helper()
+	c.must("up", "-d")
+	logs, err := c.waitLogs("northwind/planner      session ", 1, 6*time.Minute)
+	if err != nil {
+		return logs, err
+	}
+	if strings.Contains(logs, "northwind/planner      round 1 complete") {
+		c.t.Fatalf("the round was over before %s was killed", service)
+	}
+	if out, err := docker("kill", c.container(service)); err != nil {
+		c.t.Fatalf("docker kill %s: %v\n%s", service, err, out)
+	}
+	return c.waitLogs("round 1 complete", len(demo.Agents), 6*time.Minute)
+}
+
 func docker(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -291,27 +324,20 @@ func composeCommand() ([]string, string) {
 	}
 }
 
-// TestDemoCompose builds the FROM-scratch image, brings the containerised demo up, kills a router in the middle
-// of the round, and checks that the round completes with every expected session, envelope and refusal, that no
-// envelope a sender saw acknowledged is missing, that no agent, MCP, model or gateway container listens on any
-// socket, that an agent cannot reach another organisation's agent by IP, that every container runs as a non-root
-// user and holds no key material but its own (an agent that tries to read another organisation's token or
-// identity finds nothing), that no log line carries a token, that demo/check.sh passes, and that the audit chain
-// verifies. It removes its containers, networks, volumes and image.
-func TestDemoCompose(t *testing.T) {
-	if testing.Short() {
-		t.Skip("brings up the containerised demo")
-	}
+// upDemoCompose builds the FROM-scratch image from a static binary (nothing is pulled) and returns the compose
+// project of file (in the repository's root, which it also returns), with a free loopback port for each of
+// portVars. It removes the project's containers, networks and volumes and the image when the test ends, and
+// checks that nothing is left behind. Without Docker or compose, it skips the test.
+func upDemoCompose(t *testing.T, limit *testlimit.Limit, file string, portVars ...string) (*compose, string) {
+	t.Helper()
 	cmdline, why := composeCommand()
 	if cmdline == nil {
 		t.Skip(why)
 	}
-	limit := testlimit.Start(t, 15*time.Minute)
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The static binary and the image: nothing is pulled.
 	limit.Step("static build of the image's binary")
 	ctxDir := t.TempDir()
 	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(ctxDir, "umbra"), "./cmd/umbra")
@@ -332,9 +358,9 @@ func TestDemoCompose(t *testing.T) {
 		t.Fatalf("docker build: %v\n%s", err, out)
 	}
 	c := &compose{t: t, cmd: cmdline, project: "umbra" + strings.NewReplacer("-", "", "_", "").Replace(suffix),
-		file: filepath.Join(root, "docker-compose.yml"), env: []string{"UMBRA_IMAGE=" + image, "UMBRA_DEMO_PACE=2s"}}
-	free := freePorts(t, 5)
-	for i, v := range []string{"UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT", "UMBRA_EDGE1_PORT", "UMBRA_EDGE2_PORT"} {
+		file: filepath.Join(root, file), env: []string{"UMBRA_IMAGE=" + image, "UMBRA_DEMO_PACE=2s"}}
+	free := freePorts(t, len(portVars))
+	for i, v := range portVars {
 		c.env = append(c.env, v+"="+free[i])
 	}
 	t.Cleanup(func() {
@@ -354,36 +380,26 @@ func TestDemoCompose(t *testing.T) {
 			}
 		}
 	})
+	return c, root
+}
+
+// TestDemoCompose builds the FROM-scratch image, brings the containerised demo up, kills a router in the middle
+// of the round, and checks that the round completes with every expected session, envelope and refusal, that no
+// envelope a sender saw acknowledged is missing, that no agent, MCP, model or gateway container listens on any
+// socket, that an agent cannot reach another organisation's agent by IP, that every container runs as a non-root
+// user and holds no key material but its own (an agent that tries to read another organisation's token or
+// identity finds nothing), that no log line carries a token, that demo/check.sh passes, and that the audit chain
+// verifies. It removes its containers, networks, volumes and image.
+func TestDemoCompose(t *testing.T) {
+	if testing.Short() {
+		t.Skip("brings up the containerised demo")
+	}
+	limit := testlimit.Start(t, 15*time.Minute)
+	c, root := upDemoCompose(t, limit, "docker-compose.yml", "UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT",
+		"UMBRA_EDGE1_PORT", "UMBRA_EDGE2_PORT")
 	// Kill the first router as soon as the round has started: the rest of it runs through the other one.
-	waitLogs := func(what string, n int, limit time.Duration) (string, error) {
-		deadline := time.Now().Add(limit)
-		for {
-			logs := c.logs()
-			if strings.Count(logs, what) >= n {
-				return logs, nil
-			}
-			if time.Now().After(deadline) {
-				return logs, fmt.Errorf("%d times %q not in the logs after %s", n, what, limit)
-			}
-			time.Sleep(time.Second)
-		}
-	}
-	round := func() (string, error) {
-		c.must("up", "-d")
-		logs, err := waitLogs("northwind/planner      session ", 1, 6*time.Minute)
-		if err != nil {
-			return logs, err
-		}
-		if strings.Contains(logs, "northwind/planner      round 1 complete") {
-			t.Fatal("the round was over before the router was killed")
-		}
-		if out, err := docker("kill", c.container("router1")); err != nil {
-			t.Fatalf("docker kill: %v\n%s", err, out)
-		}
-		return waitLogs("round 1 complete", len(demo.Agents), 6*time.Minute)
-	}
-	limit.Step("compose up and one round of the demo")
-	logs, err := round()
+	limit.Step("compose up and one round of the demo, router1 killed in it")
+	logs, err := c.roundKilling("router1")
 	limit.Step("checks on the running containers")
 	if err != nil {
 		t.Fatal(err)
@@ -429,13 +445,32 @@ func TestDemoCompose(t *testing.T) {
 
 	checkComposeIsolation(t, c)
 
-	// The audit trail: the chain verifies, the round is complete, and every envelope a sender saw acknowledged
-	// (the feed prints it only then) is stored.
-	ctrl := c.container("controller")
-	if out, err := docker("exec", ctrl, "/umbra", "audit", "verify", "--as", "/data/admin.json"); err != nil || !strings.Contains(out, "audit chain verified") {
+	checkComposeAudit(t, c, "controller", logs)
+
+	// The checks a reader runs by hand agree, and the key check can fail.
+	limit.Step("demo/check.sh")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	check := exec.CommandContext(ctx, "bash", filepath.Join(root, "demo", "check.sh"))
+	check.Env = append(append(os.Environ(), c.env...), "COMPOSE_PROJECT_NAME="+c.project, "COMPOSE_FILE="+c.file)
+	out, err := check.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "all checks passed") || strings.Contains(string(out), "NOT ITS OWN") {
+		t.Errorf("demo/check.sh: %v\n%s", err, out)
+	}
+	t.Logf("demo/check.sh:\n%s", out)
+	checkComposeKeysCheckFails(t, c)
+}
+
+// checkComposeAudit checks the audit trail of a compose project through the controller service ctrl (which holds
+// the platform administrator's identity at /data/admin.json): the chain verifies, the round is complete, and
+// every envelope a sender saw acknowledged in logs (the feed prints it only then) is stored.
+func checkComposeAudit(t *testing.T, c *compose, ctrl string, logs string) {
+	t.Helper()
+	id := c.container(ctrl)
+	if out, err := docker("exec", id, "/umbra", "audit", "verify", "--as", "/data/admin.json"); err != nil || !strings.Contains(out, "audit chain verified") {
 		t.Fatalf("audit verify: %v\n%s", err, out)
 	}
-	export, err := exec.Command("docker", "exec", ctrl, "/umbra", "audit", "export", "--as", "/data/admin.json").Output()
+	export, err := exec.Command("docker", "exec", id, "/umbra", "audit", "export", "--as", "/data/admin.json").Output()
 	if err != nil {
 		t.Fatalf("audit export: %v", err)
 	}
@@ -463,19 +498,6 @@ func TestDemoCompose(t *testing.T) {
 			t.Errorf("envelope #%s of session %s was acknowledged but is not in the audit trail", m[1], m[2])
 		}
 	}
-
-	// The checks a reader runs by hand agree, and the key check can fail.
-	limit.Step("demo/check.sh")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	check := exec.CommandContext(ctx, "bash", filepath.Join(root, "demo", "check.sh"))
-	check.Env = append(append(os.Environ(), c.env...), "COMPOSE_PROJECT_NAME="+c.project, "COMPOSE_FILE="+c.file)
-	out, err := check.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "all checks passed") || strings.Contains(string(out), "NOT ITS OWN") {
-		t.Errorf("demo/check.sh: %v\n%s", err, out)
-	}
-	t.Logf("demo/check.sh:\n%s", out)
-	checkComposeKeysCheckFails(t, c)
 }
 
 // composeWorkloads maps the compose file's workload services to the scenario's workloads.
