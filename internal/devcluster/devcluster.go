@@ -277,7 +277,9 @@ func (c *Cluster) startControllers(ctx context.Context) error {
 		c.mu.Unlock()
 		return nil
 	}
+	c.mu.Lock()
 	c.ctrls = make([]*child, len(c.layout.Controllers))
+	c.mu.Unlock()
 	for i := range c.layout.Controllers {
 		if err := launch(i); err != nil {
 			return err
@@ -339,7 +341,9 @@ func (c *Cluster) startControllers(ctx context.Context) error {
 // startRouters starts every router and waits until all are ready; a new router enrolls with the token the
 // first controller wrote for it, which is then removed.
 func (c *Cluster) startRouters(ctx context.Context) error {
+	c.mu.Lock()
 	c.routers = make([]*child, len(c.layout.Routers))
+	c.mu.Unlock()
 	for i, r := range c.layout.Routers {
 		args := []string{"router", "--data", c.MemberDir(r.Name), "--edge", loopback(r.Edge), "--link", loopback(r.Link),
 			"--log-level", c.cfg.LogLevel}
