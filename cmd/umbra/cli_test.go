@@ -51,6 +51,11 @@ func TestCommandErrors(t *testing.T) {
 	defer held.Close()
 	heldAddr := held.Addr().String()
 	_, heldPort, _ := net.SplitHostPort(heldAddr)
+	cluster := filepath.Join(dir, "cluster") // a dev cluster of three controllers and two routers
+	if err := os.MkdirAll(cluster, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	file("cluster/cluster.json", `{"controllers":[{"name":"c1"},{"name":"c2"},{"name":"c3"}],"routers":[{"name":"r1"},{"name":"r2"}]}`)
 
 	cases := []struct {
 		args []string
@@ -73,6 +78,12 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"dev", "--ctrl-port", "abc"}, []string{"--ctrl-port", "whole number"}},
 		{[]string{"dev", "--data", filepath.Join(dir, "dev"), "--api-port", heldPort}, []string{"--api-port", heldAddr, "in use"}},
 		{[]string{"dev", "--data", filepath.Join(dir, "dev"), "--edge", heldAddr}, []string{"--edge", "in use"}},
+		{[]string{"dev", "--controllers", "2"}, []string{"--controllers 2", "odd number of 3 or more"}},
+		{[]string{"dev", "--controllers", "3", "--routers", "0"}, []string{"--routers 0", "1 or more"}},
+		{[]string{"dev", "--routers", "2"}, []string{"--routers", "--controllers 3"}},
+		{[]string{"dev", "--controllers", "3", "--api-port", heldPort}, []string{"--api-port", "--controllers 3", "chooses"}},
+		{[]string{"dev", "--data", cluster}, []string{cluster, "holds a cluster", "--controllers 3 --routers 2"}},
+		{[]string{"dev", "--data", cluster, "--controllers", "5"}, []string{cluster, "--controllers 3 --routers 2"}},
 		{[]string{"controller", "--data", filepath.Join(dir, "c"), "--enroll-port", heldPort}, []string{"--enroll-port", "in use"}},
 		{[]string{"controller", "--router-token", "r1"}, []string{"--router-token", "NAME:FILE"}},
 		{[]string{"controller", "--svid-ttl", "5"}, []string{"--svid-ttl", "duration"}},

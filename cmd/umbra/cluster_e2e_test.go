@@ -22,6 +22,7 @@ import (
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/internal/devcluster"
 	"github.com/umbra-mesh/umbra/internal/pki"
 )
 
@@ -227,8 +228,7 @@ func TestControllerCluster(t *testing.T) {
 					m.ready = nil
 					continue
 				}
-				firstStart := strings.Contains(err.Error(), "no suitable peers") || strings.Contains(err.Error(), "context deadline exceeded")
-				if !firstStart || restarts >= 3 {
+				if !devcluster.FirstStartStop(err.Error()) || restarts >= 3 {
 					t.Fatal(err)
 				}
 				restarts++

@@ -179,13 +179,16 @@ func cmdController(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	cfg := controllerFlags(f)
 	cluster := addClusterFlags(f, cfg)
 	otlp := otlpFlag(f)
-	var routerToken, adminCopy string
-	f.StringVar(&routerToken, "router-token", "", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE")
+	var routerTokens multi
+	var adminCopy string
+	f.Var(&routerTokens, "router-token", "NAME:FILE: on first start, register router NAME and write its enrollment token to FILE (repeatable)")
 	f.StringVar(&adminCopy, "admin-copy", "", "also keep the platform administrator's identity at FILE, for a setup job that must not see the data directory")
 	f.args(0, "")
 	f.check(func([]string) error {
-		if _, _, ok := strings.Cut(routerToken, ":"); routerToken != "" && !ok {
-			return fmt.Errorf("--router-token %q: want NAME:FILE", routerToken)
+		for _, rt := range routerTokens {
+			if _, _, ok := strings.Cut(rt, ":"); !ok {
+				return fmt.Errorf("--router-token %q: want NAME:FILE", rt)
+			}
 		}
 		return checkControllerPorts("controller", cfg)
 	})
@@ -210,8 +213,8 @@ func cmdController(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	if err != nil {
 		return err
 	}
-	if routerToken != "" {
-		name, path, _ := strings.Cut(routerToken, ":")
+	for _, rt := range routerTokens {
+		name, path, _ := strings.Cut(rt, ":")
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			tok, err := srv.CreateRouterToken(name)
 			if err != nil {
@@ -330,8 +333,12 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 	var edge, link string
 	f.StringVar(&edge, "edge", "127.0.0.1:3022", "HOST:PORT of the embedded router's edge listener")
 	f.StringVar(&link, "link", "", "HOST:PORT where the embedded router accepts links from other routers (default: none)")
+	cl := devClusterFlags(f)
 	f.args(0, "")
 	f.check(func([]string) error {
+		if clustered, err := cl.check(f, cfg); clustered || err != nil {
+			return err
+		}
 		if err := checkControllerPorts("dev", cfg); err != nil {
 			return err
 		}
@@ -351,6 +358,9 @@ func cmdDev(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.W
 		return err
 	}
 	cfg.Logger = log
+	if cl.controllers > 1 {
+		return runDevCluster(ctx, cl, cfg, f.level, log, stdout)
+	}
 	tp, stopTracing, err := startTracing(ctx, "dev", *otlp, "umbra-controller", log)
 	if err != nil {
 		return err

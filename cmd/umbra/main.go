@@ -22,6 +22,7 @@ const usage = `umbra: the zero-trust overlay for AI agents
 
 Usage:
   umbra dev        --data DIR                       controller + router + NATS in one process
+  umbra dev        --data DIR --controllers 3 --routers 2   a cluster, each member a child process (docs/cluster.md)
   umbra demo       [--data DIR] [--loop]            the multi-organisation demo, all on this machine
   umbra controller --data DIR [--router-token NAME:FILE]
                    [--cluster-init | --cluster-join tls:HOST:PORT --cluster-secrets FILE]

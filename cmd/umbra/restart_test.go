@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -23,8 +24,9 @@ const restartRecovery = 5 * time.Second
 // restartRun is the state of TestAgentsSurviveControllerRestart: each network step has a deadline of its own
 // and a failure names the step.
 type restartRun struct {
-	t *testing.T
-	c *cli
+	t     *testing.T
+	c     *cli
+	admin string // the platform administrator's identity file in the test directory (default data/admin.json)
 }
 
 // step runs fn with a deadline of timeout.
@@ -245,13 +247,13 @@ type pricing struct {
 	sess                               *agentsdk.Session
 }
 
-// pricingSession sets up, on the `umbra dev` r.c started with its data in "data", two organisations (acme and
+// pricingSession sets up, on the `umbra dev` r.c started with its data in "data" (its administrator in r.admin), two organisations (acme and
 // globex) with an agent each (quoter and buyer, saved in the test directory), a shared workgroup, quoter's
 // advertisement of quote.request under maxMessages, and buyer's session on it.
 func (r *restartRun) pricingSession(maxMessages uint64) pricing {
 	t, c := r.t, r.c
 	path := func(n string) string { return filepath.Join(c.dir, n) }
-	admin := connectFile(t, path("data/admin.json"))
+	admin := connectFile(t, path(cmp.Or(r.admin, "data/admin.json")))
 	r.retryStep("controller API reachable", time.Now().Add(time.Minute), 10*time.Second, func(ctx context.Context) error {
 		_, err := admin.Controller().WhoAmI(ctx)
 		return err

@@ -161,11 +161,30 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		return nil, err
 	}
 	c.mgmt = newMgmt(c.mgmtURL(), adminUser, password, c.pool)
-	if err := c.mgmt.login(); err != nil {
+	if err := c.loginMgmt(ctx, joining); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+// loginMgmt logs the management client in. A member of a cluster that joined may hold the administrator's record
+// before its password authenticator is found ("authenticator lookup returned nil", INVALID_AUTH: seen at the
+// first start of three members on loopback): it tries again for up to 30 s.
+func (c *Controller) loginMgmt(ctx context.Context, joined bool) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := c.mgmt.login()
+		if err == nil || !joined || time.Now().After(deadline) {
+			return err
+		}
+		c.log.Info("the management client could not log in yet; the administrator's authenticator has not arrived", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // Stop shuts the controller down.
