@@ -163,12 +163,18 @@ func retryUnanswered[T any](ctx context.Context, n int, create func(context.Cont
 	}
 }
 
-// unanswered says whether a JetStream request got no answer, or the answer that the cluster is not ready yet
-// (503, as just after a meta leader is elected).
+// errNoPeers is JetStream's error code for a stream it cannot place: fewer servers with JetStream are known to
+// its meta leader than the stream's replicas.
+const errNoPeers = 10005
+
+// unanswered says whether a JetStream request got no answer, or an answer that the cluster is not ready yet:
+// 503, as just after a meta leader is elected, or no suitable peers, as at a cluster's first start while the
+// last servers are still being announced to the meta leader (a store of R replicas needs R servers, where a
+// member's start waits only for a majority).
 func unanswered(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
-		(errors.As(err, &apiErr) && apiErr.Code == 503)
+		(errors.As(err, &apiErr) && (apiErr.Code == 503 || apiErr.ErrorCode == errNoPeers))
 }
 
 func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {

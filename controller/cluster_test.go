@@ -2,11 +2,14 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
@@ -86,5 +89,26 @@ func TestEveryStoreReplicated(t *testing.T) {
 	t.Logf("%d streams and buckets, all R3", n)
 	if n < 12 {
 		t.Fatalf("only %d streams and buckets", n)
+	}
+}
+
+// TestUnansweredCreates: a replicated create is sent again when JetStream gave no answer, was not ready, or could
+// not place the store yet (at a cluster's first start); any other refusal is final.
+func TestUnansweredCreates(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{context.DeadlineExceeded, true},
+		{nats.ErrTimeout, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10005, Description: "no suitable peers for placement"}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: 10058, Description: "stream name already in use with a different configuration"}, false},
+		{&jetstream.APIError{Code: 500, ErrorCode: 10023, Description: "insufficient resources"}, false},
+		{errors.New("nats: connection closed"), false},
+	} {
+		if got := unanswered(c.err); got != c.want {
+			t.Errorf("unanswered(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
