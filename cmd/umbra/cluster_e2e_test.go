@@ -379,6 +379,8 @@ func TestControllerCluster(t *testing.T) {
 	before := createAndEnroll("before", (leader+1)%3, leader, 30*time.Second)
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
+	c.limit.Step("an A2A session from an agent authenticated through %s to one through %s", ms[leader].name, ms[survivors[0]].name)
+	stream := startClusterStream(t, c.dir, admins[survivors[0]], ms, leader, survivors[0])
 	c.limit.Step("SIGKILL the overlay leader %s", ms[leader].name)
 	killed := time.Now()
 	if err := ms[leader].d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -392,6 +394,8 @@ func TestControllerCluster(t *testing.T) {
 	answered := time.Since(killed)
 	failedOver := agentsFailOver(t, ms[leader].name, filepath.Join(c.dir, "before.json"), killed, map[string]*agentsdk.Agent{
 		"the administrator (" + ms[leader].name + "'s API alone in its file)": admins[leader], "before": before})
+	c.limit.Step("the session carries on")
+	streamed := stream.afterKill(killed)
 	createAndEnroll("after", survivors[0], survivors[1], 60*time.Second)
 	written := time.Since(killed)
 	t.Logf("%s killed: the API answered through both survivors after %s; an identity created through %s was enrolled at %s and called the API %s after the kill",
@@ -402,6 +406,7 @@ func TestControllerCluster(t *testing.T) {
 		}
 	}
 	t.Logf("agents connected through %s: %s", ms[leader].name, failedOver)
+	t.Logf("session across the kill: %s", streamed)
 	replaceMember(t, c, ms, leader, survivors)
 	t.Logf("test took %s after the build", time.Since(start).Round(time.Millisecond))
 }
