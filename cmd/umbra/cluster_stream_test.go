@@ -196,9 +196,9 @@ func (s *clusterStream) checkRunning() {
 }
 
 // streamRecovery bounds how long after a member's death the session must carry envelopes again. The agents
-// themselves reach the API through a survivor within a second, but an envelope is acknowledged only once the R3
-// envelope stream has a leader: when the killed member's NATS server led it, JetStream elects another after its
-// raft election timeout (4–9 s, not tunable in nats-server). Measured: 10.0 s (docs/cluster.md).
+// themselves reach the API through a survivor within a second, but envelopes stalled 10.0 s in every run: most
+// likely the envelope publish in flight to the dead member's NATS server, which waits out the envelope store's
+// commitTimeout (10 s) with every later append queued behind it (docs/cluster.md).
 const streamRecovery = 25 * time.Second
 
 // afterKill waits until both the sender and the receiver have moved an envelope after killed, which must happen
