@@ -12,14 +12,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/openziti/identity"
 	"github.com/openziti/sdk-golang/ziti"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
-	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
 
@@ -89,6 +87,9 @@ type Agent struct {
 	// revoked lists the certificates the controller revoked; every inner mutual-TLS handshake consults it.
 	revoked *revocations
 
+	// apis is where the agent authenticates to the overlay: every controller of the cluster it knows.
+	apis *overlayAPIs
+
 	mu        sync.Mutex
 	id        *Identity
 	zctx      ziti.Context
@@ -122,13 +123,14 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 	if !zitilog.Routed() {
 		zitilog.Route(o.log, slog.LevelWarn)
 	}
-	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(id, o.refresh) }, closeContext)
+	apis := &overlayAPIs{}
+	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(id, o.refresh, apis) }, closeContext)
 	if err != nil {
 		return nil, fmt.Errorf("agentsdk: connect %s: %w", id.id, err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	a := &Agent{opts: o, tracer: newTracer(o.tracerProvider), runCtx: runCtx, cancel: cancel, switching: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-		id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}, revoked: newRevocations()}
+		apis: apis, id: id, zctx: zctx, gen: 1, listeners: map[*listener]struct{}{}, unbound: map[string]bool{}, revoked: newRevocations()}
 	if a.opts.renewer == nil {
 		a.opts.renewer = a.renewWithController
 	}
@@ -151,31 +153,16 @@ func Connect(ctx context.Context, id *Identity, opts ...Option) (*Agent, error) 
 
 func closeContext(z ziti.Context) { z.Close() }
 
-func newZitiContext(id *Identity, refresh time.Duration) (ziti.Context, error) {
-	keyPEM, err := pki.EncodeKeyPEM(id.key)
-	if err != nil {
-		return nil, err
-	}
-	cfg := &ziti.Config{
-		ZtAPI: id.overlayAPI,
-		ID: identity.Config{
-			Cert: "pem:" + string(pki.EncodeCertsPEM(id.svid...)),
-			Key:  "pem:" + string(keyPEM),
-			CA:   "pem:" + string(pki.EncodeCertsPEM(id.overlayCA...)),
-		},
-	}
-	zctx, err := ziti.NewContextWithOpts(cfg, &ziti.Options{RefreshInterval: refresh, SessionRefreshInterval: refresh})
-	if err != nil {
-		return nil, err
-	}
+// authenticate authenticates zctx to the overlay, closing it if that fails.
+func authenticate(zctx ziti.Context) error {
 	if err := zctx.Authenticate(); err != nil {
 		zctx.Close()
 		if strings.Contains(err.Error(), "INVALID_AUTH") || strings.Contains(err.Error(), "401") {
-			return nil, fmt.Errorf("%w: the overlay refused this identity (unknown, revoked or expired)", ErrNotAuthorized)
+			return fmt.Errorf("%w: the overlay refused this identity (unknown, revoked or expired)", ErrNotAuthorized)
 		}
-		return nil, fmt.Errorf("overlay authentication: %w", err)
+		return fmt.Errorf("overlay authentication: %w", err)
 	}
-	return zctx, nil
+	return nil
 }
 
 // ID returns the agent's SPIFFE ID.
@@ -266,7 +253,7 @@ func (a *Agent) dialOverlay(ctx context.Context, service string) (net.Conn, erro
 			return nil, ctxError(ctx, err)
 		case timedOut:
 			continue
-		case (isSessionLost(err) || errors.Is(err, errOverlayFault)) && !reconnected:
+		case (isSessionLost(err) || errors.Is(err, errOverlayFault) || isControllerGone(err)) && !reconnected:
 			reconnected = true
 			a.opts.log.Info("overlay session lost, reconnecting", "spiffe_id", a.ID().String(), "service", service, "err", err)
 			if rerr := a.reconnectFrom(ctx, gen); rerr != nil {

@@ -105,3 +105,18 @@ func isSessionLost(err error) bool {
 	}
 	return false
 }
+
+// isControllerGone tells whether an overlay error means that the controller's edge API did not answer at the
+// network level (a cluster member died, say). A new overlay context authenticates through another controller.
+func isControllerGone(err error) bool {
+	s := strings.ToLower(err.Error())
+	if !strings.Contains(s, "/edge/client/v1") && !strings.Contains(s, "/oidc") {
+		return false
+	}
+	for _, m := range []string{"connection refused", "connection reset", "no route to host", "i/o timeout", "eof"} {
+		if strings.Contains(s, m) {
+			return true
+		}
+	}
+	return false
+}

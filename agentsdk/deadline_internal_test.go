@@ -130,3 +130,22 @@ func TestAwaitRecoversOverlayFault(t *testing.T) {
 		t.Fatalf("await of a panicking call = %v, want errOverlayFault", err)
 	}
 }
+
+func TestIsControllerGone(t *testing.T) {
+	hangLimit(t, 4*time.Minute)
+	for _, tc := range []struct {
+		err  string
+		gone bool
+	}{
+		{`Post "https://127.0.0.1:4410/edge/client/v1/sessions": dial tcp 127.0.0.1:4410: connect: connection refused`, true},
+		{`Get "https://10.0.0.1:1280/edge/client/v1/services": dial tcp 10.0.0.1:1280: i/o timeout`, true},
+		{`Post "https://10.0.0.1:1280/oidc/oauth/token": EOF`, true},
+		{"dial tcp 127.0.0.1:3022: connect: connection refused", false}, // a router, not a controller
+		{`[POST /sessions][401] createSessionUnauthorized`, false},
+		{"service 'x' not found", false},
+	} {
+		if got := isControllerGone(errors.New(tc.err)); got != tc.gone {
+			t.Errorf("isControllerGone(%q) = %v, want %v", tc.err, got, tc.gone)
+		}
+	}
+}

@@ -27,7 +27,9 @@
 //
 // Every blocking call returns by its context's deadline, also when the overlay does not answer. The agent repairs
 // its overlay session by itself: after a controller restart it authenticates again and hosts its services again
-// (ListenContext is Listen with a deadline for the first bind).
+// (ListenContext is Listen with a deadline for the first bind). With a cluster of controllers, the identity lists
+// every member's overlay API (Identity.OverlayAPIs) and the agent learns the members from the overlay too: when the
+// controller it authenticated through dies, it refreshes its session through another, with no call of its own.
 //
 // Agents collaborate in sessions governed by contracts. A provider advertises its card and terms in workgroups
 // (Advertise); a consumer that shares one finds it (Discover) and proposes a session (Propose); the controller

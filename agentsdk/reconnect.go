@@ -93,7 +93,7 @@ func (a *Agent) switchContext(ctx context.Context, next *Identity, gen uint64) e
 		next = a.id
 	}
 	a.mu.Unlock()
-	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(next, a.opts.refresh) }, closeContext)
+	zctx, err := await(ctx, func() (ziti.Context, error) { return newZitiContext(next, a.opts.refresh, a.apis) }, closeContext)
 	if err != nil {
 		return fmt.Errorf("reconnect: %w", err)
 	}

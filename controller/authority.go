@@ -221,7 +221,7 @@ func (s *Server) renew(ctx context.Context, caller spiffeid.ID, csr []byte) (api
 func (s *Server) credentials(id spiffeid.ID, leaf *x509.Certificate) api.Credentials {
 	return api.Credentials{
 		SPIFFEID: id.String(), SVID: string(pki.EncodeCertsPEM(leaf)), Bundle: string(s.ca.CertPEM()),
-		ExpiresAt: leaf.NotAfter, OverlayAPI: s.zc.ClientAPIURL(), OverlayCA: string(s.zc.CACertPEM()),
+		ExpiresAt: leaf.NotAfter, OverlayAPI: s.zc.ClientAPIURL(), OverlayAPIs: s.zc.ClientAPIURLs(), OverlayCA: string(s.zc.CACertPEM()),
 		ControllerID: s.controllerID.String(), EnrollURL: s.enrollURL(),
 	}
 }

@@ -61,6 +61,9 @@ type Credentials struct {
 	OverlayCA    string    `json:"overlay_ca"`  // PEM
 	ControllerID string    `json:"controller_id"`
 	EnrollURL    string    `json:"enroll_url"`
+	// OverlayAPIs lists the edge client API of every controller of the cluster that the issuer knew of, the
+	// issuer's (OverlayAPI) first; empty from a controller that predates it. An agent fails over among them.
+	OverlayAPIs []string `json:"overlay_apis,omitempty"`
 }
 
 // RenewRequest asks for a fresh SVID for the caller's own SPIFFE ID.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -155,9 +156,11 @@ func enrollAt(ctx context.Context, dataDir, port, token, sid string) (*agentsdk.
 // initialises the overlay's raft cluster, the other two join it with the secrets the first exported; their NATS
 // servers route to each other and keep every stream and bucket in three copies. One router, enrolled through
 // the first, carries the governance API. Every member serves enrollment and authenticates the administrator at
-// its own overlay API; an identity created through the API is enrolled at another member. Then the overlay's raft
-// leader is killed with SIGKILL: the survivors must answer the API within 10 s, and then create an identity
-// and enroll it.
+// its own overlay API; an identity created through the API is enrolled at another member (the overlay's raft
+// leader) and lists every member's overlay API. Then the leader is killed with SIGKILL: the survivors must answer
+// the API within 10 s, and so must the agents authenticated through the killed member (they fail over to another
+// member by themselves), and the identity enrolled there connects anew through a survivor; then the survivors
+// create an identity and enroll it.
 func TestControllerCluster(t *testing.T) {
 	c := newCLI(t, 7*time.Minute)
 	start := time.Now()
@@ -321,8 +324,9 @@ func TestControllerCluster(t *testing.T) {
 	}
 
 	// createAndEnroll creates an identity with the administrator connected through member from and enrolls it at
-	// member at; the enrolled agent then authenticates at that member's overlay API and calls the API.
-	createAndEnroll := func(name string, from, at int, limit time.Duration) {
+	// member at; the enrolled agent then authenticates at that member's overlay API and calls the API. Its
+	// identity names that member's overlay API first, then every other member's.
+	createAndEnroll := func(name string, from, at int, limit time.Duration) *agentsdk.Agent {
 		t.Helper()
 		c.limit.Step("create %s through %s, enroll it at %s", name, ms[from].name, ms[at].name)
 		deadline := time.Now().Add(limit)
@@ -355,8 +359,11 @@ func TestControllerCluster(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if want := "https://127.0.0.1:" + ms[at].apiPort + "/edge/client/v1"; overlayAPI != want {
+		if want := clientAPI(ms[at]); overlayAPI != want {
 			t.Fatalf("%s enrolled at %s names overlay API %s, want %s", name, ms[at].name, overlayAPI, want)
+		}
+		if got := id.OverlayAPIs(); len(got) != len(ms) || got[0] != clientAPI(ms[at]) || !sameAPIs(got, ms) {
+			t.Fatalf("%s enrolled at %s lists overlay APIs %v, want %s first and every member's", name, ms[at].name, got, clientAPI(ms[at]))
 		}
 		path := filepath.Join(c.dir, name+".json")
 		if err := id.Save(path); err != nil {
@@ -366,10 +373,14 @@ func TestControllerCluster(t *testing.T) {
 		if who := waitAPI(t, a, time.Until(deadline)); who.SPIFFEID != resp.SPIFFEID {
 			t.Fatalf("%s: whoami says %s", name, who.SPIFFEID)
 		}
+		return a
 	}
-	createAndEnroll("before", (leader+1)%3, (leader+2)%3, 30*time.Second)
+	// "before" is enrolled at, and authenticated through, the member about to be killed.
+	before := createAndEnroll("before", (leader+1)%3, leader, 30*time.Second)
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
+	c.limit.Step("an A2A session from an agent authenticated through %s to one through %s", ms[leader].name, ms[survivors[0]].name)
+	stream := startClusterStream(t, c.dir, admins[survivors[0]], ms, leader, survivors[0])
 	c.limit.Step("SIGKILL the overlay leader %s", ms[leader].name)
 	killed := time.Now()
 	if err := ms[leader].d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -381,6 +392,10 @@ func TestControllerCluster(t *testing.T) {
 		waitAPI(t, admins[i], killed.Add(10*time.Second).Sub(time.Now()))
 	}
 	answered := time.Since(killed)
+	failedOver := agentsFailOver(t, ms[leader].name, filepath.Join(c.dir, "before.json"), killed, map[string]*agentsdk.Agent{
+		"the administrator (" + ms[leader].name + "'s API alone in its file)": admins[leader], "before": before})
+	c.limit.Step("the session carries on")
+	streamed := stream.afterKill(killed)
 	createAndEnroll("after", survivors[0], survivors[1], 60*time.Second)
 	written := time.Since(killed)
 	t.Logf("%s killed: the API answered through both survivors after %s; an identity created through %s was enrolled at %s and called the API %s after the kill",
@@ -390,8 +405,53 @@ func TestControllerCluster(t *testing.T) {
 			t.Logf("new overlay leader: %s", ms[i].name)
 		}
 	}
+	t.Logf("agents connected through %s: %s", ms[leader].name, failedOver)
+	t.Logf("session across the kill: %s", streamed)
 	replaceMember(t, c, ms, leader, survivors)
 	t.Logf("test took %s after the build", time.Since(start).Round(time.Millisecond))
+}
+
+// clientAPI is the member's overlay edge client API.
+func clientAPI(m *member) string { return "https://127.0.0.1:" + m.apiPort + "/edge/client/v1" }
+
+// sameAPIs says whether apis are exactly the members' overlay edge client APIs, in any order.
+func sameAPIs(apis []string, ms []*member) bool {
+	if len(apis) != len(ms) {
+		return false
+	}
+	for _, m := range ms {
+		if !slices.Contains(apis, clientAPI(m)) {
+			return false
+		}
+	}
+	return true
+}
+
+// agentsFailOver checks that agents authenticated through the member killed at killed carry on through the
+// survivors with no action of theirs: each calls the API within 10 s of the kill. Then an agent connected anew
+// from identity file path, which names the killed member's overlay API first, authenticates through another
+// member within 10 s of the kill. It returns the times measured.
+func agentsFailOver(t *testing.T, killedName, path string, killed time.Time, agents map[string]*agentsdk.Agent) string {
+	t.Helper()
+	var out []string
+	for name, a := range agents {
+		waitAPI(t, a, time.Until(killed.Add(10*time.Second)))
+		out = append(out, fmt.Sprintf("%s answered %s after the kill", name, time.Since(killed).Round(time.Millisecond)))
+	}
+	id, err := agentsdk.LoadIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), killed.Add(10*time.Second))
+	defer cancel()
+	a, err := agentsdk.Connect(ctx, id)
+	if err != nil {
+		t.Fatalf("connecting %s (which names %s's overlay API first) after %s was killed: %v", id.SPIFFEID(), id.OverlayAPIs()[0], killedName, err)
+	}
+	t.Cleanup(func() { a.Close() })
+	waitAPI(t, a, time.Until(killed.Add(10*time.Second)))
+	return strings.Join(append(out, fmt.Sprintf("a new connection from %s answered %s after the kill", filepath.Base(path),
+		time.Since(killed).Round(time.Millisecond))), "; ")
 }
 
 // waitAPI calls whoami through a until it answers or limit passes, each call with a deadline of its own.

@@ -70,6 +70,9 @@ func runClusterNode(spec string) int {
 		}
 		_ = json.NewEncoder(w).Encode(members)
 	})
+	mux.HandleFunc("/apis", func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(c.ClientAPIURLs())
+	})
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.StatusPort)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "status listener:", err)
@@ -170,6 +173,17 @@ func (n *clusterNode) members(client *http.Client) ([]ClusterMember, error) {
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
+// apis reads the member's ClientAPIURLs.
+func (n *clusterNode) apis(client *http.Client) ([]string, error) {
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/apis", n.spec.StatusPort))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out []string
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
 // capabilities reads the capabilities the member's public client API advertises to SDKs.
 func (n *clusterNode) capabilities(client *http.Client) ([]string, error) {
 	caPEM, err := os.ReadFile(filepath.Join(n.spec.Dir, "pki", "ca.cert"))
@@ -229,7 +243,8 @@ func distinctPorts(t *testing.T, n int) []int {
 
 // TestClusterSurvivesLeaderKill runs three embedded controllers as separate processes on loopback: the first
 // initialises a raft cluster, the other two join it through the first one's control-plane address. An
-// identity created through one member is read through another; then the leader is killed with SIGKILL, and the
+// identity created through one member is read through another, and every member lists every member's client API
+// (what SDKs learn the others from); then the leader is killed with SIGKILL, and the
 // two survivors must elect a new leader and still create and read identities within 10 s.
 func TestClusterSurvivesLeaderKill(t *testing.T) {
 	limit := testlimit.Start(t, 3*time.Minute)
@@ -323,6 +338,27 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 		}
 	}
 
+	limit.Step("every member lists every member's client API")
+	// What sdk-golang reads after authenticating (GET /controllers) to learn the other members, and what
+	// enrollment hands out. Each member's own is first.
+	var want []string
+	for _, s := range specs {
+		want = append(want, fmt.Sprintf("https://127.0.0.1:%d/edge/client/v1", s.APIPort))
+	}
+	for i, n := range nodes {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := n.apis(client)
+			if err == nil && len(got) == 3 && got[0] == want[i] && sameSet(got, want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("c%d lists client APIs %v (err %v), want its own %s first among %v", i+1, got, err, want[i], want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+
 	mgmts := make([]*Mgmt, 3)
 	for i, n := range nodes {
 		mgmts[i] = n.mgmt(t)
@@ -382,4 +418,11 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 	}
 	t.Logf("leader c%d killed: c%d elected after %s, a write through c%d read back through c%d after %s",
 		leader+1, newLeader+1, elected.Round(time.Millisecond), survivor+1, newLeader+1, served.Round(time.Millisecond))
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -121,6 +122,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		fabric.Shutdown()
 		return nil, err
 	}
+	if err := fixAPIAddresses(fabric, zcfg); err != nil {
+		fabric.Shutdown()
+		return nil, err
+	}
 	edge, err := server.NewController(fabric)
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: new edge controller: %w", err)
@@ -219,6 +224,54 @@ func freeLoopbackPort() (int, error) {
 
 // ClientAPIURL is the edge client API that SDKs authenticate against.
 func (c *Controller) ClientAPIURL() string { return c.APIURL() + "/edge/client/v1" }
+
+// fixAPIAddresses makes the overlay controller know its own API addresses before anything asks for them.
+//
+// OpenZiti computes the addresses it tells its peers (in the raft mesh hello) and SDKs (GET /controllers, which
+// sdk-golang reads after authenticating to learn the other members) once, on first use, from the web
+// configuration that fabric.Run loads (controller.GetApiAddresses, a sync.Once, in v1.7.2). A mesh hello before
+// Run has loaded it (a joining member asks to join as soon as Run starts; a restarted member dials its peers)
+// caches an empty list for the life of the process: every member was then listed with no API address, and SDKs
+// learned no other member. So the configuration is loaded here, the addresses computed, and the parsed servers
+// dropped again for Run to load them (loading appends, and two servers would bind the same port).
+func fixAPIAddresses(fabric *zcontroller.Controller, zcfg *config.Config) error {
+	xw := fabric.GetXWebInstance()
+	if err := zcfg.Configure(xw); err != nil {
+		return fmt.Errorf("zitictrl: web configuration: %w", err)
+	}
+	apis, _ := fabric.GetApiAddresses()
+	xw.GetConfig().ServerConfigs = nil
+	if len(apis["edge-client"]) == 0 {
+		return errors.New("zitictrl: the overlay controller reports no edge client API address; check the web section of ctrl.yaml")
+	}
+	return nil
+}
+
+// ClientAPIURLs lists the edge client API of every member of the controller's cluster that the overlay knows,
+// this controller's first and the others sorted; a lone controller's list is its own API alone. A member whose
+// addresses have not reached the replicated controllers store yet (just after it joined) is missing.
+func (c *Controller) ClientAPIURLs() []string {
+	own := c.ClientAPIURL()
+	out := []string{own}
+	if !c.Clustered() {
+		return out
+	}
+	res, err := c.edge.AppEnv.Managers.Controller.BaseList("true limit none")
+	if err != nil {
+		c.log.Debug("listing the overlay cluster's controllers failed", "err", err)
+		return out
+	}
+	var others []string
+	for _, m := range res.Entities {
+		for _, a := range m.ApiAddresses["edge-client"] {
+			if a.Url != own && !slices.Contains(others, a.Url) {
+				others = append(others, a.Url)
+			}
+		}
+	}
+	slices.Sort(others)
+	return append(out, others...)
+}
 
 // CtrlEndpoint is the control-plane address routers are configured with.
 func (c *Controller) CtrlEndpoint() string {
