@@ -368,6 +368,7 @@ func TestControllerCluster(t *testing.T) {
 		}
 	}
 	createAndEnroll("before", (leader+1)%3, (leader+2)%3, 30*time.Second)
+	checkClusterRevocation(t, c, ms, admins, leader)
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
 	c.limit.Step("SIGKILL the overlay leader %s", ms[leader].name)
