@@ -227,7 +227,8 @@ func (s *Server) credentials(id spiffeid.ID, leaf *x509.Certificate) api.Credent
 }
 
 // revoke cuts an identity on both layers: the record is marked first (the API refuses it from that instant),
-// then the overlay identity is disabled (dropping its API sessions) and its live circuits are torn down.
+// then the overlay identity is revoked (disabled, which drops its API sessions; in a cluster also its tokens
+// revoked and the identity deleted: zitictrl.Controller.RevokeIdentity) and its live circuits are torn down.
 func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason string) (api.RevokeResponse, error) {
 	if id == actor {
 		return api.RevokeResponse{}, failf(http.StatusBadRequest, api.CodeBadRequest, "an identity cannot revoke itself")
@@ -248,9 +249,10 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 	if first {
 		s.metrics.revoked()
 	}
-	// Count the live circuits before disabling: disabling already drops most of them.
+	// Count the live circuits before revoking: on a lone controller, disabling already drops most of them. In a
+	// cluster every member also closes those it created when it sees the record revoked (followRevocations).
 	live := s.circuitsOf(rec.OverlayID)
-	if err := s.zc.Mgmt().DisableIdentity(rec.OverlayID); err != nil {
+	if err := s.zc.RevokeIdentity(rec.OverlayID); err != nil {
 		return api.RevokeResponse{}, internal(err)
 	}
 	s.closeCircuits(rec.OverlayID)
@@ -262,6 +264,9 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 
 // circuitsOf lists the live circuits the overlay identity dialled or hosts.
 func (s *Server) circuitsOf(overlayID string) []string {
+	if overlayID == "" {
+		return nil
+	}
 	var ids []string
 	for _, c := range s.zc.Fabric().GetNetwork().GetAllCircuits() {
 		if c.Tags["clientId"] == overlayID || c.Tags["hostId"] == overlayID {
@@ -273,6 +278,9 @@ func (s *Server) circuitsOf(overlayID string) []string {
 
 // closeCircuits removes every live circuit the overlay identity dialled or hosts.
 func (s *Server) closeCircuits(overlayID string) int {
+	if overlayID == "" {
+		return 0
+	}
 	n := 0
 	network := s.zc.Fabric().GetNetwork()
 	for _, c := range network.GetAllCircuits() {

@@ -514,6 +514,9 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 		if err != nil {
 			return err
 		}
+		if rec.State == stateRevoked {
+			continue // its overlay identity is disabled for good, or deleted in a cluster
+		}
 		if err := s.zc.Mgmt().SetAttributes(rec.OverlayID, rec.Attributes); err != nil {
 			return err
 		}

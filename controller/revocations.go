@@ -153,7 +153,8 @@ func (f *revocationFeed) since(epoch string, after int) (api.RevocationFeed, <-c
 }
 
 // followRevocations feeds the revocation list from the identity bucket: every record as it is, then every
-// change, from whichever controller made it. It returns when ctx ends.
+// change, from whichever controller made it, and closes this controller's overlay circuits of every revoked or
+// suspended identity. It returns when ctx ends.
 func (s *Server) followRevocations(ctx context.Context) error {
 	w, err := s.ids.ids.kv.WatchAll(ctx)
 	if err != nil {
@@ -177,6 +178,13 @@ func (s *Server) followRevocations(ctx context.Context) error {
 				continue
 			}
 			s.revoked.add(r, time.Now())
+			if r.State == stateRevoked || r.Suspended {
+				// Each controller of a cluster holds only the overlay circuits it created: whichever one revoked or
+				// suspended the identity, every one closes its own.
+				if n := s.closeCircuits(r.OverlayID); n > 0 {
+					s.log.Info("closed the overlay circuits of a revoked or suspended identity", "spiffe_id", r.SPIFFEID, "circuits", n)
+				}
+			}
 		}
 	}
 }

@@ -377,6 +377,7 @@ func TestControllerCluster(t *testing.T) {
 	}
 	// "before" is enrolled at, and authenticated through, the member about to be killed.
 	before := createAndEnroll("before", (leader+1)%3, leader, 30*time.Second)
+	checkClusterRevocation(t, c, ms, admins, leader)
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
 	c.limit.Step("an A2A session from an agent authenticated through %s to one through %s", ms[leader].name, ms[survivors[0]].name)

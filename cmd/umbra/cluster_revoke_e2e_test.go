@@ -1,0 +1,271 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+)
+
+// clusterRevokeLimit bounds each effect of a revocation in the cluster test: the live connection cut, a new dial
+// refused by the overlay, the API refusing the identity.
+const clusterRevokeLimit = 20 * time.Second
+
+// checkClusterRevocation revokes an agent while it holds a live overlay connection, in a cluster whose members
+// give SDKs OIDC (JWT) API sessions. The host authenticates at member `leader`, the revoked agent at the next
+// member, and the revocation goes through the third. The live connection must be cut, a new dial must be refused
+// by the overlay itself (not only by the host's handshake, which refuses a revoked certificate through the
+// revocation feed), and the API must refuse the agent, each within clusterRevokeLimit of the revoke call; the
+// host must still serve. Then the host is revoked through the second member while a third agent holds a
+// connection to it: that connection is cut and the third agent's dials no longer reach the host. The times are
+// logged.
+func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agentsdk.Agent, leader int) {
+	t.Helper()
+	hostAt, victimAt, through := leader, (leader+1)%3, (leader+2)%3
+	host := clusterAgent(t, c, ms, admins[through], "rv-host", hostAt)
+	victim := clusterAgent(t, c, ms, admins[through], "rv-victim", victimAt)
+	bystander := clusterAgent(t, c, ms, admins[through], "rv-bystander", through)
+	const service = "cluster-revoke-echo"
+
+	c.limit.Step("revocation: %s hosts %s, %s dials it", host.ID(), service, victim.ID())
+	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error {
+		return admins[through].Controller().Grant(ctx, api.GrantRequest{Service: service,
+			Bind: []string{host.ID().String()}, Dial: []string{victim.ID().String(), bystander.ID().String()}})
+	})
+	var ln net.Listener
+	retryFor(t, "listen on "+service, 30*time.Second, func(context.Context) error {
+		var err error
+		ln, err = host.Listen(service)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = io.Copy(conn, conn)
+			}()
+		}
+	}()
+	live := echoConn(t, victim, service)
+
+	c.limit.Step("revoke %s through %s while it is connected at %s", victim.ID(), ms[through].name, ms[victimAt].name)
+	// Three watchers start with the revoke call, each timing one effect from just before it.
+	start := time.Now()
+	var wg sync.WaitGroup
+	var connCut, dialRefused, apiRefused time.Duration
+	var cutErr, dialErr, apiErr error
+	admitted := 0
+	wg.Add(3)
+	go func() { // a blocked read returns as soon as the overlay closes the connection
+		defer wg.Done()
+		_ = live.SetReadDeadline(start.Add(clusterRevokeLimit))
+		_, cutErr = live.Read(make([]byte, 1))
+		connCut = time.Since(start)
+	}()
+	go func() { // a dial the host refuses in its handshake (the revocation feed) does not count: the overlay must refuse
+		defer wg.Done()
+		for time.Since(start) < clusterRevokeLimit {
+			dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			conn, err := victim.Dial(dctx, service)
+			dcancel()
+			if err == nil {
+				conn.Close()
+				admitted++
+			} else if errors.Is(err, agentsdk.ErrNotAuthorized) || errors.Is(err, agentsdk.ErrServiceNotFound) {
+				dialRefused, dialErr = time.Since(start), err
+				return
+			} else {
+				dialErr = err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		dialErr = fmt.Errorf("%d dials admitted by the overlay; last error: %v", admitted, dialErr)
+	}()
+	go func() {
+		defer wg.Done()
+		for time.Since(start) < clusterRevokeLimit {
+			wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := victim.Controller().WhoAmI(wctx)
+			wcancel()
+			if errors.Is(err, agentsdk.ErrNotAuthorized) {
+				apiRefused, apiErr = time.Since(start), err
+				return
+			}
+			apiErr = err
+			time.Sleep(20 * time.Millisecond)
+		}
+		apiErr = fmt.Errorf("still answered or failed otherwise: %v", apiErr)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	resp, err := admins[through].Controller().Revoke(ctx, victim.ID(), "cluster revocation test")
+	cancel()
+	if err != nil {
+		t.Fatalf("revoke %s through %s: %v", victim.ID(), ms[through].name, err)
+	}
+	returned := time.Since(start)
+	wg.Wait()
+	var ne net.Error
+	if cutErr == nil || errors.As(cutErr, &ne) && ne.Timeout() {
+		t.Errorf("the revoked %s's live connection was not cut within %s: %v", victim.ID(), clusterRevokeLimit, cutErr)
+	}
+	if dialRefused == 0 {
+		t.Errorf("%s's dials were not refused by the overlay within %s of the revocation: %v", victim.ID(), clusterRevokeLimit, dialErr)
+	}
+	if apiRefused == 0 {
+		t.Errorf("the API did not refuse the revoked %s within %s: %v", victim.ID(), clusterRevokeLimit, apiErr)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// The host was not revoked: it still hosts, and answers the API.
+	whoCtx, whoCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer whoCancel()
+	if _, err := host.Controller().WhoAmI(whoCtx); err != nil {
+		t.Fatalf("the host's API call after another identity's revocation: %v", err)
+	}
+	t.Logf("revoked %s (connected at %s) through %s: the call returned after %s (%d circuits closed there); live connection cut after %s; "+
+		"new dial refused by the overlay after %s (%d admitted meanwhile; %v); API refused after %s",
+		victim.ID(), ms[victimAt].name, ms[through].name, returned.Round(time.Millisecond), resp.CircuitsClosed,
+		connCut.Round(time.Millisecond), dialRefused.Round(time.Millisecond), admitted, dialErr, apiRefused.Round(time.Millisecond))
+
+	// Then the host, revoked through the member the first agent used, while the bystander (authenticated at the
+	// third member) holds a connection to it: the connection is cut and the bystander's new dials fail in the
+	// overlay (the host's terminator is gone), not in the handshake with the host's revoked certificate.
+	held := echoConn(t, bystander, service)
+	c.limit.Step("revoke the host %s through %s while %s is connected to it", host.ID(), ms[victimAt].name, bystander.ID())
+	start = time.Now()
+	hostCut := make(chan error, 1)
+	go func() {
+		_ = held.SetReadDeadline(start.Add(clusterRevokeLimit))
+		_, err := held.Read(make([]byte, 1))
+		hostCut <- err
+	}()
+	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
+	_, err = admins[victimAt].Controller().Revoke(ctx, host.ID(), "cluster revocation test")
+	cancel()
+	if err != nil {
+		t.Fatalf("revoke %s through %s: %v", host.ID(), ms[victimAt].name, err)
+	}
+	if err := <-hostCut; err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the bystander's connection to the revoked host was not cut within %s: %v", clusterRevokeLimit, err)
+	}
+	cutAfter := time.Since(start)
+	var refusedAfter time.Duration
+	var lastErr error
+	reached := 0
+	for refusedAfter == 0 {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := bystander.Dial(dctx, service)
+		dcancel()
+		switch {
+		case err == nil:
+			conn.Close()
+			reached++
+		case strings.Contains(err.Error(), "mutual TLS"):
+			reached++ // the overlay still reached the revoked host; only the handshake refused it
+			lastErr = err
+		default:
+			refusedAfter, lastErr = time.Since(start), err
+		}
+		if refusedAfter == 0 && time.Since(start) > clusterRevokeLimit {
+			t.Fatalf("the bystander's dials still reach the revoked host %s after the revocation (%d reached; last: %v)", clusterRevokeLimit, reached, lastErr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("revoked the host %s (connected at %s) through %s: the bystander's connection cut after %s, its dials refused by the overlay after %s (%d reached the host meanwhile; %v)",
+		host.ID(), ms[hostAt].name, ms[victimAt].name, cutAfter.Round(time.Millisecond), refusedAfter.Round(time.Millisecond), reached, lastErr)
+}
+
+// echoConn dials service as a, retrying for up to 30 s, and checks that the connection echoes.
+func echoConn(t *testing.T, a *agentsdk.Agent, service string) net.Conn {
+	t.Helper()
+	var live net.Conn
+	retryFor(t, a.ID().String()+" dials "+service, 30*time.Second, func(ctx context.Context) error {
+		conn, err := a.Dial(ctx, service)
+		if err != nil {
+			return err
+		}
+		if err := echoLine(conn, "before"); err != nil {
+			conn.Close()
+			return err
+		}
+		live = conn
+		return nil
+	})
+	t.Cleanup(func() { live.Close() })
+	return live
+}
+
+// clusterAgent creates an agent identity through admin, enrolls it at member at and connects it there.
+func clusterAgent(t *testing.T, c *cli, ms []*member, admin *agentsdk.Agent, name string, at int) *agentsdk.Agent {
+	t.Helper()
+	c.limit.Step("create %s, enroll and connect it at %s", name, ms[at].name)
+	var resp api.CreateIdentityResponse
+	retryFor(t, "create "+name, 30*time.Second, func(ctx context.Context) error {
+		var err error
+		resp, err = admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: "acme", Kind: "agent", Name: name})
+		return err
+	})
+	var id *agentsdk.Identity
+	retryFor(t, "enroll "+name+" at "+ms[at].name, 30*time.Second, func(ctx context.Context) error {
+		var err error
+		id, _, err = enrollAt(ctx, filepath.Join(c.dir, ms[at].name), ms[at].enroll, resp.Token, resp.SPIFFEID)
+		return err
+	})
+	path := filepath.Join(c.dir, name+".json")
+	if err := id.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	return connectFile(t, path)
+}
+
+// retryFor calls fn, each call with a deadline of 10 s, until it succeeds or limit passes.
+func retryFor(t *testing.T, what string, limit time.Duration, fn func(ctx context.Context) error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := fn(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// echoLine writes line to an echoing connection and checks that it comes back within 10 s.
+func echoLine(conn net.Conn, line string) error {
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintln(conn, line); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the echo: %w", err)
+	}
+	if strings.TrimSpace(got) != line {
+		return fmt.Errorf("echo %q, want %q", got, line)
+	}
+	return nil
+}
