@@ -195,10 +195,10 @@ func (s *clusterStream) checkRunning() {
 	}
 }
 
-// streamRecovery bounds how long after a member's death the session must carry envelopes again. The agents
-// themselves reach the API through a survivor within a second, but envelopes stalled 10.0 s in every run: most
-// likely the envelope publish in flight to the dead member's NATS server, which waits out the envelope store's
-// commitTimeout (10 s) with every later append queued behind it (docs/cluster.md).
+// streamRecovery bounds how long after a member's death the session must carry envelopes again. Sending resumes
+// within a second (the envelope store publishes again what the dead stream leader did not answer); receiving waits
+// for the recipient's cursor to elect a new leader, which JetStream does within 4-9 s (docs/cluster.md). The
+// bound leaves room for a loaded machine.
 const streamRecovery = 25 * time.Second
 
 // afterKill waits until both the sender and the receiver have moved an envelope after killed, which must happen

@@ -161,6 +161,8 @@ func TestClusterAppendsSurviveStreamLeaderLoss(t *testing.T) {
 	}
 	t.Logf("stream leader n2 killed after %d of %d envelopes; the next acknowledged after %v", killedAt, total, time.Since(start).Round(time.Millisecond))
 	wg.Wait()
+	t.Logf("appends tried again by their callers: %d; publishes published again by the stores: %d, %d", retries.Load(),
+		stores[0].commit.republished.Load(), stores[1].commit.republished.Load())
 	if t.Failed() {
 		t.FailNow()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,6 +36,13 @@ const (
 	maxCommitBytes = 1 << 20
 	// commitTimeout bounds one publish (alone or a batch), whoever's context is waiting on it.
 	commitTimeout = 10 * time.Second
+	// republishAfter is how long a single publish waits for its answer before it is published again, and
+	// republishPause how long it waits after an answer that no stream took it yet (publishEach).
+	republishAfter = 2 * time.Second
+	republishPause = 100 * time.Millisecond
+	// errCodeDuplicateInProcess is JetStream's answer to a message id whose original is not stored yet
+	// (JSStreamDuplicateMessageConflict).
+	errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 )
 
 // pendingPublish is one append waiting to be published.
@@ -59,6 +67,9 @@ type committer struct {
 	// store created for it (far slower than the fsyncs it saves: audit.BenchmarkAppendBatch), so that publishes
 	// are only pipelined.
 	atomic bool
+	// replicated retries a publish no stream took (no leader yet); a single server answers so only when the
+	// stream is gone, which waiting does not mend.
+	replicated bool
 
 	mu         sync.Mutex
 	queue      []*pendingPublish
@@ -67,6 +78,8 @@ type committer struct {
 	// batches and batched count the atomic batches stored and the envelopes in them, refused the batches
 	// JetStream refused as a whole (for tests).
 	batches, batched, refused uint64
+	// republished counts the publishes published again (publishEach), for tests.
+	republished atomic.Uint64
 }
 
 // publish stores msg with the headers already set for its compare-and-set, and returns its stream sequence.
@@ -171,8 +184,37 @@ func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
 	}
 }
 
-// publishEach publishes each of batch on its own, all at once, and answers each.
+// publishEach publishes each of batch on its own, all at once, and answers each. A publish not answered within
+// republishAfter, or answered that no stream took it, is published again, with the same message id and
+// compare-and-set, until ctx ends. In a cluster that is what a lost stream leader looks like: the message went to a
+// server that died, or no leader was elected yet to take it; the retry reaches the next leader as soon as there is
+// one, where waiting out the whole commitTimeout would stall the session past the election. A retry never stores
+// an envelope twice: JetStream answers a message id it holds as a duplicate with the original's sequence before it
+// checks the compare-and-set, answers one whose original is still being replicated with a conflict (retried here
+// in turn), and past its de-duplication window the compare-and-set refuses the copy, since the original moved the
+// session (Append then finds the original).
 func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
+	for len(batch) > 0 {
+		batch = c.publishAttempt(ctx, batch)
+		if len(batch) > 0 {
+			c.republished.Add(uint64(len(batch)))
+			t := time.NewTimer(republishPause)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				for _, p := range batch {
+					p.done <- pubDone{err: fmt.Errorf("no acknowledgement: %w", ctx.Err())}
+				}
+				return
+			case <-t.C:
+			}
+		}
+	}
+}
+
+// publishAttempt publishes batch once, answers each publish that has its answer, and returns those to publish
+// again.
+func (c *committer) publishAttempt(ctx context.Context, batch []*pendingPublish) (again []*pendingPublish) {
 	futures := make([]jetstream.PubAckFuture, len(batch))
 	for i, p := range batch {
 		f, err := c.js.PublishMsgAsync(p.msg, jetstream.WithMsgID(p.msgID))
@@ -182,6 +224,8 @@ func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
 		}
 		futures[i] = f
 	}
+	actx, cancel := context.WithTimeout(ctx, republishAfter)
+	defer cancel()
 	for i, f := range futures {
 		if f == nil {
 			continue
@@ -190,11 +234,30 @@ func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
 		case ack := <-f.Ok():
 			batch[i].done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate}
 		case err := <-f.Err():
+			if ctx.Err() == nil && c.replicated && republishable(err) {
+				again = append(again, batch[i])
+				continue
+			}
 			batch[i].done <- pubDone{err: err}
-		case <-ctx.Done():
+		case <-actx.Done():
+			if ctx.Err() == nil {
+				again = append(again, batch[i])
+				continue
+			}
 			batch[i].done <- pubDone{err: fmt.Errorf("no acknowledgement: %w", ctx.Err())}
 		}
 	}
+	return again
+}
+
+// republishable reports an answer that no stream stored the message yet: none took it (no leader), or the leader
+// is still replicating its original.
+func republishable(err error) bool {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeDuplicateInProcess
 }
 
 // publishAtomic sends batch as one atomic batch and returns the stream sequence of its last message. An error

@@ -169,7 +169,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 		return nil, fmt.Errorf("envstore: stream %s: %w", opts.Stream, err)
 	}
 	return &Store{
-		commit:   &committer{js: js, stream: opts.Stream, atomic: opts.Replicas > 1},
+		commit:   &committer{js: js, stream: opts.Stream, atomic: opts.Replicas > 1, replicated: opts.Replicas > 1},
 		js:       js,
 		stream:   stream,
 		opts:     opts,
