@@ -56,7 +56,10 @@ type pendingPublish struct {
 type pubDone struct {
 	seq uint64
 	dup bool // JetStream answered it as a duplicate of its message id
-	err error
+	// republished: the answer is to a copy published again (publishEach), so a duplicate may be this very
+	// publish's own original, stored while its answer was lost.
+	republished bool
+	err         error
 }
 
 // committer queues publishes and commits them in batches.
@@ -67,8 +70,9 @@ type committer struct {
 	// store created for it (far slower than the fsyncs it saves: audit.BenchmarkAppendBatch), so that publishes
 	// are only pipelined.
 	atomic bool
-	// replicated retries a publish no stream took (no leader yet); a single server answers so only when the
-	// stream is gone, which waiting does not mend.
+	// replicated publishes again what a stream leader did not answer (publishEach). A single server loses no
+	// answer while it runs, answers that no stream took a message only when the stream is gone, which waiting
+	// does not mend, and under load may answer later than republishAfter.
 	replicated bool
 
 	mu         sync.Mutex
@@ -194,8 +198,8 @@ func (c *committer) publishBatch(ctx context.Context, batch []*pendingPublish) {
 // in turn), and past its de-duplication window the compare-and-set refuses the copy, since the original moved the
 // session (Append then finds the original).
 func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
-	for len(batch) > 0 {
-		batch = c.publishAttempt(ctx, batch)
+	for again := false; len(batch) > 0; again = true {
+		batch = c.publishAttempt(ctx, batch, again)
 		if len(batch) > 0 {
 			c.republished.Add(uint64(len(batch)))
 			t := time.NewTimer(republishPause)
@@ -214,12 +218,12 @@ func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
 
 // publishAttempt publishes batch once, answers each publish that has its answer, and returns those to publish
 // again.
-func (c *committer) publishAttempt(ctx context.Context, batch []*pendingPublish) (again []*pendingPublish) {
+func (c *committer) publishAttempt(ctx context.Context, batch []*pendingPublish, republished bool) (again []*pendingPublish) {
 	futures := make([]jetstream.PubAckFuture, len(batch))
 	for i, p := range batch {
 		f, err := c.js.PublishMsgAsync(p.msg, jetstream.WithMsgID(p.msgID))
 		if err != nil {
-			p.done <- pubDone{err: err}
+			p.done <- pubDone{err: err, republished: republished}
 			continue
 		}
 		futures[i] = f
@@ -232,15 +236,15 @@ func (c *committer) publishAttempt(ctx context.Context, batch []*pendingPublish)
 		}
 		select {
 		case ack := <-f.Ok():
-			batch[i].done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate}
+			batch[i].done <- pubDone{seq: ack.Sequence, dup: ack.Duplicate, republished: republished}
 		case err := <-f.Err():
 			if ctx.Err() == nil && c.replicated && republishable(err) {
 				again = append(again, batch[i])
 				continue
 			}
-			batch[i].done <- pubDone{err: err}
+			batch[i].done <- pubDone{err: err, republished: republished}
 		case <-actx.Done():
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && c.replicated {
 				again = append(again, batch[i])
 				continue
 			}

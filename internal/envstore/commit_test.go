@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,5 +115,71 @@ func TestGroupCommitBatchRefused(t *testing.T) {
 	}
 	if s.commit.batches != 0 || s.commit.refused != 1 {
 		t.Fatalf("%d batches counted as committed, %d as refused; want 0 and 1", s.commit.batches, s.commit.refused)
+	}
+}
+
+// losingJS loses the answer to the first `lose` publishes: each is published (when `send`) or dropped, and its
+// future never answers, as when the stream leader it went to dies.
+type losingJS struct {
+	jetstream.JetStream
+	send bool
+	lose atomic.Int32
+}
+
+func (l *losingJS) PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if l.lose.Add(-1) < 0 {
+		return l.JetStream.PublishMsgAsync(msg, opts...)
+	}
+	if l.send {
+		if _, err := l.JetStream.PublishMsgAsync(msg, opts...); err != nil {
+			return nil, err
+		}
+	}
+	return lostAck{}, nil
+}
+
+// lostAck is a publish whose answer never comes.
+type lostAck struct{ jetstream.PubAckFuture }
+
+func (lostAck) Ok() <-chan *jetstream.PubAck { return nil }
+func (lostAck) Err() <-chan error            { return nil }
+
+// TestRepublishAfterLostAnswer loses the answer to an append's publish, once with the envelope stored and once
+// with it never arriving (internal/envstore cluster_test.go kills a real stream leader). The store publishes it again after republishAfter, within the one Append: the envelope
+// is stored exactly once and the append learns it stored it (not a duplicate), at the count it expected; the
+// next append follows on.
+func TestRepublishAfterLostAnswer(t *testing.T) {
+	for _, stored := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stored=%v", stored), func(t *testing.T) {
+			srv := testServer(t)
+			ljs := &losingJS{JetStream: connect(t, srv), send: stored}
+			s := open(t, ljs, Options{})
+			// As on a replicated stream, where answers are lost; a single server answers a copy of a stored
+			// message by refusing its compare-and-set, where a cluster's leader answers it as a duplicate.
+			s.commit.replicated = true
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			ljs.lose.Store(1)
+			app, err := s.Append(ctx, Envelope{ID: "e1", Session: "s1", To: recipientA, Data: []byte("one")}, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if app.Duplicate || app.Count != 1 {
+				t.Fatalf("first append: %+v, want count 1, not a duplicate", app)
+			}
+			if n := s.commit.republished.Load(); n != 1 {
+				t.Fatalf("%d publishes published again, want 1", n)
+			}
+			app, err = s.Append(ctx, Envelope{ID: "e2", Session: "s1", To: recipientA, Data: []byte("two")}, 0)
+			if err != nil || app.Duplicate || app.Count != 2 {
+				t.Fatalf("second append: %+v, %v", app, err)
+			}
+			// A real retry of the first, by another append, is a duplicate at the original's position.
+			dup, err := s.Append(ctx, Envelope{ID: "e1", Session: "s1", To: recipientA, Data: []byte("one")}, 0)
+			if err != nil || !dup.Duplicate {
+				t.Fatalf("retry of e1: %+v, %v", dup, err)
+			}
+			checkSession(t, s, "s1", map[string]bool{"e1": true, "e2": true})
+		})
 	}
 }

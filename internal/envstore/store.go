@@ -1,6 +1,7 @@
 package envstore
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"errors"
@@ -221,6 +222,9 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 	st.mu.Lock()
 	defer st.mu.Unlock()
 
+	// lost is the last message this append published again because the answer to it was lost: if the envelope
+	// turns out to be stored, it may be this one.
+	var lost *nats.Msg
 	for attempt := 1; ; attempt++ {
 		if st.legacy == nil {
 			ids, err := s.legacyIDs(ctx, e.Session)
@@ -244,6 +248,10 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 			return fail(err)
 		}
 		if orig != 0 {
+			if lost != nil && s.own(ctx, orig, lost) {
+				// This append's own envelope, stored while the answer to its publish was lost.
+				return Appended{StreamSeq: orig, Count: position(lost)}, nil
+			}
 			if !fresh {
 				// Report the count as it is now, not as this Store last saw it.
 				expect, count, err := s.snapshot(ctx, e.Session)
@@ -281,7 +289,14 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		// Published with other sessions' envelopes ready at the same moment (one fsync for all); alone, with the
 		// message id as a fast path for a retry racing its original, which JetStream answers from memory.
 		ack, err := s.commit.publish(ctx, msg, e.Session+"/"+e.ID)
+		if ack.republished {
+			lost = msg
+		}
 		if err == nil {
+			if ack.dup && ack.republished && s.own(ctx, ack.seq, msg) {
+				st.loaded = false // the session's state is read again by the next append
+				return Appended{StreamSeq: ack.seq, Count: position(msg)}, nil
+			}
 			if ack.dup {
 				return Appended{StreamSeq: ack.seq, Count: st.count, Duplicate: true}, nil
 			}
@@ -311,6 +326,24 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 			}
 		}
 	}
+}
+
+// own reports whether the message stored at seq is msg itself, byte for byte: a duplicate answered to a copy
+// published again is then this append's own original, whose answer was lost, not another append's. The data is
+// stamped by the caller (the relay fixes each envelope's time), so two appends of one envelope id do not store
+// the same bytes. When the message cannot be read, it counts as another's: the caller is told the envelope is a
+// duplicate, which is true of what is stored either way.
+func (s *Store) own(ctx context.Context, seq uint64, msg *nats.Msg) bool {
+	gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
+	defer cancel()
+	m, err := s.stream.GetMsg(gctx, seq)
+	return err == nil && m.Subject == msg.Subject && bytes.Equal(m.Data, msg.Data)
+}
+
+// position returns the count msg was stamped with: its place in its session.
+func position(msg *nats.Msg) uint64 {
+	n, _ := strconv.ParseUint(msg.Header.Get(hdrCount), 10, 64)
+	return n
 }
 
 // isFull reports a refusal because the stream reached MaxBytes.
