@@ -160,9 +160,11 @@ func enrollAt(ctx context.Context, dataDir, port, token, sid string) (*agentsdk.
 // leader) and lists every member's overlay API. Then the leader is killed with SIGKILL: the survivors must answer
 // the API within 10 s, and so must the agents authenticated through the killed member (they fail over to another
 // member by themselves), and the identity enrolled there connects anew through a survivor; then the survivors
-// create an identity and enroll it.
+// create an identity and enroll it. An A2A session carries on across the kill. The killed member is replaced
+// (replaceMember), then the member leading the JetStream meta group is killed in the middle of another session
+// (killNATSLeader).
 func TestControllerCluster(t *testing.T) {
-	c := newCLI(t, 7*time.Minute)
+	c := newCLI(t, 9*time.Minute)
 	start := time.Now()
 	c.must("", "controller", "secrets", "export", "--data", "c1", "--out", "secrets.json")
 	if fi, err := os.Stat(filepath.Join(c.dir, "secrets.json")); err != nil || fi.Mode().Perm() != 0o600 {
@@ -381,7 +383,7 @@ func TestControllerCluster(t *testing.T) {
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
 	c.limit.Step("an A2A session from an agent authenticated through %s to one through %s", ms[leader].name, ms[survivors[0]].name)
-	stream := startClusterStream(t, c.dir, admins[survivors[0]], ms, leader, survivors[0])
+	stream := startClusterStream(t, c.dir, "streamco", admins[survivors[0]], ms, leader, survivors[0])
 	c.limit.Step("SIGKILL the overlay leader %s", ms[leader].name)
 	killed := time.Now()
 	if err := ms[leader].d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -408,7 +410,8 @@ func TestControllerCluster(t *testing.T) {
 	}
 	t.Logf("agents connected through %s: %s", ms[leader].name, failedOver)
 	t.Logf("session across the kill: %s", streamed)
-	replaceMember(t, c, ms, leader, survivors)
+	c4 := replaceMember(t, c, ms, leader, survivors)
+	killNATSLeader(t, c, []*member{ms[survivors[0]], ms[survivors[1]], c4}, admins[survivors[0]])
 	t.Logf("test took %s after the build", time.Since(start).Round(time.Millisecond))
 }
 

@@ -14,8 +14,8 @@ import (
 // with the cluster's secrets, `umbra cluster remove` (as the platform administrator, through a survivor) removes
 // the dead one from the overlay's raft configuration and its NATS server from the JetStream meta group, and the
 // cluster is then three connected members, the new one among them, and a meta group of three NATS servers. A
-// removal of a live member is refused.
-func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int) {
+// removal of a live member is refused. It returns the new member.
+func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int) *member {
 	t.Helper()
 	start := time.Now()
 	p := freePorts(t, 5)
@@ -114,4 +114,5 @@ func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int
 	if _, errs, err := c.run("", "cluster", "remove", "--as", admin, "--member", deadID); err == nil || !strings.Contains(errs, "no member "+deadID) {
 		t.Fatalf("removing %s again: err %v, stderr %q; want no such member", deadID, err, errs)
 	}
+	return m
 }

@@ -24,17 +24,18 @@ type clusterStream struct {
 	sending, receiving sync.WaitGroup
 	sender, receiver   *activity
 	stopped            chan error // why the sender gave up: a refusal by the relay is an answer, not a stall
+	session            string
 
 	mu       sync.Mutex
 	acked    map[workgroups.EnvelopeID]bool
 	received map[workgroups.EnvelopeID]int
 }
 
-// startClusterStream creates an organisation with the platform administrator, a workgroup, a provider enrolled
+// startClusterStream creates organisation org with the platform administrator, a workgroup, a provider enrolled
 // at member other and a consumer enrolled at member via (each member's data directory under dir), opens a
 // session between them and starts sending envelopes on it, each retried with its ID until acknowledged, and
 // receiving them. It returns once both have moved a few envelopes.
-func startClusterStream(t *testing.T, dir string, platform *agentsdk.Agent, ms []*member, via, other int) *clusterStream {
+func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int) *clusterStream {
 	t.Helper()
 	step := func(name string, limit time.Duration, fn func(ctx context.Context) error) {
 		t.Helper()
@@ -55,7 +56,7 @@ func startClusterStream(t *testing.T, dir string, platform *agentsdk.Agent, ms [
 	// enroll redeems token for sid at member m and connects the identity.
 	enroll := func(name, token, sid string, m *member) *agentsdk.Agent {
 		t.Helper()
-		path := filepath.Join(dir, name+".json")
+		path := filepath.Join(dir, org+"-"+name+".json")
 		step("enroll "+name+" at "+m.name, 30*time.Second, func(ctx context.Context) error {
 			id, _, err := enrollAt(ctx, filepath.Join(dir, m.name), m.enroll, token, sid)
 			if err != nil {
@@ -65,14 +66,13 @@ func startClusterStream(t *testing.T, dir string, platform *agentsdk.Agent, ms [
 		})
 		return connectFile(t, path)
 	}
-	const org = "streamco"
 	var orgResp api.CreateOrgResponse
 	step("create org "+org, 30*time.Second, func(ctx context.Context) error {
 		var err error
 		orgResp, err = platform.Controller().CreateOrg(ctx, org)
 		return err
 	})
-	orgAdmin := enroll("streamco-admin", orgResp.AdminToken, orgResp.AdminID, ms[other])
+	orgAdmin := enroll("admin", orgResp.AdminToken, orgResp.AdminID, ms[other])
 	wg := workgroups.WorkgroupID{Org: org, Name: "stream"}
 	step("create workgroup", 30*time.Second, func(ctx context.Context) error {
 		_, err := orgAdmin.Controller().CreateWorkgroup(ctx, wg.Name)
@@ -116,7 +116,7 @@ func startClusterStream(t *testing.T, dir string, platform *agentsdk.Agent, ms [
 	ctx, stopSend := context.WithCancel(context.Background())
 	rctx, stopRecv := context.WithCancel(context.Background())
 	s := &clusterStream{t: t, stopSend: stopSend, stopRecv: stopRecv, sender: &activity{name: "send"}, receiver: &activity{name: "receive"},
-		stopped: make(chan error, 1), acked: map[workgroups.EnvelopeID]bool{}, received: map[workgroups.EnvelopeID]int{}}
+		stopped: make(chan error, 1), session: sess.ID().String(), acked: map[workgroups.EnvelopeID]bool{}, received: map[workgroups.EnvelopeID]int{}}
 	t.Cleanup(func() { stopSend(); stopRecv(); s.sending.Wait(); s.receiving.Wait() })
 	s.sending.Add(1)
 	go func() {
