@@ -1,7 +1,7 @@
 # The Umbra image: the static umbra binary, the empty directories it writes, and nothing else. Nothing to pull:
 # build the binary first and use the directory holding it as the build context (`make images` does both):
 #   CGO_ENABLED=0 go build -trimpath -o bin/image/umbra ./cmd/umbra
-#   mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/tmp
+#   mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/secrets bin/image/rootfs/tmp
 #   chmod 700 bin/image/rootfs/*
 #   docker build -f Dockerfile -t umbra-demo:latest bin/image
 FROM scratch

@@ -11,7 +11,7 @@ build:
 # The image is FROM scratch with the static binary: nothing is pulled. The binary is built here, with the Go
 # build cache; the build context is bin/image, which .dockerignore keeps to the binary and rootfs/.
 images:
-	mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/tmp
+	mkdir -p bin/image/rootfs/data bin/image/rootfs/setup bin/image/rootfs/admin bin/image/rootfs/out bin/image/rootfs/secrets bin/image/rootfs/tmp
 	chmod 700 bin/image/rootfs/*
 	cp .dockerignore bin/image/.dockerignore
 	CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o bin/image/umbra ./cmd/umbra

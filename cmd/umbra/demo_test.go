@@ -346,7 +346,7 @@ func upDemoCompose(t *testing.T, limit *testlimit.Limit, file string, portVars .
 		t.Fatalf("static build: %v\n%s", err, out)
 	}
 	// The directories the image's user owns, as `make images` prepares them.
-	for _, dir := range []string{"data", "setup", "admin", "out", "tmp"} {
+	for _, dir := range []string{"data", "setup", "admin", "out", "secrets", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(ctxDir, "rootfs", dir), 0o700); err != nil {
 			t.Fatal(err)
 		}
