@@ -116,8 +116,9 @@ func WithIntent(purpose, category string) SendOption {
 
 // Send sends one envelope to the other party through the relay and returns its sequence number in the session
 // once the relay has recorded it durably. A refusal is a *RelayError (errors.Is ErrContractViolation). If the
-// connection breaks before the answer, Send retries with the same envelope ID, which the relay never records twice.
-// Send returns by ctx's deadline with an error wrapping ctx.Err(). The envelope declares the session's intent, if
+// connection breaks before the answer, or the relay answers that it failed inside (code internal, as while a
+// controller of a cluster fails over), Send retries with the same envelope ID, which the relay never records
+// twice; the latter for up to 30 s. Send returns by ctx's deadline with an error wrapping ctx.Err(). The envelope declares the session's intent, if
 // its proposal declared one (see WithIntent).
 func (s *Session) Send(ctx context.Context, msgType string, payload []byte, opts ...SendOption) (uint64, error) {
 	id, err := workgroups.NewEnvelopeID(rand.Reader)
@@ -145,6 +146,19 @@ func (s *Session) SendEnvelope(ctx context.Context, h workgroups.Header, payload
 	return seq, err
 }
 
+const (
+	// internalRetry bounds how long a send keeps resending an envelope the relay failed inside; internalPause
+	// and maxInternalPause are the first and the longest pause between two tries. Long enough for a cluster to
+	// replace a controller that died (its stream leaders, the audit recorder's lease).
+	internalRetry    = 30 * time.Second
+	internalPause    = 200 * time.Millisecond
+	maxInternalPause = 2 * time.Second
+)
+
+// sendEnvelope sends the envelope; an answer that the relay failed inside (code internal: a store or the audit
+// trail did not answer in time, as while a controller of a cluster fails over) is followed by the same envelope
+// again, with growing pauses, for up to internalRetry or until ctx ends. Resending is safe: the relay accepts an
+// envelope id once per session and answers a copy of a stored one with the original's sequence number.
 func (s *Session) sendEnvelope(ctx context.Context, h workgroups.Header, payload []byte) (uint64, error) {
 	frame, err := workgroups.AppendFrame(nil, h, payload)
 	if err != nil {
@@ -152,6 +166,27 @@ func (s *Session) sendEnvelope(ctx context.Context, h workgroups.Header, payload
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	giveUp := time.Now().Add(internalRetry)
+	for pause := internalPause; ; pause = min(2*pause, maxInternalPause) {
+		seq, err := s.sendFrame(ctx, h, frame)
+		var re *RelayError
+		if err == nil || !errors.As(err, &re) || re.Code != api.CodeInternal || time.Now().Add(pause).After(giveUp) {
+			return seq, err
+		}
+		s.a.opts.log.Debug("the relay failed inside; sending the envelope again", "session", s.info.ID.String(), "envelope", h.ID.String(), "err", err)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("agentsdk: send %s: %w", h.Type, ctxError(ctx, err))
+		case <-t.C:
+		}
+	}
+}
+
+// sendFrame sends one envelope frame and returns the relay's answer, opening the relay connection again (up to
+// three tries) when it fails.
+func (s *Session) sendFrame(ctx context.Context, h workgroups.Header, frame []byte) (uint64, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		if ctx.Err() != nil {

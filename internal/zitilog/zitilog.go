@@ -139,6 +139,10 @@ var routine = []known{
 	// A router reports its network interfaces periodically; one report lost to a closing control channel is sent
 	// again by the next (the router keeps the interfaces as unreported until one succeeds).
 	{msg: "failed to send update router interfaces request to controller", err: "channel closed", level: slog.LevelInfo},
+	// A heartbeat on a control channel whose controller is gone (it died, or restarts; in a cluster the router
+	// works on through the others): one a second until the channel is back. The reconnection attempts report
+	// the outage as errors of their own ("reconnection attempt [#N] failed").
+	{msg: "pulse failed to send heartbeat", err: "timeout waiting to put message in send queue", level: slog.LevelInfo},
 	// A workload that closed its connection to a router while the router was still writing to it (an agent
 	// closing, or exiting): the router notices by a reset connection and cleans up. A reset on a control channel
 	// or a router link is followed by a reconnection, whose failure is an error of its own.

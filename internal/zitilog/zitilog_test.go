@@ -154,6 +154,10 @@ func TestRoutineTable(t *testing.T) {
 		{"control channel closed by the controller", func() {
 			logrus.WithError(io.EOF).Error("rx error. closed peer and starting reconnection process")
 		}, slog.LevelInfo},
+		{"heartbeat to a controller that is gone", func() {
+			logrus.WithError(errors.New("timeout waiting to put message in send queue: context deadline exceeded")).
+				WithField("channelId", "ch{ctrl}->u{reconnecting}").Error("pulse failed to send heartbeat")
+		}, slog.LevelInfo},
 		{"workload gone while written to", func() {
 			logrus.WithError(errors.New("write tcp 127.0.0.1:33977->127.0.0.1:46370: write: connection reset by peer")).Errorf("write error")
 		}, slog.LevelInfo},
