@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -62,7 +63,8 @@ func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Age
 		admin = adminFileOf(c, live[other])
 	}
 	var export []byte
-	retryCLI(t, "audit verify", 60*time.Second, func() error {
+	// A read just after a failover may wait on a consumer of the lost server: tried again.
+	retryFor(t, "audit verify", 60*time.Second, func(context.Context) error {
 		out, errs, err := c.run("", "audit", "verify", "--as", admin)
 		if err != nil || !strings.Contains(out, "audit chain verified") {
 			return fmt.Errorf("%v: %s%s", err, out, errs)
@@ -127,21 +129,4 @@ func metaLeaderOf(st api.ClusterStatus, live []*member) int {
 		}
 	}
 	return -1
-}
-
-// retryCLI runs op until it succeeds or limit passes: a read just after a failover may wait on a consumer of the
-// lost server.
-func retryCLI(t *testing.T, what string, limit time.Duration, op func() error) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		err := op()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(time.Second)
-	}
 }

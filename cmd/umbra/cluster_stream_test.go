@@ -39,19 +39,7 @@ func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent,
 	t.Helper()
 	step := func(name string, limit time.Duration, fn func(ctx context.Context) error) {
 		t.Helper()
-		deadline := time.Now().Add(limit)
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := fn(ctx)
-			cancel()
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("stream: %s: %v", name, err)
-			}
-			time.Sleep(300 * time.Millisecond)
-		}
+		retryFor(t, "stream: "+name, limit, fn)
 	}
 	// enroll redeems token for sid at member m and connects the identity.
 	enroll := func(name, token, sid string, m *member) *agentsdk.Agent {
