@@ -16,8 +16,8 @@ import (
 )
 
 // internalAnswer replaces the relay's answers on send connections with the answer the relay gives when an
-// envelope is stored but its audit record is not written in time, `fail` times: the envelope is in the session,
-// and the sender is not told so.
+// envelope is stored but its audit record is not written in time, for the first `fail` envelopes stored: each is
+// in the session, and the sender is not told so. The answer to the envelope sent again (a duplicate) passes.
 type internalAnswer struct {
 	mu       sync.Mutex
 	fail     int
@@ -56,7 +56,7 @@ func (ia *internalAnswer) answer(line []byte) []byte {
 	ia.mu.Lock()
 	defer ia.mu.Unlock()
 	var ack api.RelayAck
-	if ia.fail == 0 || json.Unmarshal(bytes.TrimSpace(line), &ack) != nil || !ack.OK {
+	if ia.fail == 0 || json.Unmarshal(bytes.TrimSpace(line), &ack) != nil || !ack.OK || ack.Duplicate {
 		return line
 	}
 	ia.fail--
