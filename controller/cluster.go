@@ -181,23 +181,86 @@ func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueCo
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) { return r.JetStream.CreateKeyValue(ctx, cfg) })
+	return r.bucket(retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) { return r.JetStream.CreateKeyValue(ctx, cfg) }))
 }
 
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) {
+	return r.bucket(retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) {
 		return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
-	})
+	}))
 }
 
 func (r replicated) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
-	return r.JetStream.UpdateKeyValue(ctx, cfg)
+	return r.bucket(r.JetStream.UpdateKeyValue(ctx, cfg))
+}
+
+func (r replicated) KeyValue(ctx context.Context, name string) (jetstream.KeyValue, error) {
+	return r.bucket(r.JetStream.KeyValue(ctx, name))
+}
+
+// bucket wraps a replicated bucket in leaderlessKV.
+func (r replicated) bucket(kv jetstream.KeyValue, err error) (jetstream.KeyValue, error) {
+	if err != nil || r.n <= 1 {
+		return kv, err
+	}
+	return leaderlessKV{KeyValue: kv}, nil
+}
+
+// leaderlessWait bounds how long a bucket operation is tried again while its bucket has no leader: JetStream's
+// election timeout is 4-9 s.
+const leaderlessWait = 12 * time.Second
+
+// leaderlessKV is a replicated bucket whose reads and writes are tried again while no replica leads it. When
+// the server leading it dies, its replicas elect a new leader only after JetStream's election timeout, and an
+// operation meanwhile is answered that no stream took it: nothing was stored, so sending it again is safe. The
+// governance API's calls then wait out the election instead of failing.
+type leaderlessKV struct{ jetstream.KeyValue }
+
+func (kv leaderlessKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	return whileLeaderless(ctx, func() (jetstream.KeyValueEntry, error) { return kv.KeyValue.Get(ctx, key) })
+}
+
+func (kv leaderlessKV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	return whileLeaderless(ctx, func() (uint64, error) { return kv.KeyValue.Put(ctx, key, value) })
+}
+
+func (kv leaderlessKV) PutString(ctx context.Context, key string, value string) (uint64, error) {
+	return whileLeaderless(ctx, func() (uint64, error) { return kv.KeyValue.PutString(ctx, key, value) })
+}
+
+func (kv leaderlessKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	return whileLeaderless(ctx, func() (uint64, error) { return kv.KeyValue.Create(ctx, key, value, opts...) })
+}
+
+func (kv leaderlessKV) Update(ctx context.Context, key string, value []byte, revision uint64) (uint64, error) {
+	return whileLeaderless(ctx, func() (uint64, error) { return kv.KeyValue.Update(ctx, key, value, revision) })
+}
+
+func (kv leaderlessKV) Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	_, err := whileLeaderless(ctx, func() (struct{}, error) { return struct{}{}, kv.KeyValue.Delete(ctx, key, opts...) })
+	return err
+}
+
+// whileLeaderless runs op until it is answered by a stream, for at most leaderlessWait or until ctx ends.
+func whileLeaderless[T any](ctx context.Context, op func() (T, error)) (T, error) {
+	giveUp := time.Now().Add(leaderlessWait)
+	for {
+		v, err := op()
+		if err == nil || !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) || time.Now().After(giveUp) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {

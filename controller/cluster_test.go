@@ -112,3 +112,61 @@ func TestUnansweredCreates(t *testing.T) {
 		}
 	}
 }
+
+// leaderlessBucket answers every operation that no stream took it, `leaderless` times, then as the bucket would.
+type leaderlessBucket struct {
+	jetstream.KeyValue
+	leaderless int
+	calls      int
+	err        error
+}
+
+func (b *leaderlessBucket) answer() error {
+	b.calls++
+	if b.calls <= b.leaderless {
+		return b.err
+	}
+	return nil
+}
+
+func (b *leaderlessBucket) Put(context.Context, string, []byte) (uint64, error) { return 7, b.answer() }
+func (b *leaderlessBucket) Create(context.Context, string, []byte, ...jetstream.KVCreateOpt) (uint64, error) {
+	return 8, b.answer()
+}
+func (b *leaderlessBucket) Delete(context.Context, string, ...jetstream.KVDeleteOpt) error {
+	return b.answer()
+}
+
+// TestLeaderlessBucket: a replicated bucket's operation answered that no stream took it (its leader died and
+// no replica leads it yet) is sent again until one does, within leaderlessWait; any other error is returned at
+// once, and so is a single server's.
+func TestLeaderlessBucket(t *testing.T) {
+	ctx := t.Context()
+	b := &leaderlessBucket{leaderless: 3, err: jetstream.ErrNoStreamResponse}
+	kv, err := replicated{n: 3}.bucket(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, err := kv.Put(ctx, "k", nil); err != nil || rev != 7 || b.calls != 4 {
+		t.Fatalf("put: revision %d, %v after %d calls; want 7 after 4", rev, err, b.calls)
+	}
+	b.calls, b.err = 0, nats.ErrNoResponders
+	if rev, err := kv.Create(ctx, "k", nil); err != nil || rev != 8 || b.calls != 4 {
+		t.Fatalf("create: revision %d, %v after %d calls; want 8 after 4", rev, err, b.calls)
+	}
+	b.calls, b.err = 0, &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}
+	if err := kv.Delete(ctx, "k"); err == nil || b.calls != 1 {
+		t.Fatalf("delete refused by the bucket: %v after %d calls; want the refusal after 1", err, b.calls)
+	}
+	b.calls, b.err = 0, jetstream.ErrNoStreamResponse
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := kv.Put(cctx, "k", nil); !errors.Is(err, jetstream.ErrNoStreamResponse) || b.calls != 1 {
+		t.Fatalf("put with its context ended: %v after %d calls; want no stream's answer after 1", err, b.calls)
+	}
+	single, _ := replicated{n: 1}.bucket(b, nil)
+	b.calls = 0
+	if _, err := single.Put(ctx, "k", nil); !errors.Is(err, jetstream.ErrNoStreamResponse) || b.calls != 1 {
+		t.Fatalf("single server: %v after %d calls; want no stream's answer after 1", err, b.calls)
+	}
+}
