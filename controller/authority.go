@@ -140,6 +140,10 @@ func (s *Server) registerIdentity(ctx context.Context, id spiffeid.ID, org, kind
 	return rec, nil
 }
 
+// replicaLagWait bounds how long enrollment waits for this member's copy of the identity bucket to show an
+// identity another member created (enroll).
+const replicaLagWait = 3 * time.Second
+
 // enroll redeems a token: verify it, check the CSR is for the token's SPIFFE ID, spend the token, sign.
 // Nothing is changed unless every check passes.
 func (s *Server) enroll(ctx context.Context, req api.EnrollRequest) (api.Credentials, error) {
@@ -157,6 +161,17 @@ func (s *Server) enroll(ctx context.Context, req api.EnrollRequest) (api.Credent
 		return api.Credentials{}, &fault{status: http.StatusUnauthorized, code: api.CodeTokenInvalid, message: "enrollment token is not valid", cause: err}
 	}
 	rec, _, err := s.ids.get(ctx, id)
+	// A token is signed only once its identity is stored. In a cluster, a genuine token naming an unknown identity
+	// is most likely one another member issued a moment ago, whose write this member's copy of the bucket has not
+	// applied yet (bucket reads are answered by any copy): read again for a little while.
+	for wait := time.Now().Add(replicaLagWait); errors.Is(err, errNoIdentity) && s.cfg.Replicas > 1 && time.Now().Before(wait); {
+		select {
+		case <-ctx.Done():
+			return api.Credentials{}, internal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		rec, _, err = s.ids.get(ctx, id)
+	}
 	switch {
 	case errors.Is(err, errNoIdentity):
 		return api.Credentials{}, failf(http.StatusUnauthorized, api.CodeTokenInvalid, "enrollment token names an unknown identity")
