@@ -247,6 +247,15 @@ func (kv leaderlessKV) Delete(ctx context.Context, key string, opts ...jetstream
 	return err
 }
 
+// immediate returns kv without leaderlessKV's tries: the recorder lease times its own tries against its term,
+// and a read that waited out an election would delay a takeover by as long.
+func immediate(kv jetstream.KeyValue) jetstream.KeyValue {
+	if l, ok := kv.(leaderlessKV); ok {
+		return l.KeyValue
+	}
+	return kv
+}
+
 // whileLeaderless runs op until it is answered by a stream, for at most leaderlessWait or until ctx ends.
 func whileLeaderless[T any](ctx context.Context, op func() (T, error)) (T, error) {
 	giveUp := time.Now().Add(leaderlessWait)

@@ -122,7 +122,7 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	g.rec.log, g.rec.actor = log, controllerID
 	if cfg.NATSClusterListen != "" {
 		// Other controllers may share the trail: one records at a time, all follow (recorder.go).
-		g.lead = newLeadership(hints.kv, controllerID, cfg.RecorderLease, log)
+		g.lead = newLeadership(immediate(hints.kv), controllerID, cfg.RecorderLease, log)
 		g.rec.shared, g.rec.lead = true, g.lead
 	}
 	if g.authz, err = workgroups.NewAuthorizer(); err != nil {
