@@ -170,3 +170,21 @@ func TestLeaderlessBucket(t *testing.T) {
 		t.Fatalf("single server: %v after %d calls; want no stream's answer after 1", err, b.calls)
 	}
 }
+
+// TestWrongSequence: a failed compare-and-set is a conflict (tried again by the tables), on one server and on a
+// replicated stream, which answers it with an error code of its own.
+func TestWrongSequence(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant, Description: "wrong last sequence"}, true},
+		{&jetstream.APIError{Code: 500, ErrorCode: 10023}, false},
+		{jetstream.ErrNoStreamResponse, false},
+	} {
+		if got := isWrongSequence(c.err); got != c.want {
+			t.Errorf("isWrongSequence(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}

@@ -109,7 +109,9 @@ func (s *identityStore) update(ctx context.Context, id spiffeid.ID, fn func(*ide
 
 func isWrongSequence(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+	// A replicated (R>1) stream answers a failed compare-and-set with an error code of its own.
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // spendToken records a token ID as used; it fails with jetstream.ErrKeyExists if it already was.

@@ -254,14 +254,18 @@ func (c *Cluster) enrolled(r Router) bool {
 func (c *Cluster) tokenPath(r Router) string { return filepath.Join(c.cfg.Dir, r.Name+".token") }
 
 // FirstStartStop reports whether a controller's log (its stderr) ends as one that stopped at the first start of
-// the replicated stores does, which is to be started again (docs/cluster.md, "Starting").
+// the replicated stores does, or in a crash of the embedded OpenZiti controller, either of which is to be
+// started again (docs/cluster.md, "Starting").
 func FirstStartStop(log string) bool {
 	lines := strings.Split(strings.TrimSpace(log), "\n")
 	if len(lines) > 15 {
 		lines = lines[len(lines)-15:]
 	}
 	end := strings.Join(lines, "\n")
-	return strings.Contains(end, "no suitable peers") || strings.Contains(end, "context deadline exceeded")
+	// The embedded OpenZiti controller can also crash while a joining member starts (a panic or fatal log in
+	// its start, e.g. "error starting policy engine"): its stack names OpenZiti's module.
+	return strings.Contains(end, "no suitable peers") || strings.Contains(end, "context deadline exceeded") ||
+		strings.Contains(end, "github.com/openziti/ziti@")
 }
 
 // startControllers starts every controller and waits until all are ready, starting again a member that stops

@@ -75,6 +75,7 @@ func TestFirstStartStop(t *testing.T) {
 	}{
 		{"time=... level=INFO msg=x\numbra controller: bucket umbra_identities: nats: API error: code=400 err_code=10005 description=no suitable peers for placement\n", true},
 		{"umbra controller: stream UMBRA_AUDIT: context deadline exceeded\n", true},
+		{"goroutine 1 [running]:\n\t/root/go/pkg/mod/github.com/openziti/ziti@v1.7.2/controller/server/controller.go:229 +0x270\n", true},
 		{"umbra controller: --api-port 127.0.0.1:1280 is in use\n", false},
 		{"", false},
 	} {

@@ -22,6 +22,8 @@ const (
 	receiverIdle = 24 * time.Hour
 	// pullBatch is how many envelopes a Receiver asks for at once.
 	pullBatch = 8
+	// pullHeartbeat is how often the server tells an idle Receiver's pull that it still holds it (Receiver).
+	pullHeartbeat = 2 * time.Second
 )
 
 // Msg is a stored envelope as read back.
@@ -95,7 +97,11 @@ func (s *Store) Receiver(ctx context.Context, session, to string) (*Receiver, er
 	// for a few keeps a pull request open at the server between envelopes. With a batch of 1 the client can miss
 	// re-pulling when an envelope arrives while its own request is still being sent, and would then sit idle
 	// until its missed-heartbeat check fires (one pull expiry, 30 s by default).
-	it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch))
+	// The server sends an idle heartbeat every pullHeartbeat: two missed (the pull request was parked at a
+	// cursor leader that died, in a cluster) and the client asks again, reaching the cursor's next leader, where
+	// by default it would wait 30 s. Missed heartbeats are not errors: the iterator simply pulls again.
+	it, err := cons.Messages(jetstream.PullMaxMessages(pullBatch), jetstream.PullHeartbeat(pullHeartbeat),
+		jetstream.WithMessagesErrOnMissingHeartbeat(false))
 	if err != nil {
 		return nil, fmt.Errorf("envstore: receiver for session %s: %w", session, err)
 	}
