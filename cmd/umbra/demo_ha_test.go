@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,9 @@ import (
 func TestDemoComposeHA(t *testing.T) {
 	if testing.Short() {
 		t.Skip("brings up the containerised demo on three controllers")
+	}
+	if os.Getenv("UMBRA_TEST_COMPOSE_HA") != "1" {
+		t.Skip("set UMBRA_TEST_COMPOSE_HA=1 to bring up the containerised demo on three controllers (about 9 minutes)")
 	}
 	limit := testlimit.Start(t, 15*time.Minute)
 	c, _ := upDemoCompose(t, limit, "docker-compose.ha.yml", "UMBRA_API_PORT", "UMBRA_ENROLL_PORT", "UMBRA_CTRL_PORT",
