@@ -207,7 +207,7 @@ func (c *committer) publishEach(ctx context.Context, batch []*pendingPublish) {
 			case <-ctx.Done():
 				t.Stop()
 				for _, p := range batch {
-					p.done <- pubDone{err: fmt.Errorf("no acknowledgement: %w", ctx.Err())}
+					p.done <- pubDone{err: fmt.Errorf("no acknowledgement: %w", ctx.Err()), republished: true}
 				}
 				return
 			case <-t.C:
