@@ -24,7 +24,7 @@ func (l *Log) Follow(ctx context.Context, after uint64, since time.Time, fn func
 	if err != nil {
 		return fmt.Errorf("audit: follow stream: %w", err)
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(readHeartbeat))
 	if err != nil {
 		return fmt.Errorf("audit: follow stream: %w", err)
 	}

@@ -53,7 +53,7 @@ func (s *Store) ordered(ctx context.Context, cfg jetstream.OrderedConsumerConfig
 	if err != nil {
 		return nil, nil, err
 	}
-	if it, err = cons.Messages(); err != nil {
+	if it, err = cons.Messages(jetstream.PullHeartbeat(orderedHeartbeat)); err != nil {
 		return nil, nil, err
 	}
 	return it, func() {

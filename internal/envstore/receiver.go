@@ -24,6 +24,11 @@ const (
 	pullBatch = 8
 	// pullHeartbeat is how often the server tells an idle Receiver's pull that it still holds it (Receiver).
 	pullHeartbeat = 2 * time.Second
+	// orderedHeartbeat is the idle heartbeat of every ordered read (Follow, scans). An ordered consumer lives on
+	// one server of a cluster; when that server dies only the missing heartbeats say so, and the client creates
+	// the consumer again from where it was after two are missed. With the client's default for ordered
+	// consumers, 5 s, the recorder's follow of the stream (and every acknowledgement waiting on it) stalled 10 s.
+	orderedHeartbeat = time.Second
 )
 
 // Msg is a stored envelope as read back.
