@@ -462,6 +462,12 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 				return nil
 			})
 		}
+		if err == nil {
+			// Only the members of the workgroups left may dial it; nobody, once none is left.
+			narrowed := ad
+			narrowed.Workgroups = rest
+			err = s.ensureAdService(narrowed)
+		}
 		if err != nil {
 			s.log.Error("retracting advertisement failed", "advertisement", ad.ID.String(), "err", err)
 			continue
@@ -472,9 +478,10 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 }
 
 // syncOverlay recomputes the overlay role attributes of ids from their workgroups and advertisements: an
-// identity carries wg.<org>.<name> for each active workgroup it is in, ad.<id>.bind for its own advertisements
-// and ad.<id>.dial for advertisements scoped to one of its active workgroups. Services and policies for
-// advertisements are created on the way.
+// identity carries wg.<org>.<name> for each active workgroup it is in and ad.<id>.bind for its own
+// advertisements. Who may dial an advertisement follows from the first: its dial policy names the role of each
+// workgroup it is scoped to (ensureAdService), so publishing one changes no other identity, and an identity's
+// attributes grow with its workgroups and its own advertisements, not with everything it can see.
 func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	if len(ids) == 0 {
 		return nil
@@ -491,14 +498,11 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 		active := workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, all))
 		var derived []string
 		for _, wg := range active {
-			derived = append(derived, "wg."+wg.Org+"."+wg.Name)
+			derived = append(derived, wgAttr(wg))
 		}
 		for _, ad := range ads {
 			if ad.Provider == id {
 				derived = append(derived, adAttr(ad.ID)+".bind")
-			}
-			if ad.Provider != id && slices.ContainsFunc(ad.Workgroups, func(w workgroups.WorkgroupID) bool { return slices.Contains(active, w) }) {
-				derived = append(derived, adAttr(ad.ID)+".dial")
 			}
 		}
 		rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
@@ -526,18 +530,112 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 
 func adAttr(id workgroups.AdvertisementID) string { return "ad." + id.String() }
 
+// wgAttr is the overlay role attribute of the active members of wg.
+func wgAttr(wg workgroups.WorkgroupID) string { return "wg." + wg.Org + "." + wg.Name }
+
 // AdvertisementService is the overlay service through which an advertised agent can be dialled directly; only
 // identities sharing one of the advertisement's active workgroups see it.
-func AdvertisementService(id workgroups.AdvertisementID) string { return "a2a." + id.String() }
+func AdvertisementService(id workgroups.AdvertisementID) string { return adServicePrefix + id.String() }
 
-func (s *Server) ensureAdService(id workgroups.AdvertisementID) error {
+const adServicePrefix = "a2a."
+
+// ensureAdService creates ad's overlay service and its policies, or brings them up to date: its provider binds
+// it (ad.<id>.bind), and the active members of the workgroups it is scoped to may dial it. A retracted
+// advertisement (no workgroups left) is dialled by nobody.
+func (s *Server) ensureAdService(ad workgroups.Advertisement) error {
 	m := s.zc.Mgmt()
-	name, attr := AdvertisementService(id), adAttr(id)
+	name, attr := AdvertisementService(ad.ID), adAttr(ad.ID)
 	if _, err := m.EnsureService(name, []string{attr}); err != nil {
 		return err
 	}
 	if err := m.EnsureServicePolicy("umbra-"+name+"-bind", "Bind", []string{"#" + attr + ".bind"}, []string{"#" + attr}); err != nil {
 		return err
 	}
-	return m.EnsureServicePolicy("umbra-"+name+"-dial", "Dial", []string{"#" + attr + ".dial"}, []string{"#" + attr})
+	return m.EnsureServicePolicy(adDialPolicy(ad.ID), "Dial", adDialRoles(ad), []string{"#" + attr})
+}
+
+func adDialPolicy(id workgroups.AdvertisementID) string {
+	return "umbra-" + AdvertisementService(id) + "-dial"
+}
+
+// adDialRoles are the identity roles of ad's dial policy: the members of each workgroup it is scoped to.
+func adDialRoles(ad workgroups.Advertisement) []string {
+	roles := []string{}
+	for _, wg := range ad.Workgroups {
+		roles = append(roles, "#"+wgAttr(wg))
+	}
+	return roles
+}
+
+// reconcileAdPolicies brings the dial policy of every advertisement in line with its workgroups, and empties
+// those of advertisements that are gone. A network whose dial policies named per-advertisement attributes
+// (ad.<id>.dial, given to each member) moves to workgroup roles here, at start; one where they already agree
+// costs one listing of the policies.
+func (s *Server) reconcileAdPolicies(ctx context.Context) error {
+	ads, err := s.gov.adCopy.current(ctx)
+	if err != nil {
+		return err
+	}
+	have, err := s.zc.Mgmt().ServicePolicyRoles("umbra-" + adServicePrefix)
+	if err != nil {
+		return err
+	}
+	want := map[string]workgroups.Advertisement{}
+	for _, ad := range ads {
+		want[adDialPolicy(ad.ID)] = ad
+	}
+	fixed := 0
+	for name, roles := range have {
+		if !strings.HasSuffix(name, "-dial") {
+			continue
+		}
+		ad, live := want[name]
+		if live && slices.Equal(sortedCopy(roles), sortedCopy(adDialRoles(ad))) || !live && len(roles) == 0 {
+			continue
+		}
+		if live {
+			err = s.ensureAdService(ad)
+		} else {
+			id := strings.TrimSuffix(strings.TrimPrefix(name, "umbra-"+adServicePrefix), "-dial")
+			err = s.zc.Mgmt().EnsureServicePolicy(name, "Dial", nil, []string{"#ad." + id})
+		}
+		if err != nil {
+			return fmt.Errorf("advertisement dial policy %s: %w", name, err)
+		}
+		fixed++
+	}
+	for name, ad := range want {
+		if _, ok := have[name]; !ok {
+			if err := s.ensureAdService(ad); err != nil {
+				return fmt.Errorf("advertisement service %s: %w", ad.ID, err)
+			}
+			fixed++
+		}
+	}
+	if fixed > 0 {
+		s.log.Info("advertisement dial policies brought in line with their workgroups", "changed", fixed, "advertisements", len(ads))
+	}
+	return nil
+}
+
+// reconcileAdPoliciesOnce runs reconcileAdPolicies until it succeeds once, or ctx ends.
+func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
+	for {
+		err := s.reconcileAdPolicies(ctx)
+		if err == nil {
+			return
+		}
+		s.log.Warn("bringing advertisement dial policies in line failed; trying again in 5 s", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }

@@ -102,6 +102,9 @@ func newEnvelopeRecorder(env *envstore.Store, trail *audit.Log, hints table[reco
 		advanced: make(chan struct{}), seenMore: make(chan struct{})}
 }
 
+// recorderRetryMax is the longest pause between two attempts of the recorder after failures.
+const recorderRetryMax = time.Second
+
 // run records envelopes until ctx ends, starting over from the audit trail after any failure.
 func (r *envelopeRecorder) run(ctx context.Context) {
 	failed := 0
@@ -110,13 +113,19 @@ func (r *envelopeRecorder) run(ctx context.Context) {
 		if r.shared {
 			follow = r.followShared
 		}
+		began := time.Now()
 		err := follow(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		// Every acknowledgement waits for the recorder: while a stream or bucket elects a leader (4-9 s after a
+		// server's death) it tries again at least once a second, and a failure after a long run starts afresh.
+		if time.Since(began) > recorderRetryMax*10 {
+			failed = 0
+		}
 		failed++
 		r.log.Error("recording envelopes in the audit trail failed; acknowledgements wait until it works again", "err", err)
-		t := time.NewTimer(min(time.Duration(failed)*200*time.Millisecond, 5*time.Second))
+		t := time.NewTimer(min(time.Duration(failed)*200*time.Millisecond, recorderRetryMax))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -254,6 +254,7 @@ func (s *Server) start(ctx context.Context) error {
 	// The API is hosted through routers: bind it once one is online (in `umbra dev` the router starts after
 	// the controller is ready).
 	s.tasks.spawn(func() { s.hostAPIWhenRouted(ctx) })
+	s.tasks.spawn(func() { s.reconcileAdPoliciesOnce(ctx) })
 	s.tasks.spawn(func() { s.expireSessions(ctx) })
 	s.tasks.spawn(func() { s.purgeEndedSessionsEvery(ctx) })
 	s.tasks.spawn(func() { s.checkpointEvery(ctx, s.cfg.CheckpointInterval) })

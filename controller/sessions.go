@@ -40,25 +40,15 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 	if err := ad.Validate(); err != nil {
 		return ad, wgFault(err)
 	}
-	if err := s.ensureAdService(ad.ID); err != nil {
+	if err := s.ensureAdService(ad); err != nil {
 		return ad, internal(err)
 	}
 	if err := s.gov.ads.create(ctx, ad.ID.String(), ad); err != nil {
 		return ad, internal(err)
 	}
 	s.record(ctx, audit.Record{Kind: "advertisement.published", Actor: c.id.String(), Decision: "allow", Data: jsonRaw(ad)})
-	// Everyone who can now see it gets the dial attribute; the provider gets bind.
-	var ids []spiffeid.ID
-	_, all, err := s.memberships(ctx, c.id)
-	if err != nil {
-		return ad, internal(err)
-	}
-	for _, w := range all {
-		if ad.InScope(w.ID) {
-			ids = append(ids, memberIDs(w)...)
-		}
-	}
-	if err := s.syncOverlay(ctx, append(ids, c.id)...); err != nil {
+	// The members of its workgroups may dial it by their workgroup roles (ensureAdService); the provider gets bind.
+	if err := s.syncOverlay(ctx, c.id); err != nil {
 		return ad, internal(err)
 	}
 	return ad, nil

@@ -347,20 +347,9 @@ func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
 	return id, err
 }
 
-// EnsureServicePolicy creates a Dial or Bind policy (kind "Dial" or "Bind"), if no policy of that name exists.
+// EnsureServicePolicy makes a Dial or Bind policy (kind "Dial" or "Bind") of that name grant identityRoles the
+// services of serviceRoles: it creates the policy if absent and replaces its roles if they differ.
 func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
-	var have bool
-	err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
-		resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: nameFilter(name)}, nil)
-		if err != nil {
-			return err
-		}
-		have = len(resp.Payload.Data) > 0
-		return nil
-	})
-	if err != nil || have {
-		return err
-	}
 	var typ rest_model.DialBind
 	switch kind {
 	case "Dial":
@@ -370,6 +359,34 @@ func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRole
 	default:
 		return errors.New("zitictrl: policy kind must be Dial or Bind")
 	}
+	identityRoles, serviceRoles = nonNil(identityRoles), nonNil(serviceRoles)
+	var (
+		id   string
+		same bool
+	)
+	err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: nameFilter(name)}, nil)
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.Payload.Data {
+			id = *p.ID
+			same = sameRoles(p.IdentityRoles, identityRoles) && sameRoles(p.ServiceRoles, serviceRoles)
+		}
+		return nil
+	})
+	switch {
+	case err != nil || same:
+		return err
+	case id != "":
+		return m.do("update service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			_, err := c.ServicePolicy.UpdateServicePolicy(&service_policy.UpdateServicePolicyParams{ID: id, Policy: &rest_model.ServicePolicyUpdate{
+				Name: ptr(name), Type: &typ, Semantic: ptr(rest_model.SemanticAnyOf),
+				IdentityRoles: identityRoles, ServiceRoles: serviceRoles, PostureCheckRoles: rest_model.Roles{},
+			}}, nil)
+			return err
+		})
+	}
 	return m.do("create service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		_, err := c.ServicePolicy.CreateServicePolicy(&service_policy.CreateServicePolicyParams{Policy: &rest_model.ServicePolicyCreate{
 			Name: ptr(name), Type: &typ, Semantic: ptr(rest_model.SemanticAnyOf),
@@ -377,6 +394,51 @@ func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRole
 		}}, nil)
 		return err
 	})
+}
+
+// ServicePolicyRoles lists the identity roles of every service policy whose name starts with prefix, by name.
+func (m *Mgmt) ServicePolicyRoles(prefix string) (map[string][]string, error) {
+	const page = 500
+	out := map[string][]string{}
+	filter := fmt.Sprintf("name contains %q", prefix)
+	for offset := int64(0); ; offset += page {
+		var n int
+		err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: &filter,
+				Limit: ptr(int64(page)), Offset: ptr(offset)}, nil)
+			if err != nil {
+				return err
+			}
+			n = len(resp.Payload.Data)
+			for _, p := range resp.Payload.Data {
+				if strings.HasPrefix(*p.Name, prefix) {
+					out[*p.Name] = slices.Clone(p.IdentityRoles)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if n < page {
+			return out, nil
+		}
+	}
+}
+
+// sameRoles reports whether two role lists hold the same roles, in any order.
+func sameRoles(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
 
 // CreateEdgeRouter creates an edge router and returns its id and one-time enrollment JWT.
