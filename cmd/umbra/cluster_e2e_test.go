@@ -162,7 +162,8 @@ func enrollAt(ctx context.Context, dataDir, port, token, sid string) (*agentsdk.
 // member by themselves), and the identity enrolled there connects anew through a survivor; then the survivors
 // create an identity and enroll it. An A2A session carries on across the kill. The killed member is replaced
 // (replaceMember), then the member leading the JetStream meta group is killed in the middle of another session
-// (killNATSLeader).
+// (killNATSLeader). Before the kill, both parties of a session send at once through different members until the
+// session's limit (raceThroughMembers).
 func TestControllerCluster(t *testing.T) {
 	c := newCLI(t, 9*time.Minute)
 	start := time.Now()
@@ -382,6 +383,9 @@ func TestControllerCluster(t *testing.T) {
 	checkClusterRevocation(t, c, ms, admins, leader)
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
+	c.limit.Step("both parties of a session send at once, one through %s, the other through %s, until refused", ms[survivors[0]].name, ms[survivors[1]].name)
+	raced := raceThroughMembers(t, c, ms, admins[survivors[0]], adminFileOf(c, ms[survivors[0]]), survivors[0], survivors[1])
+	t.Logf("senders racing through two members: %s", raced)
 	// The A2A sessions across the kills are opt-in: after a member's death the recipient's side sometimes does
 	// not recover within the test's bounds (docs/cluster.md, "Not done yet").
 	streams := os.Getenv("UMBRA_TEST_CLUSTER_STREAMS") == "1"

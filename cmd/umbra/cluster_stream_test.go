@@ -31,15 +31,15 @@ type clusterStream struct {
 	received map[workgroups.EnvelopeID]int
 }
 
-// startClusterStream creates organisation org with the platform administrator, a workgroup, a provider enrolled
-// at member other and a consumer enrolled at member via (each member's data directory under dir), opens a
-// session between them and starts sending envelopes on it, each retried with its ID until acknowledged, and
-// receiving them. It returns once both have moved a few envelopes.
-func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int) *clusterStream {
+// clusterSession creates organisation org with the platform administrator, a workgroup, a provider enrolled at
+// member other and a consumer enrolled at member via (each member's data directory under dir), advertises the
+// provider's service of message type "tick" on terms, and opens a session between them. It returns the two
+// agents and their handles on the session.
+func clusterSession(t *testing.T, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int, terms workgroups.Terms) (consumer, provider *agentsdk.Agent, sess, prov *agentsdk.Session) {
 	t.Helper()
 	step := func(name string, limit time.Duration, fn func(ctx context.Context) error) {
 		t.Helper()
-		retryFor(t, "stream: "+name, limit, fn)
+		retryFor(t, org+": "+name, limit, fn)
 	}
 	// enroll redeems token for sid at member m and connects the identity.
 	enroll := func(name, token, sid string, m *member) *agentsdk.Agent {
@@ -83,12 +83,9 @@ func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent,
 			return err
 		})
 	}
-	consumer, provider := agents["stream-consumer"], agents["stream-provider"]
-	var sess, prov *agentsdk.Session
+	consumer, provider = agents["stream-consumer"], agents["stream-provider"]
 	step("advertise, propose, open the session", time.Minute, func(ctx context.Context) error {
-		ad, err := provider.Advertise(ctx, workgroups.AgentCard{Name: "Stream", Version: "1", MessageTypes: []string{"tick"}},
-			workgroups.Terms{MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 1 << 20,
-				AllowedMessageTypes: []string{"tick"}, MaxEnvelopeBytes: 1024}, wg)
+		ad, err := provider.Advertise(ctx, workgroups.AgentCard{Name: "Stream", Version: "1", MessageTypes: []string{"tick"}}, terms, wg)
 		if err != nil {
 			return fmt.Errorf("advertise: %w", err)
 		}
@@ -100,6 +97,15 @@ func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent,
 		}
 		return nil
 	})
+	return consumer, provider, sess, prov
+}
+
+// startClusterStream opens a session as clusterSession does and starts sending envelopes on it, each retried
+// with its ID until acknowledged, and receiving them. It returns once both have moved a few envelopes.
+func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int) *clusterStream {
+	t.Helper()
+	consumer, provider, sess, prov := clusterSession(t, dir, org, platform, ms, via, other, workgroups.Terms{
+		MaxDuration: workgroups.Duration(time.Hour), MaxMessages: 1 << 20, AllowedMessageTypes: []string{"tick"}, MaxEnvelopeBytes: 1024})
 
 	ctx, stopSend := context.WithCancel(context.Background())
 	rctx, stopRecv := context.WithCancel(context.Background())

@@ -43,7 +43,8 @@ func Meta(wg workgroups.WorkgroupID, decision string, diagnostic json.RawMessage
 const maxCounts = 64
 
 // appendAttempts bounds how often one envelope is checked again because another writer appended to its session
-// between the checks and the store's compare-and-set.
+// between the checks and the store's compare-and-set, and the checks would come out differently at the position
+// the store offers (see sameAt).
 const appendAttempts = 3
 
 // send reads envelope frames and answers each with one RelayAck line.
@@ -133,8 +134,11 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 			}
 			return reject(api.CodeBadRequest, err.Error(), &sess)
 		}
-		var ack *api.RelayAck
-		if d, ack = r.decide(ctx, sender, sess, h, count, now); ack != nil {
+		var (
+			ack *api.RelayAck
+			req workgroups.Request
+		)
+		if d, req, ack = r.decide(ctx, sender, sess, h, count, now); ack != nil {
 			return *ack
 		}
 		// The relay, not the sender, fixes the time of the envelope; the store fixes its position, where it makes
@@ -145,17 +149,23 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 		if err != nil {
 			return reject(api.CodeBadRequest, err.Error(), &sess)
 		}
-		stale := false
+		// Another position means that another writer appended meanwhile. The checks that depend on the position are
+		// pure and are made again right here, where the store compares and sets: re-reading and re-checking outside
+		// would leave a sender racing through another controller a step behind on every attempt. Only if they
+		// would come out differently does the envelope go round the loop, to be refused with its record there.
+		// The store may call stamp more than once (again after reading the session anew): stale is what the last
+		// call said, offered the position it refused.
+		decision, diag := decisionRecord(d)
+		stale, offered := false, uint64(0)
 		stamp := func(seq uint64) ([]byte, error) {
-			if seq != count+1 {
-				stale = true
+			if stale = seq != count+1 && !r.sameAt(sess, sent, sender, req, decision, diag, seq-1, now); stale {
+				offered = seq
 				return nil, fmt.Errorf("position %d, the checks assumed %d", seq, count+1)
 			}
 			at := h
 			at.Seq = seq
 			return workgroups.AppendFrame(nil, at, payload)
 		}
-		decision, diag := decisionRecord(d)
 		began := time.Now()
 		app, err = r.cfg.Envelopes.Append(ctx, envstore.Envelope{ID: h.ID.String(), Session: sid, To: h.To.String(), Data: frame,
 			Stamp: stamp, Meta: Meta(sess.Workgroup, decision, diag)}, sess.Contract.MaxMessages)
@@ -164,7 +174,7 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 		}
 		switch {
 		case stale && attempt < appendAttempts:
-			delete(counts, sid)
+			counts[sid] = offered - 1 // the session as the store has just read it
 			continue
 		case errors.Is(err, envstore.ErrLimit):
 			counts[sid] = app.Count
@@ -212,28 +222,43 @@ func (r *Relay) one(ctx context.Context, sender spiffeid.ID, h workgroups.Header
 	return api.RelayAck{ID: h.ID.String(), OK: true, Seq: app.Count}
 }
 
+// sameAt reports whether envelope h from sender, checked and allowed by req as the count-th of sess with the
+// given decision record, passes the same checks with the same record as the at-th.
+func (r *Relay) sameAt(sess workgroups.Session, h workgroups.Header, sender spiffeid.ID, req workgroups.Request, decision string, diag json.RawMessage, at uint64, now time.Time) bool {
+	if workgroups.CheckSend(sess, h, sender, at, now) != nil {
+		return false
+	}
+	req.Context = workgroups.EnvelopeContext(h, at)
+	dec, dg := decisionRecord(r.cfg.Authorizer.Decide(req))
+	return dec == decision && bytes.Equal(dg, diag)
+}
+
 // decide asks the authoriser whether sender may send h in sess, as the count-th envelope so far. The sender's
 // memberships come from the cache; a refusal is confirmed against the store, so that a membership granted a
-// moment ago is not refused. A refusal is recorded and returned as the ack to send.
-func (r *Relay) decide(ctx context.Context, sender spiffeid.ID, sess workgroups.Session, h workgroups.Header, count uint64, now time.Time) (workgroups.Decision, *api.RelayAck) {
+// moment ago is not refused. A refusal is recorded and returned as the ack to send; an allowed envelope comes
+// with the request that allowed it.
+func (r *Relay) decide(ctx context.Context, sender spiffeid.ID, sess workgroups.Session, h workgroups.Header, count uint64, now time.Time) (workgroups.Decision, workgroups.Request, *api.RelayAck) {
+	var (
+		d   workgroups.Decision
+		req workgroups.Request
+	)
 	conds, err := workgroups.ParseConditions(sess.Contract.Conditions)
 	if err != nil {
-		return workgroups.Decision{}, r.refuse(ctx, sender, sess, h, "policy_denied", "contract conditions do not parse", nil)
+		return d, req, r.refuse(ctx, sender, sess, h, "policy_denied", "contract conditions do not parse", nil)
 	}
-	var d workgroups.Decision
 	for _, read := range []func(context.Context, spiffeid.ID) ([]workgroups.Membership, error){r.cfg.Memberships.Cached, r.cfg.Memberships.Current} {
 		ms, err := read(ctx, sender)
 		if err != nil {
 			r.log.Error("reading memberships failed", "identity", sender.String(), "err", err)
-			return d, r.refuse(ctx, sender, sess, h, api.CodeInternal, "internal error; send it again", nil)
+			return d, req, r.refuse(ctx, sender, sess, h, api.CodeInternal, "internal error; send it again", nil)
 		}
-		d = r.cfg.Authorizer.Decide(workgroups.Request{Principal: workgroups.PrincipalFor(sender, ms), Action: workgroups.ActionSend,
-			Resource: workgroups.SessionResource(sess), Context: workgroups.EnvelopeContext(h, count), At: now, Conditions: conds})
-		if d.Allow {
-			return d, nil
+		req = workgroups.Request{Principal: workgroups.PrincipalFor(sender, ms), Action: workgroups.ActionSend,
+			Resource: workgroups.SessionResource(sess), Context: workgroups.EnvelopeContext(h, count), At: now, Conditions: conds}
+		if d = r.cfg.Authorizer.Decide(req); d.Allow {
+			return d, req, nil
 		}
 	}
-	return d, r.refuse(ctx, sender, sess, h, "policy_denied", fmt.Sprintf("policy refuses: %v", d.Diagnostic.Reasons), &d)
+	return d, req, r.refuse(ctx, sender, sess, h, "policy_denied", fmt.Sprintf("policy refuses: %v", d.Diagnostic.Reasons), &d)
 }
 
 // refuse records a refusal on the way to a policy decision, or by it (d), and returns the ack that says so.

@@ -29,8 +29,12 @@ const (
 	maxIDLen      = 128
 	maxToLen      = 2048
 
-	// appendAttempts bounds how often Append re-reads a session that another writer appended to meanwhile.
-	appendAttempts = 32
+	// conflictPatience bounds how long Append keeps re-reading a session that other writers keep appending to,
+	// and appendAttempts how often it does so at least. A replicated stream refuses a compare-and-set on a
+	// session while another writer's envelope to it is still being replicated (10164), and the re-read does not
+	// show that envelope yet: a writer may be refused many times in quick succession before it gets its turn.
+	conflictPatience = 5 * time.Second
+	appendAttempts   = 32
 )
 
 // DefaultMaxBytes bounds the stream on disk when Options.MaxBytes is zero: 2 GiB, about 2 million envelopes of
@@ -225,6 +229,7 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 	// lost is the last message this append published again because the answer to it was lost: if the envelope
 	// turns out to be stored, it may be this one.
 	var lost *nats.Msg
+	began := time.Now()
 	for attempt := 1; ; attempt++ {
 		if st.legacy == nil {
 			ids, err := s.legacyIDs(ctx, e.Session)
@@ -270,6 +275,13 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		data := e.Data
 		if e.Stamp != nil {
 			if data, err = e.Stamp(st.count + 1); err != nil {
+				if !fresh {
+					// The position came from this Store's memory of the session, which another writer may have
+					// moved on since: a caller that checked the envelope against the session as it is now
+					// refuses it. It is asked again at the position the stream holds.
+					st.loaded = false
+					continue
+				}
 				return Appended{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 			}
 			if len(data) > s.opts.MaxData {
@@ -312,12 +324,13 @@ func (s *Store) Append(ctx context.Context, e Envelope, max uint64) (Appended, e
 		if !wrongLastSeq(err) {
 			return fail(err)
 		}
-		if attempt == appendAttempts {
+		if attempt >= appendAttempts && time.Since(began) > conflictPatience {
 			return Appended{}, ErrConflict
 		}
 		if attempt > 2 {
-			// Two writers in lock step would otherwise keep refusing each other.
-			t := time.NewTimer(rand.N(time.Duration(attempt) * time.Millisecond))
+			// Two writers in lock step would otherwise keep refusing each other, and a refusal while another
+			// writer's envelope is replicated lasts until it is committed.
+			t := time.NewTimer(rand.N(time.Duration(min(attempt, 10)) * time.Millisecond))
 			select {
 			case <-ctx.Done():
 				t.Stop()

@@ -432,3 +432,29 @@ func TestStampErrorStoresNothing(t *testing.T) {
 	}
 	checkSession(t, s, "bad", map[string]bool{})
 }
+
+// TestStampRefusalRereadsTheSession: a store that last saw the session at position 1, after another store
+// appended at 2, offers its next envelope position 2 from memory. A caller that counted the session as it is now
+// refuses that position; the store reads the session again and offers 3, where the envelope is stored.
+func TestStampRefusalRereadsTheSession(t *testing.T) {
+	srv := testServer(t)
+	a, b := open(t, connect(t, srv), Options{}), open(t, connect(t, srv), Options{})
+	ctx := testContext(t)
+	for i, s := range []*Store{a, b} {
+		if _, err := s.Append(ctx, Envelope{ID: fmt.Sprintf("e%d", i+1), Session: "moved", To: recipientA, Data: []byte("x")}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var offered []uint64
+	app, err := a.Append(ctx, Envelope{ID: "e3", Session: "moved", To: recipientA, Data: []byte("x"),
+		Stamp: func(seq uint64) ([]byte, error) {
+			offered = append(offered, seq)
+			if seq != 3 {
+				return nil, fmt.Errorf("position %d, the checks assumed 3", seq)
+			}
+			return []byte("3"), nil
+		}}, 0)
+	if err != nil || app.Count != 3 {
+		t.Fatalf("Append after another store's: %+v, %v (positions offered %v); want position 3", app, err, offered)
+	}
+}
