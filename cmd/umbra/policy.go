@@ -13,17 +13,22 @@ import (
 // cmdPolicySet is `policy set`: an organisation policy from a Cedar file (docs/intent.md, "Organisation policies").
 func cmdPolicySet(ctx context.Context, args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	var org, name, file string
+	var text []byte
 	return withAgent(ctx, "policy set", args, stderr, func(f *flags) {
 		f.StringVar(&org, "org", "", "the organisation whose policy it is")
 		f.StringVar(&name, "name", "", "the policy's name, unique in the organisation; a policy of that name is replaced")
 		f.StringVar(&file, "file", "", "the Cedar text: forbid policies only")
 		f.require("org", "name", "file")
 		f.args(0, "")
+		f.check(func([]string) error {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return fmt.Errorf("--file %s: %s", file, fileProblem(err))
+			}
+			text = b
+			return nil
+		})
 	}, func(a *agentsdk.Agent, _ []string) error {
-		text, err := os.ReadFile(file)
-		if err != nil {
-			return fmt.Errorf("--file %s: %s", file, fileProblem(err))
-		}
 		p, err := a.Controller().SetPolicy(ctx, org, name, string(text))
 		if err != nil {
 			return err
