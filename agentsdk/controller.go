@@ -1,10 +1,14 @@
 package agentsdk
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -121,4 +125,63 @@ func (a *Agent) renewWithController(ctx context.Context, csr []byte) (Credential
 	var out Credentials
 	err := a.Controller().post(ctx, api.PathRenew, api.RenewRequest{CSR: csr}, &out)
 	return out, err
+}
+
+// SetPolicy sets an organisation policy (administrators; an organisation administrator of its own organisation
+// only): forbid-only Cedar, evaluated from then on in every A2A decision that involves the organisation, on
+// every controller. A policy of the same name is replaced. Invalid Cedar or a permit is refused with an
+// *APIError naming what was wrong, and nothing stored changes.
+func (c *Controller) SetPolicy(ctx context.Context, org, name, text string) (api.Policy, error) {
+	var out api.Policy
+	if err := c.send(ctx, http.MethodPut, policyPath(org, name), api.SetPolicyRequest{Text: text}, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: set policy %s of %s: %w", name, org, err)
+	}
+	return out, nil
+}
+
+// Policies lists organisation policies: org's, or with org "" the caller's organisation's (every
+// organisation's for the platform administrator).
+func (c *Controller) Policies(ctx context.Context, org string) ([]api.Policy, error) {
+	var out api.Policies
+	path := api.PathPolicies
+	if org != "" {
+		path += "?" + url.Values{"org": {org}}.Encode()
+	}
+	if err := c.get(ctx, path, &out); err != nil {
+		return nil, fmt.Errorf("agentsdk: list policies: %w", err)
+	}
+	return out.Policies, nil
+}
+
+// RemovePolicy removes an organisation policy and returns it as it was.
+func (c *Controller) RemovePolicy(ctx context.Context, org, name string) (api.Policy, error) {
+	var out api.Policy
+	if err := c.send(ctx, http.MethodDelete, policyPath(org, name), nil, &out); err != nil {
+		return out, fmt.Errorf("agentsdk: remove policy %s of %s: %w", name, org, err)
+	}
+	return out, nil
+}
+
+func policyPath(org, name string) string {
+	return api.PathPolicies + "/" + url.PathEscape(org) + "/" + url.PathEscape(name)
+}
+
+// send is a request with method and, unless in is nil, a JSON body.
+func (c *Controller) send(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+api.ServiceName+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", api.ContentTypeJSON)
+	}
+	return doJSON(c.client, req, out)
 }

@@ -363,6 +363,10 @@ func (s *Server) grant(ctx context.Context, actor spiffeid.ID, req api.GrantRequ
 		rec, err := s.ids.update(ctx, c.id, func(r *identityRecord) error {
 			if !slices.Contains(r.Attributes, c.attr) {
 				r.Attributes = append(r.Attributes, c.attr)
+				if r.GrantedAt == nil {
+					r.GrantedAt = map[string]time.Time{}
+				}
+				r.GrantedAt[c.attr] = time.Now().UTC()
 			}
 			return nil
 		})

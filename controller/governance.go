@@ -41,7 +41,7 @@ type governance struct {
 	rec      *envelopeRecorder
 	lead     *leadership // who records and raises alerts among controllers sharing a NATS cluster; nil: alone
 	refusals *refusalLimiter
-	authz    *workgroups.Authorizer
+	authz    *orgPolicies // the live authoriser: built-in and organisation policies (orgpolicy.go)
 	// wgCopy and adCopy are wgs and ads in memory, kept current by watches, for the reads of every record
 	// (memberships, discovery, overlay attributes) that would otherwise list a whole bucket per request.
 	wgCopy *tableCopy[workgroups.Workgroup]
@@ -70,7 +70,8 @@ type sessionLock struct {
 const envelopeStream = "UMBRA_ENVELOPES"
 
 // openGovernance opens the stores. The envelope recorder (rec.run), the refusal summariser (summariseRefusals)
-// and the copies of the workgroups and advertisements (wgCopy.run, adCopy.run) are the caller's to run.
+// and the copies of the workgroups, advertisements and organisation policies (wgCopy.run, adCopy.run,
+// authz.copy.run) are the caller's to run.
 func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logger, controllerID string, cfg Config) (*governance, error) {
 	g := &governance{deadlines: map[string]time.Time{}, locks: map[string]*sessionLock{}, keepEnded: endedPerConsumer,
 		refusals: newRefusalLimiter(refusalWindow, cfg.RefusalRecordsPerMinute)}
@@ -125,7 +126,7 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 		g.lead = newLeadership(immediate(hints.kv), controllerID, cfg.RecorderLease, log)
 		g.rec.shared, g.rec.lead = true, g.lead
 	}
-	if g.authz, err = workgroups.NewAuthorizer(); err != nil {
+	if g.authz, err = openOrgPolicies(ctx, js, log); err != nil {
 		return nil, err
 	}
 	sessions, err := g.sessions.all(ctx)

@@ -130,6 +130,7 @@ func (s *Server) apiHandler() http.Handler {
 	}))
 	s.lifecycleRoutes(mux)
 	s.suspendRoutes(mux)
+	s.policyRoutes(mux)
 	s.postureRoutes(mux)
 	mux.HandleFunc("GET "+api.PathAlerts, s.serveAlerts)
 	s.governanceRoutes(mux)

@@ -269,10 +269,17 @@ func (s *Server) postureIdentity(r identityRecord) posture.Identity {
 		if !ok {
 			continue
 		}
+		key := ""
 		if svc, ok := strings.CutSuffix(name, api.DialAttrSuffix); ok {
-			id.Dial = append(id.Dial, svc)
+			id.Dial, key = append(id.Dial, svc), "dial:"+svc
 		} else if svc, ok := strings.CutSuffix(name, api.BindAttrSuffix); ok {
-			id.Bind = append(id.Bind, svc)
+			id.Bind, key = append(id.Bind, svc), "bind:"+svc
+		}
+		if at, ok := r.GrantedAt[a]; ok && key != "" {
+			if id.Granted == nil {
+				id.Granted = map[string]time.Time{}
+			}
+			id.Granted[key] = at
 		}
 	}
 	return id

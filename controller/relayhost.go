@@ -25,7 +25,7 @@ var (
 	_ relay.Refusals    = relayRefusals{}
 	_ relay.Memberships = relayMemberships{}
 	_ relay.Identities  = relayIdentities{}
-	_ relay.Authorizer  = (*workgroups.Authorizer)(nil)
+	_ relay.Authorizer  = (*orgPolicies)(nil)
 	_ relay.Budget      = relayBudget{}
 )
 

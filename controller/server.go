@@ -224,6 +224,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.gov.budget.run(ctx) })
 	s.tasks.spawn(func() { s.gov.wgCopy.run(ctx) })
 	s.tasks.spawn(func() { s.gov.adCopy.run(ctx) })
+	s.tasks.spawn(func() { s.gov.authz.copy.run(ctx) })
 	s.events = newSessionEvents(s.gov.sessions, s.gov.sessionStream, s.log)
 	s.tasks.spawn(func() { s.events.run(ctx) })
 	if s.alerts, err = s.newAlerts(ctx); err != nil {

@@ -131,12 +131,23 @@ func (s *Server) propose(ctx context.Context, c caller, req api.ProposeRequest) 
 		Context: workgroups.ProposalContext(req.Proposal), At: time.Now()})
 	decision, diag := decisionRecord(d)
 	if !d.Allow {
+		forbids := orgForbids(d)
+		reason := "not visible to the caller"
+		if len(forbids) > 0 {
+			reason = "forbidden by organisation policy " + strings.Join(forbids, ", ")
+		}
 		rec := audit.Record{Kind: "session.propose", Actor: c.id.String(), Decision: decision, Diagnostic: diag,
-			Reason: "not visible to the caller", Data: jsonRaw(map[string]any{"advertisement": adID.String()})}
+			Reason: reason, Data: jsonRaw(map[string]any{"advertisement": adID.String()})}
 		if in := req.Proposal.Intent; in != nil {
 			rec.Data = jsonRaw(map[string]any{"advertisement": adID.String(), "intent": in})
 		}
 		s.record(ctx, rec)
+		// A caller that may see the advertisement learns which policy refused its proposal; to any other the
+		// advertisement does not exist.
+		if len(forbids) > 0 && s.gov.authz.Decide(workgroups.Request{Principal: p, Action: workgroups.ActionDiscover,
+			Resource: workgroups.AdvertisementResource(ad), At: time.Now()}).Allow {
+			return api.ProposeResponse{}, failf(http.StatusForbidden, api.CodeForbidden, "proposal on %s %s", adID, reason)
+		}
 		return api.ProposeResponse{}, notFoundAd(req.Advertisement)
 	}
 	// The session runs in a workgroup both parties are active members of.
@@ -439,4 +450,15 @@ func (s *Server) revokeSessions(ctx context.Context, id spiffeid.ID) {
 	s.closeSessionsWhere(ctx, workgroups.CloseIdentityRevoked, "identity "+id.String()+" revoked", func(ss workgroups.Session) bool {
 		return ss.Consumer == id || ss.Provider == id
 	})
+}
+
+// orgForbids are the organisation policies (IDs "org/<org>/<name>/...") that forbade what d denies.
+func orgForbids(d workgroups.Decision) []string {
+	var out []string
+	for _, id := range d.Diagnostic.Policies {
+		if !d.Allow && strings.HasPrefix(id, "org/") {
+			out = append(out, id)
+		}
+	}
+	return out
 }

@@ -22,20 +22,23 @@ const (
 
 // identityRecord is the controller's record of one workload identity, kept in JetStream KV.
 type identityRecord struct {
-	SPIFFEID     string        `json:"spiffe_id"`
-	Org          string        `json:"org"`
-	Kind         string        `json:"kind"`
-	Name         string        `json:"name"`
-	Admin        bool          `json:"admin,omitempty"`
-	State        identityState `json:"state"`
-	OverlayID    string        `json:"overlay_id"`
-	Attributes   []string      `json:"attributes,omitempty"`
-	CreatedAt    time.Time     `json:"created_at"`
-	CreatedBy    string        `json:"created_by"`
-	EnrolledAt   time.Time     `json:"enrolled_at,omitzero"`
-	RevokedAt    time.Time     `json:"revoked_at,omitzero"`
-	RevokedBy    string        `json:"revoked_by,omitempty"`
-	RevokeReason string        `json:"revoke_reason,omitempty"`
+	SPIFFEID   string        `json:"spiffe_id"`
+	Org        string        `json:"org"`
+	Kind       string        `json:"kind"`
+	Name       string        `json:"name"`
+	Admin      bool          `json:"admin,omitempty"`
+	State      identityState `json:"state"`
+	OverlayID  string        `json:"overlay_id"`
+	Attributes []string      `json:"attributes,omitempty"`
+	// GrantedAt is when each service attribute was first added (grant); absent for grants made before it was
+	// recorded. A grant given again keeps its first time.
+	GrantedAt    map[string]time.Time `json:"granted_at,omitempty"`
+	CreatedAt    time.Time            `json:"created_at"`
+	CreatedBy    string               `json:"created_by"`
+	EnrolledAt   time.Time            `json:"enrolled_at,omitzero"`
+	RevokedAt    time.Time            `json:"revoked_at,omitzero"`
+	RevokedBy    string               `json:"revoked_by,omitempty"`
+	RevokeReason string               `json:"revoke_reason,omitempty"`
 	// Suspended is the kill switch (suspend.go): refused everywhere, as if revoked, until resumed.
 	Suspended     bool      `json:"suspended,omitempty"`
 	SuspendedAt   time.Time `json:"suspended_at,omitzero"`

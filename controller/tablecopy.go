@@ -39,6 +39,9 @@ type tableCopy[T any] struct {
 	applied uint64        // the highest revision applied, while live
 	list    []T           // byKey's values, built on demand; nil after a change
 	moved   chan struct{} // closed and replaced whenever applied moves or live changes
+	// changed, when set, is called with the records each time the live copy changes, under the copy's lock and
+	// before current answers with the change: it must not keep the map, and must return at once.
+	changed func(map[string]T)
 }
 
 func newTableCopy[T any](t table[T], what string, log *slog.Logger) *tableCopy[T] {
@@ -161,7 +164,10 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 			}
 			if e == nil { // the end of the bucket's contents
 				live = true
-				c.set(func() { c.live, c.byKey, c.applied, c.list = true, byKey, applied, nil })
+				c.set(func() {
+					c.live, c.byKey, c.applied, c.list = true, byKey, applied, nil
+					c.notify()
+				})
 				continue
 			}
 			var v T
@@ -186,7 +192,15 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 			c.set(func() {
 				apply()
 				c.applied, c.list = applied, nil
+				c.notify()
 			})
 		}
+	}
+}
+
+// notify tells changed about the copy's records; the caller holds the lock.
+func (c *tableCopy[T]) notify() {
+	if c.changed != nil {
+		c.changed(c.byKey)
 	}
 }

@@ -118,3 +118,92 @@ func intentAudited(ctx context.Context, a *agentsdk.Agent, sid workgroups.Sessio
 	}
 	return nil
 }
+
+// Organisation policies on a real network: acme's administrator forbids proposals that declare exfiltration; such a
+// proposal is refused naming the policy, another is accepted; globex's administrator cannot set, list or remove
+// acme's policies; a rejected text leaves the stored one in force; after removal the refused proposal is
+// accepted; and a policy forbidding a message type on `send` refuses the next envelope of a session already open.
+func TestOrgPolicies(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	w := newPricingWorld(t, defaultTerms())
+	acme := w.wg.Org
+	admin := w.acme.Controller()
+	const noExfil = `@id("no-exfiltration")
+forbid (principal, action == Umbra::Action::"propose", resource)
+when { context has intent && context.intent.category == "exfiltration" };`
+	set, err := admin.SetPolicy(ctx, acme, "no-exfil", noExfil)
+	if err != nil {
+		t.Fatalf("acme's administrator sets a policy: %v", err)
+	}
+	if set.Org != acme || set.Name != "no-exfil" || len(set.SHA256) != 64 || set.SetBy != w.acme.ID().String() {
+		t.Fatalf("set policy: %+v", set)
+	}
+
+	exfil := workgroups.Intent{Purpose: "copy the price list", Category: "exfiltration"}
+	var ae *agentsdk.APIError
+	_, err = w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{Intent: &exfil})
+	policyID := "org/" + acme + "/no-exfil/no-exfiltration"
+	if !errors.As(err, &ae) || ae.Status != 403 || !strings.Contains(ae.Message, policyID) {
+		t.Fatalf("exfiltration proposal: %v, want 403 naming %s", err, policyID)
+	}
+	procure := workgroups.Intent{Purpose: "restock widgets", Category: "procurement"}
+	s, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{Intent: &procure})
+	if err != nil || s.Info().State != workgroups.StateAccepted {
+		t.Fatalf("procurement proposal: %v", err)
+	}
+
+	// Another organisation's administrator: 403 on each.
+	other := w.globex.Controller()
+	if _, err := other.SetPolicy(ctx, acme, "mine", noExfil); !errors.As(err, &ae) || ae.Status != 403 {
+		t.Fatalf("globex sets acme's policy: %v, want 403", err)
+	}
+	if _, err := other.Policies(ctx, acme); !errors.As(err, &ae) || ae.Status != 403 {
+		t.Fatalf("globex lists acme's policies: %v, want 403", err)
+	}
+	if _, err := other.RemovePolicy(ctx, acme, "no-exfil"); !errors.As(err, &ae) || ae.Status != 403 {
+		t.Fatalf("globex removes acme's policy: %v, want 403", err)
+	}
+
+	// A permit is refused with a 400 naming what is wrong, and the stored policy stays.
+	if _, err := admin.SetPolicy(ctx, acme, "no-exfil", `permit (principal, action, resource);`); !errors.As(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "only forbid") {
+		t.Fatalf("a permit: %v, want 400 naming forbid-only", err)
+	}
+	ps, err := admin.Policies(ctx, "")
+	if err != nil || len(ps) != 1 || ps[0].SHA256 != set.SHA256 {
+		t.Fatalf("acme's policies after a rejected set: %+v %v", ps, err)
+	}
+	if _, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{Intent: &exfil}); err == nil {
+		t.Fatal("exfiltration proposal accepted after a rejected set")
+	}
+
+	if _, err := admin.RemovePolicy(ctx, acme, "no-exfil"); err != nil {
+		t.Fatalf("remove: %v", err)
+	}
+	if ps, err := admin.Policies(ctx, acme); err != nil || len(ps) != 0 {
+		t.Fatalf("acme's policies after removal: %+v %v", ps, err)
+	}
+	if _, err := w.buyer.Propose(ctx, w.ad.ID, workgroups.Proposal{Intent: &exfil}); err != nil {
+		t.Fatalf("exfiltration proposal after removal: %v", err)
+	}
+
+	// `send` in the session opened above: the relay decides each envelope with the policies of the moment.
+	if _, err := s.Send(ctx, "quote.request", []byte(`{"widgets":1}`)); err != nil {
+		t.Fatalf("send before the policy: %v", err)
+	}
+	if _, err := admin.SetPolicy(ctx, acme, "no-requests", `forbid (principal, action == Umbra::Action::"send", resource)
+when { context.message_type == "quote.request" };`); err != nil {
+		t.Fatal(err)
+	}
+	var re *agentsdk.RelayError
+	if _, err := s.Send(ctx, "quote.request", []byte(`{"widgets":2}`)); !errors.As(err, &re) || re.Code != "policy_denied" {
+		t.Fatalf("send after the policy: %v, want policy_denied", err)
+	}
+	if _, err := admin.RemovePolicy(ctx, acme, "no-requests"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Send(ctx, "quote.request", []byte(`{"widgets":3}`)); err != nil {
+		t.Fatalf("send after the policy's removal: %v", err)
+	}
+}

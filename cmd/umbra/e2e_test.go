@@ -444,6 +444,29 @@ func TestCLIGovernance(t *testing.T) {
 	if _, errs, err := c.run("", "session", "propose", "--as", outsider, "--ad", ad); err == nil || !strings.Contains(errs, "not_found") {
 		t.Fatalf("outsider propose: err=%v %s", err, errs)
 	}
+	// An organisation policy, set by acme's administrator: a proposal declaring exfiltration is refused naming it;
+	// globex's administrator cannot read acme's policies.
+	write("no-exfil.cedar", `@id("no-exfiltration")
+forbid (principal, action == Umbra::Action::"propose", resource)
+when { context has intent && context.intent.category == "exfiltration" };
+`)
+	if out := c.must("", "policy", "set", "--as", acme, "--org", "acme", "--name", "no-exfil", "--file", "no-exfil.cedar"); !strings.Contains(out, "set policy no-exfil of acme") {
+		t.Fatalf("policy set: %s", out)
+	}
+	if _, errs, err := c.run("", "policy", "list", "--as", globex, "--org", "acme"); err == nil || !strings.Contains(errs, "forbidden") {
+		t.Fatalf("globex lists acme's policies: err=%v %s", err, errs)
+	}
+	if _, errs, err := c.run("", "session", "propose", "--as", buyer, "--ad", ad, "--intent", "copy the price list", "--intent-category", "exfiltration"); err == nil ||
+		!strings.Contains(errs, "org/acme/no-exfil/no-exfiltration") {
+		t.Fatalf("exfiltration proposal: err=%v %s", err, errs)
+	}
+	if out := c.must("", "policy", "list", "--as", acme); !strings.Contains(out, "no-exfil") {
+		t.Fatalf("policy list: %s", out)
+	}
+	c.must("", "policy", "remove", "--as", acme, "--org", "acme", "--name", "no-exfil")
+	if out := c.must("", "policy", "list", "--as", acme, "--json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("policy list after removal: %s", out)
+	}
 	sid := strings.TrimSpace(c.must("", "session", "propose", "--as", buyer, "--ad", ad, "--max-messages", "3",
 		"--types", "quote.request,quote.response", "--duration", "5m", "--intent", "price check for the Lyon shop", "--intent-category", "procurement"))
 

@@ -42,6 +42,10 @@ Usage:
   umbra posture   --as ADMIN.json [--json] [--fail-on SEVERITY]   findings and drift; exit 1 at or above SEVERITY
   umbra posture baseline --as ADMIN.json            records the baseline later posture runs compare with
   umbra alerts    --as ADMIN.json [--follow] [--json]   anomaly alerts, and with --follow the new ones as they come
+  umbra policy set    --as ADMIN.json --org ORG --name N --file F.cedar   an organisation's forbid-only Cedar policy
+  umbra policy list   --as ADMIN.json [--org ORG] [--json]
+  umbra policy remove --as ADMIN.json --org ORG --name N
+      evaluated on every A2A decision involving the organisation, on every controller (docs/intent.md)
   umbra admin rotate --as ADMIN.json [--out FILE]   new platform administrator; the old one is revoked
   umbra enroll     --token FILE --out FILE
   umbra whoami     --as ID.json
@@ -141,6 +145,7 @@ func groups() map[string]map[string]command {
 		"identity": {"create": cmdIdentityCreate, "revoke": cmdIdentityRevoke, "reenroll": cmdIdentityReenroll,
 			"suspend": cmdIdentitySuspend(true), "resume": cmdIdentitySuspend(false)},
 		"admin":   {"rotate": cmdAdminRotate},
+		"policy":  {"set": cmdPolicySet, "list": cmdPolicyList, "remove": cmdPolicyRemove},
 		"service": {"grant": cmdServiceGrant, "serve": cmdServiceServe, "dial": cmdServiceDial, "list": cmdServiceList},
 		"org":     {"create": cmdOrgCreate},
 		"workgroup": {"create": cmdWorkgroupCreate, "accept": cmdWorkgroupAnswer(false), "decline": cmdWorkgroupAnswer(true),

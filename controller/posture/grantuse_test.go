@@ -27,6 +27,14 @@ func TestUnusedServiceGrants(t *testing.T) {
 			map[string]string{buyer: "dial prices (no circuit dialed on the overlay)"}, ""},
 		{"bind never used", func(st *posture.State) { delete(st.GrantUse.Bind, quoter) },
 			map[string]string{quoter: "bind prices (no circuit hosted and no listening on the overlay)"}, ""},
+		{"identity old, grant new: not reported", func(st *posture.State) {
+			delete(st.GrantUse.Dial[buyer], "prices")
+			grantedAt(st, buyer, "dial:prices", now.Add(-10*24*time.Hour))
+		}, nil, ""},
+		{"identity old, grant recorded old: reported", func(st *posture.State) {
+			delete(st.GrantUse.Dial[buyer], "prices")
+			grantedAt(st, buyer, "dial:prices", old)
+		}, map[string]string{buyer: "dial prices (no circuit dialed on the overlay)"}, ""},
 		{"a use recorded within one granularity before the cutoff may be after it", func(st *posture.State) {
 			st.GrantUse.Bind[quoter]["prices"] = now.Add(-30*24*time.Hour - 30*time.Minute)
 		}, nil, ""},
@@ -79,6 +87,15 @@ func TestUnusedServiceGrants(t *testing.T) {
 				t.Fatalf("grant-use-unknown evidence %q, want %q", unknown, tc.unknown)
 			}
 		})
+	}
+}
+
+// grantedAt records when subject's grant key was given.
+func grantedAt(st *posture.State, subject, key string, at time.Time) {
+	for i := range st.Identities {
+		if st.Identities[i].ID.String() == subject {
+			st.Identities[i].Granted = map[string]time.Time{key: at}
+		}
 	}
 }
 

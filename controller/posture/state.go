@@ -60,6 +60,9 @@ type Identity struct {
 	LastSeen      time.Time // its last enrollment or renewal; zero if never
 	SVIDExpiresAt time.Time // the latest of its unexpired certificates; zero if none
 	Dial, Bind    []string  // services
+	// Granted is when each service grant was first given, by "dial:SERVICE" or "bind:SERVICE"; a grant
+	// absent here is as old as the identity.
+	Granted map[string]time.Time
 }
 
 // Live reports whether the identity can still act (or be resumed): not revoked.
