@@ -5,16 +5,15 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
-// TestAdDialPoliciesFollowWorkgroups checks on a real overlay that an advertisement's dial policy names the roles
-// of its workgroups' members, and that reconcileAdPolicies moves a network whose dial policies named
-// per-advertisement attributes (ad.<id>.dial, as networks did before) to those roles, empties the policy of an
-// advertisement that is gone, and is idempotent; narrowing an advertisement narrows its policy.
-func TestAdDialPoliciesFollowWorkgroups(t *testing.T) {
+// TestAdPoliciesFollowProviderAndWorkgroups checks on a real overlay that an advertisement's bind policy names
+// its provider's overlay identity and its dial policy the roles of its workgroups' members; that
+// reconcileAdPolicies moves a network whose policies named per-advertisement attributes (ad.<id>.bind and
+// ad.<id>.dial, as networks did before) to those, empties the policies of an advertisement that is gone, and is
+// idempotent; and that narrowing an advertisement narrows its dial policy, retracting it empties both.
+func TestAdPoliciesFollowProviderAndWorkgroups(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a controller")
 	}
@@ -28,12 +27,18 @@ func TestAdDialPoliciesFollowWorkgroups(t *testing.T) {
 		return id
 	}
 	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
-	live := workgroups.Advertisement{ID: newID(), Provider: spiffeid.RequireFromString("spiffe://umbra.local/acme/agent/seller"),
-		Workgroups: []workgroups.WorkgroupID{pricing, ops}}
+	provider, _, err := s.ids.get(ctx, s.AdminID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := workgroups.Advertisement{ID: newID(), Provider: s.AdminID(), Workgroups: []workgroups.WorkgroupID{pricing, ops}}
 	gone := newID()
-	// The shape of before: each member carried ad.<id>.dial, and the policy named that attribute.
+	// The shape of before: the provider carried ad.<id>.bind, each member ad.<id>.dial, and the policies named them.
 	for _, id := range []workgroups.AdvertisementID{live.ID, gone} {
 		if _, err := m.EnsureService(AdvertisementService(id), []string{adAttr(id)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.EnsureServicePolicy(adBindPolicy(id), "Bind", []string{"#" + adAttr(id) + ".bind"}, []string{"#" + adAttr(id)}); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.EnsureServicePolicy(adDialPolicy(id), "Dial", []string{"#" + adAttr(id) + ".dial"}, []string{"#" + adAttr(id)}); err != nil {
@@ -55,29 +60,33 @@ func TestAdDialPoliciesFollowWorkgroups(t *testing.T) {
 		}
 		return have
 	}
-	want := func(what string, id workgroups.AdvertisementID, r ...string) {
+	want := func(what, policy string, r ...string) {
 		t.Helper()
 		slices.Sort(r)
-		if got := roles()[adDialPolicy(id)]; !slices.Equal(got, r) && !(len(got) == 0 && len(r) == 0) {
-			t.Fatalf("%s: dial policy of %s names %q, want %q", what, id, got, r)
+		if got := roles()[policy]; !slices.Equal(got, r) && !(len(got) == 0 && len(r) == 0) {
+			t.Fatalf("%s: policy %s names %q, want %q", what, policy, got, r)
 		}
 	}
 	for range 2 { // the second pass finds nothing to change
 		if err := s.reconcileAdPolicies(ctx); err != nil {
 			t.Fatal(err)
 		}
-		want("reconciled", live.ID, "#wg.acme.pricing", "#wg.acme.ops")
-		want("reconciled, advertisement gone", gone)
+		want("reconciled", adDialPolicy(live.ID), "#wg.acme.pricing", "#wg.acme.ops")
+		want("reconciled", adBindPolicy(live.ID), "@"+provider.OverlayID)
+		want("reconciled, advertisement gone", adDialPolicy(gone))
+		want("reconciled, advertisement gone", adBindPolicy(gone))
 	}
 	narrowed := live
 	narrowed.Workgroups = []workgroups.WorkgroupID{ops}
-	if err := s.ensureAdService(narrowed); err != nil {
+	if err := s.ensureAdService(ctx, narrowed); err != nil {
 		t.Fatal(err)
 	}
-	want("narrowed", live.ID, "#wg.acme.ops")
+	want("narrowed", adDialPolicy(live.ID), "#wg.acme.ops")
+	want("narrowed", adBindPolicy(live.ID), "@"+provider.OverlayID)
 	narrowed.Workgroups = nil
-	if err := s.ensureAdService(narrowed); err != nil {
+	if err := s.ensureAdService(ctx, narrowed); err != nil {
 		t.Fatal(err)
 	}
-	want("retracted", live.ID)
+	want("retracted", adDialPolicy(live.ID))
+	want("retracted", adBindPolicy(live.ID))
 }

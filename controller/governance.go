@@ -467,7 +467,7 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 			// Only the members of the workgroups left may dial it; nobody, once none is left.
 			narrowed := ad
 			narrowed.Workgroups = rest
-			err = s.ensureAdService(narrowed)
+			err = s.ensureAdService(ctx, narrowed)
 		}
 		if err != nil {
 			s.log.Error("retracting advertisement failed", "advertisement", ad.ID.String(), "err", err)
@@ -478,11 +478,12 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 	}
 }
 
-// syncOverlay recomputes the overlay role attributes of ids from their workgroups and advertisements: an
-// identity carries wg.<org>.<name> for each active workgroup it is in and ad.<id>.bind for its own
-// advertisements. Who may dial an advertisement follows from the first: its dial policy names the role of each
-// workgroup it is scoped to (ensureAdService), so publishing one changes no other identity, and an identity's
-// attributes grow with its workgroups and its own advertisements, not with everything it can see.
+// syncOverlay recomputes the overlay role attributes of ids from their workgroups: an identity carries
+// wg.<org>.<name> for each active workgroup it is in. Advertisements change no identity's attributes: an
+// advertisement's dial policy names the role of each workgroup it is scoped to, and its bind policy names its
+// provider's overlay identity (ensureAdService). Publishing one is thus a service and two policies, whatever
+// the size of its workgroups or the number of the provider's advertisements. Attributes of the earlier shape
+// (ad.<id>.dial and ad.<id>.bind, one per advertisement) are dropped here.
 func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	if len(ids) == 0 {
 		return nil
@@ -491,20 +492,11 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	if err != nil {
 		return err
 	}
-	ads, err := s.gov.adCopy.current(ctx)
-	if err != nil {
-		return err
-	}
 	for _, id := range ids {
 		active := workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, all))
 		var derived []string
 		for _, wg := range active {
 			derived = append(derived, wgAttr(wg))
-		}
-		for _, ad := range ads {
-			if ad.Provider == id {
-				derived = append(derived, adAttr(ad.ID)+".bind")
-			}
 		}
 		rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
 			r.Attributes = slices.DeleteFunc(r.Attributes, func(a string) bool {
@@ -540,19 +532,45 @@ func AdvertisementService(id workgroups.AdvertisementID) string { return adServi
 
 const adServicePrefix = "a2a."
 
-// ensureAdService creates ad's overlay service and its policies, or brings them up to date: its provider binds
-// it (ad.<id>.bind), and the active members of the workgroups it is scoped to may dial it. A retracted
-// advertisement (no workgroups left) is dialled by nobody.
-func (s *Server) ensureAdService(ad workgroups.Advertisement) error {
+// ensureAdService creates ad's overlay service and its policies, or brings them up to date: its provider's
+// overlay identity binds it, and the active members of the workgroups it is scoped to may dial it. A retracted
+// advertisement (no workgroups left) is bound and dialled by nobody.
+func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement) error {
+	bind, err := s.adBindRoles(ctx, ad)
+	if err != nil {
+		return err
+	}
 	m := s.zc.Mgmt()
 	name, attr := AdvertisementService(ad.ID), adAttr(ad.ID)
 	if _, err := m.EnsureService(name, []string{attr}); err != nil {
 		return err
 	}
-	if err := m.EnsureServicePolicy("umbra-"+name+"-bind", "Bind", []string{"#" + attr + ".bind"}, []string{"#" + attr}); err != nil {
+	if err := m.EnsureServicePolicy(adBindPolicy(ad.ID), "Bind", bind, []string{"#" + attr}); err != nil {
 		return err
 	}
 	return m.EnsureServicePolicy(adDialPolicy(ad.ID), "Dial", adDialRoles(ad), []string{"#" + attr})
+}
+
+// adBindRoles are the identity roles of ad's bind policy: its provider's overlay identity while ad is scoped to
+// a workgroup and the provider is not revoked.
+func (s *Server) adBindRoles(ctx context.Context, ad workgroups.Advertisement) ([]string, error) {
+	if len(ad.Workgroups) == 0 {
+		return []string{}, nil
+	}
+	rec, _, err := s.ids.get(ctx, ad.Provider)
+	switch {
+	case errors.Is(err, errNoIdentity):
+		return []string{}, nil
+	case err != nil:
+		return nil, err
+	case rec.State == stateRevoked || rec.OverlayID == "":
+		return []string{}, nil
+	}
+	return []string{"@" + rec.OverlayID}, nil
+}
+
+func adBindPolicy(id workgroups.AdvertisementID) string {
+	return "umbra-" + AdvertisementService(id) + "-bind"
 }
 
 func adDialPolicy(id workgroups.AdvertisementID) string {
@@ -568,53 +586,55 @@ func adDialRoles(ad workgroups.Advertisement) []string {
 	return roles
 }
 
-// reconcileAdPolicies brings the dial policy of every advertisement in line with its workgroups, and empties
-// those of advertisements that are gone. A network whose dial policies named per-advertisement attributes
-// (ad.<id>.dial, given to each member) moves to workgroup roles here, at start; one where they already agree
-// costs one listing of the policies.
+// reconcileAdPolicies brings the bind and dial policies of every advertisement in line with its provider and
+// workgroups, and empties those of advertisements that are gone. A network whose policies named
+// per-advertisement attributes (ad.<id>.bind and ad.<id>.dial, given to the provider and to each member) moves to
+// the provider's identity and workgroup roles here, at start; one where they already agree costs one listing of
+// the policies and one read of each provider's record.
 func (s *Server) reconcileAdPolicies(ctx context.Context) error {
 	ads, err := s.gov.adCopy.current(ctx)
 	if err != nil {
 		return err
 	}
-	have, err := s.zc.Mgmt().ServicePolicyRoles("umbra-" + adServicePrefix)
+	m := s.zc.Mgmt()
+	have, err := m.ServicePolicyRoles("umbra-" + adServicePrefix)
 	if err != nil {
 		return err
 	}
-	want := map[string]workgroups.Advertisement{}
-	for _, ad := range ads {
-		want[adDialPolicy(ad.ID)] = ad
-	}
+	live := map[string]bool{}
 	fixed := 0
-	for name, roles := range have {
-		if !strings.HasSuffix(name, "-dial") {
-			continue
-		}
-		ad, live := want[name]
-		if live && slices.Equal(sortedCopy(roles), sortedCopy(adDialRoles(ad))) || !live && len(roles) == 0 {
-			continue
-		}
-		if live {
-			err = s.ensureAdService(ad)
-		} else {
-			id := strings.TrimSuffix(strings.TrimPrefix(name, "umbra-"+adServicePrefix), "-dial")
-			err = s.zc.Mgmt().EnsureServicePolicy(name, "Dial", nil, []string{"#ad." + id})
-		}
+	for _, ad := range ads {
+		bind, err := s.adBindRoles(ctx, ad)
 		if err != nil {
-			return fmt.Errorf("advertisement dial policy %s: %w", name, err)
+			return err
+		}
+		live[adBindPolicy(ad.ID)], live[adDialPolicy(ad.ID)] = true, true
+		b, bok := have[adBindPolicy(ad.ID)]
+		d, dok := have[adDialPolicy(ad.ID)]
+		if bok && dok && sameRoles(b, bind) && sameRoles(d, adDialRoles(ad)) {
+			continue
+		}
+		if err := s.ensureAdService(ctx, ad); err != nil {
+			return fmt.Errorf("advertisement %s: %w", ad.ID, err)
 		}
 		fixed++
 	}
-	for name, ad := range want {
-		if _, ok := have[name]; !ok {
-			if err := s.ensureAdService(ad); err != nil {
-				return fmt.Errorf("advertisement service %s: %w", ad.ID, err)
-			}
-			fixed++
+	for name, roles := range have {
+		if live[name] || len(roles) == 0 {
+			continue
 		}
+		kind, rest := "Dial", strings.TrimSuffix(name, "-dial")
+		if strings.HasSuffix(name, "-bind") {
+			kind, rest = "Bind", strings.TrimSuffix(name, "-bind")
+		}
+		id := strings.TrimPrefix(rest, "umbra-"+adServicePrefix)
+		if err := m.EnsureServicePolicy(name, kind, nil, []string{"#ad." + id}); err != nil {
+			return fmt.Errorf("policy %s of a removed advertisement: %w", name, err)
+		}
+		fixed++
 	}
 	if fixed > 0 {
-		s.log.Info("advertisement dial policies brought in line with their workgroups", "changed", fixed, "advertisements", len(ads))
+		s.log.Info("advertisement policies brought in line with their providers and workgroups", "changed", fixed, "advertisements", len(ads))
 	}
 	return nil
 }
@@ -635,8 +655,10 @@ func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
 	}
 }
 
-func sortedCopy(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
+// sameRoles reports whether two role lists hold the same roles, in any order.
+func sameRoles(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

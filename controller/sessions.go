@@ -40,17 +40,14 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 	if err := ad.Validate(); err != nil {
 		return ad, wgFault(err)
 	}
-	if err := s.ensureAdService(ad); err != nil {
+	if err := s.ensureAdService(ctx, ad); err != nil {
 		return ad, internal(err)
 	}
 	if err := s.gov.ads.create(ctx, ad.ID.String(), ad); err != nil {
 		return ad, internal(err)
 	}
 	s.record(ctx, audit.Record{Kind: "advertisement.published", Actor: c.id.String(), Decision: "allow", Data: jsonRaw(ad)})
-	// The members of its workgroups may dial it by their workgroup roles (ensureAdService); the provider gets bind.
-	if err := s.syncOverlay(ctx, c.id); err != nil {
-		return ad, internal(err)
-	}
+	// Its policies name its provider and its workgroups' roles (ensureAdService): no identity changes.
 	return ad, nil
 }
 
