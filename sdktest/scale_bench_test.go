@@ -1,7 +1,6 @@
 package sdktest
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -175,7 +174,7 @@ func loadScaleWorld(b *testing.B, net scaleNetwork, sz scaleSizes) scaleWorld {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { admin.Close() })
-	b.Logf("load average before loading: %s", loadAverage())
+	b.Logf("load average before loading: %s", loadbench.LoadAverage())
 
 	// Directory identities: created, never enrolled.
 	timed(b, "identities", sz.Identities, sz.Loaders, func(i int) error {
@@ -274,7 +273,7 @@ func loadScaleWorld(b *testing.B, net scaleNetwork, sz scaleSizes) scaleWorld {
 		}
 		b.Logf("%s after loading: heap in use %d MiB, RSS %d MiB, JetStream store %d MiB", c.name, heap>>20, rss>>20, store>>20)
 	}
-	b.Logf("load average after loading: %s", loadAverage())
+	b.Logf("load average after loading: %s", loadbench.LoadAverage())
 	return w
 }
 
@@ -313,18 +312,7 @@ func timed(b *testing.B, kind string, n, workers int, do func(i int) error) {
 func processMemory() (heapInUse, rss uint64) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return ms.HeapInuse, 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			rss = kb << 10
-		}
-	}
+	rss, _ = loadbench.RSS(0)
 	return ms.HeapInuse, rss
 }
 
@@ -347,13 +335,4 @@ func dirSize(dir string) (int64, error) {
 		return nil
 	})
 	return total, err
-}
-
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	return strings.Join(f[:min(3, len(f))], " ")
 }

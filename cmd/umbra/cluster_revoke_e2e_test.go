@@ -236,7 +236,7 @@ func clusterAgent(t *testing.T, c *cli, ms []*member, admin *agentsdk.Agent, nam
 }
 
 // retryFor calls fn, each call with a deadline of 10 s, until it succeeds or limit passes.
-func retryFor(t *testing.T, what string, limit time.Duration, fn func(ctx context.Context) error) {
+func retryFor(t testing.TB, what string, limit time.Duration, fn func(ctx context.Context) error) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {

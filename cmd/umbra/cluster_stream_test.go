@@ -31,61 +31,83 @@ type clusterStream struct {
 	received map[workgroups.EnvelopeID]int
 }
 
-// clusterSession creates organisation org with the platform administrator, a workgroup, a provider enrolled at
-// member other and a consumer enrolled at member via (each member's data directory under dir), advertises the
-// provider's service of message type "tick" on terms, and opens a session between them. It returns the two
-// agents and their handles on the session.
-func clusterSession(t *testing.T, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int, terms workgroups.Terms) (consumer, provider *agentsdk.Agent, sess, prov *agentsdk.Session) {
+// clusterOrg is an organisation of a cluster test, created through the platform administrator, with its own
+// administrator and one workgroup, "stream"; each member's data directory is under dir.
+type clusterOrg struct {
+	t     testing.TB
+	dir   string
+	name  string
+	ms    []*member
+	admin *agentsdk.Agent
+	wg    workgroups.WorkgroupID
+}
+
+// newClusterOrg creates organisation org with the platform administrator, its administrator enrolled at member
+// adminAt, and its workgroup.
+func newClusterOrg(t testing.TB, dir, org string, platform *agentsdk.Agent, ms []*member, adminAt int) *clusterOrg {
 	t.Helper()
-	step := func(name string, limit time.Duration, fn func(ctx context.Context) error) {
-		t.Helper()
-		retryFor(t, org+": "+name, limit, fn)
-	}
-	// enroll redeems token for sid at member m and connects the identity.
-	enroll := func(name, token, sid string, m *member) *agentsdk.Agent {
-		t.Helper()
-		path := filepath.Join(dir, org+"-"+name+".json")
-		step("enroll "+name+" at "+m.name, 30*time.Second, func(ctx context.Context) error {
-			id, _, err := enrollAt(ctx, filepath.Join(dir, m.name), m.enroll, token, sid)
-			if err != nil {
-				return err
-			}
-			return id.Save(path)
-		})
-		return connectFile(t, path)
-	}
+	o := &clusterOrg{t: t, dir: dir, name: org, ms: ms, wg: workgroups.WorkgroupID{Org: org, Name: "stream"}}
 	var orgResp api.CreateOrgResponse
-	step("create org "+org, 30*time.Second, func(ctx context.Context) error {
+	o.step("create org "+org, 30*time.Second, func(ctx context.Context) error {
 		var err error
 		orgResp, err = platform.Controller().CreateOrg(ctx, org)
 		return err
 	})
-	orgAdmin := enroll("admin", orgResp.AdminToken, orgResp.AdminID, ms[other])
-	wg := workgroups.WorkgroupID{Org: org, Name: "stream"}
-	step("create workgroup", 30*time.Second, func(ctx context.Context) error {
-		_, err := orgAdmin.Controller().CreateWorkgroup(ctx, wg.Name)
+	o.admin = o.enroll("admin", orgResp.AdminToken, orgResp.AdminID, ms[adminAt])
+	o.step("create workgroup", 30*time.Second, func(ctx context.Context) error {
+		_, err := o.admin.Controller().CreateWorkgroup(ctx, o.wg.Name)
 		return err
 	})
-	agents := map[string]*agentsdk.Agent{}
-	for _, p := range []struct {
-		name string
-		at   *member
-	}{{"stream-consumer", ms[via]}, {"stream-provider", ms[other]}} {
-		var resp api.CreateIdentityResponse
-		step("create "+p.name, 30*time.Second, func(ctx context.Context) error {
-			var err error
-			resp, err = orgAdmin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: org, Kind: "agent", Name: p.name})
+	return o
+}
+
+func (o *clusterOrg) step(name string, limit time.Duration, fn func(ctx context.Context) error) {
+	o.t.Helper()
+	retryFor(o.t, o.name+": "+name, limit, fn)
+}
+
+// enroll redeems token for sid at member m and connects the identity.
+func (o *clusterOrg) enroll(name, token, sid string, m *member) *agentsdk.Agent {
+	o.t.Helper()
+	path := filepath.Join(o.dir, o.name+"-"+name+".json")
+	o.step("enroll "+name+" at "+m.name, 30*time.Second, func(ctx context.Context) error {
+		id, _, err := enrollAt(ctx, filepath.Join(o.dir, m.name), m.enroll, token, sid)
+		if err != nil {
 			return err
-		})
-		agents[p.name] = enroll(p.name, resp.Token, resp.SPIFFEID, p.at)
-		step("add "+p.name+" to the workgroup", 30*time.Second, func(ctx context.Context) error {
-			_, err := orgAdmin.Controller().AddMember(ctx, wg, agents[p.name].ID(), "")
-			return err
-		})
-	}
-	consumer, provider = agents["stream-consumer"], agents["stream-provider"]
-	step("advertise, propose, open the session", time.Minute, func(ctx context.Context) error {
-		ad, err := provider.Advertise(ctx, workgroups.AgentCard{Name: "Stream", Version: "1", MessageTypes: []string{"tick"}}, terms, wg)
+		}
+		return id.Save(path)
+	})
+	return connectFile(o.t, path)
+}
+
+// agent creates agent name of the organisation, enrolls it at member at, which it is then authenticated
+// through, and adds it to the workgroup.
+func (o *clusterOrg) agent(name string, at int) *agentsdk.Agent {
+	o.t.Helper()
+	var resp api.CreateIdentityResponse
+	o.step("create "+name, 30*time.Second, func(ctx context.Context) error {
+		var err error
+		resp, err = o.admin.Controller().CreateIdentity(ctx, api.CreateIdentityRequest{Org: o.name, Kind: "agent", Name: name})
+		return err
+	})
+	a := o.enroll(name, resp.Token, resp.SPIFFEID, o.ms[at])
+	o.step("add "+name+" to the workgroup", 30*time.Second, func(ctx context.Context) error {
+		_, err := o.admin.Controller().AddMember(ctx, o.wg, a.ID(), "")
+		return err
+	})
+	return a
+}
+
+// clusterSession creates organisation org with the platform administrator, a workgroup, a provider enrolled at
+// member other and a consumer enrolled at member via (each member's data directory under dir), advertises the
+// provider's service of message type "tick" on terms, and opens a session between them. It returns the two
+// agents and their handles on the session.
+func clusterSession(t testing.TB, dir, org string, platform *agentsdk.Agent, ms []*member, via, other int, terms workgroups.Terms) (consumer, provider *agentsdk.Agent, sess, prov *agentsdk.Session) {
+	t.Helper()
+	o := newClusterOrg(t, dir, org, platform, ms, other)
+	consumer, provider = o.agent("stream-consumer", via), o.agent("stream-provider", other)
+	o.step("advertise, propose, open the session", time.Minute, func(ctx context.Context) error {
+		ad, err := provider.Advertise(ctx, workgroups.AgentCard{Name: "Stream", Version: "1", MessageTypes: []string{"tick"}}, terms, o.wg)
 		if err != nil {
 			return fmt.Errorf("advertise: %w", err)
 		}

@@ -18,7 +18,7 @@ import (
 )
 
 // connectFile loads and connects an identity file, closing the agent when the test ends.
-func connectFile(t *testing.T, path string) *agentsdk.Agent {
+func connectFile(t testing.TB, path string) *agentsdk.Agent {
 	t.Helper()
 	id, err := agentsdk.LoadIdentity(path)
 	if err != nil {

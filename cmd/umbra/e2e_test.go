@@ -28,7 +28,7 @@ var (
 	buildErr  error
 )
 
-func umbraBinary(t *testing.T) string {
+func umbraBinary(t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the umbra binary")

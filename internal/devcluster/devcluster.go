@@ -34,7 +34,8 @@ type Config struct {
 	Dir string
 	// Exe is the umbra binary the members run. Default: this process's executable.
 	Exe string
-	// Controllers is the number of controllers: an odd number, 3 or more.
+	// Controllers is the number of controllers: an odd number, 3 or more; or 1, a lone controller (no raft or
+	// NATS cluster, one copy of every store), the baseline a cluster is compared with (BenchmarkClusterRecordPath).
 	Controllers int
 	// Routers is the number of routers, 1 or more.
 	Routers int
@@ -67,8 +68,8 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("devcluster: Dir is required")
 	}
-	if cfg.Controllers < 3 || cfg.Controllers%2 == 0 {
-		return nil, fmt.Errorf("devcluster: %d controllers: want an odd number, 3 or more", cfg.Controllers)
+	if cfg.Controllers < 1 || cfg.Controllers%2 == 0 {
+		return nil, fmt.Errorf("devcluster: %d controllers: want 1 or an odd number, 3 or more", cfg.Controllers)
 	}
 	if cfg.Routers < 1 {
 		return nil, fmt.Errorf("devcluster: %d routers: want 1 or more", cfg.Routers)
@@ -217,7 +218,8 @@ func (c *Cluster) start(name string, args []string, readyLine string) (*child, e
 
 func loopback(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-// controllerArgs is the command line of controller i.
+// controllerArgs is the command line of controller i. A lone controller is started as one without a cluster:
+// no NATS routes, one copy of every store, no raft.
 func (c *Cluster) controllerArgs(i int) []string {
 	m := c.layout.Controllers[i]
 	var routes []string
@@ -228,15 +230,17 @@ func (c *Cluster) controllerArgs(i int) []string {
 	}
 	args := []string{"controller", "--data", c.MemberDir(m.Name),
 		"--ctrl-port", strconv.Itoa(m.Ctrl), "--api-port", strconv.Itoa(m.API), "--enroll-port", strconv.Itoa(m.Enroll),
-		"--nats-cluster-listen", loopback(m.Route), "--nats-routes", strings.Join(routes, ","), "--replicas", "3",
 		"--metrics-listen", loopback(m.Metrics), "--log-level", c.cfg.LogLevel}
 	if c.cfg.TrustDomain != "" {
 		args = append(args, "--trust-domain", c.cfg.TrustDomain)
 	}
-	if i > 0 {
-		return append(args, "--cluster-join", "tls:"+loopback(c.layout.Controllers[0].Ctrl))
+	if len(c.layout.Controllers) > 1 {
+		args = append(args, "--nats-cluster-listen", loopback(m.Route), "--nats-routes", strings.Join(routes, ","), "--replicas", "3")
+		if i > 0 {
+			return append(args, "--cluster-join", "tls:"+loopback(c.layout.Controllers[0].Ctrl))
+		}
+		args = append(args, "--cluster-init")
 	}
-	args = append(args, "--cluster-init")
 	for _, r := range c.layout.Routers {
 		if !c.enrolled(r) {
 			args = append(args, "--router-token", r.Name+":"+c.tokenPath(r))

@@ -3,6 +3,7 @@ package devcluster
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -59,9 +60,40 @@ func TestLayout(t *testing.T) {
 	if _, err := New(Config{Dir: single, Exe: "umbra", Controllers: 3, Routers: 1}); err == nil || !strings.Contains(err.Error(), "one-process network") {
 		t.Fatalf("New on a one-process network's directory: %v", err)
 	}
-	for _, bad := range []Config{{Dir: dir, Controllers: 4, Routers: 1}, {Dir: dir, Controllers: 1, Routers: 1}, {Dir: dir, Controllers: 3}} {
+	for _, bad := range []Config{{Dir: dir, Controllers: 4, Routers: 1}, {Dir: dir, Controllers: 0, Routers: 1}, {Dir: dir, Controllers: 3}} {
 		if _, err := New(bad); err == nil {
 			t.Errorf("New(%+v) accepted", bad)
+		}
+	}
+}
+
+// TestControllerArgs: the members of a cluster route their NATS servers to each other and keep three copies, the
+// first initialising the overlay's raft cluster and the others joining it; a lone controller has none of that.
+func TestControllerArgs(t *testing.T) {
+	for _, tc := range []struct {
+		controllers int
+		want        []string // flags of controller i, each present
+		none        []string // flags of controller i, each absent
+		i           int
+	}{
+		{3, []string{"--nats-routes", "--replicas", "--cluster-init", "--router-token"}, []string{"--cluster-join"}, 0},
+		{3, []string{"--nats-routes", "--replicas", "--cluster-join"}, []string{"--cluster-init", "--router-token"}, 2},
+		{1, []string{"--router-token", "--metrics-listen"}, []string{"--nats-cluster-listen", "--nats-routes", "--replicas", "--cluster-init", "--cluster-join"}, 0},
+	} {
+		c, err := New(Config{Dir: t.TempDir(), Exe: "umbra", Controllers: tc.controllers, Routers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := c.controllerArgs(tc.i)
+		for _, f := range tc.want {
+			if !slices.Contains(args, f) {
+				t.Errorf("%d controllers: controller %d's command line has no %s: %v", tc.controllers, tc.i, f, args)
+			}
+		}
+		for _, f := range tc.none {
+			if slices.Contains(args, f) {
+				t.Errorf("%d controllers: controller %d's command line has %s: %v", tc.controllers, tc.i, f, args)
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 // Package loadbench runs a benchmark's calls from concurrent workers and reports throughput, latency
 // percentiles and the process's CPU time per call, the same way for every surface (the relay, the MCP gateway,
-// the LLM gateway), so that their figures in docs/benchmarks.md compare.
+// the LLM gateway), so that their figures in docs/benchmarks.md compare; and it reads the state of the machine
+// those figures depend on (a process's memory and CPU time, the load average).
 package loadbench
 
 import (

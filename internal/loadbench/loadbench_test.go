@@ -2,6 +2,8 @@ package loadbench_test
 
 import (
 	"errors"
+	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,5 +74,27 @@ func TestRunReportsCPU(t *testing.T) {
 	}
 	if got < 50 {
 		t.Fatalf("cpu-us/req = %v for calls that burn about 200 µs each", got)
+	}
+}
+
+// TestProc reads this process's resident set and CPU time, and the load average, where /proc has them.
+func TestProc(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	rss, err := loadbench.RSS(0)
+	if err != nil || rss < 1<<20 {
+		t.Fatalf("RSS = %d, %v; want at least 1 MiB", rss, err)
+	}
+	if _, err := loadbench.RSS(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	if cpu, err := loadbench.ProcessCPU(os.Getpid()); err != nil || cpu <= 0 {
+		t.Fatalf("ProcessCPU = %v, %v; want more than 0 after 50 ms of spinning", cpu, err)
+	}
+	if got := loadbench.LoadAverage(); len(strings.Fields(got)) != 3 {
+		t.Fatalf("LoadAverage = %q, want three figures", got)
 	}
 }
