@@ -198,13 +198,25 @@ func TestControllerCluster(t *testing.T) {
 	}
 	c.limit.Step("start three controllers: c1 initialises, c2 and c3 join")
 	t.Cleanup(func() {
-		if t.Failed() {
-			for _, m := range ms {
-				if m.d != nil {
-					t.Logf("--- %s (tail) ---\n%s", m.name, lastLines(m.d.errb.String(), 25))
-				}
+		if !t.Failed() {
+			return
+		}
+		// The tails show how each member ended; the whole logs, kept outside the test's directory, show why.
+		keep, err := os.MkdirTemp("", "umbra-cluster-logs-")
+		for _, m := range ms {
+			if m.d == nil {
+				continue
+			}
+			t.Logf("--- %s (tail) ---\n%s", m.name, lastLines(m.d.errb.String(), 25))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(keep, m.name+".log"), []byte(m.d.errb.String()), 0o600)
 			}
 		}
+		if err != nil {
+			t.Logf("keeping the members' logs: %v", err)
+			return
+		}
+		t.Logf("the members' whole logs: %s", keep)
 	})
 	for i := range ms {
 		c.launch(ms[i], args(i)...)
