@@ -623,12 +623,12 @@ func (s *Server) reconcileAdPolicies(ctx context.Context) error {
 		if live[name] || len(roles) == 0 {
 			continue
 		}
-		kind, rest := "Dial", strings.TrimSuffix(name, "-dial")
+		policyType, rest := "Dial", strings.TrimSuffix(name, "-dial")
 		if strings.HasSuffix(name, "-bind") {
-			kind, rest = "Bind", strings.TrimSuffix(name, "-bind")
+			policyType, rest = "Bind", strings.TrimSuffix(name, "-bind")
 		}
 		id := strings.TrimPrefix(rest, "umbra-"+adServicePrefix)
-		if err := m.EnsureServicePolicy(name, kind, nil, []string{"#ad." + id}); err != nil {
+		if err := m.EnsureServicePolicy(name, policyType, nil, []string{"#ad." + id}); err != nil {
 			return fmt.Errorf("policy %s of a removed advertisement: %w", name, err)
 		}
 		fixed++

@@ -8,13 +8,16 @@ import (
 )
 
 // Follow calls fn for every envelope of every session stored after stream sequence after, in stream order, and
-// then for each one appended later, as it is appended. It returns when ctx ends (ctx's error, wrapped) or fn
-// returns an error (that error, wrapped); it never ends on its own. fn runs on Follow's goroutine, one envelope
-// at a time. Follow keeps no state: it reads through an ordered consumer, which the client re-creates from the
-// next sequence if it misses anything (a server restart, say), so that no envelope is skipped or repeated, and
-// which it removes from the server when it returns. Msg.Delivered is 1.
+// then for each one appended later, as it is appended. It returns when ctx ends (ctx's error, wrapped), when fn
+// returns an error (that error, wrapped), or when the consumer it reads through is lost and cannot be created
+// again at once (as while the stream elects a leader). fn runs on Follow's goroutine, one envelope at a time.
+// Follow keeps no state: it reads through an ordered consumer, which the client re-creates from the next
+// sequence if it misses anything (a server restart, say), so that no envelope is skipped or repeated, and which it
+// removes from the server when it returns. Msg.Delivered is 1.
 func (s *Store) Follow(ctx context.Context, after uint64, fn func(Msg) error) error {
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	// One attempt at re-creating a lost consumer (its server died), not the client's silent retries that back
+	// off to 10 s: a failure ends Follow, and the recorder follows again at once.
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: 1}
 	if after > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
 	}
