@@ -62,9 +62,28 @@ func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Age
 	if _, err := os.Stat(admin); err != nil {
 		admin = adminFileOf(c, live[other])
 	}
+	accepted, records := acceptedRecords(t, c, admin, stream.session, 60*time.Second)
+	stream.mu.Lock()
+	for id := range stream.acked {
+		if n := accepted[id.String()]; n != 1 {
+			t.Errorf("acknowledged envelope %s has %d envelope.accepted records, want 1", id, n)
+		}
+	}
+	if len(accepted) != len(stream.acked) {
+		t.Errorf("%d envelopes recorded as accepted, %d acknowledged", len(accepted), len(stream.acked))
+	}
+	stream.mu.Unlock()
+	t.Logf("JetStream meta leader %s killed: session across the kill: %s; %d records in the trail, the chain verifies",
+		dead.name, streamed, records)
+}
+
+// acceptedRecords verifies the audit chain through the administrator file admin and exports the trail, tried
+// again for up to limit (a read just after a failover may wait on a consumer of the lost server), and counts
+// the envelope.accepted records of session by envelope id. It also returns how many records the trail holds.
+func acceptedRecords(t *testing.T, c *cli, admin, session string, limit time.Duration) (map[string]int, int) {
+	t.Helper()
 	var export []byte
-	// A read just after a failover may wait on a consumer of the lost server: tried again.
-	retryFor(t, "audit verify", 60*time.Second, func(context.Context) error {
+	retryFor(t, "audit verify and export", limit, func(context.Context) error {
 		out, errs, err := c.run("", "audit", "verify", "--as", admin)
 		if err != nil || !strings.Contains(out, "audit chain verified") {
 			return fmt.Errorf("%v: %s%s", err, out, errs)
@@ -82,7 +101,7 @@ func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Age
 	}
 	accepted := map[string]int{}
 	for _, r := range records {
-		if r.Kind != "envelope.accepted" || r.Session != stream.session {
+		if r.Kind != "envelope.accepted" || r.Session != session {
 			continue
 		}
 		var h struct {
@@ -93,18 +112,7 @@ func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Age
 		}
 		accepted[h.ID]++
 	}
-	stream.mu.Lock()
-	for id := range stream.acked {
-		if n := accepted[id.String()]; n != 1 {
-			t.Errorf("acknowledged envelope %s has %d envelope.accepted records, want 1", id, n)
-		}
-	}
-	if len(accepted) != len(stream.acked) {
-		t.Errorf("%d envelopes recorded as accepted, %d acknowledged", len(accepted), len(stream.acked))
-	}
-	stream.mu.Unlock()
-	t.Logf("JetStream meta leader %s killed: session across the kill: %s; %d records in the trail, the chain verifies",
-		dead.name, streamed, len(records))
+	return accepted, len(records)
 }
 
 // adminFileOf is the platform administrator's identity file naming m's overlay API first (the cluster test

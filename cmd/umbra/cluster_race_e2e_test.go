@@ -1,20 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -172,36 +168,7 @@ func raceThroughMembers(t *testing.T, c *cli, ms []*member, platform *agentsdk.A
 	}
 	mu.Unlock()
 
-	var export []byte
-	retryFor(t, "race: audit verify and export", 30*time.Second, func(context.Context) error {
-		out, errs, err := c.run("", "audit", "verify", "--as", admin)
-		if err != nil || !strings.Contains(out, "audit chain verified") {
-			return fmt.Errorf("%v: %s%s", err, out, errs)
-		}
-		out, errs, err = c.run("", "audit", "export", "--as", admin)
-		if err != nil {
-			return fmt.Errorf("export: %v: %s", err, errs)
-		}
-		export = []byte(out)
-		return nil
-	})
-	records, err := audit.ReadJSONLines(bytes.NewReader(export))
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := map[string]int{}
-	for _, r := range records {
-		if r.Kind != "envelope.accepted" || r.Session != sess.ID().String() {
-			continue
-		}
-		var h struct {
-			ID string `json:"id"`
-		}
-		if err := json.Unmarshal(r.Data, &h); err != nil {
-			t.Fatalf("race: an envelope.accepted record's data: %v", err)
-		}
-		accepted[h.ID]++
-	}
+	accepted, _ := acceptedRecords(t, c, admin, sess.ID().String(), 30*time.Second)
 	ackedIDs := map[string]bool{}
 	for id := range acked {
 		ackedIDs[id.String()] = true
