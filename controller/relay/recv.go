@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/internal/envstore"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -73,21 +74,47 @@ func (r *Relay) recv(ctx context.Context, conn net.Conn, br *bufio.Reader, recip
 		if err != nil {
 			return err
 		}
-		// Only an envelope whose audit record is durable is delivered.
-		if err := r.cfg.Records.Wait(cctx, m.StreamSeq); err != nil {
+		if err := r.deliver(cctx, conn, cur, m, receipts); err != nil {
 			return err
 		}
-		if _, err := conn.Write(m.Data); err != nil {
-			return err
-		}
+		r.cfg.Observer.Delivered()
+	}
+}
+
+// inProgressEvery is how often a relay tells the store that the envelope it is delivering is still on its way,
+// well inside the store's AckWait (5 s): the store hands it to another relay only once this one stops saying so,
+// because it died (a controller of a cluster, killed) or closed the cursor.
+const inProgressEvery = 1500 * time.Millisecond
+
+// deliver waits until m's audit record is durable, writes m to the recipient and acknowledges it to the cursor
+// once the recipient's receipt comes; meanwhile it keeps m in progress at the store.
+func (r *Relay) deliver(ctx context.Context, conn net.Conn, cur Cursor, m envstore.Msg, receipts <-chan uint64) error {
+	tick := time.NewTicker(inProgressEvery)
+	defer tick.Stop()
+	recorded := make(chan error, 1)
+	go func() { recorded <- r.cfg.Records.Wait(ctx, m.StreamSeq) }()
+	for {
 		select {
-		case <-receipts:
-			if err := cur.Ack(m); err != nil {
+		case err := <-recorded:
+			// Only an envelope whose audit record is durable is delivered.
+			if err != nil {
 				return err
 			}
-			r.cfg.Observer.Delivered()
-		case <-cctx.Done():
-			return cctx.Err()
+			if _, err := conn.Write(m.Data); err != nil {
+				return err
+			}
+			recorded = nil
+		case <-receipts:
+			if recorded != nil {
+				continue // a receipt for nothing written yet (or an earlier envelope again): not this one's
+			}
+			return cur.Ack(m)
+		case <-tick.C:
+			if err := cur.InProgress(m); err != nil {
+				r.log.Warn("keeping an envelope in delivery failed", "stream_seq", m.StreamSeq, "err", err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

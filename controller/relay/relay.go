@@ -52,6 +52,9 @@ type Envelopes interface {
 // Cursor hands one recipient its envelopes of one session, in order (envstore.Receiver).
 type Cursor interface {
 	Next(ctx context.Context) (envstore.Msg, error)
+	// InProgress restarts the wait after which the store hands m out again (it is still on its way): another
+	// relay gets it then only if this one is gone.
+	InProgress(m envstore.Msg) error
 	Ack(m envstore.Msg) error
 	Close() error
 }

@@ -56,8 +56,9 @@
 //
 // A Receiver is a durable pull consumer per (session, recipient) with explicit acks and at most one
 // unacknowledged envelope (MaxAckPending 1). JetStream hands out envelope N+1 only after N is acknowledged;
-// an unacknowledged envelope is redelivered after Options.AckWait, or at once when the Receiver is closed or
-// Next is called again, and nothing overtakes it meanwhile. This costs one round trip per envelope per
+// an unacknowledged envelope is redelivered after Options.AckWait (which Receiver.InProgress restarts while the
+// recipient has not confirmed it yet), or at once when the Receiver is closed or Next is called again, and
+// nothing overtakes it meanwhile. This costs one round trip per envelope per
 // recipient, which is small next to an agent's own work, and avoids re-sequencing in the client. Envelopes in
 // the session addressed to someone else are acknowledged for this cursor and skipped.
 //

@@ -185,6 +185,21 @@ func (r *Receiver) Ack(m Msg) error {
 	return nil
 }
 
+// InProgress tells JetStream that m, the envelope last returned by Next, is still being worked on (its recipient
+// has not confirmed it yet), which restarts its AckWait: call it more often than AckWait while waiting, so that
+// JetStream redelivers it only if this Receiver is gone. An envelope no longer pending is not an error.
+func (r *Receiver) InProgress(m Msg) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending == nil || m.StreamSeq != r.pendSeq {
+		return nil
+	}
+	if err := r.pending.InProgress(); err != nil {
+		return fmt.Errorf("envstore: in progress: %w", err)
+	}
+	return nil
+}
+
 // Close stops the Receiver. An envelope it yielded but that was not acknowledged, or that JetStream had
 // already sent it, is handed back for immediate redelivery to the next Receiver on the cursor. The durable
 // cursor itself stays (see Store.DeleteReceiver).

@@ -67,8 +67,8 @@ func alternate(i int) string {
 }
 
 func TestReceiverOrderAndRedelivery(t *testing.T) {
-	// AckWait stays at 30 s: every redelivery below must come from Close or Next, not from the timer.
-	s := newStore(t, Options{})
+	// AckWait of 30 s: every redelivery below must come from Close or Next, not from the timer.
+	s := newStore(t, Options{AckWait: 30 * time.Second})
 	ctx := testContext(t)
 	appendN(t, s, "chat", 0, 20, alternate, 0)
 	var forA, forB []string
@@ -149,6 +149,57 @@ func TestReceiverOrderAndRedelivery(t *testing.T) {
 	appendN(t, s, "chat", 20, 22, alternate, 0) // m20 for A, m21 for B
 	if m := <-got; m.ID != "m20" {
 		t.Fatalf("waiting Next returned %q, want m20", m.ID)
+	}
+}
+
+// TestInProgressHoldsAnEnvelopeUntilItsReaderDies: an envelope out to a Receiver that keeps saying it is in
+// progress is not handed to another Receiver of the cursor past AckWait; once its Receiver is gone without a word
+// (its process killed), the other gets it within AckWait.
+func TestInProgressHoldsAnEnvelopeUntilItsReaderDies(t *testing.T) {
+	const wait = time.Second
+	s := newStore(t, Options{AckWait: wait})
+	ctx := testContext(t)
+	appendN(t, s, "held", 0, 1, func(int) string { return recipientA }, 0)
+	a, err := s.Receiver(ctx, "held", recipientA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := next(t, a, "m00")
+	b, err := s.Receiver(ctx, "held", recipientA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got := make(chan Msg, 1)
+	go func() {
+		bctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		if m, err := b.Next(bctx); err == nil {
+			got <- m
+		}
+		close(got)
+	}()
+	for held := time.Now(); time.Since(held) < 3*wait; time.Sleep(wait / 4) {
+		if err := a.InProgress(m); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-got:
+			t.Fatalf("%s handed to another receiver while its own said it was in progress", m.ID)
+		default:
+		}
+	}
+	// a's process dies: its subscription ends without a negative acknowledgement.
+	a.it.Stop()
+	died := time.Now()
+	select {
+	case m, ok := <-got:
+		if !ok || m.ID != "m00" || m.Delivered != 2 {
+			t.Fatalf("after the reader died: %+v (received %v), want m00 delivered a second time", m, ok)
+		}
+		t.Logf("handed to the other receiver %s after its reader stopped (AckWait %s)", time.Since(died).Round(time.Millisecond), wait)
+	case <-time.After(5 * wait):
+		t.Fatalf("not handed to the other receiver within %s of its reader's death", 5*wait)
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 const (
 	defaultStream          = "UMBRA_ENVELOPES"
 	defaultDuplicateWindow = 10 * time.Minute
-	defaultAckWait         = 30 * time.Second
+	defaultAckWait         = 5 * time.Second
 	defaultMaxSessions     = 4096
 
 	// headerRoom is what the store reserves in a message for its headers and JetStream's.
@@ -71,8 +71,10 @@ type Options struct {
 	// envelopes are refused with ErrFull; stored ones are never dropped to make room (discard new), and envelopes
 	// have no maximum age: de-duplication and delivery to a recipient that comes back later rely on them.
 	MaxBytes int64
-	// AckWait is how long a Receiver's unacknowledged envelope waits before JetStream redelivers it.
-	// Default 30 seconds.
+	// AckWait is how long a Receiver's unacknowledged envelope waits before JetStream redelivers it, unless the
+	// Receiver says it is still at work on it (Receiver.InProgress). It is what a recipient waits when the
+	// process reading its cursor died with an envelope out (a controller of a cluster, killed): nothing else
+	// is delivered until then. Default 5 seconds.
 	AckWait time.Duration
 	// MaxSessions bounds how many sessions' counters are cached; the least recently used is forgotten and
 	// re-read from JetStream when next used. Default 4096.
