@@ -224,7 +224,7 @@ func TestControllerCluster(t *testing.T) {
 	// At the first start of an R3 cluster, a controller that creates its streams before all three NATS servers
 	// have met stops with "no suitable peers for placement"; docs/cluster.md says to start it again.
 	restarts := 0
-	readyBy := time.Now().Add(200 * time.Second)
+	readyBy := time.Now().Add(300 * time.Second)
 	var firstReady time.Time
 	for waiting := 3; waiting > 0; {
 		waiting = 0
@@ -266,7 +266,7 @@ func TestControllerCluster(t *testing.T) {
 			}
 		}
 		if time.Now().After(readyBy) {
-			t.Fatalf("not all controllers ready within 200 s")
+			t.Fatalf("not all controllers ready within 300 s")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

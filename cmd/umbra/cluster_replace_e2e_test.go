@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -71,7 +73,9 @@ func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int
 	c4Addr := "tls:127.0.0.1:" + m.ctrl
 	deadAddr := "tls:127.0.0.1:" + ms[dead].ctrl
 	var deadID, deadNATS, c4ID string
-	waitStatus("c4 online and the dead member offline", 30*time.Second, func(st api.ClusterStatus) bool {
+	// The dead member's NATS server is shown offline once JetStream's meta group has missed it for a while: until
+	// then the controller refuses the removal as of a member still running.
+	waitStatus("c4 online and the dead member offline, its NATS server too", 60*time.Second, func(st api.ClusterStatus) bool {
 		deadID, c4ID = "", ""
 		for _, cm := range st.Members {
 			switch {
@@ -81,14 +85,32 @@ func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int
 				deadID, deadNATS = cm.ID, cm.NATS
 			}
 		}
-		return len(st.Members) == 4 && deadID != "" && c4ID != "" && deadNATS != ""
+		natsOffline := false
+		for _, p := range st.NATS {
+			if p.Name == deadNATS && p.Offline {
+				natsOffline = true
+			}
+		}
+		return len(st.Members) == 4 && deadID != "" && c4ID != "" && deadNATS != "" && natsOffline
 	})
 	// The API is hosted by every member, so c4 itself may answer: refused either way.
 	if _, errs, err := c.run("", "cluster", "remove", "--as", admin, "--member", c4ID); err == nil ||
 		!strings.Contains(errs, "is connected") && !strings.Contains(errs, "is running") && !strings.Contains(errs, "answered this request itself") {
 		t.Fatalf("removing the connected member c4: err %v, stderr %q; want a refusal", err, errs)
 	}
-	out := c.must("", "cluster", "remove", "--as", admin, "--member", deadID)
+	// The member answering may see the dead NATS server a moment later than the one that answered the status.
+	var out string
+	retryFor(t, "remove the dead member", 30*time.Second, func(context.Context) error {
+		o, errs, err := c.run("", "cluster", "remove", "--as", admin, "--member", deadID)
+		if err != nil {
+			if strings.Contains(errs, "is running") {
+				return fmt.Errorf("%v: %s", err, errs)
+			}
+			t.Fatalf("umbra cluster remove --member %s: %v: %s", deadID, err, errs)
+		}
+		out = o
+		return nil
+	})
 	if !strings.Contains(out, "removed member "+deadID+" and its NATS server "+deadNATS) {
 		t.Fatalf("cluster remove said %q", out)
 	}
