@@ -90,7 +90,7 @@ func (s *Server) clusterStatus(ctx context.Context) (api.ClusterStatus, error) {
 	online := map[string]bool{}
 	st := api.ClusterStatus{Clustered: true, Member: s.zc.MemberID(), NATSSize: size}
 	for _, p := range peers {
-		online[p.ID] = !p.Offline
+		online[p.ID] = p.Running()
 		st.NATS = append(st.NATS, api.NATSPeer{Name: p.Name, Leader: p.Leader, Current: p.Current, Offline: p.Offline})
 	}
 	for _, m := range members {
@@ -140,15 +140,17 @@ func (s *Server) removeClusterMember(ctx context.Context, c caller, id string) (
 		return out, failf(http.StatusConflict, api.CodeConflict, "member %s is connected: stop it for good before removing it (a removed member that still runs is refused by the others)", id)
 	}
 	// A follower holds raft connections to the leader only, so the overlay's view from here can miss a live
-	// member; every NATS server hears every other's periodic state, so its view of the member's server is not.
+	// member; every NATS server is routed to every other, so a member whose server this one has a route to, or
+	// that the meta group has seen recently, is running. A killed server loses its routes at once, while the
+	// meta group marks it offline only minutes later.
 	if registered {
 		_, peers, err := s.ns.MetaGroup()
 		if err != nil {
 			return out, internal(err)
 		}
 		for _, p := range peers {
-			if p.ID == rec.NATSPeer && !p.Offline {
-				return out, failf(http.StatusConflict, api.CodeConflict, "member %s is running (its NATS server %s is online): stop it for good before removing it", id, rec.NATS)
+			if p.ID == rec.NATSPeer && p.Running() {
+				return out, failf(http.StatusConflict, api.CodeConflict, "member %s is running (its NATS server %s is routed to this one or seen recently): stop it for good before removing it", id, rec.NATS)
 			}
 		}
 	}

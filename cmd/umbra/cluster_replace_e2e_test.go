@@ -73,9 +73,9 @@ func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int
 	c4Addr := "tls:127.0.0.1:" + m.ctrl
 	deadAddr := "tls:127.0.0.1:" + ms[dead].ctrl
 	var deadID, deadNATS, c4ID string
-	// The dead member's NATS server is shown offline once JetStream's meta group has missed it for a while: until
-	// then the controller refuses the removal as of a member still running.
-	waitStatus("c4 online and the dead member offline, its NATS server too", 60*time.Second, func(st api.ClusterStatus) bool {
+	// A member is online while its NATS server is routed to the answering member's or was seen lately by the
+	// meta group; the killed one's routes dropped with it.
+	waitStatus("c4 online and the dead member offline", 60*time.Second, func(st api.ClusterStatus) bool {
 		deadID, c4ID = "", ""
 		for _, cm := range st.Members {
 			switch {
@@ -85,13 +85,7 @@ func replaceMember(t *testing.T, c *cli, ms []*member, dead int, survivors []int
 				deadID, deadNATS = cm.ID, cm.NATS
 			}
 		}
-		natsOffline := false
-		for _, p := range st.NATS {
-			if p.Name == deadNATS && p.Offline {
-				natsOffline = true
-			}
-		}
-		return len(st.Members) == 4 && deadID != "" && c4ID != "" && deadNATS != "" && natsOffline
+		return len(st.Members) == 4 && deadID != "" && c4ID != "" && deadNATS != ""
 	})
 	// The API is hosted by every member, so c4 itself may answer: refused either way.
 	if _, errs, err := c.run("", "cluster", "remove", "--as", admin, "--member", c4ID); err == nil ||

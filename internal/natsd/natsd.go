@@ -250,9 +250,16 @@ type MetaPeer struct {
 	// the other left); ID is its raft peer ID, which every server knows.
 	Name, ID string
 	// Leader: it leads the meta group. Current: seen recently and caught up (known on the meta leader).
-	// Offline: no server heard from it recently (every server hears every other's periodic state).
+	// Offline: no server heard from it recently (every server hears every other's periodic state); a server
+	// that was killed is marked so only after 2.5 to 4 minutes.
 	Leader, Current, Offline bool
+	// Routed: this server has a route to it now. A server that stopped or was killed loses its routes at once.
+	Routed bool
 }
+
+// Running reports whether p may still be running: this server has a route to it, or the meta group has seen
+// it recently and does not hold it offline.
+func (p MetaPeer) Running() bool { return p.Routed || p.Current && !p.Offline }
 
 // PeerID is this server's raft peer ID in the meta group and every replicated stream.
 func (s *Server) PeerID() string { return s.ns.Node() }
@@ -267,12 +274,21 @@ func (s *Server) MetaGroup() (size int, peers []MetaPeer, err error) {
 	if info.Meta == nil {
 		return 0, nil, nil
 	}
-	peers = append(peers, MetaPeer{Name: s.ns.Name(), ID: s.ns.Node(), Leader: info.Meta.Leader == s.ns.Name(), Current: true})
+	routes, err := s.ns.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return 0, nil, fmt.Errorf("natsd: routes: %w", err)
+	}
+	routed := map[string]bool{}
+	for _, r := range routes.Routes {
+		routed[r.RemoteName] = true
+	}
+	peers = append(peers, MetaPeer{Name: s.ns.Name(), ID: s.ns.Node(), Leader: info.Meta.Leader == s.ns.Name(), Current: true, Routed: true})
 	for _, r := range info.Meta.Replicas {
 		if r.Peer == s.ns.Node() {
 			continue // listed when the group has no leader
 		}
-		peers = append(peers, MetaPeer{Name: r.Name, ID: r.Peer, Leader: info.Meta.Leader == r.Name, Current: r.Current, Offline: r.Offline})
+		peers = append(peers, MetaPeer{Name: r.Name, ID: r.Peer, Leader: info.Meta.Leader == r.Name, Current: r.Current, Offline: r.Offline,
+			Routed: routed[r.Name]})
 	}
 	return info.Meta.Size, peers, nil
 }
