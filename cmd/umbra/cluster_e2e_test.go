@@ -246,7 +246,7 @@ func TestControllerCluster(t *testing.T) {
 					m.ready = nil
 					continue
 				}
-				if !devcluster.FirstStartStop(err.Error()) || restarts >= 3 {
+				if !devcluster.FirstStartStop(err.Error()) || restarts >= 5 {
 					t.Fatal(err)
 				}
 				restarts++
@@ -255,7 +255,7 @@ func TestControllerCluster(t *testing.T) {
 			default:
 				// Seen on a loaded machine: a member whose stores' first creation never gets an answer while
 				// the others' do; started again, it finds them created.
-				if !firstReady.IsZero() && time.Since(firstReady) > 45*time.Second && restarts < 3 {
+				if !firstReady.IsZero() && time.Since(firstReady) > 45*time.Second && restarts < 5 {
 					restarts++
 					t.Logf("%s not ready 45 s after the first member; starting it again", m.name)
 					m.d.stop(t)

@@ -28,6 +28,7 @@ type clusterStream struct {
 
 	mu       sync.Mutex
 	acked    map[workgroups.EnvelopeID]bool
+	sent     map[workgroups.EnvelopeID]bool // acknowledged or not: the one in flight when sending stops may be stored
 	received map[workgroups.EnvelopeID]int
 }
 
@@ -132,7 +133,7 @@ func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent,
 	ctx, stopSend := context.WithCancel(context.Background())
 	rctx, stopRecv := context.WithCancel(context.Background())
 	s := &clusterStream{t: t, stopSend: stopSend, stopRecv: stopRecv, sender: &activity{name: "send"}, receiver: &activity{name: "receive"},
-		stopped: make(chan error, 1), session: sess.ID().String(), acked: map[workgroups.EnvelopeID]bool{}, received: map[workgroups.EnvelopeID]int{}}
+		stopped: make(chan error, 1), session: sess.ID().String(), acked: map[workgroups.EnvelopeID]bool{}, sent: map[workgroups.EnvelopeID]bool{}, received: map[workgroups.EnvelopeID]int{}}
 	t.Cleanup(func() { stopSend(); stopRecv(); s.sending.Wait(); s.receiving.Wait() })
 	s.sending.Add(1)
 	go func() {
@@ -146,6 +147,9 @@ func startClusterStream(t *testing.T, dir, org string, platform *agentsdk.Agent,
 			payload := []byte(fmt.Sprintf(`{"n":%d}`, i))
 			h := workgroups.Header{ID: id, Session: sess.ID(), From: consumer.ID(), To: provider.ID(), Type: "tick",
 				Time: time.Now().UTC(), ContentType: "application/json"}.WithPayload(payload)
+			s.mu.Lock()
+			s.sent[id] = true
+			s.mu.Unlock()
 			for ctx.Err() == nil {
 				sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				_, err := sess.SendEnvelope(sctx, h, payload)
