@@ -252,7 +252,13 @@ func (c *compose) run(args ...string) (string, error) {
 	defer cancel()
 	all := append(append(append([]string{}, c.cmd[1:]...), "-p", c.project, "-f", c.file), args...)
 	cmd := exec.CommandContext(ctx, c.cmd[0], all...)
-	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Env = os.Environ()
+	if os.Getenv("COMPOSE_HTTP_TIMEOUT") == "" {
+		// docker-compose v1 gives up on a Docker API call after 60 s, which creating twenty containers with their
+		// volumes at once can take on a loaded machine; the command's own deadline above still bounds it.
+		cmd.Env = append(cmd.Env, "COMPOSE_HTTP_TIMEOUT=240")
+	}
+	cmd.Env = append(cmd.Env, c.env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
