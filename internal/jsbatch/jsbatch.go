@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,10 +23,17 @@ const (
 	hdrCommit = "Nats-Batch-Commit"
 )
 
+// AckWait bounds the wait for a batch's acknowledgement, whatever the caller's context allows (the bound the
+// JetStream client puts on a single publish). A batch sent to a stream leader that dies before answering is
+// never answered: without a bound its sender would wait for ever, long after the survivors elected another
+// leader (4-9 s after the death).
+const AckWait = 5 * time.Second
+
 // Publish sends msgs to stream as one atomic batch (the stream must allow atomic publish) and returns the stream
 // sequence of the last message; the others precede it contiguously. Headers the caller set (an expected last
 // sequence on the first message, say) are kept. An error that is a *jetstream.APIError is the server's refusal of
-// the whole batch: nothing of it is stored. Any other error leaves it unknown whether the batch was stored.
+// the whole batch: nothing of it is stored. Any other error (no acknowledgement within AckWait among them)
+// leaves it unknown whether the batch was stored.
 func Publish(ctx context.Context, nc *nats.Conn, stream string, msgs []*nats.Msg) (uint64, error) {
 	if len(msgs) == 0 {
 		return 0, errors.New("jsbatch: empty batch")
@@ -45,9 +53,11 @@ func Publish(ctx context.Context, nc *nats.Conn, stream string, msgs []*nats.Msg
 	}
 	last := msgs[len(msgs)-1]
 	last.Header.Set(hdrCommit, "1")
-	resp, err := nc.RequestMsgWithContext(ctx, last)
+	actx, cancel := context.WithTimeout(ctx, AckWait)
+	defer cancel()
+	resp, err := nc.RequestMsgWithContext(actx, last)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("jsbatch: no acknowledgement of a batch of %d: %w", len(msgs), err)
 	}
 	var ack struct {
 		Stream string              `json:"stream"`
