@@ -76,6 +76,7 @@ func newSessionEvents(sessions table[workgroups.Session], stream jetstream.Strea
 // run keeps the changes current until ctx ends, watching again after a failure.
 func (e *sessionEvents) run(ctx context.Context) {
 	for ctx.Err() == nil {
+		began := time.Now()
 		err := e.watch(ctx)
 		e.mu.Lock()
 		e.current = false
@@ -86,7 +87,7 @@ func (e *sessionEvents) run(ctx context.Context) {
 		e.log.Warn("watching sessions for the event feed failed; watching again", "err", err)
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-time.After(rewatchPause(began)):
 		}
 	}
 }
@@ -98,27 +99,39 @@ func (e *sessionEvents) watch(ctx context.Context) error {
 		return fmt.Errorf("sessions stream: %w", err)
 	}
 	epoch := strconv.FormatInt(info.Created.UnixNano(), 36)
+	guard := newWatchGuard(ctx, e.sessions.kv, "sessions")
 	w, err := e.sessions.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch sessions: %w", err)
 	}
 	defer w.Stop()
+	check := time.NewTicker(watchCheck)
+	defer check.Stop()
 	var initial []sessionChange
 	current := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-check.C:
+			if !current {
+				continue
+			}
+			if err := guard.check(ctx); err != nil {
+				return err
+			}
 		case u, ok := <-w.Updates():
 			if !ok {
 				return errors.New("watch sessions: updates ended")
 			}
 			if u == nil { // the end of the initial values
+				guard.loaded()
 				current = true
 				e.reset(epoch, initial)
 				initial = nil
 				continue
 			}
+			guard.saw(u.Revision())
 			if u.Operation() != jetstream.KeyValuePut {
 				continue // removed after the retention: nothing a party acts on
 			}

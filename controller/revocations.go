@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -154,23 +155,57 @@ func (f *revocationFeed) since(epoch string, after int) (api.RevocationFeed, <-c
 
 // followRevocations feeds the revocation list from the identity bucket: every record as it is, then every
 // change, from whichever controller made it, and closes this controller's overlay circuits of every revoked or
-// suspended identity. It returns when ctx ends.
-func (s *Server) followRevocations(ctx context.Context) error {
+// suspended identity. A watch that fails or is stuck (watchGuard) is watched anew: the list only grows, so
+// reading every record again changes nothing already published. It returns when ctx ends.
+func (s *Server) followRevocations(ctx context.Context) {
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := s.watchRevocations(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("watching identities for revocations failed; watching again", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(rewatchPause(began)):
+		}
+	}
+}
+
+// watchRevocations is one watch of the identity bucket for followRevocations.
+func (s *Server) watchRevocations(ctx context.Context) error {
+	guard := newWatchGuard(ctx, s.ids.ids.kv, "identities")
 	w, err := s.ids.ids.kv.WatchAll(ctx)
 	if err != nil {
-		return fmt.Errorf("controller: watch identities: %w", err)
+		return fmt.Errorf("watch identities: %w", err)
 	}
 	defer w.Stop()
+	check := time.NewTicker(watchCheck)
+	defer check.Stop()
+	loaded := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-check.C:
+			if !loaded {
+				continue
+			}
+			if err := guard.check(ctx); err != nil {
+				return err
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil
+				return errors.New("watch identities: updates ended")
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue // nil marks the end of the initial values
+			if e == nil { // the end of the initial values
+				guard.loaded()
+				loaded = true
+				continue
+			}
+			guard.saw(e.Revision())
+			if e.Operation() != jetstream.KeyValuePut {
+				continue
 			}
 			var r identityRecord
 			if err := json.Unmarshal(e.Value(), &r); err != nil {

@@ -260,11 +260,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.purgeEndedSessionsEvery(ctx) })
 	s.tasks.spawn(func() { s.checkpointEvery(ctx, s.cfg.CheckpointInterval) })
 	s.tasks.spawn(func() { s.keepAdminFresh(ctx) })
-	s.tasks.spawn(func() {
-		if err := s.followRevocations(ctx); err != nil {
-			s.log.Error("revocation feed stopped", "err", err)
-		}
-	})
+	s.tasks.spawn(func() { s.followRevocations(ctx) })
 	// Last: an automatic suspension needs the overlay.
 	s.startAlerts(ctx)
 	return nil

@@ -27,7 +27,8 @@ const copyCatchUp = 2 * time.Second
 // down, both read the bucket.
 //
 // With several controllers sharing the bucket, each keeps its own copy from the same stream, so a write through
-// one controller is seen by current on every other.
+// one controller is seen by current on every other. A watch stuck behind the bucket (its consumer's server died)
+// is given up and watched anew (watchGuard), within seconds rather than the client's 10-20 s.
 type tableCopy[T any] struct {
 	t    table[T]
 	what string // for log lines: "workgroups", "advertisements"
@@ -64,15 +65,10 @@ func (c *tableCopy[T]) current(ctx context.Context) ([]T, error) {
 	if !live {
 		return c.t.all(ctx)
 	}
-	st, err := c.t.kv.Status(ctx)
+	want, err := lastRevision(ctx, c.t.kv)
 	if err != nil {
-		return nil, fmt.Errorf("%s: bucket status: %w", c.what, err)
+		return nil, fmt.Errorf("%s: %w", c.what, err)
 	}
-	bs, ok := st.(*jetstream.KeyValueBucketStatus)
-	if !ok {
-		return c.t.all(ctx)
-	}
-	want := bs.StreamInfo().State.LastSeq
 	wait := time.NewTimer(copyCatchUp)
 	defer wait.Stop()
 	for {
@@ -123,6 +119,7 @@ func (c *tableCopy[T]) snapshot(want uint64) ([]T, bool) {
 // run keeps the copy current until ctx ends, watching again after a failure.
 func (c *tableCopy[T]) run(ctx context.Context) {
 	for ctx.Err() == nil {
+		began := time.Now()
 		err := c.watch(ctx)
 		c.set(func() { c.live, c.byKey, c.list = false, nil, nil })
 		if ctx.Err() != nil {
@@ -131,7 +128,7 @@ func (c *tableCopy[T]) run(ctx context.Context) {
 		c.log.Warn("watching a bucket failed; reading it directly meanwhile", "bucket", c.what, "err", err)
 		select {
 		case <-ctx.Done():
-		case <-time.After(time.Second):
+		case <-time.After(rewatchPause(began)):
 		}
 	}
 }
@@ -146,6 +143,7 @@ func (c *tableCopy[T]) set(change func()) {
 }
 
 func (c *tableCopy[T]) watch(ctx context.Context) error {
+	guard := newWatchGuard(ctx, c.t.kv, c.what)
 	w, err := c.t.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", c.what, err)
@@ -154,16 +152,26 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 	byKey := map[string]T{}
 	var applied uint64
 	live := false
+	check := time.NewTicker(watchCheck)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-check.C:
+			if !live {
+				continue
+			}
+			if err := guard.check(ctx); err != nil {
+				return err
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return errors.New("watch " + c.what + ": updates ended")
 			}
 			if e == nil { // the end of the bucket's contents
-				live = true
+				guard.loaded()
+				live, applied = true, max(applied, guard.seen)
 				c.set(func() {
 					c.live, c.byKey, c.applied, c.list = true, byKey, applied, nil
 					c.notify()
@@ -184,6 +192,7 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 					delete(byKey, e.Key())
 				}
 				applied = max(applied, e.Revision())
+				guard.saw(e.Revision())
 			}
 			if !live {
 				apply()

@@ -168,3 +168,61 @@ func TestTableCopyReadersAndWriters(t *testing.T) {
 	stop()
 	wg.Wait()
 }
+
+// TestTableCopyWatchesAgainWhenItsConsumerIsGone: the consumer behind a live copy's watch disappears without a
+// word, as it does with the server holding it; the copy must see a later write within watchStale, its check and
+// a new watch (the client alone noticed after 10-20 s).
+func TestTableCopyWatchesAgainWhenItsConsumerIsGone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ns := natsdtest.Start(t)
+	js := natsdtest.Connect(t, ns, "copy")
+	tb, err := openTable[copyRec](ctx, js, "umbra_copy_gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.create(ctx, "first", copyRec{Key: "first"}); err != nil {
+		t.Fatal(err)
+	}
+	c := newTableCopy(tb, "test records", slog.New(slog.DiscardHandler))
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.run(runCtx) })
+	defer func() { stop(); wg.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); !c.isLive(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy never went live")
+		}
+	}
+	stream, err := js.Stream(ctx, "KV_umbra_copy_gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := stream.ConsumerNames(ctx)
+	deleted := 0
+	for name := range names.Name() {
+		if err := stream.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if names.Err() != nil || deleted != 1 {
+		t.Fatalf("deleted %d consumers (%v), want the watch's one", deleted, names.Err())
+	}
+	written := time.Now()
+	if err := tb.create(ctx, "second", copyRec{Key: "second"}); err != nil {
+		t.Fatal(err)
+	}
+	bound := 8 * time.Second // watchStale, a check or two more, a new watch; room for a loaded machine
+	for {
+		got, err := c.cached(ctx)
+		if err == nil && len(got) == 2 && c.isLive() {
+			t.Logf("the copy holds the write %s after it", time.Since(written).Round(time.Millisecond))
+			break
+		}
+		if time.Since(written) > bound {
+			t.Fatalf("%s after the watch's consumer went: cached %v (%v), live %v; want both records", bound, keysOf(got), err, c.isLive())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
