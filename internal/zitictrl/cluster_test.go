@@ -126,7 +126,7 @@ func startClusterNode(t *testing.T, spec nodeSpec) *clusterNode {
 			if b, err := os.ReadFile(n.log); err == nil {
 				var keep []string // OpenZiti's own warnings and errors; raft's chatter is in the file
 				for _, line := range strings.Split(string(b), "\n") {
-					if !strings.Contains(line, "hashicorp/raft") {
+					if !strings.Contains(line, "component=raft") {
 						keep = append(keep, line)
 					}
 				}

@@ -114,6 +114,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: load config: %w", err)
 	}
+	if zcfg.Raft != nil && zcfg.Raft.Logger == nil {
+		zcfg.Raft.Logger = raftLogger(log)
+	}
 	fabric, err := zcontroller.NewController(zcfg, version.GetCmdBuildInfo())
 	if err != nil {
 		return nil, fmt.Errorf("zitictrl: new controller: %w", err)
