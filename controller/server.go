@@ -473,16 +473,32 @@ func (s *Server) hostAPIWhenRouted(ctx context.Context) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	if err := s.startAPI(ctx); err != nil {
-		s.log.Error("hosting the controller API failed", "err", err)
-		return
+	// A failure is tried again until it works: members of a cluster starting together race to create their
+	// shared identity (the loser's create is refused and the winner's record is there on the next try), and a
+	// stream or bucket may be electing a leader. A member that gave up served neither the API nor the relay.
+	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		err := s.startAPI(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("hosting the controller API failed; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 	close(s.hosted)
 	s.log.Info("controller API hosted on the overlay", "service", api.ServiceName)
 }
 
-// startAPI connects the controller to the overlay under its own SVID and serves the API as a dark service.
-func (s *Server) startAPI(ctx context.Context) error {
+// startAPI connects the controller to the overlay under its own SVID and serves the API, the relay and the
+// console as dark services. On failure it leaves nothing behind: the overlay connection is closed, and with it
+// whatever it had begun to serve.
+func (s *Server) startAPI(ctx context.Context) (err error) {
 	id, err := s.issueDirect(ctx, s.controllerID, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName, false)
 	if err != nil {
 		return fmt.Errorf("controller: own identity: %w", err)
@@ -500,6 +516,14 @@ func (s *Server) startAPI(ctx context.Context) error {
 	s.mu.Lock()
 	s.self = self
 	s.mu.Unlock()
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			s.self = nil
+			s.mu.Unlock()
+			self.Close()
+		}
+	}()
 	ln, err := self.Listen(api.ServiceName)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)

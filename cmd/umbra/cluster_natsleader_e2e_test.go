@@ -21,7 +21,8 @@ import (
 // killNATSLeader SIGKILLs the member of live whose NATS server leads the JetStream meta group, in the middle of
 // an A2A session whose consumer is enrolled at and authenticated through that member. The session must carry on
 // through the others within streamRecovery, every acknowledged envelope received exactly once and recorded
-// exactly once (one envelope.accepted record per acknowledged envelope id), and the audit chain must verify.
+// exactly once (one envelope.accepted record per acknowledged envelope id), and the audit chain must verify; then
+// a revocation must cut a live connection and be refused by the overlay and the API (checkClusterRevocation).
 // platform is the platform administrator, reaching the API through a member that stays.
 func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Agent) {
 	t.Helper()
@@ -84,6 +85,17 @@ func killNATSLeader(t *testing.T, c *cli, live []*member, platform *agentsdk.Age
 	stream.mu.Unlock()
 	t.Logf("JetStream meta leader %s killed: session across the kill: %s; %d records in the trail, the chain verifies",
 		dead.name, streamed, records)
+
+	// Revocation with the meta leader dead, through the administrator of a member with a file of its own (the
+	// agents of the check on the two members left).
+	through, victimAt := stays, other
+	if admin != adminFileOf(c, live[stays]) {
+		through, victimAt = other, stays
+	}
+	admins := make([]*agentsdk.Agent, len(live))
+	admins[through] = connectFile(t, admin)
+	admins[victimAt] = admins[through]
+	checkClusterRevocation(t, c, live, admins, through, victimAt, through, "rm")
 }
 
 // acceptedRecords verifies the audit chain through the administrator file admin and exports the trail, tried

@@ -22,20 +22,20 @@ import (
 const clusterRevokeLimit = 20 * time.Second
 
 // checkClusterRevocation revokes an agent while it holds a live overlay connection, in a cluster whose members
-// give SDKs OIDC (JWT) API sessions. The host authenticates at member `leader`, the revoked agent at the next
-// member, and the revocation goes through the third. The live connection must be cut, a new dial must be refused
-// by the overlay itself (not only by the host's handshake, which refuses a revoked certificate through the
-// revocation feed), and the API must refuse the agent, each within clusterRevokeLimit of the revoke call; the
-// host must still serve. Then the host is revoked through the second member while a third agent holds a
-// connection to it: that connection is cut and the third agent's dials no longer reach the host. The times are
-// logged.
-func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agentsdk.Agent, leader int) {
+// give SDKs OIDC (JWT) API sessions. The host authenticates at member hostAt, the revoked agent at member
+// victimAt, and the revocation goes through admins[through] (an administrator authenticated at member through).
+// The live connection must be cut, a new dial must be refused by the overlay itself (not only by the host's
+// handshake, which refuses a revoked certificate through the revocation feed), and the API must refuse the
+// agent, each within clusterRevokeLimit of the revoke call; the host must still serve. Then the host is revoked
+// through admins[victimAt] while a third agent (authenticated at member through) holds a connection to it: that
+// connection is cut and the third agent's dials no longer reach the host. tag names the agents and the service,
+// so that the check can run again in the same cluster (after a member's death). The times are logged.
+func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agentsdk.Agent, hostAt, victimAt, through int, tag string) {
 	t.Helper()
-	hostAt, victimAt, through := leader, (leader+1)%3, (leader+2)%3
-	host := clusterAgent(t, c, ms, admins[through], "rv-host", hostAt)
-	victim := clusterAgent(t, c, ms, admins[through], "rv-victim", victimAt)
-	bystander := clusterAgent(t, c, ms, admins[through], "rv-bystander", through)
-	const service = "cluster-revoke-echo"
+	host := clusterAgent(t, c, ms, admins[through], tag+"-host", hostAt)
+	victim := clusterAgent(t, c, ms, admins[through], tag+"-victim", victimAt)
+	bystander := clusterAgent(t, c, ms, admins[through], tag+"-bystander", through)
+	service := "cluster-revoke-echo-" + tag
 
 	c.limit.Step("revocation: %s hosts %s, %s dials it", host.ID(), service, victim.ID())
 	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error {
