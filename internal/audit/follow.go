@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsready"
 )
 
 // Follow calls fn for every record after sequence after, in stream order, as the records are stored, until ctx
@@ -24,6 +26,10 @@ func (l *Log) Follow(ctx context.Context, after uint64, since time.Time, fn func
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
 	case !since.IsZero():
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	// The consumer's creation waits 10 s for an answer, which nobody gives while a cluster elects its meta leader.
+	if err := jsready.Check(ctx, l.js); err != nil {
+		return fmt.Errorf("audit: follow stream: %w", err)
 	}
 	cons, err := l.stream.OrderedConsumer(ctx, cfg)
 	if err != nil {

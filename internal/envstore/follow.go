@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsready"
 )
 
 // Follow calls fn for every envelope of every session stored after stream sequence after, in stream order, and
@@ -20,6 +22,10 @@ func (s *Store) Follow(ctx context.Context, after uint64, fn func(Msg) error) er
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: 1}
 	if after > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
+	}
+	// The consumer's creation waits 10 s for an answer, which nobody gives while a cluster elects its meta leader.
+	if err := jsready.Check(ctx, s.js); err != nil {
+		return fmt.Errorf("envstore: follow: %w", err)
 	}
 	it, stop, err := s.ordered(ctx, cfg)
 	if err != nil {
