@@ -18,6 +18,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/envstore"
+	"github.com/umbra-mesh/umbra/internal/zitictrl"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -467,7 +468,7 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 			// Only the members of the workgroups left may dial it; nobody, once none is left.
 			narrowed := ad
 			narrowed.Workgroups = rest
-			err = s.ensureAdService(ctx, narrowed)
+			err = s.ensureAdService(ctx, narrowed, false)
 		}
 		if err != nil {
 			s.log.Error("retracting advertisement failed", "advertisement", ad.ID.String(), "err", err)
@@ -535,20 +536,29 @@ const adServicePrefix = "a2a."
 // ensureAdService creates ad's overlay service and its policies, or brings them up to date: its provider's
 // overlay identity binds it, and the active members of the workgroups it is scoped to may dial it. A retracted
 // advertisement (no workgroups left) is bound and dialled by nobody.
-func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement) error {
+//
+// isNew says that ad's id was just drawn, so its service and policies most likely do not exist: each is then
+// created directly, and looked up by name only when OpenZiti refuses the create because the name is taken (a
+// partial create before, or another controller first). A look-up by name reads every service or policy of the
+// overlay, which made each new advertisement cost more than the one before.
+func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement, isNew bool) error {
 	bind, err := s.adBindRoles(ctx, ad)
 	if err != nil {
 		return err
 	}
 	m := s.zc.Mgmt()
+	ensureService, ensurePolicy := m.EnsureService, m.EnsureServicePolicy
+	if isNew {
+		ensureService, ensurePolicy = m.CreateOrFindService, m.CreateOrUpdateServicePolicy
+	}
 	name, attr := AdvertisementService(ad.ID), adAttr(ad.ID)
-	if _, err := m.EnsureService(name, []string{attr}); err != nil {
+	if _, err := ensureService(name, []string{attr}); err != nil {
 		return err
 	}
-	if err := m.EnsureServicePolicy(adBindPolicy(ad.ID), "Bind", bind, []string{"#" + attr}); err != nil {
+	if err := ensurePolicy(adBindPolicy(ad.ID), "Bind", bind, []string{"#" + attr}); err != nil {
 		return err
 	}
-	return m.EnsureServicePolicy(adDialPolicy(ad.ID), "Dial", adDialRoles(ad), []string{"#" + attr})
+	return ensurePolicy(adDialPolicy(ad.ID), "Dial", adDialRoles(ad), []string{"#" + attr})
 }
 
 // adBindRoles are the identity roles of ad's bind policy: its provider's overlay identity while ad is scoped to
@@ -611,10 +621,10 @@ func (s *Server) reconcileAdPolicies(ctx context.Context) error {
 		live[adBindPolicy(ad.ID)], live[adDialPolicy(ad.ID)] = true, true
 		b, bok := have[adBindPolicy(ad.ID)]
 		d, dok := have[adDialPolicy(ad.ID)]
-		if bok && dok && sameRoles(b, bind) && sameRoles(d, adDialRoles(ad)) {
+		if bok && dok && zitictrl.SameRoles(b, bind) && zitictrl.SameRoles(d, adDialRoles(ad)) {
 			continue
 		}
-		if err := s.ensureAdService(ctx, ad); err != nil {
+		if err := s.ensureAdService(ctx, ad, false); err != nil {
 			return fmt.Errorf("advertisement %s: %w", ad.ID, err)
 		}
 		fixed++
@@ -653,12 +663,4 @@ func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
 		case <-time.After(5 * time.Second):
 		}
 	}
-}
-
-// sameRoles reports whether two role lists hold the same roles, in any order.
-func sameRoles(a, b []string) bool {
-	a, b = slices.Clone(a), slices.Clone(b)
-	slices.Sort(a)
-	slices.Sort(b)
-	return slices.Equal(a, b)
 }

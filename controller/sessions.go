@@ -40,7 +40,7 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 	if err := ad.Validate(); err != nil {
 		return ad, wgFault(err)
 	}
-	if err := s.ensureAdService(ctx, ad); err != nil {
+	if err := s.ensureAdService(ctx, ad, true); err != nil {
 		return ad, internal(err)
 	}
 	if err := s.gov.ads.create(ctx, ad.ID.String(), ad); err != nil {

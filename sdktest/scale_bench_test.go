@@ -280,10 +280,13 @@ func loadScaleWorld(b *testing.B, net scaleNetwork, sz scaleSizes) scaleWorld {
 // timed runs n calls of do over workers goroutines, fails the benchmark on the first error, and logs the rate.
 func timed(b *testing.B, kind string, n, workers int, do func(i int) error) {
 	b.Helper()
-	var next atomic.Int64
+	var next, loaded atomic.Int64
 	var first atomic.Value
 	var wg sync.WaitGroup
 	start := time.Now()
+	stop := make(chan struct{})
+	defer close(stop)
+	go progress(kind, n, start, &loaded, stop)
 	for range min(workers, max(n, 1)) {
 		wg.Add(1)
 		go func() {
@@ -297,6 +300,7 @@ func timed(b *testing.B, kind string, n, workers int, do func(i int) error) {
 					first.CompareAndSwap(nil, fmt.Errorf("%s %d: %w", kind, i, err))
 					return
 				}
+				loaded.Add(1)
 			}
 		}()
 	}
@@ -306,6 +310,26 @@ func timed(b *testing.B, kind string, n, workers int, do func(i int) error) {
 	}
 	d := time.Since(start)
 	b.Logf("loaded %d %s in %s (%.1f/s)", n, kind, d.Round(time.Millisecond), float64(n)/d.Seconds())
+}
+
+// progress prints, once a minute until stop closes, how many of n of a kind are loaded and the rate of the last
+// minute: printed at once rather than logged (a benchmark's log appears when it ends), so that a load which
+// slows down shows it, and a run stopped before the end still tells how far it got.
+func progress(kind string, n int, start time.Time, loaded *atomic.Int64, stop <-chan struct{}) {
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	var before int64
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			now := loaded.Load()
+			fmt.Printf("    scale: %d of %d %s after %s (%.1f/s in the last minute)\n",
+				now, n, kind, time.Since(start).Round(time.Second), float64(now-before)/60)
+			before = now
+		}
+	}
 }
 
 // processMemory is this process's heap in use (after a collection) and resident set size.

@@ -334,7 +334,24 @@ func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
 	if err != nil || id != "" {
 		return id, err
 	}
-	err = m.do("create service", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+	return m.createService(name, attributes)
+}
+
+// CreateOrFindService is EnsureService for a name that is most likely new. It creates the service first and
+// looks the name up only when OpenZiti refuses the create because the name is taken (a retry after a partial
+// create, or another controller of the cluster first), so a new service costs no listing of the services:
+// OpenZiti answers a list filtered by name by reading every service.
+func (m *Mgmt) CreateOrFindService(name string, attributes []string) (string, error) {
+	id, err := m.createService(name, attributes)
+	if nameTaken(err) {
+		return m.EnsureService(name, attributes)
+	}
+	return id, err
+}
+
+func (m *Mgmt) createService(name string, attributes []string) (string, error) {
+	var id string
+	err := m.do("create service", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		resp, err := c.Service.CreateService(&service.CreateServiceParams{Service: &rest_model.ServiceCreate{
 			Name: ptr(name), EncryptionRequired: ptr(true), RoleAttributes: slices.Clone(attributes), Configs: []string{},
 		}}, nil)
@@ -347,31 +364,72 @@ func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
 	return id, err
 }
 
+// CreateOrUpdateServicePolicy is EnsureServicePolicy for a name that is most likely new: it creates the policy
+// first and looks it up (and replaces its roles if they differ) only when the create is refused because the name
+// is taken. Either way the policy ends with the given roles.
+func (m *Mgmt) CreateOrUpdateServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
+	typ, err := policyType(kind)
+	if err != nil {
+		return err
+	}
+	err = m.createServicePolicy(name, typ, nonNil(identityRoles), nonNil(serviceRoles))
+	if nameTaken(err) {
+		return m.EnsureServicePolicy(name, kind, identityRoles, serviceRoles)
+	}
+	return err
+}
+
+func (m *Mgmt) createServicePolicy(name string, typ rest_model.DialBind, identityRoles, serviceRoles []string) error {
+	return m.do("create service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.ServicePolicy.CreateServicePolicy(&service_policy.CreateServicePolicyParams{Policy: &rest_model.ServicePolicyCreate{
+			Name: ptr(name), Type: &typ, Semantic: ptr(rest_model.SemanticAnyOf),
+			IdentityRoles: identityRoles, ServiceRoles: serviceRoles, PostureCheckRoles: rest_model.Roles{},
+		}}, nil)
+		return err
+	})
+}
+
+// nameTaken reports whether err is OpenZiti refusing a create because an entity of that type has the name: the
+// name check before the create ("name must be unique") or the name index's ("duplicate value ... in unique
+// index").
+func nameTaken(err error) bool {
+	var apiErr *rest_util.APIFormattedError
+	if !errors.As(err, &apiErr) || apiErr.APIError == nil || apiErr.Cause == nil {
+		return false
+	}
+	return apiErr.Cause.Field == "name" && strings.Contains(apiErr.Cause.Reason, "unique")
+}
+
+func policyType(kind string) (rest_model.DialBind, error) {
+	switch kind {
+	case "Dial":
+		return rest_model.DialBindDial, nil
+	case "Bind":
+		return rest_model.DialBindBind, nil
+	}
+	return "", errors.New("zitictrl: policy kind must be Dial or Bind")
+}
+
 // EnsureServicePolicy makes a Dial or Bind policy (kind "Dial" or "Bind") of that name grant identityRoles the
 // services of serviceRoles: it creates the policy if absent and replaces its roles if they differ.
 func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
-	var typ rest_model.DialBind
-	switch kind {
-	case "Dial":
-		typ = rest_model.DialBindDial
-	case "Bind":
-		typ = rest_model.DialBindBind
-	default:
-		return errors.New("zitictrl: policy kind must be Dial or Bind")
+	typ, err := policyType(kind)
+	if err != nil {
+		return err
 	}
 	identityRoles, serviceRoles = nonNil(identityRoles), nonNil(serviceRoles)
 	var (
 		id   string
 		same bool
 	)
-	err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+	err = m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: nameFilter(name)}, nil)
 		if err != nil {
 			return err
 		}
 		for _, p := range resp.Payload.Data {
 			id = *p.ID
-			same = sameRoles(p.IdentityRoles, identityRoles) && sameRoles(p.ServiceRoles, serviceRoles)
+			same = SameRoles(p.IdentityRoles, identityRoles) && SameRoles(p.ServiceRoles, serviceRoles)
 		}
 		return nil
 	})
@@ -387,13 +445,7 @@ func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRole
 			return err
 		})
 	}
-	return m.do("create service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
-		_, err := c.ServicePolicy.CreateServicePolicy(&service_policy.CreateServicePolicyParams{Policy: &rest_model.ServicePolicyCreate{
-			Name: ptr(name), Type: &typ, Semantic: ptr(rest_model.SemanticAnyOf),
-			IdentityRoles: identityRoles, ServiceRoles: serviceRoles, PostureCheckRoles: rest_model.Roles{},
-		}}, nil)
-		return err
-	})
+	return m.createServicePolicy(name, typ, identityRoles, serviceRoles)
 }
 
 // ServicePolicyRoles lists the identity roles of every service policy whose name starts with prefix, by name.
@@ -426,8 +478,8 @@ func (m *Mgmt) ServicePolicyRoles(prefix string) (map[string][]string, error) {
 	}
 }
 
-// sameRoles reports whether two role lists hold the same roles, in any order.
-func sameRoles(a, b []string) bool {
+// SameRoles reports whether two role lists hold the same roles, in any order and counting a repeated one once.
+func SameRoles(a, b []string) bool {
 	a, b = slices.Clone(a), slices.Clone(b)
 	slices.Sort(a)
 	slices.Sort(b)
