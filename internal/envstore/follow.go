@@ -6,34 +6,26 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/umbra-mesh/umbra/internal/jsready"
+	"github.com/umbra-mesh/umbra/internal/jsfollow"
 )
 
 // Follow calls fn for every envelope of every session stored after stream sequence after, in stream order, and
 // then for each one appended later, as it is appended. It returns when ctx ends (ctx's error, wrapped), when fn
 // returns an error (that error, wrapped), or when the consumer it reads through is lost and cannot be created
 // again at once (as while the stream elects a leader). fn runs on Follow's goroutine, one envelope at a time.
-// Follow keeps no state: it reads through an ordered consumer, which the client re-creates from the next
-// sequence if it misses anything (a server restart, say), so that no envelope is skipped or repeated, and which it
-// removes from the server when it returns. Msg.Delivered is 1.
+// Follow keeps no state: it reads through a consumer of its own, in order (a skipped delivery ends it, so that no
+// envelope is skipped or repeated), which it removes from the server when it returns. Msg.Delivered is 1.
 func (s *Store) Follow(ctx context.Context, after uint64, fn func(Msg) error) error {
-	// One attempt at re-creating a lost consumer (its server died), not the client's silent retries that back
-	// off to 10 s: a failure ends Follow, and the recorder follows again at once.
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: 1}
-	if after > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, after+1
-	}
-	// The consumer's creation waits 10 s for an answer, which nobody gives while a cluster elects its meta leader.
-	if err := jsready.Check(ctx, s.js); err != nil {
-		return fmt.Errorf("envstore: follow: %w", err)
-	}
-	it, stop, err := s.ordered(ctx, cfg)
+	// A consumer of its own, given up at once when lost (jsfollow), not the client's ordered consumer, which
+	// mends a lost one in silence, waiting 10 s for each creation during a cluster's elections: a failure ends
+	// Follow, and the recorder follows again at once.
+	rd, err := jsfollow.Open(ctx, s.js, s.stream, jsfollow.Config{StartSeq: after + 1, Heartbeat: orderedHeartbeat})
 	if err != nil {
 		return fmt.Errorf("envstore: follow: %w", err)
 	}
-	defer stop()
+	defer rd.Stop(ctx)
 	for {
-		jm, err := it.Next(jetstream.NextContext(ctx))
+		jm, err := rd.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("envstore: follow: %w", ctx.Err())

@@ -15,8 +15,10 @@ import (
 // followResume bounds how long a follower may take to read what was appended after the server holding its
 // consumer died, the stream keeping its leader. A consumer's death shows only as missing idle heartbeats: with
 // the client's default for ordered consumers (5 s, noticed after two) this took 10 s or more, and every relay
-// waiting for a record of the envelopes read by that follower waited as long.
-const followResume = 8 * time.Second
+// waiting for a record of the envelopes read by that follower waited as long. Now two missed heartbeats of 1 s
+// end the follow and it is followed again; a new consumer placed on the dead server (the cluster may not know it
+// is gone yet) costs another two seconds.
+const followResume = 10 * time.Second
 
 // TestFollowersResumeAfterTheirConsumersServerDies follows the envelope stream (as the recording controller
 // does) and the audit trail (as every other controller does, to answer the relay's waits) through a server of a
@@ -33,15 +35,17 @@ func TestFollowersResumeAfterTheirConsumersServerDies(t *testing.T) {
 	cases := map[string]follower{
 		"envelope stream": {stream: defaultStream, start: func(ctx context.Context, js, writer jetstream.JetStream) (func(int) error, func(context.Context, func(int)) error) {
 			r, w := open(t, js, Options{Replicas: 3}), open(t, writer, Options{Replicas: 3})
+			var last uint64 // a follow goes on from where the one before it stopped
 			return func(n int) error {
 					actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 					defer cancel()
 					_, err := w.Append(actx, Envelope{ID: fmt.Sprint(n), Session: "s", To: recipientA, Data: []byte(fmt.Sprint(n))}, 0)
 					return err
 				}, func(ctx context.Context, seen func(int)) error {
-					return r.Follow(ctx, 0, func(m Msg) error {
+					return r.Follow(ctx, last, func(m Msg) error {
 						var n int
 						_, err := fmt.Sscan(m.ID, &n)
+						last = m.StreamSeq
 						seen(n)
 						return err
 					})
@@ -56,15 +60,17 @@ func TestFollowersResumeAfterTheirConsumersServerDies(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var last uint64
 			return func(n int) error {
 					actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 					defer cancel()
 					_, err := w.Append(actx, audit.Record{Kind: "envelope.accepted", Actor: recipientA, Session: fmt.Sprint(n)})
 					return err
 				}, func(ctx context.Context, seen func(int)) error {
-					return r.Follow(ctx, 0, time.Time{}, func(rec audit.Record) error {
+					return r.Follow(ctx, last, time.Time{}, func(rec audit.Record) error {
 						var n int
 						_, err := fmt.Sscan(rec.Session, &n)
+						last = rec.Seq
 						seen(n)
 						return err
 					})
@@ -89,7 +95,19 @@ func TestFollowersResumeAfterTheirConsumersServerDies(t *testing.T) {
 			startFollow := func() (stop func()) {
 				fctx, fcancel := context.WithCancel(ctx)
 				done := make(chan error, 1)
-				go func() { done <- follow(fctx, func(n int) { seen <- n }) }()
+				// As the recorder and every controller's follower of the trail do: a follow that fails (its
+				// consumer lost) is followed again at once from where it stopped.
+				go func() {
+					for {
+						err := follow(fctx, func(n int) { seen <- n })
+						if fctx.Err() != nil {
+							done <- nil
+							return
+						}
+						t.Logf("following again after: %v", err)
+						time.Sleep(100 * time.Millisecond)
+					}
+				}()
 				next++
 				if err := appendN(next); err != nil {
 					t.Fatal(err)
