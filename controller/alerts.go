@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
@@ -144,7 +146,11 @@ func (a *alerter) run(ctx context.Context, replayed uint64, since time.Time) {
 			return
 		}
 		failed++
-		a.log.Error("anomaly detector: following the audit trail failed; following again", "err", err)
+		level := slog.LevelError
+		if errors.Is(err, jetstream.ErrNoHeartbeat) { // its consumer lost: followed again at once
+			level = slog.LevelWarn
+		}
+		a.log.Log(ctx, level, "anomaly detector: following the audit trail failed; following again", "err", err)
 		select {
 		case <-ctx.Done():
 			return

@@ -82,9 +82,9 @@ func TestPolicyOrg(t *testing.T) {
 	}
 }
 
-// TestOrgPoliciesLoad: the live authoriser decides with what was loaded last, and leaves out only a stored text
-// that does not parse.
-func TestOrgPoliciesLoad(t *testing.T) {
+// proposals returns a function that decides, with the policies of p, globex's buyer's proposal to acme's quoter
+// (an advertisement of acme's pricing workgroup) declaring an intent of category.
+func proposals(t *testing.T) func(p *orgPolicies, category string) workgroups.Decision {
 	td := spiffeid.RequireTrustDomainFromString("umbra.local")
 	buyer, quoter := spiffeid.RequireFromSegments(td, "globex", "agent", "buyer"), spiffeid.RequireFromSegments(td, "acme", "agent", "quoter")
 	wg := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}
@@ -93,11 +93,17 @@ func TestOrgPoliciesLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	ad := workgroups.Advertisement{ID: adID, Provider: quoter, Workgroups: []workgroups.WorkgroupID{wg}}
-	propose := func(p *orgPolicies, category string) workgroups.Decision {
+	return func(p *orgPolicies, category string) workgroups.Decision {
 		return p.Decide(workgroups.Request{Principal: workgroups.Principal{ID: buyer, Workgroups: []workgroups.WorkgroupID{wg}},
 			Action: workgroups.ActionPropose, Resource: workgroups.AdvertisementResource(ad), At: time.Now(),
 			Context: workgroups.ProposalContext(workgroups.Proposal{Intent: &workgroups.Intent{Purpose: "p", Category: category}})})
 	}
+}
+
+// TestOrgPoliciesLoad: the live authoriser decides with what was loaded last, and leaves out only a stored text
+// that does not parse.
+func TestOrgPoliciesLoad(t *testing.T) {
+	propose := proposals(t)
 	p := &orgPolicies{log: slog.New(slog.DiscardHandler)}
 	if d := propose(p, "exfiltration"); d.Allow {
 		t.Fatal("allowed before anything was loaded")

@@ -124,7 +124,13 @@ func (r *envelopeRecorder) run(ctx context.Context) {
 			failed = 0
 		}
 		failed++
-		r.log.Error("recording envelopes in the audit trail failed; acknowledgements wait until it works again", "err", err)
+		// A lost consumer (its server died, or the cluster was still forming) is followed again at once: worth a
+		// warning, not an error, unless it keeps failing.
+		level := slog.LevelError
+		if failed == 1 && errors.Is(err, jetstream.ErrNoHeartbeat) {
+			level = slog.LevelWarn
+		}
+		r.log.Log(ctx, level, "recording envelopes in the audit trail failed; acknowledgements wait until it works again", "err", err)
 		t := time.NewTimer(min(time.Duration(failed)*200*time.Millisecond, recorderRetryMax))
 		select {
 		case <-ctx.Done():
