@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsfollow"
 )
 
 // idleTimeout bounds the wait for the next message of a walk that knows more are stored.
@@ -188,21 +190,18 @@ func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (ui
 	if last <= after {
 		return last, nil
 	}
-	cons, err := l.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       after + 1,
-		InactiveThreshold: 15 * time.Second,
-	})
+	// A consumer of its own that fails at once when lost or not created within seconds (jsfollow): the recorder
+	// scans the trail each time it starts over, and a scan waiting out a cluster's elections held every
+	// acknowledgement with it.
+	rd, err := jsfollow.Open(ctx, l.js, l.stream, jsfollow.Config{StartSeq: after + 1, Heartbeat: readHeartbeat})
 	if err != nil {
 		return 0, fmt.Errorf("audit: read stream: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullHeartbeat(readHeartbeat))
-	if err != nil {
-		return 0, fmt.Errorf("audit: read stream: %w", err)
-	}
-	defer it.Stop()
+	defer rd.Stop(ctx)
 	for {
-		msg, err := next(ctx, it)
+		idle, cancel := context.WithTimeout(ctx, idleTimeout)
+		msg, err := rd.Next(idle)
+		cancel()
 		if err != nil {
 			return 0, fmt.Errorf("audit: read stream: %w", err)
 		}
