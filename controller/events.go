@@ -75,21 +75,11 @@ func newSessionEvents(sessions table[workgroups.Session], stream jetstream.Strea
 
 // run keeps the changes current until ctx ends, watching again after a failure.
 func (e *sessionEvents) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		began := time.Now()
-		err := e.watch(ctx)
+	watchAgain(ctx, e.log, "watching sessions for the event feed failed; watching again", e.watch, func() {
 		e.mu.Lock()
 		e.current = false
 		e.mu.Unlock()
-		if ctx.Err() != nil {
-			return
-		}
-		e.log.Warn("watching sessions for the event feed failed; watching again", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(rewatchPause(began)):
-		}
-	}
+	})
 }
 
 // watch reads the bucket's contents, then each change, from whichever controller made it.

@@ -158,18 +158,7 @@ func (f *revocationFeed) since(epoch string, after int) (api.RevocationFeed, <-c
 // suspended identity. A watch that fails or is stuck (watchGuard) is watched anew: the list only grows, so
 // reading every record again changes nothing already published. It returns when ctx ends.
 func (s *Server) followRevocations(ctx context.Context) {
-	for ctx.Err() == nil {
-		began := time.Now()
-		err := s.watchRevocations(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		s.log.Warn("watching identities for revocations failed; watching again", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(rewatchPause(began)):
-		}
-	}
+	watchAgain(ctx, s.log, "watching identities for revocations failed; watching again", s.watchRevocations, nil)
 }
 
 // watchRevocations is one watch of the identity bucket for followRevocations.

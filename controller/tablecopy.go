@@ -118,19 +118,8 @@ func (c *tableCopy[T]) snapshot(want uint64) ([]T, bool) {
 
 // run keeps the copy current until ctx ends, watching again after a failure.
 func (c *tableCopy[T]) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		began := time.Now()
-		err := c.watch(ctx)
-		c.set(func() { c.live, c.byKey, c.list = false, nil, nil })
-		if ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("watching a bucket failed; reading it directly meanwhile", "bucket", c.what, "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(rewatchPause(began)):
-		}
-	}
+	watchAgain(ctx, c.log.With("bucket", c.what), "watching a bucket failed; reading it directly meanwhile", c.watch,
+		func() { c.set(func() { c.live, c.byKey, c.list = false, nil, nil }) })
 }
 
 // set changes the copy under its lock and wakes whoever waits for it to move.

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -82,11 +83,27 @@ func lastRevision(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
 	return bs.StreamInfo().State.LastSeq, nil
 }
 
-// rewatchPause is how long the owner of a watch waits before watching again after a failure: not at all after a
-// watch that ran a while (a stuck one, say), a second after one that failed at once (no leader yet).
-func rewatchPause(began time.Time) time.Duration {
-	if time.Since(began) > time.Second {
-		return 0
+// watchAgain runs watch until ctx ends, starting it again after each failure: at once after a watch that ran a
+// while (a stuck one, say), a second later after one that failed at once (no leader yet). ended, if set, runs
+// after each watch, before the failure is logged.
+func watchAgain(ctx context.Context, log *slog.Logger, failed string, watch func(context.Context) error, ended func()) {
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := watch(ctx)
+		if ended != nil {
+			ended()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn(failed, "err", err)
+		pause := time.Duration(0)
+		if time.Since(began) <= time.Second {
+			pause = time.Second
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pause):
+		}
 	}
-	return time.Second
 }
