@@ -150,6 +150,10 @@ var routine = []known{
 	{msg: "write error", err: "broken pipe", level: slog.LevelInfo},
 	{msg: "unable to send close msg to edge client", err: "connection reset by peer", level: slog.LevelDebug},
 	{msg: "unable to send close msg to edge client", err: "broken pipe", level: slog.LevelDebug},
+	// A payload for a workload whose edge channel closed while the circuit still carried data to it (the
+	// hosting or dialing workload closed its connection, or left): the router closes its side of the circuit,
+	// which is what the close asked for. The same write failing for another reason keeps its level.
+	{msg: "write failed (channel closed), closing xgress", level: slog.LevelDebug},
 	// The same close for a workload whose edge channel the router had already closed (the workload closed it
 	// first, or left): there is nobody left to tell.
 	{msg: "unable to send close msg to edge client", err: "channel closed", level: slog.LevelDebug},

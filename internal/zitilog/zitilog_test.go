@@ -167,6 +167,9 @@ func TestRoutineTable(t *testing.T) {
 		{"close message to a workload whose channel closed", func() {
 			logrus.WithError(errors.New("channel closed")).WithField("connId", 2147483648).Warn("unable to send close msg to edge client")
 		}, slog.LevelDebug},
+		{"payload to a workload whose channel closed", func() {
+			logrus.WithField("circuitId", "4fRHEYxVnn7uz6r1vJF5wj").Warnf("write failed (%s), closing xgress", errors.New("channel closed"))
+		}, slog.LevelDebug},
 		{"dial with a stale service session", func() {
 			logrus.WithError(errors.New("invalid session")).WithField("operation", "create.circuit").Error("responded with error")
 		}, slog.LevelInfo},
@@ -181,6 +184,9 @@ func TestRoutineTable(t *testing.T) {
 		{"payload buffer with another cause", func() {
 			logrus.WithError(errors.New("context deadline exceeded")).Error("failure to buffer payload")
 		}, slog.LevelError},
+		{"payload write failing otherwise", func() {
+			logrus.Warnf("write failed (%s), closing xgress", errors.New("timeout waiting to put message in send queue"))
+		}, slog.LevelWarn},
 		{"interface of a named host", func() {
 			logrus.WithError(errors.New("no network interface found for 10.1.2.3")).Warn("unable to get interface for address")
 		}, slog.LevelWarn},
