@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -192,10 +193,31 @@ func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (ui
 	}
 	// A consumer of its own that fails at once when lost or not created within seconds (jsfollow): the recorder
 	// scans the trail each time it starts over, and a scan waiting out a cluster's elections held every
-	// acknowledgement with it.
-	rd, err := jsfollow.Open(ctx, l.js, l.stream, jsfollow.Config{StartSeq: after + 1, Heartbeat: readHeartbeat})
+	// acknowledgement with it. A consumer lost on the way (two missed heartbeats: its server died, or a loaded
+	// machine was late) is opened again after the last record read, a few times at most.
+	from := after + 1
+	for opened := 1; ; opened++ {
+		done, err := l.scanFrom(ctx, from, last, func(seq uint64, r Record) error {
+			from = seq + 1
+			return fn(r)
+		})
+		switch lost := errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jsfollow.ErrGap); {
+		case done:
+			return last, nil
+		case !lost || opened == scanOpens:
+			return 0, err
+		}
+	}
+}
+
+// scanOpens is how many consumers one Scan opens at most.
+const scanOpens = 3
+
+// scanFrom is one consumer's part of a Scan: records from seq from on, until last or the stream's end (done).
+func (l *Log) scanFrom(ctx context.Context, from, last uint64, fn func(uint64, Record) error) (done bool, err error) {
+	rd, err := jsfollow.Open(ctx, l.js, l.stream, jsfollow.Config{StartSeq: from, Heartbeat: readHeartbeat})
 	if err != nil {
-		return 0, fmt.Errorf("audit: read stream: %w", err)
+		return false, fmt.Errorf("audit: read stream: %w", err)
 	}
 	defer rd.Stop(ctx)
 	for {
@@ -203,21 +225,21 @@ func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (ui
 		msg, err := rd.Next(idle)
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("audit: read stream: %w", err)
+			return false, fmt.Errorf("audit: read stream: %w", err)
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return 0, fmt.Errorf("audit: read stream: %w", err)
+			return false, fmt.Errorf("audit: read stream: %w", err)
 		}
 		r, err := l.check(meta.Sequence.Stream, msg.Subject(), msg.Data())
 		if err != nil {
-			return 0, err
+			return false, err
 		}
-		if err := fn(r); err != nil {
-			return 0, err
+		if err := fn(meta.Sequence.Stream, r); err != nil {
+			return false, err
 		}
 		if meta.Sequence.Stream >= last || meta.NumPending == 0 {
-			return last, nil
+			return true, nil
 		}
 	}
 }
