@@ -2,100 +2,171 @@ package controller
 
 import (
 	"crypto/rand"
-	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+	"github.com/umbra-mesh/umbra/internal/zitictrl"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
-// TestAdPoliciesFollowProviderAndWorkgroups checks on a real overlay that an advertisement's bind policy names
-// its provider's overlay identity and its dial policy the roles of its workgroups' members; that
-// reconcileAdPolicies moves a network whose policies named per-advertisement attributes (ad.<id>.bind and
-// ad.<id>.dial, as networks did before) to those, empties the policies of an advertisement that is gone, and is
-// idempotent; and that narrowing an advertisement narrows its dial policy, retracting it empties both.
-func TestAdPoliciesFollowProviderAndWorkgroups(t *testing.T) {
+// adState reads back what the overlay holds for advertisements: the attributes of each advertisement's service
+// and the roles of each policy named umbra-a2a…, both shapes.
+type adState struct {
+	t        *testing.T
+	m        *zitictrl.Mgmt
+	services map[string]zitictrl.Service
+	policies map[string]zitictrl.ServicePolicy
+}
+
+func readAdState(t *testing.T, m *zitictrl.Mgmt) adState {
+	t.Helper()
+	services, err := m.Services(adServicePrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies, err := m.ServicePolicies("umbra-a2a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return adState{t: t, m: m, services: services, policies: policies}
+}
+
+func (st adState) wantService(what string, id workgroups.AdvertisementID, attrs ...string) {
+	st.t.Helper()
+	svc, ok := st.services[AdvertisementService(id)]
+	if !ok {
+		st.t.Fatalf("%s: no service for advertisement %s", what, id)
+	}
+	if !zitictrl.SameRoles(svc.Attributes, attrs) {
+		st.t.Fatalf("%s: the service of %s carries %q, want %q", what, id, svc.Attributes, attrs)
+	}
+}
+
+func (st adState) wantPolicy(what, name, kind string, identities, services []string) {
+	st.t.Helper()
+	p, ok := st.policies[name]
+	if !ok {
+		st.t.Fatalf("%s: no policy %s (have %d)", what, name, len(st.policies))
+	}
+	if p.Kind != kind || !zitictrl.SameRoles(p.IdentityRoles, identities) || !zitictrl.SameRoles(p.ServiceRoles, services) {
+		st.t.Fatalf("%s: policy %s is %s %q -> %q, want %s %q -> %q", what, name, p.Kind, p.IdentityRoles, p.ServiceRoles,
+			kind, identities, services)
+	}
+}
+
+func newAdID(t *testing.T) workgroups.AdvertisementID {
+	t.Helper()
+	id, err := workgroups.NewAdvertisementID(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestAdServicesFollowProviderAndWorkgroups checks on a real overlay the shape of advertisements: each one's
+// service carries an attribute per workgroup and one for its provider, one dial policy per workgroup lets the
+// workgroup's members dial them and one bind policy per provider lets it bind them. reconcileAdPolicies moves a
+// network of the earlier shape (a dial and a bind policy per advertisement, naming per-advertisement attributes)
+// to this one, deleting the old policies; it strips the service of an advertisement that is gone (but not one
+// younger than its grace, which may be being published) and is idempotent. Narrowing an advertisement narrows
+// its service's attributes, retracting it strips them; a grant cannot take a name of this shape.
+func TestAdServicesFollowProviderAndWorkgroups(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a controller")
 	}
 	w := startAdminWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
-	newID := func() workgroups.AdvertisementID {
-		id, err := workgroups.NewAdvertisementID(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
 	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
 	provider, _, err := s.ids.get(ctx, s.AdminID())
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := workgroups.Advertisement{ID: newID(), Provider: s.AdminID(), Workgroups: []workgroups.WorkgroupID{pricing, ops}}
-	gone := newID()
-	// The shape of before: the provider carried ad.<id>.bind, each member ad.<id>.dial, and the policies named them.
+	ov := provider.OverlayID
+	live := workgroups.Advertisement{ID: newAdID(t), Provider: s.AdminID(), Workgroups: []workgroups.WorkgroupID{pricing, ops}}
+	gone := newAdID(t)
+	// The shape of before: the service carried ad.<id>, the provider ad.<id>.bind, each member ad.<id>.dial, and
+	// two policies per advertisement named them.
 	for _, id := range []workgroups.AdvertisementID{live.ID, gone} {
-		if _, err := m.EnsureService(AdvertisementService(id), []string{adAttr(id)}); err != nil {
+		attr := "ad." + id.String()
+		if _, err := m.EnsureService(AdvertisementService(id), []string{attr}); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.EnsureServicePolicy(adBindPolicy(id), "Bind", []string{"#" + adAttr(id) + ".bind"}, []string{"#" + adAttr(id)}); err != nil {
-			t.Fatal(err)
-		}
-		if err := m.EnsureServicePolicy(adDialPolicy(id), "Dial", []string{"#" + adAttr(id) + ".dial"}, []string{"#" + adAttr(id)}); err != nil {
-			t.Fatal(err)
+		for _, kind := range []string{"Bind", "Dial"} {
+			name := legacyAdPolicyPrefix + id.String() + "-" + strings.ToLower(kind)
+			if err := m.EnsureServicePolicy(name, kind, []string{"#" + attr + "." + strings.ToLower(kind)}, []string{"#" + attr}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if err := s.gov.ads.create(ctx, live.ID.String(), live); err != nil {
 		t.Fatal(err)
 	}
-	roles := func() map[string][]string {
+
+	// Within its grace, the service of an advertisement the copy does not hold is left alone.
+	if err := s.reconcileAdPolicies(ctx, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	readAdState(t, m).wantService("within its grace", gone, "ad."+gone.String())
+
+	wantShared := func(st adState, what string) {
 		t.Helper()
-		have, err := m.ServicePolicyRoles("umbra-" + adServicePrefix)
-		if err != nil {
+		for _, wg := range []workgroups.WorkgroupID{pricing, ops} {
+			st.wantPolicy(what, adPolicyPrefix+"dial-acme."+wg.Name, "Dial", []string{"#wg.acme." + wg.Name}, []string{"#adwg.acme." + wg.Name})
+		}
+		st.wantPolicy(what, adPolicyPrefix+"bind-"+ov, "Bind", []string{"@" + ov}, []string{"#adp." + ov})
+	}
+	var before adState
+	for pass := range 2 { // the second pass finds nothing to change
+		if err := s.reconcileAdPolicies(ctx, 0); err != nil {
 			t.Fatal(err)
 		}
-		for name, r := range have {
-			slices.Sort(r)
-			have[name] = r
+		st := readAdState(t, m)
+		st.wantService("reconciled", live.ID, "adwg.acme.pricing", "adwg.acme.ops", "adp."+ov)
+		st.wantService("reconciled, advertisement gone", gone)
+		wantShared(st, "reconciled")
+		for name := range st.policies {
+			if strings.HasPrefix(name, legacyAdPolicyPrefix) {
+				t.Fatalf("reconciled: the per-advertisement policy %s is still there", name)
+			}
 		}
-		return have
-	}
-	want := func(what, policy string, r ...string) {
-		t.Helper()
-		slices.Sort(r)
-		if got := roles()[policy]; !slices.Equal(got, r) && !(len(got) == 0 && len(r) == 0) {
-			t.Fatalf("%s: policy %s names %q, want %q", what, policy, got, r)
+		if pass == 1 && (len(st.policies) != len(before.policies) || len(st.services) != len(before.services)) {
+			t.Fatalf("the second pass changed the overlay: %d policies, %d services, then %d and %d",
+				len(before.policies), len(before.services), len(st.policies), len(st.services))
 		}
+		before = st
 	}
-	for range 2 { // the second pass finds nothing to change
-		if err := s.reconcileAdPolicies(ctx); err != nil {
-			t.Fatal(err)
-		}
-		want("reconciled", adDialPolicy(live.ID), "#wg.acme.pricing", "#wg.acme.ops")
-		want("reconciled", adBindPolicy(live.ID), "@"+provider.OverlayID)
-		want("reconciled, advertisement gone", adDialPolicy(gone))
-		want("reconciled, advertisement gone", adBindPolicy(gone))
-	}
+
 	narrowed := live
 	narrowed.Workgroups = []workgroups.WorkgroupID{ops}
 	if err := s.ensureAdService(ctx, narrowed, false); err != nil {
 		t.Fatal(err)
 	}
-	want("narrowed", adDialPolicy(live.ID), "#wg.acme.ops")
-	want("narrowed", adBindPolicy(live.ID), "@"+provider.OverlayID)
+	readAdState(t, m).wantService("narrowed", live.ID, "adwg.acme.ops", "adp."+ov)
 	narrowed.Workgroups = nil
 	if err := s.ensureAdService(ctx, narrowed, false); err != nil {
 		t.Fatal(err)
 	}
-	want("retracted", adDialPolicy(live.ID))
-	want("retracted", adBindPolicy(live.ID))
+	st := readAdState(t, m)
+	st.wantService("retracted", live.ID)
+	wantShared(st, "retracted") // shared by others: they stay
+
+	for _, name := range []string{AdvertisementService(live.ID), "a2a-dial-acme.pricing"} {
+		err := s.grant(ctx, s.AdminID(), api.GrantRequest{Service: name, Bind: []string{s.AdminID().String()}})
+		if err == nil || !strings.Contains(err.Error(), "reserved for advertisements") {
+			t.Errorf("a grant of %s: %v, want it refused as reserved", name, err)
+		}
+	}
+	readAdState(t, m).wantService("after the refused grants", live.ID)
 }
 
 // TestNewAdServiceConvergesAfterPartialCreate checks on a real overlay the path of a new advertisement, which
-// creates its service and policies without looking them up first: when some of them exist already (a controller
-// that stopped half way, then the same advertisement again) or another controller creates them at the same time,
-// the refused creates fall back to the look-up and the service and both policies end as they should, once each.
+// creates its service without looking it up first: when it exists already with other attributes, or a shared
+// policy with other roles (a controller that stopped half way, then the same advertisement again), or another
+// controller creates them at the same time, the refused creates fall back to the look-up and the service and
+// policies end as they should, once each.
 func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a controller")
@@ -106,38 +177,26 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ov := provider.OverlayID
 	newAd := func() workgroups.Advertisement {
-		id, err := workgroups.NewAdvertisementID(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return workgroups.Advertisement{ID: id, Provider: s.AdminID(),
+		return workgroups.Advertisement{ID: newAdID(t), Provider: s.AdminID(),
 			Workgroups: []workgroups.WorkgroupID{{Org: "acme", Name: "pricing"}}}
 	}
 	check := func(what string, ad workgroups.Advertisement) {
 		t.Helper()
-		have, err := m.ServicePolicyRoles(adBindPolicy(ad.ID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := have[adBindPolicy(ad.ID)]; !slices.Equal(got, []string{"@" + provider.OverlayID}) {
-			t.Errorf("%s: bind policy names %q, want the provider's identity", what, got)
-		}
-		if have, err = m.ServicePolicyRoles(adDialPolicy(ad.ID)); err != nil {
-			t.Fatal(err)
-		}
-		if got := have[adDialPolicy(ad.ID)]; !slices.Equal(got, []string{"#wg.acme.pricing"}) {
-			t.Errorf("%s: dial policy names %q, want the workgroup's role", what, got)
-		}
+		st := readAdState(t, m)
+		st.wantService(what, ad.ID, "adwg.acme.pricing", "adp."+ov)
+		st.wantPolicy(what, adPolicyPrefix+"dial-acme.pricing", "Dial", []string{"#wg.acme.pricing"}, []string{"#adwg.acme.pricing"})
+		st.wantPolicy(what, adPolicyPrefix+"bind-"+ov, "Bind", []string{"@" + ov}, []string{"#adp." + ov})
 	}
 
-	// Stopped after the service and a bind policy that names someone else, before the dial policy.
+	// Stopped after the service (with attributes of another shape) and a workgroup policy naming someone else.
 	ad := newAd()
-	serviceID, err := m.EnsureService(AdvertisementService(ad.ID), []string{adAttr(ad.ID)})
+	serviceID, err := m.EnsureService(AdvertisementService(ad.ID), []string{"ad." + ad.ID.String()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.EnsureServicePolicy(adBindPolicy(ad.ID), "Bind", []string{"#someone.else"}, []string{"#" + adAttr(ad.ID)}); err != nil {
+	if err := m.EnsureServicePolicy(adPolicyPrefix+"dial-acme.pricing", "Dial", []string{"#someone.else"}, []string{"#adwg.acme.pricing"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, what := range []string{"after a partial create", "all there already"} {
@@ -146,11 +205,15 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 		}
 		check(what, ad)
 	}
-	if id, err := m.CreateOrFindService(AdvertisementService(ad.ID), []string{adAttr(ad.ID)}); err != nil || id != serviceID {
+	if id, err := m.CreateOrFindService(AdvertisementService(ad.ID), []string{"adwg.acme.pricing", "adp." + ov}); err != nil || id != serviceID {
 		t.Errorf("creating the service again gave %q, %v; want the existing one, %q", id, err, serviceID)
 	}
 
-	// Two controllers of a cluster racing on the same new advertisement.
+	// Two controllers of a cluster racing on the same new advertisement and new shared policies.
+	s.adPolicies.Clear()
+	if err := m.DeleteServicePolicy(readAdState(t, m).policies[adPolicyPrefix+"bind-"+ov].ID); err != nil {
+		t.Fatal(err)
+	}
 	ad = newAd()
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -164,4 +227,7 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 		}
 	}
 	check("racing creates", ad)
+	if n := len(readAdState(t, m).policies); n != 2 {
+		t.Errorf("racing creates: %d shared policies, want 2", n)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -316,8 +317,13 @@ func (s *Server) grant(ctx context.Context, actor spiffeid.ID, req api.GrantRequ
 	if !serviceName.MatchString(req.Service) {
 		return failf(http.StatusBadRequest, api.CodeBadRequest, "service name %q is not valid: use 1-128 letters, digits, '.', '_' or '-'", req.Service)
 	}
-	if req.Service == api.ServiceName || len(req.Service) > 6 && req.Service[:6] == "umbra." {
+	if req.Service == api.ServiceName || strings.HasPrefix(req.Service, "umbra.") {
 		return failf(http.StatusBadRequest, api.CodeBadRequest, "service names starting with \"umbra.\" are reserved")
+	}
+	// Advertisements' services (a2a.<id>) and their shared policies (umbra-a2a-…): a grant of such a name would
+	// take over another agent's advertisement, or the dial policy of a workgroup.
+	if strings.HasPrefix(req.Service, "a2a.") || strings.HasPrefix(req.Service, "a2a-") {
+		return failf(http.StatusBadRequest, api.CodeBadRequest, "service names starting with \"a2a.\" or \"a2a-\" are reserved for advertisements; choose another name")
 	}
 	if len(req.Bind)+len(req.Dial) == 0 {
 		return failf(http.StatusBadRequest, api.CodeBadRequest, "name at least one identity to bind or dial")

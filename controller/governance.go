@@ -480,11 +480,10 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 }
 
 // syncOverlay recomputes the overlay role attributes of ids from their workgroups: an identity carries
-// wg.<org>.<name> for each active workgroup it is in. Advertisements change no identity's attributes: an
-// advertisement's dial policy names the role of each workgroup it is scoped to, and its bind policy names its
-// provider's overlay identity (ensureAdService). Publishing one is thus a service and two policies, whatever
-// the size of its workgroups or the number of the provider's advertisements. Attributes of the earlier shape
-// (ad.<id>.dial and ad.<id>.bind, one per advertisement) are dropped here.
+// wg.<org>.<name> for each active workgroup it is in. Advertisements change no identity's attributes: the
+// shared policy of each workgroup names its members' role, and that of each provider its overlay identity
+// (adOverlay). Attributes of an earlier shape (ad.<id>.dial and ad.<id>.bind, one per advertisement) are
+// dropped here.
 func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	if len(ids) == 0 {
 		return nil
@@ -522,8 +521,6 @@ func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
 	return nil
 }
 
-func adAttr(id workgroups.AdvertisementID) string { return "ad." + id.String() }
-
 // wgAttr is the overlay role attribute of the active members of wg.
 func wgAttr(wg workgroups.WorkgroupID) string { return "wg." + wg.Org + "." + wg.Name }
 
@@ -533,118 +530,201 @@ func AdvertisementService(id workgroups.AdvertisementID) string { return adServi
 
 const adServicePrefix = "a2a."
 
-// ensureAdService creates ad's overlay service and its policies, or brings them up to date: its provider's
-// overlay identity binds it, and the active members of the workgroups it is scoped to may dial it. A retracted
-// advertisement (no workgroups left) is bound and dialled by nobody.
+// The overlay shape of advertisements. An advertisement is one service carrying a role attribute per workgroup
+// it is scoped to (adwg.<org>.<name>) and one naming its provider's overlay identity (adp.<overlay id>). One dial
+// policy per workgroup lets the workgroup's active members (wg.<org>.<name>) dial every advertisement scoped to
+// it, and one bind policy per provider lets the provider bind its advertisements. Publishing an advertisement is
+// thus one service, and a policy the first time its workgroup or its provider is seen. OpenZiti evaluates every
+// service policy for each service it creates or changes, and every service and identity for each policy it
+// creates: with a dial and a bind policy per advertisement, as networks had before, each advertisement cost
+// more than the one before it.
+const (
+	adPolicyPrefix = "umbra-a2a-"
+	// legacyAdPolicyPrefix names the per-advertisement policies of before (umbra-a2a.<id>-bind and -dial).
+	legacyAdPolicyPrefix = "umbra-" + adServicePrefix
+)
+
+func adWorkgroupAttr(wg workgroups.WorkgroupID) string { return "adwg." + wg.Org + "." + wg.Name }
+
+func adProviderAttr(overlayID string) string { return "adp." + overlayID }
+
+// adPolicy is one of the shared policies of advertisements.
+type adPolicy struct {
+	name, kind           string
+	identities, services []string
+}
+
+// adOverlay is what ad needs on the overlay when its provider's overlay identity is overlayID ("" when the
+// provider may bind nothing): the role attributes of its service, and the shared policies those attributes are
+// named by. A retracted advertisement (no workgroups left) carries none: nobody binds or dials it.
+func adOverlay(ad workgroups.Advertisement, overlayID string) ([]string, []adPolicy) {
+	attrs := []string{}
+	if len(ad.Workgroups) == 0 {
+		return attrs, nil
+	}
+	var policies []adPolicy
+	for _, wg := range ad.Workgroups {
+		attrs = append(attrs, adWorkgroupAttr(wg))
+		policies = append(policies, adPolicy{name: adPolicyPrefix + "dial-" + wg.Org + "." + wg.Name, kind: "Dial",
+			identities: []string{"#" + wgAttr(wg)}, services: []string{"#" + adWorkgroupAttr(wg)}})
+	}
+	if overlayID != "" {
+		attrs = append(attrs, adProviderAttr(overlayID))
+		policies = append(policies, adPolicy{name: adPolicyPrefix + "bind-" + overlayID, kind: "Bind",
+			identities: []string{"@" + overlayID}, services: []string{"#" + adProviderAttr(overlayID)}})
+	}
+	return attrs, policies
+}
+
+// ensureAdService creates ad's overlay service, or brings its attributes up to date, after the shared policies
+// it needs (adOverlay).
 //
-// isNew says that ad's id was just drawn, so its service and policies most likely do not exist: each is then
-// created directly, and looked up by name only when OpenZiti refuses the create because the name is taken (a
-// partial create before, or another controller first). A look-up by name reads every service or policy of the
-// overlay, which made each new advertisement cost more than the one before.
+// isNew says that ad's id was just drawn, so its service most likely does not exist: it is then created
+// directly, and looked up by name only when OpenZiti refuses the create because the name is taken (a partial
+// create before, or another controller first). A look-up by name reads every service of the overlay.
 func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement, isNew bool) error {
-	bind, err := s.adBindRoles(ctx, ad)
+	overlayID, err := s.adProviderOverlay(ctx, ad.Provider)
 	if err != nil {
 		return err
 	}
+	attrs, policies := adOverlay(ad, overlayID)
+	for _, p := range policies {
+		if err := s.ensureAdPolicy(p); err != nil {
+			return err
+		}
+	}
 	m := s.zc.Mgmt()
-	ensureService, ensurePolicy := m.EnsureService, m.EnsureServicePolicy
 	if isNew {
-		ensureService, ensurePolicy = m.CreateOrFindService, m.CreateOrUpdateServicePolicy
+		_, err = m.CreateOrFindService(AdvertisementService(ad.ID), attrs)
+	} else {
+		_, err = m.EnsureService(AdvertisementService(ad.ID), attrs)
 	}
-	name, attr := AdvertisementService(ad.ID), adAttr(ad.ID)
-	if _, err := ensureService(name, []string{attr}); err != nil {
-		return err
-	}
-	if err := ensurePolicy(adBindPolicy(ad.ID), "Bind", bind, []string{"#" + attr}); err != nil {
-		return err
-	}
-	return ensurePolicy(adDialPolicy(ad.ID), "Dial", adDialRoles(ad), []string{"#" + attr})
+	return err
 }
 
-// adBindRoles are the identity roles of ad's bind policy: its provider's overlay identity while ad is scoped to
-// a workgroup and the provider is not revoked.
-func (s *Server) adBindRoles(ctx context.Context, ad workgroups.Advertisement) ([]string, error) {
-	if len(ad.Workgroups) == 0 {
-		return []string{}, nil
+// ensureAdPolicy creates the shared policy p or gives it p's roles, unless this process has done so already:
+// the roles follow from the name alone, so once is enough.
+func (s *Server) ensureAdPolicy(p adPolicy) error {
+	if _, done := s.adPolicies.Load(p.name); done {
+		return nil
 	}
-	rec, _, err := s.ids.get(ctx, ad.Provider)
+	if err := s.zc.Mgmt().CreateOrUpdateServicePolicy(p.name, p.kind, p.identities, p.services); err != nil {
+		return fmt.Errorf("advertisement policy %s: %w", p.name, err)
+	}
+	s.adPolicies.Store(p.name, true)
+	return nil
+}
+
+// adProviderOverlay is the overlay identity of provider while it may bind advertisements: "" once it is revoked
+// or when it has none.
+func (s *Server) adProviderOverlay(ctx context.Context, provider spiffeid.ID) (string, error) {
+	rec, _, err := s.ids.get(ctx, provider)
 	switch {
 	case errors.Is(err, errNoIdentity):
-		return []string{}, nil
+		return "", nil
 	case err != nil:
-		return nil, err
-	case rec.State == stateRevoked || rec.OverlayID == "":
-		return []string{}, nil
+		return "", err
+	case rec.State == stateRevoked:
+		return "", nil
 	}
-	return []string{"@" + rec.OverlayID}, nil
+	return rec.OverlayID, nil
 }
 
-func adBindPolicy(id workgroups.AdvertisementID) string {
-	return "umbra-" + AdvertisementService(id) + "-bind"
-}
+// adServiceGrace is how long reconcileAdPolicies leaves as it is a service of an advertisement the copy does not
+// hold: its advertisement may be being published (its service is created first).
+const adServiceGrace = time.Minute
 
-func adDialPolicy(id workgroups.AdvertisementID) string {
-	return "umbra-" + AdvertisementService(id) + "-dial"
-}
-
-// adDialRoles are the identity roles of ad's dial policy: the members of each workgroup it is scoped to.
-func adDialRoles(ad workgroups.Advertisement) []string {
-	roles := []string{}
-	for _, wg := range ad.Workgroups {
-		roles = append(roles, "#"+wgAttr(wg))
+// reconcileAdPolicies brings the overlay in line with the advertisements, at start: each advertisement's service
+// carries the attributes adOverlay gives it, the shared policies exist with their roles, the services of
+// advertisements that are gone carry none (once older than grace), and the per-advertisement policies of the
+// earlier shape are deleted. One where all agree costs a listing of the services and one of the policies, and
+// one read of each provider's record.
+func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) error {
+	m := s.zc.Mgmt()
+	services, err := m.Services(adServicePrefix)
+	if err != nil {
+		return err
 	}
-	return roles
-}
-
-// reconcileAdPolicies brings the bind and dial policies of every advertisement in line with its provider and
-// workgroups, and empties those of advertisements that are gone. A network whose policies named
-// per-advertisement attributes (ad.<id>.bind and ad.<id>.dial, given to the provider and to each member) moves to
-// the provider's identity and workgroup roles here, at start; one where they already agree costs one listing of
-// the policies and one read of each provider's record.
-func (s *Server) reconcileAdPolicies(ctx context.Context) error {
+	policies, err := m.ServicePolicies("umbra-a2a")
+	if err != nil {
+		return err
+	}
 	ads, err := s.gov.adCopy.current(ctx)
 	if err != nil {
 		return err
 	}
-	m := s.zc.Mgmt()
-	have, err := m.ServicePolicyRoles("umbra-" + adServicePrefix)
-	if err != nil {
-		return err
+	overlays := map[spiffeid.ID]string{}
+	wantPolicies := map[string]adPolicy{}
+	type fix struct {
+		name  string
+		attrs []string
 	}
+	var fixes []fix
 	live := map[string]bool{}
-	fixed := 0
 	for _, ad := range ads {
-		bind, err := s.adBindRoles(ctx, ad)
-		if err != nil {
+		overlayID, ok := overlays[ad.Provider]
+		if !ok {
+			if overlayID, err = s.adProviderOverlay(ctx, ad.Provider); err != nil {
+				return err
+			}
+			overlays[ad.Provider] = overlayID
+		}
+		attrs, ps := adOverlay(ad, overlayID)
+		for _, p := range ps {
+			wantPolicies[p.name] = p
+		}
+		name := AdvertisementService(ad.ID)
+		live[name] = true
+		if svc, ok := services[name]; !ok || !zitictrl.SameRoles(svc.Attributes, attrs) {
+			fixes = append(fixes, fix{name, attrs})
+		}
+	}
+	changed := 0
+	for name, p := range wantPolicies {
+		if have, ok := policies[name]; ok && have.Kind == p.kind && zitictrl.SameRoles(have.IdentityRoles, p.identities) &&
+			zitictrl.SameRoles(have.ServiceRoles, p.services) {
+			s.adPolicies.Store(name, true)
+			continue
+		}
+		s.adPolicies.Delete(name)
+		if err := s.ensureAdPolicy(p); err != nil {
 			return err
 		}
-		live[adBindPolicy(ad.ID)], live[adDialPolicy(ad.ID)] = true, true
-		b, bok := have[adBindPolicy(ad.ID)]
-		d, dok := have[adDialPolicy(ad.ID)]
-		if bok && dok && zitictrl.SameRoles(b, bind) && zitictrl.SameRoles(d, adDialRoles(ad)) {
+		changed++
+	}
+	for _, f := range fixes {
+		var err error
+		if svc, ok := services[f.name]; ok {
+			err = m.SetServiceAttributes(svc.ID, f.name, f.attrs)
+		} else {
+			_, err = m.CreateOrFindService(f.name, f.attrs)
+		}
+		if err != nil {
+			return fmt.Errorf("service %s: %w", f.name, err)
+		}
+		changed++
+	}
+	for name, svc := range services {
+		if live[name] || len(svc.Attributes) == 0 || time.Since(svc.CreatedAt) < grace {
 			continue
 		}
-		if err := s.ensureAdService(ctx, ad, false); err != nil {
-			return fmt.Errorf("advertisement %s: %w", ad.ID, err)
+		if err := m.SetServiceAttributes(svc.ID, name, nil); err != nil {
+			return fmt.Errorf("service %s of a removed advertisement: %w", name, err)
 		}
-		fixed++
+		changed++
 	}
-	for name, roles := range have {
-		if live[name] || len(roles) == 0 {
+	for name, p := range policies {
+		if !strings.HasPrefix(name, legacyAdPolicyPrefix) {
 			continue
 		}
-		policyType, rest := "Dial", strings.TrimSuffix(name, "-dial")
-		if strings.HasSuffix(name, "-bind") {
-			policyType, rest = "Bind", strings.TrimSuffix(name, "-bind")
+		if err := m.DeleteServicePolicy(p.ID); err != nil {
+			return fmt.Errorf("per-advertisement policy %s: %w", name, err)
 		}
-		id := strings.TrimPrefix(rest, "umbra-"+adServicePrefix)
-		if err := m.EnsureServicePolicy(name, policyType, nil, []string{"#ad." + id}); err != nil {
-			return fmt.Errorf("policy %s of a removed advertisement: %w", name, err)
-		}
-		fixed++
+		changed++
 	}
-	if fixed > 0 {
-		s.log.Info("advertisement policies brought in line with their providers and workgroups", "changed", fixed, "advertisements", len(ads))
+	if changed > 0 {
+		s.log.Info("advertisement services and policies brought in line with their providers and workgroups",
+			"changed", changed, "advertisements", len(ads))
 	}
 	return nil
 }
@@ -652,7 +732,7 @@ func (s *Server) reconcileAdPolicies(ctx context.Context) error {
 // reconcileAdPoliciesOnce runs reconcileAdPolicies until it succeeds once, or ctx ends.
 func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
 	for {
-		err := s.reconcileAdPolicies(ctx)
+		err := s.reconcileAdPolicies(ctx, adServiceGrace)
 		if err == nil {
 			return
 		}

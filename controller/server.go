@@ -61,6 +61,8 @@ type Server struct {
 	clusterMembers table[clusterMemberRecord]
 	authPolicy     string
 	self           *agentsdk.Agent
+	// adPolicies holds the names of the shared advertisement policies this process has created or checked.
+	adPolicies sync.Map
 
 	platform platformAdmin
 

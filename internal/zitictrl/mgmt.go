@@ -318,23 +318,92 @@ func (m *Mgmt) EnableIdentity(id string) error {
 	})
 }
 
-// EnsureService creates a service (encrypted end to end) carrying the given role attributes, if absent.
+// EnsureService creates a service (encrypted end to end) carrying the given role attributes, or gives the
+// service of that name those attributes if it carries others.
 func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
-	var id string
+	var (
+		id   string
+		same bool
+	)
 	err := m.do("list services", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		resp, err := c.Service.ListServices(&service.ListServicesParams{Filter: nameFilter(name)}, nil)
 		if err != nil {
 			return err
 		}
 		for _, s := range resp.Payload.Data {
-			id = *s.ID
+			id, same = *s.ID, SameRoles(attributesOf(s.RoleAttributes), attributes)
 		}
 		return nil
 	})
-	if err != nil || id != "" {
-		return id, err
+	switch {
+	case err != nil:
+		return "", err
+	case id != "" && !same:
+		return id, m.SetServiceAttributes(id, name, attributes)
+	case id != "":
+		return id, nil
 	}
 	return m.createService(name, attributes)
+}
+
+// SetServiceAttributes replaces the role attributes of the service id, named name, which Umbra created (end to
+// end encrypted, no configs).
+func (m *Mgmt) SetServiceAttributes(id, name string, attributes []string) error {
+	return m.do("update service", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.Service.UpdateService(&service.UpdateServiceParams{ID: id, Service: &rest_model.ServiceUpdate{
+			Name: ptr(name), EncryptionRequired: true, RoleAttributes: nonNil(slices.Clone(attributes)), Configs: []string{},
+		}}, nil)
+		return err
+	})
+}
+
+// Service is an overlay service as Services lists it.
+type Service struct {
+	ID         string
+	Attributes []string
+	CreatedAt  time.Time
+}
+
+// Services lists every service whose name starts with prefix, by name.
+func (m *Mgmt) Services(prefix string) (map[string]Service, error) {
+	out := map[string]Service{}
+	filter := fmt.Sprintf("name contains %q", prefix)
+	err := m.pages("list services", func(c *rest_management_api_client.ZitiEdgeManagement, limit, offset int64) (int, error) {
+		resp, err := c.Service.ListServices(&service.ListServicesParams{Filter: &filter, Limit: &limit, Offset: &offset}, nil)
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range resp.Payload.Data {
+			if strings.HasPrefix(*s.Name, prefix) {
+				out[*s.Name] = Service{ID: *s.ID, Attributes: attributesOf(s.RoleAttributes), CreatedAt: time.Time(*s.CreatedAt)}
+			}
+		}
+		return len(resp.Payload.Data), nil
+	})
+	return out, err
+}
+
+func attributesOf(a *rest_model.Attributes) []string {
+	if a == nil {
+		return nil
+	}
+	return slices.Clone(*a)
+}
+
+// pages calls list with successive pages of a listing until one comes back short.
+func (m *Mgmt) pages(what string, list func(c *rest_management_api_client.ZitiEdgeManagement, limit, offset int64) (int, error)) error {
+	const page = 500
+	for offset := int64(0); ; offset += page {
+		var n int
+		err := m.do(what, func(c *rest_management_api_client.ZitiEdgeManagement) error {
+			var err error
+			n, err = list(c, page, offset)
+			return err
+		})
+		if err != nil || n < page {
+			return err
+		}
+	}
 }
 
 // CreateOrFindService is EnsureService for a name that is most likely new. It creates the service first and
@@ -448,34 +517,45 @@ func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRole
 	return m.createServicePolicy(name, typ, identityRoles, serviceRoles)
 }
 
-// ServicePolicyRoles lists the identity roles of every service policy whose name starts with prefix, by name.
-func (m *Mgmt) ServicePolicyRoles(prefix string) (map[string][]string, error) {
-	const page = 500
-	out := map[string][]string{}
+// ServicePolicy is a service policy as ServicePolicies lists it.
+type ServicePolicy struct {
+	ID            string
+	Kind          string // "Dial" or "Bind"
+	IdentityRoles []string
+	ServiceRoles  []string
+}
+
+// ServicePolicies lists every service policy whose name starts with prefix, by name.
+func (m *Mgmt) ServicePolicies(prefix string) (map[string]ServicePolicy, error) {
+	out := map[string]ServicePolicy{}
 	filter := fmt.Sprintf("name contains %q", prefix)
-	for offset := int64(0); ; offset += page {
-		var n int
-		err := m.do("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement) error {
-			resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: &filter,
-				Limit: ptr(int64(page)), Offset: ptr(offset)}, nil)
-			if err != nil {
-				return err
-			}
-			n = len(resp.Payload.Data)
-			for _, p := range resp.Payload.Data {
-				if strings.HasPrefix(*p.Name, prefix) {
-					out[*p.Name] = slices.Clone(p.IdentityRoles)
-				}
-			}
-			return nil
-		})
+	err := m.pages("list service policies", func(c *rest_management_api_client.ZitiEdgeManagement, limit, offset int64) (int, error) {
+		resp, err := c.ServicePolicy.ListServicePolicies(&service_policy.ListServicePoliciesParams{Filter: &filter,
+			Limit: &limit, Offset: &offset}, nil)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
-		if n < page {
-			return out, nil
+		for _, p := range resp.Payload.Data {
+			if strings.HasPrefix(*p.Name, prefix) {
+				out[*p.Name] = ServicePolicy{ID: *p.ID, Kind: string(*p.Type),
+					IdentityRoles: slices.Clone(p.IdentityRoles), ServiceRoles: slices.Clone(p.ServiceRoles)}
+			}
 		}
-	}
+		return len(resp.Payload.Data), nil
+	})
+	return out, err
+}
+
+// DeleteServicePolicy deletes the service policy id; one already gone is not an error.
+func (m *Mgmt) DeleteServicePolicy(id string) error {
+	return m.do("delete service policy", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		_, err := c.ServicePolicy.DeleteServicePolicy(&service_policy.DeleteServicePolicyParams{ID: id}, nil)
+		var gone *service_policy.DeleteServicePolicyNotFound
+		if errors.As(err, &gone) {
+			return nil
+		}
+		return err
+	})
 }
 
 // SameRoles reports whether two role lists hold the same roles, in any order and counting a repeated one once.
