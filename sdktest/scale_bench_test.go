@@ -32,18 +32,22 @@ type scaleSizes struct {
 	Consumers      int // enrolled agents that discover, propose and send
 	ConsumerGroups int // workgroups each consumer is a member of
 	Loaders        int // concurrent API callers while loading
+	// SettleSeconds is how long the loaded world is left alone before it is measured: what loading set off in
+	// the background (OpenZiti's service updates to routers and agents) ends, or shows in the CPU it used.
+	SettleSeconds int
 }
 
 func scaleSizesFromEnv(b *testing.B) scaleSizes {
-	s := scaleSizes{Identities: 500, Workgroups: 50, Advertisements: 500, Providers: 8, Consumers: 16, ConsumerGroups: 3, Loaders: 8}
+	s := scaleSizes{Identities: 500, Workgroups: 50, Advertisements: 500, Providers: 8, Consumers: 16, ConsumerGroups: 3, Loaders: 8, SettleSeconds: 60}
 	for name, p := range map[string]*int{
 		"UMBRA_SCALE_IDENTITIES": &s.Identities, "UMBRA_SCALE_WORKGROUPS": &s.Workgroups,
 		"UMBRA_SCALE_ADVERTISEMENTS": &s.Advertisements, "UMBRA_SCALE_PROVIDERS": &s.Providers,
 		"UMBRA_SCALE_CONSUMERS": &s.Consumers, "UMBRA_SCALE_LOADERS": &s.Loaders,
+		"UMBRA_SCALE_SETTLE_SECONDS": &s.SettleSeconds,
 	} {
 		if v := os.Getenv(name); v != "" {
 			n, err := strconv.Atoi(v)
-			if err != nil || n <= 0 {
+			if err != nil || n < 0 || n == 0 && name != "UMBRA_SCALE_SETTLE_SECONDS" {
 				b.Fatalf("%s=%q: give a positive whole number", name, v)
 			}
 			*p = n
@@ -263,6 +267,23 @@ func loadScaleWorld(b *testing.B, net scaleNetwork, sz scaleSizes) scaleWorld {
 		if w.visible[c] == 0 {
 			b.Fatalf("consumer %d sees no advertisement: give more advertisements than workgroups", c)
 		}
+	}
+	if sz.SettleSeconds > 0 {
+		settle := time.Duration(sz.SettleSeconds) * time.Second
+		var used []string
+		for start := time.Now(); time.Since(start) < settle; {
+			before, err := loadbench.ProcessCPU(os.Getpid())
+			if err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(min(10*time.Second, settle-time.Since(start)))
+			after, err := loadbench.ProcessCPU(os.Getpid())
+			if err != nil {
+				b.Fatal(err)
+			}
+			used = append(used, (after - before).Round(10*time.Millisecond).String())
+		}
+		b.Logf("left alone for %s after loading: this process used %s of CPU in each 10 s", settle, strings.Join(used, ", "))
 	}
 	runtime.GC()
 	for _, c := range net.controllers {
