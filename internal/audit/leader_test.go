@@ -19,7 +19,8 @@ const appendResume = 12 * time.Second
 // deadline of its own (as the recorder does), alternating single appends and batches, while the server leading
 // the stream is shut down. Every append must return, and appends must succeed again within appendResume of the
 // kill; the chain must verify. A batch whose commit was on its way to the dying leader was never answered, and
-// its append waited for ever (jsbatch.AckWait).
+// its append waited for ever (jsbatch.AckWait); a single append waited as long as its caller's deadline allowed
+// (two minutes here), and so did its reload of the trail's last record while the survivors elected a leader.
 func TestAppendsResumeAfterTheStreamLeaderDies(t *testing.T) {
 	const stream = "UMBRA_AUDIT_LEADER"
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)

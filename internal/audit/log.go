@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsbatch"
+	"github.com/umbra-mesh/umbra/internal/jsread"
 )
 
 // DefaultStream is the stream name used when Options.Stream is empty.
@@ -156,7 +159,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if err != nil {
 		return nil, fmt.Errorf("audit: stream %s: %w", name, err)
 	}
-	l := &Log{js: js, stream: stream, name: name, prefix: prefix, replicas: replicas, onStored: opts.Stored}
+	l := &Log{js: js, stream: jsread.Replicated(stream, replicas), name: name, prefix: prefix, replicas: replicas, onStored: opts.Stored}
 	if err := l.loadTail(ctx); err != nil {
 		return nil, err
 	}
@@ -249,8 +252,13 @@ func (l *Log) publishNext(ctx context.Context, r Record) (_ Record, sent bool, _
 		return Record{}, false, err
 	}
 	subject := l.subjectFor(r)
-	ack, err := l.js.Publish(ctx, subject, payload,
+	// A publish that reached a stream leader as it died is never answered: wait at most jsbatch.AckWait (the
+	// survivors elect another leader 4-9 s after the death), whatever the caller's context allows, and let the
+	// caller's next append find out from the stream whether it was stored.
+	actx, cancel := context.WithTimeout(ctx, jsbatch.AckWait)
+	ack, err := l.js.Publish(actx, subject, payload,
 		jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
+	cancel()
 	if err != nil {
 		return Record{}, true, err
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/umbra-mesh/umbra/internal/jsread"
 )
 
 const (
@@ -178,7 +180,7 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	return &Store{
 		commit:   &committer{js: js, stream: opts.Stream, atomic: opts.Replicas > 1, replicated: opts.Replicas > 1},
 		js:       js,
-		stream:   readsOf(stream, opts.Replicas),
+		stream:   jsread.Replicated(stream, opts.Replicas),
 		opts:     opts,
 		prefix:   prefix,
 		sessions: make(map[string]*list.Element),
@@ -612,13 +614,4 @@ func wrongLastSeq(err error) bool {
 	}
 	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-}
-
-// readsOf is stream, whose reads are asked again while a new leader is elected if it is replicated (electionReads).
-// A single server answers every read while it runs: there a read keeps its caller's whole deadline.
-func readsOf(stream jetstream.Stream, replicas int) jetstream.Stream {
-	if replicas > 1 {
-		return electionReads{Stream: stream}
-	}
-	return stream
 }

@@ -1,4 +1,12 @@
-package envstore
+// Package jsread reads replicated JetStream streams through a change of leader. A read of a replicated stream
+// (a message by sequence, the last message of a subject, the stream's state) is answered by the stream's leader.
+// While its replicas elect a new one (4-9 s after the old one's death) nobody answers, and a read waited out its
+// caller's whole deadline: the relay's id look-up and then its count of the session, 5 s each, stalled a session
+// 10 s after a controller's death although the stream had a leader again after 5; an audit append that reloaded
+// the trail's last record waited as long as its caller allowed. Replicated gives each read attempt readAttempt
+// and asks again while there is no answer, so a read returns within about readAttempt of the new leader's
+// election (or when its caller's context ends).
+package jsread
 
 import (
 	"context"
@@ -9,13 +17,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// A read of a replicated stream (the last envelope of a session, a message by sequence, the stream's state) is
-// answered by the stream's leader. While its replicas elect a new one (4-9 s after the old one's death) nobody
-// answers, and a read waited out its caller's whole deadline: the relay's id look-up and then its count of the
-// session, 5 s each, stalled a session 10 s after a controller's death although the stream had a leader again
-// after 5. electionReads gives each read attempt readAttempt and asks again while there is no answer, so a read
-// returns within about readAttempt of the new leader's election (or when its caller's context ends).
-
 // readAttempt bounds one attempt of a read of a replicated stream; readPause is the pause after an attempt
 // answered at once that no stream took it.
 const (
@@ -25,6 +26,15 @@ const (
 	// (JSClusterNotAvailErr: "JetStream system temporarily unavailable").
 	errCodeTemporarilyUnavailable jetstream.ErrorCode = 10008
 )
+
+// Replicated is stream, whose reads are asked again while a new leader is elected if it has more than one
+// replica. A single server answers every read while it runs: there a read keeps its caller's whole deadline.
+func Replicated(stream jetstream.Stream, replicas int) jetstream.Stream {
+	if replicas > 1 {
+		return electionReads{Stream: stream}
+	}
+	return stream
+}
 
 // electionReads is a replicated stream whose reads are asked again while unanswered.
 type electionReads struct {

@@ -1,4 +1,4 @@
-package envstore
+package jsread
 
 import (
 	"context"
