@@ -271,6 +271,15 @@ func TestAnomalyAlertsAndAutoSuspend(t *testing.T) {
 		return a.Rule == string(anomaly.RuleAutoSuspend) && a.SPIFFEID == bad.ID().String() && a.Suspend
 	})
 	if eighth.IsZero() {
+		// The policy counts every refusal of the identity: name the others it saw.
+		if view, err := acme.Controller().AuditSession(ctx, badSess.ID()); err == nil {
+			for _, raw := range view.Records {
+				var r struct{ Kind, Actor, Decision, Reason string }
+				if json.Unmarshal(raw, &r) == nil && r.Actor == bad.ID().String() && r.Decision == "deny" {
+					t.Logf("refusal recorded: %s: %s", r.Kind, r.Reason)
+				}
+			}
+		}
 		t.Fatalf("the bad buyer was refused only %d times before its sends failed otherwise", refused)
 	}
 	var state, reason string

@@ -107,15 +107,15 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 	}
 	learned := at.Sub(id.first) >= d.cfg.Learn && id.records >= d.cfg.LearnRecords
 
-	n, refused := 1, r.Decision == audit.DecisionDeny
-	if r.Kind == "envelope.rejected.summary" {
-		var s struct {
-			Count int `json:"count"`
-		}
-		if json.Unmarshal(r.Data, &s) == nil && s.Count > 0 {
-			n = s.Count
-		}
-		refused = true
+	// A copy of an envelope already stored (envelope.duplicate) is a retry, answered with the original's
+	// sequence: the SDK sends one whenever an acknowledgement is lost or the relay asks for it (its audit record
+	// was late), so a well-behaved agent on a loaded or lossy path makes them. Activity, not a refusal.
+	n, refusals := 1, 0
+	if r.Decision == audit.DecisionDeny && r.Kind != kindDuplicate {
+		refusals = 1
+	}
+	if r.Kind == kindSummary {
+		n, refusals = summaryCounts(r)
 	}
 	var out []Alert
 	alert := func(a Alert) {
@@ -129,7 +129,7 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 			Threshold: thr, Message: fmt.Sprintf("%.0f records within the last %s where it usually has %.1f (alerts at %.0f)",
 				seen, d.cfg.Window, id.meanEvents, thr)})
 	}
-	if !refused {
+	if refusals == 0 {
 		if learned && !d.cfg.IgnoreNew {
 			for _, a := range d.novelties(id, r) {
 				alert(a)
@@ -139,7 +139,7 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 		}
 		return out
 	}
-	id.refusals += n
+	id.refusals += refusals
 	if thr, seen := d.refusalThreshold(id, learned), id.recent(at, d.cfg.Window, id.refusals, id.prevRefusals, id.prevRefAlert); d.cfg.MinRefusals > 0 && !id.refAlerted && seen >= thr {
 		id.refAlerted = true
 		alert(Alert{Rule: RuleRefusals, Severity: SeverityMedium, Observed: seen, Baseline: id.meanRefused,
@@ -147,7 +147,7 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 				seen, d.cfg.Window, id.meanRefused, thr, clip(r.Reason))})
 	}
 	if n := d.cfg.AutoSuspendRefusals; n > 0 {
-		for i := 0; i < min(n, refusalsOf(r, n)); i++ {
+		for range min(n, refusals) {
 			if len(id.refusedAt) == n {
 				id.refusedAt = id.refusedAt[1:]
 			}
@@ -164,18 +164,25 @@ func (d *Detector) Observe(r audit.Record) []Alert {
 	return out
 }
 
-// refusalsOf is how many refusals r stands for, at most limit.
-func refusalsOf(r audit.Record, limit int) int {
-	if r.Kind != "envelope.rejected.summary" {
-		return 1
-	}
+// The audit kinds of a copy of a stored envelope and of a summary of refusals not recorded one by one, and the
+// code of copies in a summary.
+const (
+	kindDuplicate = "envelope.duplicate"
+	kindSummary   = "envelope.rejected.summary"
+	codeDuplicate = "duplicate"
+)
+
+// summaryCounts is what a summary of refusals stands for: how many records, and how many of them refusals (the
+// copies of stored envelopes it counts are not). One refusal when it cannot be read.
+func summaryCounts(r audit.Record) (records, refusals int) {
 	var s struct {
-		Count int `json:"count"`
+		Count  int            `json:"count"`
+		ByCode map[string]int `json:"by_code"`
 	}
 	if json.Unmarshal(r.Data, &s) != nil || s.Count < 1 {
-		return 1
+		return 1, 1
 	}
-	return min(s.Count, limit)
+	return s.Count, max(0, s.Count-s.ByCode[codeDuplicate])
 }
 
 func (d *Detector) rateThreshold(id *identity) float64 {

@@ -243,6 +243,39 @@ func TestAutoSuspend(t *testing.T) {
 	}
 }
 
+// TestCopiesOfStoredEnvelopesAreNotRefusals: the relay records a copy of an envelope it stored (a retry, sent by
+// the SDK when an acknowledgement was lost or the relay asked for it) as envelope.duplicate with decision deny.
+// Neither those nor the copies a summary counts are refusals: a well-behaved agent on a loaded path is not
+// reported or suspended for them. The other refusals a summary counts still are.
+func TestCopiesOfStoredEnvelopesAreNotRefusals(t *testing.T) {
+	d := detector(t, Config{AutoSuspendRefusals: 3, AutoSuspendWindow: 10 * time.Second, MinRefusals: 2, Window: 10 * time.Second})
+	summary := func(at time.Time, byCode map[string]int) audit.Record {
+		count := 0
+		for _, n := range byCode {
+			count += n
+		}
+		b, _ := json.Marshal(map[string]any{"count": count, "by_code": byCode})
+		return audit.Record{Kind: "envelope.rejected.summary", Actor: agent, Time: at, Decision: audit.DecisionDeny, Data: b}
+	}
+	var got []Alert
+	for i := range 10 {
+		got = append(got, d.Observe(audit.Record{Kind: "envelope.duplicate", Actor: agent, Time: t0.Add(time.Duration(i) * 100 * time.Millisecond),
+			Decision: audit.DecisionDeny, Reason: "duplicate: envelope id already recorded"})...)
+	}
+	got = append(got, d.Observe(summary(t0.Add(time.Second), map[string]int{"duplicate": 40}))...)
+	if len(got) != 0 {
+		t.Fatalf("copies of stored envelopes raised %+v", got)
+	}
+	got = d.Observe(summary(t0.Add(2*time.Second), map[string]int{"duplicate": 40, "type_not_allowed": 3}))
+	rules := map[Rule]bool{}
+	for _, a := range got {
+		rules[a.Rule] = true
+	}
+	if !rules[RuleRefusals] || !rules[RuleAutoSuspend] {
+		t.Fatalf("a summary of three refusals among copies raised %+v, want a refusals alert and a suspension", got)
+	}
+}
+
 func TestOutcomesAndControllerRecordsDoNotCount(t *testing.T) {
 	d := detector(t, Config{Learn: time.Second, LearnRecords: 1, MinRate: 5, Window: time.Second})
 	d.Observe(envelope(t0, peerA, "quote.request"))
