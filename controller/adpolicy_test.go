@@ -2,6 +2,8 @@ package controller
 
 import (
 	"crypto/rand"
+	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +59,19 @@ func (st adState) wantPolicy(what, name, kind string, identities, services []str
 	}
 }
 
+// startAdWorld is startAdminWorld once the controller's start-up reconciliation of advertisements has ended: it
+// would otherwise run beside the test's own.
+func startAdWorld(t *testing.T) adminWorld {
+	t.Helper()
+	w := startAdminWorld(t)
+	select {
+	case <-w.s.adsSettled:
+	case <-time.After(time.Minute):
+		t.Fatal("the start-up reconciliation of advertisements did not end within a minute")
+	}
+	return w
+}
+
 func newAdID(t *testing.T) workgroups.AdvertisementID {
 	t.Helper()
 	id, err := workgroups.NewAdvertisementID(rand.Reader)
@@ -77,7 +92,7 @@ func TestAdServicesFollowProviderAndWorkgroups(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a controller")
 	}
-	w := startAdminWorld(t)
+	w := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
 	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
 	provider, _, err := s.ids.get(ctx, s.AdminID())
@@ -171,7 +186,7 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a controller")
 	}
-	w := startAdminWorld(t)
+	w := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
 	provider, _, err := s.ids.get(ctx, s.AdminID())
 	if err != nil {
@@ -229,5 +244,148 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 	check("racing creates", ad)
 	if n := len(readAdState(t, m).policies); n != 2 {
 		t.Errorf("racing creates: %d shared policies, want 2", n)
+	}
+}
+
+// TestAdServiceSettlesAfterAConcurrentChange checks on a real overlay that a write of an advertisement's service
+// made from a version read before another controller changed the advertisement does not stand. Start-up
+// reconciliation finds a service to correct and reads its advertisement; then, before it writes, another
+// controller retracts the advertisement (or narrows it) and writes the service itself; reconciliation's write of
+// the version before lands last. It reads the advertisement again after writing and writes once more: a retracted
+// advertisement is not left dialable by the workgroups it left.
+func TestAdServiceSettlesAfterAConcurrentChange(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a controller")
+	}
+	w := startAdWorld(t)
+	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
+	provider, _, err := s.ids.get(ctx, s.AdminID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov := provider.OverlayID
+	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
+	for _, c := range []struct {
+		name   string
+		change func(workgroups.Advertisement) error
+		want   []string
+	}{
+		{"retracted", func(ad workgroups.Advertisement) error { return s.gov.ads.kv.Delete(ctx, ad.ID.String()) }, nil},
+		{"narrowed", func(ad workgroups.Advertisement) error {
+			_, err := s.gov.ads.update(ctx, ad.ID.String(), func(a *workgroups.Advertisement) error {
+				a.Workgroups = []workgroups.WorkgroupID{ops}
+				return nil
+			})
+			return err
+		}, []string{"adwg.acme.ops", "adp." + ov}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ad := workgroups.Advertisement{ID: newAdID(t), Provider: s.AdminID(), Workgroups: []workgroups.WorkgroupID{pricing, ops}}
+			if err := s.gov.ads.create(ctx, ad.ID.String(), ad); err != nil {
+				t.Fatal(err)
+			}
+			// A service reconciliation corrects: of the earlier shape.
+			if _, err := m.EnsureService(AdvertisementService(ad.ID), []string{"ad." + ad.ID.String()}); err != nil {
+				t.Fatal(err)
+			}
+			changed := false
+			s.raceStep = func(step string, id workgroups.AdvertisementID) {
+				if step != "ad read" || changed || id != ad.ID {
+					return
+				}
+				changed = true // the other controller: its change, then its own write of the service
+				if err := c.change(ad); err != nil {
+					t.Error(err)
+				}
+				if err := s.settleAdService(ctx, id); err != nil {
+					t.Error(err)
+				}
+			}
+			defer func() { s.raceStep = nil }()
+			if err := s.reconcileAdPolicies(ctx, time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			if !changed {
+				t.Fatal("reconciliation did not correct the service, so the race was not run")
+			}
+			readAdState(t, m).wantService(c.name+" while reconciliation wrote its service", ad.ID, c.want...)
+		})
+	}
+}
+
+// TestAdvertiseRacingAWorkgroupDeletion checks on a real overlay an advertisement published while one of its
+// workgroups is deleted: the deletion's retraction ran after advertise checked the provider's workgroups and
+// before it stored the advertisement, so it did not see it. advertise checks again after storing it and retracts
+// it from the workgroup that is gone: published in two, it stands in the other; in only that one, it is refused
+// as for any workgroup the provider is not in, and nothing of it is left.
+func TestAdvertiseRacingAWorkgroupDeletion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a controller")
+	}
+	w := startAdWorld(t)
+	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
+	admin := w.caller(s.AdminID())
+	provider, _, err := s.ids.get(ctx, s.AdminID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov := provider.OverlayID
+	create := func(name string) workgroups.WorkgroupID {
+		t.Helper()
+		view, err := s.createWorkgroup(ctx, admin, api.CreateWorkgroupRequest{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return view.ID
+	}
+	kept := create("kept")
+	for _, c := range []struct {
+		name string
+		also bool // published in kept too
+	}{{"in two", true}, {"in that one only", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			doomed := create("doomed-" + strings.ReplaceAll(c.name, " ", "-"))
+			req := api.AdvertiseRequest{Workgroups: []string{doomed.String()},
+				Card:  workgroups.AgentCard{Name: "pricer", Version: "1", MessageTypes: []string{"q.*"}},
+				Terms: workgroups.Terms{MaxMessages: 10, MaxDuration: workgroups.Duration(time.Minute), AllowedMessageTypes: []string{"q.*"}, MaxEnvelopeBytes: 1024}}
+			if c.also {
+				req.Workgroups = append(req.Workgroups, kept.String())
+			}
+			var published workgroups.AdvertisementID
+			s.raceStep = func(step string, id workgroups.AdvertisementID) {
+				if step != "ad checked" || !published.IsZero() {
+					return
+				}
+				published = id
+				if err := s.deleteWorkgroup(ctx, admin, api.DeleteWorkgroupRequest{Workgroup: doomed.String()}); err != nil {
+					t.Error(err)
+				}
+			}
+			defer func() { s.raceStep = nil }()
+			ad, err := s.advertise(ctx, admin, req)
+			if published.IsZero() {
+				t.Fatalf("advertise did not reach its create: %v", err)
+			}
+			st := readAdState(t, m)
+			stored, _, getErr := s.gov.ads.get(ctx, published.String())
+			if !c.also {
+				if err == nil || !strings.Contains(err.Error(), "not an active member of workgroup "+doomed.String()) {
+					t.Fatalf("published in a workgroup deleted meanwhile: %v, want it refused", err)
+				}
+				if !errors.Is(getErr, errNotFound) {
+					t.Fatalf("the refused advertisement is stored: %+v, %v", stored.Workgroups, getErr)
+				}
+				st.wantService("refused", published)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []workgroups.WorkgroupID{kept}
+			if getErr != nil || !slices.Equal(stored.Workgroups, want) || !slices.Equal(ad.Workgroups, want) {
+				t.Fatalf("stored %v (%v), answered %v; want both in %v", stored.Workgroups, getErr, ad.Workgroups, want)
+			}
+			st.wantService("narrowed", published, adWorkgroupAttr(kept), "adp."+ov)
+		})
 	}
 }

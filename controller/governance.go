@@ -460,15 +460,13 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 			err = s.gov.ads.kv.Delete(ctx, ad.ID.String())
 		} else {
 			_, err = s.gov.ads.update(ctx, ad.ID.String(), func(a *workgroups.Advertisement) error {
-				a.Workgroups = rest
+				a.Workgroups = slices.DeleteFunc(a.Workgroups, func(w workgroups.WorkgroupID) bool { return w == wg })
 				return nil
 			})
 		}
 		if err == nil {
 			// Only the members of the workgroups left may dial it; nobody, once none is left.
-			narrowed := ad
-			narrowed.Workgroups = rest
-			err = s.ensureAdService(ctx, narrowed, false)
+			err = s.settleAdService(ctx, ad.ID)
 		}
 		if err != nil {
 			s.log.Error("retracting advertisement failed", "advertisement", ad.ID.String(), "err", err)
@@ -583,9 +581,12 @@ func adOverlay(ad workgroups.Advertisement, overlayID string) ([]string, []adPol
 // directly, and looked up by name only when OpenZiti refuses the create because the name is taken (a partial
 // create before, or another controller first). A look-up by name reads every service of the overlay.
 func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement, isNew bool) error {
-	overlayID, err := s.adProviderOverlay(ctx, ad.Provider)
-	if err != nil {
-		return err
+	var overlayID string
+	if len(ad.Workgroups) > 0 { // a retracted advertisement carries no attributes, whoever its provider
+		var err error
+		if overlayID, err = s.adProviderOverlay(ctx, ad.Provider); err != nil {
+			return err
+		}
 	}
 	attrs, policies := adOverlay(ad, overlayID)
 	for _, p := range policies {
@@ -594,12 +595,50 @@ func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisemen
 		}
 	}
 	m := s.zc.Mgmt()
+	var err error
 	if isNew {
 		_, err = m.CreateOrFindService(AdvertisementService(ad.ID), attrs)
 	} else {
 		_, err = m.EnsureService(AdvertisementService(ad.ID), attrs)
 	}
 	return err
+}
+
+// settleAdAttempts bounds how often settleAdService writes a service whose advertisement keeps changing.
+const settleAdAttempts = 5
+
+// settleAdService gives the service of advertisement id the attributes of the advertisement as stored (none once
+// it is deleted), and reads the advertisement again after writing them. A writer that read the advertisement
+// before a change made meanwhile (a retraction on another controller, start-up reconciliation working from its
+// copy) would otherwise leave the attributes of the version before: a retracted advertisement dialable again.
+// Every change of an advertisement is followed by its writer's settleAdService, so the write that lands last is
+// followed by a read of the last version, and the service ends with its attributes.
+func (s *Server) settleAdService(ctx context.Context, id workgroups.AdvertisementID) error {
+	key := id.String()
+	ad, rev, err := s.gov.ads.get(ctx, key)
+	for attempt := 1; ; attempt++ {
+		switch {
+		case errors.Is(err, errNotFound):
+			ad, rev = workgroups.Advertisement{ID: id}, 0
+		case err != nil:
+			return err
+		}
+		if s.raceStep != nil {
+			s.raceStep("ad read", id)
+		}
+		if err := s.ensureAdService(ctx, ad, false); err != nil {
+			return err
+		}
+		var again uint64
+		ad, again, err = s.gov.ads.get(ctx, key)
+		if errors.Is(err, errNotFound) && rev == 0 || err == nil && again == rev {
+			return nil
+		}
+		if attempt == settleAdAttempts {
+			return fmt.Errorf("advertisement %s changed %d times while its service was written", id, attempt)
+		}
+		rev = again
+	}
 }
 
 // ensureAdPolicy creates the shared policy p or gives it p's roles, unless this process has done so already:
@@ -655,11 +694,7 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 	}
 	overlays := map[spiffeid.ID]string{}
 	wantPolicies := map[string]adPolicy{}
-	type fix struct {
-		name  string
-		attrs []string
-	}
-	var fixes []fix
+	var fixes []workgroups.AdvertisementID
 	live := map[string]bool{}
 	for _, ad := range ads {
 		overlayID, ok := overlays[ad.Provider]
@@ -676,7 +711,7 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 		name := AdvertisementService(ad.ID)
 		live[name] = true
 		if svc, ok := services[name]; !ok || !zitictrl.SameRoles(svc.Attributes, attrs) {
-			fixes = append(fixes, fix{name, attrs})
+			fixes = append(fixes, ad.ID)
 		}
 	}
 	changed := 0
@@ -692,15 +727,10 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 		}
 		changed++
 	}
-	for _, f := range fixes {
-		var err error
-		if svc, ok := services[f.name]; ok {
-			err = m.SetServiceAttributes(svc.ID, f.name, f.attrs)
-		} else {
-			_, err = m.CreateOrFindService(f.name, f.attrs)
-		}
-		if err != nil {
-			return fmt.Errorf("service %s: %w", f.name, err)
+	for _, id := range fixes {
+		// From the advertisement as stored now, not as the copy held it: it may have changed meanwhile.
+		if err := s.settleAdService(ctx, id); err != nil {
+			return fmt.Errorf("service %s: %w", AdvertisementService(id), err)
 		}
 		changed++
 	}
@@ -708,7 +738,12 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 		if live[name] || len(svc.Attributes) == 0 || time.Since(svc.CreatedAt) < grace {
 			continue
 		}
-		if err := m.SetServiceAttributes(svc.ID, name, nil); err != nil {
+		if id, err := workgroups.ParseAdvertisementID(strings.TrimPrefix(name, adServicePrefix)); err == nil {
+			err = s.settleAdService(ctx, id) // published since the copy was read, if the store still holds it
+		} else {
+			err = m.SetServiceAttributes(svc.ID, name, nil)
+		}
+		if err != nil {
 			return fmt.Errorf("service %s of a removed advertisement: %w", name, err)
 		}
 		changed++
@@ -731,6 +766,7 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 
 // reconcileAdPoliciesOnce runs reconcileAdPolicies until it succeeds once, or ctx ends.
 func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
+	defer close(s.adsSettled)
 	for {
 		err := s.reconcileAdPolicies(ctx, adServiceGrace)
 		if err == nil {

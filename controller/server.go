@@ -27,6 +27,7 @@ import (
 	"github.com/umbra-mesh/umbra/internal/natsd"
 	"github.com/umbra-mesh/umbra/internal/pki"
 	"github.com/umbra-mesh/umbra/internal/zitictrl"
+	"github.com/umbra-mesh/umbra/workgroups"
 )
 
 // storeOpenTimeout bounds opening (and at the first start, creating) the JetStream stores.
@@ -63,6 +64,12 @@ type Server struct {
 	self           *agentsdk.Agent
 	// adPolicies holds the names of the shared advertisement policies this process has created or checked.
 	adPolicies sync.Map
+	// adsSettled is closed when the start-up reconciliation of advertisement services and policies has ended.
+	adsSettled chan struct{}
+	// raceStep, set only by tests, runs at the named steps of advertisement writes where another controller's
+	// change would race them: "ad read" in settleAdService between its read of an advertisement and its write of
+	// the service, "ad checked" in advertise between its check of the provider's workgroups and its create.
+	raceStep func(step string, ad workgroups.AdvertisementID)
 
 	platform platformAdmin
 
@@ -105,6 +112,7 @@ func New(cfg Config) (*Server, error) {
 		td:           td,
 		ready:        make(chan struct{}),
 		hosted:       make(chan struct{}),
+		adsSettled:   make(chan struct{}),
 		revoked:      newRevocationFeed(),
 		controllerID: spiffeid.RequireFromSegments(td, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName),
 		adminID:      spiffeid.RequireFromSegments(td, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName),

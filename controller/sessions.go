@@ -43,12 +43,46 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 	if err := s.ensureAdService(ctx, ad, true); err != nil {
 		return ad, internal(err)
 	}
+	if s.raceStep != nil {
+		s.raceStep("ad checked", ad.ID)
+	}
 	if err := s.gov.ads.create(ctx, ad.ID.String(), ad); err != nil {
 		return ad, internal(err)
 	}
 	s.record(ctx, audit.Record{Kind: "advertisement.published", Actor: c.id.String(), Decision: "allow", Data: jsonRaw(ad)})
 	// Its policies name its provider and its workgroups' roles (ensureAdService): no identity changes.
-	return ad, nil
+	return s.recheckAdScope(ctx, ad)
+}
+
+// recheckAdScope retracts the just published ad from the workgroups its provider has left since advertise checked
+// them. A removal from a workgroup (or its deletion) retracts the advertisements the store holds once the
+// workgroup has changed; one published between advertise's check and that retraction's read would otherwise stay
+// in scope of a workgroup its provider is no longer in. Read after the create, the workgroups show any such
+// removal. The answer is the advertisement as it stands, or not found when no workgroup is left.
+func (s *Server) recheckAdScope(ctx context.Context, ad workgroups.Advertisement) (workgroups.Advertisement, error) {
+	ms, _, err := s.memberships(ctx, ad.Provider)
+	if err != nil {
+		return ad, internal(err)
+	}
+	active := workgroups.ActiveWorkgroups(ms)
+	var left []workgroups.WorkgroupID
+	for _, wg := range ad.Workgroups {
+		if !slices.Contains(active, wg) {
+			left = append(left, wg)
+			s.retractAds(ctx, func(a workgroups.Advertisement) bool { return a.ID == ad.ID }, wg)
+		}
+	}
+	if len(left) == 0 {
+		return ad, nil
+	}
+	now, _, err := s.gov.ads.get(ctx, ad.ID.String())
+	if errors.Is(err, errNotFound) {
+		return ad, failf(http.StatusNotFound, api.CodeNotFound, "you are not an active member of workgroup %s", left[0])
+	}
+	if err != nil {
+		return ad, internal(err)
+	}
+	return now, nil
 }
 
 // visibleAds is discovery: the advertisements the caller shares an active workgroup with and that policy lets
