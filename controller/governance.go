@@ -459,10 +459,17 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 		if len(rest) == 0 {
 			err = s.gov.ads.kv.Delete(ctx, ad.ID.String())
 		} else {
-			_, err = s.gov.ads.update(ctx, ad.ID.String(), func(a *workgroups.Advertisement) error {
+			var now workgroups.Advertisement
+			now, err = s.gov.ads.update(ctx, ad.ID.String(), func(a *workgroups.Advertisement) error {
 				a.Workgroups = slices.DeleteFunc(a.Workgroups, func(w workgroups.WorkgroupID) bool { return w == wg })
 				return nil
 			})
+			switch {
+			case errors.Is(err, errNotFound): // deleted meanwhile
+				err = nil
+			case err == nil && len(now.Workgroups) == 0: // another retraction took the rest meanwhile
+				err = s.gov.ads.kv.Delete(ctx, ad.ID.String())
+			}
 		}
 		if err == nil {
 			// Only the members of the workgroups left may dial it; nobody, once none is left.
