@@ -59,17 +59,25 @@ func (st adState) wantPolicy(what, name, kind string, identities, services []str
 	}
 }
 
-// startAdWorld is startAdminWorld once the controller's start-up reconciliation of advertisements has ended: it
-// would otherwise run beside the test's own.
-func startAdWorld(t *testing.T) adminWorld {
+// startAdWorld is startAdminWorld once the controller's start-up reconciliation of advertisements has ended (it
+// would otherwise run beside the test's own), with the overlay identity of the platform administrator, the provider
+// of the tests' advertisements. Skipped with -short.
+func startAdWorld(t *testing.T) (adminWorld, string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a controller")
+	}
 	w := startAdminWorld(t)
 	select {
 	case <-w.s.adsSettled:
 	case <-time.After(time.Minute):
 		t.Fatal("the start-up reconciliation of advertisements did not end within a minute")
 	}
-	return w
+	provider, _, err := w.s.ids.get(w.ctx, w.s.AdminID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, provider.OverlayID
 }
 
 func newAdID(t *testing.T) workgroups.AdvertisementID {
@@ -89,17 +97,9 @@ func newAdID(t *testing.T) workgroups.AdvertisementID {
 // younger than its grace, which may be being published) and is idempotent. Narrowing an advertisement narrows
 // its service's attributes, retracting it strips them; a grant cannot take a name of this shape.
 func TestAdServicesFollowProviderAndWorkgroups(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a controller")
-	}
-	w := startAdWorld(t)
+	w, ov := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
 	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
-	provider, _, err := s.ids.get(ctx, s.AdminID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ov := provider.OverlayID
 	live := workgroups.Advertisement{ID: newAdID(t), Provider: s.AdminID(), Workgroups: []workgroups.WorkgroupID{pricing, ops}}
 	gone := newAdID(t)
 	// The shape of before: the service carried ad.<id>, the provider ad.<id>.bind, each member ad.<id>.dial, and
@@ -183,16 +183,8 @@ func TestAdServicesFollowProviderAndWorkgroups(t *testing.T) {
 // controller creates them at the same time, the refused creates fall back to the look-up and the service and
 // policies end as they should, once each.
 func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a controller")
-	}
-	w := startAdWorld(t)
+	w, ov := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
-	provider, _, err := s.ids.get(ctx, s.AdminID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ov := provider.OverlayID
 	newAd := func() workgroups.Advertisement {
 		return workgroups.Advertisement{ID: newAdID(t), Provider: s.AdminID(),
 			Workgroups: []workgroups.WorkgroupID{{Org: "acme", Name: "pricing"}}}
@@ -254,16 +246,8 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 // the version before lands last. It reads the advertisement again after writing and writes once more: a retracted
 // advertisement is not left dialable by the workgroups it left.
 func TestAdServiceSettlesAfterAConcurrentChange(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a controller")
-	}
-	w := startAdWorld(t)
+	w, ov := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
-	provider, _, err := s.ids.get(ctx, s.AdminID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ov := provider.OverlayID
 	pricing, ops := workgroups.WorkgroupID{Org: "acme", Name: "pricing"}, workgroups.WorkgroupID{Org: "acme", Name: "ops"}
 	for _, c := range []struct {
 		name   string
@@ -319,17 +303,9 @@ func TestAdServiceSettlesAfterAConcurrentChange(t *testing.T) {
 // it from the workgroup that is gone: published in two, it stands in the other; in only that one, it is refused
 // as for any workgroup the provider is not in, and nothing of it is left.
 func TestAdvertiseRacingAWorkgroupDeletion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a controller")
-	}
-	w := startAdWorld(t)
+	w, ov := startAdWorld(t)
 	s, ctx, m := w.s, w.ctx, w.s.zc.Mgmt()
 	admin := w.caller(s.AdminID())
-	provider, _, err := s.ids.get(ctx, s.AdminID())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ov := provider.OverlayID
 	create := func(name string) workgroups.WorkgroupID {
 		t.Helper()
 		view, err := s.createWorkgroup(ctx, admin, api.CreateWorkgroupRequest{Name: name})
