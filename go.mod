@@ -19,6 +19,7 @@ replace (
 require (
 	github.com/a2aproject/a2a-go v0.3.3
 	github.com/cedar-policy/cedar-go v1.9.0
+	github.com/go-openapi/runtime v0.29.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/openziti/edge-api v0.26.50
@@ -99,7 +100,6 @@ require (
 	github.com/go-openapi/jsonpointer v0.22.1 // indirect
 	github.com/go-openapi/jsonreference v0.21.2 // indirect
 	github.com/go-openapi/loads v0.23.1 // indirect
-	github.com/go-openapi/runtime v0.29.0 // indirect
 	github.com/go-openapi/spec v0.22.0 // indirect
 	github.com/go-openapi/strfmt v0.24.0 // indirect
 	github.com/go-openapi/swag v0.25.1 // indirect

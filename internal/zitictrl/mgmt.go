@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-openapi/runtime"
 	"github.com/openziti/edge-api/rest_management_api_client"
 	"github.com/openziti/edge-api/rest_management_api_client/auth_policy"
 	"github.com/openziti/edge-api/rest_management_api_client/certificate_authority"
@@ -55,8 +56,43 @@ func (m *Mgmt) loginLocked() error {
 	return nil
 }
 
-// do runs fn with a logged-in client, logging in again once if the session was rejected.
+// unansweredTries is how many times do makes a request the overlay's controller could not carry out in time
+// (unanswered), waiting unansweredPause, then twice that, between tries.
+const (
+	unansweredTries = 4
+	unansweredPause = 500 * time.Millisecond
+)
+
+// do runs fn with a logged-in client, logging in again once if the session was rejected, and tries it again
+// while the overlay's controller answers that it could not carry it out (unanswered): in a cluster a member
+// forwards every change to the raft leader and gives up after 5 s, or has no leader during an election. fn must
+// be safe to repeat: such a change may still be applied after its answer, so a create tried again may find its
+// name taken (the CreateOrFind and CreateOrUpdate calls look it up then) and a delete may find it gone.
 func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
+	var err error
+	pause := unansweredPause
+	for try := 1; ; try++ {
+		if err = m.doOnce(what, fn); !unanswered(err) || try == unansweredTries {
+			return err
+		}
+		time.Sleep(pause)
+		pause *= 2
+	}
+}
+
+// unanswered reports whether err is the overlay's controller not carrying out a request for want of time or of a
+// leader, rather than refusing it: a command forwarded to the raft leader that timed out (answered 500 with no
+// body), or a cluster with no leader.
+func unanswered(err error) bool {
+	var status *runtime.APIError
+	if errors.As(err, &status) && status.Code >= 500 {
+		return true
+	}
+	var apiErr *rest_util.APIFormattedError
+	return errors.As(err, &apiErr) && apiErr.APIError != nil && apiErr.Code == "CLUSTER_NO_LEADER"
+}
+
+func (m *Mgmt) doOnce(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
 	m.mu.Lock()
 	if m.client == nil || time.Since(m.lastUsed) > reloginAfter {
 		if err := m.loginLocked(); err != nil {
@@ -275,7 +311,8 @@ func (m *Mgmt) FindIdentity(externalID string) (Identity, bool, error) {
 	return out, ok, err
 }
 
-// CreateIdentity creates an identity authenticated by certificates whose SPIFFE ID equals externalID.
+// CreateIdentity creates an identity authenticated by certificates whose SPIFFE ID equals externalID, or returns
+// the one of that name if it exists.
 func (m *Mgmt) CreateIdentity(externalID, authPolicyID string, attributes []string) (string, error) {
 	var id string
 	attrs := rest_model.Attributes(slices.Clone(attributes))
@@ -290,6 +327,14 @@ func (m *Mgmt) CreateIdentity(externalID, authPolicyID string, attributes []stri
 		id = resp.Payload.Data.ID
 		return nil
 	})
+	// A create tried again after an earlier one was applied late (do), or one by another member first: the
+	// identity of that name is the one asked for (its name is its externalId), once this member's copy has it.
+	for try := 1; nameTaken(err) && try < takenTries; try++ {
+		time.Sleep(time.Duration(try) * takenPause)
+		if found, ok, ferr := m.FindIdentity(externalID); ferr == nil && ok {
+			return found.ID, nil
+		}
+	}
 	return id, err
 }
 
@@ -320,7 +365,28 @@ func (m *Mgmt) EnableIdentity(id string) error {
 
 // EnsureService creates a service (encrypted end to end) carrying the given role attributes, or gives the
 // service of that name those attributes if it carries others.
-func (m *Mgmt) EnsureService(name string, attributes []string) (string, error) {
+func (m *Mgmt) EnsureService(name string, attributes []string) (id string, err error) {
+	for try := range takenTries {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * takenPause)
+		}
+		if id, err = m.ensureServiceOnce(name, attributes); !nameTaken(err) {
+			return id, err
+		}
+	}
+	return id, err
+}
+
+// takenTries is how many times the Ensure calls look a name up when their create is refused because it is
+// taken, takenPause apart (then twice that, ...): in a cluster the member answering reads its own copy of the
+// overlay's store, which may not have applied yet the create that took the name (another member's, or an earlier
+// create of ours applied after its answer, Mgmt.do).
+const (
+	takenTries = 5
+	takenPause = 250 * time.Millisecond
+)
+
+func (m *Mgmt) ensureServiceOnce(name string, attributes []string) (string, error) {
 	var (
 		id   string
 		same bool
@@ -481,7 +547,19 @@ func policyType(kind string) (rest_model.DialBind, error) {
 
 // EnsureServicePolicy makes a Dial or Bind policy (kind "Dial" or "Bind") of that name grant identityRoles the
 // services of serviceRoles: it creates the policy if absent and replaces its roles if they differ.
-func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
+func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) (err error) {
+	for try := range takenTries {
+		if try > 0 {
+			time.Sleep(time.Duration(try) * takenPause)
+		}
+		if err = m.ensureServicePolicyOnce(name, kind, identityRoles, serviceRoles); !nameTaken(err) {
+			return err
+		}
+	}
+	return err
+}
+
+func (m *Mgmt) ensureServicePolicyOnce(name, kind string, identityRoles, serviceRoles []string) error {
 	typ, err := policyType(kind)
 	if err != nil {
 		return err

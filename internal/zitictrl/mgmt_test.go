@@ -3,8 +3,15 @@ package zitictrl
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"testing"
+	"time"
 
+	"github.com/go-openapi/runtime"
+	"github.com/openziti/edge-api/rest_management_api_client"
 	"github.com/openziti/edge-api/rest_management_api_client/service"
 	"github.com/openziti/edge-api/rest_management_api_client/service_policy"
 	"github.com/openziti/edge-api/rest_model"
@@ -37,5 +44,100 @@ func TestNameTaken(t *testing.T) {
 				t.Errorf("nameTaken(%v) = %v, want %v", tc.err, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestUnanswered checks which failures Mgmt.do tries again: the overlay's controller not carrying out a request
+// (a command forwarded to the raft leader that timed out, a cluster with no leader), not a refusal.
+func TestUnanswered(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("zitictrl: create: %w", rest_util.WrapErr(err)) }
+	noLeader := &rest_model.APIErrorEnvelope{Error: &rest_model.APIError{Code: "CLUSTER_NO_LEADER", Message: "cluster has no leader"}}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"forwarded command timed out", wrap(runtime.NewAPIError("unknown error", "{}", 500)), true},
+		{"no leader", wrap(&service_policy.CreateServicePolicyServiceUnavailable{Payload: noLeader}), true},
+		{"refused", wrap(&service.CreateServiceBadRequest{Payload: &rest_model.APIErrorEnvelope{Error: &rest_model.APIError{Code: "INVALID_FIELD"}}}), false},
+		{"not found", wrap(runtime.NewAPIError("unknown error", "{}", 404)), false},
+		{"not from the API", errors.New("connection refused"), false},
+		{"none", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := unanswered(tc.err); got != tc.want {
+				t.Errorf("unanswered(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDoTriesUnansweredAgain: a request the overlay's controller left unanswered is made again, up to
+// unansweredTries times in all; a refusal is returned at once.
+func TestDoTriesUnansweredAgain(t *testing.T) {
+	m := &Mgmt{client: &rest_management_api_client.ZitiEdgeManagement{}, lastUsed: time.Now()}
+	timedOut := runtime.NewAPIError("unknown error", "{}", 500)
+	calls := 0
+	err := m.do("patch identity", func(*rest_management_api_client.ZitiEdgeManagement) error {
+		if calls++; calls < 3 {
+			return timedOut
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Fatalf("answered on the third try: %d calls, %v; want 3 calls and no error", calls, err)
+	}
+	calls = 0
+	err = m.do("patch identity", func(*rest_management_api_client.ZitiEdgeManagement) error { calls++; return timedOut })
+	if !unanswered(err) || calls != unansweredTries {
+		t.Fatalf("never answered: %d calls, %v; want %d calls and the last error", calls, err, unansweredTries)
+	}
+	calls = 0
+	refused := &service.CreateServiceBadRequest{Payload: &rest_model.APIErrorEnvelope{Error: &rest_model.APIError{Code: "INVALID_FIELD"}}}
+	err = m.do("create service", func(*rest_management_api_client.ZitiEdgeManagement) error { calls++; return refused })
+	if err == nil || calls != 1 {
+		t.Fatalf("refused: %d calls, %v; want 1 call and its error", calls, err)
+	}
+}
+
+// TestCreateOrFindServiceAfterALateCreate plays a cluster member behind a loaded leader through the management
+// API's real client: the first create is forwarded, times out (500) and is applied anyway; the create tried
+// again is refused because the name is taken; and this member's copy of the store shows the service only on the
+// third look-up. CreateOrFindService ends with that service, not an error.
+func TestCreateOrFindServiceAfterALateCreate(t *testing.T) {
+	var creates, lists int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/edge/management/v1/services":
+			if creates++; creates == 1 {
+				w.WriteHeader(http.StatusInternalServerError)
+				io.WriteString(w, "{}")
+				return
+			}
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":{"code":"COULD_NOT_VALIDATE","message":"invalid document","cause":{"field":"name","reason":"name must be unique","value":"a2a.x"}},"meta":{}}`)
+		case r.Method == http.MethodGet && r.URL.Path == "/edge/management/v1/services":
+			data := "[]"
+			if lists++; lists >= 3 {
+				data = `[{"id":"svc1","name":"a2a.x","roleAttributes":["wg.acme.pricing"],"encryptionRequired":true}]`
+			}
+			io.WriteString(w, `{"data":`+data+`,"meta":{"pagination":{"limit":10,"offset":0,"totalCount":1}}}`)
+		default:
+			http.Error(w, "not played here", http.StatusNotImplemented)
+		}
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	client := rest_management_api_client.NewHTTPClientWithConfig(nil, &rest_management_api_client.TransportConfig{
+		Host: u.Host, BasePath: rest_management_api_client.DefaultBasePath, Schemes: []string{"http"}})
+	m := &Mgmt{client: client, lastUsed: time.Now()}
+	id, err := m.CreateOrFindService("a2a.x", []string{"wg.acme.pricing"})
+	if err != nil || id != "svc1" {
+		t.Fatalf("CreateOrFindService = %q, %v; want svc1 (creates %d, look-ups %d)", id, err, creates, lists)
+	}
+	// The timed-out create, its repeat, and a create after each of the two look-ups that missed.
+	if creates != 4 || lists != 3 {
+		t.Errorf("creates %d, look-ups %d; want 4 and 3", creates, lists)
 	}
 }
