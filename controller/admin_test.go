@@ -47,7 +47,7 @@ func (w *warnings) count(substr string) int {
 	return n
 }
 
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	for range n {
@@ -63,13 +63,13 @@ func freePorts(t *testing.T, n int) []int {
 
 // adminWorld is a running controller (no router: the succession needs none) and helpers to act on it.
 type adminWorld struct {
-	t    *testing.T
+	t    testing.TB
 	s    *Server
 	ctx  context.Context
 	logs *warnings
 }
 
-func startAdminWorld(t *testing.T) adminWorld {
+func startAdminWorld(t testing.TB) adminWorld {
 	t.Helper()
 	ports := freePorts(t, 3)
 	logs := &warnings{}
@@ -79,16 +79,20 @@ func startAdminWorld(t *testing.T) adminWorld {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	var runErr error
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		runErr = s.Run(ctx)
+	}()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		<-stopped
 	})
 	select {
 	case <-s.Ready():
-	case err := <-done:
-		t.Fatalf("controller did not start: %v", err)
+	case <-stopped:
+		t.Fatalf("controller did not start: %v", runErr)
 	}
 	return adminWorld{t: t, s: s, ctx: ctx, logs: logs}
 }

@@ -50,7 +50,7 @@ func (s *Server) gatewayRoutes(mux *http.ServeMux) {
 		} else if err != nil {
 			return nil, internal(err)
 		}
-		ms, _, err := s.memberships(ctx, id)
+		ms, err := s.membershipsOf(ctx, id)
 		if err != nil {
 			return nil, internal(err)
 		}
@@ -164,7 +164,7 @@ func (s *Server) checkGatewayRecordScope(ctx context.Context, actor spiffeid.ID,
 		}
 	}
 	if r.Workgroup != "" {
-		ms, _, err := s.memberships(ctx, actor)
+		ms, err := s.membershipsOf(ctx, actor)
 		if err != nil {
 			return internal(err)
 		}

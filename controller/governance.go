@@ -141,6 +141,8 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	}
 	g.wgCopy = newTableCopy(g.wgs, "workgroups", log)
 	g.adCopy = newTableCopy(g.ads, "advertisements", log)
+	g.adCopy.index = adWorkgroupNames
+	g.wgCopy.index = wgMemberNames
 	return g, nil
 }
 
@@ -234,7 +236,16 @@ func (s *Server) createOrg(ctx context.Context, c caller, req api.CreateOrgReque
 	return api.CreateOrgResponse{Org: req.Name, AdminID: resp.SPIFFEID, AdminToken: resp.Token}, nil
 }
 
-// memberships returns id's memberships over every workgroup.
+// membershipsOf is id's memberships, as of this call or later, read from the workgroups id is a member of only.
+func (s *Server) membershipsOf(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
+	mine, err := s.gov.wgCopy.currentIn(ctx, []string{id.String()})
+	if err != nil {
+		return nil, err
+	}
+	return workgroups.MembershipsOf(id, mine), nil
+}
+
+// memberships is id's memberships and every workgroup, as of this call or later.
 func (s *Server) memberships(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, []workgroups.Workgroup, error) {
 	all, err := s.gov.wgCopy.current(ctx)
 	if err != nil {
@@ -444,9 +455,27 @@ func (s *Server) listWorkgroups(ctx context.Context, c caller) ([]api.WorkgroupV
 	return out, nil
 }
 
+// wgMemberNames files a workgroup in the copy under its members' identities.
+func wgMemberNames(w workgroups.Workgroup) []string {
+	names := make([]string, len(w.Members))
+	for i, m := range w.Members {
+		names[i] = m.Identity.String()
+	}
+	return names
+}
+
+// adWorkgroupNames files an advertisement in the copy under the workgroups it is published in.
+func adWorkgroupNames(ad workgroups.Advertisement) []string {
+	names := make([]string, len(ad.Workgroups))
+	for i, w := range ad.Workgroups {
+		names[i] = w.String()
+	}
+	return names
+}
+
 // retractAds removes workgroup wg from the scope of matching advertisements, deleting those left with none.
 func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertisement) bool, wg workgroups.WorkgroupID) {
-	ads, err := s.gov.adCopy.current(ctx)
+	ads, err := s.gov.adCopy.currentIn(ctx, []string{wg.String()})
 	if err != nil {
 		s.log.Error("listing advertisements failed", "err", err)
 		return
@@ -490,15 +519,12 @@ func (s *Server) retractAds(ctx context.Context, match func(workgroups.Advertise
 // (adOverlay). Attributes of an earlier shape (ad.<id>.dial and ad.<id>.bind, one per advertisement) are
 // dropped here.
 func (s *Server) syncOverlay(ctx context.Context, ids ...spiffeid.ID) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	all, err := s.gov.wgCopy.current(ctx)
-	if err != nil {
-		return err
-	}
 	for _, id := range ids {
-		active := workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, all))
+		ms, err := s.membershipsOf(ctx, id)
+		if err != nil {
+			return err
+		}
+		active := workgroups.ActiveWorkgroups(ms)
 		var derived []string
 		for _, wg := range active {
 			derived = append(derived, wgAttr(wg))

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -95,9 +97,20 @@ func (t table[T]) put(ctx context.Context, key string, v T, rev uint64) error {
 	return err
 }
 
-// update applies fn under optimistic concurrency, retrying when another writer got there first.
+// update applies fn under optimistic concurrency, retrying when another writer got there first. Between tries it
+// waits a random while that doubles up to 64 ms, so that writers racing for one record (eight administrators'
+// requests adding members to one workgroup, say) do not keep colliding, and a read served by a replica that had
+// not yet applied the last write is not repeated at once.
 func (t table[T]) update(ctx context.Context, key string, fn func(*T) error) (T, error) {
-	for range 20 {
+	for try := range 20 {
+		if try > 0 {
+			select {
+			case <-time.After(rand.N(time.Duration(1<<min(try, 6)) * time.Millisecond)):
+			case <-ctx.Done():
+				var zero T
+				return zero, ctx.Err()
+			}
+		}
 		v, rev, err := t.get(ctx, key)
 		if err != nil {
 			return v, err

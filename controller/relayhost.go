@@ -159,18 +159,18 @@ type relayMemberships struct {
 
 // Cached answers from the copy; it may lag the bucket by the time a watch update takes to arrive.
 func (m relayMemberships) Cached(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
-	all, err := m.wgs.cached(ctx)
+	mine, err := m.wgs.cachedIn(ctx, []string{id.String()})
 	if err != nil {
 		return nil, err
 	}
-	return workgroups.MembershipsOf(id, all), nil
+	return workgroups.MembershipsOf(id, mine), nil
 }
 
 // Current answers with every write the bucket had stored when it was called.
 func (m relayMemberships) Current(ctx context.Context, id spiffeid.ID) ([]workgroups.Membership, error) {
-	all, err := m.wgs.current(ctx)
+	mine, err := m.wgs.currentIn(ctx, []string{id.String()})
 	if err != nil {
 		return nil, err
 	}
-	return workgroups.MembershipsOf(id, all), nil
+	return workgroups.MembershipsOf(id, mine), nil
 }

@@ -18,7 +18,7 @@ import (
 
 // advertise publishes the caller's agent card and terms in workgroups the caller is an active member of.
 func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseRequest) (workgroups.Advertisement, error) {
-	ms, _, err := s.memberships(ctx, c.id)
+	ms, err := s.membershipsOf(ctx, c.id)
 	if err != nil {
 		return workgroups.Advertisement{}, internal(err)
 	}
@@ -60,7 +60,7 @@ func (s *Server) advertise(ctx context.Context, c caller, req api.AdvertiseReque
 // in scope of a workgroup its provider is no longer in. Read after the create, the workgroups show any such
 // removal. The answer is the advertisement as it stands, or not found when no workgroup is left.
 func (s *Server) recheckAdScope(ctx context.Context, ad workgroups.Advertisement) (workgroups.Advertisement, error) {
-	ms, _, err := s.memberships(ctx, ad.Provider)
+	ms, err := s.membershipsOf(ctx, ad.Provider)
 	if err != nil {
 		return ad, internal(err)
 	}
@@ -88,11 +88,16 @@ func (s *Server) recheckAdScope(ctx context.Context, ad workgroups.Advertisement
 // visibleAds is discovery: the advertisements the caller shares an active workgroup with and that policy lets
 // it see. Anything else is as if it did not exist.
 func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.Advertisement, []workgroups.Membership, error) {
-	ms, _, err := s.memberships(ctx, id)
+	ms, err := s.membershipsOf(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
-	ads, err := s.gov.adCopy.current(ctx)
+	// Only the advertisements of the caller's active workgroups are read; Visible still decides.
+	var names []string
+	for _, w := range workgroups.ActiveWorkgroups(ms) {
+		names = append(names, w.String())
+	}
+	ads, err := s.gov.adCopy.currentIn(ctx, names)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -103,6 +108,8 @@ func (s *Server) visibleAds(ctx context.Context, id spiffeid.ID) ([]workgroups.A
 			out = append(out, ad)
 		}
 	}
+	// The same answer in the same order every time (the copy keeps no order).
+	slices.SortFunc(out, func(a, b workgroups.Advertisement) int { return strings.Compare(a.ID.String(), b.ID.String()) })
 	return out, ms, nil
 }
 
@@ -284,7 +291,7 @@ func (s *Server) answerSession(ctx context.Context, c caller, raw string, accept
 	if sess.Provider != c.id {
 		return sess, failf(http.StatusForbidden, api.CodeForbidden, "only the provider answers a proposal")
 	}
-	ms, _, err := s.memberships(ctx, c.id)
+	ms, err := s.membershipsOf(ctx, c.id)
 	if err != nil {
 		return sess, internal(err)
 	}

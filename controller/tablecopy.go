@@ -43,6 +43,10 @@ type tableCopy[T any] struct {
 	// changed, when set, is called with the records each time the live copy changes, under the copy's lock and
 	// before current answers with the change: it must not keep the map, and must return at once.
 	changed func(map[string]T)
+	// index, when set before run, files each record under names of its own (an advertisement under its
+	// workgroups) for currentIn, which then reads only the records filed under the names it is given.
+	index   func(T) []string
+	byIndex map[string]map[string]struct{} // a name → the keys of the records filed under it, while live
 }
 
 func newTableCopy[T any](t table[T], what string, log *slog.Logger) *tableCopy[T] {
@@ -51,19 +55,51 @@ func newTableCopy[T any](t table[T], what string, log *slog.Logger) *tableCopy[T
 
 // cached is every record in the copy, or in the bucket while the copy is not live.
 func (c *tableCopy[T]) cached(ctx context.Context) ([]T, error) {
-	if list, ok := c.snapshot(0); ok {
+	if list, ok := c.snapshot(0, nil); ok {
 		return list, nil
 	}
 	return c.t.all(ctx)
 }
 
+// cachedIn is cached, of the records index files under one of names (as currentIn).
+func (c *tableCopy[T]) cachedIn(ctx context.Context, names []string) ([]T, error) {
+	if c.index == nil {
+		return nil, fmt.Errorf("%s: no index to read by", c.what)
+	}
+	if names == nil {
+		names = []string{}
+	}
+	if list, ok := c.snapshot(0, names); ok {
+		return list, nil
+	}
+	return c.readBucket(ctx, names)
+}
+
 // current is every record the bucket holds, as of this call or later.
 func (c *tableCopy[T]) current(ctx context.Context) ([]T, error) {
+	return c.read(ctx, nil)
+}
+
+// currentIn is every record the bucket holds, as of this call or later, that index files under one of names (in
+// no particular order, each once). Its cost grows with the records it returns, not with the bucket. The copy must
+// have an index.
+func (c *tableCopy[T]) currentIn(ctx context.Context, names []string) ([]T, error) {
+	if c.index == nil {
+		return nil, fmt.Errorf("%s: no index to read by", c.what)
+	}
+	if names == nil {
+		names = []string{}
+	}
+	return c.read(ctx, names)
+}
+
+// read is current (names nil) or currentIn.
+func (c *tableCopy[T]) read(ctx context.Context, names []string) ([]T, error) {
 	c.mu.Lock()
 	live := c.live
 	c.mu.Unlock()
 	if !live {
-		return c.t.all(ctx)
+		return c.readBucket(ctx, names)
 	}
 	want, err := lastRevision(ctx, c.t.kv)
 	if err != nil {
@@ -75,22 +111,33 @@ func (c *tableCopy[T]) current(ctx context.Context) ([]T, error) {
 		c.mu.Lock()
 		moved := c.moved
 		c.mu.Unlock()
-		if list, ok := c.snapshot(want); ok {
+		if list, ok := c.snapshot(want, names); ok {
 			return list, nil
 		}
 		if !c.isLive() {
-			return c.t.all(ctx)
+			return c.readBucket(ctx, names)
 		}
 		select {
 		case <-moved:
 		case <-wait.C:
 			// The last message of the stream may be one the watch never delivers (a purged delete marker):
 			// the bucket answers for certain.
-			return c.t.all(ctx)
+			return c.readBucket(ctx, names)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// readBucket is every record of the bucket (names nil) or those index files under one of names.
+func (c *tableCopy[T]) readBucket(ctx context.Context, names []string) ([]T, error) {
+	all, err := c.t.all(ctx)
+	if err != nil || names == nil {
+		return all, err
+	}
+	return slices.DeleteFunc(all, func(v T) bool {
+		return !slices.ContainsFunc(c.index(v), func(n string) bool { return slices.Contains(names, n) })
+	}), nil
 }
 
 func (c *tableCopy[T]) isLive() bool {
@@ -99,13 +146,27 @@ func (c *tableCopy[T]) isLive() bool {
 	return c.live
 }
 
-// snapshot is the copy's records if it is live and has applied revision want, in a slice of the caller's own
-// (the records' own slices are shared with the copy: not to be changed in place).
-func (c *tableCopy[T]) snapshot(want uint64) ([]T, bool) {
+// snapshot is the copy's records (names nil) or those filed under one of names, if it is live and has applied
+// revision want, in a slice of the caller's own (the records' own slices are shared with the copy: not to be
+// changed in place).
+func (c *tableCopy[T]) snapshot(want uint64, names []string) ([]T, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.live || c.applied < want {
 		return nil, false
+	}
+	if names != nil {
+		var out []T
+		seen := map[string]bool{}
+		for _, n := range names {
+			for key := range c.byIndex[n] {
+				if !seen[key] {
+					seen[key] = true
+					out = append(out, c.byKey[key])
+				}
+			}
+		}
+		return out, true
 	}
 	if c.list == nil {
 		c.list = make([]T, 0, len(c.byKey))
@@ -119,7 +180,7 @@ func (c *tableCopy[T]) snapshot(want uint64) ([]T, bool) {
 // run keeps the copy current until ctx ends, watching again after a failure.
 func (c *tableCopy[T]) run(ctx context.Context) {
 	watchAgain(ctx, c.log.With("bucket", c.what), "watching a bucket failed; reading it directly meanwhile", c.watch,
-		func() { c.set(func() { c.live, c.byKey, c.list = false, nil, nil }) })
+		func() { c.set(func() { c.live, c.byKey, c.byIndex, c.list = false, nil, nil, nil }) })
 }
 
 // set changes the copy under its lock and wakes whoever waits for it to move.
@@ -139,6 +200,25 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 	}
 	defer w.Stop()
 	byKey := map[string]T{}
+	byIndex := map[string]map[string]struct{}{}
+	file := func(key string, v T, in bool) {
+		if c.index == nil {
+			return
+		}
+		for _, n := range c.index(v) {
+			if in {
+				if byIndex[n] == nil {
+					byIndex[n] = map[string]struct{}{}
+				}
+				byIndex[n][key] = struct{}{}
+			} else {
+				delete(byIndex[n], key)
+				if len(byIndex[n]) == 0 {
+					delete(byIndex, n)
+				}
+			}
+		}
+	}
 	var applied uint64
 	live := false
 	check := time.NewTicker(watchCheck)
@@ -162,7 +242,7 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 				guard.loaded()
 				live, applied = true, max(applied, guard.seen)
 				c.set(func() {
-					c.live, c.byKey, c.applied, c.list = true, byKey, applied, nil
+					c.live, c.byKey, c.byIndex, c.applied, c.list = true, byKey, byIndex, applied, nil
 					c.notify()
 				})
 				continue
@@ -175,8 +255,12 @@ func (c *tableCopy[T]) watch(ctx context.Context) error {
 				}
 			}
 			apply := func() {
+				if old, ok := byKey[e.Key()]; ok {
+					file(e.Key(), old, false)
+				}
 				if put {
 					byKey[e.Key()] = v
+					file(e.Key(), v, true)
 				} else {
 					delete(byKey, e.Key())
 				}

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -113,6 +114,90 @@ func TestTableCopyIsCurrent(t *testing.T) {
 	}
 	if got, err := c.current(ctx); err != nil || len(got) != len(want)+1 {
 		t.Fatalf("after the watch stopped: %d records, %v; want %d from the bucket", len(got), err, len(want)+1)
+	}
+}
+
+// TestTableCopyIndex: currentIn returns exactly the records the index files under the names asked for, each
+// once, as the records move between names (another controller's writes included), are deleted, and are put back;
+// before the copy is live, while it is, and after its watch has stopped.
+func TestTableCopyIndex(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mine, theirs := openCopyTables(t)
+	// A record is filed under "n%3" and, for multiples of 5, also under "five".
+	index := func(r copyRec) []string {
+		names := []string{fmt.Sprintf("n%d", r.N%3)}
+		if r.N%5 == 0 {
+			names = append(names, "five", "five") // twice: still returned once
+		}
+		return names
+	}
+	state := map[string]int{}
+	put := func(w table[copyRec], key string, n int) {
+		t.Helper()
+		b, _ := json.Marshal(copyRec{Key: key, N: n})
+		if _, err := w.kv.Put(ctx, key, b); err != nil {
+			t.Fatal(err)
+		}
+		state[key] = n
+	}
+	want := func(names ...string) []string {
+		var ks []string
+		for key, n := range state {
+			if slices.ContainsFunc(index(copyRec{N: n}), func(x string) bool { return slices.Contains(names, x) }) {
+				ks = append(ks, key)
+			}
+		}
+		slices.Sort(ks)
+		return ks
+	}
+	c := newTableCopy(mine, "test records", slog.New(slog.DiscardHandler))
+	c.index = index
+	check := func(when string, names ...string) {
+		t.Helper()
+		got, err := c.currentIn(ctx, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ks, w := keysOf(got), want(names...); !slices.Equal(ks, w) {
+			t.Fatalf("%s: currentIn(%q) = %v, want %v", when, names, ks, w)
+		}
+	}
+	for i := range 10 {
+		put(mine, fmt.Sprintf("k%02d", i), i)
+	}
+	check("before the watch runs", "n1", "five")
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { c.run(runCtx) })
+	for i := range 60 {
+		key := fmt.Sprintf("k%02d", i%15)
+		w := mine
+		if i%2 == 1 {
+			w = theirs
+		}
+		switch {
+		case i%7 == 3:
+			if err := w.kv.Delete(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			delete(state, key)
+		default:
+			put(w, key, i) // moves the record to another name, or puts it back after a delete
+		}
+		check(fmt.Sprintf("after write %d", i), "n0", "five")
+		check(fmt.Sprintf("after write %d", i), "n2")
+		check(fmt.Sprintf("after write %d", i))
+	}
+	if !c.isLive() {
+		t.Fatal("the copy never went live")
+	}
+	stop()
+	wg.Wait()
+	put(theirs, "late", 5)
+	check("after the watch stopped", "five")
+	if _, err := newTableCopy(mine, "unindexed", slog.New(slog.DiscardHandler)).currentIn(ctx, []string{"n0"}); err == nil {
+		t.Fatal("currentIn of a copy without an index answered")
 	}
 }
 
