@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/internal/devcluster"
 	"github.com/umbra-mesh/umbra/internal/loadbench"
+	"github.com/umbra-mesh/umbra/internal/scalebench"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -50,6 +52,26 @@ func BenchmarkClusterRecordPath(b *testing.B) {
 	}
 }
 
+// BenchmarkClusterScale is sdktest's BenchmarkScale on a cluster of three controller processes and two routers
+// (internal/scalebench, sizes from UMBRA_SCALE_* variables): the world is loaded through the platform
+// administrator's and its organisation's agents, which enroll and authenticate wherever their tokens name, and
+// each controller's resident set, JetStream store and CPU while the loaded world settles are reported per
+// controller. Only with -bench, never with -short.
+func BenchmarkClusterScale(b *testing.B) {
+	if testing.Short() {
+		b.Skip("starts a cluster of umbra processes")
+	}
+	c, _ := startCluster(b, umbraBinary(b), 3, 2)
+	net := scalebench.Network{Admin: connectFile(b, c.AdminIdentityPath())}
+	for _, m := range c.Layout().Controllers {
+		net.Controllers = append(net.Controllers, scalebench.Controller{
+			Name: m.Name, StoreDir: filepath.Join(c.MemberDir(m.Name), "jetstream"),
+			PID: func() int { return c.PIDs()[m.Name] },
+		})
+	}
+	scalebench.Run(b, net)
+}
+
 // benchCluster is a running cluster of the benchmark with the agents that send on it.
 type benchCluster struct {
 	c        *devcluster.Cluster
@@ -66,11 +88,50 @@ type benchCluster struct {
 // controllers in turn, and the provider's advertisement. The cluster is stopped when b ends.
 func startBenchCluster(b *testing.B, bin string, controllers, routers int) *benchCluster {
 	b.Helper()
+	c, dir := startCluster(b, bin, controllers, routers)
+	bc := &benchCluster{c: c}
+	for _, m := range c.Layout().Controllers {
+		bc.ms = append(bc.ms, &member{name: m.Name, enroll: strconv.Itoa(m.Enroll), metrics: strconv.Itoa(m.Metrics)})
+	}
+	platform := connectFile(b, c.AdminIdentityPath())
+	o := newClusterOrg(b, dir, "bench", platform, bc.ms, 0)
+	bc.provider = o.agent("provider", 0)
+	for i := range 3 {
+		bc.senders = append(bc.senders, o.agent(fmt.Sprintf("sender-%d", i+1), i%len(bc.ms)))
+	}
+	terms := workgroups.Terms{MaxDuration: workgroups.Duration(24 * time.Hour), MaxMessages: 1 << 40,
+		AllowedMessageTypes: []string{"tick"}, MaxEnvelopeBytes: 4096}
+	o.step("advertise", time.Minute, func(ctx context.Context) error {
+		ad, err := bc.provider.Advertise(ctx, workgroups.AgentCard{Name: "Bench", Version: "1", MessageTypes: []string{"tick"}}, terms, o.wg)
+		bc.ad = ad.ID
+		return err
+	})
+	return bc
+}
+
+// startCluster starts controllers and routers as `umbra dev` does, in a new directory, and returns once the
+// cluster is ready. The cluster is stopped when b ends.
+func startCluster(b *testing.B, bin string, controllers, routers int) (*devcluster.Cluster, string) {
+	b.Helper()
 	dir := filepath.Join(b.TempDir(), "data")
 	c, err := devcluster.New(devcluster.Config{Dir: dir, Exe: bin, Controllers: controllers, Routers: routers, StartTimeout: 5 * time.Minute})
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(func() { // after the cluster stopped (cleanups run last first)
+		if !b.Failed() {
+			return
+		}
+		keep, err := os.MkdirTemp("", "umbra-bench-logs-")
+		if err == nil {
+			err = os.CopyFS(keep, os.DirFS(filepath.Join(dir, "logs")))
+		}
+		if err != nil {
+			b.Logf("keeping the members' logs: %v", err)
+			return
+		}
+		b.Logf("the members' logs: %s", keep)
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- c.Run(ctx) }()
@@ -93,24 +154,7 @@ func startBenchCluster(b *testing.B, bin string, controllers, routers int) *benc
 	b.Logf("controllers: %d, routers: %d, ready in %s; load average %s", controllers, routers,
 		time.Since(start).Round(time.Millisecond), loadbench.LoadAverage())
 
-	bc := &benchCluster{c: c}
-	for _, m := range c.Layout().Controllers {
-		bc.ms = append(bc.ms, &member{name: m.Name, enroll: strconv.Itoa(m.Enroll), metrics: strconv.Itoa(m.Metrics)})
-	}
-	platform := connectFile(b, c.AdminIdentityPath())
-	o := newClusterOrg(b, dir, "bench", platform, bc.ms, 0)
-	bc.provider = o.agent("provider", 0)
-	for i := range 3 {
-		bc.senders = append(bc.senders, o.agent(fmt.Sprintf("sender-%d", i+1), i%len(bc.ms)))
-	}
-	terms := workgroups.Terms{MaxDuration: workgroups.Duration(24 * time.Hour), MaxMessages: 1 << 40,
-		AllowedMessageTypes: []string{"tick"}, MaxEnvelopeBytes: 4096}
-	o.step("advertise", time.Minute, func(ctx context.Context) error {
-		ad, err := bc.provider.Advertise(ctx, workgroups.AgentCard{Name: "Bench", Version: "1", MessageTypes: []string{"tick"}}, terms, o.wg)
-		bc.ad = ad.ID
-		return err
-	})
-	return bc
+	return c, dir
 }
 
 // measure opens sessions up to n, the next one by the next sender, sends an envelope on each (which opens its
