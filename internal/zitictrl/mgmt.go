@@ -378,7 +378,7 @@ func (m *Mgmt) EnsureService(name string, attributes []string) (id string, err e
 }
 
 // takenTries is how many times the Ensure calls look a name up when their create is refused because it is
-// taken, takenPause apart (then twice that, ...): in a cluster the member answering reads its own copy of the
+// taken, waiting takenPause before the second, twice that before the third, and so on: in a cluster the member answering reads its own copy of the
 // overlay's store, which may not have applied yet the create that took the name (another member's, or an earlier
 // create of ours applied after its answer, Mgmt.do). A loaded member's copy was seen more than 5 s behind (its
 // wait for the leader's entry to be applied locally timed out), so the look-ups span 7 s.
