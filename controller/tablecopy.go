@@ -63,11 +63,9 @@ func (c *tableCopy[T]) cached(ctx context.Context) ([]T, error) {
 
 // cachedIn is cached, of the records index files under one of names (as currentIn).
 func (c *tableCopy[T]) cachedIn(ctx context.Context, names []string) ([]T, error) {
-	if c.index == nil {
-		return nil, fmt.Errorf("%s: no index to read by", c.what)
-	}
-	if names == nil {
-		names = []string{}
+	names, err := c.indexNames(names)
+	if err != nil {
+		return nil, err
 	}
 	if list, ok := c.snapshot(0, names); ok {
 		return list, nil
@@ -84,13 +82,23 @@ func (c *tableCopy[T]) current(ctx context.Context) ([]T, error) {
 // no particular order, each once). Its cost grows with the records it returns, not with the bucket. The copy must
 // have an index.
 func (c *tableCopy[T]) currentIn(ctx context.Context, names []string) ([]T, error) {
+	names, err := c.indexNames(names)
+	if err != nil {
+		return nil, err
+	}
+	return c.read(ctx, names)
+}
+
+// indexNames checks that the copy has an index to read by and returns names, never nil: the readers below take
+// nil to mean every record, and no names means none.
+func (c *tableCopy[T]) indexNames(names []string) ([]string, error) {
 	if c.index == nil {
 		return nil, fmt.Errorf("%s: no index to read by", c.what)
 	}
 	if names == nil {
 		names = []string{}
 	}
-	return c.read(ctx, names)
+	return names, nil
 }
 
 // read is current (names nil) or currentIn.
