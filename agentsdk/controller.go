@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,6 +26,13 @@ type Controller struct {
 	client *http.Client
 }
 
+// controllerRehost is how long a dial of the controller's API is tried again while the API has no terminator,
+// controllerRehostPause apart.
+const (
+	controllerRehost      = 5 * time.Second
+	controllerRehostPause = 250 * time.Millisecond
+)
+
 // Controller returns a client of the controller's API for this agent.
 func (a *Agent) Controller() *Controller {
 	a.ctrlOnce.Do(func() { a.ctrl = a.newController() })
@@ -40,7 +48,16 @@ func (a *Agent) newController() *Controller {
 				if err != nil {
 					return nil, err
 				}
-				return a.dial(ctx, api.ServiceName, tlsconfig.AuthorizeID(id.controllerID))
+				// The controller hosts its API whenever it runs: an API without a terminator is one being hosted
+				// again (the controller restarted, or moved to a new overlay session), so the dial is tried again
+				// for a while within ctx.
+				for wait := controllerRehost; ; wait -= controllerRehostPause {
+					conn, err := a.dial(ctx, api.ServiceName, tlsconfig.AuthorizeID(id.controllerID))
+					if err == nil || wait <= 0 || !strings.Contains(err.Error(), "has no terminators") ||
+						!sleep(ctx, controllerRehostPause) {
+						return conn, err
+					}
+				}
 			},
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     30 * time.Second,
