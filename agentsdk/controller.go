@@ -26,8 +26,8 @@ type Controller struct {
 	client *http.Client
 }
 
-// controllerRehost is how long a dial of the controller's API is tried again while the API has no terminator,
-// controllerRehostPause apart.
+// controllerRehost is how long after its first try a dial of the controller's API is tried again while the API
+// has no terminator, controllerRehostPause apart (each try itself takes about a second: dialOverlay's own tries).
 const (
 	controllerRehost      = 5 * time.Second
 	controllerRehostPause = 250 * time.Millisecond
@@ -51,9 +51,9 @@ func (a *Agent) newController() *Controller {
 				// The controller hosts its API whenever it runs: an API without a terminator is one being hosted
 				// again (the controller restarted, or moved to a new overlay session), so the dial is tried again
 				// for a while within ctx.
-				for wait := controllerRehost; ; wait -= controllerRehostPause {
+				for until := time.Now().Add(controllerRehost); ; {
 					conn, err := a.dial(ctx, api.ServiceName, tlsconfig.AuthorizeID(id.controllerID))
-					if err == nil || wait <= 0 || !strings.Contains(err.Error(), "has no terminators") ||
+					if err == nil || !time.Now().Before(until) || !strings.Contains(err.Error(), "has no terminators") ||
 						!sleep(ctx, controllerRehostPause) {
 						return conn, err
 					}
