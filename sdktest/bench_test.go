@@ -106,7 +106,7 @@ func benchTransports(b *testing.B) []transport {
 
 	ts := []transport{
 		{"overlay+mtls", func(ctx context.Context) (net.Conn, error) { return client.Dial(ctx, svc) }},
-		{"overlay", func(context.Context) (net.Conn, error) { return rawDial(rawClient, rawSvc) }},
+		{"overlay", func(context.Context) (net.Conn, error) { return rawDial(b, rawClient, rawSvc) }},
 		{"tcp", func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", tcpLn.Addr().String()) }},
 	}
 	// Warm up: the first dial of each may wait for a terminator or a service refresh.

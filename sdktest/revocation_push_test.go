@@ -34,7 +34,7 @@ func stolenCert(t testing.TB, id *agentsdk.Identity) tls.Certificate {
 // cert. It reports whether the host let the handshake through (the echo host then names the peer it verified).
 func presents(t testing.TB, raw ziti.Context, service string, cert tls.Certificate) (bool, string) {
 	t.Helper()
-	conn, err := rawDial(raw, service)
+	conn, err := rawDial(t, raw, service)
 	if err != nil {
 		t.Fatalf("raw overlay dial: %v", err)
 	}

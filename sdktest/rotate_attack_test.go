@@ -28,7 +28,7 @@ import (
 // is disabled. It returns the HTTP status and error code, or the handshake's refusal.
 func apiWith(t testing.TB, raw ziti.Context, cert tls.Certificate) (status int, code string, refused error) {
 	t.Helper()
-	conn, err := rawDial(raw, api.ServiceName)
+	conn, err := rawDial(t, raw, api.ServiceName)
 	if err != nil {
 		t.Fatalf("raw overlay dial of the controller API: %v", err)
 	}
