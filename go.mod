@@ -23,6 +23,7 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/openziti/edge-api v0.26.50
+	github.com/openziti/foundation/v2 v2.0.79
 	github.com/openziti/identity v1.0.118
 	github.com/openziti/sdk-golang v1.2.10
 	github.com/openziti/storage v0.4.31
@@ -166,7 +167,6 @@ require (
 	github.com/openai/openai-go/v3 v3.96.0 // indirect
 	github.com/openziti/agent v1.0.33 // indirect
 	github.com/openziti/channel/v4 v4.2.41 // indirect
-	github.com/openziti/foundation/v2 v2.0.79 // indirect
 	github.com/openziti/jwks v1.0.6 // indirect
 	github.com/openziti/metrics v1.4.2 // indirect
 	github.com/openziti/secretstream v0.1.42 // indirect

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openziti/ziti/controller/change"
+
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
@@ -72,6 +74,14 @@ func runClusterNode(spec string) int {
 	})
 	mux.HandleFunc("/apis", func(w http.ResponseWriter, _ *http.Request) {
 		_ = json.NewEncoder(w).Encode(c.ClientAPIURLs())
+	})
+	// /forget deletes this member's own record from the overlay's controllers store: what OpenZiti's
+	// DeleteRemovedPeers race leaves behind (see keepListed).
+	mux.HandleFunc("POST /forget", func(w http.ResponseWriter, _ *http.Request) {
+		ctx := change.New().SetSourceType("test.forget").SetChangeAuthorType(change.AuthorTypeController)
+		if err := c.edge.AppEnv.Managers.Controller.Delete(c.MemberID(), ctx); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
 	})
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.StatusPort)))
 	if err != nil {
@@ -345,19 +355,38 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 	for _, s := range specs {
 		want = append(want, fmt.Sprintf("https://127.0.0.1:%d/edge/client/v1", s.APIPort))
 	}
-	for i, n := range nodes {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			got, err := n.apis(client)
-			if err == nil && len(got) == 3 && got[0] == want[i] && sameSet(got, want) {
-				break
+	allListed := func(within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for i, n := range nodes {
+			for {
+				got, err := n.apis(client)
+				if err == nil && len(got) == 3 && got[0] == want[i] && sameSet(got, want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("c%d lists client APIs %v (err %v), want its own %s first among %v", i+1, got, err, want[i], want)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("c%d lists client APIs %v (err %v), want its own %s first among %v", i+1, got, err, want[i], want)
-			}
-			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	allListed(10 * time.Second)
+
+	forgotten := (leader + 1) % 3
+	limit.Step("c%d's record is deleted from the overlay's controllers store; it lists itself again", forgotten+1)
+	resp, err := client.Post(fmt.Sprintf("http://127.0.0.1:%d/forget", specs[forgotten].StatusPort), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("delete c%d's record: %s: %s", forgotten+1, resp.Status, body)
+	}
+	forgot := time.Now()
+	allListed(3 * listedCheck)
+	t.Logf("c%d listed by every member again %s after its record was deleted", forgotten+1, time.Since(forgot).Round(time.Millisecond))
 
 	mgmts := make([]*Mgmt, 3)
 	for i, n := range nodes {

@@ -173,6 +173,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 		c.Stop()
 		return nil, err
 	}
+	if c.Clustered() {
+		go c.keepListed()
+	}
 	return c, nil
 }
 
