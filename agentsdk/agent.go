@@ -338,7 +338,7 @@ func (a *Agent) Listen(service string) (net.Listener, error) {
 // ListenContext is Listen bounded by ctx: if the overlay has not answered by ctx's deadline it returns an error
 // wrapping ctx.Err() and hosts nothing. ctx bounds only the call, not the listener it returns.
 func (a *Agent) ListenContext(ctx context.Context, service string) (net.Listener, error) {
-	l := &listener{agent: a, service: service, conns: make(chan net.Conn), done: make(chan struct{})}
+	l := &listener{agent: a, service: service, conns: make(chan net.Conn), done: make(chan struct{}), pending: true}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -363,6 +363,9 @@ func (a *Agent) ListenContext(ctx context.Context, service string) (net.Listener
 			}
 		}
 	}
+	l.mu.Lock()
+	l.pending = false
+	l.mu.Unlock()
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:

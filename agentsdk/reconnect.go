@@ -202,9 +202,9 @@ func (a *Agent) listenersDown() bool {
 	anyDown := false
 	for _, l := range ls {
 		l.mu.Lock()
-		zl, closed := l.zl, l.closed
+		zl, skip := l.zl, l.closed || l.pending
 		l.mu.Unlock()
-		if closed {
+		if skip {
 			continue
 		}
 		if zl == nil || zl.IsClosed() {

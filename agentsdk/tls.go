@@ -72,7 +72,10 @@ type listener struct {
 	zl        edge.Listener
 	closed    bool
 	rebinding bool
-	once      sync.Once
+	// pending is true while ListenContext's first bind has not returned: the listener is registered (so that a
+	// reconnect meanwhile moves it too) but not hosted yet, and that is not a hosted service that went down.
+	pending bool
+	once    sync.Once
 }
 
 func (l *listener) bind(zctx ziti.Context) error {

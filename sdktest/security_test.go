@@ -112,8 +112,7 @@ func rawContext(tb testing.TB, id *agentsdk.Identity) ziti.Context {
 
 // rawHostWait is how long rawDial waits for a host that has no terminator at the moment. The attack tests are
 // about what the host answers, and a host agent that is hosting its service again (its connection to the router
-// dropped, or it moved to a new overlay session) has none for a moment. Once, in a whole-suite run, a service
-// hosted a moment before had none.
+// dropped, or it moved to a new overlay session) has none for a moment, as dialEcho's comment says.
 const rawHostWait = 5 * time.Second
 
 // rawDial dials service on the raw overlay, refreshing the service list once if a grant is newer than it, and
