@@ -26,8 +26,9 @@ type Controller struct {
 	client *http.Client
 }
 
-// controllerRehost is how long after its first try a dial of the controller's API is tried again while the API
-// has no terminator, controllerRehostPause apart (each try itself takes about a second: dialOverlay's own tries).
+// controllerRehost is how long after its first try a dial of a service the controller hosts (its API, the relay)
+// is tried again while the service has no terminator, controllerRehostPause apart (each try itself takes about a
+// second: dialOverlay's own tries).
 const (
 	controllerRehost      = 5 * time.Second
 	controllerRehostPause = 250 * time.Millisecond
@@ -44,25 +45,29 @@ func (a *Agent) newController() *Controller {
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				id, _, err := a.current()
-				if err != nil {
-					return nil, err
-				}
-				// The controller hosts its API whenever it runs: an API without a terminator is one being hosted
-				// again (the controller restarted, or moved to a new overlay session), so the dial is tried again
-				// for a while within ctx.
-				for until := time.Now().Add(controllerRehost); ; {
-					conn, err := a.dial(ctx, api.ServiceName, tlsconfig.AuthorizeID(id.controllerID))
-					if err == nil || !time.Now().Before(until) || !strings.Contains(err.Error(), "has no terminators") ||
-						!sleep(ctx, controllerRehostPause) {
-						return conn, err
-					}
-				}
+				return a.dialController(ctx, api.ServiceName)
 			},
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     30 * time.Second,
 		},
 	}}
+}
+
+// dialController dials service, one the controller hosts whenever it runs, inside mutual TLS in which the
+// controller proves its SPIFFE ID. Such a service without a terminator is one being hosted again (the controller
+// restarted, or moved to a new overlay session), so the dial is tried again for a while within ctx.
+func (a *Agent) dialController(ctx context.Context, service string) (net.Conn, error) {
+	id, _, err := a.current()
+	if err != nil {
+		return nil, err
+	}
+	for until := time.Now().Add(controllerRehost); ; {
+		conn, err := a.dial(ctx, service, tlsconfig.AuthorizeID(id.controllerID))
+		if err == nil || !time.Now().Before(until) || !strings.Contains(err.Error(), "has no terminators") ||
+			!sleep(ctx, controllerRehostPause) {
+			return conn, err
+		}
+	}
 }
 
 func (c *Controller) post(ctx context.Context, path string, in, out any) error {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/workgroups"
@@ -440,11 +439,7 @@ type relayConn struct {
 
 // openRelay dials the controller's relay and says hello, by ctx's deadline.
 func (a *Agent) openRelay(ctx context.Context, hello api.RelayHello) (*relayConn, error) {
-	id, _, err := a.current()
-	if err != nil {
-		return nil, err
-	}
-	conn, err := a.dial(ctx, api.RelayService, tlsconfig.AuthorizeID(id.controllerID))
+	conn, err := a.dialController(ctx, api.RelayService)
 	if err != nil {
 		return nil, err
 	}
