@@ -195,10 +195,15 @@ var routine = []known{
 	// error and decides.
 	{msg: "has no terminators", level: slog.LevelDebug},
 	{msg: "NO_EDGE_ROUTERS_AVAILABLE", level: slog.LevelDebug},
+	// A dial or bind on an overlay context that is closing (a command stopping after an error, an agent moving
+	// to a new overlay session): the SDK's connection multiplexer is closed, and the caller gets the error.
+	{msg: "mux is closed", level: slog.LevelDebug},
 }
 
-// shutdown lists messages OpenZiti logs above debug while stopping normally.
-var shutdown = map[string]bool{"exited": true, "exiting": true, "disconnected": true}
+// shutdown lists whole messages OpenZiti logs above debug while stopping normally. "channel closed" is the SDK's
+// dial whose router channel closed under it (the context closing, or the router gone): the dialer gets the same
+// error and decides.
+var shutdown = map[string]bool{"exited": true, "exiting": true, "disconnected": true, "channel closed": true}
 
 // Route sends the process-wide logrus output to logger from level on. It replaces earlier routes: OpenZiti's
 // logger is process-wide, so the last caller wins.

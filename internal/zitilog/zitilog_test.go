@@ -178,6 +178,12 @@ func TestRoutineTable(t *testing.T) {
 		}, slog.LevelInfo},
 		{"third-party CA login", func() { logrus.Warn("error verifying client certificate via static root pool") }, slog.LevelDebug},
 		{"shutdown", func() { logrus.Error("exited") }, slog.LevelDebug},
+		{"dial on a closing context", func() {
+			logrus.Warnf("error adding message sink %s[%d]: %v", "umbra.controller", 1, errors.New("mux is closed, can't add sink with id [1]"))
+		}, slog.LevelDebug},
+		{"dial whose router channel closed", func() {
+			logrus.WithField("marker", "kh5QI97F").WithField("connId", 1).Error(errors.New("channel closed"))
+		}, slog.LevelDebug},
 		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
 
 		// Unknown, or a known message with another cause: OpenZiti's level, so that an operator sees it.
@@ -206,6 +212,9 @@ func TestRoutineTable(t *testing.T) {
 			logrus.WithError(errors.New("timeout waiting for response")).Warn("failed to dial fabric")
 		}, slog.LevelWarn},
 		{"write error otherwise", func() { logrus.WithError(errors.New("i/o timeout")).Errorf("write error") }, slog.LevelError},
+		{"bind failing on a closed channel", func() {
+			logrus.WithError(errors.New("channel closed")).Error("failed to establish listener")
+		}, slog.LevelError},
 		{"unknown warning", func() { logrus.Warn("edge router certificate expires soon") }, slog.LevelWarn},
 		{"info stays info", func() { logrus.Info("router online") }, slog.LevelInfo},
 	} {
