@@ -4,10 +4,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-openapi/runtime"
@@ -82,14 +85,22 @@ func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeMan
 
 // unanswered reports whether err is the overlay's controller not carrying out a request for want of time or of a
 // leader, rather than refusing it: a command forwarded to the raft leader that timed out (answered 500 with no
-// body), or a cluster with no leader.
+// body), a cluster with no leader, or a connection the API closed without an answer (EOF or a reset: the server
+// closed a kept-alive connection just as the request went out on it). Making such a request again is safe: a
+// create whose first try was applied finds its name taken and looks it up, an update sets the same fields, and a
+// delete of what is already gone succeeds.
 func unanswered(err error) bool {
 	var status *runtime.APIError
 	if errors.As(err, &status) && status.Code >= 500 {
 		return true
 	}
 	var apiErr *rest_util.APIFormattedError
-	return errors.As(err, &apiErr) && apiErr.APIError != nil && apiErr.Code == "CLUSTER_NO_LEADER"
+	if errors.As(err, &apiErr) && apiErr.APIError != nil && apiErr.Code == "CLUSTER_NO_LEADER" {
+		return true
+	}
+	var transport *url.Error
+	return errors.As(err, &transport) &&
+		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
 }
 
 func (m *Mgmt) doOnce(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,7 +62,11 @@ func TestUnanswered(t *testing.T) {
 		{"no leader", wrap(&service_policy.CreateServicePolicyServiceUnavailable{Payload: noLeader}), true},
 		{"refused", wrap(&service.CreateServiceBadRequest{Payload: &rest_model.APIErrorEnvelope{Error: &rest_model.APIError{Code: "INVALID_FIELD"}}}), false},
 		{"not found", wrap(runtime.NewAPIError("unknown error", "{}", 404)), false},
+		{"connection closed without an answer", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: io.EOF}), true},
+		{"connection reset", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: syscall.ECONNRESET}), true},
+		{"connection refused", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: syscall.ECONNREFUSED}), false},
 		{"not from the API", errors.New("connection refused"), false},
+		{"end of a body read elsewhere", io.EOF, false},
 		{"none", nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,5 +144,38 @@ func TestCreateOrFindServiceAfterALateCreate(t *testing.T) {
 	// The timed-out create, its repeat, and a create after each of the two look-ups that missed.
 	if creates != 4 || lists != 3 {
 		t.Errorf("creates %d, look-ups %d; want 4 and 3", creates, lists)
+	}
+}
+
+// TestDoTriesAConnectionClosedWithoutAnswer drives the management API's real client against a server that closes
+// the connection of the first create without answering, as a server closing a kept-alive connection just as the
+// request goes out on it does (Go's client does not repeat a POST itself). The create is made again and answered.
+func TestDoTriesAConnectionClosedWithoutAnswer(t *testing.T) {
+	var creates int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/edge/management/v1/service-policies" {
+			http.Error(w, "not played here", http.StatusNotImplemented)
+			return
+		}
+		if creates++; creates == 1 {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			conn.Close()
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, `{"data":{"id":"sp1","_links":{}},"meta":{}}`)
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	client := rest_management_api_client.NewHTTPClientWithConfig(nil, &rest_management_api_client.TransportConfig{
+		Host: u.Host, BasePath: rest_management_api_client.DefaultBasePath, Schemes: []string{"http"}})
+	m := &Mgmt{client: client, lastUsed: time.Now()}
+	if err := m.CreateOrUpdateServicePolicy("umbra-x-dial", "Dial", []string{"#x.dial"}, []string{"#x"}); err != nil || creates != 2 {
+		t.Fatalf("create after a dropped connection: %v (%d creates); want success on the second create", err, creates)
 	}
 }
