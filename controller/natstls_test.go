@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -54,12 +55,7 @@ func TestNATSListenerIsSealed(t *testing.T) {
 	ca, rogue := newTestCA(t, td), newTestCA(t, td)
 	self := spiffeid.RequireFromString("spiffe://umbra.local/umbra/controller/api")
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePorts(t, 1)[0]))
 
 	if _, err := natsd.Start(natsd.Config{StoreDir: t.TempDir(), ListenAddr: addr}); err == nil {
 		t.Fatal("natsd started a TCP listener without TLS")
@@ -120,13 +116,8 @@ func TestNATSClusterRoutesAreSealed(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("umbra.local")
 	ca, rogueCA := newTestCA(t, td), newTestCA(t, td)
 	var addrs []string
-	for range 4 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, l.Addr().String())
-		l.Close()
+	for _, p := range freePorts(t, 4) {
+		addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
 	}
 	start := func(i int, ca *pki.CA) *natsd.Server {
 		t.Helper()

@@ -6,17 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/controller"
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/router"
 )
@@ -169,52 +167,11 @@ func (d *deployment) background(name string, fn func(ctx context.Context) error)
 	})
 }
 
-// freePorts picks n distinct loopback ports that are free now, below the kernel's ephemeral range. In that range
-// connect() takes its source ports and bind(0) picks its ports (the overlay controller's management port is one),
-// so a port picked there could be taken by one of those before the component it is for binds it: a demo run once
-// stopped with its enrollment port "already in use".
-func freePorts(n int) ([]int, error) {
-	hi := ephemeralLow()
-	lo := max(hi-10000, 1024)
-	tried := map[int]bool{}
-	out := make([]int, 0, n)
-	for len(out) < n {
-		if len(tried) >= 1000 {
-			return nil, fmt.Errorf("found %d free loopback ports between %d and %d, want %d", len(out), lo, hi-1, n)
-		}
-		p := lo + rand.IntN(hi-lo)
-		if tried[p] {
-			continue
-		}
-		tried[p] = true
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// ephemeralLow is the first port of the kernel's ephemeral range (/proc/sys/net/ipv4/ip_local_port_range on
-// Linux), or 32768 where that cannot be read (below the range of other systems too).
-func ephemeralLow() int {
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil && v > 2048 {
-				return v
-			}
-		}
-	}
-	return 32768
-}
-
 func (d *deployment) start(ctx context.Context) error {
 	feed := d.feed
 	feed.Text(intro)
 	feed.Section("Network")
-	ports, err := freePorts(6)
+	ports, err := freeport.Loopback(6)
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
@@ -57,18 +57,17 @@ func freePort(t *testing.T) int {
 	return p
 }
 
-// freePorts returns n distinct free loopback ports as strings for a command line: each is held until all are
-// chosen, so that the kernel cannot hand the same port out twice (one daemon given one port for two listeners).
+// freePorts returns n distinct free loopback ports as strings for a command line, below the kernel's ephemeral
+// range (freeport), where no outgoing connection takes one before the daemon it is for binds it.
 func freePorts(t *testing.T, n int) []string {
 	t.Helper()
+	picked, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ports := make([]string, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports[i] = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	for i, p := range picked {
+		ports[i] = strconv.Itoa(p)
 	}
 	return ports
 }

@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
+
+	"github.com/umbra-mesh/umbra/internal/freeport"
 )
 
 // layoutFile is where a cluster's members and their ports are kept, in its directory.
@@ -59,17 +60,13 @@ func HasLayout(dir string) (controllers, routers int, ok bool) {
 	return len(l.Controllers), len(l.Routers), true
 }
 
-// newLayout chooses free loopback ports for n controllers and m routers. Every port is held until all are
-// chosen, so none is handed out twice.
+// newLayout chooses distinct free loopback ports for n controllers and m routers, below the kernel's ephemeral
+// range (freeport): a port of that range could be taken by a member's outgoing connection before the member it
+// is for binds it, and that member would stop with "address already in use".
 func newLayout(n, m int) (Layout, error) {
-	ports := make([]int, 0, 5*n+2*m)
-	for range cap(ports) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return Layout{}, fmt.Errorf("devcluster: choosing a free port: %w", err)
-		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	ports, err := freeport.Loopback(5*n + 2*m)
+	if err != nil {
+		return Layout{}, fmt.Errorf("devcluster: %w", err)
 	}
 	var l Layout
 	for i := range n {

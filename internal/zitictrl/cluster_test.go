@@ -23,6 +23,7 @@ import (
 
 	"github.com/openziti/ziti/controller/change"
 
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 	"github.com/umbra-mesh/umbra/internal/zitilog"
 )
@@ -236,17 +237,12 @@ func (n *clusterNode) mgmt(t *testing.T) *Mgmt {
 	return newMgmt(fmt.Sprintf("https://127.0.0.1:%d", n.spec.MgmtPort), adminUser, strings.TrimSpace(string(secret)), pool)
 }
 
-// distinctPorts picks n free loopback ports, holding each until all are chosen so that none repeats.
+// distinctPorts picks n distinct free loopback ports below the kernel's ephemeral range (freeport).
 func distinctPorts(t *testing.T, n int) []int {
 	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	ports, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ports
 }

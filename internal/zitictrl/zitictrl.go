@@ -30,6 +30,7 @@ import (
 	"github.com/openziti/ziti/controller/server"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/pki"
 )
 
@@ -219,13 +220,13 @@ func (c *Controller) mgmtURL() string {
 	return "https://" + net.JoinHostPort("127.0.0.1", fmt.Sprint(c.cfg.MgmtPort))
 }
 
+// freeLoopbackPort picks the management listener's port, below the kernel's ephemeral range (freeport).
 func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Loopback(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
 // ClientAPIURL is the edge client API that SDKs authenticate against.

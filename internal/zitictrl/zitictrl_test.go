@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
 )
 
@@ -18,13 +19,9 @@ import (
 // loopback management port the controller uses itself.
 func TestManagementAPIsOffThePublicPort(t *testing.T) {
 	limit := testlimit.Start(t, 3*time.Minute)
-	ports := make([]int, 2)
-	for i := range ports {
-		p, err := freeLoopbackPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = p
+	ports, err := freeport.Loopback(2)
+	if err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

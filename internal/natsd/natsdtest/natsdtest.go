@@ -13,11 +13,13 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/natsd"
 )
 
@@ -243,17 +245,16 @@ func RouteTLS() (*tls.Config, error) {
 	}, nil
 }
 
-// freeAddrs picks n free loopback ports, holding each until all are chosen so that no two are the same.
+// freeAddrs picks n distinct free loopback addresses below the kernel's ephemeral range (freeport).
 func freeAddrs(tb testing.TB, n int) []string {
 	tb.Helper()
-	var addrs []string
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		addrs = append(addrs, ln.Addr().String())
+	ports, err := freeport.Loopback(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addrs := make([]string, n)
+	for i, p := range ports {
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
 	return addrs
 }

@@ -1,4 +1,4 @@
-package demo
+package freeport
 
 import (
 	"net"
@@ -6,18 +6,18 @@ import (
 	"testing"
 )
 
-// TestFreePortsBelowEphemeralRange: the demo's ports are distinct, free, and below the kernel's ephemeral range,
-// where no outgoing connection or bind(0) of the demo's own components can take them first.
-func TestFreePortsBelowEphemeralRange(t *testing.T) {
-	ports, err := freePorts(6)
+// TestLoopbackBelowEphemeralRange: the ports are distinct, free, and below the kernel's ephemeral range, where no
+// outgoing connection or bind(0) can take them first.
+func TestLoopbackBelowEphemeralRange(t *testing.T) {
+	ports, err := Loopback(6)
 	if err != nil {
 		t.Fatal(err)
 	}
-	low := ephemeralLow()
+	low := EphemeralLow()
 	seen := map[int]bool{}
 	for _, p := range ports {
-		if p >= low || p < 1024 || seen[p] {
-			t.Fatalf("ports %v: want 6 distinct ports from 1024 up to below %d", ports, low)
+		if p >= low || p < floor || seen[p] {
+			t.Fatalf("ports %v: want 6 distinct ports from %d up to below %d", ports, floor, low)
 		}
 		seen[p] = true
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
@@ -40,7 +40,7 @@ func TestFreePortsBelowEphemeralRange(t *testing.T) {
 			l.Close()
 		}
 	}()
-	again, err := freePorts(6)
+	again, err := Loopback(6)
 	if err != nil {
 		t.Fatal(err)
 	}
