@@ -184,12 +184,23 @@ func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueCo
 	return r.bucket(retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) { return r.JetStream.CreateKeyValue(ctx, cfg) }))
 }
 
+// CreateOrUpdateKeyValue creates the bucket, or updates it if it exists with another configuration. It asks to
+// create first, and to update only when told the bucket exists otherwise: the client's own CreateOrUpdate asks
+// to update first. When the members of a cluster start together, each opens the same stores at once, and on
+// nats-server v2.15.2 an update that arrives while another server's create of the same stream is in flight
+// leaves every one of those requests unanswered: each store then cost a 5 s attempt and another (about 90 s
+// for a controller's stores, several minutes on a loaded machine). Creates of an equal configuration at once
+// are all answered (TestConcurrentOpensAnsweredAtOnce).
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
 	return r.bucket(retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.KeyValue, error) {
-		return r.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+		kv, err := r.JetStream.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return r.JetStream.UpdateKeyValue(ctx, cfg)
+		}
+		return kv, err
 	}))
 }
 
@@ -279,11 +290,17 @@ func (r replicated) CreateStream(ctx context.Context, cfg jetstream.StreamConfig
 	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.Stream, error) { return r.JetStream.CreateStream(ctx, cfg) })
 }
 
+// CreateOrUpdateStream creates the stream, or updates it if it exists with another configuration: create first,
+// as CreateOrUpdateKeyValue does, and for the same reason.
 func (r replicated) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
 	}
 	return retryUnanswered(ctx, cfg.Replicas, func(ctx context.Context) (jetstream.Stream, error) {
-		return r.JetStream.CreateOrUpdateStream(ctx, cfg)
+		s, err := r.JetStream.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return r.JetStream.UpdateStream(ctx, cfg)
+		}
+		return s, err
 	})
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -89,6 +90,66 @@ func TestEveryStoreReplicated(t *testing.T) {
 	t.Logf("%d streams and buckets, all R3", n)
 	if n < 12 {
 		t.Fatalf("only %d streams and buckets", n)
+	}
+}
+
+// TestConcurrentOpensAnsweredAtOnce: the members of a cluster that start together open the same stores at once.
+// Each of those opens is answered on its first attempt: every call here gets less time than one attempt
+// (createAttemptTimeout), so a request left unanswered fails it. A store that exists with another configuration
+// is updated.
+func TestConcurrentOpensAnsweredAtOnce(t *testing.T) {
+	c := natsdtest.StartCluster(t, 3)
+	members := make([]replicated, 3)
+	for i := range members {
+		members[i] = replicated{JetStream: c.JetStream(i), n: 3}
+	}
+	const within = createAttemptTimeout - time.Second
+	atOnce := func(what string, open func(ctx context.Context, r replicated) error) {
+		t.Helper()
+		errs := make(chan error, len(members))
+		for _, r := range members {
+			go func() {
+				ctx, cancel := context.WithTimeout(t.Context(), within)
+				defer cancel()
+				errs <- open(ctx, r)
+			}()
+		}
+		for range members {
+			if err := <-errs; err != nil {
+				t.Fatalf("%s, opened by three members at once: %v", what, err)
+			}
+		}
+	}
+	for i := range 3 {
+		bucket := fmt.Sprintf("opened_%d", i)
+		atOnce("bucket "+bucket, func(ctx context.Context, r replicated) error {
+			_, err := r.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, Storage: jetstream.FileStorage})
+			return err
+		})
+		stream := fmt.Sprintf("OPENED_%d", i)
+		atOnce("stream "+stream, func(ctx context.Context, r replicated) error {
+			_, err := r.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{stream + ".>"}, Storage: jetstream.FileStorage})
+			return err
+		})
+	}
+
+	// Opened again with another configuration, as a newer controller may: updated.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	kv, err := members[1].CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "opened_0", History: 5, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := kv.Status(ctx); err != nil || st.History() != 5 {
+		t.Fatalf("bucket opened again with history 5: status %v, %v", st, err)
+	}
+	s, err := members[2].CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "OPENED_0", Subjects: []string{"OPENED_0.>"},
+		Storage: jetstream.FileStorage, MaxMsgs: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxMsgs; got != 1000 {
+		t.Fatalf("stream opened again with MaxMsgs 1000 has %d", got)
 	}
 }
 
