@@ -180,11 +180,17 @@ func waitBroken(t *testing.T, what string, conn net.Conn) {
 func dialEcho(t *testing.T, ctx context.Context, a *agentsdk.Agent, service string) net.Conn {
 	t.Helper()
 	// A listener is hosted once its router has the bind; the router then registers the terminator with the
-	// controller, so a dial at once may find none yet: that answer is retried, briefly.
+	// controller, so a dial at once may find none yet: that answer is retried. Right after a burst of terminator
+	// removals (another test's agents closing their hundreds of services) the router registers new terminators
+	// tens of seconds late (docs/overlay-reliability.md, "A burst of terminator removals"): up to a minute.
+	began := time.Now()
 	conn, err := a.Dial(ctx, service)
-	for deadline := time.Now().Add(15 * time.Second); err != nil && strings.Contains(err.Error(), "has no terminators") && time.Now().Before(deadline); {
+	for deadline := began.Add(time.Minute); err != nil && strings.Contains(err.Error(), "has no terminators") && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
 		conn, err = a.Dial(ctx, service)
+	}
+	if waited := time.Since(began); waited > 5*time.Second {
+		t.Logf("%s had no terminator for %s after it was hosted", service, waited.Round(time.Millisecond))
 	}
 	if err != nil {
 		t.Fatalf("dial %s: %v", service, err)
