@@ -187,10 +187,11 @@ func (r replicated) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueCo
 // CreateOrUpdateKeyValue creates the bucket, or updates it if it exists with another configuration. It asks to
 // create first, and to update only when told the bucket exists otherwise: the client's own CreateOrUpdate asks
 // to update first. When the members of a cluster start together, each opens the same stores at once, and on
-// nats-server v2.15.2 an update that arrives while another server's create of the same stream is in flight
-// leaves every one of those requests unanswered: each store then cost a 5 s attempt and another (about 90 s
-// for a controller's stores, several minutes on a loaded machine). Creates of an equal configuration at once
-// are all answered (TestConcurrentOpensAnsweredAtOnce).
+// nats-server v2.15.2 three servers doing update-then-create on one stream at once got no answer to any of
+// those requests (most likely an update arriving while another server's create is in flight): each store then
+// cost a 5 s attempt and another (about 90 s for a controller's stores, several minutes on a loaded machine).
+// Creates of an equal configuration at once are all answered (TestConcurrentOpensAnsweredAtOnce). Members that
+// all update a store at once (an upgrade changing its configuration) are not covered by that test.
 func (r replicated) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = r.n
