@@ -212,8 +212,11 @@ func TestNewAdServiceConvergesAfterPartialCreate(t *testing.T) {
 		}
 		check(what, ad)
 	}
-	if id, err := m.CreateOrFindService(AdvertisementService(ad.ID), []string{"adwg.acme.pricing", "adp." + ov}); err != nil || id != serviceID {
-		t.Errorf("creating the service again gave %q, %v; want the existing one, %q", id, err, serviceID)
+	if err := m.CreateNewService(AdvertisementService(ad.ID), []string{"adwg.acme.pricing", "adp." + ov}); err != nil {
+		t.Errorf("creating the service again: %v", err)
+	}
+	if got := readAdState(t, m).services[AdvertisementService(ad.ID)].ID; got != serviceID {
+		t.Errorf("creating the service again left service %q, want the existing one, %q", got, serviceID)
 	}
 
 	// Two controllers of a cluster racing on the same new advertisement and new shared policies.

@@ -610,9 +610,9 @@ func adOverlay(ad workgroups.Advertisement, overlayID string) ([]string, []adPol
 // ensureAdService creates ad's overlay service, or brings its attributes up to date, after the shared policies
 // it needs (adOverlay).
 //
-// isNew says that ad's id was just drawn, so its service most likely does not exist: it is then created
-// directly, and looked up by name only when OpenZiti refuses the create because the name is taken (a partial
-// create before, or another controller first). A look-up by name reads every service of the overlay.
+// isNew says that ad's id was just drawn, so no one else creates its service: it is then created directly
+// (Mgmt.CreateNewService), and looked up by name only when OpenZiti refuses the first try because the name is
+// taken (a partial create before). A look-up by name reads every service of the overlay.
 func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisement, isNew bool) error {
 	var overlayID string
 	if len(ad.Workgroups) > 0 { // a retracted advertisement carries no attributes, whoever its provider
@@ -630,7 +630,7 @@ func (s *Server) ensureAdService(ctx context.Context, ad workgroups.Advertisemen
 	m := s.zc.Mgmt()
 	var err error
 	if isNew {
-		_, err = m.CreateOrFindService(AdvertisementService(ad.ID), attrs)
+		err = m.CreateNewService(AdvertisementService(ad.ID), attrs)
 	} else {
 		_, err = m.EnsureService(AdvertisementService(ad.ID), attrs)
 	}

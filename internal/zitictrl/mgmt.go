@@ -70,7 +70,7 @@ const (
 // while the overlay's controller answers that it could not carry it out (unanswered): in a cluster a member
 // forwards every change to the raft leader and gives up after 5 s, or has no leader during an election. fn must
 // be safe to repeat: such a change may still be applied after its answer, so a create tried again may find its
-// name taken (the CreateOrFind and CreateOrUpdate calls look it up then) and a delete may find it gone.
+// name taken (CreateNewService knows it made it; the other create calls look it up) and a delete may find it gone.
 func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
 	var err error
 	pause := unansweredPause
@@ -87,7 +87,7 @@ func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeMan
 // leader, rather than refusing it: a command forwarded to the raft leader that timed out (answered 500 with no
 // body), a cluster with no leader, or a connection the API closed without an answer (EOF or a reset: the server
 // closed a kept-alive connection just as the request went out on it). Making such a request again is safe: a
-// create whose first try was applied finds its name taken and looks it up, an update sets the same fields, and a
+// create whose first try was applied finds its name taken (see do), an update sets the same fields, and a
 // delete of what is already gone succeeds.
 func unanswered(err error) bool {
 	var status *runtime.APIError
@@ -340,11 +340,14 @@ func (m *Mgmt) CreateIdentity(externalID, authPolicyID string, attributes []stri
 	})
 	// A create tried again after an earlier one was applied late (do), or one by another member first: the
 	// identity of that name is the one asked for (its name is its externalId), once this member's copy has it.
-	for try := 1; nameTaken(err) && try < takenTries; try++ {
-		time.Sleep(time.Duration(try) * takenPause)
-		if found, ok, ferr := m.FindIdentity(externalID); ferr == nil && ok {
-			return found.ID, nil
-		}
+	if nameTaken(err) {
+		lookUpTaken(func() bool {
+			found, ok, ferr := m.FindIdentity(externalID)
+			if ferr == nil && ok {
+				id, err = found.ID, nil
+			}
+			return ok
+		})
 	}
 	return id, err
 }
@@ -377,25 +380,35 @@ func (m *Mgmt) EnableIdentity(id string) error {
 // EnsureService creates a service (encrypted end to end) carrying the given role attributes, or gives the
 // service of that name those attributes if it carries others.
 func (m *Mgmt) EnsureService(name string, attributes []string) (id string, err error) {
-	for try := range takenTries {
-		if try > 0 {
-			time.Sleep(time.Duration(try) * takenPause)
-		}
-		if id, err = m.ensureServiceOnce(name, attributes); !nameTaken(err) {
-			return id, err
-		}
+	if id, err = m.ensureServiceOnce(name, attributes); nameTaken(err) {
+		lookUpTaken(func() bool {
+			id, err = m.ensureServiceOnce(name, attributes)
+			return !nameTaken(err)
+		})
 	}
 	return id, err
 }
 
-// takenTries is how many times the Ensure calls look a name up when their create is refused because it is
-// taken, waiting takenPause before the second, twice that before the third, and so on: in a cluster the member answering reads its own copy of the
-// overlay's store, which may not have applied yet the create that took the name (another member's, or an earlier
-// create of ours applied after its answer, Mgmt.do). A loaded member's copy was seen more than 5 s behind (its
-// wait for the leader's entry to be applied locally timed out), so the look-ups span 7 s.
+// lookUpTaken calls found until it reports true or takenFor has passed, pausing takenPause before the first
+// call, twice that before the second, and so on up to takenPauseMax. The create and Ensure calls look a name up
+// this way when their create is refused because the name is taken: in a cluster the member answering reads its
+// own copy of the overlay's store, which may not have applied yet the create that took the name (another
+// member's, or an earlier create of ours applied after its answer, Mgmt.do). Loaded members' copies were seen
+// more than 7 s behind their leader (two cores shared by three controllers, two routers and the load).
+func lookUpTaken(found func() bool) {
+	deadline := time.Now().Add(takenFor)
+	for pause := takenPause; time.Now().Before(deadline); pause = min(2*pause, takenPauseMax) {
+		time.Sleep(pause)
+		if found() {
+			return
+		}
+	}
+}
+
 const (
-	takenTries = 8
-	takenPause = 250 * time.Millisecond
+	takenFor      = 20 * time.Second
+	takenPause    = 250 * time.Millisecond
+	takenPauseMax = 2 * time.Second
 )
 
 func (m *Mgmt) ensureServiceOnce(name string, attributes []string) (string, error) {
@@ -421,7 +434,7 @@ func (m *Mgmt) ensureServiceOnce(name string, attributes []string) (string, erro
 	case id != "":
 		return id, nil
 	}
-	return m.createService(name, attributes)
+	return m.createService(name, attributes, nil)
 }
 
 // SetServiceAttributes replaces the role attributes of the service id, named name, which Umbra created (end to
@@ -484,24 +497,37 @@ func (m *Mgmt) pages(what string, list func(c *rest_management_api_client.ZitiEd
 	}
 }
 
-// CreateOrFindService is EnsureService for a name that is most likely new. It creates the service first and
-// looks the name up only when OpenZiti refuses the create because the name is taken (a retry after a partial
-// create, or another controller of the cluster first), so a new service costs no listing of the services:
-// OpenZiti answers a list filtered by name by reading every service.
-func (m *Mgmt) CreateOrFindService(name string, attributes []string) (string, error) {
-	id, err := m.createService(name, attributes)
-	if nameTaken(err) {
-		return m.EnsureService(name, attributes)
+// CreateNewService is EnsureService for a name nobody else creates, one carrying an id the caller just drew (an
+// advertisement's). It creates the service first, so a new service costs no listing of the services: OpenZiti
+// answers a list filtered by name by reading every service.
+//
+// A create refused because the name is taken after an earlier try of this call went unanswered (Mgmt.do) was
+// refused by the overlay's leader, whose store therefore holds the service that try made, with these
+// attributes: that is success, although this member's copy of the store may not show it yet. A create refused
+// on its first try meets a service made otherwise (a create that stopped half way); it is looked up and given
+// these attributes.
+func (m *Mgmt) CreateNewService(name string, attributes []string) error {
+	late := false
+	_, err := m.createService(name, attributes, func(err error) { late = late || unanswered(rest_util.WrapErr(err)) })
+	switch {
+	case nameTaken(err) && late:
+		return nil
+	case nameTaken(err):
+		_, err = m.EnsureService(name, attributes)
 	}
-	return id, err
+	return err
 }
 
-func (m *Mgmt) createService(name string, attributes []string) (string, error) {
+// createService creates a service; tried, if not nil, is told the outcome of each try.
+func (m *Mgmt) createService(name string, attributes []string, tried func(error)) (string, error) {
 	var id string
 	err := m.do("create service", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		resp, err := c.Service.CreateService(&service.CreateServiceParams{Service: &rest_model.ServiceCreate{
 			Name: ptr(name), EncryptionRequired: ptr(true), RoleAttributes: slices.Clone(attributes), Configs: []string{},
 		}}, nil)
+		if tried != nil {
+			tried(err)
+		}
 		if err != nil {
 			return err
 		}
@@ -559,14 +585,13 @@ func policyType(kind string) (rest_model.DialBind, error) {
 
 // EnsureServicePolicy makes a Dial or Bind policy (kind "Dial" or "Bind") of that name grant identityRoles the
 // services of serviceRoles: it creates the policy if absent and replaces its roles if they differ.
-func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) (err error) {
-	for try := range takenTries {
-		if try > 0 {
-			time.Sleep(time.Duration(try) * takenPause)
-		}
-		if err = m.ensureServicePolicyOnce(name, kind, identityRoles, serviceRoles); !nameTaken(err) {
-			return err
-		}
+func (m *Mgmt) EnsureServicePolicy(name, kind string, identityRoles, serviceRoles []string) error {
+	err := m.ensureServicePolicyOnce(name, kind, identityRoles, serviceRoles)
+	if nameTaken(err) {
+		lookUpTaken(func() bool {
+			err = m.ensureServicePolicyOnce(name, kind, identityRoles, serviceRoles)
+			return !nameTaken(err)
+		})
 	}
 	return err
 }

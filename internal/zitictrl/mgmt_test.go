@@ -105,26 +105,29 @@ func TestDoTriesUnansweredAgain(t *testing.T) {
 	}
 }
 
-// TestCreateOrFindServiceAfterALateCreate plays a cluster member behind a loaded leader through the management
-// API's real client: the first create is forwarded, times out (500) and is applied anyway; the create tried
-// again is refused because the name is taken; and this member's copy of the store shows the service only on the
-// third look-up. CreateOrFindService ends with that service, not an error.
-func TestCreateOrFindServiceAfterALateCreate(t *testing.T) {
-	var creates, lists int
+// fakeServices plays the management API's services: creates answer in turn as answers says (500: a forwarded
+// create that timed out, applied anyway; 400: the name is taken; 201: created), and a look-up by name shows
+// svc1 from the visibleFrom-th look-up on (never when 0).
+func fakeServices(t *testing.T, answers []int, visibleFrom int) (m *Mgmt, creates, lists *int) {
+	creates, lists = new(int), new(int)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		switch {
 		case r.Method == http.MethodPost && r.URL.Path == "/edge/management/v1/services":
-			if creates++; creates == 1 {
-				w.WriteHeader(http.StatusInternalServerError)
+			code := answers[min(*creates, len(answers)-1)]
+			*creates++
+			w.WriteHeader(code)
+			switch code {
+			case http.StatusBadRequest:
+				io.WriteString(w, `{"error":{"code":"COULD_NOT_VALIDATE","message":"invalid document","cause":{"field":"name","reason":"name must be unique","value":"a2a.x"}},"meta":{}}`)
+			case http.StatusCreated:
+				io.WriteString(w, `{"data":{"id":"svc1","_links":{}},"meta":{}}`)
+			default:
 				io.WriteString(w, "{}")
-				return
 			}
-			w.WriteHeader(http.StatusBadRequest)
-			io.WriteString(w, `{"error":{"code":"COULD_NOT_VALIDATE","message":"invalid document","cause":{"field":"name","reason":"name must be unique","value":"a2a.x"}},"meta":{}}`)
 		case r.Method == http.MethodGet && r.URL.Path == "/edge/management/v1/services":
 			data := "[]"
-			if lists++; lists >= 3 {
+			if *lists++; visibleFrom > 0 && *lists >= visibleFrom {
 				data = `[{"id":"svc1","name":"a2a.x","roleAttributes":["wg.acme.pricing"],"encryptionRequired":true}]`
 			}
 			io.WriteString(w, `{"data":`+data+`,"meta":{"pagination":{"limit":10,"offset":0,"totalCount":1}}}`)
@@ -132,18 +135,38 @@ func TestCreateOrFindServiceAfterALateCreate(t *testing.T) {
 			http.Error(w, "not played here", http.StatusNotImplemented)
 		}
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
 	client := rest_management_api_client.NewHTTPClientWithConfig(nil, &rest_management_api_client.TransportConfig{
 		Host: u.Host, BasePath: rest_management_api_client.DefaultBasePath, Schemes: []string{"http"}})
-	m := &Mgmt{client: client, lastUsed: time.Now()}
-	id, err := m.CreateOrFindService("a2a.x", []string{"wg.acme.pricing"})
-	if err != nil || id != "svc1" {
-		t.Fatalf("CreateOrFindService = %q, %v; want svc1 (creates %d, look-ups %d)", id, err, creates, lists)
+	return &Mgmt{client: client, lastUsed: time.Now()}, creates, lists
+}
+
+// TestCreateNewServiceAfterALateCreate plays a cluster member behind a loaded leader through the management API's
+// real client: the first create is forwarded, times out (500) and is applied anyway, and the create tried again
+// is refused because the name is taken, while this member's copy of the store does not show the service at all.
+// The service was made by the first try: CreateNewService succeeds without looking it up.
+func TestCreateNewServiceAfterALateCreate(t *testing.T) {
+	m, creates, lists := fakeServices(t, []int{500, 400}, 0)
+	if err := m.CreateNewService("a2a.x", []string{"wg.acme.pricing"}); err != nil {
+		t.Fatalf("CreateNewService after a late create: %v (creates %d, look-ups %d); want success", err, *creates, *lists)
 	}
-	// The timed-out create, its repeat, and a create after each of the two look-ups that missed.
-	if creates != 4 || lists != 3 {
-		t.Errorf("creates %d, look-ups %d; want 4 and 3", creates, lists)
+	if *creates != 2 || *lists != 0 {
+		t.Errorf("creates %d, look-ups %d; want 2 and none", *creates, *lists)
+	}
+}
+
+// TestCreateNewServiceTakenAtOnce: a create refused on its first try meets a service made otherwise (a create
+// that stopped half way). CreateNewService looks it up until this member's copy shows it (the third look-up here)
+// and ends with that service.
+func TestCreateNewServiceTakenAtOnce(t *testing.T) {
+	m, creates, lists := fakeServices(t, []int{400}, 3)
+	if err := m.CreateNewService("a2a.x", []string{"wg.acme.pricing"}); err != nil {
+		t.Fatalf("CreateNewService of a taken name: %v (creates %d, look-ups %d); want the existing service", err, *creates, *lists)
+	}
+	// The refused create, and a create after each of the two look-ups that missed.
+	if *creates != 3 || *lists != 3 {
+		t.Errorf("creates %d, look-ups %d; want 3 and 3", *creates, *lists)
 	}
 }
 
