@@ -195,6 +195,12 @@ var routine = []known{
 	// error and decides.
 	{msg: "has no terminators", level: slog.LevelDebug},
 	{msg: "NO_EDGE_ROUTERS_AVAILABLE", level: slog.LevelDebug},
+	// A create of an entity whose name another create took first, in a cluster: two members creating the same
+	// shared policy at once, or a create made again after an unanswered try that was applied late. Every member's
+	// raft apply refuses the second create and its requester is answered that the name is taken (Umbra's
+	// controller then looks the entity up, or knows it made it). An entry refused on apply for another cause
+	// keeps its level.
+	{msg: "applying log resulted in error", err: "name must be unique", level: slog.LevelInfo},
 	// A dial or bind on an overlay context that is closing (a command stopping after an error, an agent moving
 	// to a new overlay session): the SDK's connection multiplexer is closed, and the caller gets the error.
 	{msg: "mux is closed", level: slog.LevelDebug},

@@ -184,9 +184,16 @@ func TestRoutineTable(t *testing.T) {
 		{"dial whose router channel closed", func() {
 			logrus.WithField("marker", "kh5QI97F").WithField("connId", 1).Error(errors.New("channel closed"))
 		}, slog.LevelDebug},
+		{"a cluster's create that lost a race for its name", func() {
+			logrus.WithField("index", 15801).WithError(errors.New("the value 'umbra-a2a-dial-scale1.wg00413' for 'name' is invalid: name must be unique")).
+				Error("applying log resulted in error")
+		}, slog.LevelInfo},
 		{"known message below its level stays", func() { logrus.Debug("reported forwarding faults") }, slog.LevelDebug},
 
 		// Unknown, or a known message with another cause: OpenZiti's level, so that an operator sees it.
+		{"raft entry refused on apply for another cause", func() {
+			logrus.WithField("index", 7).WithError(errors.New("database not writable")).Error("applying log resulted in error")
+		}, slog.LevelError},
 		{"payload buffer with another cause", func() {
 			logrus.WithError(errors.New("context deadline exceeded")).Error("failure to buffer payload")
 		}, slog.LevelError},
