@@ -181,7 +181,8 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.loadAuthority(); err != nil {
 		return err
 	}
-	ncfg := natsd.Config{StoreDir: filepath.Join(dir, "jetstream"), ListenAddr: s.cfg.NATSListen, SyncAlways: !s.cfg.NATSLazySync}
+	ncfg := natsd.Config{StoreDir: filepath.Join(dir, "jetstream"), ListenAddr: s.cfg.NATSListen, SyncAlways: !s.cfg.NATSLazySync,
+		Log: s.log.With("source", "nats")}
 	if s.cfg.NATSListen != "" {
 		host, _, _ := net.SplitHostPort(s.cfg.NATSListen)
 		var err error

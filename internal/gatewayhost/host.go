@@ -66,7 +66,7 @@ func Start(ctx context.Context, identityFile, dataDir string, log *slog.Logger) 
 		lock.release()
 		return nil, err
 	}
-	ns, err := natsd.Start(natsd.Config{StoreDir: filepath.Join(dataDir, "jetstream"), SyncAlways: true})
+	ns, err := natsd.Start(natsd.Config{StoreDir: filepath.Join(dataDir, "jetstream"), SyncAlways: true, Log: log.With("source", "nats")})
 	if err != nil {
 		a.Close()
 		lock.release()

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Config configures the embedded server.
@@ -40,6 +42,9 @@ type Config struct {
 	ServerName string
 	// Cluster, if set, makes this server one of a NATS cluster. Nil: a single server.
 	Cluster *Cluster
+	// Log, if set, receives the server's warnings and errors, and its notices at debug level. Nil: the server
+	// logs nothing.
+	Log *slog.Logger
 }
 
 // Cluster joins the server to a NATS cluster: the servers connect to each other over routes (mutual TLS), and
@@ -131,6 +136,9 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natsd: %w", err)
 	}
+	if cfg.Log != nil {
+		ns.SetLoggerV2(serverLog{log: cfg.Log, started: time.Now()}, false, false, false)
+	}
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
@@ -158,10 +166,16 @@ func systemAccount(opts *server.Options) (string, error) {
 		return "", fmt.Errorf("natsd: system account password: %w", err)
 	}
 	pass := hex.EncodeToString(b[:])
+	// The server holds a bcrypt hash of it (it warns of a password held in plain text). The password is 192
+	// random bits, not a person's: the lowest cost is enough and keeps each in-process login under a millisecond.
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		return "", fmt.Errorf("natsd: system account password: %w", err)
+	}
 	sys := server.NewAccount(systemAccountName)
 	opts.Accounts = append(opts.Accounts, sys)
 	opts.SystemAccount = systemAccountName
-	opts.Users = append(opts.Users, &server.User{Username: systemUser, Password: pass, Account: sys,
+	opts.Users = append(opts.Users, &server.User{Username: systemUser, Password: string(hash), Account: sys,
 		AllowedConnectionTypes: map[string]struct{}{inProcessOnly: {}}})
 	return pass, nil
 }

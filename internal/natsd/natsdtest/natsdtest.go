@@ -38,7 +38,7 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	addrs := freeAddrs(tb, n)
+	addrs := FreeAddrs(tb, n)
 	c := &Cluster{tb: tb, servers: make([]*natsd.Server, n)}
 	for i := range n {
 		c.configs = append(c.configs, natsd.Config{
@@ -80,7 +80,7 @@ func StartCluster(tb testing.TB, n int) *Cluster {
 func (c *Cluster) Add() int {
 	c.tb.Helper()
 	cfg := c.configs[0]
-	addr := freeAddrs(c.tb, 1)[0]
+	addr := FreeAddrs(c.tb, 1)[0]
 	routes := append(append([]string{}, cfg.Cluster.Routes...), addr)
 	cl := *cfg.Cluster
 	cl.Listen, cl.Routes = addr, routes
@@ -245,8 +245,8 @@ func RouteTLS() (*tls.Config, error) {
 	}, nil
 }
 
-// freeAddrs picks n distinct free loopback addresses below the kernel's ephemeral range (freeport).
-func freeAddrs(tb testing.TB, n int) []string {
+// FreeAddrs picks n distinct free loopback addresses below the kernel's ephemeral range (freeport).
+func FreeAddrs(tb testing.TB, n int) []string {
 	tb.Helper()
 	ports, err := freeport.Loopback(n)
 	if err != nil {

@@ -1,0 +1,77 @@
+package natsd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// serverLog hands the embedded server's log lines to an slog.Logger: its notices (the start-up banner, routes
+// and JetStream coming up) at debug, its warnings and errors (a route or client whose TLS handshake failed, a
+// JetStream cluster without a leader, a store it cannot write) at their own levels, except the few lines a
+// healthy cluster's start produces (startLevel, errorLevel). Its debug and trace lines are not asked for. A fatal
+// line is logged as an error: the server's own logger would end the process, and here the process is not the
+// server's.
+type serverLog struct {
+	log     *slog.Logger
+	started time.Time
+}
+
+func (l serverLog) Noticef(format string, v ...any) { l.emit(slog.LevelDebug, format, v) }
+func (l serverLog) Warnf(format string, v ...any)   { l.emit(l.startLevel(format, v), format, v) }
+func (l serverLog) Errorf(format string, v ...any)  { l.emit(errorLevel(format), format, v) }
+func (l serverLog) Fatalf(format string, v ...any)  { l.emit(slog.LevelError, format, v) }
+func (l serverLog) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
+func (l serverLog) Tracef(format string, v ...any)  { l.emit(slog.LevelDebug-4, format, v) }
+
+func (l serverLog) emit(level slog.Level, format string, v []any) {
+	ctx := context.Background()
+	if !l.log.Enabled(ctx, level) {
+		return
+	}
+	l.log.LogAttrs(ctx, level, fmt.Sprintf(format, v...))
+}
+
+// startGrace is how long after its start a clustered server's warnings that it has no routes or no JetStream
+// meta leader yet are routine: the members of a cluster come up one after another. Later they are warnings.
+const startGrace = time.Minute
+
+// startWarnings are the server's warnings while its cluster forms: its raft groups waiting for routes, and its
+// first health check, made before the meta leader's election.
+var startWarnings = []string{
+	"Waiting for routing to be established",
+	"JetStream has not established contact with a meta leader",
+}
+
+// startLevel is the level of the server's warning of that format: info for a start-up warning within startGrace
+// of the start, warn otherwise.
+func (l serverLog) startLevel(format string, v []any) slog.Level {
+	if time.Since(l.started) < startGrace {
+		msg := format
+		if len(v) > 0 {
+			msg = fmt.Sprintf(format, v...)
+		}
+		for _, w := range startWarnings {
+			if strings.HasPrefix(msg, w) {
+				return slog.LevelInfo
+			}
+		}
+	}
+	return slog.LevelWarn
+}
+
+// routeConnectFailed is the server's line for a route it could not dial. It logs the first failed attempt of each
+// route as an error, then one an hour, while it keeps trying every second.
+const routeConnectFailed = "Error trying to connect to route"
+
+// errorLevel is the level of the server's error line of that format: info for a route it could not dial, which
+// is how every cluster starts (its members come up one after another) and how a member that is down shows, and
+// which the server keeps trying; error for the rest. A member that stays down shows in `umbra cluster status`.
+func errorLevel(format string) slog.Level {
+	if strings.HasPrefix(format, routeConnectFailed) {
+		return slog.LevelInfo
+	}
+	return slog.LevelError
+}
