@@ -492,6 +492,9 @@ web:
         address: 127.0.0.1:{{.MgmtPort}}
     options:
       minTLSVersion: TLS1.2
+      # Longer than the 10 s its client (edge-api rest_util) keeps an idle connection, so that the client closes
+      # it first: with the default 5 s a request sent on one as the server closed it found it closed (EOF).
+      idleTimeout: 30s
     apis:
       - binding: edge-management
       - binding: fabric
