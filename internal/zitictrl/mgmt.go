@@ -85,8 +85,10 @@ func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeMan
 
 // unanswered reports whether err is the overlay's controller not carrying out a request for want of time or of a
 // leader, rather than refusing it: a command forwarded to the raft leader that timed out (answered 500 with no
-// body), a cluster with no leader, or a connection the API closed without an answer (EOF or a reset: the server
-// closed a kept-alive connection just as the request went out on it). Making such a request again is safe: a
+// body), a cluster with no leader, a connection the API closed without an answer (EOF or a reset: the server
+// closed a kept-alive connection just as the request went out on it), or no answer within the client's own 10 s
+// (a cluster member loaded enough to answer nothing in time; seen in a full-size scale run). Making such a
+// request again is safe: a
 // create whose first try was applied finds its name taken (see do), an update sets the same fields, and a
 // delete of what is already gone succeeds.
 func unanswered(err error) bool {
@@ -100,7 +102,7 @@ func unanswered(err error) bool {
 	}
 	var transport *url.Error
 	return errors.As(err, &transport) &&
-		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET))
+		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || transport.Timeout())
 }
 
 func (m *Mgmt) doOnce(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {

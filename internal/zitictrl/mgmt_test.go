@@ -48,6 +48,18 @@ func TestNameTaken(t *testing.T) {
 	}
 }
 
+// clientTimeout is the error of a request that an http.Client with a timeout gave up waiting for.
+func clientTimeout(t *testing.T) error {
+	t.Helper()
+	slow := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { time.Sleep(300 * time.Millisecond) }))
+	defer slow.Close()
+	_, err := (&http.Client{Timeout: 50 * time.Millisecond}).Post(slow.URL, "application/json", nil)
+	if err == nil {
+		t.Fatal("a request outlasting the client's timeout succeeded")
+	}
+	return err
+}
+
 // TestUnanswered checks which failures Mgmt.do tries again: the overlay's controller not carrying out a request
 // (a command forwarded to the raft leader that timed out, a cluster with no leader), not a refusal.
 func TestUnanswered(t *testing.T) {
@@ -65,6 +77,7 @@ func TestUnanswered(t *testing.T) {
 		{"connection closed without an answer", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: io.EOF}), true},
 		{"connection reset", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: syscall.ECONNRESET}), true},
 		{"connection refused", wrap(&url.Error{Op: "Post", URL: "https://127.0.0.1:1/x", Err: syscall.ECONNREFUSED}), false},
+		{"no answer within the client's timeout", wrap(clientTimeout(t)), true},
 		{"not from the API", errors.New("connection refused"), false},
 		{"end of a body read elsewhere", io.EOF, false},
 		{"none", nil, false},
