@@ -3,6 +3,7 @@ package zitictrl
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptrace"
@@ -46,6 +47,7 @@ func TestManagementAPIsOffThePublicPort(t *testing.T) {
 		if err != nil {
 			t.Fatalf("GET %s: %v", url, err)
 		}
+		io.Copy(io.Discard, resp.Body) // read to the end, so that the connection is kept for the next request
 		resp.Body.Close()
 		return resp.StatusCode
 	}
