@@ -11,7 +11,7 @@ import (
 // serverLog hands the embedded server's log lines to an slog.Logger: its notices (the start-up banner, routes
 // and JetStream coming up) at debug, its warnings and errors (a route or client whose TLS handshake failed, a
 // JetStream cluster without a leader, a store it cannot write) at their own levels, except the few lines a
-// healthy cluster's start produces (startLevel, errorLevel). Its debug and trace lines are not asked for. A fatal
+// healthy cluster logs as it starts and stops (warnLevel, errorLevel). Its debug and trace lines are not asked for. A fatal
 // line is logged as an error: the server's own logger would end the process, and here the process is not the
 // server's.
 type serverLog struct {
@@ -20,7 +20,7 @@ type serverLog struct {
 }
 
 func (l serverLog) Noticef(format string, v ...any) { l.emit(slog.LevelDebug, format, v) }
-func (l serverLog) Warnf(format string, v ...any)   { l.emit(l.startLevel(format, v), format, v) }
+func (l serverLog) Warnf(format string, v ...any)   { l.emit(l.warnLevel(format, v), format, v) }
 func (l serverLog) Errorf(format string, v ...any)  { l.emit(errorLevel(format), format, v) }
 func (l serverLog) Fatalf(format string, v ...any)  { l.emit(slog.LevelError, format, v) }
 func (l serverLog) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
@@ -38,25 +38,35 @@ func (l serverLog) emit(level slog.Level, format string, v []any) {
 // meta leader yet are routine: the members of a cluster come up one after another. Later they are warnings.
 const startGrace = time.Minute
 
-// startWarnings are the server's warnings while its cluster forms: its raft groups waiting for routes, and its
-// first health check, made before the meta leader's election.
-var startWarnings = []string{
-	"Waiting for routing to be established",
-	"JetStream has not established contact with a meta leader",
+// A routineWarning is a warning the server logs in a healthy deployment; it is logged at info.
+type routineWarning struct {
+	// fragment is a part of the message.
+	fragment string
+	// atStart limits it to startGrace after the server's start.
+	atStart bool
 }
 
-// startLevel is the level of the server's warning of that format: info for a start-up warning within startGrace
-// of the start, warn otherwise.
-func (l serverLog) startLevel(format string, v []any) slog.Level {
-	if time.Since(l.started) < startGrace {
-		msg := format
-		if len(v) > 0 {
-			msg = fmt.Sprintf(format, v...)
-		}
-		for _, w := range startWarnings {
-			if strings.HasPrefix(msg, w) {
-				return slog.LevelInfo
-			}
+// routineWarnings, each with the reason it is routine.
+var routineWarnings = []routineWarning{
+	// A cluster forming: the server's raft groups wait for routes, and its first health check runs before the
+	// meta leader's election.
+	{fragment: "Waiting for routing to be established", atStart: true},
+	{fragment: "JetStream has not established contact with a meta leader", atStart: true},
+	// The meta layer's snapshot, which the server takes when it stops (and when the layer's log grows).
+	{fragment: "Metalayer blocking snapshot"},
+	// A raft group started while the server stops, after its system account is gone.
+	{fragment: "Error subscribing to forwarded proposals: system account not setup"},
+}
+
+// warnLevel is the level of the server's warning: info for a routine one, warn otherwise.
+func (l serverLog) warnLevel(format string, v []any) slog.Level {
+	msg := format
+	if len(v) > 0 {
+		msg = fmt.Sprintf(format, v...)
+	}
+	for _, w := range routineWarnings {
+		if strings.Contains(msg, w.fragment) && (!w.atStart || time.Since(l.started) < startGrace) {
+			return slog.LevelInfo
 		}
 	}
 	return slog.LevelWarn

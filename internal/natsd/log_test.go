@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/umbra-mesh/umbra/internal/natsd"
 	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 )
@@ -95,10 +97,11 @@ func TestServerLogReachesSlog(t *testing.T) {
 	}
 }
 
-// TestClusterStartIsQuiet starts three servers of a cluster one after another, as `umbra dev --controllers 3`
-// does, and requires that none of them logs a warning or an error on the way to a working JetStream cluster. The
-// first server's routes to the two not started yet fail at first: that is logged, at info.
-func TestClusterStartIsQuiet(t *testing.T) {
+// TestClusterStartAndStopAreQuiet starts three servers of a cluster one after another, as `umbra dev
+// --controllers 3` does, creates a replicated stream, and stops them one after another. None of them may log a
+// warning or an error on the way. The first server's routes to the two not started yet fail at first: that is
+// logged, at info.
+func TestClusterStartAndStopAreQuiet(t *testing.T) {
 	tlsCfg, addrs := tlsAndAddrs(t, 3)
 	logs := make([]*records, 3)
 	servers := make([]*natsd.Server, 3)
@@ -109,8 +112,12 @@ func TestClusterStartIsQuiet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer srv.Shutdown()
 		servers[i] = srv
+		defer func() {
+			if servers[i] != nil {
+				servers[i].Shutdown()
+			}
+		}()
 		time.Sleep(500 * time.Millisecond)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -119,6 +126,25 @@ func TestClusterStartIsQuiet(t *testing.T) {
 		if err := srv.WaitJetStream(ctx); err != nil {
 			t.Fatal(err)
 		}
+	}
+	nc, err := servers[0].Connect("quiet-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "QUIET", Subjects: []string{"quiet.>"}, Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "quiet.one", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	for i, srv := range servers {
+		srv.Shutdown()
+		servers[i] = nil
 	}
 	if _, ok := logs[0].find(slog.LevelInfo, "Error trying to connect to route"); !ok {
 		t.Error("the first server's failed routes to servers not started yet were not logged at info")
