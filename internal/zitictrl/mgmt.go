@@ -88,9 +88,8 @@ func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeMan
 // body), a cluster with no leader, a connection the API closed without an answer (EOF or a reset: the server
 // closed a kept-alive connection just as the request went out on it), or no answer within the client's own 10 s
 // (a cluster member loaded enough to answer nothing in time; seen in a full-size scale run). Making such a
-// request again is safe: a
-// create whose first try was applied finds its name taken (see do), an update sets the same fields, and a
-// delete of what is already gone succeeds.
+// request again is safe: a create whose first try was applied finds its name taken (see do), an update sets the
+// same fields, and a delete of what is already gone succeeds.
 func unanswered(err error) bool {
 	var status *runtime.APIError
 	if errors.As(err, &status) && status.Code >= 500 {
