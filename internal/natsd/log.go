@@ -11,9 +11,10 @@ import (
 // serverLog hands the embedded server's log lines to an slog.Logger: its notices (the start-up banner, routes
 // and JetStream coming up) at debug, its warnings and errors (a route or client whose TLS handshake failed, a
 // JetStream cluster without a leader, a store it cannot write) at their own levels, except the few lines a
-// healthy cluster logs as it starts and stops (warnLevel, errorLevel). Its debug and trace lines are not asked for. A fatal
-// line is logged as an error: the server's own logger would end the process, and here the process is not the
-// server's.
+// healthy cluster logs as it starts and stops (warnLevel, errorLevel). Its debug and trace lines are not asked
+// for. A fatal line is logged as an error: the server's own logger would end the process, and here the process
+// is not the server's. Its lines are not passed through zitilog.Redact: the server is given no credential it
+// could log (routes and clients authenticate by certificate, the system account's password is held hashed).
 type serverLog struct {
 	log     *slog.Logger
 	started time.Time
