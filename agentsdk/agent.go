@@ -329,8 +329,9 @@ func classify(err error) error {
 
 // Listen hosts service on the overlay. It opens no listening socket: the agent dials out to the routers, and
 // callers reach it through them. Every accepted connection has completed mutual TLS with SVIDs. If no router
-// is reachable yet, Listen returns a listener that hosts the service as soon as one is. The listener survives
-// routers and the controller going away: the agent hosts the service again when they are back.
+// is reachable yet, Listen returns a listener that hosts the service as soon as one is (WaitHosted waits for
+// that). The listener survives routers and the controller going away: the agent hosts the service again when
+// they are back.
 func (a *Agent) Listen(service string) (net.Listener, error) {
 	return a.ListenContext(context.Background(), service)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -32,24 +33,24 @@ const consoleScanWindow = 20000
 // consoleLastSeenWindow is how many of the newest audit records "last seen" is taken from.
 const consoleLastSeenWindow = 5000
 
-// startConsole hosts the console on the overlay.
-func (s *Server) startConsole(ctx context.Context, self *agentsdk.Agent) error {
+// startConsole hosts the console on the overlay and returns its listener.
+func (s *Server) startConsole(ctx context.Context, self *agentsdk.Agent) (net.Listener, error) {
 	if err := s.grantConsoleToAdmins(ctx); err != nil {
-		return fmt.Errorf("controller: console: %w", err)
+		return nil, fmt.Errorf("controller: console: %w", err)
 	}
 	c, err := console.New(console.Config{Source: consoleSource{s}, Viewer: consoleViewer, Logger: s.log.With("part", "console")})
 	if err != nil {
-		return fmt.Errorf("controller: %w", err)
+		return nil, fmt.Errorf("controller: %w", err)
 	}
 	ln, err := self.Listen(console.ServiceName)
 	if err != nil {
-		return fmt.Errorf("controller: console: %w", err)
+		return nil, fmt.Errorf("controller: console: %w", err)
 	}
 	// No write timeout: the live view is one long response.
 	srv := &http.Server{Handler: s.authenticate(c.Handler()), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	s.tasks.spawn(func() { s.serveHTTP(ctx, "console server", srv, ln) })
-	return nil
+	return ln, nil
 }
 
 // grantConsoleToAdmins gives console.DialAttr to administrators registered before the console existed.

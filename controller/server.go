@@ -555,7 +555,34 @@ func (s *Server) startAPI(ctx context.Context) (err error) {
 			s.log.Error("relay stopped", "err", err)
 		}
 	})
-	return s.startConsole(ctx, self)
+	consoleLn, err := s.startConsole(ctx, self)
+	if err != nil {
+		return err
+	}
+	for _, l := range []net.Listener{ln, relayLn, consoleLn} {
+		if err := s.waitHosted(ctx, l); err != nil {
+			return fmt.Errorf("controller: %w", err)
+		}
+	}
+	return nil
+}
+
+// hostedWarnEvery is how long the controller waits for a router to host one of its services before it says so
+// (and goes on waiting).
+const hostedWarnEvery = 30 * time.Second
+
+// waitHosted returns once a router hosts l's service, so that a dial reaches it: Listen returns before that when
+// no router could host it yet. Only then is the controller's API "hosted" (Hosted, and `umbra dev ready`).
+func (s *Server) waitHosted(ctx context.Context, l net.Listener) error {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, hostedWarnEvery)
+		err := agentsdk.WaitHosted(wctx, l)
+		cancel()
+		if err == nil || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		s.log.Warn("no router hosts the service yet; still waiting", "service", l.Addr().String(), "waited", hostedWarnEvery)
+	}
 }
 
 // CreateRouterToken registers an edge router and returns its one-time enrollment token.

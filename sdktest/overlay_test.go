@@ -87,10 +87,14 @@ func TestDialListenEcho(t *testing.T) {
 	server := env.NewAgent(t, "acme", "agent", uniq("echo-server"))
 	client := env.NewAgent(t, "acme", "agent", uniq("echo-client"))
 	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
-	serveEcho(t, server, "echo1")
+	ln := serveEcho(t, server, "echo1")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// Hosted: a router has the service's terminator.
+	if err := agentsdk.WaitHosted(ctx, ln); err != nil {
+		t.Fatal(err)
+	}
 	conn, err := client.Dial(ctx, "echo1")
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +131,10 @@ func TestDialListenEcho(t *testing.T) {
 	}
 	if who.SPIFFEID != client.ID().String() || who.Org != "acme" || who.Admin {
 		t.Fatalf("whoami = %+v", who)
+	}
+	ln.Close()
+	if err := agentsdk.WaitHosted(ctx, ln); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WaitHosted on a closed listener = %v, want net.ErrClosed", err)
 	}
 }
 

@@ -204,7 +204,7 @@ func cmdServiceServe(ctx context.Context, args []string, _ io.Reader, stdout, st
 			return nil
 		})
 	}, func(a *agentsdk.Agent, _ []string) error {
-		ln, err := a.Listen(service)
+		ln, err := listenHosted(ctx, a, service)
 		if err != nil {
 			return err
 		}
@@ -214,6 +214,20 @@ func cmdServiceServe(ctx context.Context, args []string, _ io.Reader, stdout, st
 			_, _ = io.Copy(c, c)
 		})
 	})
+}
+
+// listenHosted hosts service and returns once a router hosts it, so that the line a command prints next ("serving
+// ...") means a dial reaches it.
+func listenHosted(ctx context.Context, a *agentsdk.Agent, service string) (net.Listener, error) {
+	ln, err := a.ListenContext(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	if err := agentsdk.WaitHosted(ctx, ln); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // serveConns accepts overlay connections until ctx ends and handles each, with its verified peer, in its own

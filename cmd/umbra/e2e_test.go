@@ -180,8 +180,14 @@ func (c *cli) start(ready string, args ...string) *daemon {
 	}
 }
 
-// stop interrupts the daemon and waits for it; kill sends SIGKILL instead.
+// stop interrupts the daemon and waits for it; kill sends SIGKILL instead. In a test that failed, it logs the
+// end of the daemon's stderr: the daemon's side of what went wrong.
 func (d *daemon) stop(t *testing.T) {
+	defer func() {
+		if errs := d.errb.String(); t.Failed() && errs != "" {
+			t.Logf("%s stderr, last lines:\n%s", strings.Join(d.cmd.Args, " "), lastLines(errs, 40))
+		}
+	}()
 	select {
 	case <-d.done:
 		return

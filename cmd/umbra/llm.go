@@ -237,7 +237,7 @@ func cmdLLMServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 			u, _ := url.Parse(upstream)
 			h = httputil.NewSingleHostReverseProxy(u)
 		}
-		ln, err := a.Listen(service)
+		ln, err := listenHosted(ctx, a, service)
 		if err != nil {
 			return err
 		}

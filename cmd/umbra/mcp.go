@@ -43,7 +43,7 @@ func cmdMCPServe(ctx context.Context, args []string, _ io.Reader, stdout, stderr
 			return nil
 		})
 	}, func(a *agentsdk.Agent, _ []string) error {
-		ln, err := a.Listen(service)
+		ln, err := listenHosted(ctx, a, service)
 		if err != nil {
 			return err
 		}

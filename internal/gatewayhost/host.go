@@ -113,6 +113,11 @@ func (h *Host) Listen(ctx context.Context, service string) (net.Listener, error)
 	if err != nil {
 		return nil, fmt.Errorf("host overlay service %s: %w", service, err)
 	}
+	// ListenContext returns before a router hosts the service when none could yet.
+	if err := agentsdk.WaitHosted(ctx, ln); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("host overlay service %s: %w", service, err)
+	}
 	return ln, nil
 }
 
