@@ -406,7 +406,9 @@ func upDemoCompose(t *testing.T, limit *testlimit.Limit, file string, portVars .
 	}
 	limit.Step("static build of the image's binary")
 	ctxDir := t.TempDir()
-	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(ctxDir, "umbra"), "./cmd/umbra")
+	// Static, as `make images` builds it, without -trimpath: where the tests themselves are built with
+	// CGO_ENABLED=0 (as .ci/run does), this build finds every package in the build cache and only links.
+	build := exec.Command("go", "build", "-o", filepath.Join(ctxDir, "umbra"), "./cmd/umbra")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("static build: %v\n%s", err, out)
