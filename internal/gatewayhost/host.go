@@ -101,19 +101,20 @@ func CheckKind(id spiffeid.ID) error {
 	return nil
 }
 
-// bindTimeout bounds how long Listen waits for the overlay to host the service.
+// bindTimeout bounds how long Listen waits for the overlay to answer its first bind.
 const bindTimeout = time.Minute
 
-// Listen hosts service on the overlay and returns once it is hosted, or with the reason it cannot be (no Bind
-// grant, no such service, no router in time). Serve the listener with ServeListener.
+// Listen hosts service on the overlay and returns once a router hosts it, or with the reason it cannot be (no
+// Bind grant, no such service, no answer from the overlay in time). Serve the listener with ServeListener.
 func (h *Host) Listen(ctx context.Context, service string) (net.Listener, error) {
-	ctx, cancel := context.WithTimeout(ctx, bindTimeout)
-	defer cancel()
-	ln, err := h.Agent.ListenContext(ctx, service)
+	bctx, cancel := context.WithTimeout(ctx, bindTimeout)
+	ln, err := h.Agent.ListenContext(bctx, service)
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("host overlay service %s: %w", service, err)
 	}
-	// ListenContext returns before a router hosts the service when none could yet.
+	// ListenContext returns before a router hosts the service when none could yet (the SDK logs why), and hosts
+	// it as soon as one can: a gateway started before its routers waits for them, until ctx ends.
 	if err := agentsdk.WaitHosted(ctx, ln); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("host overlay service %s: %w", service, err)
