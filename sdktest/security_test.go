@@ -179,10 +179,10 @@ func waitBroken(t *testing.T, what string, conn net.Conn) {
 // dialEcho dials a serveEcho service and checks the greeting names the caller.
 func dialEcho(t *testing.T, ctx context.Context, a *agentsdk.Agent, service string) net.Conn {
 	t.Helper()
-	// A listener is hosted once its router has the bind; the router then registers the terminator with the
-	// controller, so a dial at once may find none yet: that answer is retried. Right after a burst of terminator
-	// removals (another test's agents closing their hundreds of services) the router registers new terminators
-	// tens of seconds late (docs/overlay-reliability.md, "A burst of terminator removals"): up to a minute.
+	// A listener may count as hosted before the controller has its terminator, so a dial at once may find none
+	// yet: that answer is retried. Right after a burst of terminator removals (another test's agents closing their
+	// hundreds of services) the router registers new terminators tens of seconds late: up to a minute
+	// (docs/overlay-reliability.md, "A burst of terminator removals", and the lead there).
 	began := time.Now()
 	conn, err := a.Dial(ctx, service)
 	for deadline := began.Add(time.Minute); err != nil && strings.Contains(err.Error(), "has no terminators") && time.Now().Before(deadline); {
