@@ -559,8 +559,12 @@ func (s *Server) startAPI(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	rec, _, err := s.ids.get(ctx, s.controllerID)
+	if err != nil {
+		return fmt.Errorf("controller: own identity: %w", err)
+	}
 	for _, l := range []net.Listener{ln, relayLn, consoleLn} {
-		if err := s.waitHosted(ctx, l); err != nil {
+		if err := s.waitHosted(ctx, l, rec.OverlayID); err != nil {
 			return fmt.Errorf("controller: %w", err)
 		}
 	}
@@ -571,17 +575,41 @@ func (s *Server) startAPI(ctx context.Context) (err error) {
 // (and goes on waiting).
 const hostedWarnEvery = 30 * time.Second
 
-// waitHosted returns once a router hosts l's service, so that a dial reaches it: Listen returns before that when
-// no router could host it yet. Only then is the controller's API "hosted" (Hosted, and `umbra dev ready`).
-func (s *Server) waitHosted(ctx context.Context, l net.Listener) error {
+// waitHosted returns once l's service, hosted by the overlay identity hostID, can be dialled: Listen returns
+// before a router hosts it when none could yet, and a router may count a bind established before the overlay's
+// store holds its terminator (docs/overlay-reliability.md). Only then is the controller's API "hosted" (Hosted,
+// and `umbra dev ready`).
+func (s *Server) waitHosted(ctx context.Context, l net.Listener, hostID string) error {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, hostedWarnEvery)
-		err := agentsdk.WaitHosted(wctx, l)
+		err := s.waitTerminator(wctx, l, hostID)
 		cancel()
 		if err == nil || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 			return err
 		}
-		s.log.Warn("no router hosts the service yet; still waiting", "service", l.Addr().String(), "waited", hostedWarnEvery)
+		s.log.Warn("no router hosts the service yet; still waiting", "service", l.Addr().String(), "waited", hostedWarnEvery, "err", err)
+	}
+}
+
+// waitTerminator waits until a router counts l hosted, then until the overlay's store holds its terminator.
+func (s *Server) waitTerminator(ctx context.Context, l net.Listener, hostID string) error {
+	if err := agentsdk.WaitHosted(ctx, l); err != nil {
+		return err
+	}
+	service := l.Addr().String()
+	for {
+		found, err := s.zc.Mgmt().HostsService(service, hostID)
+		if err == nil && found {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("%s has no terminator in the overlay's store yet: %w (last look-up: %v)", service, ctx.Err(), err)
+			}
+			return fmt.Errorf("%s has no terminator in the overlay's store yet: %w", service, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
