@@ -578,7 +578,8 @@ const hostedWarnEvery = 30 * time.Second
 // waitHosted returns once l's service, hosted by the overlay identity hostID, can be dialled: Listen returns
 // before a router hosts it when none could yet, and a router may count a bind established before the overlay's
 // store holds its terminator (docs/overlay-reliability.md). Only then is the controller's API "hosted" (Hosted,
-// and `umbra dev ready`).
+// and `umbra dev ready`). In a cluster the members host as one identity: the store's check is then met by any
+// member's terminator, the router's by this member's own.
 func (s *Server) waitHosted(ctx context.Context, l net.Listener, hostID string) error {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, hostedWarnEvery)

@@ -23,6 +23,7 @@ import (
 	"github.com/openziti/edge-api/rest_management_api_client/service"
 	"github.com/openziti/edge-api/rest_management_api_client/service_edge_router_policy"
 	"github.com/openziti/edge-api/rest_management_api_client/service_policy"
+	"github.com/openziti/edge-api/rest_management_api_client/terminator"
 	"github.com/openziti/edge-api/rest_model"
 	"github.com/openziti/edge-api/rest_util"
 )
@@ -496,6 +497,25 @@ func (m *Mgmt) pages(what string, list func(c *rest_management_api_client.ZitiEd
 			return err
 		}
 	}
+}
+
+// HostsService tells whether the overlay's store holds a terminator of the service named service hosted by the
+// overlay identity hostID: whether a dial of it can be routed. A router may count a bind established before the
+// controller has its terminator (docs/overlay-reliability.md). The members of a cluster host as one identity,
+// so another member's terminator counts too.
+func (m *Mgmt) HostsService(service, hostID string) (bool, error) {
+	var found bool
+	err := m.do("list terminators", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+		resp, err := c.Terminator.ListTerminators(&terminator.ListTerminatorsParams{
+			Filter: ptr("service.name = " + strconv.Quote(service) + " and hostId = " + strconv.Quote(hostID)),
+			Limit:  ptr(int64(1))}, nil)
+		if err != nil {
+			return err
+		}
+		found = len(resp.Payload.Data) > 0
+		return nil
+	})
+	return found, err
 }
 
 // CreateNewService is EnsureService for a name nobody else creates, one carrying an id the caller just drew (an

@@ -74,24 +74,6 @@ func (c *Controller) revokeTokens(id string) error {
 	return nil
 }
 
-// HostsService tells whether the overlay's store holds a terminator of the service named service hosted by the
-// overlay identity hostID: whether a dial of it can be routed. A router may count a bind established before the
-// controller has its terminator (docs/overlay-reliability.md).
-func (m *Mgmt) HostsService(service, hostID string) (bool, error) {
-	var found bool
-	err := m.do("list terminators", func(c *rest_management_api_client.ZitiEdgeManagement) error {
-		resp, err := c.Terminator.ListTerminators(&terminator.ListTerminatorsParams{
-			Filter: ptr("service.name = " + strconv.Quote(service) + " and hostId = " + strconv.Quote(hostID)),
-			Limit:  ptr(int64(1))}, nil)
-		if err != nil {
-			return err
-		}
-		found = len(resp.Payload.Data) > 0
-		return nil
-	})
-	return found, err
-}
-
 // deleteTerminatorsOf deletes every terminator the identity hosts.
 func (m *Mgmt) deleteTerminatorsOf(identityID string) error {
 	var ids []string
