@@ -29,6 +29,9 @@ const (
 	deleteTimeout = 2 * time.Second
 	// inactiveThreshold removes from the server a consumer whose reader died without removing it.
 	inactiveThreshold = 15 * time.Second
+	// renewPulls bounds how often in a row Next sends its pull again to a consumer that answers but sent no
+	// heartbeat.
+	renewPulls = 2
 )
 
 // Config says where a Reader starts and what it reads.
@@ -49,6 +52,7 @@ type Reader struct {
 	cons    jetstream.Consumer
 	it      jetstream.MessagesContext
 	name    string
+	opts    []jetstream.PullMessagesOpt
 	nextSeq uint64 // the consumer sequence of the next message: one more than the last read
 }
 
@@ -75,8 +79,9 @@ func Open(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, 
 	if err != nil {
 		return nil, fmt.Errorf("create a consumer: %w", err)
 	}
-	r := &Reader{stream: stream, cons: cons, name: cc.Name, nextSeq: 1}
-	if r.it, err = cons.Messages(jetstream.PullHeartbeat(hb), jetstream.WithMessagesErrOnMissingHeartbeat(true)); err != nil {
+	r := &Reader{stream: stream, cons: cons, name: cc.Name, nextSeq: 1,
+		opts: []jetstream.PullMessagesOpt{jetstream.PullHeartbeat(hb), jetstream.WithMessagesErrOnMissingHeartbeat(true)}}
+	if r.it, err = cons.Messages(r.opts...); err != nil {
 		r.remove(ctx)
 		return nil, fmt.Errorf("read the consumer: %w", err)
 	}
@@ -89,8 +94,29 @@ var ErrGap = errors.New("jsfollow: a message was skipped")
 // Next returns the next message, waiting for one until ctx ends. An error ends the reading (a lost consumer
 // reports jetstream.ErrNoHeartbeat; a skipped message ErrGap): Stop the Reader and open another from after the
 // last message read.
+//
+// Missed heartbeats do not always mean a lost consumer: a pull request sent before the consumer's interest has
+// reached the reader's server is dropped, and the consumer, alive, never hears of it (seen in a cluster just after
+// a member's death, the consumer on a live server). So on missed heartbeats Next asks for the consumer's info,
+// which only the server holding it gives (for one on a dead server the answer is an error, or none within a
+// second); if it is given, the pull is sent again, at most renewPulls times in a row.
 func (r *Reader) Next(ctx context.Context) (jetstream.Msg, error) {
 	msg, err := r.it.Next(jetstream.NextContext(ctx))
+	for renewed := 0; errors.Is(err, jetstream.ErrNoHeartbeat) && renewed < renewPulls; renewed++ {
+		ictx, cancel := context.WithTimeout(ctx, checkTimeout)
+		_, ierr := r.cons.Info(ictx)
+		cancel()
+		if ierr != nil {
+			break // lost, or on a server that is gone: the heartbeats' error stands
+		}
+		it, merr := r.cons.Messages(r.opts...)
+		if merr != nil {
+			return nil, fmt.Errorf("read the consumer again: %w", merr) // r.it stays, for Stop
+		}
+		r.it.Stop()
+		r.it = it
+		msg, err = r.it.Next(jetstream.NextContext(ctx))
+	}
 	if err != nil {
 		return nil, err
 	}
