@@ -44,8 +44,13 @@ func (a *Agent) newController() *Controller {
 	return &Controller{a: a, client: &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
+			// A request whose connection could not be made was never sent (ErrNotSent).
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return a.dialController(ctx, api.ServiceName)
+				conn, err := a.dialController(ctx, api.ServiceName)
+				if err != nil {
+					return nil, notSentError{err}
+				}
+				return &meteredConn{Conn: conn}, nil
 			},
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     30 * time.Second,

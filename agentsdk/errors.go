@@ -19,10 +19,21 @@ var (
 	ErrServiceNotFound = errors.New("service not found")
 	// ErrClosed: the agent has been closed.
 	ErrClosed = errors.New("agent closed")
+	// ErrNotSent: a request to the controller's API was never sent, because no connection to it could be made (no
+	// router reachable, the API not hosted, mutual TLS refused), or, for AppendAudit, no try wrote its whole
+	// request to one. Nothing of it took effect, so it may be made again later; any other failure of a request
+	// leaves that unknown.
+	ErrNotSent = errors.New("not sent to the controller")
 	// ErrSessionClosed: the A2A session is closed (the relay refuses it with code session_closed). It is
 	// workgroups.ErrSessionClosed, so either matches.
 	ErrSessionClosed = workgroups.ErrSessionClosed
 )
+
+// notSentError is a failed connection to the controller's API: ErrNotSent, and the cause.
+type notSentError struct{ err error }
+
+func (e notSentError) Error() string   { return e.err.Error() }
+func (e notSentError) Unwrap() []error { return []error{ErrNotSent, e.err} }
 
 // APIError is an error answered by the controller: a stable code, a message, and an ID that also appears in
 // the controller's log.

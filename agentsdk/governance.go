@@ -386,15 +386,6 @@ func (a *Agent) OnProposal(ctx context.Context, interval time.Duration, decide f
 	}
 }
 
-// AppendAudit writes a record into the shared audit stream (gateway identities only). record is an audit record
-// as JSON-encodable value (kind mcp.* or llm.*, actor = the caller's SPIFFE ID).
-func (c *Controller) AppendAudit(ctx context.Context, record any) error {
-	if err := c.post(ctx, api.PathAuditRecords, record, nil); err != nil {
-		return fmt.Errorf("agentsdk: append audit record: %w", err)
-	}
-	return nil
-}
-
 // Lookup returns what the controller knows of an identity (gateways and administrators only).
 func (c *Controller) Lookup(ctx context.Context, id spiffeid.ID) (api.IdentityInfo, error) {
 	var out api.IdentityInfo

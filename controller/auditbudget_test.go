@@ -147,19 +147,19 @@ func TestAuditBudgetStopsOnlyTheSpender(t *testing.T) {
 	gw := caller{id: spiffeid.RequireFromSegments(worldTD, "acme", "gateway", "mcp"),
 		rec: identityRecord{SPIFFEID: "spiffe://umbra.local/acme/gateway/mcp", Org: "acme", Kind: api.GatewayKind, Name: "mcp"}}
 	for _, kind := range []string{"mcp.call", "mcp.prompt", "mcp.read", "llm.call"} {
-		_, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: kind, Actor: worldConsumer.String(), Decision: audit.DecisionAllow})
+		_, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: kind, Actor: worldConsumer.String(), Decision: audit.DecisionAllow}, "")
 		refusedWith(t, err, api.CodeAuditBudgetExhausted)
 	}
-	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.outcome", Actor: worldConsumer.String()}); err != nil {
+	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.outcome", Actor: worldConsumer.String()}, ""); err != nil {
 		t.Fatalf("the outcome of a call under way: %v", err)
 	}
-	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.call", Actor: other.id.String(), Decision: audit.DecisionAllow}); err != nil {
+	if _, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.call", Actor: other.id.String(), Decision: audit.DecisionAllow}, ""); err != nil {
 		t.Fatalf("another member's tool call: %v", err)
 	}
 	grown := w.trailBytes(ctx)
 	for range 500 {
 		out, err := w.s.appendGatewayRecord(ctx, gw, audit.Record{Kind: "mcp.denied", Actor: worldConsumer.String(),
-			Decision: audit.DecisionDeny, Reason: "audit_budget_exhausted"})
+			Decision: audit.DecisionDeny, Reason: "audit_budget_exhausted"}, "")
 		if err != nil {
 			t.Fatalf("a gateway's refusal record: %v", err)
 		}

@@ -89,7 +89,7 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	if g.sessions, err = openTable[workgroups.Session](ctx, js, "umbra_sessions"); err != nil {
 		return nil, err
 	}
-	if g.sessionStream, err = js.Stream(ctx, "KV_umbra_sessions"); err != nil {
+	if g.sessionStream, err = streamOf(ctx, js, "KV_umbra_sessions"); err != nil {
 		return nil, fmt.Errorf("sessions stream: %w", err)
 	}
 	if g.rates, err = openProposalRates(ctx, js); err != nil {
@@ -116,7 +116,7 @@ func openGovernance(ctx context.Context, js jetstream.JetStream, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	stream, err := js.Stream(ctx, envelopeStream)
+	stream, err := streamOf(ctx, js, envelopeStream)
 	if err != nil {
 		return nil, fmt.Errorf("envelope stream: %w", err)
 	}

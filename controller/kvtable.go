@@ -55,6 +55,28 @@ func openTable[T any](ctx context.Context, js jetstream.JetStream, bucket string
 	return table[T]{kv: kv}, nil
 }
 
+// streamAppears bounds how long streamOf waits for a stream just created to be known where it asks.
+const streamAppears = 10 * time.Second
+
+// streamOf opens the stream name, which the caller has just created or opened (a key-value bucket's, say): in a
+// cluster a server whose view of the streams is behind the meta leader's answers "stream not found" for a
+// moment, and a controller that took that for the answer exited while starting (TestControllerCluster, once in a
+// clean-clone CI run).
+func streamOf(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	deadline := time.Now().Add(streamAppears)
+	for {
+		s, err := js.Stream(ctx, name)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) || time.Now().After(deadline) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 func (t table[T]) get(ctx context.Context, key string) (T, uint64, error) {
 	var v T
 	e, err := t.kv.Get(ctx, key)

@@ -366,7 +366,7 @@ func (s *Server) startMetrics(ctx context.Context, js jetstream.JetStream) error
 		return nil
 	}
 	// The audit trail is opened on the default stream name (Config.auditOptions).
-	auditStream, err := js.Stream(ctx, audit.DefaultStream)
+	auditStream, err := streamOf(ctx, js, audit.DefaultStream)
 	if err != nil {
 		return fmt.Errorf("controller: metrics: audit stream: %w", err)
 	}

@@ -48,15 +48,17 @@ type Server struct {
 	controllerID spiffeid.ID
 	adminID      spiffeid.ID
 
-	ns       *natsd.Server
-	nc       *nats.Conn
-	ids      *identityStore
-	revoked  *revocationFeed
-	gov      *governance
-	events   *sessionEvents // the session event feed (events.go)
-	alerts   *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
-	zc       *zitictrl.Controller
-	grantUse *grantUses // when identities last dialed or bound their services (grantuse.go)
+	ns        *natsd.Server
+	nc        *nats.Conn
+	ids       *identityStore
+	revoked   *revocationFeed
+	gov       *governance
+	events    *sessionEvents // the session event feed (events.go)
+	alerts    *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
+	zc        *zitictrl.Controller
+	grantUse  *grantUses    // when identities last dialed or bound their services (grantuse.go)
+	findOnce  sync.Mutex    // one search of the trail for a gateway's record at a time (findGatewayRecord)
+	findAfter time.Duration // api.AuditFindAfter, unless a test set it
 	// clusterMembers maps the cluster's overlay members to their NATS servers (clusterops.go); unset on a lone
 	// controller.
 	clusterMembers table[clusterMemberRecord]
@@ -572,43 +574,54 @@ func (s *Server) startAPI(ctx context.Context) (err error) {
 }
 
 // hostedWarnEvery is how long the controller waits for a router to host one of its services before it says so
-// (and goes on waiting).
-const hostedWarnEvery = 30 * time.Second
+// (and goes on waiting). terminatorStoreWait is how long it then waits for the overlay's store to hold the
+// terminator before it gives the hosting up, to host everything again in a new overlay session.
+const (
+	hostedWarnEvery     = 30 * time.Second
+	terminatorStoreWait = 30 * time.Second
+)
 
 // waitHosted returns once l's service, hosted by the overlay identity hostID, can be dialled: Listen returns
 // before a router hosts it when none could yet, and a router may count a bind established before the overlay's
 // store holds its terminator (docs/overlay-reliability.md). Only then is the controller's API "hosted" (Hosted,
 // and `umbra dev ready`). In a cluster the members host as one identity: the store's check is then met by any
 // member's terminator, the router's by this member's own.
+//
+// A router can also count a bind established whose terminator the store never gets: the create it took over was
+// never answered ("A burst of terminator removals" there). Waiting longer did not help (a CI run waited two
+// minutes for the console's), so after terminatorStoreWait waitHosted fails, and the caller (startAPI, retried
+// by hostAPIWhenRouted) hosts everything again in a new overlay session, with new listeners.
 func (s *Server) waitHosted(ctx context.Context, l net.Listener, hostID string) error {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, hostedWarnEvery)
-		err := s.waitTerminator(wctx, l, hostID)
+		err := agentsdk.WaitHosted(wctx, l)
 		cancel()
-		if err == nil || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 			return err
 		}
 		s.log.Warn("no router hosts the service yet; still waiting", "service", l.Addr().String(), "waited", hostedWarnEvery, "err", err)
 	}
+	sctx, cancel := context.WithTimeout(ctx, terminatorStoreWait)
+	defer cancel()
+	return s.waitInStore(sctx, l.Addr().String(), hostID)
 }
 
-// waitTerminator waits until a router counts l hosted, then until the overlay's store holds its terminator.
-func (s *Server) waitTerminator(ctx context.Context, l net.Listener, hostID string) error {
-	if err := agentsdk.WaitHosted(ctx, l); err != nil {
-		return err
-	}
-	service := l.Addr().String()
+// waitInStore waits until the overlay's store holds a terminator of service hosted by hostID.
+func (s *Server) waitInStore(ctx context.Context, service, hostID string) error {
 	for {
-		found, err := s.zc.Mgmt().HostsService(service, hostID)
+		found, err := s.zc.Mgmt().HostsService(ctx, service, hostID)
 		if err == nil && found {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return fmt.Errorf("%s has no terminator in the overlay's store yet: %w (last look-up: %v)", service, ctx.Err(), err)
+				return fmt.Errorf("%s has no terminator in the overlay's store: %w (last look-up: %v)", service, ctx.Err(), err)
 			}
-			return fmt.Errorf("%s has no terminator in the overlay's store yet: %w", service, ctx.Err())
+			return fmt.Errorf("%s has no terminator in the overlay's store: %w", service, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

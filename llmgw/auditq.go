@@ -1,7 +1,9 @@
 package llmgw
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/umbra-mesh/umbra/internal/audit"
@@ -35,7 +37,7 @@ func (g *Gateway) record(ctx context.Context, r audit.Record) {
 	}
 	g.auditMu.RUnlock()
 	if !queued {
-		g.appendLogged(ctx, r)
+		g.outbox.Append(ctx, r)
 	}
 }
 
@@ -44,38 +46,66 @@ type queuedRecord struct {
 	r   audit.Record
 }
 
-func (g *Gateway) appendLogged(ctx context.Context, r audit.Record) {
-	if err := g.appendAudit(ctx, r); err != nil {
-		g.log.Error("llmgw: audit record lost", "kind", r.Kind, "actor", r.Actor, "err", err)
-	}
+func (g *Gateway) lost(r audit.Record, err error) {
+	g.log.Error("llmgw: audit record lost", "kind", r.Kind, "actor", r.Actor, "err", err)
 }
 
-// auditWorker appends queued records until ctx ends, then stops the queue and drains it.
+// heldRecords bounds the records held (audit.Outbox); heldRetry is how often the worker tries them again.
+const (
+	heldRecords = 10000
+	heldRetry   = 2 * time.Second
+)
+
+// openHeld keeps held records in cfg.HeldBucket, and takes those an earlier run left there.
+func (g *Gateway) openHeld(ctx context.Context) error {
+	b, err := audit.OpenHeldBucket(ctx, g.cfg.State, cmp.Or(g.cfg.HeldBucket, "llmgw_audit_held"))
+	if err != nil {
+		return err
+	}
+	n, err := g.held.Open(ctx, b)
+	if n > 0 {
+		g.log.Warn("llmgw: audit records held by an earlier run; appending them once the controller is reached", "records", n)
+	}
+	if err != nil {
+		g.log.Error("llmgw: held audit records left unread", "err", err)
+	}
+	return nil
+}
+
+// auditWorker appends queued records until ctx ends, then stops the queue and drains it. Every heldRetry it
+// appends the records held because the controller could not be reached, and once more as it stops.
 func (g *Gateway) auditWorker(ctx context.Context) {
 	g.auditMu.Lock()
 	g.auditOn = true
 	g.auditMu.Unlock()
+	tick := time.NewTicker(heldRetry)
+	defer tick.Stop()
 	for {
 		select {
 		case q := <-g.audits:
-			g.appendLogged(q.ctx, q.r)
+			g.outbox.Queued(q.ctx, q.r)
+		case <-tick.C:
+			g.outbox.Retry(context.Background())
 		case <-ctx.Done():
 			g.auditMu.Lock()
 			g.auditOn = false
 			g.auditMu.Unlock()
-			// The drain is bounded: with the audit trail unreachable, a full queue must not hold the
-			// shutdown for one AuditTimeout per record.
+			// The drain is bounded: a full queue must not hold the shutdown for one AuditTimeout per record.
+			// What is left past the deadline is held, untried: kept for the next run with a state store.
 			deadline := time.Now().Add(g.cfg.AuditTimeout)
 			for {
 				select {
 				case q := <-g.audits:
 					if time.Now().After(deadline) {
-						g.metrics.auditFailures.Inc()
-						g.log.Error("llmgw: audit record lost: shutting down", "kind", q.r.Kind, "actor", q.r.Actor)
+						g.outbox.Keep(q.ctx, q.r, nil, fmt.Errorf("not tried: shutting down: %w", audit.ErrNotSent))
 						continue
 					}
-					g.appendLogged(q.ctx, q.r)
+					g.outbox.Queued(q.ctx, q.r)
 				default:
+					rctx, cancel := context.WithDeadline(context.Background(), deadline)
+					g.outbox.Retry(rctx)
+					cancel()
+					g.outbox.Stopped()
 					return
 				}
 			}

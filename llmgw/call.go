@@ -222,23 +222,13 @@ func (g *Gateway) begin(ctx context.Context, c *call) *apiError {
 // Auditor ignores its context. The caller's cancellation does not cut the wait short, so that a record is not
 // abandoned half-written because its caller left. A failure is counted in audit_failures_total.
 func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.AuditTimeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- g.cfg.Auditor.Append(ctx, r) }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		select {
-		case err = <-done: // it answered as the deadline passed
-		default:
-			err = ctx.Err()
-		}
-	}
-	if err != nil {
+	return g.appendTimed(ctx, r.Kind, func(ctx context.Context) error { return g.cfg.Auditor.Append(ctx, r) })
+}
+
+func (g *Gateway) appendTimed(ctx context.Context, kind string, write func(context.Context) error) error {
+	if err := audit.Within(ctx, g.cfg.AuditTimeout, write); err != nil {
 		g.metrics.auditFailures.Inc()
-		return fmt.Errorf("append %s record: %w", r.Kind, err)
+		return fmt.Errorf("append %s record: %w", kind, err)
 	}
 	return nil
 }

@@ -70,6 +70,9 @@ type Config struct {
 	State jetstream.JetStream
 	// UsageBucket names the bucket in State. Empty means "llmgw_usage".
 	UsageBucket string
+	// HeldBucket names the bucket in State that keeps records of how calls ended while the Auditor cannot be
+	// reached, so that a restart does not lose them. Empty means "llmgw_audit_held".
+	HeldBucket string
 	// LogPrompts puts the messages sent upstream (after redaction) and the answer into audit records.
 	LogPrompts bool
 	// HTTPClient calls the upstream providers. Nil means a client with default transport settings and no

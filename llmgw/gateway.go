@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/umbra-mesh/umbra/internal/audit"
 	"github.com/umbra-mesh/umbra/internal/gatewayadmin"
 	"github.com/umbra-mesh/umbra/llmgw/budget"
 	"github.com/umbra-mesh/umbra/llmgw/guard"
@@ -46,9 +47,12 @@ type Gateway struct {
 	audits  chan queuedRecord // outcome records for the worker (auditq.go)
 	auditMu sync.RWMutex      // guards auditOn against the worker stopping
 	auditOn bool              // Run's worker takes records from audits
+	held    audit.Held        // records of what already happened whose append never reached the trail
+	outbox  *audit.Outbox     // writes records of what already happened, holding them in held when need be
 }
 
-// New checks cfg and builds a Gateway. With cfg.State set it opens the usage bucket.
+// New checks cfg and builds a Gateway. With cfg.State set it opens the usage bucket, and the bucket of held audit
+// records, whose records Run's worker appends.
 func New(cfg Config) (*Gateway, error) {
 	// The caller keeps its slices; the gateway works on copies.
 	cfg.Models = slices.Clone(cfg.Models)
@@ -63,10 +67,12 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, fmt.Errorf("llmgw: %w", err)
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, models: map[string]*model{}, identify: cfg.Identify,
-		trace: newTracing(cfg.TracerProvider), audits: make(chan queuedRecord, auditQueueLen)}
+		trace: newTracing(cfg.TracerProvider), audits: make(chan queuedRecord, auditQueueLen), held: audit.Held{Max: heldRecords}}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
+	g.outbox = &audit.Outbox{Held: &g.held, Writer: cfg.Auditor, Bounded: g.appendTimed, Timeout: cfg.AuditTimeout, Log: g.log,
+		Name: "llmgw", Lost: g.lost}
 	if g.identify == nil {
 		g.identify = identifyTLS
 	}
@@ -126,6 +132,11 @@ func New(cfg Config) (*Gateway, error) {
 		defer cancel()
 		if store, err = budget.NewKVStore(ctx, cfg.State, cfg.UsageBucket); err != nil {
 			return nil, fmt.Errorf("llmgw: %w", err)
+		}
+		if cfg.Auditor != nil {
+			if err := g.openHeld(ctx); err != nil {
+				return nil, fmt.Errorf("llmgw: %w", err)
+			}
 		}
 	}
 	g.limiter = budget.NewLimiter(store)

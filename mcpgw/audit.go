@@ -192,47 +192,46 @@ func (g *Gateway) record(ctx context.Context, r audit.Record) {
 	if queued {
 		return
 	}
-	g.appendLogged(ctx, r)
+	g.outbox.Append(ctx, r)
 }
 
-func (g *Gateway) appendLogged(ctx context.Context, r audit.Record) {
-	if err := g.appendAudit(ctx, r); err != nil {
-		g.log.Error("mcpgw: audit record lost", "kind", r.Kind, "actor", r.Actor, "err", redact.String(err.Error()))
-	}
+func (g *Gateway) lost(r audit.Record, err error) {
+	g.log.Error("mcpgw: audit record lost", "kind", r.Kind, "actor", r.Actor, "err", redact.String(err.Error()))
 }
+
+// heldRecords bounds the records held (audit.Outbox); heldRetry is how often the worker tries them again.
+const (
+	heldRecords = 10000
+	heldRetry   = 2 * time.Second
+)
 
 // appendAudit appends r and waits at most Config.AuditTimeout for the audit trail to confirm it, even if the
 // Auditor ignores its context. The caller's cancellation does not cut the wait short, so that a record is
 // not abandoned half-written because its caller left. A failure is counted in audit_failures_total.
 func (g *Gateway) appendAudit(ctx context.Context, r audit.Record) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.AuditTimeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- g.cfg.Auditor.Append(ctx, r) }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		select {
-		case err = <-done: // it answered as the deadline passed
-		default:
-			err = ctx.Err()
-		}
-	}
-	if err != nil {
+	return g.appendTimed(ctx, r.Kind, func(ctx context.Context) error { return g.cfg.Auditor.Append(ctx, r) })
+}
+
+func (g *Gateway) appendTimed(ctx context.Context, kind string, write func(context.Context) error) error {
+	if err := audit.Within(ctx, g.cfg.AuditTimeout, write); err != nil {
 		g.metrics.auditFails.Inc()
-		return fmt.Errorf("append %s record: %w", r.Kind, err)
+		return fmt.Errorf("append %s record: %w", kind, err)
 	}
 	return nil
 }
 
-// auditWorker appends queued records until ctx ends, then drains the queue.
+// auditWorker appends queued records until ctx ends, then drains the queue. Every heldRetry it appends the records
+// held because the controller could not be reached, and once more, within AuditTimeout, as it stops.
 func (g *Gateway) auditWorker(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
+	tick := time.NewTicker(heldRetry)
+	defer tick.Stop()
 	for {
 		select {
 		case r := <-g.audits:
-			g.appendLogged(context.Background(), r)
+			g.outbox.Queued(context.Background(), r)
+		case <-tick.C:
+			g.outbox.Retry(context.Background())
 		case <-ctx.Done():
 			g.auditMu.Lock()
 			g.auditOn = false
@@ -240,8 +239,12 @@ func (g *Gateway) auditWorker(ctx context.Context, done chan<- struct{}) {
 			for {
 				select {
 				case r := <-g.audits:
-					g.appendLogged(context.Background(), r)
+					g.outbox.Queued(context.Background(), r)
 				default:
+					rctx, cancel := context.WithTimeout(context.Background(), g.cfg.AuditTimeout)
+					g.outbox.Retry(rctx)
+					cancel()
+					g.outbox.Stopped()
 					return
 				}
 			}

@@ -61,7 +61,8 @@ type Config struct {
 	// State keeps tool pins and call approvals in JetStream KV buckets, shared by gateway replicas and kept
 	// across restarts. Default nil: in memory.
 	State jetstream.JetStream
-	// BucketPrefix prefixes the KV bucket names ("<prefix>pins", "<prefix>approvals"). Default "umbra_mcpgw_".
+	// BucketPrefix prefixes the KV bucket names ("<prefix>pins", "<prefix>approvals", and "<prefix>audit_held":
+	// records of what already happened kept while the Auditor cannot be reached). Default "umbra_mcpgw_".
 	BucketPrefix string
 	// Admins administer the gateway fully, whatever the Directory says of them: tool versions, every
 	// organisation's held calls, backends and metrics. Besides them, administrators as the Directory marks them

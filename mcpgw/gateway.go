@@ -67,6 +67,8 @@ type Gateway struct {
 	auditMu sync.RWMutex
 	auditOn bool
 	audits  chan audit.Record
+	held    audit.Held    // records of what already happened whose append never reached the trail
+	outbox  *audit.Outbox // writes records of what already happened, holding them in held when need be
 
 	reportMu sync.Mutex
 	reported [32]byte // digest of the last inventory reported
@@ -108,10 +110,13 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, sdkLog: slog.New(quiet{cfg.Logger.Handler(), slog.LevelWarn}), self: selfID, scanner: scan.New(), catalog: newCatalog(),
 		limits: newLimiter(cfg.Limits), dir: map[string]dirEntry{},
-		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), ready: make(chan struct{}), upCh: make(chan struct{}, 1)}
+		callers: map[string]*caller{}, audits: make(chan audit.Record, 1024), held: audit.Held{Max: heldRecords},
+		ready: make(chan struct{}), upCh: make(chan struct{}, 1)}
 	if !cfg.Self.IsZero() {
 		g.self = cfg.Self.String()
 	}
+	g.outbox = &audit.Outbox{Held: &g.held, Writer: cfg.Auditor, Bounded: g.appendTimed, Timeout: cfg.AuditTimeout, Log: g.log,
+		Name: "mcpgw", Lost: g.lost}
 	g.trace = newTracing(cfg.TracerProvider)
 	g.policy.Store(eng)
 	if g.grant, err = gatewayadmin.NewAuthorizer(gatewayadmin.Grant{Gateway: cfg.Self, Admins: cfg.Admins, Orgs: cfg.AdminOrgs,
@@ -158,6 +163,19 @@ func (g *Gateway) Run(ctx context.Context) error {
 			return fmt.Errorf("mcpgw: %w", err)
 		}
 		g.pins = pin.NewStore(pins)
+		if g.cfg.Auditor != nil {
+			b, err := audit.OpenHeldBucket(ctx, g.cfg.State, g.cfg.BucketPrefix+"audit_held")
+			if err != nil {
+				return fmt.Errorf("mcpgw: %w", err)
+			}
+			n, err := g.held.Open(ctx, b)
+			if n > 0 {
+				g.log.Warn("mcpgw: audit records held by an earlier run; appending them once the controller is reached", "records", n)
+			}
+			if err != nil {
+				g.log.Error("mcpgw: held audit records left unread", "err", err)
+			}
+		}
 		g.approvals = approval.New(apr, approval.Config{Timeout: g.cfg.Approvals.Timeout, TTL: g.cfg.Approvals.TTL,
 			Poll: 500 * time.Millisecond})
 	}

@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/umbra-mesh/umbra/internal/natsd"
+	"github.com/umbra-mesh/umbra/internal/natsd/natsdtest"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -193,20 +192,7 @@ func TestDirectoryFailsClosed(t *testing.T) {
 // Pins and approvals live in JetStream KV when the gateway has it: a second gateway on the same state (a
 // replica, or the same after a restart) knows what the first approved.
 func TestStateInJetStream(t *testing.T) {
-	ns, err := natsd.Start(natsd.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc, err := ns.Connect("mcpgw-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natsdtest.Connect(t, natsdtest.Start(t), "mcpgw-test")
 	srv, _ := newTestServer("ext")
 	cfg := func() Config {
 		b, _ := inMemory("ext", srv, false)

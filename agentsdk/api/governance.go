@@ -274,6 +274,63 @@ const (
 	GatewayKind = "gateway"
 )
 
+// An audit record a gateway appends may be sent again when the gateway cannot tell whether the first try was
+// stored (the overlay connection broke before the answer). A try carries HeaderRecordID, the same on every try
+// of one record and different for every record, and every try after the first carries HeaderRecordAge, the
+// milliseconds since the first try began. The controller stores the record once per gateway and record ID and
+// answers a repeat with the record stored first, for tries up to AuditRetryWindow after the first; a later try
+// is refused (409 CodeRetryTooLate), since the store no longer remembers the ID for certain then.
+//
+// Every try also carries HeaderRecordFirst, the time of the first try by the gateway's clock: a try that reaches
+// the controller more than AuditRetryWindow plus AuditClockSkew after it (held up on the way, say in a paused
+// controller's buffers) is refused too, so that no try is stored long after the gateway stopped waiting for it.
+const (
+	HeaderRecordID    = "Umbra-Record-Id"    // 1-64 characters of [A-Za-z0-9_-]
+	HeaderRecordAge   = "Umbra-Record-Age"   // decimal milliseconds
+	HeaderRecordFirst = "Umbra-Record-First" // decimal Unix milliseconds
+	// AuditClockSkew is how far a gateway's clock and the controller's may differ for HeaderRecordFirst.
+	AuditClockSkew = 2 * time.Minute
+	// AuditRetryWindow is how long after its first try a record may be sent again.
+	AuditRetryWindow = 10 * time.Second
+	// CodeRetryTooLate refuses a record sent again later than AuditRetryWindow after its first try: whether the
+	// first try was stored must be read from the audit trail (PathAuditRecordFind).
+	CodeRetryTooLate = "retry_too_late"
+)
+
+// A gateway that kept a record whose try may have been stored, and can no longer send it again (it restarted
+// after AuditRetryWindow), asks whether it was stored: POST PathAuditRecordFind with AuditRecordFind, the record
+// ID and the time of the first try of it that may have been stored (HeaderRecordFirst). The controller reads the
+// trail for the record stored under that ID around then. Its answer is certain from AuditFindAfter after that
+// time on, since the controller stores a try only when it arrives within AuditRetryWindow of the first (by
+// HeaderRecordAge, and by HeaderRecordFirst give or take AuditClockSkew) and within AuditStoreWithin of its
+// arrival; asked earlier, it answers 409 CodeAskLater. When the trail no longer holds records from then
+// (archived), it answers 409 CodeRetryTooLate. Not found, the record was never stored: the gateway sends it
+// again, as a new try.
+const (
+	PathAuditRecordFind = "/v1/audit/records/find"
+	// AuditStoreWithin bounds how long after a try arrives the controller may still store it.
+	AuditStoreWithin = 30 * time.Second
+	// AuditFindAfter is how long after a record's first try whether it was stored can be told for certain: past
+	// AuditRetryWindow, AuditClockSkew and AuditStoreWithin.
+	AuditFindAfter = 3 * time.Minute
+	// CodeAskLater answers a question that can be answered later, not yet (PathAuditRecordFind).
+	CodeAskLater = "ask_later"
+)
+
+// AuditRecordFind asks whether a record a gateway sent under ID, first tried at FirstUnixMS (HeaderRecordFirst),
+// was stored.
+type AuditRecordFind struct {
+	ID          string `json:"id"`
+	FirstUnixMS int64  `json:"first_unix_ms"`
+}
+
+// AuditRecordFound answers AuditRecordFind: the record stored under the ID, if one was.
+type AuditRecordFound struct {
+	Found bool   `json:"found"`
+	Seq   uint64 `json:"seq,omitempty"`
+	Hash  string `json:"hash,omitempty"`
+}
+
 // LookupRequest asks what the controller knows of an identity.
 type LookupRequest struct {
 	SPIFFEID string `json:"spiffe_id"`

@@ -134,6 +134,18 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// enroll creates the identity org/kind/name as admin and enrolls it into name.json in the test's directory,
+// returning its SPIFFE ID.
+func (c *cli) enroll(admin, org, kind, name string) string {
+	c.t.Helper()
+	tok := c.must("", "identity", "create", "--as", admin, "--org", org, "--kind", kind, "--name", name)
+	if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	c.must("", "enroll", "--token", name+".token", "--out", name+".json")
+	return "spiffe://umbra.local/" + org + "/" + kind + "/" + name
+}
+
 // start runs a long-lived umbra command and waits until its stdout prints a line containing ready.
 func (c *cli) start(ready string, args ...string) *daemon {
 	c.t.Helper()

@@ -42,15 +42,7 @@ func TestMCPOverOverlay(t *testing.T) {
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"
-	td := "spiffe://umbra.local/"
-	enroll := func(org, kind, name string) string {
-		tok := c.must("", "identity", "create", "--as", admin, "--org", org, "--kind", kind, "--name", name)
-		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
-		return td + org + "/" + kind + "/" + name
-	}
+	enroll := func(org, kind, name string) string { return c.enroll(admin, org, kind, name) }
 	gw := enroll("acme", "gateway", "mcpgw")
 	files := enroll("acme", "mcp", "files")
 	analyst := enroll("acme", "agent", "analyst")
@@ -201,14 +193,7 @@ func TestMCPGatewayLifecycle(t *testing.T) {
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"
-	enroll := func(org, kind, name string) string {
-		tok := c.must("", "identity", "create", "--as", admin, "--org", org, "--kind", kind, "--name", name)
-		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
-		return "spiffe://umbra.local/" + org + "/" + kind + "/" + name
-	}
+	enroll := func(org, kind, name string) string { return c.enroll(admin, org, kind, name) }
 	gw := enroll("acme", "gateway", "mcpgw")
 	ops := enroll("acme", "agent", "ops")
 	analyst := enroll("acme", "agent", "analyst")

@@ -76,14 +76,7 @@ func TestMCPConnectConcurrentCancelNotify(t *testing.T) {
 	args, _ := devArgs(t, "data")
 	c.start("umbra dev ready", args...)
 	admin := "data/admin.json"
-	enroll := func(org, kind, name string) string {
-		tok := c.must("", "identity", "create", "--as", admin, "--org", org, "--kind", kind, "--name", name)
-		if err := os.WriteFile(filepath.Join(c.dir, name+".token"), []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.must("", "enroll", "--token", name+".token", "--out", name+".json")
-		return "spiffe://umbra.local/" + org + "/" + kind + "/" + name
-	}
+	enroll := func(org, kind, name string) string { return c.enroll(admin, org, kind, name) }
 	gw := enroll("acme", "gateway", "mcpgw")
 	ops := enroll("acme", "agent", "ops")
 	analyst := enroll("acme", "agent", "analyst")

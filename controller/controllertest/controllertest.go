@@ -146,7 +146,18 @@ func Start(opts Options) (*Env, error) {
 		return nil, err
 	}
 	e.admin.Store(admin)
-	// The controller's API is hosted on the overlay; it is reachable once its terminator reaches the router.
+	// The controller's API is hosted on the overlay once a router holds its terminators: the controller says so
+	// (Hosted) after trying again as long as it takes, which on a loaded machine can be longer than a dial's
+	// retries. Only then is the API probed, as an agent would.
+	select {
+	case <-srv.Hosted():
+	case err := <-errc:
+		e.Close()
+		return nil, fmt.Errorf("controllertest: stopped before the controller API was hosted: %w", err)
+	case <-time.After(2 * time.Minute):
+		e.Close()
+		return nil, errors.New("controllertest: the controller API was not hosted on the overlay within 2 minutes")
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)

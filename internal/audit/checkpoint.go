@@ -325,7 +325,7 @@ func (l *Log) hashAt(ctx context.Context, seq uint64) (string, error) {
 // with actor as its Actor. It returns false, and appends nothing, when the chain is empty or its last record
 // is already a checkpoint: nothing new to cover.
 func (l *Log) AppendCheckpoint(ctx context.Context, actor string, key ed25519.PrivateKey) (Record, bool, error) {
-	return l.appendWith(ctx, func(prevSeq uint64, prevHash, prevKind string) (Record, bool, error) {
+	r, ok, _, err := l.appendWith(ctx, "", func(prevSeq uint64, prevHash, prevKind string) (Record, bool, error) {
 		if prevSeq == 0 || prevKind == KindCheckpoint {
 			return Record{}, false, nil
 		}
@@ -336,4 +336,5 @@ func (l *Log) AppendCheckpoint(ctx context.Context, actor string, key ed25519.Pr
 		}
 		return Record{Time: c.Time, Kind: KindCheckpoint, Actor: actor, Data: data}, true, nil
 	})
+	return r, ok, err
 }

@@ -51,6 +51,8 @@ type Options struct {
 
 	// allowDelete leaves DenyDelete off, so that tests can cut holes in a chain.
 	allowDelete bool
+	// dedupWindow replaces DedupWindow, so that tests can outlive it quickly.
+	dedupWindow time.Duration
 }
 
 // Log appends to and reads the audit stream. It is safe for concurrent use; several Logs, in one
@@ -72,8 +74,11 @@ type Log struct {
 	onStored func(ctx context.Context, r Record, size int)
 }
 
-// DedupWindow is how long the stream remembers the de-duplication IDs of records sent by pipelined appends.
-const DedupWindow = 10 * time.Second
+// DedupWindow is how long the stream remembers a record's de-duplication ID: those of records sent by pipelined
+// appends, needed only while the write is in flight, and those AppendOnce is given, which a writer unsure whether
+// its record was stored must send again well within it. The server keeps one small entry per such ID for the
+// window (at the pipelined recorder's fastest, some tens of thousands).
+const DedupWindow = 30 * time.Second
 
 // storeOverhead is what JetStream's file store adds to a message besides its subject and payload (record
 // header, checksum, the expected-sequence or expected-last-ID headers, a pipelined record's de-duplication ID,
@@ -111,6 +116,10 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 	if replicas < 0 {
 		return nil, fmt.Errorf("audit: replicas %d", replicas)
 	}
+	dedup := opts.dedupWindow
+	if dedup == 0 {
+		dedup = DedupWindow
+	}
 	maxBytes := opts.MaxBytes
 	if maxBytes == 0 {
 		maxBytes = DefaultMaxBytes
@@ -135,9 +144,9 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 		MaxMsgsPerSubject: -1,
 		Discard:           jetstream.DiscardNew,
 		MaxMsgSize:        maxLine,
-		// Pipelined appends (AppendRecords) name each record's predecessor by its de-duplication ID; the stream
-		// needs to remember those IDs only while the write is in flight.
-		Duplicates: DedupWindow,
+		// Pipelined appends (AppendRecords) name each record's predecessor by its de-duplication ID, and
+		// AppendOnce recognises a record sent again by its ID (DedupWindow).
+		Duplicates: dedup,
 		// AppendBatch stores a batch of records as one atomic write.
 		AllowAtomicPublish: true,
 		// No record is ever deleted one by one. Purges are allowed, for Archive: it trims the beginning of the
@@ -173,99 +182,145 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Log, erro
 // another writer got in first, Append reloads the tail and tries again. If Append returns an error
 // after publishing, the record may or may not be stored; the chain is intact either way.
 func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
-	r.Seq, r.Prev, r.Hash = 0, "", ""
-	if err := normalize(&r, time.Now()); err != nil {
-		return Record{}, err
-	}
-	if err := validate(r); err != nil {
-		return Record{}, fmt.Errorf("audit: invalid record: %w", err)
-	}
-	out, _, err := l.appendWith(ctx, func(uint64, string, string) (Record, bool, error) { return r, true, nil })
+	out, _, err := l.AppendOnce(ctx, r, "")
 	return out, err
 }
 
-// appendWith is Append for a record that depends on the one it follows: next is called with the sequence,
-// hash and kind of the stream's last record (0, "", "" when empty) on every attempt, under the append lock,
-// and returns the record to link to it, or false to append nothing.
-func (l *Log) appendWith(ctx context.Context, next func(prevSeq uint64, prevHash, prevKind string) (Record, bool, error)) (Record, bool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.tailKnown {
-		if err := l.loadTail(ctx); err != nil {
-			return Record{}, false, err
-		}
-	}
-	for attempt := 1; ; attempt++ {
-		r, ok, err := next(l.lastSeq, l.lastHash, l.lastKind)
-		if err != nil || !ok {
-			return Record{}, false, err
-		}
-		r, sent, err := l.publishNext(ctx, r)
-		if err == nil {
-			return r, true, nil
-		}
-		if !sent {
-			return Record{}, false, err
-		}
-		if !isWrongLastSeq(err) {
-			// A timeout may hide a stored record: find out from the stream next time.
-			l.tailKnown = false
-			return Record{}, false, fmt.Errorf("audit: publish: %w", full(err))
-		}
-		l.conflicts++
-		if attempt == maxAppendAttempts {
-			l.tailKnown = false
-			return Record{}, false, fmt.Errorf("audit: append lost %d races with other writers: %w", attempt, err)
-		}
-		if err := sleep(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(100*time.Microsecond)))); err != nil {
-			l.tailKnown = false
-			return Record{}, false, fmt.Errorf("audit: append: %w", err)
-		}
-		if err := l.loadTail(ctx); err != nil {
-			return Record{}, false, err
-		}
-	}
-}
-
-// publishNext links r to the tail, publishes it on condition that the stream's last record is still the tail,
-// and makes it the tail. The caller holds l.mu. sent says whether the record was published: then an error is the
-// publish's, unwrapped (isWrongLastSeq: another writer got in first); else the record is invalid.
-func (l *Log) publishNext(ctx context.Context, r Record) (_ Record, sent bool, _ error) {
-	r.Seq, r.Prev, r.Hash = 0, l.lastHash, ""
+// AppendOnce is Append for a writer that sends a record again when it cannot tell whether the first try was
+// stored (its connection broke before the answer): id names the record, and a record whose id the stream
+// already holds is not stored again. It returns the stored record, for a repeated id the one stored first, and
+// whether id was a repeat. Only ids are compared, so the caller gives every record its own (scoped so that
+// writers cannot claim each other's). The stream remembers an id for DedupWindow after the record was stored
+// (across restarts and, replicated, leader changes); a repeat sent later than that is stored again, so a
+// writer stops sending it again well within the window. An empty id is Append.
+func (l *Log) AppendOnce(ctx context.Context, r Record, id string) (Record, bool, error) {
+	r.Seq, r.Prev, r.Hash = 0, "", ""
 	if err := normalize(&r, time.Now()); err != nil {
 		return Record{}, false, err
 	}
 	if err := validate(r); err != nil {
 		return Record{}, false, fmt.Errorf("audit: invalid record: %w", err)
 	}
+	if len(id) > maxMsgID {
+		return Record{}, false, fmt.Errorf("audit: record id of %d bytes, at most %d", len(id), maxMsgID)
+	}
+	out, _, dup, err := l.appendWith(ctx, id, func(uint64, string, string) (Record, bool, error) { return r, true, nil })
+	return out, dup, err
+}
+
+// maxMsgID bounds AppendOnce's record ids: each is kept by the server for DedupWindow and stored with its
+// record.
+const maxMsgID = 128
+
+// appendWith is Append for a record that depends on the one it follows: next is called with the sequence,
+// hash and kind of the stream's last record (0, "", "" when empty) on every attempt, under the append lock,
+// and returns the record to link to it, or false to append nothing. A non-empty id is the record's
+// de-duplication ID (AppendOnce): dup reports a record already stored under it, which is returned.
+func (l *Log) appendWith(ctx context.Context, id string, next func(prevSeq uint64, prevHash, prevKind string) (Record, bool, error)) (_ Record, ok, dup bool, _ error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// A caller that gave up while it waited for the lock stores nothing: a writer that then sent its record again
+	// must not see this try stored after the repeat, perhaps past the repeat's de-duplication window.
+	if err := ctx.Err(); err != nil {
+		return Record{}, false, false, fmt.Errorf("audit: append: %w", err)
+	}
+	if !l.tailKnown {
+		if err := l.loadTail(ctx); err != nil {
+			return Record{}, false, false, err
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		r, ok, err := next(l.lastSeq, l.lastHash, l.lastKind)
+		if err != nil || !ok {
+			return Record{}, false, false, err
+		}
+		r, dup, sent, err := l.publishNext(ctx, r, id)
+		if err == nil {
+			return r, true, dup, nil
+		}
+		if !sent {
+			return Record{}, false, false, err
+		}
+		if !isWrongLastSeq(err) {
+			// A timeout may hide a stored record: find out from the stream next time.
+			l.tailKnown = false
+			return Record{}, false, false, fmt.Errorf("audit: publish: %w", full(err))
+		}
+		l.conflicts++
+		if attempt == maxAppendAttempts {
+			l.tailKnown = false
+			return Record{}, false, false, fmt.Errorf("audit: append lost %d races with other writers: %w", attempt, err)
+		}
+		if err := sleep(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(100*time.Microsecond)))); err != nil {
+			l.tailKnown = false
+			return Record{}, false, false, fmt.Errorf("audit: append: %w", err)
+		}
+		if err := l.loadTail(ctx); err != nil {
+			return Record{}, false, false, err
+		}
+	}
+}
+
+// publishNext links r to the tail, publishes it on condition that the stream's last record is still the tail,
+// and makes it the tail. The caller holds l.mu. sent says whether the record was published: then an error is the
+// publish's, unwrapped (isWrongLastSeq: another writer got in first); else the record is invalid. With a
+// non-empty id the record is published under it as its de-duplication ID; when the stream already holds a
+// record under id, dup is true, that record is returned and the tail stays.
+func (l *Log) publishNext(ctx context.Context, r Record, id string) (_ Record, dup, sent bool, _ error) {
+	r.Seq, r.Prev, r.Hash = 0, l.lastHash, ""
+	if err := normalize(&r, time.Now()); err != nil {
+		return Record{}, false, false, err
+	}
+	if err := validate(r); err != nil {
+		return Record{}, false, false, fmt.Errorf("audit: invalid record: %w", err)
+	}
 	b, err := canonical(r)
 	if err != nil {
-		return Record{}, false, err
+		return Record{}, false, false, err
 	}
 	if len(b) > MaxRecordSize {
-		return Record{}, false, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
+		return Record{}, false, false, fmt.Errorf("audit: invalid record: %d bytes encoded, limit %d", len(b), MaxRecordSize)
 	}
 	sum := sha256.Sum256(b)
 	r.Hash = hex.EncodeToString(sum[:])
 	payload, err := stored(r)
 	if err != nil {
-		return Record{}, false, err
+		return Record{}, false, false, err
 	}
 	subject := l.subjectFor(r)
+	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq)}
+	if id != "" {
+		opts = append(opts, jetstream.WithMsgID(id))
+	}
 	// A publish that reached a stream leader as it died is never answered: wait at most jsbatch.AckWait (the
 	// survivors elect another leader 4-9 s after the death), whatever the caller's context allows, and let the
 	// caller's next append find out from the stream whether it was stored.
 	actx, cancel := context.WithTimeout(ctx, jsbatch.AckWait)
-	ack, err := l.js.Publish(actx, subject, payload,
-		jetstream.WithExpectStream(l.name), jetstream.WithExpectLastSequence(l.lastSeq))
+	ack, err := l.js.Publish(actx, subject, payload, opts...)
 	cancel()
 	if err != nil {
-		return Record{}, true, err
+		return Record{}, false, true, err
+	}
+	if ack.Duplicate {
+		first, err := l.storedAt(ctx, ack.Sequence)
+		if err != nil {
+			return Record{}, false, true, fmt.Errorf("record %q was stored before: %w", id, err)
+		}
+		return first, true, true, nil
 	}
 	r.Seq = ack.Sequence
 	l.lastSeq, l.lastHash, l.lastKind = ack.Sequence, r.Hash, r.Kind
 	l.notifyStored(ctx, r, subject, payload)
-	return r, true, nil
+	return r, false, true, nil
+}
+
+// storedAt reads and checks the record stored at seq.
+func (l *Log) storedAt(ctx context.Context, seq uint64) (Record, error) {
+	msg, err := l.stream.GetMsg(ctx, seq)
+	if err != nil {
+		return Record{}, fmt.Errorf("audit: read record %d: %w", seq, err)
+	}
+	return l.check(msg.Sequence, msg.Subject, msg.Data)
 }
 
 // stored is the message payload: the canonical encoding with Hash filled in.

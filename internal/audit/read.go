@@ -201,7 +201,10 @@ func (l *Log) Scan(ctx context.Context, after uint64, fn func(Record) error) (ui
 			from = seq + 1
 			return fn(r)
 		})
-		switch lost := errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jsfollow.ErrGap); {
+		// The client learns of a consumer's loss by missed heartbeats, or, when the server says so in time, as
+		// "consumer deleted".
+		switch lost := errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jsfollow.ErrGap) ||
+			errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound); {
 		case done:
 			return last, nil
 		case !lost || opened == scanOpens:

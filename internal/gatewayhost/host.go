@@ -156,12 +156,39 @@ func (h *Host) ServeListener(ctx context.Context, ln net.Listener, handler http.
 
 // Append writes r into the controller's audit stream.
 // A refusal because the actor spent its day's audit budget is an *audit.BudgetError, which the gateways turn into
-// a refusal of the call that says so.
+// a refusal of the call that says so; an append that never reached the controller matches audit.ErrNotSent.
 func (h *Host) Append(ctx context.Context, r audit.Record) error {
-	err := h.Agent.Controller().AppendAudit(ctx, r)
+	return appendError(h.Agent.Controller().AppendAudit(ctx, r))
+}
+
+// AppendOnce is Append for a record held for later (audit.Held): e.Record is appended under e.ID as first tried
+// at e.Sent, so that it is stored once however often it is sent within the controller's retry window, and
+// e.Sending marks it as maybe stored just before a try that reached the controller writes it.
+func (h *Host) AppendOnce(ctx context.Context, e audit.HeldRecord) error {
+	return appendError(h.Agent.Controller().AppendAuditOnce(ctx, e.Record, e.ID, e.Sent, e.Sending))
+}
+
+// FindHeld asks the controller whether a held record whose try may have been stored, at e.Sent, was stored
+// (audit.HeldFinder).
+func (h *Host) FindHeld(ctx context.Context, e audit.HeldRecord) (bool, error) {
+	found, err := h.Agent.Controller().FindAuditRecord(ctx, e.ID, e.Sent)
 	var ae *agentsdk.APIError
-	if errors.As(err, &ae) && ae.Code == api.CodeAuditBudgetExhausted {
-		return &audit.BudgetError{Message: ae.Message, RetryAfter: ae.RetryAfter}
+	if errors.As(err, &ae) && ae.Code == api.CodeAskLater {
+		return false, fmt.Errorf("%w: %w", audit.ErrAskLater, err)
+	}
+	return found.Found, appendError(err)
+}
+
+// appendError maps the controller's answer to an append to what the gateways act on.
+func appendError(err error) error {
+	var ae *agentsdk.APIError
+	switch {
+	case errors.As(err, &ae) && ae.Code == api.CodeAuditBudgetExhausted:
+		return fmt.Errorf("%w: %w", audit.ErrRefused, &audit.BudgetError{Message: ae.Message, RetryAfter: ae.RetryAfter})
+	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Code != api.CodeRetryTooLate:
+		return fmt.Errorf("%w: %w", audit.ErrRefused, err) // answered, and not stored
+	case errors.Is(err, agentsdk.ErrNotSent):
+		return fmt.Errorf("%w: %w", audit.ErrNotSent, err)
 	}
 	return err
 }

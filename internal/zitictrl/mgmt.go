@@ -1,6 +1,7 @@
 package zitictrl
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -73,13 +74,22 @@ const (
 // be safe to repeat: such a change may still be applied after its answer, so a create tried again may find its
 // name taken (CreateNewService knows it made it; the other create calls look it up) and a delete may find it gone.
 func (m *Mgmt) do(what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
+	return m.doContext(context.Background(), what, fn)
+}
+
+// doContext is do for a call bounded by ctx: no try starts after ctx ends (fn bounds its own request with ctx).
+func (m *Mgmt) doContext(ctx context.Context, what string, fn func(c *rest_management_api_client.ZitiEdgeManagement) error) error {
 	var err error
 	pause := unansweredPause
 	for try := 1; ; try++ {
 		if err = m.doOnce(what, fn); !unanswered(err) || try == unansweredTries {
 			return err
 		}
-		time.Sleep(pause)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last try: %w)", ctx.Err(), err)
+		case <-time.After(pause):
+		}
 		pause *= 2
 	}
 }
@@ -502,13 +512,14 @@ func (m *Mgmt) pages(what string, list func(c *rest_management_api_client.ZitiEd
 // HostsService tells whether the overlay's store holds a terminator of the service named service hosted by the
 // overlay identity hostID: whether a dial of it can be routed. A router may count a bind established before the
 // controller has its terminator (docs/overlay-reliability.md). The members of a cluster host as one identity,
-// so another member's terminator counts too.
-func (m *Mgmt) HostsService(service, hostID string) (bool, error) {
+// so another member's terminator counts too. It returns by ctx's end.
+func (m *Mgmt) HostsService(ctx context.Context, service, hostID string) (bool, error) {
 	var found bool
-	err := m.do("list terminators", func(c *rest_management_api_client.ZitiEdgeManagement) error {
+	err := m.doContext(ctx, "list terminators", func(c *rest_management_api_client.ZitiEdgeManagement) error {
 		resp, err := c.Terminator.ListTerminators(&terminator.ListTerminatorsParams{
-			Filter: ptr("service.name = " + strconv.Quote(service) + " and hostId = " + strconv.Quote(hostID)),
-			Limit:  ptr(int64(1))}, nil)
+			Context: ctx,
+			Filter:  ptr("service.name = " + strconv.Quote(service) + " and hostId = " + strconv.Quote(hostID)),
+			Limit:   ptr(int64(1))}, nil)
 		if err != nil {
 			return err
 		}

@@ -1,12 +1,14 @@
 package zitictrl
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -213,5 +215,67 @@ func TestDoTriesAConnectionClosedWithoutAnswer(t *testing.T) {
 	m := &Mgmt{client: client, lastUsed: time.Now()}
 	if err := m.CreateOrUpdateServicePolicy("umbra-x-dial", "Dial", []string{"#x.dial"}, []string{"#x"}); err != nil || creates != 2 {
 		t.Fatalf("create after a dropped connection: %v (%d creates); want success on the second create", err, creates)
+	}
+}
+
+// TestHostsServiceEndsWithItsContext: the look-up asks for the service's terminators of the one host and reads
+// the answer; a management API that does not answer, or answers only that it could not carry the request out,
+// holds it no longer than its context (before, the tries and pauses of do took about 4 s more).
+func TestHostsServiceEndsWithItsContext(t *testing.T) {
+	var mode atomic.Value // "found", "none", "hang", "busy"
+	var filter atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/edge/management/v1/terminators" {
+			http.Error(w, "not played here", http.StatusNotImplemented)
+			return
+		}
+		filter.Store(r.URL.Query().Get("filter"))
+		w.Header().Set("Content-Type", "application/json")
+		switch mode.Load() {
+		case "hang": // until the client gives up, or long past the test's bound if it never does
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+		case "busy":
+			w.WriteHeader(http.StatusInternalServerError)
+			io.WriteString(w, "{}")
+		case "found":
+			io.WriteString(w, `{"data":[{"id":"t1","_links":{}}],"meta":{"pagination":{"limit":1,"offset":0,"totalCount":1}}}`)
+		default:
+			io.WriteString(w, `{"data":[],"meta":{"pagination":{"limit":1,"offset":0,"totalCount":0}}}`)
+		}
+	}))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL)
+	client := rest_management_api_client.NewHTTPClientWithConfig(nil, &rest_management_api_client.TransportConfig{
+		Host: u.Host, BasePath: rest_management_api_client.DefaultBasePath, Schemes: []string{"http"}})
+	m := &Mgmt{client: client, lastUsed: time.Now()}
+
+	for _, tc := range []struct {
+		mode  string
+		found bool
+	}{{"found", true}, {"none", false}} {
+		mode.Store(tc.mode)
+		found, err := m.HostsService(context.Background(), "umbra.controller", "ctrl-1")
+		if err != nil || found != tc.found {
+			t.Fatalf("%s: found %v, %v; want %v", tc.mode, found, err, tc.found)
+		}
+		if f := filter.Load(); f != `service.name = "umbra.controller" and hostId = "ctrl-1"` {
+			t.Fatalf("filter %q", f)
+		}
+	}
+	for _, m2 := range []string{"hang", "busy"} {
+		mode.Store(m2)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		start := time.Now()
+		_, err := m.HostsService(ctx, "umbra.controller", "ctrl-1")
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s: %v, want the context's deadline", m2, err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("%s: returned after %s, past its context's 300 ms by more than a try", m2, took)
+		}
 	}
 }
