@@ -89,6 +89,9 @@ type Agent struct {
 
 	// apis is where the agent authenticates to the overlay: every controller of the cluster it knows.
 	apis *overlayAPIs
+	// storeCount, when set, counts a service's terminators in the overlay's store instead of asking the overlay
+	// (terminatorsInStore).
+	storeCount func(service string) (int, error)
 
 	mu        sync.Mutex
 	id        *Identity

@@ -12,7 +12,7 @@ import (
 const hostedPoll = 50 * time.Millisecond
 
 // WaitHosted returns once ln, a listener from Listen or ListenContext, hosts its service: a router has created
-// its terminator, so a dial reaches it. Listen returns before that when no router could host the service yet
+// its terminator and the overlay's store holds it, so a dial reaches it. Listen returns before that when no router could host the service yet
 // (it goes on trying in the background), and a terminator lost with its router is made again in the background
 // too; a host that announces it is ready waits here first. It returns an error if ln is closed or not from
 // this package, and one wrapping ctx's error if ctx ends first.
@@ -43,7 +43,8 @@ func WaitHosted(ctx context.Context, ln net.Listener) error {
 // created.
 type establishedCounter interface{ GetEstablishedCount() uint }
 
-// hosted tells whether l has at least one terminator, and whether it is closed.
+// hosted tells whether l has at least one terminator its router counts established and the overlay's store
+// holds, and whether it is closed.
 func (l *listener) hosted() (hosted, closed bool) {
 	l.mu.Lock()
 	zl, closed := l.zl, l.closed
@@ -51,6 +52,9 @@ func (l *listener) hosted() (hosted, closed bool) {
 	if closed || zl == nil || zl.IsClosed() {
 		return false, closed
 	}
-	c, ok := zl.(establishedCounter)
-	return !ok || c.GetEstablishedCount() > 0, false
+	if c, ok := zl.(establishedCounter); ok && c.GetEstablishedCount() == 0 {
+		return false, false
+	}
+	found, _ := l.inStore(zl, time.Now())
+	return found, false
 }

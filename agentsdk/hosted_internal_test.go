@@ -3,6 +3,7 @@ package agentsdk
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -22,7 +23,10 @@ func (c *countingListener) GetEstablishedCount() uint { return uint(c.establishe
 
 func TestWaitHosted(t *testing.T) {
 	zl := &countingListener{}
-	l := &listener{service: "svc", done: make(chan struct{})}
+	var inStore atomic.Int32
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)},
+		storeCount: func(string) (int, error) { return int(inStore.Load()), nil }}
+	l := &listener{agent: a, service: "svc", done: make(chan struct{})}
 
 	// Not bound yet (Listen went on in the background), then bound without a terminator: not hosted.
 	for _, bound := range []bool{false, true} {
@@ -37,11 +41,17 @@ func TestWaitHosted(t *testing.T) {
 		}
 	}
 
-	// A router creates the terminator while WaitHosted waits.
+	// A router creates the terminator while WaitHosted waits; the overlay's store gets it later.
 	done := make(chan error, 1)
 	go func() { done <- WaitHosted(context.Background(), l) }()
 	time.Sleep(2 * hostedPoll)
 	zl.established.Store(1)
+	select {
+	case err := <-done:
+		t.Fatalf("WaitHosted = %v before the overlay's store held the terminator", err)
+	case <-time.After(2 * storeAskEvery):
+	}
+	inStore.Store(1)
 	select {
 	case err := <-done:
 		if err != nil {

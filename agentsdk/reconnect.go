@@ -190,8 +190,10 @@ func (a *Agent) watch(ctx context.Context) {
 	}
 }
 
-// listenersDown tells whether some open listener has no live terminator. On the way it asks each listener's
-// overlay SDK to report errors to the watchdog, which reconnects at once when one means a lost session.
+// listenersDown tells whether some open listener has no live terminator: none its router counts established,
+// or, for storeWait after its router counted one, none in the overlay's store (instore.go). On the way it asks
+// each listener's overlay SDK to report errors to the watchdog, which reconnects at once when one means a lost
+// session.
 func (a *Agent) listenersDown() bool {
 	a.mu.Lock()
 	ls := make([]*listener, 0, len(a.listeners))
@@ -199,7 +201,7 @@ func (a *Agent) listenersDown() bool {
 		ls = append(ls, l)
 	}
 	a.mu.Unlock()
-	anyDown := false
+	anyDown, now := false, time.Now()
 	for _, l := range ls {
 		l.mu.Lock()
 		zl, skip := l.zl, l.closed || l.pending
@@ -214,7 +216,12 @@ func (a *Agent) listenersDown() bool {
 		if r, ok := zl.(interface{ SetErrorEventHandler(func(error)) }); ok {
 			r.SetErrorEventHandler(a.onListenerError)
 		}
-		if n, ok := zl.(interface{ GetEstablishedCount() uint }); ok && n.GetEstablishedCount() == 0 {
+		if n, ok := zl.(establishedCounter); ok && n.GetEstablishedCount() == 0 {
+			l.forgetStore()
+			anyDown = true
+			continue
+		}
+		if _, stuck := l.inStore(zl, now); stuck {
 			anyDown = true
 		}
 	}

@@ -75,7 +75,9 @@ type listener struct {
 	// pending is true while ListenContext's first bind has not returned: the listener is registered (so that a
 	// reconnect meanwhile moves it too) but not hosted yet, and that is not a hosted service that went down.
 	pending bool
-	once    sync.Once
+	// store is what the overlay's store was found to hold for the current bind (instore.go).
+	store storeState
+	once  sync.Once
 }
 
 func (l *listener) bind(zctx ziti.Context) error {

@@ -590,7 +590,10 @@ const (
 // A router can also count a bind established whose terminator the store never gets: the create it took over was
 // never answered ("A burst of terminator removals" there). Waiting longer did not help (a CI run waited two
 // minutes for the console's), so after terminatorStoreWait waitHosted fails, and the caller (startAPI, retried
-// by hostAPIWhenRouted) hosts everything again in a new overlay session, with new listeners.
+// by hostAPIWhenRouted) hosts everything again in a new overlay session, with new listeners. agentsdk.WaitHosted
+// now asks the store too, through the client API (any host's terminator), and the agent's watchdog moves a bind
+// the store has lacked for 20 s to a new overlay session; the check here, through the management API, asks for
+// this host identity's terminator and bounds the whole wait.
 func (s *Server) waitHosted(ctx context.Context, l net.Listener, hostID string) error {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, hostedWarnEvery)
