@@ -10,7 +10,7 @@ import (
 const (
 	// storeWait is how long a listener may count as hosted by its router while the overlay's store answers that
 	// it holds no terminator of the service, before the watchdog hosts everything again in a new overlay session.
-	storeWait = 20 * time.Second
+	storeWait = 30 * time.Second
 	// storeAskEvery is the least time between two questions to the store about one listener's bind.
 	storeAskEvery = 250 * time.Millisecond
 )

@@ -592,7 +592,7 @@ const (
 // minutes for the console's), so after terminatorStoreWait waitHosted fails, and the caller (startAPI, retried
 // by hostAPIWhenRouted) hosts everything again in a new overlay session, with new listeners. agentsdk.WaitHosted
 // now asks the store too, through the client API (any host's terminator), and the agent's watchdog moves a bind
-// the store has lacked for 20 s to a new overlay session; the check here, through the management API, asks for
+// the store has lacked for 30 s to a new overlay session; the check here, through the management API, asks for
 // this host identity's terminator and bounds the whole wait.
 func (s *Server) waitHosted(ctx context.Context, l net.Listener, hostID string) error {
 	for {
