@@ -22,7 +22,7 @@ type serverLog struct {
 
 func (l serverLog) Noticef(format string, v ...any) { l.emit(slog.LevelDebug, format, v) }
 func (l serverLog) Warnf(format string, v ...any)   { l.emit(l.warnLevel(format, v), format, v) }
-func (l serverLog) Errorf(format string, v ...any)  { l.emit(errorLevel(format), format, v) }
+func (l serverLog) Errorf(format string, v ...any)  { l.emit(errorLevel(format, v), format, v) }
 func (l serverLog) Fatalf(format string, v ...any)  { l.emit(slog.LevelError, format, v) }
 func (l serverLog) Debugf(format string, v ...any)  { l.emit(slog.LevelDebug, format, v) }
 func (l serverLog) Tracef(format string, v ...any)  { l.emit(slog.LevelDebug-4, format, v) }
@@ -77,12 +77,29 @@ func (l serverLog) warnLevel(format string, v []any) slog.Level {
 // route as an error, then one an hour, while it keeps trying every second.
 const routeConnectFailed = "Error trying to connect to route"
 
-// errorLevel is the level of the server's error line of that format: info for a route it could not dial, which
-// is how every cluster starts (its members come up one after another) and how a member that is down shows, and
-// which the server keeps trying; error for the rest. A member that stays down shows in `umbra cluster status`.
-func errorLevel(format string) slog.Level {
+// flushFailed is the server's line for a write to a route, gateway or leaf connection that failed; the server
+// then closes the connection. A write to a peer that closed its end fails "broken pipe" or "connection reset by
+// peer": that peer stopped or restarted, and the server dials the route again.
+const flushFailed = "Error flushing: "
+
+// peerClosed are the endings of a write to a connection its peer closed.
+var peerClosed = []string{"broken pipe", "connection reset by peer"}
+
+// errorLevel is the level of the server's error line of that format and those values: info for a route it could
+// not dial, which is how every cluster starts (its members come up one after another) and how a member that is
+// down shows, and which the server keeps trying; info for a write to a peer that closed the connection (a member
+// stopping); error for the rest. A member that stays down shows in `umbra cluster status`.
+func errorLevel(format string, v []any) slog.Level {
 	if strings.HasPrefix(format, routeConnectFailed) {
 		return slog.LevelInfo
+	}
+	if strings.Contains(format, flushFailed) {
+		msg := fmt.Sprintf(format, v...)
+		for _, ending := range peerClosed {
+			if strings.HasSuffix(msg, ending) {
+				return slog.LevelInfo
+			}
+		}
 	}
 	return slog.LevelError
 }

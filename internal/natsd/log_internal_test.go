@@ -2,6 +2,9 @@ package natsd
 
 import (
 	"log/slog"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,6 +28,30 @@ func TestWarnLevel(t *testing.T) {
 		{"any other warning", now, "JetStream resource limits exceeded for server", nil, slog.LevelWarn},
 	} {
 		if got := tc.l.warnLevel(tc.format, tc.v); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestErrorLevel: a route not dialable yet and a write to a peer that closed the connection (a member stopping) are
+// routine; any other failed write, and any other error, stays an error.
+func TestErrorLevel(t *testing.T) {
+	pipe := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.EPIPE)}
+	reset := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)}
+	other := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ENOSPC)}
+	for _, tc := range []struct {
+		name   string
+		format string
+		v      []any
+		want   slog.Level
+	}{
+		{"route not dialable", "Error trying to connect to route (attempt %v): %v", []any{1, "refused"}, slog.LevelInfo},
+		{"peer gone, broken pipe", "127.0.0.1:29668 - rid:9 - Error flushing: %v", []any{pipe}, slog.LevelInfo},
+		{"peer gone, reset", "127.0.0.1:29668 - rid:9 - Error flushing: %v", []any{reset}, slog.LevelInfo},
+		{"other failed write", "127.0.0.1:29668 - rid:9 - Error flushing: %v", []any{other}, slog.LevelError},
+		{"any other error", "TLS handshake error: %v", []any{pipe}, slog.LevelError},
+	} {
+		if got := errorLevel(tc.format, tc.v); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
 	}
