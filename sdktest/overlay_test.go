@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,4 +165,33 @@ func TestNoGrantNoService(t *testing.T) {
 	if !errors.Is(err, agentsdk.ErrServiceNotFound) {
 		t.Fatalf("dial unknown: err = %v, want ErrServiceNotFound", err)
 	}
+}
+
+// testLogger is a logger that writes to t's log from level up, until t's cleanups have run (a goroutine that
+// logs later is not an error).
+func testLogger(t testing.TB, level slog.Level) *slog.Logger {
+	w := &testLogWriter{t: t}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+type testLogWriter struct {
+	mu      sync.Mutex
+	t       testing.TB
+	stopped bool
+}
+
+func (w *testLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testLogWriter) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path"
 	"path/filepath"
@@ -299,7 +300,9 @@ func TestIdentityMaxAgeAndReenroll(t *testing.T) {
 	if id.SPIFFEID() != aged.ID() {
 		t.Fatalf("re-enrollment issued %s, want %s", id.SPIFFEID(), aged.ID())
 	}
-	again, err := agentsdk.Connect(ctx, id)
+	// The hosting agent's own account goes to the test's log, shown if the test fails: whether its listener was
+	// bound, and whether it found its terminator missing from the overlay's store.
+	again, err := agentsdk.Connect(ctx, id, agentsdk.WithLogger(testLogger(t, slog.LevelInfo)))
 	if err != nil {
 		t.Fatal(err)
 	}
