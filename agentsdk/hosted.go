@@ -12,10 +12,11 @@ import (
 const hostedPoll = 50 * time.Millisecond
 
 // WaitHosted returns once ln, a listener from Listen or ListenContext, hosts its service: a router has created
-// its terminator and the overlay's store holds it, so a dial reaches it. Listen returns before that when no router could host the service yet
-// (it goes on trying in the background), and a terminator lost with its router is made again in the background
-// too; a host that announces it is ready waits here first. It returns an error if ln is closed or not from
-// this package, and one wrapping ctx's error if ctx ends first.
+// its terminator and the overlay's store holds it, so a dial reaches it. Listen returns before that when no
+// router could host the service yet (it goes on trying in the background), and a terminator lost with its router
+// is made again in the background too; a host that announces it is ready waits here first. It returns an error
+// if ln is closed or not from this package, and one wrapping ctx's error, saying how far hosting got, if ctx ends
+// first.
 func WaitHosted(ctx context.Context, ln net.Listener) error {
 	l, ok := ln.(*listener)
 	if !ok {
@@ -24,16 +25,16 @@ func WaitHosted(ctx context.Context, ln net.Listener) error {
 	t := time.NewTicker(hostedPoll)
 	defer t.Stop()
 	for {
-		hosted, closed := l.hosted()
-		switch {
-		case closed:
+		st := l.hosted()
+		switch st {
+		case hostClosed:
 			return fmt.Errorf("agentsdk: wait hosted %s: %w", l.service, net.ErrClosed)
-		case hosted:
+		case hostDone:
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("agentsdk: %s not hosted yet: %w", l.service, ctx.Err())
+			return fmt.Errorf("agentsdk: %s not hosted yet (%s): %w", l.service, st, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -43,18 +44,49 @@ func WaitHosted(ctx context.Context, ln net.Listener) error {
 // created.
 type establishedCounter interface{ GetEstablishedCount() uint }
 
-// hosted tells whether l has at least one terminator its router counts established and the overlay's store
-// holds, and whether it is closed.
-func (l *listener) hosted() (hosted, closed bool) {
+// hostState is how far a listener's hosting has got.
+type hostState int
+
+const (
+	hostUnbound     hostState = iota // no bind of the service in the current overlay session yet
+	hostUnconfirmed                  // bound, but no router has confirmed a terminator
+	hostNotInStore                   // a router confirmed a terminator, the overlay's store holds none yet
+	hostDone                         // the store holds a terminator: a dial reaches the service
+	hostClosed                       // the listener is closed
+)
+
+func (s hostState) String() string {
+	switch s {
+	case hostUnbound:
+		return "not bound in the overlay yet"
+	case hostUnconfirmed:
+		return "no router has confirmed its terminator"
+	case hostNotInStore:
+		return "a router confirmed its terminator, but the overlay's store holds none yet"
+	case hostDone:
+		return "hosted"
+	default:
+		return "closed"
+	}
+}
+
+// hosted tells how far l's hosting has got: done once a router counts a terminator established and the
+// overlay's store holds one.
+func (l *listener) hosted() hostState {
 	l.mu.Lock()
 	zl, closed := l.zl, l.closed
 	l.mu.Unlock()
-	if closed || zl == nil || zl.IsClosed() {
-		return false, closed
+	switch {
+	case closed:
+		return hostClosed
+	case zl == nil || zl.IsClosed():
+		return hostUnbound
 	}
 	if c, ok := zl.(establishedCounter); ok && c.GetEstablishedCount() == 0 {
-		return false, false
+		return hostUnconfirmed
 	}
-	found, _ := l.inStore(zl, time.Now())
-	return found, false
+	if found, _ := l.inStore(zl, time.Now()); !found {
+		return hostNotInStore
+	}
+	return hostDone
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,8 +37,9 @@ func TestWaitHosted(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*hostedPoll)
 		err := WaitHosted(ctx, l)
 		cancel()
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("bound=%v: WaitHosted = %v, want a deadline error", bound, err)
+		want := map[bool]string{false: "not bound", true: "no router has confirmed"}[bound]
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("bound=%v: WaitHosted = %v, want a deadline error saying %q", bound, err, want)
 		}
 	}
 
@@ -51,6 +53,12 @@ func TestWaitHosted(t *testing.T) {
 		t.Fatalf("WaitHosted = %v before the overlay's store held the terminator", err)
 	case <-time.After(2 * storeAskEvery):
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*hostedPoll)
+	err := WaitHosted(ctx, l)
+	cancel()
+	if want := "the overlay's store holds none"; !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("confirmed by a router, not in the store: WaitHosted = %v, want a deadline error saying %q", err, want)
+	}
 	inStore.Store(1)
 	select {
 	case err := <-done:
@@ -63,7 +71,7 @@ func TestWaitHosted(t *testing.T) {
 
 	// The terminator lost with its router: not hosted again until one is made again.
 	zl.established.Store(0)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*hostedPoll)
+	ctx, cancel = context.WithTimeout(context.Background(), 3*hostedPoll)
 	defer cancel()
 	if err := WaitHosted(ctx, l); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("after the terminator was lost: WaitHosted = %v, want a deadline error", err)

@@ -92,12 +92,20 @@ func TestDialListenEcho(t *testing.T) {
 	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
 	ln := serveEcho(t, server, "echo1")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	// Hosted: a router has the service's terminator.
-	if err := agentsdk.WaitHosted(ctx, ln); err != nil {
+	// Hosted: a router has the service's terminator and the overlay's store holds it. Right after a burst of
+	// terminator removals (the isolation tests' agents closing hundreds of services) that takes tens of seconds
+	// (docs/overlay-reliability.md), so the wait is given as long as dialEcho's.
+	hctx, hcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer hcancel()
+	began := time.Now()
+	if err := agentsdk.WaitHosted(hctx, ln); err != nil {
 		t.Fatal(err)
 	}
+	if waited := time.Since(began); waited > 5*time.Second {
+		t.Logf("echo1 was hosted %s after Listen returned", waited.Round(time.Millisecond))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	conn, err := client.Dial(ctx, "echo1")
 	if err != nil {
 		t.Fatal(err)
