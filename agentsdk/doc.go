@@ -13,7 +13,7 @@
 //	peer, err := agentsdk.PeerIdentity(conn)      // the SPIFFE ID the other end proved
 //
 //	ln, err := agent.Listen("pricing")            // a net.Listener; opens no listening socket
-//	err = agentsdk.WaitHosted(ctx, ln)            // a router hosts it: a dial reaches it from now on
+//	err = agentsdk.WaitHosted(ctx, ln)            // a router hosts it, the overlay knows: dials reach it
 //	resp, err := agent.HTTPClient().Get("http://pricing/quote")
 //
 // Nothing listens on the workload's host: the SDK dials out to the overlay's routers, and callers reach a hosted
