@@ -72,10 +72,7 @@ func TestAppendAuditSendsAgain(t *testing.T) {
 				}
 			}))
 			defer srv.Close()
-			c := &Controller{client: &http.Client{Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					return (&net.Dialer{}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
-				}}}}
+			c := controllerAt(srv)
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			if tc.name == "no answer" {
@@ -189,10 +186,7 @@ func TestAppendAuditOnce(t *testing.T) {
 		_, _ = io.WriteString(w, `{"seq":1}`)
 	}))
 	defer srv.Close()
-	c := &Controller{client: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
-		}}}}
+	c := controllerAt(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	first := time.Now().Add(-3 * time.Second)
@@ -338,10 +332,7 @@ func TestFindAuditRecord(t *testing.T) {
 		_, _ = io.WriteString(w, `{"found":true,"seq":7,"hash":"ab"}`)
 	}))
 	defer srv.Close()
-	c := &Controller{client: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
-		}}}}
+	c := controllerAt(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	tried := time.Now().Add(-4 * time.Minute)
@@ -355,4 +346,12 @@ func TestFindAuditRecord(t *testing.T) {
 	if _, err := c.FindAuditRecord(ctx, "held 1", time.Now()); err == nil || !strings.Contains(err.Error(), "record ID") {
 		t.Fatalf("a malformed ID: %v", err)
 	}
+}
+
+// controllerAt is a Controller whose every request, whatever its URL, reaches srv.
+func controllerAt(srv *httptest.Server) *Controller {
+	return &Controller{client: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
+		}}}}
 }

@@ -22,17 +22,7 @@ import (
 func TestGatewayRecordStoredOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	w := openGovWorld(t, t.TempDir(), Config{ProposalsPerMinute: -1})
-	if err := w.s.ids.create(ctx, identityRecord{SPIFFEID: worldConsumer.String(), Org: "acme", Kind: "agent", Name: "buyer"}); err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	w.s.gatewayRoutes(mux)
-	gateway := func(name string) caller {
-		id := spiffeid.RequireFromSegments(worldTD, "acme", "gateway", name)
-		return caller{id: id, rec: identityRecord{SPIFFEID: id.String(), Org: "acme", Kind: api.GatewayKind, Name: name}}
-	}
-	mcp, llm := gateway("mcp"), gateway("llm")
+	w, mux, mcp, llm := gatewayWorld(t, ctx)
 	type answer struct {
 		Seq       uint64 `json:"seq"`
 		Hash      string `json:"hash"`
@@ -120,18 +110,8 @@ func TestGatewayRecordStoredOnce(t *testing.T) {
 func TestGatewayRecordFind(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	w := openGovWorld(t, t.TempDir(), Config{ProposalsPerMinute: -1})
-	if err := w.s.ids.create(ctx, identityRecord{SPIFFEID: worldConsumer.String(), Org: "acme", Kind: "agent", Name: "buyer"}); err != nil {
-		t.Fatal(err)
-	}
+	w, mux, mcp, llm := gatewayWorld(t, ctx)
 	w.s.findAfter = time.Second
-	mux := http.NewServeMux()
-	w.s.gatewayRoutes(mux)
-	gateway := func(name string) caller {
-		id := spiffeid.RequireFromSegments(worldTD, "acme", "gateway", name)
-		return caller{id: id, rec: identityRecord{SPIFFEID: id.String(), Org: "acme", Kind: api.GatewayKind, Name: name}}
-	}
-	mcp, llm := gateway("mcp"), gateway("llm")
 	do := func(c caller, path string, body []byte, id string, header ...string) (int, []byte) {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body)).WithContext(context.WithValue(ctx, callerKey{}, c))
@@ -205,4 +185,21 @@ func TestGatewayRecordFind(t *testing.T) {
 	if code, raw := do(agent, api.PathAuditRecordFind, b, ""); code != http.StatusForbidden {
 		t.Fatalf("an agent asked after a gateway's record: %d %s", code, raw)
 	}
+}
+
+// gatewayWorld is a governance world holding the consumer's identity, with the gateways' routes on mux, and the
+// MCP and LLM gateways of acme as callers.
+func gatewayWorld(t *testing.T, ctx context.Context) (w *govWorld, mux *http.ServeMux, mcp, llm caller) {
+	t.Helper()
+	w = openGovWorld(t, t.TempDir(), Config{ProposalsPerMinute: -1})
+	if err := w.s.ids.create(ctx, identityRecord{SPIFFEID: worldConsumer.String(), Org: "acme", Kind: "agent", Name: "buyer"}); err != nil {
+		t.Fatal(err)
+	}
+	mux = http.NewServeMux()
+	w.s.gatewayRoutes(mux)
+	gateway := func(name string) caller {
+		id := spiffeid.RequireFromSegments(worldTD, "acme", "gateway", name)
+		return caller{id: id, rec: identityRecord{SPIFFEID: id.String(), Org: "acme", Kind: api.GatewayKind, Name: name}}
+	}
+	return w, mux, gateway("mcp"), gateway("llm")
 }
