@@ -334,7 +334,9 @@ func classify(err error) error {
 // callers reach it through them. Every accepted connection has completed mutual TLS with SVIDs. If no router
 // is reachable yet, Listen returns a listener that hosts the service as soon as one is (WaitHosted waits for
 // that). The listener survives routers and the controller going away: the agent hosts the service again when
-// they are back.
+// they are back. If the identity loses the right to host the service (its advertisement retracted, the service
+// deleted), the listener stays open and the agent tries to host it again, less and less often, down to once a
+// minute.
 func (a *Agent) Listen(service string) (net.Listener, error) {
 	return a.ListenContext(context.Background(), service)
 }
@@ -395,7 +397,7 @@ func (a *Agent) bindListener(ctx context.Context, l *listener) error {
 	if err != nil {
 		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
 	}
-	_, err = await(ctx, func() (struct{}, error) { return struct{}{}, l.bind(zctx) }, nil)
+	_, err = await(ctx, func() (struct{}, error) { return struct{}{}, l.bind(zctx, false) }, nil)
 	return err
 }
 

@@ -191,9 +191,10 @@ func (a *Agent) watch(ctx context.Context) {
 }
 
 // listenersDown tells whether some open listener has no live terminator: none its router counts established,
-// or, for storeWait after its router counted one, none in the overlay's store (instore.go). On the way it asks
-// each listener's overlay SDK to report errors to the watchdog, which reconnects at once when one means a lost
-// session.
+// or, for storeWait after its router counted one, none in the overlay's store (instore.go). A listener whose
+// service the overlay does not know for the identity (listener.refused) does not count: a reconnect would not
+// bring it back. On the way it asks each listener's overlay SDK to report errors to the watchdog, which
+// reconnects at once when one means a lost session.
 func (a *Agent) listenersDown() bool {
 	a.mu.Lock()
 	ls := make([]*listener, 0, len(a.listeners))
@@ -204,7 +205,7 @@ func (a *Agent) listenersDown() bool {
 	anyDown, now := false, time.Now()
 	for _, l := range ls {
 		l.mu.Lock()
-		zl, skip := l.zl, l.closed || l.pending
+		zl, skip := l.zl, l.closed || l.pending || l.refused
 		l.mu.Unlock()
 		if skip {
 			continue

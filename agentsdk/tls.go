@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/openziti/edge-api/rest_model"
 	"github.com/openziti/sdk-golang/ziti"
 	"github.com/openziti/sdk-golang/ziti/edge"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -77,19 +79,23 @@ type listener struct {
 	pending bool
 	// store is what the overlay's store was found to hold for the current bind (instore.go).
 	store storeState
-	once  sync.Once
+	// churn is what the listener knows of its binds' changes (churn.go).
+	churn churnState
+	// refused is true while the last try to host the service failed because the overlay does not know it for
+	// the identity (rebind).
+	refused bool
+	once    sync.Once
 }
 
-func (l *listener) bind(zctx ziti.Context) error {
+// bind hosts l's service in zctx. fresh asks the controller whether the identity may host it even when zctx
+// already knows.
+func (l *listener) bind(zctx ziti.Context, fresh bool) error {
+	if err := hostable(zctx, l.service, fresh); err != nil {
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
+	}
 	opts := &ziti.ListenOptions{MaxTerminators: 3, ConnectTimeout: 10 * time.Second,
 		WaitForNEstablishedListeners: 1}
 	zl, err := zctx.ListenWithOptions(l.service, opts)
-	if err != nil {
-		// A grant made since the last refresh (new service, or Bind added to a known one) is not known yet.
-		if _, rerr := zctx.RefreshService(l.service); rerr == nil {
-			zl, err = zctx.ListenWithOptions(l.service, opts)
-		}
-	}
 	if err != nil {
 		return fmt.Errorf("agentsdk: listen %s: %w", l.service, classify(err))
 	}
@@ -102,11 +108,34 @@ func (l *listener) bind(zctx ziti.Context) error {
 	old := l.zl
 	l.zl = zl
 	l.mu.Unlock()
+	l.watchChurn(zl)
 	go l.acceptLoop(zl)
 	if old != nil {
 		old.Close()
 	}
 	return nil
+}
+
+// hostable tells whether the identity may host service, as zctx knows it; it asks the controller when zctx
+// does not know the service, knows it without the right to host it (a grant made since zctx last asked is not
+// known yet), or fresh is set. The overlay SDK must not be asked to listen otherwise: it would try to create its
+// bind session again and again, without a pause, for its whole connect timeout.
+func hostable(zctx ziti.Context, service string, fresh bool) error {
+	svc, ok := zctx.GetService(service)
+	if !ok || fresh || !canBind(svc) {
+		var err error
+		if svc, err = zctx.RefreshService(service); err != nil {
+			return classify(err)
+		}
+	}
+	if svc == nil || !canBind(svc) {
+		return fmt.Errorf("%w (or this identity may not host it)", ErrServiceNotFound)
+	}
+	return nil
+}
+
+func canBind(svc *rest_model.ServiceDetail) bool {
+	return slices.Contains(svc.Permissions, rest_model.DialBindBind)
 }
 
 // rebind keeps trying to host the service again, e.g. while no router is reachable, until it succeeds or the
@@ -130,7 +159,16 @@ func (l *listener) rebind() {
 		if err != nil {
 			return
 		}
-		if err = l.bind(zctx); err == nil {
+		// Asked afresh: the overlay may have ended the last bind because the identity lost the service.
+		err = l.bind(zctx, true)
+		// A service the overlay does not know for this identity (deleted, or its right to host it withdrawn) is
+		// asked after less and less often, down to once a minute, and is not a reason for the watchdog to
+		// reconnect: a new overlay session would not know it either.
+		refused := errors.Is(err, ErrServiceNotFound)
+		l.mu.Lock()
+		l.refused = refused
+		l.mu.Unlock()
+		if err == nil {
 			l.agent.opts.log.Info("hosting service", "service", l.service)
 			return
 		}
@@ -140,9 +178,17 @@ func (l *listener) rebind() {
 			return
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 5*time.Second)
+		limit := 5 * time.Second
+		if refused {
+			limit = refusedRetryMax
+		}
+		delay = min(delay*2, limit)
 	}
 }
+
+// refusedRetryMax is the longest pause between tries to host a service the overlay does not know for the
+// identity.
+const refusedRetryMax = time.Minute
 
 func (l *listener) acceptLoop(zl edge.Listener) {
 	for {

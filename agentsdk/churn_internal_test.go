@@ -1,0 +1,207 @@
+package agentsdk
+
+import (
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/openziti/edge-api/rest_model"
+	"github.com/openziti/sdk-golang/ziti"
+	"github.com/openziti/sdk-golang/ziti/edge"
+)
+
+// churningListener is an overlay SDK listener whose binds the test makes and ends.
+type churningListener struct {
+	edge.Listener
+	closed  atomic.Bool
+	handler atomic.Pointer[func([]edge.Listener)]
+}
+
+func (c *churningListener) IsClosed() bool { return c.closed.Load() }
+func (c *churningListener) Close() error   { c.closed.Store(true); return nil }
+func (c *churningListener) SetConnectionChangeHandler(h func([]edge.Listener)) {
+	c.handler.Store(&h)
+}
+
+// TestChurnEndsTheBindAndPauses: a listener whose binds change churnChanges times within churnWindow closes the
+// overlay SDK's listener (which ends the SDK's loop of binds) and lets it go, so that its accept loop does not bind
+// again at once; the pause before the next bind doubles while churn recurs within churnMemory and starts over
+// after. Binds that change as often but spread over more than churnWindow, or on a listener no longer current,
+// are not churn.
+func TestChurnEndsTheBindAndPauses(t *testing.T) {
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{}, closed: true}
+	l := &listener{agent: a, service: "svc", done: make(chan struct{})}
+	defer close(l.done)
+	bound := func() *churningListener {
+		zl := &churningListener{}
+		l.mu.Lock()
+		l.zl = zl
+		l.mu.Unlock()
+		l.watchChurn(zl)
+		if zl.handler.Load() == nil {
+			t.Fatal("the listener does not watch its binds' changes")
+		}
+		return zl
+	}
+	current := func(zl *churningListener) bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.zl == zl
+	}
+
+	// A router that comes and goes: as many changes, spread over more than the window.
+	zl := bound()
+	t0 := time.Now()
+	for i := range 5 * churnChanges {
+		l.bindsChanged(zl, t0.Add(time.Duration(i)*(churnWindow/(churnChanges-1)+time.Millisecond)))
+	}
+	if zl.IsClosed() || !current(zl) {
+		t.Fatal("changes spread over more than the window counted as churn")
+	}
+
+	// The overlay ends every bind at once: churn at the churnChanges-th change within the window.
+	t1 := t0.Add(time.Hour)
+	for i := range churnChanges - 1 {
+		l.bindsChanged(zl, t1.Add(time.Duration(i)*time.Millisecond))
+	}
+	if zl.IsClosed() {
+		t.Fatalf("closed after %d changes, want %d", churnChanges-1, churnChanges)
+	}
+	l.bindsChanged(zl, t1.Add(churnChanges*time.Millisecond))
+	if !zl.IsClosed() || current(zl) {
+		t.Fatal("churn did not close the SDK's listener and let it go")
+	}
+	pause := func() time.Duration {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.churn.pause
+	}
+	if p := pause(); p != churnPauseFirst {
+		t.Fatalf("pause %s, want %s", p, churnPauseFirst)
+	}
+	// A change reported late for the bind let go is not counted against the next.
+	for i := range churnChanges {
+		l.bindsChanged(zl, t1.Add(time.Second+time.Duration(i)*time.Millisecond))
+	}
+
+	// Churn again a minute later: the pause doubles; again and again: up to churnPauseMax.
+	want := churnPauseFirst
+	for n := range 10 {
+		zl := bound()
+		at := t1.Add(time.Duration(n+1) * time.Minute)
+		for i := range churnChanges {
+			l.bindsChanged(zl, at.Add(time.Duration(i)*time.Millisecond))
+		}
+		want = min(2*want, churnPauseMax)
+		if !zl.IsClosed() || pause() != want {
+			t.Fatalf("churn %d: closed=%v pause %s, want closed, pause %s", n+2, zl.IsClosed(), pause(), want)
+		}
+	}
+
+	// After churnMemory without churn the pause starts over.
+	zl = bound()
+	at := t1.Add(11*time.Minute + churnMemory + time.Second)
+	for i := range churnChanges {
+		l.bindsChanged(zl, at.Add(time.Duration(i)*time.Millisecond))
+	}
+	if p := pause(); p != churnPauseFirst {
+		t.Fatalf("pause after a quiet %s: %s, want %s", churnMemory, p, churnPauseFirst)
+	}
+}
+
+// TestRefusedListenerIsNotDown: a listener whose service the overlay does not know for the identity does not
+// make the watchdog reconnect.
+func TestRefusedListenerIsNotDown(t *testing.T) {
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{}}
+	l := &listener{agent: a, service: "svc"}
+	a.listeners[l] = struct{}{}
+	if !a.listenersDown() {
+		t.Fatal("a listener with no bind does not count as down")
+	}
+	l.refused = true
+	if a.listenersDown() {
+		t.Fatal("a listener whose service the overlay does not know counts as down")
+	}
+}
+
+// overlayServices is an overlay context as bind sees it: the services it knows, what the controller answers when
+// asked again, and how often it was asked to listen.
+type overlayServices struct {
+	ziti.Context
+	known, fresh map[string]*rest_model.ServiceDetail
+	refreshes    int
+	listens      int
+}
+
+func (o *overlayServices) GetService(name string) (*rest_model.ServiceDetail, bool) {
+	s, ok := o.known[name]
+	return s, ok
+}
+
+func (o *overlayServices) RefreshService(name string) (*rest_model.ServiceDetail, error) {
+	o.refreshes++
+	s := o.fresh[name]
+	if s == nil {
+		delete(o.known, name)
+	} else {
+		o.known[name] = s
+	}
+	return s, nil
+}
+
+func (o *overlayServices) ListenWithOptions(string, *ziti.ListenOptions) (edge.Listener, error) {
+	o.listens++
+	return nil, errors.New("no edge router reachable")
+}
+
+func service(name string, perms ...rest_model.DialBind) *rest_model.ServiceDetail {
+	return &rest_model.ServiceDetail{Name: &name, Permissions: perms}
+}
+
+// TestBindAsksBeforeListening: the overlay SDK is asked to listen only on a service the identity may host, as
+// the controller says when the context does not know it, knows it without Bind, or the caller asks afresh (after
+// churn); otherwise bind fails with ErrServiceNotFound without listening (the SDK would retry its bind session in
+// a busy loop).
+func TestBindAsksBeforeListening(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		known, fresh *rest_model.ServiceDetail
+		askAfresh    bool
+		refreshes    int
+		listens      int
+		notFound     bool
+	}{
+		{name: "known with bind", known: service("svc", rest_model.DialBindBind), listens: 1},
+		{name: "known with bind, asked afresh, gone", known: service("svc", rest_model.DialBindBind), askAfresh: true,
+			refreshes: 1, notFound: true},
+		{name: "known with bind, asked afresh, still there", known: service("svc", rest_model.DialBindBind),
+			fresh: service("svc", rest_model.DialBindBind), askAfresh: true, refreshes: 1, listens: 1},
+		{name: "known for dial only, bind granted since", known: service("svc", rest_model.DialBindDial),
+			fresh: service("svc", rest_model.DialBindDial, rest_model.DialBindBind), refreshes: 1, listens: 1},
+		{name: "known for dial only", known: service("svc", rest_model.DialBindDial),
+			fresh: service("svc", rest_model.DialBindDial), refreshes: 1, notFound: true},
+		{name: "unknown", refreshes: 1, notFound: true},
+		{name: "unknown, granted since", fresh: service("svc", rest_model.DialBindBind), refreshes: 1, listens: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := &overlayServices{known: map[string]*rest_model.ServiceDetail{}, fresh: map[string]*rest_model.ServiceDetail{}}
+			if tc.known != nil {
+				o.known["svc"] = tc.known
+			}
+			if tc.fresh != nil {
+				o.fresh["svc"] = tc.fresh
+			}
+			l := &listener{service: "svc"}
+			err := l.bind(o, tc.askAfresh)
+			if err == nil {
+				t.Fatal("bind succeeded without a router")
+			}
+			if errors.Is(err, ErrServiceNotFound) != tc.notFound || o.refreshes != tc.refreshes || o.listens != tc.listens {
+				t.Fatalf("bind: %v (service not found: %v), %d refreshes, %d listens; want not found %v, %d refreshes, %d listens",
+					err, errors.Is(err, ErrServiceNotFound), o.refreshes, o.listens, tc.notFound, tc.refreshes, tc.listens)
+			}
+		})
+	}
+}
