@@ -44,6 +44,7 @@ type metrics struct {
 	suppressed  *prometheus.CounterVec
 	alerts      *prometheus.CounterVec
 	webhook     *prometheus.CounterVec
+	terminators *prometheus.CounterVec
 	stores      *storeCollector
 	overlay     *overlayCollector
 }
@@ -90,11 +91,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "umbra_controller_alert_webhook_total",
 			Help: "Alert webhook deliveries by outcome: delivered, failed (given up) or dropped (the queue was full).",
 		}, []string{"outcome"}),
+		terminators: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "umbra_overlay_terminators_total",
+			Help: "Terminators (a host's bind of a service at a router) the overlay's store gained (created) or lost (deleted), as this controller applied them.",
+		}, []string{"event"}),
 		stores:  newStoreCollector(),
 		overlay: newOverlayCollector(),
 	}
 	for _, c := range []prometheus.Collector{m.accepted, m.refused, m.delivered, m.appendTime, m.ackTime, m.revocations,
-		m.enrollments, m.suppressed, m.alerts, m.webhook, m.stores, m.overlay} {
+		m.enrollments, m.suppressed, m.alerts, m.webhook, m.terminators, m.stores, m.overlay} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("controller: metrics: %w", err)
 		}
@@ -104,7 +109,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.ackTime.WithLabelValues(outcome)
 	}
 	m.enrollments.WithLabelValues("ok")
+	for _, e := range []string{"created", "deleted"} {
+		m.terminators.WithLabelValues(e)
+	}
 	return m, nil
+}
+
+// terminatorChanged counts a terminator the overlay's store gained (created) or lost.
+func (m *metrics) terminatorChanged(created bool) {
+	e := "deleted"
+	if created {
+		e = "created"
+	}
+	m.terminators.WithLabelValues(e).Inc()
 }
 
 // Appended is relay.Observer's: an envelope store append took d.

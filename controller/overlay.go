@@ -40,6 +40,8 @@ func (s *Server) startOverlay(ctx context.Context) error {
 	}
 	if s.metrics != nil {
 		s.metrics.overlay.zc.Store(s.zc)
+		// Ends with the overlay controller, which Run stops.
+		s.zc.Terminators(s.metrics.terminatorChanged)
 	}
 	if cluster != nil {
 		s.log.Info("overlay cluster member", "member", s.zc.MemberID(), "ctrl", s.zc.CtrlEndpoint())

@@ -96,3 +96,25 @@ func (c *Controller) Names(identityID, serviceID string) (externalID, service st
 	}
 	return externalID, svc.Name, true
 }
+
+// terminatorHandler adapts a callback to OpenZiti's terminator event handler.
+type terminatorHandler struct{ fn func(created bool) }
+
+func (h terminatorHandler) AcceptTerminatorEvent(e *event.TerminatorEvent) {
+	switch e.EventType {
+	case event.TerminatorCreated:
+		h.fn(true)
+	case event.TerminatorDeleted:
+		h.fn(false)
+	}
+}
+
+// Terminators calls fn with each terminator this controller creates (true) or deletes (false), as it happens.
+// fn runs on OpenZiti's event goroutines, possibly concurrently, and must not block. The returned stop ends the
+// subscription.
+func (c *Controller) Terminators(fn func(created bool)) (stop func()) {
+	h := &terminatorHandler{fn: fn}
+	d := c.fabric.GetEventDispatcher()
+	d.AddTerminatorEventHandler(h)
+	return func() { d.RemoveTerminatorEventHandler(h) }
+}
