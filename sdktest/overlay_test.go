@@ -92,9 +92,9 @@ func TestDialListenEcho(t *testing.T) {
 	env.Grant(t, "echo1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
 	ln := serveEcho(t, server, "echo1")
 
-	// Hosted: a router has the service's terminator and the overlay's store holds it. Right after a burst of
-	// terminator removals (the isolation tests' agents closing hundreds of services) that takes tens of seconds
-	// (docs/overlay-reliability.md), so the wait is given as long as dialEcho's.
+	// Hosted: a router has the service's terminator and the overlay's store holds it. During a burst of terminator
+	// changes at the controller that took tens of seconds (docs/overlay-reliability.md, "A burst of terminator
+	// removals"), so the wait is given as long as dialEcho's.
 	hctx, hcancel := context.WithTimeout(context.Background(), time.Minute)
 	defer hcancel()
 	began := time.Now()
@@ -146,6 +146,43 @@ func TestDialListenEcho(t *testing.T) {
 	ln.Close()
 	if err := agentsdk.WaitHosted(ctx, ln); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("WaitHosted on a closed listener = %v, want net.ErrClosed", err)
+	}
+}
+
+// TestListenAgainAfterClose: an agent that closes its listener and hosts the same service again, three times, is
+// reached through each new listener, and a connection to its other service stays up throughout.
+func TestListenAgainAfterClose(t *testing.T) {
+	testlimit.Start(t, 4*time.Minute)
+	server := env.NewAgent(t, "acme", "agent", uniq("again-server"))
+	client := env.NewAgent(t, "acme", "agent", uniq("again-client"))
+	env.Grant(t, "again1", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
+	env.Grant(t, "again2", []spiffeid.ID{server.ID()}, []spiffeid.ID{client.ID()})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// Hosting a service again in the overlay context that hosted it before leaves it without a terminator in the
+	// overlay's store until the watchdog gives up on the bind (about 30 s), so the agent moves to a new context
+	// first (agent.unbound); it then takes well under a second, and 20 s tells the two apart.
+	hosted := func(ln net.Listener) {
+		t.Helper()
+		hctx, hcancel := context.WithTimeout(ctx, 20*time.Second)
+		defer hcancel()
+		if err := agentsdk.WaitHosted(hctx, ln); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := serveEcho(t, server, "again2")
+	hosted(other)
+	kept := dialEcho(t, ctx, client, "again2")
+	for round := range 3 {
+		ln := serveEcho(t, server, "again1")
+		hosted(ln)
+		dialEcho(t, ctx, client, "again1").Close()
+		if err := ln.Close(); err != nil {
+			t.Fatalf("round %d: close: %v", round, err)
+		}
+	}
+	if broken, err := probe(kept); broken || err != nil {
+		t.Fatalf("the connection to the agent's other service broke while it hosted again1 anew: %v", err)
 	}
 }
 

@@ -180,9 +180,9 @@ func waitBroken(t *testing.T, what string, conn net.Conn) {
 func dialEcho(t *testing.T, ctx context.Context, a *agentsdk.Agent, service string) net.Conn {
 	t.Helper()
 	// A listener may count as hosted before the controller has its terminator, so a dial at once may find none
-	// yet: that answer is retried. Right after a burst of terminator removals (another test's agents closing their
-	// hundreds of services) the router registers new terminators tens of seconds late: up to a minute
-	// (docs/overlay-reliability.md, "A burst of terminator removals", and the lead there).
+	// yet: that answer is retried. During a burst of terminator changes at the controller the router registered
+	// new terminators tens of seconds late: up to a minute (docs/overlay-reliability.md, "A burst of terminator
+	// removals", and the lead there).
 	began := time.Now()
 	conn, err := a.Dial(ctx, service)
 	for deadline := began.Add(time.Minute); err != nil && strings.Contains(err.Error(), "has no terminators") && time.Now().Before(deadline); {
