@@ -75,9 +75,11 @@ func (l *listener) bindsChanged(zl edge.Listener, now time.Time) {
 	}
 	c.last = now
 	pause := c.pause
-	// Not l.zl any more, so that its accept loop, which ends now, does not bind again at once.
+	// Not l.zl any more, so that its accept loop, which ends now, does not bind again at once; refused, so that
+	// the watchdog does not move the whole agent to a new overlay session meanwhile (rebind decides it afresh).
 	l.zl = nil
 	l.store = storeState{}
+	l.refused = true
 	l.mu.Unlock()
 	l.agent.opts.log.Warn("the overlay keeps ending this service's binds: the identity may have lost the right to host it (advertisement retracted, membership removed, service deleted); binding again after a pause",
 		"service", l.service, "changes", n, "within", churnWindow, "pause", pause)
@@ -85,13 +87,19 @@ func (l *listener) bindsChanged(zl edge.Listener, now time.Time) {
 	go l.rebindAfter(pause)
 }
 
-// rebindAfter binds l again after pause, unless it is closed first.
+// rebindAfter binds l again after pause, unless it is closed or bound again (a reconnect moved it) first.
 func (l *listener) rebindAfter(pause time.Duration) {
 	t := time.NewTimer(pause)
 	defer t.Stop()
 	select {
 	case <-l.done:
+		return
 	case <-t.C:
+	}
+	l.mu.Lock()
+	bound := l.zl != nil
+	l.mu.Unlock()
+	if !bound {
 		l.rebind()
 	}
 }

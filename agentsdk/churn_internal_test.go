@@ -3,6 +3,7 @@ package agentsdk
 import (
 	"errors"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,11 +17,23 @@ import (
 type churningListener struct {
 	edge.Listener
 	closed  atomic.Bool
+	done    chan struct{}
 	handler atomic.Pointer[func([]edge.Listener)]
 }
 
+func newChurningListener() *churningListener { return &churningListener{done: make(chan struct{})} }
+
 func (c *churningListener) IsClosed() bool { return c.closed.Load() }
-func (c *churningListener) Close() error   { c.closed.Store(true); return nil }
+func (c *churningListener) Close() error {
+	if !c.closed.Swap(true) {
+		close(c.done)
+	}
+	return nil
+}
+func (c *churningListener) Accept() (net.Conn, error) {
+	<-c.done
+	return nil, net.ErrClosed
+}
 func (c *churningListener) SetConnectionChangeHandler(h func([]edge.Listener)) {
 	c.handler.Store(&h)
 }
@@ -35,7 +48,7 @@ func TestChurnEndsTheBindAndPauses(t *testing.T) {
 	l := &listener{agent: a, service: "svc", done: make(chan struct{})}
 	defer close(l.done)
 	bound := func() *churningListener {
-		zl := &churningListener{}
+		zl := newChurningListener()
 		l.mu.Lock()
 		l.zl = zl
 		l.mu.Unlock()
@@ -81,6 +94,12 @@ func TestChurnEndsTheBindAndPauses(t *testing.T) {
 	if p := pause(); p != churnPauseFirst {
 		t.Fatalf("pause %s, want %s", p, churnPauseFirst)
 	}
+	// Meanwhile the watchdog does not move the agent to a new overlay session for it.
+	a.listeners[l] = struct{}{}
+	if a.listenersDown() {
+		t.Fatal("a listener pausing after churn counts as down")
+	}
+	delete(a.listeners, l)
 	// A change reported late for the bind let go is not counted against the next.
 	for i := range churnChanges {
 		l.bindsChanged(zl, t1.Add(time.Second+time.Duration(i)*time.Millisecond))
@@ -131,6 +150,7 @@ func TestRefusedListenerIsNotDown(t *testing.T) {
 type overlayServices struct {
 	ziti.Context
 	known, fresh map[string]*rest_model.ServiceDetail
+	bound        edge.Listener // what a listen returns; nil: it fails
 	refreshes    int
 	listens      int
 }
@@ -153,6 +173,9 @@ func (o *overlayServices) RefreshService(name string) (*rest_model.ServiceDetail
 
 func (o *overlayServices) ListenWithOptions(string, *ziti.ListenOptions) (edge.Listener, error) {
 	o.listens++
+	if o.bound != nil {
+		return o.bound, nil
+	}
 	return nil, errors.New("no edge router reachable")
 }
 
@@ -203,5 +226,21 @@ func TestBindAsksBeforeListening(t *testing.T) {
 					err, errors.Is(err, ErrServiceNotFound), o.refreshes, o.listens, tc.notFound, tc.refreshes, tc.listens)
 			}
 		})
+	}
+
+	// A bind that succeeds ends the refusal: the watchdog watches the listener again.
+	zl := newChurningListener()
+	o := &overlayServices{known: map[string]*rest_model.ServiceDetail{"svc": service("svc", rest_model.DialBindBind)}, bound: zl}
+	l := &listener{service: "svc", refused: true}
+	if err := l.bind(o, false); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	refused, current := l.refused, l.zl == zl
+	l.closed = true // its accept loop ends without binding again
+	l.mu.Unlock()
+	zl.Close()
+	if refused || !current || zl.handler.Load() == nil {
+		t.Fatalf("after a bind: refused=%v, current=%v, watched=%v; want not refused, current, watched", refused, current, zl.handler.Load() != nil)
 	}
 }

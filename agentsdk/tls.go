@@ -81,8 +81,8 @@ type listener struct {
 	store storeState
 	// churn is what the listener knows of its binds' changes (churn.go).
 	churn churnState
-	// refused is true while the last try to host the service failed because the overlay does not know it for
-	// the identity (rebind).
+	// refused is true while the overlay refuses the service: its binds churned (churn.go), or the last try to
+	// host it failed because the overlay does not know it for the identity (rebind). The watchdog leaves it be.
 	refused bool
 	once    sync.Once
 }
@@ -106,7 +106,7 @@ func (l *listener) bind(zctx ziti.Context, fresh bool) error {
 		return fmt.Errorf("agentsdk: listen %s: %w", l.service, net.ErrClosed)
 	}
 	old := l.zl
-	l.zl = zl
+	l.zl, l.refused = zl, false
 	l.mu.Unlock()
 	l.watchChurn(zl)
 	go l.acceptLoop(zl)
@@ -165,9 +165,11 @@ func (l *listener) rebind() {
 		// asked after less and less often, down to once a minute, and is not a reason for the watchdog to
 		// reconnect: a new overlay session would not know it either.
 		refused := errors.Is(err, ErrServiceNotFound)
-		l.mu.Lock()
-		l.refused = refused
-		l.mu.Unlock()
+		if err != nil {
+			l.mu.Lock()
+			l.refused = refused
+			l.mu.Unlock()
+		}
 		if err == nil {
 			l.agent.opts.log.Info("hosting service", "service", l.service)
 			return
