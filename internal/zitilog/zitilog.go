@@ -174,6 +174,10 @@ var routine = []known{
 	// A hosted service's terminator that the SDK side removed while the router was deleting it: the controller
 	// has deleted it, which is all that was wanted.
 	{msg: "terminator was replaced after being put into deleting state", level: slog.LevelDebug},
+	// The controller's answer to a terminator create for a bind its host ended meanwhile (a listener closed, or
+	// closed by agentsdk because the overlay kept ending its binds): the router holds no terminator for it any
+	// more. Kept at info: one the controller made meanwhile is checked against the router when it next connects.
+	{msg: "no terminator found for id", level: slog.LevelInfo},
 	// A listener bound to a wildcard address (0.0.0.0 or ::, as in containers) has no single network interface;
 	// OpenZiti wants one only to label link metrics.
 	{msg: "unable to get interface for address", err: "no network interface found for 0.0.0.0", level: slog.LevelDebug},

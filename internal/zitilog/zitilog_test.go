@@ -148,6 +148,9 @@ func TestRoutineTable(t *testing.T) {
 		{"result on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("failed to send result") }, slog.LevelDebug},
 		{"fault on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("error sending fault") }, slog.LevelDebug},
 		{"terminator removed twice", func() { logrus.Error("terminator was replaced after being put into deleting state?!") }, slog.LevelDebug},
+		{"create answered for a bind ended meanwhile", func() {
+			logrus.WithField("routerId", "f2oYtsYsPY").WithField("terminatorId", "4XRPjeJh34phFG7bbFUwcc").Error("no terminator found for id")
+		}, slog.LevelInfo},
 		{"management API default", func() {
 			logrus.Warnf("no default handlers were found, using the last handler [Binding: %s, Type: %T] as the default", "fabric", 1)
 		}, slog.LevelDebug},
