@@ -83,6 +83,7 @@ func (l *listener) bindsChanged(zl edge.Listener, now time.Time) {
 	l.mu.Unlock()
 	l.agent.opts.log.Warn("the overlay keeps ending this service's binds: the identity may have lost the right to host it (advertisement retracted, membership removed, service deleted); binding again after a pause",
 		"service", l.service, "changes", n, "within", churnWindow, "pause", pause)
+	l.unbind()
 	zl.Close()
 	go l.rebindAfter(pause)
 }

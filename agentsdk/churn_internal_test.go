@@ -44,7 +44,8 @@ func (c *churningListener) SetConnectionChangeHandler(h func([]edge.Listener)) {
 // after. Binds that change as often but spread over more than churnWindow, or on a listener no longer current,
 // are not churn.
 func TestChurnEndsTheBindAndPauses(t *testing.T) {
-	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{}, closed: true}
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{}, unbound: map[string]bool{},
+		closed: true}
 	l := &listener{agent: a, service: "svc", done: make(chan struct{})}
 	defer close(l.done)
 	bound := func() *churningListener {
@@ -93,6 +94,10 @@ func TestChurnEndsTheBindAndPauses(t *testing.T) {
 	}
 	if p := pause(); p != churnPauseFirst {
 		t.Fatalf("pause %s, want %s", p, churnPauseFirst)
+	}
+	// The overlay context no longer hosts the service: hosting it again moves the agent to a new one (hostAgain).
+	if !a.unbound["svc"] {
+		t.Fatal("churn did not mark the service unbound in the overlay context")
 	}
 	// Meanwhile the watchdog does not move the agent to a new overlay session for it.
 	a.listeners[l] = struct{}{}
@@ -242,5 +247,24 @@ func TestBindAsksBeforeListening(t *testing.T) {
 	zl.Close()
 	if refused || !current || zl.handler.Load() == nil {
 		t.Fatalf("after a bind: refused=%v, current=%v, watched=%v; want not refused, current, watched", refused, current, zl.handler.Load() != nil)
+	}
+}
+
+// TestHostAgainInAContextThatEndedTheBind: hosting a service again in the overlay context whose binds of it ended
+// asks the controller first and, if the identity may no longer host it, neither binds nor moves the agent to a
+// new context; in a context that did not end a bind of it, it binds there.
+func TestHostAgainInAContextThatEndedTheBind(t *testing.T) {
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{},
+		unbound: map[string]bool{"svc": true}, gen: 3}
+	l := &listener{agent: a, service: "svc"}
+	o := &overlayServices{known: map[string]*rest_model.ServiceDetail{"svc": service("svc", rest_model.DialBindBind)},
+		fresh: map[string]*rest_model.ServiceDetail{}}
+	if err := l.hostAgain(o, 3); !errors.Is(err, ErrServiceNotFound) || o.listens != 0 || o.refreshes != 1 {
+		t.Fatalf("service gone: %v, %d listens, %d refreshes; want ErrServiceNotFound, no listen, one question", err, o.listens, o.refreshes)
+	}
+	a.unbound = map[string]bool{}
+	o.fresh["svc"] = service("svc", rest_model.DialBindBind)
+	if err := l.hostAgain(o, 3); err == nil || errors.Is(err, ErrServiceNotFound) || o.listens != 1 {
+		t.Fatalf("service hostable in a context that did not end its bind: %v, %d listens; want one listen (failing: no router)", err, o.listens)
 	}
 }

@@ -155,12 +155,12 @@ func (l *listener) rebind() {
 	}()
 	delay := 250 * time.Millisecond
 	for {
-		_, zctx, err := l.agent.current()
+		zctx, gen, err := l.agent.currentGen()
 		if err != nil {
 			return
 		}
 		// Asked afresh: the overlay may have ended the last bind because the identity lost the service.
-		err = l.bind(zctx, true)
+		err = l.hostAgain(zctx, gen)
 		// A service the overlay does not know for this identity (deleted, or its right to host it withdrawn) is
 		// asked after less and less often, down to once a minute, and is not a reason for the watchdog to
 		// reconnect: a new overlay session would not know it either.
@@ -188,6 +188,40 @@ func (l *listener) rebind() {
 	}
 }
 
+// hostAgain hosts l's service in zctx, of generation gen. If that context stopped hosting it (the overlay ended
+// its binds), its SDK would bind again with the bind session the controller ended, and the router would count
+// that bind established with no terminator in the overlay's store: so the agent moves to a new overlay context
+// first, which hosts every listener there, this one too, as Close and Listen again do (ListenContext).
+func (l *listener) hostAgain(zctx ziti.Context, gen uint64) error {
+	a := l.agent
+	a.mu.Lock()
+	again := a.unbound[l.service] && a.gen == gen
+	a.mu.Unlock()
+	if !again {
+		return l.bind(zctx, true)
+	}
+	if err := hostable(zctx, l.service, true); err != nil {
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
+	}
+	if err := a.reconnectFrom(a.runCtx, gen); err != nil {
+		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
+	}
+	l.mu.Lock()
+	bound := l.zl != nil
+	l.mu.Unlock()
+	if !bound {
+		return fmt.Errorf("agentsdk: listen %s: not hosted in the new overlay context yet", l.service)
+	}
+	return nil
+}
+
+// unbind notes that the current overlay context stopped hosting l's service (hostAgain).
+func (l *listener) unbind() {
+	l.agent.mu.Lock()
+	l.agent.unbound[l.service] = true
+	l.agent.mu.Unlock()
+}
+
 // refusedRetryMax is the longest pause between tries to host a service the overlay does not know for the
 // identity.
 const refusedRetryMax = time.Minute
@@ -201,6 +235,7 @@ func (l *listener) acceptLoop(zl edge.Listener) {
 			l.mu.Unlock()
 			if lost {
 				l.agent.opts.log.Warn("lost hosting of service, rebinding", "service", l.service, "err", err)
+				l.unbind()
 				go l.rebind()
 			}
 			return
