@@ -207,9 +207,9 @@ func (l *listener) hostAgain(zctx ziti.Context, gen uint64) error {
 		return fmt.Errorf("agentsdk: listen %s: %w", l.service, err)
 	}
 	l.mu.Lock()
-	bound := l.zl != nil
+	zl := l.zl // the bind the move made, or the one that ended if the move could not bind
 	l.mu.Unlock()
-	if !bound {
+	if zl == nil || zl.IsClosed() {
 		return fmt.Errorf("agentsdk: listen %s: not hosted in the new overlay context yet", l.service)
 	}
 	return nil
