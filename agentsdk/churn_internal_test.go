@@ -251,8 +251,9 @@ func TestBindAsksBeforeListening(t *testing.T) {
 }
 
 // TestHostAgainInAContextThatEndedTheBind: hosting a service again in the overlay context whose binds of it ended
-// asks the controller first and, if the identity may no longer host it, neither binds nor moves the agent to a
-// new context; in a context that did not end a bind of it, it binds there.
+// asks the controller first: if the identity may no longer host it, it neither binds nor moves the agent to a new
+// context; if it may, it moves the agent instead of binding there. In a context that did not end a bind of it, it
+// binds there.
 func TestHostAgainInAContextThatEndedTheBind(t *testing.T) {
 	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{},
 		unbound: map[string]bool{"svc": true}, gen: 3}
@@ -262,8 +263,14 @@ func TestHostAgainInAContextThatEndedTheBind(t *testing.T) {
 	if err := l.hostAgain(o, 3); !errors.Is(err, ErrServiceNotFound) || o.listens != 0 || o.refreshes != 1 {
 		t.Fatalf("service gone: %v, %d listens, %d refreshes; want ErrServiceNotFound, no listen, one question", err, o.listens, o.refreshes)
 	}
-	a.unbound = map[string]bool{}
+	// May still host it: not bound in this context, but moved to a new one (which a closed agent refuses).
 	o.fresh["svc"] = service("svc", rest_model.DialBindBind)
+	a.closed = true
+	if err := l.hostAgain(o, 3); !errors.Is(err, ErrClosed) || o.listens != 0 {
+		t.Fatalf("service hostable in the context that ended its bind: %v, %d listens; want the move (ErrClosed here), no listen", err, o.listens)
+	}
+	a.closed = false
+	a.unbound = map[string]bool{}
 	if err := l.hostAgain(o, 3); err == nil || errors.Is(err, ErrServiceNotFound) || o.listens != 1 {
 		t.Fatalf("service hostable in a context that did not end its bind: %v, %d listens; want one listen (failing: no router)", err, o.listens)
 	}
