@@ -40,15 +40,29 @@ type connectionChanges interface {
 	SetConnectionChangeHandler(func([]edge.Listener))
 }
 
-// watchChurn has zl report its binds' changes to l.
+// bindErrors is the overlay SDK's listener's report of a bind a router refused.
+type bindErrors interface {
+	SetErrorEventHandler(func(error))
+}
+
+// watchChurn has zl report its binds' changes, and the binds its routers refuse, to l; a refusal also goes to the
+// watchdog, which reconnects at once when it means a lost session (onListenerError). A refused bind counts as a
+// change: the SDK binds again at once after one too (after a suspension is lifted, say, it binds with a service
+// session of its old API session, which the router refuses, thousands of times in a few seconds).
 func (l *listener) watchChurn(zl edge.Listener) {
 	if c, ok := zl.(connectionChanges); ok {
 		c.SetConnectionChangeHandler(func([]edge.Listener) { l.bindsChanged(zl, time.Now()) })
 	}
+	if c, ok := zl.(bindErrors); ok {
+		c.SetErrorEventHandler(func(err error) {
+			l.agent.onListenerError(err)
+			l.bindsChanged(zl, time.Now())
+		})
+	}
 }
 
-// bindsChanged notes that zl's binds changed at now. When they churn, zl is closed and the service is bound
-// again after a pause.
+// bindsChanged notes that zl's binds changed, or one was refused, at now. When they churn, zl is closed and the
+// service is bound again after a pause.
 func (l *listener) bindsChanged(zl edge.Listener, now time.Time) {
 	l.mu.Lock()
 	if l.closed || l.zl != zl {
@@ -81,7 +95,7 @@ func (l *listener) bindsChanged(zl edge.Listener, now time.Time) {
 	l.store = storeState{}
 	l.refused = true
 	l.mu.Unlock()
-	l.agent.opts.log.Warn("the overlay keeps ending this service's binds: the identity may have lost the right to host it (advertisement retracted, membership removed, service deleted); binding again after a pause",
+	l.agent.opts.log.Warn("the overlay keeps ending or refusing this service's binds: the identity may have lost the right to host it (advertisement retracted, membership removed, service deleted, identity suspended); binding again after a pause",
 		"service", l.service, "changes", n, "within", churnWindow, "pause", pause)
 	l.unbind()
 	zl.Close()

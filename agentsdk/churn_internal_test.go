@@ -19,6 +19,7 @@ type churningListener struct {
 	closed  atomic.Bool
 	done    chan struct{}
 	handler atomic.Pointer[func([]edge.Listener)]
+	refused atomic.Pointer[func(error)]
 }
 
 func newChurningListener() *churningListener { return &churningListener{done: make(chan struct{})} }
@@ -37,6 +38,7 @@ func (c *churningListener) Accept() (net.Conn, error) {
 func (c *churningListener) SetConnectionChangeHandler(h func([]edge.Listener)) {
 	c.handler.Store(&h)
 }
+func (c *churningListener) SetErrorEventHandler(h func(error)) { c.refused.Store(&h) }
 
 // TestChurnEndsTheBindAndPauses: a listener whose binds change churnChanges times within churnWindow closes the
 // overlay SDK's listener (which ends the SDK's loop of binds) and lets it go, so that its accept loop does not bind
@@ -273,5 +275,36 @@ func TestHostAgainInAContextThatEndedTheBind(t *testing.T) {
 	a.unbound = map[string]bool{}
 	if err := l.hostAgain(o, 3); err == nil || errors.Is(err, ErrServiceNotFound) || o.listens != 1 {
 		t.Fatalf("service hostable in a context that did not end its bind: %v, %d listens; want one listen (failing: no router)", err, o.listens)
+	}
+}
+
+// TestRefusedBindsAreChurn: binds a router refuses count as churn like binds it ends (the SDK binds again at once
+// after either), and each refusal still reaches the watchdog, which reconnects at once on a lost session.
+func TestRefusedBindsAreChurn(t *testing.T) {
+	a := &Agent{opts: options{log: slog.New(slog.DiscardHandler)}, listeners: map[*listener]struct{}{}, unbound: map[string]bool{},
+		closed: true, kick: make(chan struct{}, 1)}
+	l := &listener{agent: a, service: "svc", done: make(chan struct{})}
+	defer close(l.done)
+	zl := newChurningListener()
+	l.zl = zl
+	l.watchChurn(zl)
+	refuse := zl.refused.Load()
+	if refuse == nil {
+		t.Fatal("the listener does not watch its refused binds")
+	}
+	stale := errors.New("attempt to use closed connection: api session id (a) does not match service session api session id (b)")
+	for i := range churnChanges {
+		if zl.IsClosed() {
+			t.Fatalf("closed after %d refusals, want %d", i, churnChanges)
+		}
+		(*refuse)(stale)
+	}
+	if !zl.IsClosed() {
+		t.Fatalf("%d refused binds within a moment did not close the SDK's listener", churnChanges)
+	}
+	select {
+	case <-a.kick:
+	default:
+		t.Fatal("a refusal that means a lost session did not reach the watchdog")
 	}
 }

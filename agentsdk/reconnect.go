@@ -193,8 +193,7 @@ func (a *Agent) watch(ctx context.Context) {
 // listenersDown tells whether some open listener has no live terminator: none its router counts established,
 // or, for storeWait after its router counted one, none in the overlay's store (instore.go). A listener whose
 // service the overlay does not know for the identity (listener.refused) does not count: a reconnect would not
-// bring it back. On the way it asks each listener's overlay SDK to report errors to the watchdog, which
-// reconnects at once when one means a lost session.
+// bring it back.
 func (a *Agent) listenersDown() bool {
 	a.mu.Lock()
 	ls := make([]*listener, 0, len(a.listeners))
@@ -213,9 +212,6 @@ func (a *Agent) listenersDown() bool {
 		if zl == nil || zl.IsClosed() {
 			anyDown = true
 			continue
-		}
-		if r, ok := zl.(interface{ SetErrorEventHandler(func(error)) }); ok {
-			r.SetErrorEventHandler(a.onListenerError)
 		}
 		if n, ok := zl.(establishedCounter); ok && n.GetEstablishedCount() == 0 {
 			l.forgetStore()

@@ -3,8 +3,11 @@ package sdktest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/url"
+	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/posture"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
+	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -252,4 +256,97 @@ func orgOfID(raw string) string {
 	}
 	org, _, _ := strings.Cut(strings.TrimPrefix(id.Path(), "/"), "/")
 	return org
+}
+
+// TestSuspendedHostHostsAgainOnResume: an agent that hosts a service is suspended, which ends its binds, and then
+// resumed. The same agent (not connected anew) hosts the service again on its own, and a caller reaches it.
+// After the resume the overlay SDK binds with a service session of the API session the suspension ended, which
+// the router refuses, and binds again at once: thousands of times before the agent moved to a new overlay
+// session. The agent must stop that after a few turns; the router's refusals are counted from its log.
+func TestSuspendedHostHostsAgainOnResume(t *testing.T) {
+	limit := testlimit.Start(t, 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	host := env.NewAgent(t, "acme", "agent", uniq("susp-host"))
+	caller := env.NewAgent(t, "acme", "agent", uniq("susp-caller"))
+	svc := uniq("susp-echo")
+	env.Grant(t, svc, []spiffeid.ID{host.ID()}, []spiffeid.ID{caller.ID()})
+	ln := serveEcho(t, host, svc)
+	hctx, hcancel := context.WithTimeout(ctx, time.Minute)
+	err := agentsdk.WaitHosted(hctx, ln)
+	hcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialEcho(t, ctx, caller, svc).Close()
+
+	limit.Step("suspend the host")
+	if _, err := env.Admin().Controller().Suspend(ctx, host.ID(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	// From here on OpenZiti's log is counted on its way to the test network's usual handler.
+	refusals := routeCounting(t, "unable to verify service session token")
+	limit.Step("resume the host; it hosts the service again by itself")
+	if _, err := env.Admin().Controller().Resume(ctx, host.ID(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	for {
+		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+		c, err := caller.Dial(dctx, svc)
+		dcancel()
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Since(resumed) > 2*time.Minute {
+			t.Fatalf("the resumed host is not reachable after 2 minutes: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	reachable := time.Since(resumed)
+	time.Sleep(2 * time.Second)
+	n := refusals.Load()
+	t.Logf("reachable %s after the resume; the router refused %d binds or unbinds with a stale service session", reachable.Round(time.Millisecond), n)
+	if n > 200 {
+		t.Fatalf("the router refused %d binds or unbinds with a stale service session after the resume, want at most 200: the host binds over and over", n)
+	}
+}
+
+// countingHandler counts the records whose message is msg and passes every record on.
+type countingHandler struct {
+	slog.Handler
+	msg string
+	n   *atomic.Int64
+}
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return countingHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, n: h.n}
+}
+
+func (h countingHandler) WithGroup(g string) slog.Handler {
+	return countingHandler{Handler: h.Handler.WithGroup(g), msg: h.msg, n: h.n}
+}
+
+// routeCounting routes OpenZiti's log through a counter of the records whose message is msg to the handler the
+// test network uses (controllertest: warnings to stderr, or everything with UMBRA_TEST_LOG=debug), until the test
+// ends.
+func routeCounting(t *testing.T, msg string) *atomic.Int64 {
+	level := slog.LevelWarn
+	if os.Getenv("UMBRA_TEST_LOG") == "debug" {
+		level = slog.LevelDebug
+	}
+	usual := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
+	var n atomic.Int64
+	zitilog.Route(slog.New(countingHandler{Handler: usual, msg: msg, n: &n}), level)
+	t.Cleanup(func() { zitilog.Route(slog.New(usual), level) })
+	return &n
 }
