@@ -178,6 +178,10 @@ var routine = []known{
 	// closed by agentsdk because the overlay kept ending its binds): the router holds no terminator for it any
 	// more. Kept at info: one the controller made meanwhile is checked against the router when it next connects.
 	{msg: "no terminator found for id", level: slog.LevelInfo},
+	// A bind with a service session of an API session that ended (the SDK authenticated again after a
+	// suspension was lifted, say): the router refuses it, the SDK logs the refusal three times and binds again,
+	// and agentsdk stops that after a few turns and hosts the service in a new overlay session.
+	{msg: "does not match service session api session id", level: slog.LevelInfo},
 	// A listener bound to a wildcard address (0.0.0.0 or ::, as in containers) has no single network interface;
 	// OpenZiti wants one only to label link metrics.
 	{msg: "unable to get interface for address", err: "no network interface found for 0.0.0.0", level: slog.LevelDebug},

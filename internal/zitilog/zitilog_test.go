@@ -148,6 +148,13 @@ func TestRoutineTable(t *testing.T) {
 		{"result on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("failed to send result") }, slog.LevelDebug},
 		{"fault on a closed channel", func() { logrus.WithError(errors.New("channel closed")).Error("error sending fault") }, slog.LevelDebug},
 		{"terminator removed twice", func() { logrus.Error("terminator was replaced after being put into deleting state?!") }, slog.LevelDebug},
+		{"bind with a stale service session, the SDK's side", func() {
+			logrus.WithField("connId", 456).Error("bind request resulted in disconnect. msg: (api session id (cmxcyezei) does not match service session api session id (cmxcyevjg))")
+		}, slog.LevelInfo},
+		{"bind with a stale service session, the router's side", func() {
+			logrus.WithError(errors.New("api session id (cmxcyezei) does not match service session api session id (cmxcyevjg)")).
+				WithField("type", "EdgeBindType").Error("unable to verify service session token")
+		}, slog.LevelInfo},
 		{"create answered for a bind ended meanwhile", func() {
 			logrus.WithField("routerId", "f2oYtsYsPY").WithField("terminatorId", "4XRPjeJh34phFG7bbFUwcc").Error("no terminator found for id")
 		}, slog.LevelInfo},
