@@ -2,31 +2,14 @@ package controller_test
 
 import (
 	"context"
-	"log/slog"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/controllertest"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
-
-// bindCounter is a log handler that counts the binds the router reports ("establishing terminator": a host's
-// bind of a service reached it and it makes the bind's terminator) and drops everything else.
-type bindCounter struct{ n atomic.Int64 }
-
-func (c *bindCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (c *bindCounter) WithAttrs([]slog.Attr) slog.Handler       { return c }
-func (c *bindCounter) WithGroup(string) slog.Handler            { return c }
-func (c *bindCounter) Handle(_ context.Context, r slog.Record) error {
-	if r.Message == "establishing terminator" {
-		c.n.Add(1)
-	}
-	return nil
-}
 
 // TestHostThatLostItsServiceDoesNotChurn: an agent hosts its advertisement's service, and its administrator
 // removes it from the workgroup, which retracts the advertisement and the agent's right to host it. The overlay
@@ -88,15 +71,14 @@ func TestHostThatLostItsServiceDoesNotChurn(t *testing.T) {
 		t.Fatalf("the hosted service's terminator was not counted: umbra_overlay_terminators_total{event=created} = %v", n)
 	}
 
-	// From here on OpenZiti's log goes to the counter (the next Start routes it again).
-	var binds bindCounter
-	zitilog.Route(slog.New(&binds), slog.LevelInfo)
+	// The router logs each bind it handles as it makes the bind's terminator.
+	binds := env.CountOverlayLog(t, "establishing terminator")
 	if _, err := admin.Controller().RemoveMember(ctx, wg.ID, quoter.ID()); err != nil {
 		t.Fatal(err)
 	}
 	const window = 6 * time.Second
 	time.Sleep(window)
-	if n := binds.n.Load(); n > 50 {
+	if n := binds.Load(); n > 50 {
 		t.Fatalf("the router handled %d binds in the %s after the host lost its service, want at most 50: it binds over and over", n, window)
 	} else {
 		t.Logf("the router handled %d binds in the %s after the host lost its service", n, window)

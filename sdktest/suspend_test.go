@@ -3,11 +3,8 @@ package sdktest
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net/url"
-	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,7 +14,6 @@ import (
 	"github.com/umbra-mesh/umbra/agentsdk/api"
 	"github.com/umbra-mesh/umbra/controller/posture"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
-	"github.com/umbra-mesh/umbra/internal/zitilog"
 	"github.com/umbra-mesh/umbra/workgroups"
 )
 
@@ -285,8 +281,8 @@ func TestSuspendedHostHostsAgainOnResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	// From here on OpenZiti's log is counted on its way to the test network's usual handler.
-	refusals := routeCounting(t, "unable to verify service session token")
+	// From here on the router's refusals of a bind with a stale service session are counted from its log.
+	refusals := env.CountOverlayLog(t, "unable to verify service session token")
 	limit.Step("resume the host; it hosts the service again by itself")
 	if _, err := env.Admin().Controller().Resume(ctx, host.ID(), "test"); err != nil {
 		t.Fatal(err)
@@ -312,48 +308,4 @@ func TestSuspendedHostHostsAgainOnResume(t *testing.T) {
 	if n > 200 {
 		t.Fatalf("the router refused %d binds or unbinds with a stale service session after the resume, want at most 200: the host binds over and over", n)
 	}
-}
-
-// countingHandler counts the records whose message is msg, whatever their level, and passes on those its Handler
-// takes.
-type countingHandler struct {
-	slog.Handler
-	msg string
-	n   *atomic.Int64
-}
-
-func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
-
-func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == h.msg {
-		h.n.Add(1)
-	}
-	if !h.Handler.Enabled(ctx, r.Level) {
-		return nil
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return countingHandler{Handler: h.Handler.WithAttrs(as), msg: h.msg, n: h.n}
-}
-
-func (h countingHandler) WithGroup(g string) slog.Handler {
-	return countingHandler{Handler: h.Handler.WithGroup(g), msg: h.msg, n: h.n}
-}
-
-// routeCounting routes OpenZiti's log through a counter of the records whose message is msg (at info or above) to
-// the handler the test network uses (controllertest: warnings to stderr, or everything with UMBRA_TEST_LOG=debug),
-// until the test ends.
-func routeCounting(t *testing.T, msg string) *atomic.Int64 {
-	level := slog.LevelWarn
-	if os.Getenv("UMBRA_TEST_LOG") == "debug" {
-		level = slog.LevelDebug
-	}
-	usual := slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})
-	var n atomic.Int64
-	// From info on: OpenZiti's routine entries are lowered to info (zitilog).
-	zitilog.Route(slog.New(countingHandler{Handler: usual, msg: msg, n: &n}), min(level, slog.LevelInfo))
-	t.Cleanup(func() { zitilog.Route(slog.New(usual), level) })
-	return &n
 }

@@ -54,6 +54,8 @@ type Env struct {
 	Dir       string
 	RouterDir string
 	EdgeAddr  string
+	log       *slog.Logger // the controller's, router's and OpenZiti's, from logLevel on
+	logLevel  slog.Level
 	admin     atomic.Pointer[agentsdk.Agent]
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -99,7 +101,7 @@ func Start(opts Options) (*Env, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Env{Server: srv, Config: cfg, Dir: dir, RouterDir: filepath.Join(dir, "router"), cancel: cancel, done: make(chan struct{}),
-		EdgeAddr: "127.0.0.1:" + strconv.Itoa(ports[3])}
+		EdgeAddr: "127.0.0.1:" + strconv.Itoa(ports[3]), log: log, logLevel: level}
 	errc := make(chan error, 2)
 	go func() {
 		defer close(e.done)
@@ -252,4 +254,43 @@ func (e *Env) Grant(t testing.TB, service string, bind, dial []spiffeid.ID) {
 	if err := e.Admin().Controller().Grant(ctx, req); err != nil {
 		t.Fatalf("grant %s: %v", service, err)
 	}
+}
+
+// CountOverlayLog counts OpenZiti's log records whose message is msg, from info on whatever e's level, until the
+// test ends; the records e's logger takes still reach it. Its count is a router's or an SDK's own tally of what
+// it did (a bind handled, a bind refused). OpenZiti's logger is process-wide: the test must not run in parallel
+// with another that counts.
+func (e *Env) CountOverlayLog(t testing.TB, msg string) *atomic.Int64 {
+	var n atomic.Int64
+	// From info on: zitilog lowers OpenZiti's routine records to info.
+	zitilog.Route(slog.New(countingHandler{next: e.log.Handler(), msg: msg, n: &n}), min(e.logLevel, slog.LevelInfo))
+	t.Cleanup(func() { zitilog.Route(e.log, e.logLevel) })
+	return &n
+}
+
+// countingHandler counts the records whose message is msg, whatever their level, and passes on those next takes.
+type countingHandler struct {
+	next slog.Handler
+	msg  string
+	n    *atomic.Int64
+}
+
+func (h countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.n.Add(1)
+	}
+	if !h.next.Enabled(ctx, r.Level) {
+		return nil
+	}
+	return h.next.Handle(ctx, r)
+}
+
+func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return countingHandler{next: h.next.WithAttrs(as), msg: h.msg, n: h.n}
+}
+
+func (h countingHandler) WithGroup(g string) slog.Handler {
+	return countingHandler{next: h.next.WithGroup(g), msg: h.msg, n: h.n}
 }
