@@ -67,12 +67,22 @@ type adminWorld struct {
 
 func startAdminWorld(t testing.TB) adminWorld {
 	t.Helper()
-	ports := freePorts(t, 3)
+	w, _ := startAdminWorldAt(t, t.TempDir(), freePorts(t, 3), nil)
+	return w
+}
+
+// startAdminWorldAt starts a controller on data directory dir and ports (control, overlay API, enrollment), as
+// configured by adjust if it is not nil, before it runs. stop stops it (and is called when the test ends).
+func startAdminWorldAt(t testing.TB, dir string, ports []int, adjust func(*Server)) (w adminWorld, stop func()) {
+	t.Helper()
 	logs := &warnings{}
 	zitilog.Route(slog.New(logs), slog.LevelWarn) // OpenZiti logs through logrus; keep its chatter out of the test output
-	s, err := New(Config{DataDir: t.TempDir(), CtrlPort: ports[0], OverlayAPIPort: ports[1], EnrollPort: ports[2], Logger: slog.New(logs)})
+	s, err := New(Config{DataDir: dir, CtrlPort: ports[0], OverlayAPIPort: ports[1], EnrollPort: ports[2], Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if adjust != nil {
+		adjust(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var runErr error
@@ -81,16 +91,17 @@ func startAdminWorld(t testing.TB) adminWorld {
 		defer close(stopped)
 		runErr = s.Run(ctx)
 	}()
-	t.Cleanup(func() {
+	stop = func() {
 		cancel()
 		<-stopped
-	})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-s.Ready():
 	case <-stopped:
 		t.Fatalf("controller did not start: %v", runErr)
 	}
-	return adminWorld{t: t, s: s, ctx: ctx, logs: logs}
+	return adminWorld{t: t, s: s, ctx: ctx, logs: logs}, stop
 }
 
 func (w adminWorld) caller(id spiffeid.ID) caller {

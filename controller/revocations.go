@@ -202,6 +202,7 @@ func (s *Server) watchRevocations(ctx context.Context) error {
 				continue
 			}
 			s.revoked.add(r, time.Now())
+			s.sawIdentity(r, time.Now())
 			if r.State == stateRevoked || r.Suspended {
 				// Each controller of a cluster holds only the overlay circuits it created: whichever one revoked or
 				// suspended the identity, every one closes its own.

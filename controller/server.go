@@ -52,6 +52,7 @@ type Server struct {
 	nc        *nats.Conn
 	ids       *identityStore
 	revoked   *revocationFeed
+	cuts      *overlayCuts // revoked or suspended identities the overlay still admits (overlaycuts.go)
 	gov       *governance
 	events    *sessionEvents // the session event feed (events.go)
 	alerts    *alerter       // the anomaly detector's follower (alerts.go); nil when it is off
@@ -116,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 		hosted:       make(chan struct{}),
 		adsSettled:   make(chan struct{}),
 		revoked:      newRevocationFeed(),
+		cuts:         newOverlayCuts(),
 		controllerID: spiffeid.RequireFromSegments(td, api.ControllerAPIOrg, api.ControllerAPIKind, api.ControllerAPIName),
 		adminID:      spiffeid.RequireFromSegments(td, api.PlatformAdminOrg, api.PlatformAdminKind, api.PlatformAdminName),
 	}, nil
@@ -274,6 +276,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.tasks.spawn(func() { s.checkpointEvery(ctx, s.cfg.CheckpointInterval) })
 	s.tasks.spawn(func() { s.keepAdminFresh(ctx) })
 	s.tasks.spawn(func() { s.followRevocations(ctx) })
+	s.tasks.spawn(func() { s.keepCuts(ctx) })
 	// Last: an automatic suspension needs the overlay.
 	s.startAlerts(ctx)
 	return nil

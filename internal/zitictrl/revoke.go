@@ -52,6 +52,24 @@ func (c *Controller) RevokeIdentity(id string) error {
 	return nil
 }
 
+// Admits reports whether the overlay still lets identity id in although Umbra has cut it off: revoked (true)
+// or suspended (false). A suspended identity is cut off once it is disabled; a revoked one on a lone controller
+// too, and in a cluster once it is deleted (RevokeIdentity). An identity the overlay does not know is cut off.
+// It reads this member's copy of the overlay's store, so a change made a moment ago at another member may not be
+// seen yet.
+func (c *Controller) Admits(id string, revoked bool) (bool, error) {
+	ident, err := c.edge.AppEnv.Managers.Identity.Read(id)
+	switch {
+	case boltz.IsErrNotFoundErr(err):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("zitictrl: read identity %s: %w", id, err)
+	case revoked && c.cfg.Cluster != nil:
+		return true, nil
+	}
+	return !ident.Disabled, nil
+}
+
 // revokeTokens records a revocation of every token issued to identity id until now, replacing an earlier one
 // (which would only cover the tokens issued before it). It lasts as long as the longest token OpenZiti issues.
 func (c *Controller) revokeTokens(id string) error {
