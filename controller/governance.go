@@ -797,19 +797,31 @@ func (s *Server) reconcileAdPolicies(ctx context.Context, grace time.Duration) e
 	return nil
 }
 
-// reconcileAdPoliciesOnce runs reconcileAdPolicies until it succeeds once, or ctx ends.
+// reconcileAdPoliciesOnce runs reconcileAdPolicies, then reconcileMembers, each until it succeeds once, or ctx
+// ends.
 func (s *Server) reconcileAdPoliciesOnce(ctx context.Context) {
 	defer close(s.adsSettled)
-	for {
-		err := s.reconcileAdPolicies(ctx, adServiceGrace)
-		if err == nil {
-			return
-		}
-		s.log.Warn("bringing advertisement dial policies in line failed; trying again in 5 s", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(5 * time.Second):
+	for _, step := range []struct {
+		what string
+		run  func(context.Context) error
+	}{
+		{"bringing advertisement dial policies in line", func(ctx context.Context) error { return s.reconcileAdPolicies(ctx, adServiceGrace) }},
+		{"bringing advertisements and overlay attributes in line with the workgroups", s.reconcileMembers},
+	} {
+		for {
+			err := step.run(ctx)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn(step.what+" failed; trying again in 5 s", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
 		}
 	}
 }

@@ -67,7 +67,8 @@ type Server struct {
 	self           *agentsdk.Agent
 	// adPolicies holds the names of the shared advertisement policies this process has created or checked.
 	adPolicies sync.Map
-	// adsSettled is closed when the start-up reconciliation of advertisement services and policies has ended.
+	// adsSettled is closed when the start-up reconciliation of advertisement services and policies, then of
+	// advertisements and overlay attributes with the workgroups (reconcileMembers), has ended.
 	adsSettled chan struct{}
 	// raceStep, set only by tests, runs at the named steps of advertisement writes where another controller's
 	// change would race them: "ad read" in settleAdService between its read of an advertisement and its write of

@@ -70,6 +70,19 @@ func (c *Controller) Admits(id string, revoked bool) (bool, error) {
 	return !ident.Disabled, nil
 }
 
+// Attributes are the role attributes of overlay identity id, from this member's copy of the overlay's store;
+// found is false if the overlay does not know it.
+func (c *Controller) Attributes(id string) (attrs []string, found bool, err error) {
+	ident, err := c.edge.AppEnv.Managers.Identity.Read(id)
+	switch {
+	case boltz.IsErrNotFoundErr(err):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("zitictrl: read identity %s: %w", id, err)
+	}
+	return ident.RoleAttributes, true, nil
+}
+
 // revokeTokens records a revocation of every token issued to identity id until now, replacing an earlier one
 // (which would only cover the tokens issued before it). It lasts as long as the longest token OpenZiti issues.
 func (c *Controller) revokeTokens(id string) error {
