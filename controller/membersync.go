@@ -30,9 +30,15 @@ func (s *Server) reconcileMembers(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the advertisements: %w", err)
 	}
+	of := map[spiffeid.ID][]workgroups.Workgroup{} // each identity's workgroups
+	for _, w := range wgs {
+		for _, m := range w.Members {
+			of[m.Identity] = append(of[m.Identity], w)
+		}
+	}
 	retracted := 0
 	for _, ad := range ads {
-		ms := workgroups.MembershipsOf(ad.Provider, wgs)
+		ms := workgroups.MembershipsOf(ad.Provider, of[ad.Provider])
 		for _, wg := range ad.Workgroups {
 			if slices.ContainsFunc(ms, func(m workgroups.Membership) bool { return m.Workgroup == wg }) {
 				continue
@@ -57,7 +63,7 @@ func (s *Server) reconcileMembers(ctx context.Context) error {
 		want := slices.DeleteFunc(slices.Clone(r.Attributes), func(a string) bool {
 			return strings.HasPrefix(a, "wg.") || strings.HasPrefix(a, "ad.")
 		})
-		for _, wg := range workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, wgs)) {
+		for _, wg := range workgroups.ActiveWorkgroups(workgroups.MembershipsOf(id, of[id])) {
 			want = append(want, wgAttr(wg))
 		}
 		have, found, err := s.zc.Attributes(r.OverlayID)
