@@ -252,6 +252,7 @@ func (s *Server) revoke(ctx context.Context, actor, id spiffeid.ID, reason strin
 	if id == s.controllerID {
 		return api.RevokeResponse{}, failf(http.StatusBadRequest, api.CodeBadRequest, "the controller's own identity cannot be revoked")
 	}
+	defer s.changing(id)()
 	first := false
 	rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
 		if first = r.State != stateRevoked; first {

@@ -19,11 +19,15 @@ import (
 // refuses but the overlay still lets in: it could keep authenticating, dial every service a policy lets it dial
 // and hold its terminators. So every identity record the identity watch delivers (at start all of them, then each
 // change) is checked against the overlay, and one the overlay still admits although it is revoked or suspended is
-// cut off (completeCut) once it has stayed so for cutGrace, the time the request that wrote it has to finish the
-// job itself. A cut that fails is tried again, after a pause that doubles up to cutRetryMax.
+// cut off (completeCut) once it has stayed so for a grace, the time the request that wrote it has to finish the
+// job itself: cutGrace on a lone controller, whose own requests under way are known and waited for, and
+// cutGraceCluster in a cluster, where the request may be under way at another member (a revocation there is
+// several overlay writes through raft). A cut that fails is tried again, after a pause that doubles up to
+// cutRetryMax.
 const (
-	cutGrace    = 5 * time.Second
-	cutRetryMax = time.Minute
+	cutGrace        = 5 * time.Second
+	cutGraceCluster = 30 * time.Second
+	cutRetryMax     = time.Minute
 )
 
 // overlayCuts are the identities found revoked or suspended in their records while the overlay still admitted
@@ -31,7 +35,8 @@ const (
 type overlayCuts struct {
 	mu    sync.Mutex
 	due   map[spiffeid.ID]cutDue
-	grace time.Duration // cutGrace, unless a test set another
+	busy  map[spiffeid.ID]int // identities a revocation, suspension or resumption of this process is changing
+	grace time.Duration       // 0: cutGrace or cutGraceCluster; a test sets another
 }
 
 type cutDue struct {
@@ -40,7 +45,7 @@ type cutDue struct {
 }
 
 func newOverlayCuts() *overlayCuts {
-	return &overlayCuts{due: map[spiffeid.ID]cutDue{}, grace: cutGrace}
+	return &overlayCuts{due: map[spiffeid.ID]cutDue{}, busy: map[spiffeid.ID]int{}}
 }
 
 // sawIdentity checks a record the identity watch delivered: a revoked or suspended identity that the overlay still admits
@@ -65,7 +70,34 @@ func (s *Server) sawIdentity(r identityRecord, now time.Time) {
 	s.cuts.mu.Lock()
 	defer s.cuts.mu.Unlock()
 	if _, ok := s.cuts.due[id]; !ok {
-		s.cuts.due[id] = cutDue{at: now.Add(s.cuts.grace), pause: time.Second}
+		s.cuts.due[id] = cutDue{at: now.Add(s.cutGrace()), pause: time.Second}
+	}
+}
+
+// cutGrace is how long an identity found revoked or suspended while the overlay admits it is left to the request
+// that is changing it; call it with s.cuts.mu held.
+func (s *Server) cutGrace() time.Duration {
+	switch {
+	case s.cuts.grace > 0:
+		return s.cuts.grace
+	case s.zc.Clustered():
+		return cutGraceCluster
+	}
+	return cutGrace
+}
+
+// changing marks id as being revoked, suspended or resumed by a request of this process, until the returned
+// function is called: keepCuts leaves it to the request meanwhile.
+func (s *Server) changing(id spiffeid.ID) (done func()) {
+	s.cuts.mu.Lock()
+	s.cuts.busy[id]++
+	s.cuts.mu.Unlock()
+	return func() {
+		s.cuts.mu.Lock()
+		defer s.cuts.mu.Unlock()
+		if s.cuts.busy[id]--; s.cuts.busy[id] <= 0 {
+			delete(s.cuts.busy, id)
+		}
 	}
 }
 
@@ -81,7 +113,11 @@ func (s *Server) keepCuts(ctx context.Context) {
 			s.cuts.mu.Lock()
 			var ids []spiffeid.ID
 			for id, d := range s.cuts.due {
-				if !now.Before(d.at) {
+				switch {
+				case now.Before(d.at):
+				case s.cuts.busy[id] > 0:
+					s.cuts.due[id] = cutDue{at: now.Add(s.cutGrace()), pause: d.pause}
+				default:
 					ids = append(ids, id)
 				}
 			}

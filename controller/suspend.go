@@ -81,6 +81,7 @@ func (s *Server) suspendTarget(ctx context.Context, c caller, verb string, req a
 // suspend marks id suspended, cuts it from the overlay, closes its open sessions and records why. Suspending a
 // suspended identity again cuts whatever it still holds and records nothing new.
 func (s *Server) suspend(ctx context.Context, actor, id spiffeid.ID, reason string) (api.SuspendResponse, error) {
+	defer s.changing(id)()
 	first := false
 	rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
 		if r.State == stateRevoked {
@@ -116,6 +117,7 @@ func (s *Server) suspend(ctx context.Context, actor, id spiffeid.ID, reason stri
 // resume lifts a suspension: the record first, then the overlay identity. Resuming an identity that is not
 // suspended changes and records nothing.
 func (s *Server) resume(ctx context.Context, actor, id spiffeid.ID, reason string) (api.SuspendResponse, error) {
+	defer s.changing(id)()
 	was := false
 	rec, err := s.ids.update(ctx, id, func(r *identityRecord) error {
 		if r.State == stateRevoked {
