@@ -98,7 +98,10 @@ func (b *backoff) reset() { b.next = 0 }
 func isSessionLost(err error) bool {
 	s := strings.ToLower(err.Error())
 	for _, m := range []string{"invalid session", "invalid api session", "apisession", "api session",
-		"service session token", "unauthorized", "invalid_auth", "401"} {
+		"service session token", "unauthorized", "invalid_auth", "401",
+		// OpenZiti's refusal of a token issued before a revocation of the identity's tokens (a suspension in a
+		// cluster): a new session authenticates again, and is refused if the identity is still cut off.
+		"token has been revoked"} {
 		if strings.Contains(s, m) {
 			return true
 		}

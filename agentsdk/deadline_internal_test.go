@@ -108,6 +108,8 @@ func TestIsSessionLost(t *testing.T) {
 		{"no apiSession, authentication attempt failed: x", true},
 		{"[POST /sessions][401] createSessionUnauthorized", true},
 		{"INVALID_AUTH", true},
+		{"unable to dial service 'x' (dial failed: access token has been revoked by identity)", true},
+		{"dial failed: service access token has been revoked by identity", true},
 		{"service 'x' not found", false},
 		{"no edge routers connected in time", false},
 		{"context deadline exceeded", false},
