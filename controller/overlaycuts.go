@@ -167,7 +167,7 @@ func (s *Server) completeCut(ctx context.Context, id spiffeid.ID) error {
 		s.revokeSessions(ctx, id)
 		return nil
 	}
-	if err := s.zc.Mgmt().DisableIdentity(rec.OverlayID); err != nil {
+	if err := s.zc.SuspendIdentity(rec.OverlayID); err != nil {
 		return err
 	}
 	// A resume may have been written between the read above and the disable: lift it again, as resume does. If

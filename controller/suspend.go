@@ -97,7 +97,7 @@ func (s *Server) suspend(ctx context.Context, actor, id spiffeid.ID, reason stri
 	}
 	live := s.circuitsOf(rec.OverlayID)
 	if rec.OverlayID != "" {
-		if err := s.zc.Mgmt().DisableIdentity(rec.OverlayID); err != nil {
+		if err := s.zc.SuspendIdentity(rec.OverlayID); err != nil {
 			return api.SuspendResponse{}, internal(err)
 		}
 		s.closeCircuits(rec.OverlayID)

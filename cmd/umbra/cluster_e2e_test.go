@@ -407,6 +407,7 @@ func TestControllerCluster(t *testing.T) {
 	// "before" is enrolled at, and authenticated through, the member about to be killed.
 	before := createAndEnroll("before", (leader+1)%3, leader, 30*time.Second)
 	checkClusterRevocation(t, c, ms, admins, leader, (leader+1)%3, (leader+2)%3, "rv")
+	checkClusterSuspension(t, c, ms, admins, leader, (leader+1)%3, (leader+2)%3, "sp")
 
 	survivors := []int{(leader + 1) % 3, (leader + 2) % 3}
 	c.limit.Step("both parties of a session send at once, one through %s, the other through %s, until refused", ms[survivors[0]].name, ms[survivors[1]].name)

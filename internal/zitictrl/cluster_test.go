@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/openziti/ziti/controller/change"
+	"github.com/openziti/ziti/controller/event"
 
 	"github.com/umbra-mesh/umbra/internal/freeport"
 	"github.com/umbra-mesh/umbra/internal/testlimit"
@@ -84,6 +86,11 @@ func runClusterNode(spec string) int {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 		}
 	})
+	mux.HandleFunc("POST /guard", func(w http.ResponseWriter, _ *http.Request) {
+		if err := checkGuard(c); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.StatusPort)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "status listener:", err)
@@ -94,6 +101,63 @@ func runClusterNode(spec string) int {
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	c.Stop()
 	return 0
+}
+
+// checkGuard checks, on member c, the watch of disabled identities (guardDisabled): an identity suspended has its
+// tokens revoked, a token issued to it afterwards (OpenZiti dispatches the event as it refreshes one) has them
+// revoked again, and a token issued to an enabled identity changes nothing.
+func checkGuard(c *Controller) error {
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	suspended, err := c.mgmt.CreateIdentity("guard-suspended-"+suffix, "default", nil)
+	if err != nil {
+		return err
+	}
+	enabled, err := c.mgmt.CreateIdentity("guard-enabled-"+suffix, "default", nil)
+	if err != nil {
+		return err
+	}
+	if err := c.SuspendIdentity(suspended); err != nil {
+		return fmt.Errorf("suspend: %w", err)
+	}
+	revokedAt := func(id string) time.Time {
+		r, err := c.edge.AppEnv.Managers.Revocation.Read(id)
+		if err != nil || r == nil {
+			return time.Time{}
+		}
+		return r.CreatedAt
+	}
+	// waitFor polls this member's copy of the store (the revocation is written through raft) for up to 10 s.
+	waitFor := func(cond func() bool) bool {
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if cond() {
+				return true
+			}
+		}
+		return false
+	}
+	var first time.Time
+	if !waitFor(func() bool { first = revokedAt(suspended); return !first.IsZero() }) {
+		return errors.New("the suspended identity's tokens were not revoked")
+	}
+	if admits, err := c.Admits(suspended, false); err != nil || admits {
+		return fmt.Errorf("the overlay admits the suspended identity: %v %v", admits, err)
+	}
+	time.Sleep(10 * time.Millisecond) // a later revocation must be told from the first by its time
+	d := c.fabric.GetEventDispatcher()
+	for _, id := range []string{enabled, suspended} { // in this order: once the second is handled, so is the first
+		d.AcceptApiSessionEvent(&event.ApiSessionEvent{Namespace: event.ApiSessionEventNS, EventType: event.ApiSessionEventTypeRefreshed,
+			Type: event.ApiSessionTypeJwt, Timestamp: time.Now(), IdentityId: id})
+	}
+	if !waitFor(func() bool { return revokedAt(suspended).After(first) }) {
+		return errors.New("a token issued to the suspended identity did not have its tokens revoked again")
+	}
+	if !revokedAt(enabled).IsZero() {
+		return errors.New("a token issued to an enabled identity had its tokens revoked")
+	}
+	if admits, err := c.Admits(enabled, false); err != nil || !admits {
+		return fmt.Errorf("the overlay does not admit an enabled identity: %v %v", admits, err)
+	}
+	return nil
 }
 
 type clusterNode struct {
@@ -168,6 +232,22 @@ func (n *clusterNode) waitReady(t *testing.T, d time.Duration) string {
 		t.Fatalf("%s not ready within %s", filepath.Base(n.spec.Dir), d)
 		return ""
 	}
+}
+
+// guard runs checkGuard on the node.
+func (n *clusterNode) guard(client *http.Client) error {
+	c := *client
+	c.Timeout = 30 * time.Second
+	resp, err := c.Post(fmt.Sprintf("http://127.0.0.1:%d/guard", n.spec.StatusPort), "text/plain", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
 }
 
 func (n *clusterNode) members(client *http.Client) ([]ClusterMember, error) {
@@ -329,6 +409,10 @@ func TestClusterSurvivesLeaderKill(t *testing.T) {
 		t.Fatalf("no agreed leader among three connected voters: %v", err)
 	}
 	t.Logf("leader: c%d", leader+1)
+	limit.Step("a follower suspends an identity and revokes the tokens issued to it afterwards")
+	if err := nodes[(leader+1)%3].guard(client); err != nil {
+		t.Fatalf("c%d: %v", (leader+1)%3+1, err)
+	}
 
 	limit.Step("read each member's version document")
 	for i, n := range nodes {

@@ -40,7 +40,7 @@ func (c *Controller) RevokeIdentity(id string) error {
 	if c.cfg.Cluster == nil {
 		return nil
 	}
-	if err := c.revokeTokens(id); err != nil {
+	if err := c.revokeTokensOnce(id); err != nil {
 		return err
 	}
 	if err := c.mgmt.deleteTerminatorsOf(id); err != nil {
@@ -53,10 +53,10 @@ func (c *Controller) RevokeIdentity(id string) error {
 }
 
 // Admits reports whether the overlay still lets identity id in although Umbra has cut it off: revoked (true)
-// or suspended (false). A suspended identity is cut off once it is disabled; a revoked one on a lone controller
-// too, and in a cluster once it is deleted (RevokeIdentity). An identity the overlay does not know is cut off.
-// It reads this member's copy of the overlay's store, so a change made a moment ago at another member may not be
-// seen yet.
+// or suspended (false). On a lone controller an identity is cut off once it is disabled. In a cluster a revoked
+// one is cut off once it is deleted (RevokeIdentity), a suspended one once it is disabled and its tokens were
+// revoked since (SuspendIdentity). An identity the overlay does not know is cut off. It reads this member's copy
+// of the overlay's store, so a change made a moment ago at another member may not be seen yet.
 func (c *Controller) Admits(id string, revoked bool) (bool, error) {
 	ident, err := c.edge.AppEnv.Managers.Identity.Read(id)
 	switch {
@@ -64,10 +64,19 @@ func (c *Controller) Admits(id string, revoked bool) (bool, error) {
 		return false, nil
 	case err != nil:
 		return false, fmt.Errorf("zitictrl: read identity %s: %w", id, err)
-	case revoked && c.cfg.Cluster != nil:
+	case c.cfg.Cluster == nil || !ident.Disabled:
+		return !ident.Disabled, nil
+	case revoked:
 		return true, nil
 	}
-	return !ident.Disabled, nil
+	r, err := c.edge.AppEnv.Managers.Revocation.Read(id)
+	switch {
+	case boltz.IsErrNotFoundErr(err):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("zitictrl: read the token revocation of identity %s: %w", id, err)
+	}
+	return r == nil || ident.DisabledAt == nil || r.CreatedAt.Before(*ident.DisabledAt), nil
 }
 
 // Attributes are the role attributes of overlay identity id, from this member's copy of the overlay's store;

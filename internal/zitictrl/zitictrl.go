@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -65,6 +66,8 @@ type Controller struct {
 	ca     *pki.CA
 	pool   *x509.CertPool
 	mgmt   *Mgmt
+	// revoking serialises revokeTokens (revokeTokensOnce).
+	revoking sync.Mutex
 }
 
 const adminUser = "umbra-admin"
@@ -176,6 +179,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Controller, erro
 	}
 	if c.Clustered() {
 		go c.keepListed()
+		c.guardDisabled()
 	}
 	return c, nil
 }

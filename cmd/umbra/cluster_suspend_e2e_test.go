@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/umbra-mesh/umbra/agentsdk"
+	"github.com/umbra-mesh/umbra/agentsdk/api"
+)
+
+// checkClusterSuspension suspends an agent while it holds a live overlay connection, in a cluster whose members
+// give SDKs OIDC (JWT) API sessions, which OpenZiti does not end when it disables an identity: the host
+// authenticates at member hostAt, the suspended agent at member victimAt, and the suspension and the resumption
+// go through admins[through]. The live connection must be cut and a new dial refused by the overlay itself (not
+// only by the host's handshake, which refuses a suspended certificate through the revocation feed) within
+// clusterRevokeLimit; after the resumption the same agent, without re-enrolling, must reach the host again within
+// clusterResumeLimit. The times are logged.
+func checkClusterSuspension(t *testing.T, c *cli, ms []*member, admins []*agentsdk.Agent, hostAt, victimAt, through int, tag string) {
+	t.Helper()
+	host := clusterAgent(t, c, ms, admins[through], tag+"-host", hostAt)
+	victim := clusterAgent(t, c, ms, admins[through], tag+"-victim", victimAt)
+	service := "cluster-suspend-echo-" + tag
+	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error {
+		return admins[through].Controller().Grant(ctx, api.GrantRequest{Service: service,
+			Bind: []string{host.ID().String()}, Dial: []string{victim.ID().String()}})
+	})
+	var ln net.Listener
+	retryFor(t, "listen on "+service, 30*time.Second, func(context.Context) error {
+		var err error
+		ln, err = host.Listen(service)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = io.Copy(conn, conn)
+			}()
+		}
+	}()
+	live := echoConn(t, victim, service)
+
+	c.limit.Step("suspend %s (connected at %s) through %s", victim.ID(), ms[victimAt].name, ms[through].name)
+	start := time.Now()
+	cut := make(chan error, 1)
+	go func() {
+		_ = live.SetReadDeadline(start.Add(clusterRevokeLimit))
+		_, err := live.Read(make([]byte, 1))
+		cut <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	_, err := admins[through].Controller().Suspend(ctx, victim.ID(), "cluster suspension test")
+	cancel()
+	if err != nil {
+		t.Fatalf("suspend %s through %s: %v", victim.ID(), ms[through].name, err)
+	}
+	var ne net.Error
+	if err := <-cut; err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the suspended %s's live connection was not cut within %s: %v", victim.ID(), clusterRevokeLimit, err)
+	}
+	cutAfter := time.Since(start)
+	// A dial the host refuses in its handshake does not count: the overlay must refuse it.
+	var refusedAfter time.Duration
+	var dialErr error
+	admitted := 0
+	for refusedAfter == 0 {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := victim.Dial(dctx, service)
+		dcancel()
+		switch {
+		case err == nil:
+			conn.Close()
+			admitted++
+		case errors.Is(err, agentsdk.ErrNotAuthorized) || errors.Is(err, agentsdk.ErrServiceNotFound):
+			refusedAfter, dialErr = time.Since(start), err
+		default:
+			admitted++ // the overlay reached the host, or failed otherwise
+			dialErr = err
+		}
+		if refusedAfter == 0 && time.Since(start) > clusterRevokeLimit {
+			t.Fatalf("%s's dials were not refused by the overlay within %s of its suspension (%d admitted; last: %v)",
+				victim.ID(), clusterRevokeLimit, admitted, dialErr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	c.limit.Step("resume %s through %s", victim.ID(), ms[through].name)
+	resumed := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
+	_, err = admins[through].Controller().Resume(ctx, victim.ID(), "cluster suspension test")
+	cancel()
+	if err != nil {
+		t.Fatalf("resume %s through %s: %v", victim.ID(), ms[through].name, err)
+	}
+	var lastErr error
+	for {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := victim.Dial(dctx, service)
+		dcancel()
+		if err == nil {
+			err = echoLine(conn, "after the resumption")
+			conn.Close()
+			if err == nil {
+				break
+			}
+		}
+		lastErr = err
+		if time.Since(resumed) > clusterResumeLimit {
+			t.Fatalf("the resumed %s did not reach %s within %s: %v", victim.ID(), service, clusterResumeLimit, lastErr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("suspended %s (connected at %s) through %s: live connection cut after %s; new dial refused by the overlay after %s (%d not refused by it meanwhile; %v); reached the host again %s after the resumption",
+		victim.ID(), ms[victimAt].name, ms[through].name, cutAfter.Round(time.Millisecond), refusedAfter.Round(time.Millisecond),
+		admitted, dialErr, time.Since(resumed).Round(time.Millisecond))
+}
+
+// clusterResumeLimit bounds how long a resumed agent takes to reach its host again in the cluster test: its SDK,
+// refused with the tokens the suspension revoked, authenticates again.
+const clusterResumeLimit = 30 * time.Second
