@@ -38,29 +38,7 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 	service := "cluster-revoke-echo-" + tag
 
 	c.limit.Step("revocation: %s hosts %s, %s dials it", host.ID(), service, victim.ID())
-	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error {
-		return admins[through].Controller().Grant(ctx, api.GrantRequest{Service: service,
-			Bind: []string{host.ID().String()}, Dial: []string{victim.ID().String(), bystander.ID().String()}})
-	})
-	var ln net.Listener
-	retryFor(t, "listen on "+service, 30*time.Second, func(context.Context) error {
-		var err error
-		ln, err = host.Listen(service)
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
-	}()
+	hostEcho(t, admins[through], host, service, victim, bystander)
 	live := echoConn(t, victim, service)
 
 	c.limit.Step("revoke %s through %s while it is connected at %s", victim.ID(), ms[through].name, ms[victimAt].name)
@@ -190,6 +168,36 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 	}
 	t.Logf("revoked the host %s (connected at %s) through %s: the bystander's connection cut after %s, its dials refused by the overlay after %s (%d reached the host meanwhile; %v)",
 		host.ID(), ms[hostAt].name, ms[victimAt].name, cutAfter.Round(time.Millisecond), refusedAfter.Round(time.Millisecond), reached, lastErr)
+}
+
+// hostEcho grants host the hosting of service and dialers its use, through admin, and has host echo every
+// connection until the test ends.
+func hostEcho(t *testing.T, admin, host *agentsdk.Agent, service string, dialers ...*agentsdk.Agent) {
+	t.Helper()
+	req := api.GrantRequest{Service: service, Bind: []string{host.ID().String()}}
+	for _, d := range dialers {
+		req.Dial = append(req.Dial, d.ID().String())
+	}
+	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error { return admin.Controller().Grant(ctx, req) })
+	var ln net.Listener
+	retryFor(t, "listen on "+service, 30*time.Second, func(context.Context) error {
+		var err error
+		ln, err = host.Listen(service)
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = io.Copy(conn, conn)
+			}()
+		}
+	}()
 }
 
 // echoConn dials service as a, retrying for up to 30 s, and checks that the connection echoes.

@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/umbra-mesh/umbra/agentsdk"
-	"github.com/umbra-mesh/umbra/agentsdk/api"
 )
 
 // checkClusterSuspension suspends an agent while it holds a live overlay connection, in a cluster whose members
@@ -24,29 +22,8 @@ func checkClusterSuspension(t *testing.T, c *cli, ms []*member, admins []*agents
 	host := clusterAgent(t, c, ms, admins[through], tag+"-host", hostAt)
 	victim := clusterAgent(t, c, ms, admins[through], tag+"-victim", victimAt)
 	service := "cluster-suspend-echo-" + tag
-	retryFor(t, "grant "+service, 30*time.Second, func(ctx context.Context) error {
-		return admins[through].Controller().Grant(ctx, api.GrantRequest{Service: service,
-			Bind: []string{host.ID().String()}, Dial: []string{victim.ID().String()}})
-	})
-	var ln net.Listener
-	retryFor(t, "listen on "+service, 30*time.Second, func(context.Context) error {
-		var err error
-		ln, err = host.Listen(service)
-		return err
-	})
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
-	}()
+	c.limit.Step("suspension: %s hosts %s, %s dials it", host.ID(), service, victim.ID())
+	hostEcho(t, admins[through], host, service, victim)
 	live := echoConn(t, victim, service)
 
 	c.limit.Step("suspend %s (connected at %s) through %s", victim.ID(), ms[victimAt].name, ms[through].name)
