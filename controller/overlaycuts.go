@@ -48,8 +48,8 @@ func newOverlayCuts() *overlayCuts {
 	return &overlayCuts{due: map[spiffeid.ID]cutDue{}, busy: map[spiffeid.ID]int{}}
 }
 
-// sawIdentity checks a record the identity watch delivered: a revoked or suspended identity that the overlay still admits
-// is due to be cut off after cutGrace, unless it is due already.
+// sawIdentity checks a record the identity watch delivered: a revoked or suspended identity that the overlay
+// still admits is due to be cut off after the grace, unless it is due already.
 func (s *Server) sawIdentity(r identityRecord, now time.Time) {
 	if r.OverlayID == "" || r.State != stateRevoked && !r.Suspended {
 		return
