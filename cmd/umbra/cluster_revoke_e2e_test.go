@@ -47,32 +47,17 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 	var wg sync.WaitGroup
 	var connCut, dialRefused, apiRefused time.Duration
 	var cutErr, dialErr, apiErr error
-	admitted := 0
+	notRefused := 0
+	cut := readFails(live, start)
 	wg.Add(3)
-	go func() { // a blocked read returns as soon as the overlay closes the connection
+	go func() {
 		defer wg.Done()
-		_ = live.SetReadDeadline(start.Add(clusterRevokeLimit))
-		_, cutErr = live.Read(make([]byte, 1))
+		cutErr = <-cut
 		connCut = time.Since(start)
 	}()
 	go func() { // a dial the host refuses in its handshake (the revocation feed) does not count: the overlay must refuse
 		defer wg.Done()
-		for time.Since(start) < clusterRevokeLimit {
-			dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-			conn, err := victim.Dial(dctx, service)
-			dcancel()
-			if err == nil {
-				conn.Close()
-				admitted++
-			} else if errors.Is(err, agentsdk.ErrNotAuthorized) || errors.Is(err, agentsdk.ErrServiceNotFound) {
-				dialRefused, dialErr = time.Since(start), err
-				return
-			} else {
-				dialErr = err
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		dialErr = fmt.Errorf("%d dials admitted by the overlay; last error: %v", admitted, dialErr)
+		dialRefused, notRefused, dialErr = overlayRefuses(victim, service, start, refusedIdentity)
 	}()
 	go func() {
 		defer wg.Done()
@@ -97,12 +82,12 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 	}
 	returned := time.Since(start)
 	wg.Wait()
-	var ne net.Error
-	if cutErr == nil || errors.As(cutErr, &ne) && ne.Timeout() {
+	if !isCut(cutErr) {
 		t.Errorf("the revoked %s's live connection was not cut within %s: %v", victim.ID(), clusterRevokeLimit, cutErr)
 	}
 	if dialRefused == 0 {
-		t.Errorf("%s's dials were not refused by the overlay within %s of the revocation: %v", victim.ID(), clusterRevokeLimit, dialErr)
+		t.Errorf("%s's dials were not refused by the overlay within %s of the revocation (%d not refused; last: %v)",
+			victim.ID(), clusterRevokeLimit, notRefused, dialErr)
 	}
 	if apiRefused == 0 {
 		t.Errorf("the API did not refuse the revoked %s within %s: %v", victim.ID(), clusterRevokeLimit, apiErr)
@@ -118,9 +103,9 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 		t.Fatalf("the host's API call after another identity's revocation: %v", err)
 	}
 	t.Logf("revoked %s (connected at %s) through %s: the call returned after %s (%d circuits closed there); live connection cut after %s; "+
-		"new dial refused by the overlay after %s (%d admitted meanwhile; %v); API refused after %s",
+		"new dial refused by the overlay after %s (%d not refused by it meanwhile; %v); API refused after %s",
 		victim.ID(), ms[victimAt].name, ms[through].name, returned.Round(time.Millisecond), resp.CircuitsClosed,
-		connCut.Round(time.Millisecond), dialRefused.Round(time.Millisecond), admitted, dialErr, apiRefused.Round(time.Millisecond))
+		connCut.Round(time.Millisecond), dialRefused.Round(time.Millisecond), notRefused, dialErr, apiRefused.Round(time.Millisecond))
 
 	// Then the host, revoked through the member the first agent used, while the bystander (authenticated at the
 	// third member) holds a connection to it: the connection is cut and the bystander's new dials fail in the
@@ -128,43 +113,23 @@ func checkClusterRevocation(t *testing.T, c *cli, ms []*member, admins []*agents
 	held := echoConn(t, bystander, service)
 	c.limit.Step("revoke the host %s through %s while %s is connected to it", host.ID(), ms[victimAt].name, bystander.ID())
 	start = time.Now()
-	hostCut := make(chan error, 1)
-	go func() {
-		_ = held.SetReadDeadline(start.Add(clusterRevokeLimit))
-		_, err := held.Read(make([]byte, 1))
-		hostCut <- err
-	}()
+	hostCut := readFails(held, start)
 	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
 	_, err = admins[victimAt].Controller().Revoke(ctx, host.ID(), "cluster revocation test")
 	cancel()
 	if err != nil {
 		t.Fatalf("revoke %s through %s: %v", host.ID(), ms[victimAt].name, err)
 	}
-	if err := <-hostCut; err == nil || errors.As(err, &ne) && ne.Timeout() {
+	if err := <-hostCut; !isCut(err) {
 		t.Fatalf("the bystander's connection to the revoked host was not cut within %s: %v", clusterRevokeLimit, err)
 	}
 	cutAfter := time.Since(start)
-	var refusedAfter time.Duration
-	var lastErr error
-	reached := 0
-	for refusedAfter == 0 {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		conn, err := bystander.Dial(dctx, service)
-		dcancel()
-		switch {
-		case err == nil:
-			conn.Close()
-			reached++
-		case strings.Contains(err.Error(), "mutual TLS"):
-			reached++ // the overlay still reached the revoked host; only the handshake refused it
-			lastErr = err
-		default:
-			refusedAfter, lastErr = time.Since(start), err
-		}
-		if refusedAfter == 0 && time.Since(start) > clusterRevokeLimit {
-			t.Fatalf("the bystander's dials still reach the revoked host %s after the revocation (%d reached; last: %v)", clusterRevokeLimit, reached, lastErr)
-		}
-		time.Sleep(20 * time.Millisecond)
+	// A dial that reaches the revoked host, refused only in its handshake, does not count.
+	refusedAfter, reached, lastErr := overlayRefuses(bystander, service, start, func(err error) bool {
+		return !strings.Contains(err.Error(), "mutual TLS")
+	})
+	if refusedAfter == 0 {
+		t.Fatalf("the bystander's dials still reach the revoked host %s after the revocation (%d reached; last: %v)", clusterRevokeLimit, reached, lastErr)
 	}
 	t.Logf("revoked the host %s (connected at %s) through %s: the bystander's connection cut after %s, its dials refused by the overlay after %s (%d reached the host meanwhile; %v)",
 		host.ID(), ms[hostAt].name, ms[victimAt].name, cutAfter.Round(time.Millisecond), refusedAfter.Round(time.Millisecond), reached, lastErr)
@@ -186,18 +151,65 @@ func hostEcho(t *testing.T, admin, host *agentsdk.Agent, service string, dialers
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
+	go serveEcho(ln)
+}
+
+// readFails reads conn, blocked from start until the overlay cuts it or clusterRevokeLimit passes, and sends the
+// read's error.
+func readFails(conn net.Conn, start time.Time) <-chan error {
+	out := make(chan error, 1)
 	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
+		_ = conn.SetReadDeadline(start.Add(clusterRevokeLimit))
+		_, err := conn.Read(make([]byte, 1))
+		out <- err
 	}()
+	return out
+}
+
+// isCut tells whether a readFails error is a cut, not the deadline.
+func isCut(err error) bool {
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// refusedIdentity tells whether a dial error is the overlay refusing the dialer or the service to it.
+func refusedIdentity(err error) bool {
+	return errors.Is(err, agentsdk.ErrNotAuthorized) || errors.Is(err, agentsdk.ErrServiceNotFound)
+}
+
+// overlayRefuses dials service as a every 20 ms until a dial fails with an error refused accepts, or
+// clusterRevokeLimit has passed since start. It returns when the refusal came (zero if none did), how many dials
+// were not refused meanwhile, and the last error.
+func overlayRefuses(a *agentsdk.Agent, service string, start time.Time, refused func(error) bool) (time.Duration, int, error) {
+	notRefused := 0
+	var last error
+	for time.Since(start) < clusterRevokeLimit {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := a.Dial(dctx, service)
+		dcancel()
+		if err == nil {
+			conn.Close()
+		} else if last = err; refused(err) {
+			return time.Since(start), notRefused, err
+		}
+		notRefused++
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0, notRefused, last
+}
+
+// serveEcho echoes every connection ln accepts, until ln is closed.
+func serveEcho(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			_, _ = io.Copy(conn, conn)
+		}()
+	}
 }
 
 // echoConn dials service as a, retrying for up to 30 s, and checks that the connection echoes.

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -28,46 +26,22 @@ func checkClusterSuspension(t *testing.T, c *cli, ms []*member, admins []*agents
 
 	c.limit.Step("suspend %s (connected at %s) through %s", victim.ID(), ms[victimAt].name, ms[through].name)
 	start := time.Now()
-	cut := make(chan error, 1)
-	go func() {
-		_ = live.SetReadDeadline(start.Add(clusterRevokeLimit))
-		_, err := live.Read(make([]byte, 1))
-		cut <- err
-	}()
+	cut := readFails(live, start)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	_, err := admins[through].Controller().Suspend(ctx, victim.ID(), "cluster suspension test")
 	cancel()
 	if err != nil {
 		t.Fatalf("suspend %s through %s: %v", victim.ID(), ms[through].name, err)
 	}
-	var ne net.Error
-	if err := <-cut; err == nil || errors.As(err, &ne) && ne.Timeout() {
+	if err := <-cut; !isCut(err) {
 		t.Fatalf("the suspended %s's live connection was not cut within %s: %v", victim.ID(), clusterRevokeLimit, err)
 	}
 	cutAfter := time.Since(start)
 	// A dial the host refuses in its handshake does not count: the overlay must refuse it.
-	var refusedAfter time.Duration
-	var dialErr error
-	admitted := 0
-	for refusedAfter == 0 {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		conn, err := victim.Dial(dctx, service)
-		dcancel()
-		switch {
-		case err == nil:
-			conn.Close()
-			admitted++
-		case errors.Is(err, agentsdk.ErrNotAuthorized) || errors.Is(err, agentsdk.ErrServiceNotFound):
-			refusedAfter, dialErr = time.Since(start), err
-		default:
-			admitted++ // the overlay reached the host, or failed otherwise
-			dialErr = err
-		}
-		if refusedAfter == 0 && time.Since(start) > clusterRevokeLimit {
-			t.Fatalf("%s's dials were not refused by the overlay within %s of its suspension (%d admitted; last: %v)",
-				victim.ID(), clusterRevokeLimit, admitted, dialErr)
-		}
-		time.Sleep(20 * time.Millisecond)
+	refusedAfter, admitted, dialErr := overlayRefuses(victim, service, start, refusedIdentity)
+	if refusedAfter == 0 {
+		t.Fatalf("%s's dials were not refused by the overlay within %s of its suspension (%d admitted; last: %v)",
+			victim.ID(), clusterRevokeLimit, admitted, dialErr)
 	}
 
 	c.limit.Step("resume %s through %s", victim.ID(), ms[through].name)
